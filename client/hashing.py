@@ -1,0 +1,201 @@
+"""Engram hashing, bit for bit the published reference (`engram_demo_v1.py`).
+
+`CompressedTokenizer` merges token ids whose text normalises to the same key;
+`NgramHashMapping` hashes the suffix n-grams of compressed ids into per-head prime-sized
+tables. Argument names follow the reference so its users can switch by changing an import.
+The per-token work runs in the Rust kernel (`store._native`) with the GIL released.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from typing import Any, Union
+
+import numpy as np
+import numpy.typing as npt
+from tokenizers import Regex, Tokenizer, normalizers
+
+from store import _native
+from store._arrays import as_int64_array
+
+TokenizerLike = Union[str, "os.PathLike[str]", Tokenizer, Any]
+
+# The reference keeps a lone space as a key of its own: it is swapped for this private-use
+# character around the Strip step.
+_SENTINEL = "\ue000"
+_REPLACEMENT_CHARACTER = "\ufffd"
+_PRIME_1 = 10007
+
+
+def _key_normalizer() -> normalizers.Normalizer:
+    return normalizers.Sequence(
+        [
+            normalizers.NFKC(),
+            normalizers.NFD(),
+            normalizers.StripAccents(),
+            normalizers.Lowercase(),
+            normalizers.Replace(Regex(r"[ \t\r\n]+"), " "),
+            normalizers.Replace(Regex(r"^ $"), _SENTINEL),
+            normalizers.Strip(),
+            normalizers.Replace(_SENTINEL, " "),
+        ]
+    )
+
+
+def load_tokenizer(tokenizer: TokenizerLike) -> Tokenizer:
+    """A `tokenizers.Tokenizer` from a tokenizer.json path, a directory holding one, a
+    `Tokenizer`, or a transformers fast tokenizer (its backend is used)."""
+    if isinstance(tokenizer, Tokenizer):
+        return tokenizer
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if isinstance(backend, Tokenizer):
+        return backend
+    if isinstance(tokenizer, (str, os.PathLike)):
+        path = os.fspath(tokenizer)
+        if os.path.isdir(path):
+            path = os.path.join(path, "tokenizer.json")
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"tokenizer: no tokenizer.json at {path!r}")
+        return Tokenizer.from_file(path)
+    raise TypeError(
+        "tokenizer must be a path to tokenizer.json, a directory holding one, or a "
+        f"tokenizers.Tokenizer; got {type(tokenizer).__name__}"
+    )
+
+
+class CompressedTokenizer:
+    """Maps raw token ids to compressed ids: tokens whose decoded text normalises to the same
+    key (NFKC, accents stripped, lowercased, whitespace collapsed) share one id."""
+
+    def __init__(self, tokenizer: TokenizerLike) -> None:
+        self.tokenizer = load_tokenizer(tokenizer)
+        self.lookup_table, self.num_new_token = self._build_lookup_table()
+
+    def _build_lookup_table(self) -> tuple[npt.NDArray[np.int64], int]:
+        normalizer = _key_normalizer()
+        vocab_size = self.tokenizer.get_vocab_size(with_added_tokens=True)
+        key_to_new: dict[str, int] = {}
+        lookup = np.empty(vocab_size, dtype=np.int64)
+        for tid in range(vocab_size):
+            text = self.tokenizer.decode([tid], skip_special_tokens=False)
+            if _REPLACEMENT_CHARACTER in text:
+                # A partial UTF-8 sequence: the raw token string tells such tokens apart.
+                key = self.tokenizer.id_to_token(tid)
+            else:
+                key = normalizer.normalize_str(text) or text
+            lookup[tid] = key_to_new.setdefault(key, len(key_to_new))
+        return lookup, len(key_to_new)
+
+    @property
+    def vocab_size(self) -> int:
+        """Number of raw token ids."""
+        return len(self.lookup_table)
+
+    def __len__(self) -> int:
+        return self.num_new_token
+
+    def __call__(self, input_ids: Any) -> npt.NDArray[np.int64]:
+        """Compressed ids, same shape; negative ids pass through unchanged."""
+        ids = as_int64_array(input_ids, "input_ids")
+        return _native.compress_ids(ids.reshape(-1), self.lookup_table).reshape(ids.shape)
+
+
+def _positive_int(value: Any, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value <= 0:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    return int(value)
+
+
+class NgramHashMapping:
+    """Hash ids of every Engram layer for batches of raw token ids."""
+
+    def __init__(
+        self,
+        engram_vocab_size: Sequence[int],
+        max_ngram_size: int,
+        n_embed_per_ngram: int,
+        n_head_per_ngram: int,
+        layer_ids: Sequence[int],
+        tokenizer_name_or_path: TokenizerLike | CompressedTokenizer,
+        pad_id: int,
+        seed: int,
+    ) -> None:
+        if isinstance(max_ngram_size, bool) or not isinstance(max_ngram_size, (int, np.integer)):
+            raise ValueError(f"max_ngram_size must be an integer, got {max_ngram_size!r}")
+        if max_ngram_size < 2:
+            raise ValueError(f"max_ngram_size must be at least 2, got {max_ngram_size}")
+        vocab_sizes = [_positive_int(v, "engram_vocab_size entries") for v in engram_vocab_size]
+        if len(vocab_sizes) != max_ngram_size - 1:
+            raise ValueError(
+                f"engram_vocab_size needs one size per n-gram order 2..{max_ngram_size} "
+                f"({max_ngram_size - 1} entries), got {len(vocab_sizes)}"
+            )
+        self.n_embed_per_ngram = _positive_int(n_embed_per_ngram, "n_embed_per_ngram")
+        self.n_head_per_ngram = _positive_int(n_head_per_ngram, "n_head_per_ngram")
+        self.layer_ids = [int(layer) for layer in layer_ids]
+        if not self.layer_ids:
+            raise ValueError("layer_ids must name at least one layer")
+        if len(set(self.layer_ids)) != len(self.layer_ids):
+            raise ValueError(f"layer_ids must be distinct, got {self.layer_ids}")
+        if any(layer < 0 for layer in self.layer_ids):
+            raise ValueError(f"layer_ids must be non-negative, got {self.layer_ids}")
+        if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+            raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
+        self.vocab_size_per_ngram = vocab_sizes
+        self.max_ngram_size = int(max_ngram_size)
+        self.seed = int(seed)
+
+        if isinstance(tokenizer_name_or_path, CompressedTokenizer):
+            self.compressed_tokenizer = tokenizer_name_or_path
+        else:
+            self.compressed_tokenizer = CompressedTokenizer(tokenizer_name_or_path)
+        self.tokenizer_vocab_size = len(self.compressed_tokenizer)
+        raw_vocab = self.compressed_tokenizer.vocab_size
+        if isinstance(pad_id, bool) or not isinstance(pad_id, (int, np.integer)):
+            raise ValueError(f"pad_id must be an integer token id, got {pad_id!r}")
+        if not 0 <= pad_id < raw_vocab:
+            raise ValueError(f"pad_id {pad_id} is outside the tokenizer vocabulary of {raw_vocab}")
+        self.pad_id = int(self.compressed_tokenizer.lookup_table[pad_id])
+
+        self.layer_multipliers = {
+            layer: self._multipliers(layer) for layer in self.layer_ids
+        }
+        sizes = _native.table_sizes(vocab_sizes, self.n_head_per_ngram, len(self.layer_ids))
+        self.vocab_size_across_layers: dict[int, list[list[int]]] = dict(
+            zip(self.layer_ids, sizes, strict=True)
+        )
+        self._hasher = _native.NgramHasher(
+            self.max_ngram_size,
+            self.n_head_per_ngram,
+            self.pad_id,
+            [self.layer_multipliers[layer].tolist() for layer in self.layer_ids],
+            [[p for order in sizes_ for p in order] for sizes_ in sizes],
+            self.compressed_tokenizer.lookup_table,
+        )
+
+    def _multipliers(self, layer_id: int) -> npt.NDArray[np.int64]:
+        # numpy's generator is part of the reference's definition, so it is used as is.
+        max_long = np.iinfo(np.int64).max
+        half_bound = max(1, (max_long // self.tokenizer_vocab_size) // 2)
+        rng = np.random.default_rng(self.seed + _PRIME_1 * layer_id)
+        draws = rng.integers(0, half_bound, size=(self.max_ngram_size,), dtype=np.int64)
+        return draws * 2 + 1
+
+    @property
+    def heads_per_layer(self) -> int:
+        """Hash ids per position and layer: `(max_ngram_size - 1) * n_head_per_ngram`."""
+        return self._hasher.heads_per_layer
+
+    def table_sizes(self, layer_id: int) -> list[int]:
+        """The prime size of each head's table for a layer, in hash-id column order."""
+        return [p for order in self.vocab_size_across_layers[layer_id] for p in order]
+
+    def hash(self, input_ids: Any) -> dict[int, npt.NDArray[np.int64]]:
+        """`[B, T]` raw token ids (array, list or CPU tensor) -> `{layer_id: [B, T, heads]}`
+        int64 hash ids; each layer's array is a view into one buffer built by the kernel."""
+        ids = as_int64_array(input_ids, "input_ids")
+        if ids.ndim != 2:
+            raise ValueError(f"input_ids must have shape [batch, seq], got {ids.shape}")
+        hashes = self._hasher.hash(ids)
+        return {layer: hashes[i] for i, layer in enumerate(self.layer_ids)}

@@ -1,0 +1,178 @@
+//! Row element types and conversions. Rows are stored little-endian; float32 is the
+//! arithmetic type (optimizers and initializers work in it), bfloat16 and float16 halve the
+//! storage. Conversions round to nearest even, as PyTorch and numpy do.
+
+use crate::error::{Error, Result};
+use half::{bf16, f16};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum DType {
+    F32,
+    BF16,
+    F16,
+}
+
+impl DType {
+    pub const ALL: [DType; 3] = [DType::F32, DType::BF16, DType::F16];
+
+    pub fn size(self) -> usize {
+        match self {
+            DType::F32 => 4,
+            DType::BF16 | DType::F16 => 2,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            DType::F32 => "float32",
+            DType::BF16 => "bfloat16",
+            DType::F16 => "float16",
+        }
+    }
+
+    pub fn parse(name: &str) -> Result<Self> {
+        DType::ALL
+            .into_iter()
+            .find(|d| d.name() == name)
+            .ok_or_else(|| {
+                Error::invalid(format!(
+                    "dtype must be one of float32, bfloat16, float16; got {name:?}"
+                ))
+            })
+    }
+
+    /// The code stored in table file headers.
+    pub fn code(self) -> u32 {
+        match self {
+            DType::F32 => 1,
+            DType::BF16 => 2,
+            DType::F16 => 3,
+        }
+    }
+
+    pub fn from_code(code: u32) -> Option<Self> {
+        DType::ALL.into_iter().find(|d| d.code() == code)
+    }
+}
+
+/// Encodes float32 values as `dtype` bytes; `dst.len()` must be `src.len() * dtype.size()`.
+pub fn encode_f32(dtype: DType, src: &[f32], dst: &mut [u8]) {
+    debug_assert_eq!(dst.len(), src.len() * dtype.size());
+    match dtype {
+        DType::F32 => {
+            for (d, s) in dst.chunks_exact_mut(4).zip(src) {
+                d.copy_from_slice(&s.to_le_bytes());
+            }
+        }
+        DType::BF16 => {
+            for (d, s) in dst.chunks_exact_mut(2).zip(src) {
+                d.copy_from_slice(&bf16::from_f32(*s).to_le_bytes());
+            }
+        }
+        DType::F16 => {
+            for (d, s) in dst.chunks_exact_mut(2).zip(src) {
+                d.copy_from_slice(&f16::from_f32(*s).to_le_bytes());
+            }
+        }
+    }
+}
+
+/// Decodes `dtype` bytes into float32 values; `src.len()` must be `dst.len() * dtype.size()`.
+pub fn decode_to_f32(dtype: DType, src: &[u8], dst: &mut [f32]) {
+    debug_assert_eq!(src.len(), dst.len() * dtype.size());
+    match dtype {
+        DType::F32 => {
+            for (d, s) in dst.iter_mut().zip(src.chunks_exact(4)) {
+                *d = f32::from_le_bytes([s[0], s[1], s[2], s[3]]);
+            }
+        }
+        DType::BF16 => {
+            for (d, s) in dst.iter_mut().zip(src.chunks_exact(2)) {
+                *d = bf16::from_le_bytes([s[0], s[1]]).to_f32();
+            }
+        }
+        DType::F16 => {
+            for (d, s) in dst.iter_mut().zip(src.chunks_exact(2)) {
+                *d = f16::from_le_bytes([s[0], s[1]]).to_f32();
+            }
+        }
+    }
+}
+
+/// Converts one row between dtypes; a plain copy when they agree. Half-to-half conversions
+/// go through float32, which represents every bfloat16 and float16 value exactly.
+pub fn convert(src_dtype: DType, src: &[u8], dst_dtype: DType, dst: &mut [u8]) {
+    if src_dtype == dst_dtype {
+        dst.copy_from_slice(src);
+        return;
+    }
+    let n = src.len() / src_dtype.size();
+    debug_assert_eq!(dst.len(), n * dst_dtype.size());
+    let mut buf = [0f32; 256];
+    for (src_part, dst_part) in src
+        .chunks(buf.len() * src_dtype.size())
+        .zip(dst.chunks_mut(buf.len() * dst_dtype.size()))
+    {
+        let values = &mut buf[..src_part.len() / src_dtype.size()];
+        decode_to_f32(src_dtype, src_part, values);
+        encode_f32(dst_dtype, values, dst_part);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_and_codes_round_trip() {
+        for d in DType::ALL {
+            assert_eq!(DType::parse(d.name()).unwrap(), d);
+            assert_eq!(DType::from_code(d.code()), Some(d));
+        }
+        assert!(DType::parse("float64").is_err());
+        assert_eq!(DType::from_code(0), None);
+    }
+
+    #[test]
+    fn float32_round_trips_exactly() {
+        let values = [0.0f32, -0.0, 1.5, -3.25e-7, f32::MAX, f32::MIN_POSITIVE];
+        let mut bytes = vec![0u8; values.len() * 4];
+        encode_f32(DType::F32, &values, &mut bytes);
+        let mut back = [0f32; 6];
+        decode_to_f32(DType::F32, &bytes, &mut back);
+        assert_eq!(values, back);
+    }
+
+    #[test]
+    fn half_types_round_to_nearest_even() {
+        // 1 + 2^-8 is exactly half-way between two bfloat16 values: ties go to even (1.0).
+        let values = [1.0 + 2f32.powi(-8), 1.0 + 3.0 * 2f32.powi(-8), 65504.0];
+        let mut bytes = vec![0u8; 6];
+        let mut back = [0f32; 3];
+        encode_f32(DType::BF16, &values, &mut bytes);
+        decode_to_f32(DType::BF16, &bytes, &mut back);
+        assert_eq!(back, [1.0, 1.0 + 4.0 * 2f32.powi(-8), 65536.0]);
+        encode_f32(DType::F16, &values, &mut bytes);
+        decode_to_f32(DType::F16, &bytes, &mut back);
+        // float16 has 10 mantissa bits: both values are exact.
+        assert_eq!(back, [values[0], values[1], 65504.0]);
+    }
+
+    #[test]
+    fn convert_between_every_pair_agrees_with_float32_path() {
+        let values: Vec<f32> = (0..600).map(|i| (i as f32 - 300.0) * 0.37).collect();
+        for src in DType::ALL {
+            let mut src_bytes = vec![0u8; values.len() * src.size()];
+            encode_f32(src, &values, &mut src_bytes);
+            let mut exact = vec![0f32; values.len()];
+            decode_to_f32(src, &src_bytes, &mut exact);
+            for dst in DType::ALL {
+                let mut dst_bytes = vec![0u8; values.len() * dst.size()];
+                convert(src, &src_bytes, dst, &mut dst_bytes);
+                let mut expected = vec![0u8; values.len() * dst.size()];
+                encode_f32(dst, &exact, &mut expected);
+                assert_eq!(dst_bytes, expected, "{src:?} -> {dst:?}");
+            }
+        }
+    }
+}

@@ -1,0 +1,24 @@
+//! Engram Store engine.
+//!
+//! Pure-Rust modules, each usable and tested without Python:
+//! - [`hash`]: bit-exact Engram n-gram hashing (the published reference's multiplicative-XOR heads);
+//! - [`codec`]: row dtypes (float32, bfloat16, float16) and conversions between them;
+//! - [`init`]: the counter-based initializer that gives never-written rows their values;
+//! - [`table`]: memory-mapped embedding tables and their file format.
+//!
+//! The `python` feature adds the PyO3 binding (`store._native`), which only converts types,
+//! releases the GIL around kernels and maps errors.
+
+#[cfg(target_endian = "big")]
+compile_error!("table files are little-endian and are read in place");
+
+pub mod codec;
+pub mod error;
+pub mod hash;
+pub mod init;
+pub mod table;
+
+#[cfg(feature = "python")]
+mod python;
+
+pub use error::{Error, Result};

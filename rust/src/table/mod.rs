@@ -1,0 +1,376 @@
+//! Memory-mapped embedding tables.
+//!
+//! One file per table (see [`format`]). Readers share the mapping through a read lock;
+//! writers take the write lock, so a reader sees each row either entirely before or entirely
+//! after an update. Inside one update, rows are spread over threads by key so that no two
+//! threads ever touch the same row.
+
+pub mod format;
+
+use crate::codec::{self, DType};
+use crate::error::{Error, Result};
+use crate::init::Initializer;
+use format::{Header, Layout, HEADER_LEN};
+use memmap2::{MmapMut, MmapOptions};
+use rayon::prelude::*;
+use std::fs::{File, OpenOptions};
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
+
+/// Rows per parallel task in gathers: enough to amortise scheduling.
+const ROWS_PER_TASK: usize = 512;
+/// Updates smaller than this run on the calling thread.
+const PARALLEL_UPDATE_MIN_ROWS: usize = 4096;
+
+pub struct Table {
+    path: PathBuf,
+    header: Header,
+    layout: Layout,
+    map: RwLock<MmapMut>,
+}
+
+impl std::fmt::Debug for Table {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Table")
+            .field("path", &self.path)
+            .field("header", &self.header)
+            .finish()
+    }
+}
+
+/// A pointer into the mapping shared by update threads that write disjoint rows.
+#[derive(Clone, Copy)]
+struct SharedBase(*mut u8);
+// SAFETY: threads only dereference it for rows assigned to them alone (disjoint bytes) and for
+// bitmap bytes through atomics.
+unsafe impl Send for SharedBase {}
+unsafe impl Sync for SharedBase {}
+
+impl Table {
+    /// Creates a new table file; fails if `path` exists. Constant time and disk in the table
+    /// size: the file is sparse and every row starts virtual.
+    pub fn create(path: impl AsRef<Path>, header: Header) -> Result<Table> {
+        let path = path.as_ref();
+        let layout = header.validate()?;
+        let io = |e| Error::io(path, e);
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(path)
+            .map_err(io)?;
+        let written = (|| {
+            use std::io::Write;
+            (&file).write_all(&header.encode())?;
+            file.set_len(layout.file_len)?;
+            file.sync_all()
+        })();
+        if let Err(e) = written {
+            let _ = std::fs::remove_file(path);
+            return Err(io(e));
+        }
+        Self::map(path, &file, header, layout)
+    }
+
+    /// Opens an existing table, checking its header, checksum and size before mapping it.
+    pub fn open(path: impl AsRef<Path>) -> Result<Table> {
+        let path = path.as_ref();
+        let io = |e| Error::io(path, e);
+        let mut file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(path)
+            .map_err(io)?;
+        let file_len = file.metadata().map_err(io)?.len();
+        let mut head = Vec::with_capacity(HEADER_LEN as usize);
+        (&mut file)
+            .take(HEADER_LEN)
+            .read_to_end(&mut head)
+            .map_err(io)?;
+        let (header, layout) = Header::decode(path, &head, file_len)?;
+        Self::map(path, &file, header, layout)
+    }
+
+    fn map(path: &Path, file: &File, header: Header, layout: Layout) -> Result<Table> {
+        // SAFETY: the file's size was checked against the header; the mapping is private to
+        // this process's Table and all access goes through the lock.
+        let map = unsafe { MmapOptions::new().map_mut(file) }.map_err(|e| Error::io(path, e))?;
+        Ok(Table {
+            path: path.to_path_buf(),
+            header,
+            layout,
+            map: RwLock::new(map),
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+    pub fn header(&self) -> &Header {
+        &self.header
+    }
+    pub fn num_rows(&self) -> u64 {
+        self.header.num_rows
+    }
+    pub fn dim(&self) -> usize {
+        self.header.dim as usize
+    }
+    pub fn dtype(&self) -> DType {
+        self.header.dtype
+    }
+    pub fn initializer(&self) -> Initializer {
+        self.header.init
+    }
+    pub fn file_len(&self) -> u64 {
+        self.layout.file_len
+    }
+
+    fn read_map(&self) -> RwLockReadGuard<'_, MmapMut> {
+        // A panic while holding the lock cannot leave a row half-written in a way the lock
+        // would protect against (rows are written whole), so poisoning is ignored.
+        self.map.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn write_map(&self) -> RwLockWriteGuard<'_, MmapMut> {
+        self.map.write().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Fails naming the first key that is not a row of this table.
+    pub fn check_keys(&self, keys: &[u64]) -> Result<()> {
+        match keys.iter().position(|&k| k >= self.header.num_rows) {
+            None => Ok(()),
+            Some(i) => Err(Error::out_of_range(format!(
+                "keys[{i}] = {} is out of range for a table of {} rows",
+                keys[i], self.header.num_rows
+            ))),
+        }
+    }
+
+    /// Gathers `keys` into `out` (`keys.len() x dim` elements of `out_dtype`, as bytes).
+    /// Validates every key first: on error nothing is written.
+    pub fn gather_into(&self, keys: &[u64], out_dtype: DType, out: &mut [u8]) -> Result<()> {
+        let out_row = self.dim() * out_dtype.size();
+        if out.len() != keys.len() * out_row {
+            return Err(Error::invalid(format!(
+                "out holds {} bytes, expected {} keys x {} x {} = {}",
+                out.len(),
+                keys.len(),
+                self.dim(),
+                out_dtype.name(),
+                keys.len() * out_row
+            )));
+        }
+        self.check_keys(keys)?;
+        if keys.is_empty() {
+            return Ok(());
+        }
+        let map = self.read_map();
+        let map: &[u8] = &map;
+        out.par_chunks_mut(out_row)
+            .zip(keys.par_iter())
+            .with_min_len(ROWS_PER_TASK)
+            .for_each_init(
+                || vec![0f32; self.dim()],
+                |scratch, (dst, &key)| self.read_row(map, key, scratch, out_dtype, dst),
+            );
+        Ok(())
+    }
+
+    /// Gathers `keys` as float32 values.
+    pub fn gather(&self, keys: &[u64]) -> Result<Vec<f32>> {
+        let mut out = vec![0f32; keys.len() * self.dim()];
+        let bytes = bytes_of_f32_mut(&mut out);
+        self.gather_into(keys, DType::F32, bytes)?;
+        Ok(out)
+    }
+
+    fn row_range(&self, key: u64) -> std::ops::Range<usize> {
+        let start = (self.layout.data_offset + key * self.layout.row_bytes) as usize;
+        start..start + self.layout.row_bytes as usize
+    }
+
+    fn bit_position(&self, key: u64) -> (usize, u8) {
+        (
+            (self.layout.bitmap_offset + key / 8) as usize,
+            1u8 << (key % 8),
+        )
+    }
+
+    fn is_written_in(&self, map: &[u8], key: u64) -> bool {
+        let (byte, mask) = self.bit_position(key);
+        map[byte] & mask != 0
+    }
+
+    fn read_row(
+        &self,
+        map: &[u8],
+        key: u64,
+        scratch: &mut [f32],
+        out_dtype: DType,
+        dst: &mut [u8],
+    ) {
+        if self.is_written_in(map, key) {
+            codec::convert(self.header.dtype, &map[self.row_range(key)], out_dtype, dst);
+        } else {
+            self.initial_row(key, scratch);
+            codec::encode_f32(out_dtype, scratch, dst);
+        }
+    }
+
+    /// The value a never-written row reads as: the initializer's float32 values rounded to the
+    /// storage dtype, so a virtual row reads exactly as it would once stored.
+    fn initial_row(&self, key: u64, row: &mut [f32]) {
+        self.header.init.fill_row(key, row);
+        if self.header.dtype != DType::F32 {
+            let mut stored = vec![0u8; row.len() * self.header.dtype.size()];
+            codec::encode_f32(self.header.dtype, row, &mut stored);
+            codec::decode_to_f32(self.header.dtype, &stored, row);
+        }
+    }
+
+    /// Whether each key has been stored (as opposed to reading its initial value).
+    pub fn written(&self, keys: &[u64]) -> Result<Vec<bool>> {
+        self.check_keys(keys)?;
+        let map = self.read_map();
+        Ok(keys.iter().map(|&k| self.is_written_in(&map, k)).collect())
+    }
+
+    /// Number of stored rows.
+    pub fn written_count(&self) -> u64 {
+        let map = self.read_map();
+        let start = self.layout.bitmap_offset as usize;
+        let len = self.header.num_rows.div_ceil(8) as usize;
+        map[start..start + len]
+            .par_chunks(1 << 16)
+            .map(|c| c.iter().map(|b| u64::from(b.count_ones())).sum::<u64>())
+            .sum()
+    }
+
+    /// Applies `update(i, row)` to the float32 value of row `keys[i]` for every i, in order
+    /// for repeated keys, then stores the rows. All keys are validated first, and the whole
+    /// update happens under the write lock.
+    pub fn update_rows<F>(&self, keys: &[u64], update: F) -> Result<()>
+    where
+        F: Fn(usize, &mut [f32]) + Sync,
+    {
+        self.check_keys(keys)?;
+        if keys.is_empty() {
+            return Ok(());
+        }
+        let mut map = self.write_map();
+        let base = SharedBase(map.as_mut_ptr());
+        let apply = |indices: &mut dyn Iterator<Item = usize>, scratch: &mut Vec<f32>| {
+            for i in indices {
+                // SAFETY: every key is in range (checked above) and each key's row is handled by
+                // exactly one thread, so these bytes are not aliased.
+                unsafe { self.update_row(base, keys[i], scratch, |row| update(i, row)) };
+            }
+        };
+        if keys.len() < PARALLEL_UPDATE_MIN_ROWS {
+            apply(&mut (0..keys.len()), &mut vec![0f32; self.dim()]);
+        } else {
+            let buckets = bucket_by_key(keys, rayon::current_num_threads() * 4);
+            buckets.par_iter().for_each_init(
+                || vec![0f32; self.dim()],
+                |scratch, bucket| apply(&mut bucket.iter().copied(), scratch),
+            );
+        }
+        Ok(())
+    }
+
+    /// # Safety
+    /// `key` must be in range and no other thread may access its row concurrently.
+    unsafe fn update_row(
+        &self,
+        base: SharedBase,
+        key: u64,
+        scratch: &mut [f32],
+        update: impl FnOnce(&mut [f32]),
+    ) {
+        let range = self.row_range(key);
+        let row = std::slice::from_raw_parts_mut(base.0.add(range.start), range.len());
+        let (byte, mask) = self.bit_position(key);
+        // Bitmap bytes are shared by neighbouring rows that other threads may be storing.
+        let bits = AtomicU8::from_ptr(base.0.add(byte));
+        if bits.load(Ordering::Relaxed) & mask != 0 {
+            codec::decode_to_f32(self.header.dtype, row, scratch);
+        } else {
+            self.initial_row(key, scratch);
+        }
+        update(scratch);
+        codec::encode_f32(self.header.dtype, scratch, row);
+        bits.fetch_or(mask, Ordering::Relaxed);
+    }
+
+    /// Adds `values` (`keys.len() x dim`) to the rows; repeated keys accumulate.
+    pub fn scatter_add(&self, keys: &[u64], values: &[f32]) -> Result<()> {
+        self.check_values(keys, values)?;
+        let dim = self.dim();
+        self.update_rows(keys, |i, row| {
+            for (r, v) in row.iter_mut().zip(&values[i * dim..(i + 1) * dim]) {
+                *r += v;
+            }
+        })
+    }
+
+    /// Overwrites the rows with `values` (`keys.len() x dim`); for a repeated key the last wins.
+    pub fn write_rows(&self, keys: &[u64], values: &[f32]) -> Result<()> {
+        self.check_values(keys, values)?;
+        let dim = self.dim();
+        self.update_rows(keys, |i, row| {
+            row.copy_from_slice(&values[i * dim..(i + 1) * dim])
+        })
+    }
+
+    fn check_values(&self, keys: &[u64], values: &[f32]) -> Result<()> {
+        if values.len() != keys.len() * self.dim() {
+            return Err(Error::invalid(format!(
+                "values hold {} elements, expected {} keys x dim {} = {}",
+                values.len(),
+                keys.len(),
+                self.dim(),
+                keys.len() * self.dim()
+            )));
+        }
+        Ok(())
+    }
+
+    /// Makes every stored row durable (msync of the mapping).
+    pub fn flush(&self) -> Result<()> {
+        self.read_map()
+            .flush()
+            .map_err(|e| Error::io(&self.path, e))
+    }
+}
+
+/// Groups key indices so that equal keys share a bucket, keeping their order.
+fn bucket_by_key(keys: &[u64], n_buckets: usize) -> Vec<Vec<usize>> {
+    let mut buckets = vec![Vec::with_capacity(keys.len() / n_buckets + 1); n_buckets];
+    for (i, &k) in keys.iter().enumerate() {
+        // Fibonacci hashing spreads strided keys evenly.
+        let b = (k.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 32) as usize % n_buckets;
+        buckets[b].push(i);
+    }
+    buckets
+}
+
+/// Converts signed keys, naming the first negative one.
+pub fn keys_from_i64(keys: &[i64]) -> Result<Vec<u64>> {
+    match keys.iter().position(|&k| k < 0) {
+        None => Ok(keys.iter().map(|&k| k as u64).collect()),
+        Some(i) => Err(Error::out_of_range(format!(
+            "keys[{i}] = {} is negative",
+            keys[i]
+        ))),
+    }
+}
+
+fn bytes_of_f32_mut(values: &mut [f32]) -> &mut [u8] {
+    // SAFETY: f32 has no invalid bit patterns and u8 has alignment 1.
+    unsafe { std::slice::from_raw_parts_mut(values.as_mut_ptr().cast(), values.len() * 4) }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,208 @@
+use super::*;
+use crate::init::Initializer;
+use std::io::{Seek, SeekFrom, Write};
+
+fn header(dtype: DType, num_rows: u64, dim: u64) -> Header {
+    Header {
+        dtype,
+        num_rows,
+        dim,
+        init: Initializer::normal(0.1, 5).unwrap(),
+    }
+}
+
+fn new_table(dir: &tempfile::TempDir, dtype: DType, rows: u64, dim: u64) -> Table {
+    Table::create(dir.path().join("t.engram"), header(dtype, rows, dim)).unwrap()
+}
+
+#[test]
+fn creation_is_constant_in_time_and_disk() {
+    let dir = tempfile::tempdir().unwrap();
+    // 100 billion float32 parameters: 400 GB of logical size.
+    let t = Table::create(
+        dir.path().join("huge.engram"),
+        header(DType::F32, 1_562_500_000, 64),
+    )
+    .unwrap();
+    assert!(t.file_len() > 400_000_000_000);
+    let meta = std::fs::metadata(t.path()).unwrap();
+    use std::os::unix::fs::MetadataExt;
+    assert!(
+        meta.blocks() * 512 < 1 << 20,
+        "{} bytes allocated",
+        meta.blocks() * 512
+    );
+    let last = t.num_rows() - 1;
+    let rows = t.gather(&[0, last]).unwrap();
+    let mut expected = vec![0f32; 64];
+    t.initializer().fill_row(last, &mut expected);
+    assert_eq!(&rows[64..], &expected[..]);
+    t.write_rows(&[last], &vec![1.5; 64]).unwrap();
+    assert_eq!(t.gather(&[last]).unwrap(), vec![1.5; 64]);
+}
+
+#[test]
+fn virtual_rows_read_their_initial_value_in_every_dtype() {
+    let dir = tempfile::tempdir().unwrap();
+    for (i, dtype) in DType::ALL.into_iter().enumerate() {
+        let t = Table::create(dir.path().join(format!("{i}")), header(dtype, 100, 7)).unwrap();
+        let got = t.gather(&[3, 99, 3]).unwrap();
+        let mut expected = vec![0f32; 7];
+        t.initial_row(3, &mut expected);
+        assert_eq!(&got[..7], &expected[..]);
+        assert_eq!(&got[14..], &expected[..]);
+        // Storing a virtual row's own value changes nothing it reads.
+        t.write_rows(&[3], &expected).unwrap();
+        assert_eq!(t.gather(&[3]).unwrap(), expected);
+        assert_eq!(t.written(&[3, 99]).unwrap(), vec![true, false]);
+    }
+}
+
+#[test]
+fn scatter_add_accumulates_duplicates_and_matches_a_dense_model() {
+    let dir = tempfile::tempdir().unwrap();
+    let (rows, dim) = (1000u64, 5usize);
+    let t = new_table(&dir, DType::F32, rows, dim as u64);
+    let mut dense = t.gather(&(0..rows).collect::<Vec<_>>()).unwrap();
+    // Large enough to take the parallel path, with many repeats.
+    let keys: Vec<u64> = (0..20_000u64).map(|i| (i * 7919) % rows).collect();
+    let values: Vec<f32> = (0..keys.len() * dim)
+        .map(|i| (i % 13) as f32 * 0.25)
+        .collect();
+    t.scatter_add(&keys, &values).unwrap();
+    for (i, &k) in keys.iter().enumerate() {
+        for d in 0..dim {
+            dense[k as usize * dim + d] += values[i * dim + d];
+        }
+    }
+    let got = t.gather(&(0..rows).collect::<Vec<_>>()).unwrap();
+    for (g, e) in got.iter().zip(&dense) {
+        assert!((g - e).abs() <= 1e-3 * e.abs().max(1.0), "{g} vs {e}");
+    }
+    assert_eq!(t.written_count(), rows);
+}
+
+#[test]
+fn write_rows_last_duplicate_wins() {
+    let dir = tempfile::tempdir().unwrap();
+    let t = new_table(&dir, DType::F32, 10, 2);
+    t.write_rows(&[4, 4, 5], &[1.0, 1.0, 2.0, 2.0, 3.0, 3.0])
+        .unwrap();
+    assert_eq!(t.gather(&[4, 5]).unwrap(), vec![2.0, 2.0, 3.0, 3.0]);
+}
+
+#[test]
+fn gather_converts_to_any_output_dtype() {
+    let dir = tempfile::tempdir().unwrap();
+    let t = new_table(&dir, DType::BF16, 4, 3);
+    t.write_rows(&[1], &[1.0, -2.5, 0.3]).unwrap();
+    let mut f16_out = vec![0u8; 2 * 3 * 2];
+    t.gather_into(&[1, 2], DType::F16, &mut f16_out).unwrap();
+    let mut decoded = vec![0f32; 6];
+    codec::decode_to_f32(DType::F16, &f16_out, &mut decoded);
+    let as_f32 = t.gather(&[1, 2]).unwrap();
+    let mut expected = vec![0u8; 12];
+    codec::encode_f32(DType::F16, &as_f32, &mut expected);
+    assert_eq!(f16_out, expected);
+    assert_eq!(decoded[1], -2.5);
+}
+
+#[test]
+fn out_of_range_keys_fail_before_anything_changes() {
+    let dir = tempfile::tempdir().unwrap();
+    let t = new_table(&dir, DType::F32, 10, 2);
+    let err = t.scatter_add(&[1, 10, 11], &[1.0; 6]).unwrap_err();
+    assert!(matches!(err, Error::OutOfRange(_)));
+    assert!(err.to_string().contains("keys[1] = 10"), "{err}");
+    assert_eq!(t.written_count(), 0);
+    let mut out = vec![7u8; 3 * 8];
+    assert!(t.gather_into(&[0, 2, 99], DType::F32, &mut out).is_err());
+    assert_eq!(out, vec![7u8; 24]);
+    assert!(t.write_rows(&[1], &[1.0; 3]).is_err());
+    assert!(keys_from_i64(&[0, -3])
+        .unwrap_err()
+        .to_string()
+        .contains("keys[1] = -3"));
+}
+
+#[test]
+fn flushed_rows_survive_reopening() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("t.engram");
+    let values: Vec<f32> = (0..30).map(|i| i as f32 / 7.0).collect();
+    {
+        let t = Table::create(&path, header(DType::F16, 50, 3)).unwrap();
+        t.write_rows(&(0..10).collect::<Vec<_>>(), &values).unwrap();
+        t.flush().unwrap();
+    }
+    let t = Table::open(&path).unwrap();
+    assert_eq!(t.header(), &header(DType::F16, 50, 3));
+    let got = t.gather(&(0..10).collect::<Vec<_>>()).unwrap();
+    let mut stored = vec![0u8; 60];
+    codec::encode_f32(DType::F16, &values, &mut stored);
+    let mut expected = vec![0f32; 30];
+    codec::decode_to_f32(DType::F16, &stored, &mut expected);
+    assert_eq!(got, expected);
+    assert_eq!(t.written_count(), 10);
+}
+
+#[test]
+fn corrupt_or_foreign_files_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("t.engram");
+    drop(Table::create(&path, header(DType::F32, 50, 3)).unwrap());
+    let msg = |p: &Path| Table::open(p).unwrap_err().to_string();
+
+    let mut f = OpenOptions::new().write(true).open(&path).unwrap();
+    f.seek(SeekFrom::Start(20)).unwrap();
+    f.write_all(&[0xFF]).unwrap();
+    drop(f);
+    assert!(msg(&path).contains("checksum"), "{}", msg(&path));
+
+    let truncated = dir.path().join("short.engram");
+    drop(Table::create(&truncated, header(DType::F32, 50, 3)).unwrap());
+    let f = OpenOptions::new().write(true).open(&truncated).unwrap();
+    f.set_len(5000).unwrap();
+    assert!(msg(&truncated).contains("truncated"));
+
+    let foreign = dir.path().join("foreign");
+    std::fs::write(&foreign, vec![b'x'; 8192]).unwrap();
+    assert!(msg(&foreign).contains("bad magic"));
+
+    let empty = dir.path().join("empty");
+    std::fs::write(&empty, b"").unwrap();
+    assert!(msg(&empty).contains("too short"));
+
+    assert!(matches!(
+        Table::open(dir.path().join("missing")).unwrap_err(),
+        Error::Io { .. }
+    ));
+    assert!(
+        Table::create(&path, header(DType::F32, 5, 1)).is_err(),
+        "create must not clobber"
+    );
+}
+
+#[test]
+fn readers_never_see_a_half_written_row() {
+    let dir = tempfile::tempdir().unwrap();
+    let dim = 256;
+    let t = new_table(&dir, DType::F32, 64, dim);
+    t.write_rows(&(0..64).collect::<Vec<_>>(), &vec![0.0; 64 * dim as usize])
+        .unwrap();
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            for step in 1..200 {
+                let keys: Vec<u64> = (0..64).collect();
+                t.write_rows(&keys, &vec![step as f32; 64 * dim as usize])
+                    .unwrap();
+            }
+        });
+        for _ in 0..200 {
+            let rows = t.gather(&[5, 40]).unwrap();
+            for row in rows.chunks(dim as usize) {
+                assert!(row.iter().all(|&v| v == row[0]), "torn row");
+            }
+        }
+    });
+}

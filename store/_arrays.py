@@ -1,0 +1,47 @@
+"""Turning user inputs (lists, numpy arrays, CPU tensors) into the arrays the engine takes.
+
+Errors name the argument, so a bad call says which input was wrong.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from store import _native
+
+
+def as_int64_array(values: Any, name: str) -> npt.NDArray[np.int64]:
+    """Any integer array-like as a C-contiguous int64 array (shape kept)."""
+    array = np.asarray(values)
+    if array.size == 0:
+        return np.zeros(array.shape, dtype=np.int64)
+    if array.dtype.kind not in "iu":
+        raise TypeError(f"{name} must hold integers, got dtype {array.dtype}")
+    if array.dtype == np.uint64 and array.max() > np.iinfo(np.int64).max:
+        raise ValueError(f"{name} holds {array.max()}, above the int64 range")
+    return np.ascontiguousarray(array, dtype=np.int64)
+
+
+def as_keys(keys: Any, name: str = "keys") -> npt.NDArray[np.uint64]:
+    """Row keys of any shape as a flat uint64 array; negative keys raise IndexError."""
+    array = np.asarray(keys)
+    if array.size and array.dtype.kind not in "iu":
+        raise TypeError(f"{name} must hold integers, got dtype {array.dtype}")
+    if array.dtype == np.uint64:
+        return np.ascontiguousarray(array.reshape(-1))
+    return _native.keys_from_int64(as_int64_array(array, name).reshape(-1))
+
+
+def as_rows(values: Any, num_keys: int, dim: int, name: str = "values") -> npt.NDArray[np.float32]:
+    """Row values as a C-contiguous float32 `[num_keys, dim]` array."""
+    array = np.asarray(values)
+    if array.dtype.kind not in "fiu":
+        raise TypeError(f"{name} must hold numbers, got dtype {array.dtype}")
+    if array.size != num_keys * dim or (array.ndim and array.shape[-1] != dim):
+        raise ValueError(
+            f"{name} has shape {array.shape}, expected {num_keys} rows of dim {dim}"
+        )
+    return np.ascontiguousarray(array, dtype=np.float32).reshape(num_keys, dim)

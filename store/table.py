@@ -1,0 +1,144 @@
+"""Memory-mapped embedding tables, the storage of the store daemon.
+
+A table is `num_rows x dim` of float32, bfloat16 or float16 in one sparse file. Creating one
+takes constant time and disk however large it is; a row that was never written reads as its
+deterministic initial value (normal with the table's `std`, or zeros), the same on every
+machine.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from store import _native
+from store._arrays import as_keys, as_rows
+
+DTYPES = ("float32", "bfloat16", "float16")
+# numpy has no bfloat16: those rows travel as their uint16 bit patterns
+# (`torch.from_numpy(rows).view(torch.bfloat16)` reads them).
+_NUMPY_DTYPE = {"float32": np.float32, "float16": np.float16, "bfloat16": np.uint16}
+
+
+class Table:
+    """A memory-mapped table; use :meth:`create` or :meth:`open`."""
+
+    def __init__(self, native: _native.Table) -> None:
+        self._native = native
+
+    @classmethod
+    def create(
+        cls,
+        path: str | os.PathLike[str],
+        num_rows: int,
+        dim: int,
+        *,
+        dtype: str = "float32",
+        init: str = "normal",
+        std: float = 0.02,
+        seed: int = 0,
+    ) -> Table:
+        """Creates a new table file at `path` (which must not exist)."""
+        for name, value in (("num_rows", num_rows), ("dim", dim)):
+            if not isinstance(value, (int, np.integer)) or value <= 0:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        if seed < 0:
+            raise ValueError(f"seed must be non-negative, got {seed}")
+        return cls(_native.Table.create(os.fspath(path), num_rows, dim, dtype, init, std, seed))
+
+    @classmethod
+    def open(cls, path: str | os.PathLike[str]) -> Table:
+        """Opens an existing table, refusing files with a bad header, checksum or size."""
+        return cls(_native.Table.open(os.fspath(path)))
+
+    @property
+    def path(self) -> str:
+        return os.fspath(self._native.path)
+
+    @property
+    def num_rows(self) -> int:
+        return self._native.num_rows
+
+    @property
+    def dim(self) -> int:
+        return self._native.dim
+
+    @property
+    def dtype(self) -> str:
+        return self._native.dtype
+
+    @property
+    def init(self) -> str:
+        return self._native.init
+
+    @property
+    def std(self) -> float:
+        return self._native.std
+
+    @property
+    def seed(self) -> int:
+        return self._native.seed
+
+    @property
+    def file_len(self) -> int:
+        """Logical file size in bytes (the file is sparse: disk use grows with written rows)."""
+        return self._native.file_len
+
+    def gather(
+        self, keys: Any, out: npt.NDArray[Any] | None = None, dtype: str = "float32"
+    ) -> npt.NDArray[Any]:
+        """Rows for `keys` (any shape) as an array of shape `keys.shape + (dim,)`.
+
+        `dtype` picks the output element type whatever the storage type; `out`, when given,
+        is filled in place and returned (C-contiguous, matching shape and dtype). Every key is
+        checked first: an out-of-range key raises IndexError and nothing is written.
+        """
+        if dtype not in DTYPES:
+            raise ValueError(f"dtype must be one of {DTYPES}, got {dtype!r}")
+        shape = (*np.shape(keys), self.dim)
+        flat_keys = as_keys(keys)
+        if out is None:
+            out = np.empty(shape, dtype=_NUMPY_DTYPE[dtype])
+        elif out.shape != shape or out.dtype != _NUMPY_DTYPE[dtype]:
+            raise ValueError(
+                f"out has shape {out.shape} and dtype {out.dtype}, "
+                f"expected {shape} and {np.dtype(_NUMPY_DTYPE[dtype])}"
+            )
+        elif not out.flags.c_contiguous or not out.flags.writeable:
+            raise ValueError("out must be a writeable C-contiguous array")
+        rows = out.reshape(len(flat_keys), self.dim)
+        if dtype != "float32":
+            rows = rows.view(np.uint16)
+        self._native.gather_into(flat_keys, rows, dtype)
+        return out
+
+    def scatter_add(self, keys: Any, values: Any) -> None:
+        """Adds `values` (`len(keys) x dim`) to the rows; repeated keys accumulate."""
+        flat_keys = as_keys(keys)
+        self._native.scatter_add(flat_keys, as_rows(values, len(flat_keys), self.dim))
+
+    def write_rows(self, keys: Any, values: Any) -> None:
+        """Overwrites the rows with `values`; for a repeated key the last one wins."""
+        flat_keys = as_keys(keys)
+        self._native.write_rows(flat_keys, as_rows(values, len(flat_keys), self.dim))
+
+    def written(self, keys: Any) -> npt.NDArray[np.bool_]:
+        """Whether each key's row has been stored (rather than reading its initial value)."""
+        return self._native.written(as_keys(keys)).reshape(np.shape(keys))
+
+    def written_count(self) -> int:
+        """Number of stored rows."""
+        return self._native.written_count()
+
+    def flush(self) -> None:
+        """Makes every written row durable (msync)."""
+        self._native.flush()
+
+    def __repr__(self) -> str:
+        return (
+            f"Table(path={self.path!r}, num_rows={self.num_rows}, dim={self.dim}, "
+            f"dtype={self.dtype!r})"
+        )
