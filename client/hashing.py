@@ -194,8 +194,31 @@ class NgramHashMapping:
     def hash(self, input_ids: Any) -> dict[int, npt.NDArray[np.int64]]:
         """`[B, T]` raw token ids (array, list or CPU tensor) -> `{layer_id: [B, T, heads]}`
         int64 hash ids; each layer's array is a view into one buffer built by the kernel."""
+        ids = self._as_input_ids(input_ids)
+        out = np.empty(self.output_shape(*ids.shape), np.int64)
+        self._hasher.hash_into(ids, out)
+        return {layer: out[i] for i, layer in enumerate(self.layer_ids)}
+
+    def output_shape(self, batch: int, seq: int) -> tuple[int, int, int, int]:
+        """Shape of the buffer :meth:`hash_into` fills: `[layers, batch, seq, heads]`."""
+        return (len(self.layer_ids), batch, seq, self.heads_per_layer)
+
+    def hash_into(self, input_ids: Any, out: npt.NDArray[np.int64]) -> None:
+        """:meth:`hash` into a reusable int64 buffer of shape :meth:`output_shape`, layers in
+        `layer_ids` order. Reusing buffers spares the cost of faulting in fresh memory, which
+        is about as large as the hashing itself."""
+        ids = self._as_input_ids(input_ids)
+        expected = self.output_shape(*ids.shape)
+        if out.shape != expected or out.dtype != np.int64 or not out.flags.c_contiguous:
+            raise ValueError(
+                f"out must be a C-contiguous int64 array of shape {expected}, "
+                f"got {out.dtype} {out.shape}"
+            )
+        self._hasher.hash_into(ids, out)
+
+    @staticmethod
+    def _as_input_ids(input_ids: Any) -> npt.NDArray[np.int64]:
         ids = as_int64_array(input_ids, "input_ids")
         if ids.ndim != 2:
             raise ValueError(f"input_ids must have shape [batch, seq], got {ids.shape}")
-        hashes = self._hasher.hash(ids)
-        return {layer: hashes[i] for i, layer in enumerate(self.layer_ids)}
+        return ids

@@ -10,8 +10,8 @@ use crate::hash::{self, primes};
 use crate::init::Initializer;
 use crate::table::{self, format::Header};
 use numpy::{
-    IntoPyArray, PyArray1, PyArray4, PyArrayMethods, PyReadonlyArray1, PyReadonlyArray2,
-    PyReadwriteArray2, PyUntypedArrayMethods,
+    IntoPyArray, PyArray1, PyReadonlyArray1, PyReadonlyArray2, PyReadwriteArray2,
+    PyReadwriteArray4, PyUntypedArrayMethods,
 };
 use pyo3::create_exception;
 use pyo3::exceptions::{PyException, PyIndexError, PyOSError, PyValueError};
@@ -93,22 +93,19 @@ impl NgramHasher {
         .map_err(to_py_err)
     }
 
-    /// `[B, T]` raw token ids -> `[layers, B, T, heads_per_layer]` hash ids.
-    fn hash<'py>(
+    /// Hashes `[B, T]` raw token ids into `out`, a C-contiguous int64
+    /// `[layers, B, T, heads_per_layer]` array (allocated by numpy, which backs large arrays
+    /// with huge pages: faulting in fresh 4 KiB pages would cost more than the hashing).
+    fn hash_into(
         &self,
-        py: Python<'py>,
-        input_ids: PyReadonlyArray2<'py, i64>,
-    ) -> PyResult<Bound<'py, PyArray4<i64>>> {
+        py: Python<'_>,
+        input_ids: PyReadonlyArray2<'_, i64>,
+        mut out: PyReadwriteArray4<'_, i64>,
+    ) -> PyResult<()> {
         let (batch, seq) = (input_ids.shape()[0], input_ids.shape()[1]);
         let ids: Vec<i64> = input_ids.as_array().iter().copied().collect();
-        let hashes = detached(py, || self.inner.hash(&ids, batch, seq))?;
-        let shape = [
-            self.inner.num_layers(),
-            batch,
-            seq,
-            self.inner.heads_per_layer(),
-        ];
-        hashes.into_pyarray(py).reshape(shape)
+        let out = out.as_slice_mut()?;
+        detached(py, || self.inner.hash_into(&ids, batch, seq, out))
     }
 
     #[getter]

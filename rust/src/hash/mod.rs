@@ -113,29 +113,44 @@ impl NgramHasher {
     /// `[layers, batch, seq, heads_per_layer]`, row-major. Ids are compressed first when the
     /// hasher has a lookup table.
     pub fn hash(&self, ids: &[i64], batch: usize, seq: usize) -> Result<Vec<i64>> {
-        let expected = batch
+        let mut out = vec![0i64; self.output_len(batch, seq)?];
+        self.hash_into(ids, batch, seq, &mut out)?;
+        Ok(out)
+    }
+
+    /// Elements of the output of [`NgramHasher::hash`] for a `[batch, seq]` input.
+    pub fn output_len(&self, batch: usize, seq: usize) -> Result<usize> {
+        batch
             .checked_mul(seq)
-            .ok_or_else(|| Error::invalid(format!("input shape [{batch}, {seq}] overflows")))?;
-        if ids.len() != expected {
+            .and_then(|n| n.checked_mul(self.heads_per_layer() * self.layers.len()))
+            .ok_or_else(|| Error::invalid(format!("input shape [{batch}, {seq}] overflows")))
+    }
+
+    /// [`NgramHasher::hash`] into a caller-provided buffer (fresh memory is costly to fault
+    /// in, so callers that can reuse or specially allocate buffers should).
+    pub fn hash_into(&self, ids: &[i64], batch: usize, seq: usize, out: &mut [i64]) -> Result<()> {
+        let out_len = self.output_len(batch, seq)?;
+        if ids.len() != batch * seq {
             return Err(Error::invalid(format!(
-                "input_ids has {} elements, expected batch * seq = {expected}",
-                ids.len()
+                "input_ids has {} elements, expected batch * seq = {}",
+                ids.len(),
+                batch * seq
             )));
         }
-        let compressed;
-        let ids = match &self.lookup {
-            Some(lookup) => {
-                compressed = compress_ids(ids, lookup)?;
-                &compressed[..]
-            }
-            None => ids,
-        };
-        let width = self.heads_per_layer();
-        let layer_len = expected * width;
-        let mut out = vec![0i64; layer_len * self.layers.len()];
-        if layer_len == 0 {
-            return Ok(out);
+        if out.len() != out_len {
+            return Err(Error::invalid(format!(
+                "out has {} elements, expected {out_len}",
+                out.len()
+            )));
         }
+        if out_len == 0 {
+            return Ok(());
+        }
+        if let Some(lookup) = &self.lookup {
+            check_vocabulary(ids, lookup.len())?;
+        }
+        let width = self.heads_per_layer();
+        let layer_len = out_len / self.layers.len();
         for (layer, layer_out) in self.layers.iter().zip(out.chunks_mut(layer_len)) {
             layer_out
                 .par_chunks_mut(seq * width)
@@ -149,7 +164,7 @@ impl NgramHasher {
                         });
                 });
         }
-        Ok(out)
+        Ok(())
     }
 
     /// Hashes positions `first..first + out.len() / width` of one sequence.
@@ -157,15 +172,21 @@ impl NgramHasher {
         let width = self.heads_per_layer();
         let n_head = self.n_head;
         let mults = &layer.multipliers;
-        for (offset, heads_out) in out.chunks_exact_mut(width).enumerate() {
-            let t = first + offset;
-            let token_at = |back: usize| {
-                if back <= t {
-                    row_ids[t - back]
-                } else {
-                    self.pad_id
-                }
+        let positions = out.len() / width;
+        // The span's tokens, compressed, preceded by its n-gram history (pad before the start).
+        let history = self.max_ngram - 1;
+        let mut tokens = vec![self.pad_id; history + positions];
+        let from = first.saturating_sub(history);
+        let dst = &mut tokens[history - (first - from)..];
+        for (d, &id) in dst.iter_mut().zip(&row_ids[from..first + positions]) {
+            *d = match &self.lookup {
+                Some(lookup) if id >= 0 => lookup[id as usize],
+                _ => id,
             };
+        }
+        for (offset, heads_out) in out.chunks_exact_mut(width).enumerate() {
+            let window = &tokens[offset..offset + history + 1];
+            let token_at = |back: usize| window[history - back];
             let mut mix = token_at(0).wrapping_mul(mults[0]);
             for order in 2..=self.max_ngram {
                 mix ^= token_at(order - 1).wrapping_mul(mults[order - 1]);
@@ -179,17 +200,22 @@ impl NgramHasher {
     }
 }
 
-/// Maps raw token ids through `lookup` (raw id -> compressed id). Negative ids pass through
-/// unchanged, as in the reference; an id at or above the vocabulary is an error naming the
-/// first such id and its position.
-pub fn compress_ids(ids: &[i64], lookup: &[i64]) -> Result<Vec<i64>> {
-    let vocab = lookup.len() as i64;
-    if let Some(pos) = ids.iter().position(|&id| id >= vocab) {
-        return Err(Error::out_of_range(format!(
+/// Fails naming the first id at or above the vocabulary size (and its flat position).
+fn check_vocabulary(ids: &[i64], vocab: usize) -> Result<()> {
+    let vocab = vocab as i64;
+    match ids.iter().position(|&id| id >= vocab) {
+        None => Ok(()),
+        Some(pos) => Err(Error::out_of_range(format!(
             "input_ids[{pos}] = {} is outside the tokenizer vocabulary of {vocab} ids",
             ids[pos]
-        )));
+        ))),
     }
+}
+
+/// Maps raw token ids through `lookup` (raw id -> compressed id). Negative ids pass through
+/// unchanged, as in the reference; an id at or above the vocabulary is an error.
+pub fn compress_ids(ids: &[i64], lookup: &[i64]) -> Result<Vec<i64>> {
+    check_vocabulary(ids, lookup.len())?;
     Ok(ids
         .par_iter()
         .with_min_len(POSITIONS_PER_TASK)

@@ -52,6 +52,8 @@ impl Modulus {
         if x >= 0 {
             r
         } else if r >= self.two_pow_64_mod_p {
+            // Rare in practice: the reference bounds multipliers so that valid mixes do not
+            // overflow, which keeps this branch predictable.
             // x = (x as u64) - 2^64, so x mod p = (r - 2^64 mod p) mod p.
             r - self.two_pow_64_mod_p
         } else {

@@ -1,0 +1,47 @@
+"""Shared helpers of the benchmark scripts: timing, the JSON result line, optional plots."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Callable
+from typing import Any
+
+REFERENCE_DIR = os.environ.get(
+    "ENGRAM_REFERENCE_DIR",
+    os.path.join(os.path.dirname(__file__), "..", "..", "shared", "reference", "engram-hash"),
+)
+
+
+def best_seconds(fn: Callable[[], Any], repeats: int) -> float:
+    """Best wall time of `repeats` calls after one warm-up call (the least disturbed run)."""
+    fn()
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+def report(result: dict[str, Any], png: str | None = None) -> None:
+    """Prints the JSON line; with `png`, draws the throughput bars (matplotlib if installed)."""
+    print(json.dumps(result))
+    if not png:
+        return
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print(f"matplotlib is not installed; {png} not drawn")
+        return
+    bars = {k: v for k, v in result.items() if k.endswith("_per_s")}
+    fig, ax = plt.subplots(figsize=(7, 3))
+    ax.barh(list(bars), list(bars.values()))
+    ax.set_xlabel("per second")
+    ax.set_title(result.get("benchmark", ""))
+    fig.tight_layout()
+    fig.savefig(png)
