@@ -21,6 +21,9 @@ use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 /// Rows per parallel task in gathers: enough to amortise scheduling.
 const ROWS_PER_TASK: usize = 512;
+/// How many rows ahead a gather prefetches, and at most how many cache lines of each.
+const PREFETCH_DISTANCE: usize = 12;
+const MAX_PREFETCH_LINES: usize = 8;
 /// Updates smaller than this run on the calling thread.
 const PARALLEL_UPDATE_MIN_ROWS: usize = 4096;
 
@@ -97,6 +100,9 @@ impl Table {
         // SAFETY: the file's size was checked against the header; the mapping is private to
         // this process's Table and all access goes through the lock.
         let map = unsafe { MmapOptions::new().map_mut(file) }.map_err(|e| Error::io(path, e))?;
+        // Random row reads are TLB-bound with 4 KiB pages; where the kernel keeps the file in
+        // large folios it can map them with huge pages. Only a hint: failure changes nothing.
+        let _ = map.advise(memmap2::Advice::HugePage);
         Ok(Table {
             path: path.to_path_buf(),
             header,
@@ -168,14 +174,32 @@ impl Table {
         }
         let map = self.read_map();
         let map: &[u8] = &map;
-        out.par_chunks_mut(out_row)
-            .zip(keys.par_iter())
-            .with_min_len(ROWS_PER_TASK)
+        out.par_chunks_mut(out_row * ROWS_PER_TASK)
+            .zip(keys.par_chunks(ROWS_PER_TASK))
             .for_each_init(
                 || vec![0f32; self.dim()],
-                |scratch, (dst, &key)| self.read_row(map, key, scratch, out_dtype, dst),
+                |scratch, (task_out, task_keys)| {
+                    for (i, (dst, &key)) in task_out.chunks_mut(out_row).zip(task_keys).enumerate()
+                    {
+                        // Random rows miss every cache and the TLB: ask for later rows early so
+                        // their misses overlap this row's copy.
+                        if let Some(&ahead) = task_keys.get(i + PREFETCH_DISTANCE) {
+                            self.prefetch_row(map, ahead);
+                        }
+                        self.read_row(map, key, scratch, out_dtype, dst);
+                    }
+                },
             );
         Ok(())
+    }
+
+    fn prefetch_row(&self, map: &[u8], key: u64) {
+        let range = self.row_range(key);
+        let (bit_byte, _) = self.bit_position(key);
+        prefetch(&map[bit_byte]);
+        for line in map[range].chunks(64).take(MAX_PREFETCH_LINES) {
+            prefetch(&line[0]);
+        }
     }
 
     /// Gathers `keys` as float32 values.
@@ -354,6 +378,18 @@ fn bucket_by_key(keys: &[u64], n_buckets: usize) -> Vec<Vec<usize>> {
         buckets[b].push(i);
     }
     buckets
+}
+
+#[inline(always)]
+fn prefetch(byte: &u8) {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: prefetching is a hint; it never faults, and the address is a valid reference.
+    unsafe {
+        use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
+        _mm_prefetch::<_MM_HINT_T0>((byte as *const u8).cast());
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = byte;
 }
 
 /// Converts signed keys, naming the first negative one.
