@@ -191,6 +191,24 @@ class NgramHashMapping:
         """The prime size of each head's table for a layer, in hash-id column order."""
         return [p for order in self.vocab_size_across_layers[layer_id] for p in order]
 
+    def head_offsets(self, layer_id: int) -> npt.NDArray[np.int64]:
+        """Where each head's rows start when a layer's heads share one table (as the
+        reference's MultiHeadEmbedding lays them out): the running sum of head sizes."""
+        sizes = np.array(self.table_sizes(layer_id), dtype=np.int64)
+        return np.concatenate([[0], np.cumsum(sizes)[:-1]])
+
+    def layer_table_rows(self, layer_id: int) -> int:
+        """Rows of the table holding every head of a layer."""
+        return sum(self.table_sizes(layer_id))
+
+    def row_keys(self, input_ids: Any) -> dict[int, npt.NDArray[np.int64]]:
+        """`{layer_id: [B, T, heads]}` row keys into each layer's shared head table: the hash
+        ids shifted by :meth:`head_offsets`."""
+        return {
+            layer: hashes + self.head_offsets(layer)
+            for layer, hashes in self.hash(input_ids).items()
+        }
+
     def hash(self, input_ids: Any) -> dict[int, npt.NDArray[np.int64]]:
         """`[B, T]` raw token ids (array, list or CPU tensor) -> `{layer_id: [B, T, heads]}`
         int64 hash ids; each layer's array is a view into one buffer built by the kernel."""

@@ -14,13 +14,13 @@ pub enum Initializer {
     Zeros,
     /// Normal with mean 0 and standard deviation `std`.
     Normal {
-        std: f32,
+        std: f64,
         seed: u64,
     },
 }
 
 impl Initializer {
-    pub fn normal(std: f32, seed: u64) -> Result<Self> {
+    pub fn normal(std: f64, seed: u64) -> Result<Self> {
         if !std.is_finite() || std < 0.0 {
             return Err(Error::invalid(format!(
                 "init std must be finite and non-negative, got {std}"
@@ -37,7 +37,7 @@ impl Initializer {
                 for (group, values) in row.chunks_mut(4).enumerate() {
                     let normals = standard_normals(seed, row_index, group as u64);
                     for (v, n) in values.iter_mut().zip(normals) {
-                        *v = (n * f64::from(std)) as f32;
+                        *v = (n * std) as f32;
                     }
                 }
             }
@@ -155,6 +155,6 @@ mod tests {
         Initializer::Zeros.fill_row(3, &mut row);
         assert_eq!(row, vec![0.0; 5]);
         assert!(Initializer::normal(-1.0, 0).is_err());
-        assert!(Initializer::normal(f32::NAN, 0).is_err());
+        assert!(Initializer::normal(f64::NAN, 0).is_err());
     }
 }

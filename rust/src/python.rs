@@ -161,7 +161,7 @@ impl Table {
         dim: u64,
         dtype: &str,
         init: &str,
-        std: f32,
+        std: f64,
         seed: u64,
     ) -> PyResult<Self> {
         let init = match init {
@@ -213,7 +213,7 @@ impl Table {
         }
     }
     #[getter]
-    fn std(&self) -> f32 {
+    fn std(&self) -> f64 {
         match self.inner.initializer() {
             Initializer::Zeros => 0.0,
             Initializer::Normal { std, .. } => std,

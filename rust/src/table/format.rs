@@ -1,10 +1,14 @@
 //! The table file format, version 1.
 //!
 //! ```text
-//! offset 0     header (little-endian, HEADER_LEN bytes reserved, CRC-32 protected)
-//! data_offset  row data: num_rows x dim elements of dtype, row-major
-//! bitmap_off   written bitmap: one bit per row (u64 words), set once a row is stored
+//! offset 0     header (HEADER_LEN bytes reserved)
+//! data_offset  row data: num_rows x dim elements of dtype, little-endian, row-major
+//! bitmap_off   written bitmap: bit (r % 8) of byte (r / 8) is set once row r is stored
 //! ```
+//! Header fields, little-endian: magic `ENGRMTBL` (8 bytes), format version u32, dtype code
+//! u32, num_rows u64, dim u64, initializer code u32, 4 reserved bytes, init std f64, init
+//! seed u64, data_offset u64, bitmap_offset u64, file length u64, 8 reserved bytes, then the
+//! CRC-32 of all of the above (u32).
 //! Data and bitmap start on page boundaries. The file is created sparse, so neither time nor
 //! disk grows with the table size until rows are written. A row whose bit is clear has never
 //! been stored and reads as its initializer's value.
@@ -19,7 +23,7 @@ pub const FORMAT_VERSION: u32 = 1;
 pub const HEADER_LEN: u64 = 4096;
 const PAGE: u64 = 4096;
 /// Bytes of the header covered by the checksum; the CRC-32 follows them.
-const CHECKSUMMED_LEN: usize = 80;
+const CHECKSUMMED_LEN: usize = 88;
 
 const INIT_ZEROS: u32 = 0;
 const INIT_NORMAL: u32 = 1;
@@ -106,6 +110,7 @@ impl Header {
         buf.extend_from_slice(&self.num_rows.to_le_bytes());
         buf.extend_from_slice(&self.dim.to_le_bytes());
         buf.extend_from_slice(&init_kind.to_le_bytes());
+        buf.extend_from_slice(&[0u8; 4]);
         buf.extend_from_slice(&std.to_le_bytes());
         buf.extend_from_slice(&seed.to_le_bytes());
         buf.extend_from_slice(&layout.data_offset.to_le_bytes());
@@ -148,10 +153,10 @@ impl Header {
         }
         let dtype = DType::from_code(u32_at(12))
             .ok_or_else(|| bad(format!("unknown dtype code {}", u32_at(12))))?;
-        let std = f32::from_le_bytes(bytes[36..40].try_into().unwrap());
+        let std = f64::from_le_bytes(bytes[40..48].try_into().unwrap());
         let init = match u32_at(32) {
             INIT_ZEROS => Initializer::Zeros,
-            INIT_NORMAL => Initializer::normal(std, u64_at(40))
+            INIT_NORMAL => Initializer::normal(std, u64_at(48))
                 .map_err(|e| bad(format!("bad initializer: {e}")))?,
             other => return Err(bad(format!("unknown initializer code {other}"))),
         };
@@ -164,7 +169,7 @@ impl Header {
         let layout = header
             .validate()
             .map_err(|e| bad(format!("bad shape: {e}")))?;
-        let recorded = (u64_at(48), u64_at(56), u64_at(64));
+        let recorded = (u64_at(56), u64_at(64), u64_at(72));
         if recorded != (layout.data_offset, layout.bitmap_offset, layout.file_len) {
             return Err(bad(format!(
                 "recorded layout {recorded:?} disagrees with the shape {}x{}",
@@ -235,7 +240,7 @@ mod tests {
         let mut bad_version = good.clone();
         bad_version[8] = 2;
         check(&bad_version, len, "version 2");
-        for offset in [12usize, 16, 24, 40, 60] {
+        for offset in [12usize, 16, 24, 40, 52, 60, 84] {
             let mut flipped = good.clone();
             flipped[offset] ^= 0x10;
             check(&flipped, len, "checksum mismatch");
