@@ -56,7 +56,6 @@ def main() -> None:
         gather_s = best_seconds(lambda: table.gather(keys), args.repeats)
         gather_out_s = best_seconds(lambda: table.gather(keys, out=out), args.repeats)
         copy_s = best_seconds(lambda: np.copyto(out, src), args.repeats)
-        del memmap
 
     row_bytes = args.dim * 4
     report(

@@ -81,7 +81,7 @@ class CompressedTokenizer:
             text = self.tokenizer.decode([tid], skip_special_tokens=False)
             if _REPLACEMENT_CHARACTER in text:
                 # A partial UTF-8 sequence: the raw token string tells such tokens apart.
-                key = self.tokenizer.id_to_token(tid)
+                key = self.tokenizer.id_to_token(tid) or text
             else:
                 key = normalizer.normalize_str(text) or text
             lookup[tid] = key_to_new.setdefault(key, len(key_to_new))
@@ -158,9 +158,7 @@ class NgramHashMapping:
             raise ValueError(f"pad_id {pad_id} is outside the tokenizer vocabulary of {raw_vocab}")
         self.pad_id = int(self.compressed_tokenizer.lookup_table[pad_id])
 
-        self.layer_multipliers = {
-            layer: self._multipliers(layer) for layer in self.layer_ids
-        }
+        self.layer_multipliers = {layer: self._multipliers(layer) for layer in self.layer_ids}
         sizes = _native.table_sizes(vocab_sizes, self.n_head_per_ngram, len(self.layer_ids))
         self.vocab_size_across_layers: dict[int, list[list[int]]] = dict(
             zip(self.layer_ids, sizes, strict=True)

@@ -67,8 +67,10 @@ def main() -> None:
             table.scatter_add(keys, -0.01 * grads)
             table.flush()
             moved = np.abs(table.gather(keys) - rows).max()
-            print(f"          after one SGD step: {table.written_count()} rows stored, "
-                  f"max change {moved:.4f}")
+            print(
+                f"          after one SGD step: {table.written_count()} rows stored, "
+                f"max change {moved:.4f}"
+            )
 
 
 if __name__ == "__main__":

@@ -41,7 +41,5 @@ def as_rows(values: Any, num_keys: int, dim: int, name: str = "values") -> npt.N
     if array.dtype.kind not in "fiu":
         raise TypeError(f"{name} must hold numbers, got dtype {array.dtype}")
     if array.size != num_keys * dim or (array.ndim and array.shape[-1] != dim):
-        raise ValueError(
-            f"{name} has shape {array.shape}, expected {num_keys} rows of dim {dim}"
-        )
+        raise ValueError(f"{name} has shape {array.shape}, expected {num_keys} rows of dim {dim}")
     return np.ascontiguousarray(array, dtype=np.float32).reshape(num_keys, dim)
