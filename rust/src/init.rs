@@ -17,6 +17,8 @@ pub enum Initializer {
         std: f64,
         seed: u64,
     },
+    /// Every element the same value (optimizer accumulators start this way).
+    Constant(f32),
 }
 
 impl Initializer {
@@ -33,6 +35,7 @@ impl Initializer {
     pub fn fill_row(&self, row_index: u64, row: &mut [f32]) {
         match *self {
             Initializer::Zeros => row.fill(0.0),
+            Initializer::Constant(value) => row.fill(value),
             Initializer::Normal { std, seed } => {
                 for (group, values) in row.chunks_mut(4).enumerate() {
                     let normals = standard_normals(seed, row_index, group as u64);

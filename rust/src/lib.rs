@@ -12,10 +12,13 @@
 #[cfg(target_endian = "big")]
 compile_error!("table files are little-endian and are read in place");
 
+pub mod checkpoint;
 pub mod codec;
+pub mod embedding;
 pub mod error;
 pub mod hash;
 pub mod init;
+pub mod optim;
 pub mod table;
 
 #[cfg(feature = "python")]

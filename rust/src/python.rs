@@ -210,19 +210,20 @@ impl Table {
         match self.inner.initializer() {
             Initializer::Zeros => "zeros",
             Initializer::Normal { .. } => "normal",
+            Initializer::Constant(_) => "constant",
         }
     }
     #[getter]
     fn std(&self) -> f64 {
         match self.inner.initializer() {
-            Initializer::Zeros => 0.0,
+            Initializer::Zeros | Initializer::Constant(_) => 0.0,
             Initializer::Normal { std, .. } => std,
         }
     }
     #[getter]
     fn seed(&self) -> u64 {
         match self.inner.initializer() {
-            Initializer::Zeros => 0,
+            Initializer::Zeros | Initializer::Constant(_) => 0,
             Initializer::Normal { seed, .. } => seed,
         }
     }

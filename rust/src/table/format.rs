@@ -4,11 +4,12 @@
 //! offset 0     header (HEADER_LEN bytes reserved)
 //! data_offset  row data: num_rows x dim elements of dtype, little-endian, row-major
 //! bitmap_off   written bitmap: bit (r % 8) of byte (r / 8) is set once row r is stored
+//! dirty_off    dirty bitmap, same shape: set when row r is stored, cleared by checkpoints
 //! ```
 //! Header fields, little-endian: magic `ENGRMTBL` (8 bytes), format version u32, dtype code
-//! u32, num_rows u64, dim u64, initializer code u32, 4 reserved bytes, init std f64, init
-//! seed u64, data_offset u64, bitmap_offset u64, file length u64, 8 reserved bytes, then the
-//! CRC-32 of all of the above (u32).
+//! u32, num_rows u64, dim u64, initializer code u32, 4 reserved bytes, initializer parameter
+//! f64 (normal: std; constant: the value), init seed u64, data_offset u64, bitmap_offset u64,
+//! file length u64, dirty_offset u64, then the CRC-32 of all of the above (u32).
 //! Data and bitmap start on page boundaries. The file is created sparse, so neither time nor
 //! disk grows with the table size until rows are written. A row whose bit is clear has never
 //! been stored and reads as its initializer's value.
@@ -27,6 +28,7 @@ const CHECKSUMMED_LEN: usize = 88;
 
 const INIT_ZEROS: u32 = 0;
 const INIT_NORMAL: u32 = 1;
+const INIT_CONSTANT: u32 = 2;
 
 #[derive(Clone, Debug, PartialEq)]
 pub struct Header {
@@ -42,7 +44,7 @@ pub struct Layout {
     pub row_bytes: u64,
     pub data_offset: u64,
     pub bitmap_offset: u64,
-    pub bitmap_words: u64,
+    pub dirty_offset: u64,
     pub file_len: u64,
 }
 
@@ -69,18 +71,16 @@ impl Header {
             .checked_add(data_bytes)
             .and_then(|end| round_up(end, PAGE))
             .ok_or_else(overflow)?;
-        let bitmap_words = self.num_rows.div_ceil(64);
-        let file_len = bitmap_offset
-            .checked_add(bitmap_words * 8)
-            .and_then(|end| round_up(end, PAGE))
-            .ok_or_else(overflow)?;
+        let bitmap_len = round_up(self.num_rows.div_ceil(8), PAGE).ok_or_else(overflow)?;
+        let dirty_offset = bitmap_offset.checked_add(bitmap_len).ok_or_else(overflow)?;
+        let file_len = dirty_offset.checked_add(bitmap_len).ok_or_else(overflow)?;
         // mmap lengths are usize.
         usize::try_from(file_len).map_err(|_| overflow())?;
         Ok(Layout {
             row_bytes,
             data_offset: HEADER_LEN,
             bitmap_offset,
-            bitmap_words,
+            dirty_offset,
             file_len,
         })
     }
@@ -99,9 +99,10 @@ impl Header {
         let layout = self
             .layout()
             .expect("encode is only called on validated headers");
-        let (init_kind, std, seed) = match self.init {
+        let (init_kind, param, seed) = match self.init {
             Initializer::Zeros => (INIT_ZEROS, 0.0, 0),
             Initializer::Normal { std, seed } => (INIT_NORMAL, std, seed),
+            Initializer::Constant(value) => (INIT_CONSTANT, f64::from(value), 0),
         };
         let mut buf = Vec::with_capacity(HEADER_LEN as usize);
         buf.extend_from_slice(&MAGIC);
@@ -111,12 +112,12 @@ impl Header {
         buf.extend_from_slice(&self.dim.to_le_bytes());
         buf.extend_from_slice(&init_kind.to_le_bytes());
         buf.extend_from_slice(&[0u8; 4]);
-        buf.extend_from_slice(&std.to_le_bytes());
+        buf.extend_from_slice(&param.to_le_bytes());
         buf.extend_from_slice(&seed.to_le_bytes());
         buf.extend_from_slice(&layout.data_offset.to_le_bytes());
         buf.extend_from_slice(&layout.bitmap_offset.to_le_bytes());
         buf.extend_from_slice(&layout.file_len.to_le_bytes());
-        buf.extend_from_slice(&[0u8; 8]);
+        buf.extend_from_slice(&layout.dirty_offset.to_le_bytes());
         debug_assert_eq!(buf.len(), CHECKSUMMED_LEN);
         let crc = crc32fast::hash(&buf);
         buf.extend_from_slice(&crc.to_le_bytes());
@@ -153,11 +154,12 @@ impl Header {
         }
         let dtype = DType::from_code(u32_at(12))
             .ok_or_else(|| bad(format!("unknown dtype code {}", u32_at(12))))?;
-        let std = f64::from_le_bytes(bytes[40..48].try_into().unwrap());
+        let param = f64::from_le_bytes(bytes[40..48].try_into().unwrap());
         let init = match u32_at(32) {
             INIT_ZEROS => Initializer::Zeros,
-            INIT_NORMAL => Initializer::normal(std, u64_at(48))
+            INIT_NORMAL => Initializer::normal(param, u64_at(48))
                 .map_err(|e| bad(format!("bad initializer: {e}")))?,
+            INIT_CONSTANT => Initializer::Constant(param as f32),
             other => return Err(bad(format!("unknown initializer code {other}"))),
         };
         let header = Header {
@@ -169,8 +171,14 @@ impl Header {
         let layout = header
             .validate()
             .map_err(|e| bad(format!("bad shape: {e}")))?;
-        let recorded = (u64_at(56), u64_at(64), u64_at(72));
-        if recorded != (layout.data_offset, layout.bitmap_offset, layout.file_len) {
+        let recorded = (u64_at(56), u64_at(64), u64_at(72), u64_at(80));
+        let expected = (
+            layout.data_offset,
+            layout.bitmap_offset,
+            layout.file_len,
+            layout.dirty_offset,
+        );
+        if recorded != expected {
             return Err(bad(format!(
                 "recorded layout {recorded:?} disagrees with the shape {}x{}",
                 header.num_rows, header.dim
@@ -219,8 +227,8 @@ mod tests {
         assert_eq!(layout.row_bytes, 96);
         assert_eq!(layout.bitmap_offset % PAGE, 0);
         assert!(layout.bitmap_offset >= HEADER_LEN + 96 * 1000);
-        assert_eq!(layout.bitmap_words, 16);
-        assert_eq!(layout.file_len % PAGE, 0);
+        assert_eq!(layout.dirty_offset, layout.bitmap_offset + PAGE);
+        assert_eq!(layout.file_len, layout.dirty_offset + PAGE);
     }
 
     #[test]

@@ -279,53 +279,139 @@ impl Table {
     where
         F: Fn(usize, &mut [f32]) + Sync,
     {
+        self.update_rows_with_state(None, keys, |i, row, _| update(i, row))
+    }
+
+    /// Like [`Table::update_rows`], with the same rows of a companion `state` table (optimizer
+    /// state: same row count, its own width) loaded, updated and stored alongside. Both
+    /// tables are locked (this one first) for the whole update.
+    pub fn update_rows_with_state<F>(
+        &self,
+        state: Option<&Table>,
+        keys: &[u64],
+        update: F,
+    ) -> Result<()>
+    where
+        F: Fn(usize, &mut [f32], &mut [f32]) + Sync,
+    {
         self.check_keys(keys)?;
+        if let Some(state) = state {
+            if state.num_rows() != self.num_rows() {
+                return Err(Error::invalid(format!(
+                    "state table has {} rows, the table {}",
+                    state.num_rows(),
+                    self.num_rows()
+                )));
+            }
+        }
         if keys.is_empty() {
             return Ok(());
         }
-        let mut map = self.write_map();
-        let base = SharedBase(map.as_mut_ptr());
-        let apply = |indices: &mut dyn Iterator<Item = usize>, scratch: &mut Vec<f32>| {
+        let params = self.writer();
+        let state_rows = state.map(Table::writer);
+        let state_dim = state.map_or(0, Table::dim);
+        let scratch = || (vec![0f32; self.dim()], vec![0f32; state_dim]);
+        let apply = |indices: &mut dyn Iterator<Item = usize>,
+                     (row, state_row): &mut (Vec<f32>, Vec<f32>)| {
             for i in indices {
-                // SAFETY: every key is in range (checked above) and each key's row is handled by
-                // exactly one thread, so these bytes are not aliased.
-                unsafe { self.update_row(base, keys[i], scratch, |row| update(i, row)) };
+                let key = keys[i];
+                // SAFETY: keys are in range (checked above) and each key's rows are handled by
+                // exactly one thread.
+                unsafe {
+                    params.load(key, row);
+                    if let Some(w) = &state_rows {
+                        w.load(key, state_row);
+                    }
+                    update(i, row, state_row);
+                    params.store(key, row);
+                    if let Some(w) = &state_rows {
+                        w.store(key, state_row);
+                    }
+                }
             }
         };
         if keys.len() < PARALLEL_UPDATE_MIN_ROWS {
-            apply(&mut (0..keys.len()), &mut vec![0f32; self.dim()]);
+            apply(&mut (0..keys.len()), &mut scratch());
         } else {
             let buckets = bucket_by_key(keys, rayon::current_num_threads() * 4);
-            buckets.par_iter().for_each_init(
-                || vec![0f32; self.dim()],
-                |scratch, bucket| apply(&mut bucket.iter().copied(), scratch),
-            );
+            buckets.par_iter().for_each_init(scratch, |buf, bucket| {
+                apply(&mut bucket.iter().copied(), buf)
+            });
         }
         Ok(())
     }
 
-    /// # Safety
-    /// `key` must be in range and no other thread may access its row concurrently.
-    unsafe fn update_row(
-        &self,
-        base: SharedBase,
-        key: u64,
-        scratch: &mut [f32],
-        update: impl FnOnce(&mut [f32]),
-    ) {
-        let range = self.row_range(key);
-        let row = std::slice::from_raw_parts_mut(base.0.add(range.start), range.len());
-        let (byte, mask) = self.bit_position(key);
-        // Bitmap bytes are shared by neighbouring rows that other threads may be storing.
-        let bits = AtomicU8::from_ptr(base.0.add(byte));
-        if bits.load(Ordering::Relaxed) & mask != 0 {
-            codec::decode_to_f32(self.header.dtype, row, scratch);
-        } else {
-            self.initial_row(key, scratch);
+    fn writer(&self) -> RowWriter<'_> {
+        let mut guard = self.write_map();
+        let base = SharedBase(guard.as_mut_ptr());
+        RowWriter {
+            table: self,
+            _guard: guard,
+            base,
         }
-        update(scratch);
-        codec::encode_f32(self.header.dtype, scratch, row);
-        bits.fetch_or(mask, Ordering::Relaxed);
+    }
+
+    fn bitmap_bytes(&self) -> usize {
+        self.header.num_rows.div_ceil(8) as usize
+    }
+
+    fn keys_in_bitmap(&self, map: &[u8], offset: u64) -> Vec<u64> {
+        let start = offset as usize;
+        let bits = &map[start..start + self.bitmap_bytes()];
+        let mut keys = Vec::new();
+        for (byte_index, &byte) in bits.iter().enumerate() {
+            let mut rest = byte;
+            while rest != 0 {
+                keys.push(byte_index as u64 * 8 + u64::from(rest.trailing_zeros()));
+                rest &= rest - 1;
+            }
+        }
+        keys
+    }
+
+    /// Keys of every stored row, ascending.
+    pub fn written_keys(&self) -> Vec<u64> {
+        self.keys_in_bitmap(&self.read_map(), self.layout.bitmap_offset)
+    }
+
+    /// Keys of the rows stored since the dirty marks were last cleared, ascending.
+    pub fn dirty_keys(&self) -> Vec<u64> {
+        self.keys_in_bitmap(&self.read_map(), self.layout.dirty_offset)
+    }
+
+    /// Forgets which rows changed (once a checkpoint has saved them).
+    pub fn clear_dirty(&self) {
+        let mut map = self.write_map();
+        let start = self.layout.dirty_offset as usize;
+        let len = self.bitmap_bytes();
+        map[start..start + len].fill(0);
+    }
+
+    /// Raw stored bytes of `keys` (`keys.len()` rows of the storage dtype): exact copies for
+    /// checkpoints. Never-written rows read as their initial value.
+    pub fn read_raw_rows(&self, keys: &[u64]) -> Result<Vec<u8>> {
+        let mut out = vec![0u8; keys.len() * self.layout.row_bytes as usize];
+        self.gather_into(keys, self.header.dtype, &mut out)?;
+        Ok(out)
+    }
+
+    /// Stores raw row bytes (as from [`Table::read_raw_rows`]) exactly, marking them written.
+    pub fn write_raw_rows(&self, keys: &[u64], rows: &[u8]) -> Result<()> {
+        let row_bytes = self.layout.row_bytes as usize;
+        if rows.len() != keys.len() * row_bytes {
+            return Err(Error::invalid(format!(
+                "rows hold {} bytes, expected {} keys x {row_bytes}",
+                rows.len(),
+                keys.len()
+            )));
+        }
+        self.check_keys(keys)?;
+        let writer = self.writer();
+        for (&key, row) in keys.iter().zip(rows.chunks_exact(row_bytes)) {
+            // SAFETY: in range (checked above); this thread is the only writer.
+            unsafe { writer.store_raw(key, row) };
+        }
+        Ok(())
     }
 
     /// Adds `values` (`keys.len() x dim`) to the rows; repeated keys accumulate.
@@ -366,6 +452,67 @@ impl Table {
         self.read_map()
             .flush()
             .map_err(|e| Error::io(&self.path, e))
+    }
+}
+
+/// Exclusive access to a table's rows for one update. Rows may be loaded and stored from
+/// several threads at once as long as no two threads touch the same row.
+struct RowWriter<'a> {
+    table: &'a Table,
+    _guard: RwLockWriteGuard<'a, MmapMut>,
+    base: SharedBase,
+}
+
+impl RowWriter<'_> {
+    /// # Safety
+    /// `key` must be in range and its row not accessed by another thread meanwhile.
+    #[allow(clippy::mut_from_ref)]
+    unsafe fn row(&self, key: u64) -> &mut [u8] {
+        let range = self.table.row_range(key);
+        std::slice::from_raw_parts_mut(self.base.0.add(range.start), range.len())
+    }
+
+    /// Bitmap bytes are shared by neighbouring rows that other threads may be storing.
+    ///
+    /// # Safety
+    /// `offset` must be a byte of the mapping.
+    unsafe fn bits(&self, offset: usize) -> &AtomicU8 {
+        AtomicU8::from_ptr(self.base.0.add(offset))
+    }
+
+    /// # Safety
+    /// As for [`RowWriter::row`].
+    unsafe fn load(&self, key: u64, values: &mut [f32]) {
+        let (byte, mask) = self.table.bit_position(key);
+        if self.bits(byte).load(Ordering::Relaxed) & mask != 0 {
+            codec::decode_to_f32(self.table.header.dtype, self.row(key), values);
+        } else {
+            self.table.initial_row(key, values);
+        }
+    }
+
+    /// # Safety
+    /// As for [`RowWriter::row`].
+    unsafe fn store(&self, key: u64, values: &[f32]) {
+        codec::encode_f32(self.table.header.dtype, values, self.row(key));
+        self.mark_stored(key);
+    }
+
+    /// # Safety
+    /// As for [`RowWriter::row`].
+    unsafe fn store_raw(&self, key: u64, bytes: &[u8]) {
+        self.row(key).copy_from_slice(bytes);
+        self.mark_stored(key);
+    }
+
+    /// # Safety
+    /// `key` must be in range.
+    unsafe fn mark_stored(&self, key: u64) {
+        let (byte, mask) = self.table.bit_position(key);
+        let layout = &self.table.layout;
+        let dirty_byte = byte + (layout.dirty_offset - layout.bitmap_offset) as usize;
+        self.bits(byte).fetch_or(mask, Ordering::Relaxed);
+        self.bits(dirty_byte).fetch_or(mask, Ordering::Relaxed);
     }
 }
 

@@ -1,0 +1,124 @@
+use super::*;
+use crate::codec::DType;
+use crate::init::Initializer;
+
+fn header(rows: u64, dim: u64) -> Header {
+    Header {
+        dtype: DType::F32,
+        num_rows: rows,
+        dim,
+        init: Initializer::normal(0.1, 1).unwrap(),
+    }
+}
+
+fn sgd(lr: f32) -> Optimizer {
+    Optimizer::new("sgd", lr, 0.0, 0.0, 0.0, 0.0).unwrap()
+}
+
+#[test]
+fn sgd_push_sums_duplicates_and_counts_steps() {
+    let dir = tempfile::tempdir().unwrap();
+    let t = EmbeddingTable::create(dir.path().join("t"), header(100, 3), sgd(0.5), false).unwrap();
+    let before = t.params().gather(&[4, 9]).unwrap();
+    let outcome = t
+        .push(
+            &[4, 9, 4],
+            &[1.0, 1.0, 1.0, 2.0, 2.0, 2.0, 3.0, 3.0, 3.0],
+            None,
+        )
+        .unwrap();
+    assert_eq!(outcome, PushOutcome { rows: 2, step: 1 });
+    let after = t.params().gather(&[4, 9]).unwrap();
+    for d in 0..3 {
+        assert!((after[d] - (before[d] - 0.5 * 4.0)).abs() < 1e-6);
+        assert!((after[3 + d] - (before[3 + d] - 0.5 * 2.0)).abs() < 1e-6);
+    }
+    assert_eq!(t.push(&[1], &[0.0; 3], None).unwrap().step, 2);
+    assert_eq!(t.push(&[1], &[0.0; 3], Some(10)).unwrap().step, 10);
+    assert_eq!(t.push(&[1], &[0.0; 3], Some(7)).unwrap().step, 7);
+    assert_eq!(t.step(), 10);
+    assert!(t.state().is_none());
+}
+
+#[test]
+fn bad_pushes_change_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let opt = Optimizer::new("adam", 0.1, 1e-8, 0.9, 0.999, 0.0).unwrap();
+    let t = EmbeddingTable::create(dir.path().join("t"), header(10, 2), opt, false).unwrap();
+    let msg = |r: Result<PushOutcome>| r.unwrap_err().to_string();
+    assert!(msg(t.push(&[1, 2], &[0.0; 3], None)).contains("expected 2 keys x dim 2"));
+    assert!(msg(t.push(&[], &[], None)).contains("no keys"));
+    assert!(msg(t.push(&[1], &[0.0; 2], Some(0))).contains("step counts from 1"));
+    assert!(msg(t.push(&[1, 10], &[0.0; 4], None)).contains("keys[1] = 10"));
+    assert!(msg(t.push(&[1, 2], &[0.0, 0.0, f32::NAN, 1.0], None)).contains("keys[1] is NaN"));
+    assert_eq!(t.step(), 0);
+    assert_eq!(t.params().written_count(), 0);
+    assert!(t.dirty_keys().is_empty());
+
+    let lenient =
+        EmbeddingTable::create(dir.path().join("u"), header(10, 2), sgd(1.0), true).unwrap();
+    lenient.push(&[3], &[f32::INFINITY, 0.0], None).unwrap();
+    assert_eq!(lenient.params().gather(&[3]).unwrap()[0], f32::NEG_INFINITY);
+}
+
+#[test]
+fn optimizer_state_lives_beside_the_rows_and_survives_reopening() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("t");
+    let opt = Optimizer::new("adagrad", 0.1, 1e-10, 0.0, 0.0, 0.5).unwrap();
+    let t = EmbeddingTable::create(&path, header(50, 4), opt, false).unwrap();
+    assert_eq!(t.state().unwrap().gather(&[7]).unwrap(), vec![0.5; 4]);
+    t.push(&[7, 8], &[1.0; 8], None).unwrap();
+    assert_eq!(t.state().unwrap().gather(&[7]).unwrap(), vec![1.5; 4]);
+    assert_eq!(t.dirty_keys(), vec![7, 8]);
+    t.clear_dirty();
+    assert!(t.dirty_keys().is_empty());
+    assert_eq!(t.written_keys(), vec![7, 8]);
+    let rows = t.params().gather(&[7, 8]).unwrap();
+    t.flush().unwrap();
+    drop(t);
+    let reopened = EmbeddingTable::open(&path, opt, false, 1).unwrap();
+    assert_eq!(reopened.params().gather(&[7, 8]).unwrap(), rows);
+    assert_eq!(reopened.step(), 1);
+    let adam = Optimizer::new("adam", 0.1, 1e-8, 0.9, 0.999, 0.0).unwrap();
+    assert!(EmbeddingTable::open(&path, adam, false, 1).is_err());
+}
+
+#[test]
+fn concurrent_pushes_lose_no_update() {
+    let dir = tempfile::tempdir().unwrap();
+    let t =
+        EmbeddingTable::create(dir.path().join("t"), header(1000, 8), sgd(0.01), false).unwrap();
+    let initial = t.params().gather(&(0..1000).collect::<Vec<_>>()).unwrap();
+    let threads = 4;
+    let pushes = 25;
+    std::thread::scope(|s| {
+        for worker in 0..threads {
+            let t = &t;
+            s.spawn(move || {
+                for p in 0..pushes {
+                    // Overlapping keys across workers, with repeats inside each push.
+                    let keys: Vec<u64> =
+                        (0..5000u64).map(|i| (i * 7 + p + worker) % 1000).collect();
+                    t.push(&keys, &vec![1.0; keys.len() * 8], None).unwrap();
+                }
+            });
+        }
+    });
+    let mut expected = initial;
+    for worker in 0..threads {
+        for p in 0..pushes {
+            for i in 0..5000u64 {
+                let k = ((i * 7 + p + worker) % 1000) as usize;
+                for d in 0..8 {
+                    expected[k * 8 + d] -= 0.01;
+                }
+            }
+        }
+    }
+    let got = t.params().gather(&(0..1000).collect::<Vec<_>>()).unwrap();
+    for (g, e) in got.iter().zip(&expected) {
+        assert!((g - e).abs() < 1e-3, "{g} vs {e}");
+    }
+    assert_eq!(t.step(), threads * pushes);
+}
