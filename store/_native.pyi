@@ -7,6 +7,7 @@ import numpy.typing as npt
 
 __all__ = [
     "TABLE_FORMAT_VERSION",
+    "EmbeddingTable",
     "NgramHasher",
     "StoreError",
     "Table",
@@ -14,6 +15,7 @@ __all__ = [
     "compress_ids",
     "keys_from_int64",
     "table_sizes",
+    "verify_pack",
 ]
 
 TABLE_FORMAT_VERSION: int
@@ -34,6 +36,8 @@ class NgramHasher:
     ) -> NgramHasher: ...
     @property
     def heads_per_layer(self) -> int: ...
+    @property
+    def fingerprint(self) -> int: ...
     def hash_into(self, input_ids: npt.NDArray[np.int64], out: npt.NDArray[np.int64]) -> None: ...
 
 @final
@@ -77,6 +81,69 @@ class Table:
     def written_count(self) -> int: ...
     def flush(self) -> None: ...
 
+@final
+class EmbeddingTable:
+    @staticmethod
+    def create(
+        dir: str | os.PathLike[str],
+        num_rows: int,
+        dim: int,
+        dtype: str,
+        init: str,
+        std: float,
+        seed: int,
+        optimizer: str,
+        lr: float,
+        eps: float,
+        beta1: float,
+        beta2: float,
+        initial_accumulator_value: float,
+        allow_non_finite: bool,
+    ) -> EmbeddingTable: ...
+    @staticmethod
+    def open(
+        dir: str | os.PathLike[str],
+        optimizer: str,
+        lr: float,
+        eps: float,
+        beta1: float,
+        beta2: float,
+        initial_accumulator_value: float,
+        allow_non_finite: bool,
+        step: int,
+    ) -> EmbeddingTable: ...
+    @property
+    def num_rows(self) -> int: ...
+    @property
+    def dim(self) -> int: ...
+    @property
+    def dtype(self) -> str: ...
+    @property
+    def step(self) -> int: ...
+    @property
+    def state_dim(self) -> int: ...
+    def written_count(self) -> int: ...
+    def lookup_bytes(self, keys: bytes, dtype: str) -> bytes: ...
+    def check_keys_bytes(self, keys: bytes) -> None: ...
+    def gather_into(self, keys: npt.NDArray[np.uint64], out: npt.NDArray[np.float32]) -> None: ...
+    def push_bytes(
+        self, keys: bytes, grads: bytes, grads_dtype: str, step: int | None = None
+    ) -> tuple[int, int]: ...
+    def push(
+        self,
+        keys: npt.NDArray[np.uint64],
+        grads: npt.NDArray[np.float32],
+        step: int | None = None,
+    ) -> tuple[int, int]: ...
+    def write_pack(
+        self, path: str | os.PathLike[str], incremental: bool
+    ) -> tuple[int, int, int, int]: ...
+    def apply_pack(self, path: str | os.PathLike[str]) -> tuple[int, int, int, int]: ...
+    def clear_dirty(self) -> None: ...
+    def dirty_count(self) -> int: ...
+    def flush(self) -> None: ...
+
+def verify_pack(path: str | os.PathLike[str]) -> tuple[int, int, int, int]: ...
 def table_sizes(
     vocab_sizes: list[int], n_head_per_ngram: int, n_layers: int
 ) -> list[list[list[int]]]: ...

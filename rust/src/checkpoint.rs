@@ -54,6 +54,20 @@ impl<W: Write> Write for Checksummed<W> {
     }
 }
 
+/// Packs a table with its pushes paused: every stored row (`incremental == false`) or the
+/// rows changed since the dirty marks were last cleared. Clearing them once the checkpoint
+/// is published is the caller's part ([`EmbeddingTable::clear_dirty`]), and no push may
+/// land in between.
+pub fn pack_table(path: &Path, table: &EmbeddingTable, incremental: bool) -> Result<PackSummary> {
+    let _paused = table.pause_pushes();
+    let keys = if incremental {
+        table.dirty_keys()
+    } else {
+        table.written_keys()
+    };
+    write_pack(path, table, &keys)
+}
+
 /// Writes the rows `keys` (ascending, in range) of `table` to a new pack at `path`, durably
 /// (fsync). The caller keeps pushes paused so that rows, state and step agree.
 pub fn write_pack(path: &Path, table: &EmbeddingTable, keys: &[u64]) -> Result<PackSummary> {

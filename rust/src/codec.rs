@@ -119,9 +119,56 @@ pub fn convert(src_dtype: DType, src: &[u8], dst_dtype: DType, dst: &mut [u8]) {
     }
 }
 
+/// Values of `dtype` packed little-endian in `bytes` (a wire payload), as float32.
+pub fn decode_payload(dtype: DType, bytes: &[u8], name: &str) -> Result<Vec<f32>> {
+    if !bytes.len().is_multiple_of(dtype.size()) {
+        return Err(Error::invalid(format!(
+            "{name} holds {} bytes, not a whole number of {} values",
+            bytes.len(),
+            dtype.name()
+        )));
+    }
+    let mut values = vec![0f32; bytes.len() / dtype.size()];
+    decode_to_f32(dtype, bytes, &mut values);
+    Ok(values)
+}
+
+/// Unsigned 64-bit keys packed little-endian in `bytes` (a wire payload).
+pub fn decode_keys(bytes: &[u8], name: &str) -> Result<Vec<u64>> {
+    if !bytes.len().is_multiple_of(8) {
+        return Err(Error::invalid(format!(
+            "{name} holds {} bytes, not a whole number of 8-byte keys",
+            bytes.len()
+        )));
+    }
+    Ok(bytes
+        .chunks_exact(8)
+        .map(|c| u64::from_le_bytes(c.try_into().unwrap()))
+        .collect())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn payloads_decode_or_name_the_bad_length() {
+        assert_eq!(
+            decode_keys(&[1, 0, 0, 0, 0, 0, 0, 0], "keys").unwrap(),
+            vec![1]
+        );
+        assert!(decode_keys(&[1, 2, 3], "keys")
+            .unwrap_err()
+            .to_string()
+            .contains("keys holds 3 bytes"));
+        let mut bytes = vec![0u8; 4];
+        encode_f32(DType::BF16, &[1.5, -2.0], &mut bytes);
+        assert_eq!(
+            decode_payload(DType::BF16, &bytes, "g").unwrap(),
+            vec![1.5, -2.0]
+        );
+        assert!(decode_payload(DType::F32, &bytes[..3], "g").is_err());
+    }
 
     #[test]
     fn names_and_codes_round_trip() {

@@ -100,6 +100,36 @@ impl NgramHasher {
         })
     }
 
+    /// A 64-bit digest of everything that determines the hash ids (FNV-1a over the config,
+    /// multipliers, table sizes and lookup table): equal digests mean interchangeable hashers,
+    /// so a server can refuse token ids hashed under another configuration.
+    pub fn fingerprint(&self) -> u64 {
+        const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
+        const FNV_PRIME: u64 = 0x0000_0100_0000_01b3;
+        let mut digest = FNV_OFFSET;
+        let mut feed = |value: u64| {
+            for byte in value.to_le_bytes() {
+                digest = (digest ^ u64::from(byte)).wrapping_mul(FNV_PRIME);
+            }
+        };
+        feed(self.max_ngram as u64);
+        feed(self.n_head as u64);
+        feed(self.pad_id as u64);
+        feed(self.layers.len() as u64);
+        for layer in &self.layers {
+            layer.multipliers.iter().for_each(|&m| feed(m as u64));
+            layer.moduli.iter().for_each(|m| feed(m.value()));
+        }
+        match &self.lookup {
+            Some(lookup) => {
+                feed(lookup.len() as u64);
+                lookup.iter().for_each(|&id| feed(id as u64));
+            }
+            None => feed(u64::MAX),
+        }
+        digest
+    }
+
     pub fn num_layers(&self) -> usize {
         self.layers.len()
     }
@@ -333,6 +363,26 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("input_ids[1] = 2"));
+    }
+
+    #[test]
+    fn fingerprint_changes_with_every_input() {
+        let make = |pad: i64, mult: i64, prime: u64, lookup: Option<Vec<i64>>| {
+            NgramHasher::new(2, 1, pad, vec![vec![3, mult]], vec![vec![prime]], lookup)
+                .unwrap()
+                .fingerprint()
+        };
+        let base = make(0, 5, 11, Some(vec![0, 1]));
+        assert_eq!(base, make(0, 5, 11, Some(vec![0, 1])));
+        for other in [
+            make(1, 5, 11, Some(vec![0, 1])),
+            make(0, 7, 11, Some(vec![0, 1])),
+            make(0, 5, 13, Some(vec![0, 1])),
+            make(0, 5, 11, Some(vec![0, 0])),
+            make(0, 5, 11, None),
+        ] {
+            assert_ne!(base, other);
+        }
     }
 
     #[test]

@@ -1,0 +1,297 @@
+from google.protobuf.internal import containers as _containers
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class Array(_message.Message):
+    __slots__ = ("dtype", "shape", "data")
+    DTYPE_FIELD_NUMBER: _ClassVar[int]
+    SHAPE_FIELD_NUMBER: _ClassVar[int]
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    dtype: str
+    shape: _containers.RepeatedScalarFieldContainer[int]
+    data: bytes
+    def __init__(self, dtype: _Optional[str] = ..., shape: _Optional[_Iterable[int]] = ..., data: _Optional[bytes] = ...) -> None: ...
+
+class SgdConfig(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class AdagradConfig(_message.Message):
+    __slots__ = ("eps", "initial_accumulator_value")
+    EPS_FIELD_NUMBER: _ClassVar[int]
+    INITIAL_ACCUMULATOR_VALUE_FIELD_NUMBER: _ClassVar[int]
+    eps: float
+    initial_accumulator_value: float
+    def __init__(self, eps: _Optional[float] = ..., initial_accumulator_value: _Optional[float] = ...) -> None: ...
+
+class RowWiseAdagradConfig(_message.Message):
+    __slots__ = ("eps",)
+    EPS_FIELD_NUMBER: _ClassVar[int]
+    eps: float
+    def __init__(self, eps: _Optional[float] = ...) -> None: ...
+
+class AdamConfig(_message.Message):
+    __slots__ = ("beta1", "beta2", "eps")
+    BETA1_FIELD_NUMBER: _ClassVar[int]
+    BETA2_FIELD_NUMBER: _ClassVar[int]
+    EPS_FIELD_NUMBER: _ClassVar[int]
+    beta1: float
+    beta2: float
+    eps: float
+    def __init__(self, beta1: _Optional[float] = ..., beta2: _Optional[float] = ..., eps: _Optional[float] = ...) -> None: ...
+
+class OptimizerConfig(_message.Message):
+    __slots__ = ("lr", "sgd", "adagrad", "rowwise_adagrad", "adam")
+    LR_FIELD_NUMBER: _ClassVar[int]
+    SGD_FIELD_NUMBER: _ClassVar[int]
+    ADAGRAD_FIELD_NUMBER: _ClassVar[int]
+    ROWWISE_ADAGRAD_FIELD_NUMBER: _ClassVar[int]
+    ADAM_FIELD_NUMBER: _ClassVar[int]
+    lr: float
+    sgd: SgdConfig
+    adagrad: AdagradConfig
+    rowwise_adagrad: RowWiseAdagradConfig
+    adam: AdamConfig
+    def __init__(self, lr: _Optional[float] = ..., sgd: _Optional[_Union[SgdConfig, _Mapping]] = ..., adagrad: _Optional[_Union[AdagradConfig, _Mapping]] = ..., rowwise_adagrad: _Optional[_Union[RowWiseAdagradConfig, _Mapping]] = ..., adam: _Optional[_Union[AdamConfig, _Mapping]] = ...) -> None: ...
+
+class HashConfig(_message.Message):
+    __slots__ = ("max_ngram_size", "n_head_per_ngram", "pad_id", "layer_id", "multipliers", "table_sizes", "lookup_table")
+    MAX_NGRAM_SIZE_FIELD_NUMBER: _ClassVar[int]
+    N_HEAD_PER_NGRAM_FIELD_NUMBER: _ClassVar[int]
+    PAD_ID_FIELD_NUMBER: _ClassVar[int]
+    LAYER_ID_FIELD_NUMBER: _ClassVar[int]
+    MULTIPLIERS_FIELD_NUMBER: _ClassVar[int]
+    TABLE_SIZES_FIELD_NUMBER: _ClassVar[int]
+    LOOKUP_TABLE_FIELD_NUMBER: _ClassVar[int]
+    max_ngram_size: int
+    n_head_per_ngram: int
+    pad_id: int
+    layer_id: int
+    multipliers: _containers.RepeatedScalarFieldContainer[int]
+    table_sizes: _containers.RepeatedScalarFieldContainer[int]
+    lookup_table: Array
+    def __init__(self, max_ngram_size: _Optional[int] = ..., n_head_per_ngram: _Optional[int] = ..., pad_id: _Optional[int] = ..., layer_id: _Optional[int] = ..., multipliers: _Optional[_Iterable[int]] = ..., table_sizes: _Optional[_Iterable[int]] = ..., lookup_table: _Optional[_Union[Array, _Mapping]] = ...) -> None: ...
+
+class TableSpec(_message.Message):
+    __slots__ = ("name", "num_rows", "dim", "dtype", "init", "init_std", "seed", "optimizer", "hash_config", "allow_non_finite")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    NUM_ROWS_FIELD_NUMBER: _ClassVar[int]
+    DIM_FIELD_NUMBER: _ClassVar[int]
+    DTYPE_FIELD_NUMBER: _ClassVar[int]
+    INIT_FIELD_NUMBER: _ClassVar[int]
+    INIT_STD_FIELD_NUMBER: _ClassVar[int]
+    SEED_FIELD_NUMBER: _ClassVar[int]
+    OPTIMIZER_FIELD_NUMBER: _ClassVar[int]
+    HASH_CONFIG_FIELD_NUMBER: _ClassVar[int]
+    ALLOW_NON_FINITE_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    num_rows: int
+    dim: int
+    dtype: str
+    init: str
+    init_std: float
+    seed: int
+    optimizer: OptimizerConfig
+    hash_config: HashConfig
+    allow_non_finite: bool
+    def __init__(self, name: _Optional[str] = ..., num_rows: _Optional[int] = ..., dim: _Optional[int] = ..., dtype: _Optional[str] = ..., init: _Optional[str] = ..., init_std: _Optional[float] = ..., seed: _Optional[int] = ..., optimizer: _Optional[_Union[OptimizerConfig, _Mapping]] = ..., hash_config: _Optional[_Union[HashConfig, _Mapping]] = ..., allow_non_finite: _Optional[bool] = ...) -> None: ...
+
+class TableInfo(_message.Message):
+    __slots__ = ("spec", "step", "written_rows", "hash_fingerprint", "state_dim")
+    SPEC_FIELD_NUMBER: _ClassVar[int]
+    STEP_FIELD_NUMBER: _ClassVar[int]
+    WRITTEN_ROWS_FIELD_NUMBER: _ClassVar[int]
+    HASH_FINGERPRINT_FIELD_NUMBER: _ClassVar[int]
+    STATE_DIM_FIELD_NUMBER: _ClassVar[int]
+    spec: TableSpec
+    step: int
+    written_rows: int
+    hash_fingerprint: int
+    state_dim: int
+    def __init__(self, spec: _Optional[_Union[TableSpec, _Mapping]] = ..., step: _Optional[int] = ..., written_rows: _Optional[int] = ..., hash_fingerprint: _Optional[int] = ..., state_dim: _Optional[int] = ...) -> None: ...
+
+class CreateTableRequest(_message.Message):
+    __slots__ = ("spec",)
+    SPEC_FIELD_NUMBER: _ClassVar[int]
+    spec: TableSpec
+    def __init__(self, spec: _Optional[_Union[TableSpec, _Mapping]] = ...) -> None: ...
+
+class DropTableRequest(_message.Message):
+    __slots__ = ("name",)
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    def __init__(self, name: _Optional[str] = ...) -> None: ...
+
+class DropTableResponse(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ListTablesRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ListTablesResponse(_message.Message):
+    __slots__ = ("tables",)
+    TABLES_FIELD_NUMBER: _ClassVar[int]
+    tables: _containers.RepeatedCompositeFieldContainer[TableInfo]
+    def __init__(self, tables: _Optional[_Iterable[_Union[TableInfo, _Mapping]]] = ...) -> None: ...
+
+class DescribeTableRequest(_message.Message):
+    __slots__ = ("name",)
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    def __init__(self, name: _Optional[str] = ...) -> None: ...
+
+class LookupRequest(_message.Message):
+    __slots__ = ("table", "keys", "dtype", "rows_per_chunk")
+    TABLE_FIELD_NUMBER: _ClassVar[int]
+    KEYS_FIELD_NUMBER: _ClassVar[int]
+    DTYPE_FIELD_NUMBER: _ClassVar[int]
+    ROWS_PER_CHUNK_FIELD_NUMBER: _ClassVar[int]
+    table: str
+    keys: Array
+    dtype: str
+    rows_per_chunk: int
+    def __init__(self, table: _Optional[str] = ..., keys: _Optional[_Union[Array, _Mapping]] = ..., dtype: _Optional[str] = ..., rows_per_chunk: _Optional[int] = ...) -> None: ...
+
+class LookupTokensRequest(_message.Message):
+    __slots__ = ("table", "token_ids", "hash_fingerprint", "dtype", "rows_per_chunk")
+    TABLE_FIELD_NUMBER: _ClassVar[int]
+    TOKEN_IDS_FIELD_NUMBER: _ClassVar[int]
+    HASH_FINGERPRINT_FIELD_NUMBER: _ClassVar[int]
+    DTYPE_FIELD_NUMBER: _ClassVar[int]
+    ROWS_PER_CHUNK_FIELD_NUMBER: _ClassVar[int]
+    table: str
+    token_ids: Array
+    hash_fingerprint: int
+    dtype: str
+    rows_per_chunk: int
+    def __init__(self, table: _Optional[str] = ..., token_ids: _Optional[_Union[Array, _Mapping]] = ..., hash_fingerprint: _Optional[int] = ..., dtype: _Optional[str] = ..., rows_per_chunk: _Optional[int] = ...) -> None: ...
+
+class LookupResponse(_message.Message):
+    __slots__ = ("offset", "total_rows", "rows", "result_shape")
+    OFFSET_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_ROWS_FIELD_NUMBER: _ClassVar[int]
+    ROWS_FIELD_NUMBER: _ClassVar[int]
+    RESULT_SHAPE_FIELD_NUMBER: _ClassVar[int]
+    offset: int
+    total_rows: int
+    rows: Array
+    result_shape: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, offset: _Optional[int] = ..., total_rows: _Optional[int] = ..., rows: _Optional[_Union[Array, _Mapping]] = ..., result_shape: _Optional[_Iterable[int]] = ...) -> None: ...
+
+class PushRequest(_message.Message):
+    __slots__ = ("table", "keys", "grads", "step", "client_id", "sequence")
+    TABLE_FIELD_NUMBER: _ClassVar[int]
+    KEYS_FIELD_NUMBER: _ClassVar[int]
+    GRADS_FIELD_NUMBER: _ClassVar[int]
+    STEP_FIELD_NUMBER: _ClassVar[int]
+    CLIENT_ID_FIELD_NUMBER: _ClassVar[int]
+    SEQUENCE_FIELD_NUMBER: _ClassVar[int]
+    table: str
+    keys: Array
+    grads: Array
+    step: int
+    client_id: str
+    sequence: int
+    def __init__(self, table: _Optional[str] = ..., keys: _Optional[_Union[Array, _Mapping]] = ..., grads: _Optional[_Union[Array, _Mapping]] = ..., step: _Optional[int] = ..., client_id: _Optional[str] = ..., sequence: _Optional[int] = ...) -> None: ...
+
+class PushResponse(_message.Message):
+    __slots__ = ("rows", "step", "duplicate")
+    ROWS_FIELD_NUMBER: _ClassVar[int]
+    STEP_FIELD_NUMBER: _ClassVar[int]
+    DUPLICATE_FIELD_NUMBER: _ClassVar[int]
+    rows: int
+    step: int
+    duplicate: bool
+    def __init__(self, rows: _Optional[int] = ..., step: _Optional[int] = ..., duplicate: _Optional[bool] = ...) -> None: ...
+
+class CheckpointRequest(_message.Message):
+    __slots__ = ("full",)
+    FULL_FIELD_NUMBER: _ClassVar[int]
+    full: bool
+    def __init__(self, full: _Optional[bool] = ...) -> None: ...
+
+class CheckpointTable(_message.Message):
+    __slots__ = ("name", "file", "rows", "step", "bytes", "crc32")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    FILE_FIELD_NUMBER: _ClassVar[int]
+    ROWS_FIELD_NUMBER: _ClassVar[int]
+    STEP_FIELD_NUMBER: _ClassVar[int]
+    BYTES_FIELD_NUMBER: _ClassVar[int]
+    CRC32_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    file: str
+    rows: int
+    step: int
+    bytes: int
+    crc32: int
+    def __init__(self, name: _Optional[str] = ..., file: _Optional[str] = ..., rows: _Optional[int] = ..., step: _Optional[int] = ..., bytes: _Optional[int] = ..., crc32: _Optional[int] = ...) -> None: ...
+
+class CheckpointInfo(_message.Message):
+    __slots__ = ("id", "parent", "created_unix", "tables")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    PARENT_FIELD_NUMBER: _ClassVar[int]
+    CREATED_UNIX_FIELD_NUMBER: _ClassVar[int]
+    TABLES_FIELD_NUMBER: _ClassVar[int]
+    id: int
+    parent: int
+    created_unix: float
+    tables: _containers.RepeatedCompositeFieldContainer[CheckpointTable]
+    def __init__(self, id: _Optional[int] = ..., parent: _Optional[int] = ..., created_unix: _Optional[float] = ..., tables: _Optional[_Iterable[_Union[CheckpointTable, _Mapping]]] = ...) -> None: ...
+
+class ListCheckpointsRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ListCheckpointsResponse(_message.Message):
+    __slots__ = ("checkpoints",)
+    CHECKPOINTS_FIELD_NUMBER: _ClassVar[int]
+    checkpoints: _containers.RepeatedCompositeFieldContainer[CheckpointInfo]
+    def __init__(self, checkpoints: _Optional[_Iterable[_Union[CheckpointInfo, _Mapping]]] = ...) -> None: ...
+
+class RestoreRequest(_message.Message):
+    __slots__ = ("id",)
+    ID_FIELD_NUMBER: _ClassVar[int]
+    id: int
+    def __init__(self, id: _Optional[int] = ...) -> None: ...
+
+class RestoreResponse(_message.Message):
+    __slots__ = ("checkpoint",)
+    CHECKPOINT_FIELD_NUMBER: _ClassVar[int]
+    checkpoint: CheckpointInfo
+    def __init__(self, checkpoint: _Optional[_Union[CheckpointInfo, _Mapping]] = ...) -> None: ...
+
+class StatsRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class TableStats(_message.Message):
+    __slots__ = ("name", "lookups", "rows_looked_up", "pushes", "rows_pushed", "duplicate_pushes")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    LOOKUPS_FIELD_NUMBER: _ClassVar[int]
+    ROWS_LOOKED_UP_FIELD_NUMBER: _ClassVar[int]
+    PUSHES_FIELD_NUMBER: _ClassVar[int]
+    ROWS_PUSHED_FIELD_NUMBER: _ClassVar[int]
+    DUPLICATE_PUSHES_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    lookups: int
+    rows_looked_up: int
+    pushes: int
+    rows_pushed: int
+    duplicate_pushes: int
+    def __init__(self, name: _Optional[str] = ..., lookups: _Optional[int] = ..., rows_looked_up: _Optional[int] = ..., pushes: _Optional[int] = ..., rows_pushed: _Optional[int] = ..., duplicate_pushes: _Optional[int] = ...) -> None: ...
+
+class StatsResponse(_message.Message):
+    __slots__ = ("uptime_s", "tables", "checkpoints")
+    UPTIME_S_FIELD_NUMBER: _ClassVar[int]
+    TABLES_FIELD_NUMBER: _ClassVar[int]
+    CHECKPOINTS_FIELD_NUMBER: _ClassVar[int]
+    uptime_s: float
+    tables: _containers.RepeatedCompositeFieldContainer[TableStats]
+    checkpoints: int
+    def __init__(self, uptime_s: _Optional[float] = ..., tables: _Optional[_Iterable[_Union[TableStats, _Mapping]]] = ..., checkpoints: _Optional[int] = ...) -> None: ...

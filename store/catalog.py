@@ -1,0 +1,106 @@
+"""The LMDB catalog: tables (spec and step), checkpoints, push idempotency state, counters.
+
+Row data and optimizer state live in the tables' memory-mapped files; everything needed to
+reopen them lives here. Each method is one LMDB transaction.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+import lmdb
+
+from store._proto.engram.store.v1 import store_pb2 as pb
+
+_DATABASES = (b"tables", b"steps", b"incarnations", b"checkpoints", b"clients", b"meta")
+
+
+class Catalog:
+    def __init__(self, path: str | os.PathLike[str], map_size: int = 1 << 30) -> None:
+        self._env = lmdb.open(
+            os.fspath(path), map_size=map_size, max_dbs=len(_DATABASES), subdir=True
+        )
+        self._db = {name.decode(): self._env.open_db(name) for name in _DATABASES}
+
+    def close(self) -> None:
+        self._env.close()
+
+    def sync(self) -> None:
+        self._env.sync(True)
+
+    # tables -------------------------------------------------------------------------
+
+    def put_table(self, spec: pb.TableSpec, step: int, incarnation: str) -> None:
+        key = spec.name.encode()
+        with self._env.begin(write=True) as txn:
+            txn.put(key, spec.SerializeToString(deterministic=True), db=self._db["tables"])
+            txn.put(key, str(step).encode(), db=self._db["steps"])
+            txn.put(key, incarnation.encode(), db=self._db["incarnations"])
+
+    def set_steps(self, steps: dict[str, int]) -> None:
+        with self._env.begin(write=True) as txn:
+            for name, step in steps.items():
+                txn.put(name.encode(), str(step).encode(), db=self._db["steps"])
+
+    def delete_table(self, name: str) -> None:
+        with self._env.begin(write=True) as txn:
+            for db in ("tables", "steps", "incarnations"):
+                txn.delete(name.encode(), db=self._db[db])
+
+    def tables(self) -> list[tuple[pb.TableSpec, int, str]]:
+        """Every table as (spec, step at the last flush, incarnation), by name."""
+        out = []
+        with self._env.begin() as txn:
+            for key, value in txn.cursor(db=self._db["tables"]):
+                spec = pb.TableSpec.FromString(value)
+                step = int(txn.get(key, db=self._db["steps"]) or b"0")
+                incarnation = (txn.get(key, db=self._db["incarnations"]) or b"").decode()
+                out.append((spec, step, incarnation))
+        return out
+
+    # checkpoints ----------------------------------------------------------------------
+
+    def put_checkpoint(self, manifest: dict[str, Any]) -> None:
+        with self._env.begin(write=True) as txn:
+            txn.put(
+                manifest["id"].to_bytes(8, "big"),
+                json.dumps(manifest).encode(),
+                db=self._db["checkpoints"],
+            )
+
+    def delete_checkpoint(self, checkpoint_id: int) -> None:
+        with self._env.begin(write=True) as txn:
+            txn.delete(checkpoint_id.to_bytes(8, "big"), db=self._db["checkpoints"])
+
+    def checkpoints(self) -> list[dict[str, Any]]:
+        """Every published checkpoint's manifest, oldest first."""
+        with self._env.begin() as txn:
+            return [json.loads(v) for _, v in txn.cursor(db=self._db["checkpoints"])]
+
+    # push idempotency and other counters ----------------------------------------------
+
+    def put_clients(self, windows: dict[str, dict[str, Any]]) -> None:
+        with self._env.begin(write=True) as txn:
+            for client_id, window in windows.items():
+                txn.put(client_id.encode(), json.dumps(window).encode(), db=self._db["clients"])
+
+    def replace_clients(self, windows: dict[str, dict[str, Any]]) -> None:
+        with self._env.begin(write=True) as txn:
+            txn.drop(self._db["clients"], delete=False)
+            for client_id, window in windows.items():
+                txn.put(client_id.encode(), json.dumps(window).encode(), db=self._db["clients"])
+
+    def clients(self) -> dict[str, dict[str, Any]]:
+        with self._env.begin() as txn:
+            return {k.decode(): json.loads(v) for k, v in txn.cursor(db=self._db["clients"])}
+
+    def get_meta(self, key: str, default: str = "") -> str:
+        with self._env.begin() as txn:
+            value = txn.get(key.encode(), db=self._db["meta"])
+        return value.decode() if value is not None else default
+
+    def put_meta(self, key: str, value: str) -> None:
+        with self._env.begin(write=True) as txn:
+            txn.put(key.encode(), value.encode(), db=self._db["meta"])

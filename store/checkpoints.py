@@ -1,0 +1,157 @@
+"""Checkpoints: consistent, atomically published snapshots of every table.
+
+`data_dir/checkpoints/<id>/` holds one row pack per table (see rust/src/checkpoint.rs) and
+`manifest.json` (tables, specs, steps, per-file sizes and CRC-32s, push idempotency state).
+A checkpoint is built in a `.tmp-<id>` directory, fsynced, and published by one rename: a
+crash leaves the previous checkpoints intact and the new one absent. An incremental pack
+holds only rows changed since the parent checkpoint; restoring a table applies its packs
+from its latest full pack forward onto fresh tables.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import shutil
+import time
+from typing import Any
+
+from store import _native
+from store._proto.engram.store.v1 import store_pb2 as pb
+from store.errors import NotFoundError
+from store.tables import TableHandle
+
+MANIFEST = "manifest.json"
+
+
+def checkpoints_dir(data_dir: str) -> str:
+    return os.path.join(data_dir, "checkpoints")
+
+
+def _fsync_dir(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_checkpoint(
+    data_dir: str,
+    checkpoint_id: int,
+    parent: dict[str, Any] | None,
+    tables: list[TableHandle],
+    clients: dict[str, Any],
+    full: bool,
+) -> dict[str, Any]:
+    """Packs every table into a new checkpoint directory and publishes it. The caller holds
+    pushes off for the duration. Returns the manifest."""
+    root = checkpoints_dir(data_dir)
+    os.makedirs(root, exist_ok=True)
+    tmp = os.path.join(root, f".tmp-{checkpoint_id}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    os.makedirs(tmp)
+    parent_incarnations = {t["name"]: t["incarnation"] for t in (parent or {}).get("tables", [])}
+    entries = []
+    for table in tables:
+        # A table the parent does not know (new, or dropped and re-created) starts a new chain.
+        table_full = full or parent_incarnations.get(table.name) != table.incarnation
+        file = f"{table.name}.pack"
+        rows, step, size, crc = table.native.write_pack(os.path.join(tmp, file), not table_full)
+        entries.append(
+            {
+                "name": table.name,
+                "file": file,
+                "rows": rows,
+                "step": step,
+                "bytes": size,
+                "crc32": crc,
+                "full": table_full,
+                "incarnation": table.incarnation,
+                "spec": base64.b64encode(table.spec.SerializeToString(deterministic=True)).decode(),
+            }
+        )
+    manifest = {
+        "id": checkpoint_id,
+        "parent": parent["id"] if parent and not full else 0,
+        "created_unix": time.time(),
+        "tables": entries,
+        "clients": clients,
+    }
+    with open(os.path.join(tmp, MANIFEST), "w") as f:
+        json.dump(manifest, f)
+        f.flush()
+        os.fsync(f.fileno())
+    _fsync_dir(tmp)
+    os.rename(tmp, os.path.join(root, str(checkpoint_id)))
+    _fsync_dir(root)
+    return manifest
+
+
+def read_manifest(data_dir: str, checkpoint_id: int) -> dict[str, Any]:
+    path = os.path.join(checkpoints_dir(data_dir), str(checkpoint_id), MANIFEST)
+    try:
+        with open(path) as f:
+            manifest: dict[str, Any] = json.load(f)
+    except FileNotFoundError:
+        raise NotFoundError(f"checkpoint {checkpoint_id} does not exist") from None
+    return manifest
+
+
+def published_ids(data_dir: str) -> list[int]:
+    """Ids of the checkpoint directories that were published (renamed into place)."""
+    root = checkpoints_dir(data_dir)
+    if not os.path.isdir(root):
+        return []
+    return sorted(
+        int(name)
+        for name in os.listdir(root)
+        if name.isdigit() and os.path.isfile(os.path.join(root, name, MANIFEST))
+    )
+
+
+def remove_unpublished(data_dir: str) -> None:
+    """Deletes what a crash left of checkpoints being written."""
+    root = checkpoints_dir(data_dir)
+    if os.path.isdir(root):
+        for name in os.listdir(root):
+            if name.startswith(".tmp-"):
+                shutil.rmtree(os.path.join(root, name), ignore_errors=True)
+
+
+def spec_of(entry: dict[str, Any]) -> pb.TableSpec:
+    spec = pb.TableSpec()
+    spec.ParseFromString(base64.b64decode(entry["spec"]))
+    return spec
+
+
+def restore_table(data_dir: str, target: dict[str, Any], name: str, directory: str) -> TableHandle:
+    """Rebuilds table `name` of checkpoint `target` in the new `directory` by applying its
+    chain of packs, each checked against the size and CRC-32 its manifest recorded."""
+    chain: list[tuple[int, dict[str, Any]]] = []
+    manifest: dict[str, Any] | None = target
+    while manifest is not None:
+        entry = next(t for t in manifest["tables"] if t["name"] == name)
+        chain.append((manifest["id"], entry))
+        if entry["full"]:
+            break
+        manifest = read_manifest(data_dir, manifest["parent"])
+    final = chain[0][1]
+    table = TableHandle.create(directory, spec_of(final), final["incarnation"])
+    for checkpoint_id, entry in reversed(chain):
+        path = os.path.join(checkpoints_dir(data_dir), str(checkpoint_id), entry["file"])
+        rows, step, size, crc = _native.verify_pack(path)
+        if (rows, step, size, crc) != (
+            entry["rows"],
+            entry["step"],
+            entry["bytes"],
+            entry["crc32"],
+        ):
+            raise _native.TableFormatError(
+                f"{path}: pack does not match its manifest ({rows}, {step}, {size}, {crc:#x})"
+            )
+        table.native.apply_pack(path)
+    table.native.clear_dirty()
+    table.native.flush()
+    return table

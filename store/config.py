@@ -1,0 +1,32 @@
+"""Daemon configuration: defaults, command-line flags and ENGRAM_STORE_* variables."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+DEFAULT_PORT = 50051
+# Pushes of large batches and streamed lookup chunks stay well below this; anything larger
+# is refused with RESOURCE_EXHAUSTED rather than truncated.
+DEFAULT_MAX_MESSAGE_BYTES = 512 << 20
+
+
+@dataclass(frozen=True)
+class ServeConfig:
+    data_dir: str = "./engram-data"
+    host: str = "127.0.0.1"
+    port: int = DEFAULT_PORT
+    # Where to write the bound port once listening (useful with port 0).
+    port_file: str | None = None
+    workers: int = 16
+    max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
+    max_lookup_rows: int = 1 << 26
+    # "latest", a checkpoint id, or None.
+    restore: str | None = None
+    grace_s: float = 10.0
+    # Seconds between background flushes (0: only on checkpoints and shutdown).
+    flush_interval_s: float = 30.0
+
+    @property
+    def address(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{host}:{self.port}"

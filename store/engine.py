@@ -1,0 +1,311 @@
+"""The store service's logic, independent of gRPC: tables, lookups, pushes, checkpoints.
+
+The gRPC servicer translates protobuf to these calls; lookups, pushes and hashing run in
+the Rust engine with the GIL released, so concurrent requests use every core.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+from store._proto.engram.store.v1 import store_pb2 as pb
+from store.catalog import Catalog
+from store.checkpoints import (
+    published_ids,
+    read_manifest,
+    remove_unpublished,
+    restore_table,
+    write_checkpoint,
+)
+from store.errors import (
+    AlreadyExistsError,
+    FailedPreconditionError,
+    InvalidArgumentError,
+    NotFoundError,
+    ResourceExhaustedError,
+)
+from store.gate import Gate
+from store.idempotency import ClientWindows
+from store.tables import TableHandle, table_directory
+from store.wire import ITEM_SIZES, ROW_DTYPES, check_array, check_table_name, key_bytes
+
+log = logging.getLogger(__name__)
+
+DEFAULT_CHUNK_BYTES = 4 << 20
+
+
+class StoreEngine:
+    def __init__(self, data_dir: str, max_lookup_rows: int = 1 << 26) -> None:
+        self.data_dir = os.path.abspath(data_dir)
+        self.max_lookup_rows = max_lookup_rows
+        os.makedirs(os.path.join(self.data_dir, "tables"), exist_ok=True)
+        self.catalog = Catalog(os.path.join(self.data_dir, "catalog.lmdb"))
+        self._started = time.monotonic()
+        self._tables: dict[str, TableHandle] = {}
+        self._tables_lock = threading.Lock()
+        # Pushes hold it shared; checkpoints, restores and drops exclusively.
+        self._gate = Gate()
+        self._clients = ClientWindows(self.catalog.clients())
+        remove_unpublished(self.data_dir)
+        self._reconcile_checkpoints()
+        for spec, step, incarnation in self.catalog.tables():
+            self._tables[spec.name] = TableHandle.open(
+                table_directory(self.data_dir, spec.name), spec, step, incarnation
+            )
+        log.info("opened %d tables from %s", len(self._tables), self.data_dir)
+
+    def _reconcile_checkpoints(self) -> None:
+        """A crash between publishing a checkpoint and recording it leaves the directory as
+        the truth: record what was published, forget what is gone."""
+        known = {m["id"] for m in self.catalog.checkpoints()}
+        published = set(published_ids(self.data_dir))
+        for checkpoint_id in sorted(published - known):
+            self.catalog.put_checkpoint(read_manifest(self.data_dir, checkpoint_id))
+        for checkpoint_id in known - published:
+            self.catalog.delete_checkpoint(checkpoint_id)
+
+    # tables ----------------------------------------------------------------------------
+
+    def table(self, name: str) -> TableHandle:
+        with self._tables_lock:
+            table = self._tables.get(name)
+        if table is None:
+            raise NotFoundError(f"table {name!r} does not exist")
+        return table
+
+    def create_table(self, spec: pb.TableSpec) -> pb.TableInfo:
+        check_table_name(spec.name)
+        with self._tables_lock:
+            if spec.name in self._tables:
+                raise AlreadyExistsError(f"table {spec.name!r} already exists")
+            directory = table_directory(self.data_dir, spec.name)
+            shutil.rmtree(directory, ignore_errors=True)  # what a crashed create left
+            table = TableHandle.create(directory, spec, uuid.uuid4().hex)
+            self.catalog.put_table(spec, 0, table.incarnation)
+            self._tables[spec.name] = table
+        log.info(
+            "created table %s (%d x %d %s)",
+            spec.name,
+            spec.num_rows,
+            spec.dim,
+            spec.dtype or "float32",
+        )
+        return table.info()
+
+    def drop_table(self, name: str) -> None:
+        with self._gate.exclusive(), self._tables_lock:
+            if self._tables.pop(name, None) is None:
+                raise NotFoundError(f"table {name!r} does not exist")
+            self.catalog.delete_table(name)
+            # In-flight lookups keep their mapping of the unlinked files.
+            shutil.rmtree(table_directory(self.data_dir, name), ignore_errors=True)
+        log.info("dropped table %s", name)
+
+    def list_tables(self) -> list[pb.TableInfo]:
+        with self._tables_lock:
+            tables = sorted(self._tables.values(), key=lambda t: t.name)
+        return [t.info() for t in tables]
+
+    # lookups ---------------------------------------------------------------------------
+
+    def lookup(
+        self, name: str, keys: pb.Array, dtype: str, rows_per_chunk: int
+    ) -> Iterator[pb.LookupResponse]:
+        table = self.table(name)
+        data = key_bytes(keys)
+        return self._stream_rows(table, data, list(keys.shape), dtype, rows_per_chunk)
+
+    def lookup_tokens(
+        self, name: str, token_ids: pb.Array, fingerprint: int, dtype: str, rows_per_chunk: int
+    ) -> Iterator[pb.LookupResponse]:
+        table = self.table(name)
+        keys = table.token_keys(token_ids, fingerprint)
+        return self._stream_rows(table, keys.tobytes(), list(keys.shape), dtype, rows_per_chunk)
+
+    def _stream_rows(
+        self, table: TableHandle, keys: bytes, shape: list[int], dtype: str, rows_per_chunk: int
+    ) -> Iterator[pb.LookupResponse]:
+        dtype = dtype or "float32"
+        if dtype not in ROW_DTYPES:
+            raise InvalidArgumentError(f"dtype must be one of {ROW_DTYPES}, got {dtype!r}")
+        total = len(keys) // 8
+        if total > self.max_lookup_rows:
+            raise ResourceExhaustedError(
+                f"lookup of {total} rows exceeds the server's limit of {self.max_lookup_rows}"
+            )
+        # Every key is checked before the first chunk leaves: nothing is sent partially.
+        table.native.check_keys_bytes(keys)
+        row_bytes = table.spec.dim * ITEM_SIZES[dtype]
+        chunk = rows_per_chunk or max(1, DEFAULT_CHUNK_BYTES // row_bytes)
+        table.counters.add(lookups=1, rows_looked_up=total)
+        return self._chunks(table, keys, shape, dtype, chunk, total)
+
+    @staticmethod
+    def _chunks(
+        table: TableHandle, keys: bytes, shape: list[int], dtype: str, chunk: int, total: int
+    ) -> Iterator[pb.LookupResponse]:
+        result_shape = [*shape, table.spec.dim]
+        for offset in range(0, max(total, 1), chunk):
+            count = min(chunk, total - offset)
+            rows = table.native.lookup_bytes(keys[offset * 8 : (offset + count) * 8], dtype)
+            yield pb.LookupResponse(
+                offset=offset,
+                total_rows=total,
+                rows=pb.Array(dtype=dtype, shape=[count, table.spec.dim], data=rows),
+                result_shape=result_shape if offset == 0 else [],
+            )
+
+    # pushes ----------------------------------------------------------------------------
+
+    def push(self, request: pb.PushRequest) -> pb.PushResponse:
+        table = self.table(request.table)
+        keys = key_bytes(request.keys)
+        if len(request.keys.shape) != 1:
+            raise InvalidArgumentError(f"keys must be 1-D, got shape {list(request.keys.shape)}")
+        check_array(request.grads, "grads", ROW_DTYPES, 2)
+        n = request.keys.shape[0]
+        if list(request.grads.shape) != [n, table.spec.dim]:
+            raise InvalidArgumentError(
+                f"grads must have shape [{n}, {table.spec.dim}], got {list(request.grads.shape)}"
+            )
+        step = request.step or None
+        with self._gate.shared():
+            if not request.client_id:
+                return self._apply(table, keys, request.grads, step)
+            window = self._clients.window(request.client_id)
+            with window.lock:
+                if window.seen(request.sequence):
+                    table.counters.add(duplicate_pushes=1)
+                    return pb.PushResponse(duplicate=True, step=table.native.step)
+                response = self._apply(table, keys, request.grads, step)
+                window.record(request.sequence)
+                return response
+
+    @staticmethod
+    def _apply(
+        table: TableHandle, keys: bytes, grads: pb.Array, step: int | None
+    ) -> pb.PushResponse:
+        rows, applied_step = table.native.push_bytes(keys, grads.data, grads.dtype, step)
+        table.counters.add(pushes=1, rows_pushed=rows)
+        return pb.PushResponse(rows=rows, step=applied_step)
+
+    # durability ------------------------------------------------------------------------
+
+    def flush(self) -> None:
+        """Makes every table, step and idempotency window durable."""
+        with self._gate.exclusive():
+            self._flush_unlocked()
+
+    def _flush_unlocked(self) -> None:
+        with self._tables_lock:
+            tables = list(self._tables.values())
+        for table in tables:
+            table.native.flush()
+        self.catalog.set_steps({t.name: t.native.step for t in tables})
+        self.catalog.put_clients(self._clients.snapshot())
+        self.catalog.sync()
+
+    def checkpoint(self, full: bool) -> dict[str, Any]:
+        with self._gate.exclusive():
+            history = self.catalog.checkpoints()
+            checkpoint_id = (history[-1]["id"] + 1) if history else 1
+            basis = int(self.catalog.get_meta("basis", "0"))
+            parent = next((m for m in history if m["id"] == basis), None)
+            with self._tables_lock:
+                tables = sorted(self._tables.values(), key=lambda t: t.name)
+            manifest = write_checkpoint(
+                self.data_dir,
+                checkpoint_id,
+                parent,
+                tables,
+                self._clients.snapshot(),
+                full or parent is None,
+            )
+            self.catalog.put_checkpoint(manifest)
+            self.catalog.put_meta("basis", str(checkpoint_id))
+            # Only now: had publishing failed, the next checkpoint would still see the rows.
+            for table in tables:
+                table.native.clear_dirty()
+            self._flush_unlocked()
+        log.info(
+            "checkpoint %d written (%s)",
+            checkpoint_id,
+            "full" if manifest["parent"] == 0 else f"incremental on {manifest['parent']}",
+        )
+        return manifest
+
+    def checkpoints(self) -> list[dict[str, Any]]:
+        return self.catalog.checkpoints()
+
+    def restore(self, checkpoint_id: int) -> dict[str, Any]:
+        """Brings every table back to checkpoint `checkpoint_id` (0: the latest), bit for bit;
+        tables created since are dropped."""
+        with self._gate.exclusive():
+            history = self.catalog.checkpoints()
+            if not history:
+                raise FailedPreconditionError("there is no checkpoint to restore")
+            target_id = checkpoint_id or history[-1]["id"]
+            target = read_manifest(self.data_dir, target_id)
+            staging = os.path.join(self.data_dir, f".restore-{target_id}")
+            shutil.rmtree(staging, ignore_errors=True)
+            os.makedirs(staging)
+            restored = {
+                entry["name"]: restore_table(
+                    self.data_dir, target, entry["name"], os.path.join(staging, entry["name"])
+                )
+                for entry in target["tables"]
+            }
+            with self._tables_lock:
+                tables_dir = os.path.join(self.data_dir, "tables")
+                retired = os.path.join(self.data_dir, f".retired-{uuid.uuid4().hex}")
+                os.rename(tables_dir, retired)
+                os.rename(staging, tables_dir)
+                for name in list(self._tables):
+                    self.catalog.delete_table(name)
+                # Reopen from their final place so the handles' paths are the live files.
+                self._tables = {}
+                for name, table in restored.items():
+                    self.catalog.put_table(table.spec, table.native.step, table.incarnation)
+                    self._tables[name] = TableHandle.open(
+                        table_directory(self.data_dir, name),
+                        table.spec,
+                        table.native.step,
+                        table.incarnation,
+                    )
+                shutil.rmtree(retired, ignore_errors=True)
+            self._clients = ClientWindows(target["clients"])
+            self.catalog.replace_clients(target["clients"])
+            self.catalog.put_meta("basis", str(target_id))
+            self.catalog.sync()
+        log.info("restored checkpoint %d (%d tables)", target_id, len(restored))
+        return target
+
+    def stats(self) -> pb.StatsResponse:
+        with self._tables_lock:
+            tables = sorted(self._tables.values(), key=lambda t: t.name)
+        return pb.StatsResponse(
+            uptime_s=time.monotonic() - self._started,
+            checkpoints=len(self.catalog.checkpoints()),
+            tables=[
+                pb.TableStats(
+                    name=t.name,
+                    lookups=t.counters.lookups,
+                    rows_looked_up=t.counters.rows_looked_up,
+                    pushes=t.counters.pushes,
+                    rows_pushed=t.counters.rows_pushed,
+                    duplicate_pushes=t.counters.duplicate_pushes,
+                )
+                for t in tables
+            ],
+        )
+
+    def close(self) -> None:
+        self.flush()
+        self.catalog.close()

@@ -1,0 +1,50 @@
+"""Exactly-once pushes: which (client_id, sequence) pairs have been applied.
+
+Each client keeps a window of the last WINDOW sequence numbers it used. A sequence inside
+the window is a duplicate if recorded; one below the window is taken as applied long ago (a
+client retries within seconds, not thousands of pushes later).
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+WINDOW = 4096
+
+
+class _Window:
+    def __init__(self, highest: int = 0, recent: set[int] | None = None) -> None:
+        self.highest = highest
+        self.recent = recent or set()
+        self.lock = threading.Lock()
+
+    def seen(self, sequence: int) -> bool:
+        return sequence <= self.highest - WINDOW or sequence in self.recent
+
+    def record(self, sequence: int) -> None:
+        self.recent.add(sequence)
+        if sequence > self.highest:
+            self.highest = sequence
+            floor = self.highest - WINDOW
+            self.recent = {s for s in self.recent if s > floor}
+
+    def to_json(self) -> dict[str, Any]:
+        return {"highest": self.highest, "recent": sorted(self.recent)}
+
+
+class ClientWindows:
+    def __init__(self, saved: dict[str, dict[str, Any]] | None = None) -> None:
+        self._lock = threading.Lock()
+        self._windows = {
+            client: _Window(w["highest"], set(w["recent"])) for client, w in (saved or {}).items()
+        }
+
+    def window(self, client_id: str) -> _Window:
+        with self._lock:
+            return self._windows.setdefault(client_id, _Window())
+
+    def snapshot(self) -> dict[str, dict[str, Any]]:
+        with self._lock:
+            windows = list(self._windows.items())
+        return {client: w.to_json() for client, w in windows}

@@ -1,0 +1,229 @@
+"""The gRPC daemon: validates requests, calls the engine, maps errors to status codes.
+
+`serve(config)` runs until SIGTERM/SIGINT (or `stop_event`): health turns NOT_SERVING, the
+server stops accepting calls and lets in-flight ones finish (`grace_s`), and every table is
+flushed before it returns.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import threading
+from collections.abc import Callable, Iterator
+from concurrent import futures
+from typing import Any, TypeVar
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from store import _native
+from store._proto.engram.store.v1 import store_pb2 as pb
+from store._proto.engram.store.v1 import store_pb2_grpc as pb_grpc
+from store.config import ServeConfig
+from store.engine import StoreEngine
+from store.errors import (
+    AlreadyExistsError,
+    FailedPreconditionError,
+    NotFoundError,
+    ResourceExhaustedError,
+)
+
+log = logging.getLogger(__name__)
+SERVICE_NAME = pb.DESCRIPTOR.services_by_name["EngramStore"].full_name
+
+T = TypeVar("T")
+
+# Most specific first: InvalidArgumentError is also a ValueError.
+_STATUS_OF: list[tuple[type[BaseException], grpc.StatusCode]] = [
+    (NotFoundError, grpc.StatusCode.NOT_FOUND),
+    (AlreadyExistsError, grpc.StatusCode.ALREADY_EXISTS),
+    (ResourceExhaustedError, grpc.StatusCode.RESOURCE_EXHAUSTED),
+    (FailedPreconditionError, grpc.StatusCode.FAILED_PRECONDITION),
+    (IndexError, grpc.StatusCode.OUT_OF_RANGE),
+    (ValueError, grpc.StatusCode.INVALID_ARGUMENT),
+    (TypeError, grpc.StatusCode.INVALID_ARGUMENT),
+    (_native.TableFormatError, grpc.StatusCode.DATA_LOSS),
+]
+
+
+def _status_of(error: BaseException) -> grpc.StatusCode | None:
+    return next((code for kind, code in _STATUS_OF if isinstance(error, kind)), None)
+
+
+def _abort(context: grpc.ServicerContext, error: BaseException, method: str) -> None:
+    code = _status_of(error)
+    if code is None:
+        log.exception("unexpected error in %s", method)
+        context.abort(grpc.StatusCode.INTERNAL, f"internal error: {type(error).__name__}: {error}")
+    context.abort(code, str(error))
+
+
+def _unary(method: Callable[..., T]) -> Callable[..., T]:
+    def wrapper(self: Servicer, request: Any, context: grpc.ServicerContext) -> T:
+        try:
+            return method(self, request, context)
+        except Exception as error:
+            _abort(context, error, method.__name__)
+            raise  # unreachable: abort raises
+
+    wrapper.__name__ = method.__name__
+    return wrapper
+
+
+def _streaming(method: Callable[..., Iterator[T]]) -> Callable[..., Iterator[T]]:
+    def wrapper(self: Servicer, request: Any, context: grpc.ServicerContext) -> Iterator[T]:
+        try:
+            # Validation happens when the engine builds the iterator, before anything is sent.
+            yield from method(self, request, context)
+        except Exception as error:
+            _abort(context, error, method.__name__)
+
+    wrapper.__name__ = method.__name__
+    return wrapper
+
+
+def _checkpoint_info(manifest: dict[str, Any]) -> pb.CheckpointInfo:
+    return pb.CheckpointInfo(
+        id=manifest["id"],
+        parent=manifest["parent"],
+        created_unix=manifest["created_unix"],
+        tables=[
+            pb.CheckpointTable(
+                name=t["name"],
+                file=t["file"],
+                rows=t["rows"],
+                step=t["step"],
+                bytes=t["bytes"],
+                crc32=t["crc32"],
+            )
+            for t in manifest["tables"]
+        ],
+    )
+
+
+class Servicer(pb_grpc.EngramStoreServicer):
+    def __init__(self, engine: StoreEngine) -> None:
+        self.engine = engine
+
+    @_unary
+    def CreateTable(self, request: pb.CreateTableRequest, context: Any) -> pb.TableInfo:
+        return self.engine.create_table(request.spec)
+
+    @_unary
+    def DropTable(self, request: pb.DropTableRequest, context: Any) -> pb.DropTableResponse:
+        self.engine.drop_table(request.name)
+        return pb.DropTableResponse()
+
+    @_unary
+    def ListTables(self, request: pb.ListTablesRequest, context: Any) -> pb.ListTablesResponse:
+        return pb.ListTablesResponse(tables=self.engine.list_tables())
+
+    @_unary
+    def DescribeTable(self, request: pb.DescribeTableRequest, context: Any) -> pb.TableInfo:
+        return self.engine.table(request.name).info()
+
+    @_streaming
+    def Lookup(self, request: pb.LookupRequest, context: Any) -> Iterator[pb.LookupResponse]:
+        return self.engine.lookup(
+            request.table, request.keys, request.dtype, request.rows_per_chunk
+        )
+
+    @_streaming
+    def LookupTokens(
+        self, request: pb.LookupTokensRequest, context: Any
+    ) -> Iterator[pb.LookupResponse]:
+        return self.engine.lookup_tokens(
+            request.table,
+            request.token_ids,
+            request.hash_fingerprint,
+            request.dtype,
+            request.rows_per_chunk,
+        )
+
+    @_unary
+    def Push(self, request: pb.PushRequest, context: Any) -> pb.PushResponse:
+        return self.engine.push(request)
+
+    @_unary
+    def Checkpoint(self, request: pb.CheckpointRequest, context: Any) -> pb.CheckpointInfo:
+        return _checkpoint_info(self.engine.checkpoint(request.full))
+
+    @_unary
+    def ListCheckpoints(
+        self, request: pb.ListCheckpointsRequest, context: Any
+    ) -> pb.ListCheckpointsResponse:
+        return pb.ListCheckpointsResponse(
+            checkpoints=[_checkpoint_info(m) for m in self.engine.checkpoints()]
+        )
+
+    @_unary
+    def Restore(self, request: pb.RestoreRequest, context: Any) -> pb.RestoreResponse:
+        return pb.RestoreResponse(checkpoint=_checkpoint_info(self.engine.restore(request.id)))
+
+    @_unary
+    def Stats(self, request: pb.StatsRequest, context: Any) -> pb.StatsResponse:
+        return self.engine.stats()
+
+
+class StartupError(RuntimeError):
+    """The daemon could not start (bad data directory, port in use, failed restore)."""
+
+
+def serve(config: ServeConfig, stop_event: threading.Event | None = None) -> None:
+    """Runs the daemon until SIGTERM/SIGINT or `stop_event` is set."""
+    try:
+        engine = StoreEngine(config.data_dir, max_lookup_rows=config.max_lookup_rows)
+    except Exception as error:
+        raise StartupError(f"cannot open data directory {config.data_dir}: {error}") from error
+    if config.restore:
+        try:
+            engine.restore(0 if config.restore == "latest" else int(config.restore))
+        except Exception as error:
+            engine.close()
+            raise StartupError(f"cannot restore checkpoint {config.restore}: {error}") from error
+
+    options = [
+        ("grpc.max_send_message_length", config.max_message_bytes),
+        ("grpc.max_receive_message_length", config.max_message_bytes),
+        # Another daemon on the same port must fail to start, not share the port.
+        ("grpc.so_reuseport", 0),
+    ]
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=config.workers), options=options)
+    pb_grpc.add_EngramStoreServicer_to_server(Servicer(engine), server)
+    health_servicer = health.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    reflection.enable_server_reflection(
+        (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server
+    )
+    try:
+        port = server.add_insecure_port(config.address)
+    except RuntimeError as error:
+        engine.close()
+        raise StartupError(f"cannot listen on {config.address}: {error}") from error
+    if port == 0:
+        engine.close()
+        raise StartupError(f"cannot listen on {config.address}")
+    server.start()
+    for service in ("", SERVICE_NAME):
+        health_servicer.set(service, health_pb2.HealthCheckResponse.SERVING)
+    log.info("engram-store listening on %s:%d (data in %s)", config.host, port, engine.data_dir)
+    if config.port_file:
+        tmp = f"{config.port_file}.tmp"
+        with open(tmp, "w") as f:
+            f.write(str(port))
+        os.replace(tmp, config.port_file)
+
+    stop = stop_event or threading.Event()
+    if threading.current_thread() is threading.main_thread():
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda signum, frame: stop.set())
+    while not stop.wait(config.flush_interval_s or None):
+        engine.flush()
+    log.info("shutting down: finishing in-flight requests")
+    health_servicer.enter_graceful_shutdown()
+    server.stop(config.grace_s).wait()
+    engine.close()
+    log.info("stopped; tables flushed")

@@ -1,0 +1,116 @@
+"""Validation and conversion of the protocol's packed arrays and configs."""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+
+from store._proto.engram.store.v1 import store_pb2 as pb
+from store.errors import InvalidArgumentError
+
+ITEM_SIZES = {"uint64": 8, "int64": 8, "float32": 4, "bfloat16": 2, "float16": 2}
+ROW_DTYPES = ("float32", "bfloat16", "float16")
+TABLE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
+
+
+def check_table_name(name: str) -> str:
+    if not TABLE_NAME.fullmatch(name):
+        raise InvalidArgumentError(
+            f"table name must be 1-128 letters, digits, '_', '.' or '-' starting with a "
+            f"letter or digit, got {name!r}"
+        )
+    return name
+
+
+def check_array(array: pb.Array, name: str, dtypes: tuple[str, ...], ndim: int | None) -> None:
+    """Fails unless `array` has one of `dtypes`, `ndim` dimensions (when given), and exactly
+    the bytes its shape needs."""
+    if array.dtype not in dtypes:
+        raise InvalidArgumentError(
+            f"{name} must have dtype {' or '.join(dtypes)}, got {array.dtype!r}"
+        )
+    if ndim is not None and len(array.shape) != ndim:
+        raise InvalidArgumentError(
+            f"{name} must have {ndim} dimensions, got shape {list(array.shape)}"
+        )
+    if any(d < 0 for d in array.shape):
+        raise InvalidArgumentError(f"{name} has a negative dimension: {list(array.shape)}")
+    expected = math.prod(array.shape) * ITEM_SIZES[array.dtype]
+    if len(array.data) != expected:
+        raise InvalidArgumentError(
+            f"{name} of shape {list(array.shape)} and dtype {array.dtype} needs {expected} "
+            f"bytes, got {len(array.data)}"
+        )
+
+
+def key_bytes(array: pb.Array, name: str = "keys") -> bytes:
+    """Keys (uint64, or non-negative int64) of any shape as packed LE uint64 bytes."""
+    check_array(array, name, ("uint64", "int64"), None)
+    if array.dtype == "int64" and array.data:
+        signed = np.frombuffer(array.data, dtype="<i8")
+        if (signed < 0).any():
+            first = int(np.argmax(signed < 0))
+            raise InvalidArgumentError(f"{name}[{first}] = {signed[first]} is negative")
+    return array.data
+
+
+def numpy_array(values: npt.NDArray[np.generic]) -> pb.Array:
+    """A numpy array as a packed LE protocol array."""
+    dtype = {
+        np.dtype(np.uint64): "uint64",
+        np.dtype(np.int64): "int64",
+        np.dtype(np.float32): "float32",
+        np.dtype(np.float16): "float16",
+    }.get(values.dtype)
+    if dtype is None:
+        raise InvalidArgumentError(f"cannot send dtype {values.dtype}")
+    little = values.astype(values.dtype.newbyteorder("<"), copy=False)
+    return pb.Array(
+        dtype=dtype, shape=list(values.shape), data=np.ascontiguousarray(little).tobytes()
+    )
+
+
+@dataclass(frozen=True)
+class OptimizerArgs:
+    """What the engine needs to build an optimizer, with PyTorch's defaults filled in."""
+
+    name: str
+    lr: float
+    eps: float = 0.0
+    beta1: float = 0.0
+    beta2: float = 0.0
+    initial_accumulator_value: float = 0.0
+
+    @staticmethod
+    def from_config(config: pb.OptimizerConfig) -> OptimizerArgs:
+        kind = config.WhichOneof("kind") or "sgd"
+        lr = config.lr
+        if kind == "sgd":
+            return OptimizerArgs("sgd", lr)
+        if kind == "adagrad":
+            return OptimizerArgs(
+                "adagrad",
+                lr,
+                eps=config.adagrad.eps or 1e-10,
+                initial_accumulator_value=config.adagrad.initial_accumulator_value,
+            )
+        if kind == "rowwise_adagrad":
+            return OptimizerArgs("rowwise_adagrad", lr, eps=config.rowwise_adagrad.eps or 1e-10)
+        adam = config.adam
+        return OptimizerArgs(
+            "adam", lr, eps=adam.eps or 1e-8, beta1=adam.beta1 or 0.9, beta2=adam.beta2 or 0.999
+        )
+
+    def native(self) -> tuple[str, float, float, float, float, float]:
+        return (
+            self.name,
+            self.lr,
+            self.eps,
+            self.beta1,
+            self.beta2,
+            self.initial_accumulator_value,
+        )

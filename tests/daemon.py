@@ -1,0 +1,133 @@
+"""Running store daemons for tests: in a thread of the test process, or as a subprocess
+that can be killed."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+
+from store._proto.engram.store.v1 import store_pb2_grpc as pb_grpc
+from store.config import ServeConfig
+from store.server import serve
+
+
+@dataclass
+class Daemon:
+    address: str
+    data_dir: Path
+    stub: pb_grpc.EngramStoreStub
+    channel: grpc.Channel
+
+
+def _wait_for_port(port_file: Path, alive: callable[[], bool], timeout: float = 30.0) -> int:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if port_file.exists():
+            return int(port_file.read_text())
+        if not alive():
+            raise RuntimeError("daemon exited before listening")
+        time.sleep(0.02)
+    raise TimeoutError("daemon did not start listening")
+
+
+def _connect(port: int, data_dir: Path) -> Daemon:
+    address = f"127.0.0.1:{port}"
+    channel = grpc.insecure_channel(
+        address,
+        options=[
+            ("grpc.max_receive_message_length", 512 << 20),
+            ("grpc.max_send_message_length", 512 << 20),
+        ],
+    )
+    return Daemon(address, data_dir, pb_grpc.EngramStoreStub(channel), channel)
+
+
+@contextmanager
+def daemon_thread(data_dir: Path, **overrides: object) -> Iterator[Daemon]:
+    """A daemon serving in a background thread; stopped gracefully on exit."""
+    port_file = data_dir.parent / f"{data_dir.name}.port"
+    port_file.unlink(missing_ok=True)
+    config = ServeConfig(
+        data_dir=str(data_dir),
+        port=0,
+        port_file=str(port_file),
+        flush_interval_s=0,
+        grace_s=5,
+        **overrides,  # type: ignore[arg-type]
+    )
+    stop = threading.Event()
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            serve(config, stop)
+        except BaseException as error:
+            errors.append(error)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    try:
+        d = _connect(_wait_for_port(port_file, thread.is_alive), data_dir)
+    except RuntimeError:
+        raise errors[0] if errors else RuntimeError("daemon failed") from None
+    try:
+        yield d
+    finally:
+        d.channel.close()
+        stop.set()
+        thread.join(timeout=30)
+        assert not thread.is_alive(), "daemon did not stop"
+        if errors:
+            raise errors[0]
+
+
+@contextmanager
+def daemon_process(data_dir: Path, *extra: str) -> Iterator[tuple[Daemon, subprocess.Popen[bytes]]]:
+    """`engram-store serve` in a subprocess (killable); terminated on exit."""
+    port_file = data_dir.parent / f"{data_dir.name}.port"
+    port_file.unlink(missing_ok=True)
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "store.cli",
+            "serve",
+            "--data-dir",
+            str(data_dir),
+            "--port",
+            "0",
+            "--port-file",
+            str(port_file),
+            "--flush-interval",
+            "0",
+            *extra,
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    try:
+        d = _connect(_wait_for_port(port_file, lambda: process.poll() is None), data_dir)
+        try:
+            yield d, process
+        finally:
+            d.channel.close()
+    finally:
+        if process.poll() is None:
+            process.terminate()
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+        if process.stderr:
+            process.stderr.close()
