@@ -18,6 +18,7 @@ from tokenizers import Regex, Tokenizer, normalizers
 
 from store import _native
 from store._arrays import as_int64_array
+from store._proto.engram.store.v1 import store_pb2 as pb
 
 TokenizerLike = Union[str, "os.PathLike[str]", Tokenizer, Any]
 
@@ -188,6 +189,34 @@ class NgramHashMapping:
     def table_sizes(self, layer_id: int) -> list[int]:
         """The prime size of each head's table for a layer, in hash-id column order."""
         return [p for order in self.vocab_size_across_layers[layer_id] for p in order]
+
+    def hash_config(self, layer_id: int) -> pb.HashConfig:
+        """The resolved hashing of one layer, for a store table that hashes token ids itself
+        (`LookupTokens`)."""
+        lookup = self.compressed_tokenizer.lookup_table
+        return pb.HashConfig(
+            max_ngram_size=self.max_ngram_size,
+            n_head_per_ngram=self.n_head_per_ngram,
+            pad_id=self.pad_id,
+            layer_id=layer_id,
+            multipliers=self.layer_multipliers[layer_id].tolist(),
+            table_sizes=self.table_sizes(layer_id),
+            lookup_table=pb.Array(
+                dtype="int64", shape=[len(lookup)], data=lookup.astype("<i8").tobytes()
+            ),
+        )
+
+    def fingerprint(self, layer_id: int) -> int:
+        """Digest of one layer's hashing; a store table built from :meth:`hash_config` reports
+        the same value and refuses token lookups quoting another."""
+        return _native.NgramHasher(
+            self.max_ngram_size,
+            self.n_head_per_ngram,
+            self.pad_id,
+            [self.layer_multipliers[layer_id].tolist()],
+            [self.table_sizes(layer_id)],
+            self.compressed_tokenizer.lookup_table,
+        ).fingerprint
 
     def head_offsets(self, layer_id: int) -> npt.NDArray[np.int64]:
         """Where each head's rows start when a layer's heads share one table (as the

@@ -8,7 +8,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,7 +28,7 @@ class Daemon:
     channel: grpc.Channel
 
 
-def _wait_for_port(port_file: Path, alive: callable[[], bool], timeout: float = 30.0) -> int:
+def _wait_for_port(port_file: Path, alive: Callable[[], bool], timeout: float = 30.0) -> int:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if port_file.exists():
