@@ -58,7 +58,7 @@ def torch_run(
         embedding.weight.copy_(torch.from_numpy(initial))
     optimizer = make_optimizer(list(embedding.parameters()))
     # Adagrad builds sparse tensors; torch warns unless the invariant checks are chosen.
-    with torch.sparse.check_sparse_tensor_invariants(enable=True):
+    with torch.sparse.check_sparse_tensor_invariants(enable=True):  # type: ignore[no-untyped-call]
         for keys, grads in batches():
             optimizer.zero_grad()
             out = embedding(torch.from_numpy(keys.astype(np.int64)))
