@@ -1,0 +1,193 @@
+"""Every kind of bad request gets a status naming the problem, changes nothing, and the
+daemon keeps serving."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import grpc
+import numpy as np
+import pytest
+from daemon import Daemon, daemon_thread
+from store_helpers import keys, push, raw_rows, spec
+
+from store._proto.engram.store.v1 import store_pb2 as pb
+from store.wire import numpy_array
+
+ROWS, DIM = 100, 4
+Code = grpc.StatusCode
+
+
+@pytest.fixture(scope="module")
+def daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
+    data = tmp_path_factory.mktemp("bad") / "data"
+    with daemon_thread(data, max_message_bytes=1 << 20, max_lookup_rows=10_000) as d:
+        d.stub.CreateTable(pb.CreateTableRequest(spec=spec("t", num_rows=ROWS, dim=DIM)))
+        yield d
+
+
+def grads(n: int, value: float = 1.0) -> np.ndarray:
+    return np.full((n, DIM), value, np.float32)
+
+
+def lookup(**fields: Any) -> Callable[[pb.EngramStoreStub], Any]:
+    return lambda s: list(s.Lookup(pb.LookupRequest(**fields)))
+
+
+BAD_REQUESTS: list[tuple[str, Callable[[Any], Any], grpc.StatusCode, str]] = [
+    (
+        "unknown table",
+        lookup(table="nope", keys=keys([1])),
+        Code.NOT_FOUND,
+        "table 'nope' does not exist",
+    ),
+    ("unknown table push", lambda s: s.Push(push("nope", [1], grads(1))), Code.NOT_FOUND, "'nope'"),
+    (
+        "key out of range",
+        lookup(table="t", keys=keys([1, ROWS])),
+        Code.OUT_OF_RANGE,
+        "keys[1] = 100",
+    ),
+    (
+        "push key out of range",
+        lambda s: s.Push(push("t", [0, 5, 1000], grads(3))),
+        Code.OUT_OF_RANGE,
+        "keys[2] = 1000",
+    ),
+    (
+        "negative int64 key",
+        lookup(table="t", keys=numpy_array(np.array([3, -2]))),
+        Code.INVALID_ARGUMENT,
+        "keys[1] = -2 is negative",
+    ),
+    (
+        "wrong key dtype",
+        lookup(table="t", keys=pb.Array(dtype="float32", shape=[1], data=b"\0" * 4)),
+        Code.INVALID_ARGUMENT,
+        "keys must have dtype uint64 or int64",
+    ),
+    (
+        "wrong grads dtype",
+        lambda s: s.Push(
+            pb.PushRequest(
+                table="t",
+                keys=keys([1]),
+                grads=pb.Array(dtype="int64", shape=[1, DIM], data=b"\0" * 32),
+            )
+        ),
+        Code.INVALID_ARGUMENT,
+        "grads must have dtype",
+    ),
+    (
+        "shape/bytes mismatch",
+        lookup(table="t", keys=pb.Array(dtype="uint64", shape=[3], data=b"\0" * 16)),
+        Code.INVALID_ARGUMENT,
+        "needs 24 bytes, got 16",
+    ),
+    (
+        "grads shape mismatch",
+        lambda s: s.Push(push("t", [1, 2], grads(3))),
+        Code.INVALID_ARGUMENT,
+        "grads must have shape [2, 4]",
+    ),
+    (
+        "NaN gradient",
+        lambda s: s.Push(
+            push("t", [1, 2], np.array([[0, 0, 0, 0], [0, np.nan, 0, 0]], np.float32))
+        ),
+        Code.INVALID_ARGUMENT,
+        "gradient of keys[1] is NaN",
+    ),
+    (
+        "Inf gradient",
+        lambda s: s.Push(push("t", [1], grads(1, np.inf))),
+        Code.INVALID_ARGUMENT,
+        "is inf",
+    ),
+    (
+        "empty push",
+        lambda s: s.Push(push("t", np.zeros(0, np.uint64), grads(0))),
+        Code.INVALID_ARGUMENT,
+        "push has no keys",
+    ),
+    (
+        "bad row dtype",
+        lookup(table="t", keys=keys([1]), dtype="float64"),
+        Code.INVALID_ARGUMENT,
+        "dtype must be one of",
+    ),
+    (
+        "oversized message",
+        lambda s: s.Push(push("t", np.zeros(70_000, np.uint64), grads(70_000))),
+        Code.RESOURCE_EXHAUSTED,
+        "larger than max",
+    ),
+    (
+        "oversized lookup",
+        lookup(table="t", keys=keys(np.zeros(20_000, np.uint64))),
+        Code.RESOURCE_EXHAUSTED,
+        "exceeds the server's limit of 10000",
+    ),
+    (
+        "token lookup without hash config",
+        lambda s: list(
+            s.LookupTokens(
+                pb.LookupTokensRequest(table="t", token_ids=numpy_array(np.zeros((1, 2), np.int64)))
+            )
+        ),
+        Code.INVALID_ARGUMENT,
+        "has no hash config",
+    ),
+    (
+        "bad table name",
+        lambda s: s.CreateTable(pb.CreateTableRequest(spec=spec("../escape"))),
+        Code.INVALID_ARGUMENT,
+        "table name must be",
+    ),
+    (
+        "existing table",
+        lambda s: s.CreateTable(pb.CreateTableRequest(spec=spec("t"))),
+        Code.ALREADY_EXISTS,
+        "already exists",
+    ),
+    (
+        "bad optimizer",
+        lambda s: s.CreateTable(pb.CreateTableRequest(spec=spec("u", lr=-1.0))),
+        Code.INVALID_ARGUMENT,
+        "lr must be positive",
+    ),
+    (
+        "zero-size table",
+        lambda s: s.CreateTable(pb.CreateTableRequest(spec=spec("u", num_rows=0))),
+        Code.INVALID_ARGUMENT,
+        "num_rows and dim must be positive",
+    ),
+    (
+        "unknown checkpoint",
+        lambda s: s.Restore(pb.RestoreRequest(id=99)),
+        Code.FAILED_PRECONDITION,
+        "no checkpoint",
+    ),
+]
+
+
+def snapshot(daemon: Daemon) -> tuple[bytes, int]:
+    rows = raw_rows(daemon.stub.Lookup(pb.LookupRequest(table="t", keys=keys(range(ROWS)))))
+    return rows, daemon.stub.DescribeTable(pb.DescribeTableRequest(name="t")).step
+
+
+@pytest.mark.parametrize(
+    ("send", "code", "message"), [r[1:] for r in BAD_REQUESTS], ids=[r[0] for r in BAD_REQUESTS]
+)
+def test_bad_request(
+    daemon: Daemon, send: Callable[[Any], Any], code: grpc.StatusCode, message: str
+) -> None:
+    before = snapshot(daemon)
+    with pytest.raises(grpc.RpcError) as error:
+        send(daemon.stub)
+    assert error.value.code() == code, error.value.details()
+    assert message in (error.value.details() or ""), error.value.details()
+    assert snapshot(daemon) == before, "a rejected request changed the table"
+    tables = [t.spec.name for t in daemon.stub.ListTables(pb.ListTablesRequest()).tables]
+    assert tables == ["t"], "the daemon keeps serving with its tables intact"
