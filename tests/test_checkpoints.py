@@ -102,7 +102,7 @@ def test_a_failed_checkpoint_leaves_the_previous_one_intact(tmp_path: Path) -> N
     first = engine.checkpoint(full=False)
     engine.push(push("a", [2], np.ones((1, 4), np.float32)))
     table_b = engine.table("b")
-    table_b.native = FailingPacks(table_b.native)
+    table_b.native = FailingPacks(table_b.native)  # type: ignore[assignment]
     with pytest.raises(OSError, match="No space left"):
         engine.checkpoint(full=False)
     assert [m["id"] for m in engine.checkpoints()] == [first["id"]]
@@ -134,7 +134,7 @@ def read_pack(path: Path) -> dict[str, Any]:
     data = path.read_bytes()
     assert data[:8] == b"ENGRMPCK"
     assert zlib.crc32(data[:-4]) == struct.unpack("<I", data[-4:])[0]
-    _version, _dtype, num_rows, dim, state_dim, step, count = struct.unpack("<IIQQQQQ", data[8:56])
+    _version, _dtype, num_rows, dim, _state_dim, step, count = struct.unpack("<IIQQQQQ", data[8:56])
     offset = 56
     pack_keys = np.frombuffer(data, "<u8", count, offset)
     offset += 8 * count

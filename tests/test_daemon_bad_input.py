@@ -31,7 +31,7 @@ def grads(n: int, value: float = 1.0) -> np.ndarray:
     return np.full((n, DIM), value, np.float32)
 
 
-def lookup(**fields: Any) -> Callable[[pb.EngramStoreStub], Any]:
+def lookup(**fields: Any) -> Callable[[Any], Any]:
     return lambda s: list(s.Lookup(pb.LookupRequest(**fields)))
 
 
