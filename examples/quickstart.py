@@ -1,20 +1,28 @@
-"""Hash a sentence with the reference tokenizer and gather its Engram rows from a new table.
+"""The main job end to end: a local store daemon serving Engram tables.
 
-Runs on what ships with the repository: the reference tokenizer and the demo configuration
-of the published Engram reference (2- and 3-grams, 8 heads each, layers 1 and 15).
+Starts `engram-store serve` on a free loopback port with a temporary data directory, creates
+one table per Engram layer (the reference demo configuration: 2- and 3-grams, 8 heads each,
+layers 1 and 15), hashes a real sentence with the reference tokenizer, looks its rows up over
+gRPC (hashed by the server from raw token ids, and by key), pushes gradients through the
+server-side Adam, writes a checkpoint, and stops the daemon with SIGTERM.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import signal
+import subprocess
+import sys
 import tempfile
 import time
 
+import grpc
 import numpy as np
 
 from client import NgramHashMapping
-from store import Table
+from store._proto.engram.store.v1 import store_pb2 as pb
+from store._proto.engram.store.v1 import store_pb2_grpc as pb_grpc
 
 REFERENCE_TOKENIZER = os.path.join(
     os.path.dirname(__file__), "..", "..", "shared", "reference", "engram-hash", "tokenizer.json"
@@ -22,12 +30,45 @@ REFERENCE_TOKENIZER = os.path.join(
 SENTENCE = "Only Alexander the Great could tame the horse Bucephalus."
 
 
+def start_daemon(data_dir: str) -> tuple[subprocess.Popen[bytes], str]:
+    port_file = os.path.join(data_dir, "port")
+    daemon = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "store.cli",
+            "serve",
+            "--data-dir",
+            os.path.join(data_dir, "store"),
+            "--port",
+            "0",
+            "--port-file",
+            port_file,
+        ]
+    )
+    deadline = time.monotonic() + 60
+    while not os.path.exists(port_file):
+        if daemon.poll() is not None or time.monotonic() > deadline:
+            raise SystemExit("the daemon did not start")
+        time.sleep(0.05)
+    with open(port_file) as f:
+        return daemon, f"127.0.0.1:{f.read()}"
+
+
+def rows_from(chunks: list[pb.LookupResponse]) -> np.ndarray:
+    shape = list(chunks[0].result_shape)
+    rows = np.concatenate(
+        [np.frombuffer(c.rows.data, "<f4").reshape(list(c.rows.shape)) for c in chunks]
+    )
+    return rows.reshape(shape)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--tokenizer", default=REFERENCE_TOKENIZER)
     parser.add_argument("--text", default=SENTENCE)
     parser.add_argument("--dim", type=int, default=32, help="embedding width per head")
-    parser.add_argument("--data-dir", help="where to create the tables (default: temporary)")
+    parser.add_argument("--data-dir", help="where the daemon keeps its data (default: temporary)")
     args = parser.parse_args()
 
     mapping = NgramHashMapping(
@@ -42,35 +83,104 @@ def main() -> None:
     )
     tokenizer = mapping.compressed_tokenizer.tokenizer
     ids = np.array([tokenizer.encode(args.text, add_special_tokens=False).ids])
-    print(f"text: {args.text!r}")
-    print(f"{ids.shape[1]} tokens -> compressed vocabulary of {len(mapping.compressed_tokenizer)}")
+    print(f"text: {args.text!r} -> {ids.shape[1]} tokens")
 
     with tempfile.TemporaryDirectory(dir=args.data_dir) as data_dir:
-        for layer, keys in mapping.row_keys(ids).items():
-            table = Table.create(
-                os.path.join(data_dir, f"layer{layer}.engram"),
-                num_rows=mapping.layer_table_rows(layer),
-                dim=args.dim,
-                dtype="bfloat16",
-                seed=layer,
-            )
-            start = time.perf_counter()
-            rows = table.gather(keys)
-            elapsed = time.perf_counter() - start
-            print(
-                f"layer {layer:>2}: table {table.num_rows} x {table.dim} {table.dtype}, "
-                f"keys {keys.shape} -> rows {rows.shape} in {elapsed * 1e3:.2f} ms; "
-                f"first token, head 0: {np.array2string(rows[0, 0, 0, :4], precision=4)}"
-            )
-            # One step of plain SGD on the rows this sentence touched, then read them back.
-            grads = np.ones_like(rows).reshape(-1, args.dim)
-            table.scatter_add(keys, -0.01 * grads)
-            table.flush()
-            moved = np.abs(table.gather(keys) - rows).max()
-            print(
-                f"          after one SGD step: {table.written_count()} rows stored, "
-                f"max change {moved:.4f}"
-            )
+        daemon, address = start_daemon(data_dir)
+        try:
+            with grpc.insecure_channel(address) as channel:
+                store = pb_grpc.EngramStoreStub(channel)
+                row_keys = mapping.row_keys(ids)
+                for layer in mapping.layer_ids:
+                    name = f"engram-L{layer}"
+                    optimizer = pb.OptimizerConfig(lr=1e-3, adam=pb.AdamConfig())
+                    info = store.CreateTable(
+                        pb.CreateTableRequest(
+                            spec=pb.TableSpec(
+                                name=name,
+                                num_rows=mapping.layer_table_rows(layer),
+                                dim=args.dim,
+                                dtype="bfloat16",
+                                seed=layer,
+                                optimizer=optimizer,
+                                hash_config=mapping.hash_config(layer),
+                            )
+                        )
+                    )
+                    token_ids = pb.Array(
+                        dtype="int64", shape=list(ids.shape), data=ids.astype("<i8").tobytes()
+                    )
+                    start = time.perf_counter()
+                    rows = rows_from(
+                        list(
+                            store.LookupTokens(
+                                pb.LookupTokensRequest(
+                                    table=name,
+                                    token_ids=token_ids,
+                                    hash_fingerprint=info.hash_fingerprint,
+                                )
+                            )
+                        )
+                    )
+                    elapsed = time.perf_counter() - start
+                    keys = row_keys[layer].astype("<u8")
+                    by_key = rows_from(
+                        list(
+                            store.Lookup(
+                                pb.LookupRequest(
+                                    table=name,
+                                    keys=pb.Array(
+                                        dtype="uint64", shape=list(keys.shape), data=keys.tobytes()
+                                    ),
+                                )
+                            )
+                        )
+                    )
+                    assert np.array_equal(rows, by_key), "server and client hashing disagree"
+                    print(
+                        f"layer {layer:>2}: {info.spec.num_rows} x {args.dim} bfloat16 rows; "
+                        f"token lookup {rows.shape} over gRPC in {elapsed * 1e3:.1f} ms"
+                    )
+                    grads = np.ones((keys.size, args.dim), np.float32)
+                    pushed = store.Push(
+                        pb.PushRequest(
+                            table=name,
+                            keys=pb.Array(dtype="uint64", shape=[keys.size], data=keys.tobytes()),
+                            grads=pb.Array(
+                                dtype="float32", shape=list(grads.shape), data=grads.tobytes()
+                            ),
+                            client_id="quickstart",
+                            sequence=layer,
+                        )
+                    )
+                    after = rows_from(
+                        list(
+                            store.Lookup(
+                                pb.LookupRequest(
+                                    table=name,
+                                    keys=pb.Array(
+                                        dtype="uint64", shape=list(keys.shape), data=keys.tobytes()
+                                    ),
+                                )
+                            )
+                        )
+                    )
+                    print(
+                        f"          Adam step {pushed.step} on {pushed.rows} rows: "
+                        f"mean change {float(np.mean(after - rows)):+.5f}"
+                    )
+                checkpoint = store.Checkpoint(pb.CheckpointRequest())
+                stored = sum(t.rows for t in checkpoint.tables)
+                print(
+                    f"checkpoint {checkpoint.id}: {len(checkpoint.tables)} tables, "
+                    f"{stored} rows, {sum(t.bytes for t in checkpoint.tables)} bytes"
+                )
+        finally:
+            daemon.send_signal(signal.SIGTERM)
+            code = daemon.wait(timeout=60)
+        print(f"daemon stopped with exit code {code}")
+        if code != 0:
+            raise SystemExit(code)
 
 
 if __name__ == "__main__":

@@ -6,7 +6,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 from conftest import REPO_ROOT
+from tokenizers import Tokenizer
+
+from client import NgramHashMapping
+
+TEXT = "Only Alexander the Great could tame the horse."
 
 
 def test_quickstart(tokenizer_path: Path, tmp_path: Path) -> None:
@@ -18,6 +24,8 @@ def test_quickstart(tokenizer_path: Path, tmp_path: Path) -> None:
             str(tokenizer_path),
             "--dim",
             "8",
+            "--text",
+            TEXT,
             "--data-dir",
             str(tmp_path),
         ],
@@ -26,5 +34,12 @@ def test_quickstart(tokenizer_path: Path, tmp_path: Path) -> None:
         timeout=120,
     )
     assert result.returncode == 0, result.stderr
-    assert "layer  1: table 656832 x 8 bfloat16" in result.stdout
-    assert "after one SGD step" in result.stdout
+    ids = Tokenizer.from_file(str(tokenizer_path)).encode(TEXT, add_special_tokens=False).ids
+    mapping = NgramHashMapping([40960, 40960], 3, 64, 8, [1, 15], tokenizer_path, 0, 0)
+    rows = {layer: len(np.unique(k)) for layer, k in mapping.row_keys([ids]).items()}
+    out = result.stdout
+    assert f"layer  1: 656832 x 8 bfloat16 rows; token lookup (1, {len(ids)}, 16, 8)" in out
+    assert f"Adam step 1 on {rows[1]} rows" in out
+    assert f"checkpoint 1: 2 tables, {rows[1] + rows[15]} rows" in out
+    assert "daemon stopped with exit code 0" in out
+    assert "stopped; tables flushed" in result.stderr
