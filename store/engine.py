@@ -38,7 +38,7 @@ from store.wire import ITEM_SIZES, ROW_DTYPES, check_array, check_table_name, ke
 
 log = logging.getLogger(__name__)
 
-DEFAULT_CHUNK_BYTES = 4 << 20
+DEFAULT_CHUNK_BYTES = 1 << 20
 
 
 class StoreEngine:

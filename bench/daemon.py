@@ -1,0 +1,141 @@
+"""Store daemon over loopback gRPC against the in-process engine.
+
+`Lookup` of 64k-row batches against an in-process gather of the same keys from the same
+table file; `Push` of 64k rows with SGD against the same in-process gather rate, with Adam
+and row-wise Adagrad beside it. The daemon runs as its own process. Prints one JSON line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+
+import grpc
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(__file__))
+from _common import best_seconds, report
+
+from store import Table
+from store._proto.engram.store.v1 import store_pb2 as pb
+from store._proto.engram.store.v1 import store_pb2_grpc as pb_grpc
+
+MAX_MESSAGE = 512 << 20
+
+
+def start_daemon(data_dir: str) -> tuple[subprocess.Popen[bytes], str]:
+    port_file = os.path.join(data_dir, "port")
+    daemon = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "store.cli",
+            "--log-level",
+            "WARNING",
+            "serve",
+            "--data-dir",
+            os.path.join(data_dir, "store"),
+            "--port",
+            "0",
+            "--port-file",
+            port_file,
+            "--flush-interval",
+            "0",
+        ]
+    )
+    while not os.path.exists(port_file):
+        if daemon.poll() is not None:
+            raise SystemExit("the daemon did not start")
+        time.sleep(0.05)
+    with open(port_file) as f:
+        return daemon, f"127.0.0.1:{f.read()}"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--rows", type=int, default=4_000_000)
+    parser.add_argument("--dim", type=int, default=64)
+    parser.add_argument("--batch", type=int, default=65_536)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--png")
+    args = parser.parse_args()
+
+    with tempfile.TemporaryDirectory() as tmp:
+        daemon, address = start_daemon(tmp)
+        options = [
+            ("grpc.max_receive_message_length", MAX_MESSAGE),
+            ("grpc.max_send_message_length", MAX_MESSAGE),
+        ]
+        try:
+            with grpc.insecure_channel(address, options=options) as channel:
+                stub = pb_grpc.EngramStoreStub(channel)
+                for name in ("sgd", "adam", "rowwise_adagrad"):
+                    config = pb.OptimizerConfig(lr=0.01)
+                    getattr(config, name).SetInParent()
+                    stub.CreateTable(
+                        pb.CreateTableRequest(
+                            spec=pb.TableSpec(
+                                name=name, num_rows=args.rows, dim=args.dim, optimizer=config
+                            )
+                        )
+                    )
+                rng = np.random.default_rng(0)
+                keys = rng.integers(0, args.rows, args.batch, dtype=np.uint64)
+                key_array = pb.Array(dtype="uint64", shape=[args.batch], data=keys.tobytes())
+                grads = rng.standard_normal((args.batch, args.dim)).astype(np.float32)
+                grad_array = pb.Array(
+                    dtype="float32", shape=list(grads.shape), data=grads.tobytes()
+                )
+                # Store the rows first, so both sides read stored rows.
+                stub.Push(pb.PushRequest(table="sgd", keys=key_array, grads=grad_array))
+
+                local = Table.open(os.path.join(tmp, "store", "tables", "sgd", "params.engram"))
+                out = np.empty((args.batch, args.dim), np.float32)
+                local_s = best_seconds(lambda: local.gather(keys, out=out), args.repeats)
+
+                def remote_lookup() -> None:
+                    for chunk in stub.Lookup(pb.LookupRequest(table="sgd", keys=key_array)):
+                        n = chunk.rows.shape[0]
+                        out[chunk.offset : chunk.offset + n] = np.frombuffer(
+                            chunk.rows.data, np.float32
+                        ).reshape(n, args.dim)
+
+                lookup_s = best_seconds(remote_lookup, args.repeats)
+                push_s = {
+                    name: best_seconds(
+                        lambda name=name: stub.Push(
+                            pb.PushRequest(table=name, keys=key_array, grads=grad_array)
+                        ),
+                        args.repeats,
+                    )
+                    for name in ("sgd", "adam", "rowwise_adagrad")
+                }
+        finally:
+            daemon.send_signal(signal.SIGTERM)
+            daemon.wait()
+
+    rate = args.batch / local_s
+    report(
+        {
+            "benchmark": "daemon",
+            "table": [args.rows, args.dim],
+            "batch_rows": args.batch,
+            "in_process_gather_rows_per_s": rate,
+            "grpc_lookup_rows_per_s": args.batch / lookup_s,
+            "grpc_push_sgd_rows_per_s": args.batch / push_s["sgd"],
+            "grpc_push_adam_rows_per_s": args.batch / push_s["adam"],
+            "grpc_push_rowwise_adagrad_rows_per_s": args.batch / push_s["rowwise_adagrad"],
+            "lookup_vs_in_process": (args.batch / lookup_s) / rate,
+            "push_sgd_vs_in_process_gather": (args.batch / push_s["sgd"]) / rate,
+        },
+        args.png,
+    )
+
+
+if __name__ == "__main__":
+    main()
