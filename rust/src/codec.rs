@@ -119,20 +119,6 @@ pub fn convert(src_dtype: DType, src: &[u8], dst_dtype: DType, dst: &mut [u8]) {
     }
 }
 
-/// Values of `dtype` packed little-endian in `bytes` (a wire payload), as float32.
-pub fn decode_payload(dtype: DType, bytes: &[u8], name: &str) -> Result<Vec<f32>> {
-    if !bytes.len().is_multiple_of(dtype.size()) {
-        return Err(Error::invalid(format!(
-            "{name} holds {} bytes, not a whole number of {} values",
-            bytes.len(),
-            dtype.name()
-        )));
-    }
-    let mut values = vec![0f32; bytes.len() / dtype.size()];
-    decode_to_f32(dtype, bytes, &mut values);
-    Ok(values)
-}
-
 /// Unsigned 64-bit keys packed little-endian in `bytes` (a wire payload).
 pub fn decode_keys(bytes: &[u8], name: &str) -> Result<Vec<u64>> {
     if !bytes.len().is_multiple_of(8) {
@@ -152,7 +138,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn payloads_decode_or_name_the_bad_length() {
+    fn keys_decode_or_name_the_bad_length() {
         assert_eq!(
             decode_keys(&[1, 0, 0, 0, 0, 0, 0, 0], "keys").unwrap(),
             vec![1]
@@ -161,13 +147,6 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("keys holds 3 bytes"));
-        let mut bytes = vec![0u8; 4];
-        encode_f32(DType::BF16, &[1.5, -2.0], &mut bytes);
-        assert_eq!(
-            decode_payload(DType::BF16, &bytes, "g").unwrap(),
-            vec![1.5, -2.0]
-        );
-        assert!(decode_payload(DType::F32, &bytes[..3], "g").is_err());
     }
 
     #[test]

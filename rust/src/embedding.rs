@@ -2,11 +2,14 @@
 //! count. Pushes apply sparse gradients atomically: a concurrent lookup sees every row of a
 //! push either before or after it.
 
+use crate::codec::{self, DType};
 use crate::error::{Error, Result};
 use crate::optim::Optimizer;
 use crate::table::format::Header;
 use crate::table::Table;
+use std::cell::RefCell;
 use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard};
@@ -164,17 +167,34 @@ impl EmbeddingTable {
         self.step.store(step, Ordering::Release);
     }
 
-    /// Applies `grads` (`keys.len() x dim`) with the optimizer, summing the gradients of
-    /// repeated keys first. Without `step`, the table's step count advances by one; with it,
-    /// the optimizer uses that step and the count becomes at least `step`. Everything is
-    /// validated before any row changes.
+    /// Applies float32 `grads` (`keys.len() x dim`); see [`EmbeddingTable::push_encoded`].
     pub fn push(&self, keys: &[u64], grads: &[f32], step: Option<u64>) -> Result<PushOutcome> {
+        // SAFETY: any f32 is plain bytes; tables only build on little-endian targets.
+        let bytes = unsafe {
+            std::slice::from_raw_parts(grads.as_ptr().cast::<u8>(), std::mem::size_of_val(grads))
+        };
+        self.push_encoded(keys, DType::F32, bytes, step)
+    }
+
+    /// Applies gradients packed little-endian as `grads_dtype` (a wire payload, read in
+    /// place), summing the gradients of repeated keys first. Without `step`, the table's step
+    /// count advances by one; with it, the optimizer uses that step and the count becomes at
+    /// least `step`. Everything is validated before any row changes.
+    pub fn push_encoded(
+        &self,
+        keys: &[u64],
+        grads_dtype: DType,
+        grads: &[u8],
+        step: Option<u64>,
+    ) -> Result<PushOutcome> {
         let dim = self.params.dim();
-        if grads.len() != keys.len() * dim {
+        let row_bytes = dim * grads_dtype.size();
+        if grads.len() != keys.len() * row_bytes {
             return Err(Error::invalid(format!(
-                "gradients hold {} values, expected {} keys x dim {dim}",
+                "gradients hold {} bytes, expected {} keys x dim {dim} x {}",
                 grads.len(),
-                keys.len()
+                keys.len(),
+                grads_dtype.name()
             )));
         }
         if keys.is_empty() {
@@ -184,17 +204,15 @@ impl EmbeddingTable {
             return Err(Error::invalid("step counts from 1, got 0"));
         }
         self.params.check_keys(keys)?;
+        let grads = Gradients {
+            dtype: grads_dtype,
+            bytes: grads,
+            row_bytes,
+        };
         if !self.allow_non_finite {
-            if let Some(i) = grads.iter().position(|g| !g.is_finite()) {
-                return Err(Error::invalid(format!(
-                    "gradient of keys[{}] is {} (column {}); this table rejects non-finite gradients",
-                    i / dim,
-                    grads[i],
-                    i % dim
-                )));
-            }
+            grads.check_finite(dim)?;
         }
-        let (unique, summed) = sum_duplicates(keys, grads, dim);
+        let groups = KeyGroups::of(keys);
         let _serialised = self.pause_pushes();
         let step = match step {
             Some(s) => {
@@ -204,12 +222,19 @@ impl EmbeddingTable {
             None => self.step.fetch_add(1, Ordering::AcqRel) + 1,
         };
         let optimizer = self.optimizer;
-        self.params
-            .update_rows_with_state(self.state.as_ref(), &unique, |i, row, state| {
-                optimizer.apply(row, state, &summed[i * dim..(i + 1) * dim], step)
-            })?;
+        self.params.update_rows_with_state(
+            self.state.as_ref(),
+            &groups.unique,
+            |i, row, state| {
+                GRADIENT_SUM.with_borrow_mut(|sum| {
+                    sum.resize(dim, 0.0);
+                    grads.sum_rows(groups.members(i), sum);
+                    optimizer.apply(row, state, sum, step)
+                })
+            },
+        )?;
         Ok(PushOutcome {
-            rows: unique.len(),
+            rows: groups.unique.len(),
             step,
         })
     }
@@ -255,26 +280,120 @@ fn merge_sorted(mut a: Vec<u64>, b: Option<Vec<u64>>) -> Vec<u64> {
     a
 }
 
-/// Distinct keys in first-seen order and the sum of each key's gradients.
-fn sum_duplicates(keys: &[u64], grads: &[f32], dim: usize) -> (Vec<u64>, Vec<f32>) {
-    let mut slot_of: HashMap<u64, usize> = HashMap::with_capacity(keys.len());
-    let mut unique = Vec::with_capacity(keys.len());
-    let mut summed: Vec<f32> = Vec::with_capacity(grads.len());
-    for (&key, grad) in keys.iter().zip(grads.chunks_exact(dim)) {
-        match slot_of.get(&key) {
-            Some(&slot) => {
-                for (s, g) in summed[slot * dim..(slot + 1) * dim].iter_mut().zip(grad) {
-                    *s += g;
+thread_local! {
+    /// Per-thread buffer for the summed gradient of one key.
+    static GRADIENT_SUM: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Gradient rows still in their wire encoding.
+struct Gradients<'a> {
+    dtype: DType,
+    bytes: &'a [u8],
+    row_bytes: usize,
+}
+
+impl Gradients<'_> {
+    fn row(&self, i: usize) -> &[u8] {
+        &self.bytes[i * self.row_bytes..(i + 1) * self.row_bytes]
+    }
+
+    /// `sum` = the sum of rows `members`, added in order.
+    fn sum_rows(&self, members: &[u32], sum: &mut [f32]) {
+        let (first, rest) = members.split_first().expect("every key has a row");
+        codec::decode_to_f32(self.dtype, self.row(*first as usize), sum);
+        let mut decoded = [0f32; 64];
+        for &member in rest {
+            let row = self.row(member as usize);
+            let width = decoded.len() * self.dtype.size();
+            for (part, acc) in row.chunks(width).zip(sum.chunks_mut(decoded.len())) {
+                let values = &mut decoded[..acc.len()];
+                codec::decode_to_f32(self.dtype, part, values);
+                for (a, v) in acc.iter_mut().zip(values.iter()) {
+                    *a += v;
                 }
-            }
-            None => {
-                slot_of.insert(key, unique.len());
-                unique.push(key);
-                summed.extend_from_slice(grad);
             }
         }
     }
-    (unique, summed)
+
+    fn check_finite(&self, dim: usize) -> Result<()> {
+        let mut decoded = vec![0f32; dim];
+        for i in 0..self.bytes.len() / self.row_bytes {
+            codec::decode_to_f32(self.dtype, self.row(i), &mut decoded);
+            if let Some(col) = decoded.iter().position(|g| !g.is_finite()) {
+                return Err(Error::invalid(format!(
+                    "gradient of keys[{i}] is {} (column {col}); this table rejects non-finite gradients",
+                    decoded[col]
+                )));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Keys grouped by value: distinct keys in first-seen order, and for each the positions of
+/// its occurrences, in order (a compressed sparse row layout).
+struct KeyGroups {
+    unique: Vec<u64>,
+    starts: Vec<u32>,
+    positions: Vec<u32>,
+}
+
+impl KeyGroups {
+    fn of(keys: &[u64]) -> Self {
+        let mut group_of_key: HashMap<u64, u32, BuildHasherDefault<KeyHasher>> =
+            HashMap::with_capacity_and_hasher(keys.len(), Default::default());
+        let mut unique = Vec::with_capacity(keys.len());
+        let mut group_of = Vec::with_capacity(keys.len());
+        for &key in keys {
+            let group = *group_of_key.entry(key).or_insert_with(|| {
+                unique.push(key);
+                (unique.len() - 1) as u32
+            });
+            group_of.push(group);
+        }
+        // Counting sort of positions by group keeps each group's occurrences in order.
+        let mut starts = vec![0u32; unique.len() + 1];
+        for &g in &group_of {
+            starts[g as usize + 1] += 1;
+        }
+        for i in 1..starts.len() {
+            starts[i] += starts[i - 1];
+        }
+        let mut next = starts.clone();
+        let mut positions = vec![0u32; keys.len()];
+        for (position, &g) in group_of.iter().enumerate() {
+            positions[next[g as usize] as usize] = position as u32;
+            next[g as usize] += 1;
+        }
+        KeyGroups {
+            unique,
+            starts,
+            positions,
+        }
+    }
+
+    fn members(&self, group: usize) -> &[u32] {
+        &self.positions[self.starts[group] as usize..self.starts[group + 1] as usize]
+    }
+}
+
+/// Keys are row numbers, not attacker-chosen strings: one multiply spreads them well enough
+/// and costs far less than SipHash.
+#[derive(Default)]
+struct KeyHasher(u64);
+
+impl Hasher for KeyHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0 ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+    fn write_u64(&mut self, key: u64) {
+        self.0 = (key ^ (key >> 29)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    }
 }
 
 #[cfg(test)]

@@ -482,8 +482,7 @@ impl EmbeddingTable {
         let grads_dtype = parse_dtype(grads_dtype)?;
         detached(py, || {
             let keys = codec::decode_keys(keys, "keys")?;
-            let grads = codec::decode_payload(grads_dtype, grads, "gradients")?;
-            let outcome = self.inner.push(&keys, &grads, step)?;
+            let outcome = self.inner.push_encoded(&keys, grads_dtype, grads, step)?;
             Ok((outcome.rows, outcome.step))
         })
     }

@@ -122,3 +122,44 @@ fn concurrent_pushes_lose_no_update() {
     }
     assert_eq!(t.step(), threads * pushes);
 }
+
+#[test]
+fn encoded_half_precision_pushes_sum_repeats_in_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let t = EmbeddingTable::create(dir.path().join("t"), header(20, 2), sgd(1.0), false).unwrap();
+    let before = t.params().gather(&[3, 5]).unwrap();
+    let grads = [1.0f32, 2.0, 0.5, 0.5, 0.25, -1.0];
+    let mut encoded = vec![0u8; 12];
+    crate::codec::encode_f32(DType::BF16, &grads, &mut encoded);
+    let outcome = t
+        .push_encoded(&[5, 3, 5], DType::BF16, &encoded, None)
+        .unwrap();
+    assert_eq!(outcome.rows, 2);
+    let after = t.params().gather(&[3, 5]).unwrap();
+    let expected = [
+        before[0] - 0.5,
+        before[1] - 0.5,
+        before[2] - 1.25,
+        before[3] - 1.0,
+    ];
+    for (a, e) in after.iter().zip(expected) {
+        assert!((a - e).abs() < 1e-6, "{a} vs {e}");
+    }
+    let err = t
+        .push_encoded(&[1], DType::F16, &[0u8; 3], None)
+        .unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("expected 1 keys x dim 2 x float16"),
+        "{err}"
+    );
+}
+
+#[test]
+fn key_groups_keep_first_seen_order_and_occurrence_order() {
+    let groups = KeyGroups::of(&[9, 4, 9, 7, 4, 9]);
+    assert_eq!(groups.unique, vec![9, 4, 7]);
+    assert_eq!(groups.members(0), &[0, 2, 5]);
+    assert_eq!(groups.members(1), &[1, 4]);
+    assert_eq!(groups.members(2), &[3]);
+}
