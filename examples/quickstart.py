@@ -11,9 +11,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import signal
-import subprocess
-import sys
 import tempfile
 import time
 
@@ -23,6 +20,7 @@ import numpy as np
 from client import NgramHashMapping
 from store._proto.engram.store.v1 import store_pb2 as pb
 from store._proto.engram.store.v1 import store_pb2_grpc as pb_grpc
+from store.local import LocalDaemon
 
 REFERENCE_TOKENIZER = os.path.join(
     os.path.dirname(__file__), "..", "..", "shared", "reference", "engram-hash", "tokenizer.json"
@@ -30,29 +28,12 @@ REFERENCE_TOKENIZER = os.path.join(
 SENTENCE = "Only Alexander the Great could tame the horse Bucephalus."
 
 
-def start_daemon(data_dir: str) -> tuple[subprocess.Popen[bytes], str]:
-    port_file = os.path.join(data_dir, "port")
-    daemon = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "store.cli",
-            "serve",
-            "--data-dir",
-            os.path.join(data_dir, "store"),
-            "--port",
-            "0",
-            "--port-file",
-            port_file,
-        ]
+def lookup_keys(store: pb_grpc.EngramStoreStub, table: str, keys: np.ndarray) -> np.ndarray:
+    keys = keys.astype("<u8")
+    request = pb.LookupRequest(
+        table=table, keys=pb.Array(dtype="uint64", shape=list(keys.shape), data=keys.tobytes())
     )
-    deadline = time.monotonic() + 60
-    while not os.path.exists(port_file):
-        if daemon.poll() is not None or time.monotonic() > deadline:
-            raise SystemExit("the daemon did not start")
-        time.sleep(0.05)
-    with open(port_file) as f:
-        return daemon, f"127.0.0.1:{f.read()}"
+    return rows_from(list(store.Lookup(request)))
 
 
 def rows_from(chunks: list[pb.LookupResponse]) -> np.ndarray:
@@ -86,101 +67,73 @@ def main() -> None:
     print(f"text: {args.text!r} -> {ids.shape[1]} tokens")
 
     with tempfile.TemporaryDirectory(dir=args.data_dir) as data_dir:
-        daemon, address = start_daemon(data_dir)
+        daemon = LocalDaemon(os.path.join(data_dir, "store")).start()
         try:
-            with grpc.insecure_channel(address) as channel:
+            with grpc.insecure_channel(daemon.address) as channel:
                 store = pb_grpc.EngramStoreStub(channel)
-                row_keys = mapping.row_keys(ids)
                 for layer in mapping.layer_ids:
-                    name = f"engram-L{layer}"
-                    optimizer = pb.OptimizerConfig(lr=1e-3, adam=pb.AdamConfig())
-                    info = store.CreateTable(
-                        pb.CreateTableRequest(
-                            spec=pb.TableSpec(
-                                name=name,
-                                num_rows=mapping.layer_table_rows(layer),
-                                dim=args.dim,
-                                dtype="bfloat16",
-                                seed=layer,
-                                optimizer=optimizer,
-                                hash_config=mapping.hash_config(layer),
-                            )
-                        )
-                    )
-                    token_ids = pb.Array(
-                        dtype="int64", shape=list(ids.shape), data=ids.astype("<i8").tobytes()
-                    )
-                    start = time.perf_counter()
-                    rows = rows_from(
-                        list(
-                            store.LookupTokens(
-                                pb.LookupTokensRequest(
-                                    table=name,
-                                    token_ids=token_ids,
-                                    hash_fingerprint=info.hash_fingerprint,
-                                )
-                            )
-                        )
-                    )
-                    elapsed = time.perf_counter() - start
-                    keys = row_keys[layer].astype("<u8")
-                    by_key = rows_from(
-                        list(
-                            store.Lookup(
-                                pb.LookupRequest(
-                                    table=name,
-                                    keys=pb.Array(
-                                        dtype="uint64", shape=list(keys.shape), data=keys.tobytes()
-                                    ),
-                                )
-                            )
-                        )
-                    )
-                    assert np.array_equal(rows, by_key), "server and client hashing disagree"
-                    print(
-                        f"layer {layer:>2}: {info.spec.num_rows} x {args.dim} bfloat16 rows; "
-                        f"token lookup {rows.shape} over gRPC in {elapsed * 1e3:.1f} ms"
-                    )
-                    grads = np.ones((keys.size, args.dim), np.float32)
-                    pushed = store.Push(
-                        pb.PushRequest(
-                            table=name,
-                            keys=pb.Array(dtype="uint64", shape=[keys.size], data=keys.tobytes()),
-                            grads=pb.Array(
-                                dtype="float32", shape=list(grads.shape), data=grads.tobytes()
-                            ),
-                            client_id="quickstart",
-                            sequence=layer,
-                        )
-                    )
-                    after = rows_from(
-                        list(
-                            store.Lookup(
-                                pb.LookupRequest(
-                                    table=name,
-                                    keys=pb.Array(
-                                        dtype="uint64", shape=list(keys.shape), data=keys.tobytes()
-                                    ),
-                                )
-                            )
-                        )
-                    )
-                    print(
-                        f"          Adam step {pushed.step} on {pushed.rows} rows: "
-                        f"mean change {float(np.mean(after - rows)):+.5f}"
-                    )
+                    serve_layer(store, mapping, layer, ids, args.dim)
                 checkpoint = store.Checkpoint(pb.CheckpointRequest())
-                stored = sum(t.rows for t in checkpoint.tables)
                 print(
                     f"checkpoint {checkpoint.id}: {len(checkpoint.tables)} tables, "
-                    f"{stored} rows, {sum(t.bytes for t in checkpoint.tables)} bytes"
+                    f"{sum(t.rows for t in checkpoint.tables)} rows, "
+                    f"{sum(t.bytes for t in checkpoint.tables)} bytes"
                 )
         finally:
-            daemon.send_signal(signal.SIGTERM)
-            code = daemon.wait(timeout=60)
+            code = daemon.stop()
         print(f"daemon stopped with exit code {code}")
         if code != 0:
             raise SystemExit(code)
+
+
+def serve_layer(
+    store: pb_grpc.EngramStoreStub, mapping: NgramHashMapping, layer: int, ids: np.ndarray, dim: int
+) -> None:
+    """One Engram layer's table: created with the layer's hash config, looked up by token ids
+    and by key, trained by one Adam step."""
+    name = f"engram-L{layer}"
+    info = store.CreateTable(
+        pb.CreateTableRequest(
+            spec=pb.TableSpec(
+                name=name,
+                num_rows=mapping.layer_table_rows(layer),
+                dim=dim,
+                dtype="bfloat16",
+                seed=layer,
+                optimizer=pb.OptimizerConfig(lr=1e-3, adam=pb.AdamConfig()),
+                hash_config=mapping.hash_config(layer),
+            )
+        )
+    )
+    token_ids = pb.Array(dtype="int64", shape=list(ids.shape), data=ids.astype("<i8").tobytes())
+    start = time.perf_counter()
+    request = pb.LookupTokensRequest(
+        table=name, token_ids=token_ids, hash_fingerprint=info.hash_fingerprint
+    )
+    rows = rows_from(list(store.LookupTokens(request)))
+    elapsed = time.perf_counter() - start
+    keys = mapping.row_keys(ids)[layer]
+    assert np.array_equal(rows, lookup_keys(store, name, keys)), "hashing disagrees"
+    print(
+        f"layer {layer:>2}: {info.spec.num_rows} x {dim} bfloat16 rows; "
+        f"token lookup {rows.shape} over gRPC in {elapsed * 1e3:.1f} ms"
+    )
+    flat = keys.reshape(-1).astype("<u8")
+    grads = np.ones((flat.size, dim), np.float32)
+    pushed = store.Push(
+        pb.PushRequest(
+            table=name,
+            keys=pb.Array(dtype="uint64", shape=[flat.size], data=flat.tobytes()),
+            grads=pb.Array(dtype="float32", shape=list(grads.shape), data=grads.tobytes()),
+            client_id="quickstart",
+            sequence=layer,
+        )
+    )
+    after = lookup_keys(store, name, keys)
+    print(
+        f"          Adam step {pushed.step} on {pushed.rows} rows: "
+        f"mean change {float(np.mean(after - rows)):+.5f}"
+    )
 
 
 if __name__ == "__main__":

@@ -12,7 +12,7 @@ import numpy.typing as npt
 from store import _native
 from store._proto.engram.store.v1 import store_pb2 as pb
 from store.errors import InvalidArgumentError
-from store.wire import ROW_DTYPES, OptimizerArgs, check_array
+from store.wire import ROW_DTYPES, OptimizerArgs, check_array, check_table_name
 
 
 @dataclass
@@ -120,8 +120,6 @@ def _hasher(config: pb.HashConfig) -> _native.NgramHasher:
 
 def validate_spec(spec: pb.TableSpec) -> None:
     """Checks what the engine does not: names, dtypes and the hash config's fit."""
-    from store.wire import check_table_name
-
     check_table_name(spec.name)
     if spec.num_rows <= 0 or spec.dim <= 0:
         raise InvalidArgumentError(

@@ -9,11 +9,9 @@ from __future__ import annotations
 
 import argparse
 import os
-import signal
-import subprocess
 import sys
 import tempfile
-import time
+from functools import partial
 
 import grpc
 import numpy as np
@@ -24,36 +22,9 @@ from _common import best_seconds, report
 from store import Table
 from store._proto.engram.store.v1 import store_pb2 as pb
 from store._proto.engram.store.v1 import store_pb2_grpc as pb_grpc
+from store.local import LocalDaemon
 
 MAX_MESSAGE = 512 << 20
-
-
-def start_daemon(data_dir: str) -> tuple[subprocess.Popen[bytes], str]:
-    port_file = os.path.join(data_dir, "port")
-    daemon = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "store.cli",
-            "--log-level",
-            "WARNING",
-            "serve",
-            "--data-dir",
-            os.path.join(data_dir, "store"),
-            "--port",
-            "0",
-            "--port-file",
-            port_file,
-            "--flush-interval",
-            "0",
-        ]
-    )
-    while not os.path.exists(port_file):
-        if daemon.poll() is not None:
-            raise SystemExit("the daemon did not start")
-        time.sleep(0.05)
-    with open(port_file) as f:
-        return daemon, f"127.0.0.1:{f.read()}"
 
 
 def main() -> None:
@@ -66,7 +37,8 @@ def main() -> None:
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory() as tmp:
-        daemon, address = start_daemon(tmp)
+        daemon = LocalDaemon(os.path.join(tmp, "store"), "--flush-interval", "0").start()
+        address = daemon.address
         options = [
             ("grpc.max_receive_message_length", MAX_MESSAGE),
             ("grpc.max_send_message_length", MAX_MESSAGE),
@@ -106,23 +78,17 @@ def main() -> None:
                         ).reshape(n, args.dim)
 
                 lookup_s = best_seconds(remote_lookup, args.repeats)
-                push_s = {
-                    name: best_seconds(
-                        lambda name=name: stub.Push(
-                            pb.PushRequest(table=name, keys=key_array, grads=grad_array)
-                        ),
-                        args.repeats,
-                    )
-                    for name in ("sgd", "adam", "rowwise_adagrad")
-                }
+                push_s = {}
+                for name in ("sgd", "adam", "rowwise_adagrad"):
+                    request = pb.PushRequest(table=name, keys=key_array, grads=grad_array)
+                    push_s[name] = best_seconds(partial(stub.Push, request), args.repeats)
         finally:
-            daemon.send_signal(signal.SIGTERM)
-            daemon.wait()
+            daemon.stop()
 
     rate = args.batch / local_s
     report(
         {
-            "benchmark": "daemon",
+            "benchmark": "store_rpc",
             "table": [args.rows, args.dim],
             "batch_rows": args.batch,
             "in_process_gather_rows_per_s": rate,
