@@ -2,7 +2,9 @@
 
 `Lookup` of 64k-row batches against an in-process gather of the same keys from the same
 table file; `Push` of 64k rows with SGD against the same in-process gather rate, with Adam
-and row-wise Adagrad beside it. The daemon runs as its own process. Prints one JSON line.
+and row-wise Adagrad beside it. Each is measured twice: rows in the messages, and rows in a
+shared buffer (same-machine clients). The daemon runs as its own process. Prints one JSON
+line.
 """
 
 from __future__ import annotations
@@ -37,7 +39,9 @@ def main() -> None:
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory() as tmp:
-        daemon = LocalDaemon(os.path.join(tmp, "store"), "--flush-interval", "0").start()
+        daemon = LocalDaemon(
+            os.path.join(tmp, "store"), "--flush-interval", "0", log_level="WARNING"
+        ).start()
         address = daemon.address
         options = [
             ("grpc.max_receive_message_length", MAX_MESSAGE),
@@ -82,6 +86,30 @@ def main() -> None:
                 for name in ("sgd", "adam", "rowwise_adagrad"):
                     request = pb.PushRequest(table=name, keys=key_array, grads=grad_array)
                     push_s[name] = best_seconds(partial(stub.Push, request), args.repeats)
+
+                shm_path = f"/dev/shm/engram-bench-{os.getpid()}"
+                with open(shm_path, "wb") as f:
+                    f.truncate(out.nbytes)
+                try:
+                    shared = np.memmap(shm_path, np.float32, "r+", shape=out.shape)
+                    buffer = pb.SharedBuffer(path=shm_path)
+                    lookup_request = pb.LookupRequest(table="sgd", keys=key_array, out=buffer)
+                    shm_lookup_s = best_seconds(
+                        lambda: list(stub.Lookup(lookup_request)), args.repeats
+                    )
+                    shared[:] = grads
+                    shm_push_s = {}
+                    for name in ("sgd", "adam", "rowwise_adagrad"):
+                        request = pb.PushRequest(
+                            table=name,
+                            keys=key_array,
+                            grads=pb.Array(dtype="float32", shape=list(grads.shape)),
+                            grads_buffer=buffer,
+                        )
+                        shm_push_s[name] = best_seconds(partial(stub.Push, request), args.repeats)
+                    del shared
+                finally:
+                    os.unlink(shm_path)
         finally:
             daemon.stop()
 
@@ -98,6 +126,12 @@ def main() -> None:
             "grpc_push_rowwise_adagrad_rows_per_s": args.batch / push_s["rowwise_adagrad"],
             "lookup_vs_in_process": (args.batch / lookup_s) / rate,
             "push_sgd_vs_in_process_gather": (args.batch / push_s["sgd"]) / rate,
+            "shm_lookup_rows_per_s": args.batch / shm_lookup_s,
+            "shm_push_sgd_rows_per_s": args.batch / shm_push_s["sgd"],
+            "shm_push_adam_rows_per_s": args.batch / shm_push_s["adam"],
+            "shm_push_rowwise_adagrad_rows_per_s": args.batch / shm_push_s["rowwise_adagrad"],
+            "shm_lookup_vs_in_process": (args.batch / shm_lookup_s) / rate,
+            "shm_push_sgd_vs_in_process_gather": (args.batch / shm_push_s["sgd"]) / rate,
         },
         args.png,
     )

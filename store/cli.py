@@ -89,6 +89,7 @@ def _serve(args: argparse.Namespace) -> int:
         restore=args.restore,
         grace_s=args.grace,
         flush_interval_s=args.flush_interval,
+        shared_buffer_dir=args.shared_buffer_dir,
     )
     try:
         serve(config)
@@ -224,6 +225,11 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--restore", help="restore a checkpoint before serving: 'latest' or an id")
     serve.add_argument("--grace", type=float, default=10.0, help="seconds for in-flight calls")
     serve.add_argument("--flush-interval", type=float, default=30.0)
+    serve.add_argument(
+        "--shared-buffer-dir",
+        default=ServeConfig.shared_buffer_dir,
+        help="directory of same-machine clients' shared buffers ('' refuses them)",
+    )
     serve.set_defaults(run=_serve)
 
     def client_verb(name: str, help: str, run: Callable[[argparse.Namespace], int]) -> Any:

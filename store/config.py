@@ -25,6 +25,8 @@ class ServeConfig:
     grace_s: float = 10.0
     # Seconds between background flushes (0: only on checkpoints and shutdown).
     flush_interval_s: float = 30.0
+    # Where same-machine clients' shared buffers live ("" refuses them).
+    shared_buffer_dir: str = "/dev/shm"
 
     @property
     def address(self) -> str:

@@ -33,6 +33,7 @@ from store.errors import (
 )
 from store.gate import Gate
 from store.idempotency import ClientWindows
+from store.shared_buffers import open_buffer
 from store.tables import TableHandle, table_directory
 from store.wire import ITEM_SIZES, ROW_DTYPES, check_array, check_table_name, key_bytes
 
@@ -42,9 +43,15 @@ DEFAULT_CHUNK_BYTES = 1 << 20
 
 
 class StoreEngine:
-    def __init__(self, data_dir: str, max_lookup_rows: int = 1 << 26) -> None:
+    def __init__(
+        self,
+        data_dir: str,
+        max_lookup_rows: int = 1 << 26,
+        shared_buffer_dir: str | None = "/dev/shm",
+    ) -> None:
         self.data_dir = os.path.abspath(data_dir)
         self.max_lookup_rows = max_lookup_rows
+        self.shared_buffer_dir = shared_buffer_dir
         os.makedirs(os.path.join(self.data_dir, "tables"), exist_ok=True)
         self.catalog = Catalog(os.path.join(self.data_dir, "catalog.lmdb"))
         self._started = time.monotonic()
@@ -115,23 +122,30 @@ class StoreEngine:
 
     # lookups ---------------------------------------------------------------------------
 
-    def lookup(
-        self, name: str, keys: pb.Array, dtype: str, rows_per_chunk: int
-    ) -> Iterator[pb.LookupResponse]:
-        table = self.table(name)
-        data = key_bytes(keys)
-        return self._stream_rows(table, data, list(keys.shape), dtype, rows_per_chunk)
+    def lookup(self, request: pb.LookupRequest) -> Iterator[pb.LookupResponse]:
+        table = self.table(request.table)
+        data = key_bytes(request.keys)
+        return self._answer(table, data, list(request.keys.shape), request)
 
-    def lookup_tokens(
-        self, name: str, token_ids: pb.Array, fingerprint: int, dtype: str, rows_per_chunk: int
-    ) -> Iterator[pb.LookupResponse]:
-        table = self.table(name)
-        keys = table.token_keys(token_ids, fingerprint)
-        return self._stream_rows(table, keys.tobytes(), list(keys.shape), dtype, rows_per_chunk)
+    def lookup_tokens(self, request: pb.LookupTokensRequest) -> Iterator[pb.LookupResponse]:
+        table = self.table(request.table)
+        keys = table.token_keys(request.token_ids, request.hash_fingerprint)
+        return self._answer(table, keys.tobytes(), list(keys.shape), request)
 
-    def _stream_rows(
-        self, table: TableHandle, keys: bytes, shape: list[int], dtype: str, rows_per_chunk: int
+    def _answer(
+        self,
+        table: TableHandle,
+        keys: bytes,
+        shape: list[int],
+        request: pb.LookupRequest | pb.LookupTokensRequest,
     ) -> Iterator[pb.LookupResponse]:
+        if request.HasField("out"):
+            return iter([self._rows_to_buffer(table, keys, shape, request.dtype, request.out)])
+        return self._stream_rows(table, keys, shape, request.dtype, request.rows_per_chunk)
+
+    def _check_lookup(self, table: TableHandle, keys: bytes, dtype: str) -> str:
+        """The row dtype, after checking it, the size and every key: a lookup that fails
+        fails before anything is written or sent."""
         dtype = dtype or "float32"
         if dtype not in ROW_DTYPES:
             raise InvalidArgumentError(f"dtype must be one of {ROW_DTYPES}, got {dtype!r}")
@@ -140,12 +154,31 @@ class StoreEngine:
             raise ResourceExhaustedError(
                 f"lookup of {total} rows exceeds the server's limit of {self.max_lookup_rows}"
             )
-        # Every key is checked before the first chunk leaves: nothing is sent partially.
         table.native.check_keys_bytes(keys)
+        table.counters.add(lookups=1, rows_looked_up=total)
+        return dtype
+
+    def _rows_to_buffer(
+        self, table: TableHandle, keys: bytes, shape: list[int], dtype: str, out: pb.SharedBuffer
+    ) -> pb.LookupResponse:
+        dtype = self._check_lookup(table, keys, dtype)
+        with open_buffer(out, self.shared_buffer_dir, writable=True) as fd:
+            table.native.lookup_into_fd(keys, fd, out.path, out.offset, dtype)
+        total = len(keys) // 8
+        return pb.LookupResponse(
+            total_rows=total,
+            rows=pb.Array(dtype=dtype, shape=[total, table.spec.dim]),
+            result_shape=[*shape, table.spec.dim],
+            in_shared_buffer=True,
+        )
+
+    def _stream_rows(
+        self, table: TableHandle, keys: bytes, shape: list[int], dtype: str, rows_per_chunk: int
+    ) -> Iterator[pb.LookupResponse]:
+        dtype = self._check_lookup(table, keys, dtype)
         row_bytes = table.spec.dim * ITEM_SIZES[dtype]
         chunk = rows_per_chunk or max(1, DEFAULT_CHUNK_BYTES // row_bytes)
-        table.counters.add(lookups=1, rows_looked_up=total)
-        return self._chunks(table, keys, shape, dtype, chunk, total)
+        return self._chunks(table, keys, shape, dtype, chunk, len(keys) // 8)
 
     @staticmethod
     def _chunks(
@@ -169,32 +202,40 @@ class StoreEngine:
         keys = key_bytes(request.keys)
         if len(request.keys.shape) != 1:
             raise InvalidArgumentError(f"keys must be 1-D, got shape {list(request.keys.shape)}")
-        check_array(request.grads, "grads", ROW_DTYPES, 2)
+        in_buffer = request.HasField("grads_buffer")
+        if in_buffer and request.grads.data:
+            raise InvalidArgumentError("grads carry data and a grads_buffer: send one of them")
+        check_array(request.grads, "grads", ROW_DTYPES, 2, data_elsewhere=in_buffer)
         n = request.keys.shape[0]
         if list(request.grads.shape) != [n, table.spec.dim]:
             raise InvalidArgumentError(
                 f"grads must have shape [{n}, {table.spec.dim}], got {list(request.grads.shape)}"
             )
-        step = request.step or None
         with self._gate.shared():
             if not request.client_id:
-                return self._apply(table, keys, request.grads, step)
+                return self._apply(table, keys, request)
             window = self._clients.window(request.client_id)
             with window.lock:
                 if window.seen(request.sequence):
                     table.counters.add(duplicate_pushes=1)
                     return pb.PushResponse(duplicate=True, step=table.native.step)
-                response = self._apply(table, keys, request.grads, step)
+                response = self._apply(table, keys, request)
                 window.record(request.sequence)
                 return response
 
-    @staticmethod
-    def _apply(
-        table: TableHandle, keys: bytes, grads: pb.Array, step: int | None
-    ) -> pb.PushResponse:
-        rows, applied_step = table.native.push_bytes(keys, grads.data, grads.dtype, step)
+    def _apply(self, table: TableHandle, keys: bytes, request: pb.PushRequest) -> pb.PushResponse:
+        step = request.step or None
+        grads = request.grads
+        if request.HasField("grads_buffer"):
+            buffer = request.grads_buffer
+            with open_buffer(buffer, self.shared_buffer_dir, writable=False) as fd:
+                rows, applied = table.native.push_from_fd(
+                    keys, fd, buffer.path, buffer.offset, grads.dtype, step
+                )
+        else:
+            rows, applied = table.native.push_bytes(keys, grads.data, grads.dtype, step)
         table.counters.add(pushes=1, rows_pushed=rows)
-        return pb.PushResponse(rows=rows, step=applied_step)
+        return pb.PushResponse(rows=rows, step=applied)
 
     # durability ------------------------------------------------------------------------
 

@@ -21,10 +21,15 @@ class LocalDaemon:
     """
 
     def __init__(
-        self, data_dir: str | os.PathLike[str], *extra_args: str, start_timeout_s: float = 60
+        self,
+        data_dir: str | os.PathLike[str],
+        *extra_args: str,
+        log_level: str = "INFO",
+        start_timeout_s: float = 60,
     ) -> None:
         self.data_dir = os.fspath(data_dir)
         self.extra_args = extra_args
+        self.log_level = log_level
         self.start_timeout_s = start_timeout_s
         self.process: subprocess.Popen[bytes] | None = None
         self.address = ""
@@ -37,6 +42,8 @@ class LocalDaemon:
                     sys.executable,
                     "-m",
                     "store.cli",
+                    "--log-level",
+                    self.log_level,
                     "serve",
                     "--data-dir",
                     self.data_dir,

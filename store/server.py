@@ -127,21 +127,13 @@ class Servicer(pb_grpc.EngramStoreServicer):
 
     @_streaming
     def Lookup(self, request: pb.LookupRequest, context: Any) -> Iterator[pb.LookupResponse]:
-        return self.engine.lookup(
-            request.table, request.keys, request.dtype, request.rows_per_chunk
-        )
+        return self.engine.lookup(request)
 
     @_streaming
     def LookupTokens(
         self, request: pb.LookupTokensRequest, context: Any
     ) -> Iterator[pb.LookupResponse]:
-        return self.engine.lookup_tokens(
-            request.table,
-            request.token_ids,
-            request.hash_fingerprint,
-            request.dtype,
-            request.rows_per_chunk,
-        )
+        return self.engine.lookup_tokens(request)
 
     @_unary
     def Push(self, request: pb.PushRequest, context: Any) -> pb.PushResponse:
@@ -175,7 +167,11 @@ class StartupError(RuntimeError):
 def serve(config: ServeConfig, stop_event: threading.Event | None = None) -> None:
     """Runs the daemon until SIGTERM/SIGINT or `stop_event` is set."""
     try:
-        engine = StoreEngine(config.data_dir, max_lookup_rows=config.max_lookup_rows)
+        engine = StoreEngine(
+            config.data_dir,
+            max_lookup_rows=config.max_lookup_rows,
+            shared_buffer_dir=config.shared_buffer_dir or None,
+        )
     except Exception as error:
         raise StartupError(f"cannot open data directory {config.data_dir}: {error}") from error
     if config.restore:

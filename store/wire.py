@@ -26,9 +26,15 @@ def check_table_name(name: str) -> str:
     return name
 
 
-def check_array(array: pb.Array, name: str, dtypes: tuple[str, ...], ndim: int | None) -> None:
+def check_array(
+    array: pb.Array,
+    name: str,
+    dtypes: tuple[str, ...],
+    ndim: int | None,
+    data_elsewhere: bool = False,
+) -> None:
     """Fails unless `array` has one of `dtypes`, `ndim` dimensions (when given), and exactly
-    the bytes its shape needs."""
+    the bytes its shape needs (unless its data travels in a shared buffer)."""
     if array.dtype not in dtypes:
         raise InvalidArgumentError(
             f"{name} must have dtype {' or '.join(dtypes)}, got {array.dtype!r}"
@@ -40,7 +46,7 @@ def check_array(array: pb.Array, name: str, dtypes: tuple[str, ...], ndim: int |
     if any(d < 0 for d in array.shape):
         raise InvalidArgumentError(f"{name} has a negative dimension: {list(array.shape)}")
     expected = math.prod(array.shape) * ITEM_SIZES[array.dtype]
-    if len(array.data) != expected:
+    if not data_elsewhere and len(array.data) != expected:
         raise InvalidArgumentError(
             f"{name} of shape {list(array.shape)} and dtype {array.dtype} needs {expected} "
             f"bytes, got {len(array.data)}"

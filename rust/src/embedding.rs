@@ -8,8 +8,6 @@ use crate::optim::Optimizer;
 use crate::table::format::Header;
 use crate::table::Table;
 use std::cell::RefCell;
-use std::collections::HashMap;
-use std::hash::{BuildHasherDefault, Hasher};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard};
@@ -212,7 +210,6 @@ impl EmbeddingTable {
         if !self.allow_non_finite {
             grads.check_finite(dim)?;
         }
-        let groups = KeyGroups::of(keys);
         let _serialised = self.pause_pushes();
         let step = match step {
             Some(s) => {
@@ -222,21 +219,16 @@ impl EmbeddingTable {
             None => self.step.fetch_add(1, Ordering::AcqRel) + 1,
         };
         let optimizer = self.optimizer;
-        self.params.update_rows_with_state(
-            self.state.as_ref(),
-            &groups.unique,
-            |i, row, state| {
-                GRADIENT_SUM.with_borrow_mut(|sum| {
-                    sum.resize(dim, 0.0);
-                    grads.sum_rows(groups.members(i), sum);
-                    optimizer.apply(row, state, sum, step)
-                })
-            },
-        )?;
-        Ok(PushOutcome {
-            rows: groups.unique.len(),
-            step,
-        })
+        let rows =
+            self.params
+                .update_row_groups(self.state.as_ref(), keys, |positions, row, state| {
+                    GRADIENT_SUM.with_borrow_mut(|sum| {
+                        sum.resize(dim, 0.0);
+                        grads.sum_rows(positions, sum);
+                        optimizer.apply(row, state, sum, step)
+                    })
+                })?;
+        Ok(PushOutcome { rows, step })
     }
 
     /// Keys whose rows or state changed since the dirty marks were last cleared.
@@ -327,72 +319,6 @@ impl Gradients<'_> {
             }
         }
         Ok(())
-    }
-}
-
-/// Keys grouped by value: distinct keys in first-seen order, and for each the positions of
-/// its occurrences, in order (a compressed sparse row layout).
-struct KeyGroups {
-    unique: Vec<u64>,
-    starts: Vec<u32>,
-    positions: Vec<u32>,
-}
-
-impl KeyGroups {
-    fn of(keys: &[u64]) -> Self {
-        let mut group_of_key: HashMap<u64, u32, BuildHasherDefault<KeyHasher>> =
-            HashMap::with_capacity_and_hasher(keys.len(), Default::default());
-        let mut unique = Vec::with_capacity(keys.len());
-        let mut group_of = Vec::with_capacity(keys.len());
-        for &key in keys {
-            let group = *group_of_key.entry(key).or_insert_with(|| {
-                unique.push(key);
-                (unique.len() - 1) as u32
-            });
-            group_of.push(group);
-        }
-        // Counting sort of positions by group keeps each group's occurrences in order.
-        let mut starts = vec![0u32; unique.len() + 1];
-        for &g in &group_of {
-            starts[g as usize + 1] += 1;
-        }
-        for i in 1..starts.len() {
-            starts[i] += starts[i - 1];
-        }
-        let mut next = starts.clone();
-        let mut positions = vec![0u32; keys.len()];
-        for (position, &g) in group_of.iter().enumerate() {
-            positions[next[g as usize] as usize] = position as u32;
-            next[g as usize] += 1;
-        }
-        KeyGroups {
-            unique,
-            starts,
-            positions,
-        }
-    }
-
-    fn members(&self, group: usize) -> &[u32] {
-        &self.positions[self.starts[group] as usize..self.starts[group + 1] as usize]
-    }
-}
-
-/// Keys are row numbers, not attacker-chosen strings: one multiply spreads them well enough
-/// and costs far less than SipHash.
-#[derive(Default)]
-struct KeyHasher(u64);
-
-impl Hasher for KeyHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-    fn write(&mut self, bytes: &[u8]) {
-        for &b in bytes {
-            self.0 = (self.0 ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
-        }
-    }
-    fn write_u64(&mut self, key: u64) {
-        self.0 = (key ^ (key >> 29)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
     }
 }
 

@@ -11,6 +11,7 @@ use crate::error::Error;
 use crate::hash::{self, primes};
 use crate::init::Initializer;
 use crate::optim::Optimizer;
+use crate::region;
 use crate::table::{self, format::Header};
 use numpy::{
     IntoPyArray, PyArray1, PyReadonlyArray1, PyReadonlyArray2, PyReadwriteArray2,
@@ -487,6 +488,57 @@ impl EmbeddingTable {
         })
     }
 
+    /// Gathers the rows of the LE uint64 `keys` payload as `dtype` values into the shared
+    /// buffer open as `fd`, at `offset` (see `region`). Every key is checked first.
+    fn lookup_into_fd(
+        &self,
+        py: Python<'_>,
+        keys: &[u8],
+        fd: i32,
+        path: PathBuf,
+        offset: u64,
+        dtype: &str,
+    ) -> PyResult<()> {
+        let dtype = parse_dtype(dtype)?;
+        let file = file_of_fd(fd)?;
+        let params = self.inner.params();
+        detached(py, || {
+            let keys = codec::decode_keys(keys, "keys")?;
+            params.check_keys(&keys)?;
+            let len = keys.len() * params.dim() * dtype.size();
+            region::with_region_mut(&file, &path, offset, len, |out| {
+                params.gather_into(&keys, dtype, out)
+            })
+        })
+    }
+
+    /// Applies a push whose `grads_dtype` gradients lie in the shared buffer open as `fd`, at
+    /// `offset`. Returns `(distinct rows, step applied)`.
+    #[pyo3(signature = (keys, fd, path, offset, grads_dtype, step=None))]
+    #[allow(clippy::too_many_arguments)]
+    fn push_from_fd(
+        &self,
+        py: Python<'_>,
+        keys: &[u8],
+        fd: i32,
+        path: PathBuf,
+        offset: u64,
+        grads_dtype: &str,
+        step: Option<u64>,
+    ) -> PyResult<(usize, u64)> {
+        let grads_dtype = parse_dtype(grads_dtype)?;
+        let file = file_of_fd(fd)?;
+        let dim = self.inner.params().dim();
+        detached(py, || {
+            let keys = codec::decode_keys(keys, "keys")?;
+            let len = keys.len() * dim * grads_dtype.size();
+            let outcome = region::with_region(&file, &path, offset, len, |grads| {
+                self.inner.push_encoded(&keys, grads_dtype, grads, step)
+            })?;
+            Ok((outcome.rows, outcome.step))
+        })
+    }
+
     /// Applies a push of numpy arrays. Returns `(distinct rows, step applied)`.
     #[pyo3(signature = (keys, grads, step=None))]
     fn push(
@@ -543,6 +595,19 @@ fn keys_from_int64<'py>(
     let keys = owned(&keys);
     let out = detached(py, || table::keys_from_i64(&keys))?;
     Ok(out.into_pyarray(py))
+}
+
+/// An owned duplicate of a file descriptor the caller keeps open for the call.
+fn file_of_fd(fd: i32) -> PyResult<std::fs::File> {
+    if fd < 0 {
+        return Err(PyValueError::new_err(format!(
+            "fd must be an open file descriptor, got {fd}"
+        )));
+    }
+    // SAFETY: the caller holds `fd` open for the duration of the call; we only duplicate it.
+    let borrowed = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
+    let owned = borrowed.try_clone_to_owned().map_err(PyErr::from)?;
+    Ok(std::fs::File::from(owned))
 }
 
 fn bytes_mut<T: numpy::Element>(values: &mut [T]) -> &mut [u8] {

@@ -154,12 +154,3 @@ fn encoded_half_precision_pushes_sum_repeats_in_order() {
         "{err}"
     );
 }
-
-#[test]
-fn key_groups_keep_first_seen_order_and_occurrence_order() {
-    let groups = KeyGroups::of(&[9, 4, 9, 7, 4, 9]);
-    assert_eq!(groups.unique, vec![9, 4, 7]);
-    assert_eq!(groups.members(0), &[0, 2, 5]);
-    assert_eq!(groups.members(1), &[1, 4]);
-    assert_eq!(groups.members(2), &[3]);
-}

@@ -6,17 +6,18 @@
 //! threads ever touch the same row.
 
 pub mod format;
+mod groups;
 
 use crate::codec::{self, DType};
 use crate::error::{Error, Result};
 use crate::init::Initializer;
 use format::{Header, Layout, HEADER_LEN};
+use groups::{buckets_by_bitmap_byte, KeyGroups};
 use memmap2::{MmapMut, MmapOptions};
 use rayon::prelude::*;
 use std::fs::{File, OpenOptions};
 use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 /// Rows per parallel task in gathers: enough to amortise scheduling.
@@ -279,22 +280,36 @@ impl Table {
     where
         F: Fn(usize, &mut [f32]) + Sync,
     {
-        self.update_rows_with_state(None, keys, |i, row, _| update(i, row))
+        self.update_row_groups(None, keys, |positions, row, _| {
+            for &i in positions {
+                update(i as usize, row);
+            }
+        })
+        .map(|_| ())
     }
 
-    /// Like [`Table::update_rows`], with the same rows of a companion `state` table (optimizer
-    /// state: same row count, its own width) loaded, updated and stored alongside. Both
-    /// tables are locked (this one first) for the whole update.
-    pub fn update_rows_with_state<F>(
+    /// Updates each distinct row of `keys` once: `update(positions, row, state_row)` gets the
+    /// positions in `keys` where that row's key occurs (in order), its float32 value, and the
+    /// same row of the companion `state` table (optimizer state: same row count, its own
+    /// width). Both tables are locked (this one first) for the whole update, and every key is
+    /// validated before anything changes. Returns the number of distinct rows.
+    pub fn update_row_groups<F>(
         &self,
         state: Option<&Table>,
         keys: &[u64],
         update: F,
-    ) -> Result<()>
+    ) -> Result<usize>
     where
-        F: Fn(usize, &mut [f32], &mut [f32]) + Sync,
+        F: Fn(&[u32], &mut [f32], &mut [f32]) + Sync,
     {
         self.check_keys(keys)?;
+        if u32::try_from(keys.len()).is_err() {
+            return Err(Error::invalid(format!(
+                "an update of {} keys is too large (at most {})",
+                keys.len(),
+                u32::MAX
+            )));
+        }
         if let Some(state) = state {
             if state.num_rows() != self.num_rows() {
                 return Err(Error::invalid(format!(
@@ -305,40 +320,47 @@ impl Table {
             }
         }
         if keys.is_empty() {
-            return Ok(());
+            return Ok(0);
         }
         let params = self.writer();
         let state_rows = state.map(Table::writer);
         let state_dim = state.map_or(0, Table::dim);
+        let n_buckets = if keys.len() < PARALLEL_UPDATE_MIN_ROWS {
+            1
+        } else {
+            rayon::current_num_threads() * 4
+        };
+        let buckets = buckets_by_bitmap_byte(keys, n_buckets);
         let scratch = || (vec![0f32; self.dim()], vec![0f32; state_dim]);
-        let apply = |indices: &mut dyn Iterator<Item = usize>,
-                     (row, state_row): &mut (Vec<f32>, Vec<f32>)| {
-            for i in indices {
-                let key = keys[i];
-                // SAFETY: keys are in range (checked above) and each key's rows are handled by
-                // exactly one thread.
-                unsafe {
-                    params.load(key, row);
-                    if let Some(w) = &state_rows {
-                        w.load(key, state_row);
+        let distinct = buckets
+            .par_iter()
+            .map_init(scratch, |(row, state_row), bucket| {
+                let groups = KeyGroups::of(keys, bucket);
+                for (g, &key) in groups.unique.iter().enumerate() {
+                    if let Some(&ahead) = groups.unique.get(g + PREFETCH_DISTANCE) {
+                        params.prefetch(ahead);
+                        if let Some(w) = &state_rows {
+                            w.prefetch(ahead);
+                        }
                     }
-                    update(i, row, state_row);
-                    params.store(key, row);
-                    if let Some(w) = &state_rows {
-                        w.store(key, state_row);
+                    // SAFETY: keys are in range (checked above), and this thread alone owns
+                    // the rows and bitmap bytes of its bucket.
+                    unsafe {
+                        params.load(key, row);
+                        if let Some(w) = &state_rows {
+                            w.load(key, state_row);
+                        }
+                        update(groups.members(g), row, state_row);
+                        params.store(key, row);
+                        if let Some(w) = &state_rows {
+                            w.store(key, state_row);
+                        }
                     }
                 }
-            }
-        };
-        if keys.len() < PARALLEL_UPDATE_MIN_ROWS {
-            apply(&mut (0..keys.len()), &mut scratch());
-        } else {
-            let buckets = bucket_by_key(keys, rayon::current_num_threads() * 4);
-            buckets.par_iter().for_each_init(scratch, |buf, bucket| {
-                apply(&mut bucket.iter().copied(), buf)
-            });
-        }
-        Ok(())
+                groups.unique.len()
+            })
+            .sum();
+        Ok(distinct)
     }
 
     fn writer(&self) -> RowWriter<'_> {
@@ -472,19 +494,40 @@ impl RowWriter<'_> {
         std::slice::from_raw_parts_mut(self.base.0.add(range.start), range.len())
     }
 
-    /// Bitmap bytes are shared by neighbouring rows that other threads may be storing.
-    ///
+    /// The dirty-bitmap byte matching a written-bitmap byte.
+    fn dirty_byte(&self, written_byte: usize) -> usize {
+        let layout = &self.table.layout;
+        written_byte + (layout.dirty_offset - layout.bitmap_offset) as usize
+    }
+
     /// # Safety
-    /// `offset` must be a byte of the mapping.
-    unsafe fn bits(&self, offset: usize) -> &AtomicU8 {
-        AtomicU8::from_ptr(self.base.0.add(offset))
+    /// `offset` must be a byte of the mapping that no other thread accesses meanwhile.
+    unsafe fn bits(&self, offset: usize) -> *mut u8 {
+        self.base.0.add(offset)
+    }
+
+    /// Asks for a row (and its bitmap bytes) ahead of its update; `key` must be in range.
+    fn prefetch(&self, key: u64) {
+        let range = self.table.row_range(key);
+        let (byte, _) = self.table.bit_position(key);
+        // SAFETY: the offsets lie inside the mapping (key in range); prefetching reads nothing.
+        unsafe {
+            prefetch_ptr(self.base.0.add(byte));
+            prefetch_ptr(self.base.0.add(self.dirty_byte(byte)));
+            for line in (range.start..range.end)
+                .step_by(64)
+                .take(MAX_PREFETCH_LINES)
+            {
+                prefetch_ptr(self.base.0.add(line));
+            }
+        }
     }
 
     /// # Safety
     /// As for [`RowWriter::row`].
     unsafe fn load(&self, key: u64, values: &mut [f32]) {
         let (byte, mask) = self.table.bit_position(key);
-        if self.bits(byte).load(Ordering::Relaxed) & mask != 0 {
+        if *self.bits(byte) & mask != 0 {
             codec::decode_to_f32(self.table.header.dtype, self.row(key), values);
         } else {
             self.table.initial_row(key, values);
@@ -509,34 +552,29 @@ impl RowWriter<'_> {
     /// `key` must be in range.
     unsafe fn mark_stored(&self, key: u64) {
         let (byte, mask) = self.table.bit_position(key);
-        let layout = &self.table.layout;
-        let dirty_byte = byte + (layout.dirty_offset - layout.bitmap_offset) as usize;
-        self.bits(byte).fetch_or(mask, Ordering::Relaxed);
-        self.bits(dirty_byte).fetch_or(mask, Ordering::Relaxed);
+        let dirty_byte = self.dirty_byte(byte);
+        // Plain writes: an update gives each thread whole bitmap bytes (see `groups`).
+        *self.bits(byte) |= mask;
+        *self.bits(dirty_byte) |= mask;
     }
-}
-
-/// Groups key indices so that equal keys share a bucket, keeping their order.
-fn bucket_by_key(keys: &[u64], n_buckets: usize) -> Vec<Vec<usize>> {
-    let mut buckets = vec![Vec::with_capacity(keys.len() / n_buckets + 1); n_buckets];
-    for (i, &k) in keys.iter().enumerate() {
-        // Fibonacci hashing spreads strided keys evenly.
-        let b = (k.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 32) as usize % n_buckets;
-        buckets[b].push(i);
-    }
-    buckets
 }
 
 #[inline(always)]
 fn prefetch(byte: &u8) {
+    prefetch_ptr(byte);
+}
+
+/// A hint to start loading the cache line of `ptr`; it never faults.
+#[inline(always)]
+fn prefetch_ptr(ptr: *const u8) {
     #[cfg(target_arch = "x86_64")]
-    // SAFETY: prefetching is a hint; it never faults, and the address is a valid reference.
+    // SAFETY: prefetching is a hint that cannot fault, whatever the address.
     unsafe {
         use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
-        _mm_prefetch::<_MM_HINT_T0>((byte as *const u8).cast());
+        _mm_prefetch::<_MM_HINT_T0>(ptr.cast());
     }
     #[cfg(not(target_arch = "x86_64"))]
-    let _ = byte;
+    let _ = ptr;
 }
 
 /// Converts signed keys, naming the first negative one.

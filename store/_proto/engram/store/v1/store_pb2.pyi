@@ -16,6 +16,14 @@ class Array(_message.Message):
     data: bytes
     def __init__(self, dtype: _Optional[str] = ..., shape: _Optional[_Iterable[int]] = ..., data: _Optional[bytes] = ...) -> None: ...
 
+class SharedBuffer(_message.Message):
+    __slots__ = ("path", "offset")
+    PATH_FIELD_NUMBER: _ClassVar[int]
+    OFFSET_FIELD_NUMBER: _ClassVar[int]
+    path: str
+    offset: int
+    def __init__(self, path: _Optional[str] = ..., offset: _Optional[int] = ...) -> None: ...
+
 class SgdConfig(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
@@ -147,58 +155,66 @@ class DescribeTableRequest(_message.Message):
     def __init__(self, name: _Optional[str] = ...) -> None: ...
 
 class LookupRequest(_message.Message):
-    __slots__ = ("table", "keys", "dtype", "rows_per_chunk")
+    __slots__ = ("table", "keys", "dtype", "rows_per_chunk", "out")
     TABLE_FIELD_NUMBER: _ClassVar[int]
     KEYS_FIELD_NUMBER: _ClassVar[int]
     DTYPE_FIELD_NUMBER: _ClassVar[int]
     ROWS_PER_CHUNK_FIELD_NUMBER: _ClassVar[int]
+    OUT_FIELD_NUMBER: _ClassVar[int]
     table: str
     keys: Array
     dtype: str
     rows_per_chunk: int
-    def __init__(self, table: _Optional[str] = ..., keys: _Optional[_Union[Array, _Mapping]] = ..., dtype: _Optional[str] = ..., rows_per_chunk: _Optional[int] = ...) -> None: ...
+    out: SharedBuffer
+    def __init__(self, table: _Optional[str] = ..., keys: _Optional[_Union[Array, _Mapping]] = ..., dtype: _Optional[str] = ..., rows_per_chunk: _Optional[int] = ..., out: _Optional[_Union[SharedBuffer, _Mapping]] = ...) -> None: ...
 
 class LookupTokensRequest(_message.Message):
-    __slots__ = ("table", "token_ids", "hash_fingerprint", "dtype", "rows_per_chunk")
+    __slots__ = ("table", "token_ids", "hash_fingerprint", "dtype", "rows_per_chunk", "out")
     TABLE_FIELD_NUMBER: _ClassVar[int]
     TOKEN_IDS_FIELD_NUMBER: _ClassVar[int]
     HASH_FINGERPRINT_FIELD_NUMBER: _ClassVar[int]
     DTYPE_FIELD_NUMBER: _ClassVar[int]
     ROWS_PER_CHUNK_FIELD_NUMBER: _ClassVar[int]
+    OUT_FIELD_NUMBER: _ClassVar[int]
     table: str
     token_ids: Array
     hash_fingerprint: int
     dtype: str
     rows_per_chunk: int
-    def __init__(self, table: _Optional[str] = ..., token_ids: _Optional[_Union[Array, _Mapping]] = ..., hash_fingerprint: _Optional[int] = ..., dtype: _Optional[str] = ..., rows_per_chunk: _Optional[int] = ...) -> None: ...
+    out: SharedBuffer
+    def __init__(self, table: _Optional[str] = ..., token_ids: _Optional[_Union[Array, _Mapping]] = ..., hash_fingerprint: _Optional[int] = ..., dtype: _Optional[str] = ..., rows_per_chunk: _Optional[int] = ..., out: _Optional[_Union[SharedBuffer, _Mapping]] = ...) -> None: ...
 
 class LookupResponse(_message.Message):
-    __slots__ = ("offset", "total_rows", "rows", "result_shape")
+    __slots__ = ("offset", "total_rows", "rows", "result_shape", "in_shared_buffer")
     OFFSET_FIELD_NUMBER: _ClassVar[int]
     TOTAL_ROWS_FIELD_NUMBER: _ClassVar[int]
     ROWS_FIELD_NUMBER: _ClassVar[int]
     RESULT_SHAPE_FIELD_NUMBER: _ClassVar[int]
+    IN_SHARED_BUFFER_FIELD_NUMBER: _ClassVar[int]
     offset: int
     total_rows: int
     rows: Array
     result_shape: _containers.RepeatedScalarFieldContainer[int]
-    def __init__(self, offset: _Optional[int] = ..., total_rows: _Optional[int] = ..., rows: _Optional[_Union[Array, _Mapping]] = ..., result_shape: _Optional[_Iterable[int]] = ...) -> None: ...
+    in_shared_buffer: bool
+    def __init__(self, offset: _Optional[int] = ..., total_rows: _Optional[int] = ..., rows: _Optional[_Union[Array, _Mapping]] = ..., result_shape: _Optional[_Iterable[int]] = ..., in_shared_buffer: _Optional[bool] = ...) -> None: ...
 
 class PushRequest(_message.Message):
-    __slots__ = ("table", "keys", "grads", "step", "client_id", "sequence")
+    __slots__ = ("table", "keys", "grads", "step", "client_id", "sequence", "grads_buffer")
     TABLE_FIELD_NUMBER: _ClassVar[int]
     KEYS_FIELD_NUMBER: _ClassVar[int]
     GRADS_FIELD_NUMBER: _ClassVar[int]
     STEP_FIELD_NUMBER: _ClassVar[int]
     CLIENT_ID_FIELD_NUMBER: _ClassVar[int]
     SEQUENCE_FIELD_NUMBER: _ClassVar[int]
+    GRADS_BUFFER_FIELD_NUMBER: _ClassVar[int]
     table: str
     keys: Array
     grads: Array
     step: int
     client_id: str
     sequence: int
-    def __init__(self, table: _Optional[str] = ..., keys: _Optional[_Union[Array, _Mapping]] = ..., grads: _Optional[_Union[Array, _Mapping]] = ..., step: _Optional[int] = ..., client_id: _Optional[str] = ..., sequence: _Optional[int] = ...) -> None: ...
+    grads_buffer: SharedBuffer
+    def __init__(self, table: _Optional[str] = ..., keys: _Optional[_Union[Array, _Mapping]] = ..., grads: _Optional[_Union[Array, _Mapping]] = ..., step: _Optional[int] = ..., client_id: _Optional[str] = ..., sequence: _Optional[int] = ..., grads_buffer: _Optional[_Union[SharedBuffer, _Mapping]] = ...) -> None: ...
 
 class PushResponse(_message.Message):
     __slots__ = ("rows", "step", "duplicate")

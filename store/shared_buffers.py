@@ -1,0 +1,48 @@
+"""Which shared buffers the daemon agrees to open for same-machine clients.
+
+A client names a file; the daemon would write rows into it, so it must be unable to name
+anything but a buffer made for this: a regular file (no symbolic link) directly inside the
+shared-buffer directory, named `engram-*`, owned by the daemon's own user.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from store._proto.engram.store.v1 import store_pb2 as pb
+from store.errors import FailedPreconditionError, InvalidArgumentError
+
+PREFIX = "engram-"
+
+
+@contextmanager
+def open_buffer(buffer: pb.SharedBuffer, root: str | None, writable: bool) -> Iterator[int]:
+    """Yields a file descriptor of the checked buffer, closed afterwards."""
+    if not root:
+        raise FailedPreconditionError("this daemon does not accept shared buffers")
+    path = buffer.path
+    if os.path.dirname(path) != os.path.abspath(root) or not os.path.basename(path).startswith(
+        PREFIX
+    ):
+        raise InvalidArgumentError(
+            f"shared buffer must be a file named {PREFIX}* directly in {root}, got {path!r}"
+        )
+    flags = (os.O_RDWR if writable else os.O_RDONLY) | os.O_NOFOLLOW | os.O_CLOEXEC
+    try:
+        fd = os.open(path, flags)
+    except OSError as error:
+        raise InvalidArgumentError(
+            f"cannot open shared buffer {path!r}: {error.strerror}"
+        ) from None
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise InvalidArgumentError(f"shared buffer {path!r} is not a regular file")
+        if info.st_uid != os.getuid():
+            raise InvalidArgumentError(f"shared buffer {path!r} is not owned by the daemon's user")
+        yield fd
+    finally:
+        os.close(fd)

@@ -1,0 +1,123 @@
+"""Same-machine clients keep bulk rows off the wire through shared buffers."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import numpy as np
+import pytest
+from daemon import Daemon, daemon_thread
+from store_helpers import keys, push, raw_rows, rows_of, spec
+
+from store._proto.engram.store.v1 import store_pb2 as pb
+
+ROWS, DIM = 1000, 8
+
+
+@pytest.fixture
+def shm(tmp_path: Path) -> Path:
+    directory = tmp_path / "shm"
+    directory.mkdir()
+    return directory
+
+
+@pytest.fixture
+def daemon(tmp_path: Path, shm: Path) -> Iterator[Daemon]:
+    with daemon_thread(tmp_path / "data", shared_buffer_dir=str(shm)) as d:
+        for name in ("a", "b"):
+            d.stub.CreateTable(pb.CreateTableRequest(spec=spec(name, num_rows=ROWS, dim=DIM)))
+        yield d
+
+
+def buffer(path: Path, size: int) -> np.memmap:
+    with open(path, "wb") as f:
+        f.truncate(size)
+    return np.memmap(path, dtype=np.uint8, mode="r+")
+
+
+def test_lookup_into_a_buffer_matches_the_streamed_rows(daemon: Daemon, shm: Path) -> None:
+    query = np.array([[5, 999, 5], [0, 1, 2]], np.uint64)
+    memory = buffer(shm / "engram-rows", 64 + query.size * DIM * 4)
+    reply = list(
+        daemon.stub.Lookup(
+            pb.LookupRequest(
+                table="a",
+                keys=keys(query),
+                out=pb.SharedBuffer(path=str(shm / "engram-rows"), offset=64),
+            )
+        )
+    )
+    assert len(reply) == 1 and reply[0].in_shared_buffer and not reply[0].rows.data
+    assert list(reply[0].result_shape) == [2, 3, DIM]
+    got = np.frombuffer(memory, np.float32, query.size * DIM, 64).reshape(2, 3, DIM)
+    np.testing.assert_array_equal(
+        got, rows_of(daemon.stub.Lookup(pb.LookupRequest(table="a", keys=keys(query))))
+    )
+
+
+def test_push_from_a_buffer_matches_a_push_of_bytes(daemon: Daemon, shm: Path) -> None:
+    grads = np.random.default_rng(0).standard_normal((4, DIM)).astype(np.float32)
+    memory = buffer(shm / "engram-grads", 16 + grads.nbytes)
+    memory[16:] = grads.view(np.uint8).reshape(-1)
+    memory.flush()
+    request = pb.PushRequest(
+        table="a",
+        keys=keys([3, 7, 3, 9]),
+        grads=pb.Array(dtype="float32", shape=[4, DIM]),
+        grads_buffer=pb.SharedBuffer(path=str(shm / "engram-grads"), offset=16),
+    )
+    assert daemon.stub.Push(request).rows == 3
+    daemon.stub.Push(push("b", [3, 7, 3, 9], grads))
+    everything = keys(range(ROWS))
+    assert raw_rows(daemon.stub.Lookup(pb.LookupRequest(table="a", keys=everything))) == raw_rows(
+        daemon.stub.Lookup(pb.LookupRequest(table="b", keys=everything))
+    )
+
+
+def lookup_into(daemon: Daemon, path: str, offset: int = 0) -> None:
+    list(
+        daemon.stub.Lookup(
+            pb.LookupRequest(
+                table="a", keys=keys([1, 2]), out=pb.SharedBuffer(path=path, offset=offset)
+            )
+        )
+    )
+
+
+def test_buffers_the_daemon_must_not_open_are_refused(
+    daemon: Daemon, shm: Path, tmp_path: Path
+) -> None:
+    buffer(shm / "engram-small", 10)
+    buffer(shm / "other", 1000)
+    buffer(tmp_path / "engram-outside", 1000)
+    os.symlink(tmp_path / "engram-outside", shm / "engram-link")
+    cases = {
+        str(shm / "engram-small"): "holds 10 bytes, too few for 64 bytes",
+        str(shm / "other"): "must be a file named engram-*",
+        str(tmp_path / "engram-outside"): "must be a file named engram-*",
+        str(shm / "engram-link"): "cannot open shared buffer",
+        str(shm / "engram-missing"): "cannot open shared buffer",
+        str(shm / ".." / "shm" / "engram-small"): "must be a file named engram-*",
+    }
+    if os.getuid() == 0:
+        buffer(shm / "engram-foreign", 1000)
+        os.chown(shm / "engram-foreign", 65534, 65534)
+        cases[str(shm / "engram-foreign")] = "not owned by the daemon's user"
+    for path, message in cases.items():
+        with pytest.raises(grpc.RpcError) as error:
+            lookup_into(daemon, path)
+        assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT, path
+        assert message in error.value.details(), (path, error.value.details())
+    assert (tmp_path / "engram-outside").read_bytes() == b"\0" * 1000
+
+
+def test_a_daemon_can_refuse_shared_buffers(tmp_path: Path, shm: Path) -> None:
+    buffer(shm / "engram-rows", 1000)
+    with daemon_thread(tmp_path / "data", shared_buffer_dir="") as d:
+        d.stub.CreateTable(pb.CreateTableRequest(spec=spec("a", num_rows=ROWS, dim=DIM)))
+        with pytest.raises(grpc.RpcError) as error:
+            lookup_into(d, str(shm / "engram-rows"))
+    assert error.value.code() == grpc.StatusCode.FAILED_PRECONDITION
