@@ -20,7 +20,7 @@ from typing import Any
 from store import _native
 from store._proto.engram.store.v1 import store_pb2 as pb
 from store.errors import NotFoundError
-from store.tables import TableHandle
+from store.table_handle import TableHandle
 
 MANIFEST = "manifest.json"
 

@@ -34,7 +34,7 @@ from store.errors import (
 from store.gate import Gate
 from store.idempotency import ClientWindows
 from store.shared_buffers import open_buffer
-from store.tables import TableHandle, table_directory
+from store.table_handle import TableHandle, table_directory
 from store.wire import ITEM_SIZES, ROW_DTYPES, check_array, check_table_name, key_bytes
 
 log = logging.getLogger(__name__)
