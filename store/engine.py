@@ -144,8 +144,7 @@ class StoreEngine:
         return self._stream_rows(table, keys, shape, request.dtype, request.rows_per_chunk)
 
     def _check_lookup(self, table: TableHandle, keys: bytes, dtype: str) -> str:
-        """The row dtype, after checking it, the size and every key: a lookup that fails
-        fails before anything is written or sent."""
+        """The row dtype, after checking it and the size."""
         dtype = dtype or "float32"
         if dtype not in ROW_DTYPES:
             raise InvalidArgumentError(f"dtype must be one of {ROW_DTYPES}, got {dtype!r}")
@@ -154,7 +153,6 @@ class StoreEngine:
             raise ResourceExhaustedError(
                 f"lookup of {total} rows exceeds the server's limit of {self.max_lookup_rows}"
             )
-        table.native.check_keys_bytes(keys)
         table.counters.add(lookups=1, rows_looked_up=total)
         return dtype
 
@@ -162,7 +160,8 @@ class StoreEngine:
         self, table: TableHandle, keys: bytes, shape: list[int], dtype: str, out: pb.SharedBuffer
     ) -> pb.LookupResponse:
         dtype = self._check_lookup(table, keys, dtype)
-        with open_buffer(out, self.shared_buffer_dir, writable=True) as fd:
+        with open_buffer(out, self.shared_buffer_dir) as fd:
+            # Checks every key before writing any row.
             table.native.lookup_into_fd(keys, fd, out.path, out.offset, dtype)
         total = len(keys) // 8
         return pb.LookupResponse(
@@ -176,6 +175,8 @@ class StoreEngine:
         self, table: TableHandle, keys: bytes, shape: list[int], dtype: str, rows_per_chunk: int
     ) -> Iterator[pb.LookupResponse]:
         dtype = self._check_lookup(table, keys, dtype)
+        # Every key is checked before the first chunk leaves: nothing is sent partially.
+        table.native.check_keys_bytes(keys)
         row_bytes = table.spec.dim * ITEM_SIZES[dtype]
         chunk = rows_per_chunk or max(1, DEFAULT_CHUNK_BYTES // row_bytes)
         return self._chunks(table, keys, shape, dtype, chunk, len(keys) // 8)
@@ -228,7 +229,7 @@ class StoreEngine:
         grads = request.grads
         if request.HasField("grads_buffer"):
             buffer = request.grads_buffer
-            with open_buffer(buffer, self.shared_buffer_dir, writable=False) as fd:
+            with open_buffer(buffer, self.shared_buffer_dir) as fd:
                 rows, applied = table.native.push_from_fd(
                     keys, fd, buffer.path, buffer.offset, grads.dtype, step
                 )

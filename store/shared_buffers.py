@@ -19,8 +19,9 @@ PREFIX = "engram-"
 
 
 @contextmanager
-def open_buffer(buffer: pb.SharedBuffer, root: str | None, writable: bool) -> Iterator[int]:
-    """Yields a file descriptor of the checked buffer, closed afterwards."""
+def open_buffer(buffer: pb.SharedBuffer, root: str | None) -> Iterator[int]:
+    """Yields a read-write file descriptor of the checked buffer, closed afterwards (the
+    engine keeps one mapping per buffer for both directions)."""
     if not root:
         raise FailedPreconditionError("this daemon does not accept shared buffers")
     path = buffer.path
@@ -30,7 +31,7 @@ def open_buffer(buffer: pb.SharedBuffer, root: str | None, writable: bool) -> It
         raise InvalidArgumentError(
             f"shared buffer must be a file named {PREFIX}* directly in {root}, got {path!r}"
         )
-    flags = (os.O_RDWR if writable else os.O_RDONLY) | os.O_NOFOLLOW | os.O_CLOEXEC
+    flags = os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC
     try:
         fd = os.open(path, flags)
     except OSError as error:

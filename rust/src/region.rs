@@ -1,24 +1,97 @@
-//! A byte range of a caller's file, mapped for the duration of one call.
+//! Byte ranges of callers' shared-memory files.
 //!
-//! Same-machine clients can hand the daemon a shared-memory file instead of shipping rows
-//! through the RPC: lookups gather straight into it and pushes read gradients from it in
-//! place, so the bulk data never crosses a socket.
+//! Same-machine clients can hand the daemon a shared buffer instead of shipping rows through
+//! the RPC: lookups gather straight into it and pushes read gradients from it in place, so
+//! the bulk data never crosses a socket. A client reuses its buffers batch after batch, and
+//! mapping 16 MB costs as much as gathering into it, so mappings are kept (up to
+//! [`MAX_MAPPINGS`], least recently used first out) and found again by the file's identity.
+//! Holding a mapping keeps its inode alive, so an identity cannot be reused by another file
+//! while it is cached.
 
 use crate::error::{Error, Result};
-use memmap2::MmapOptions;
+use memmap2::{MmapOptions, MmapRaw};
+use std::collections::HashMap;
 use std::fs::File;
+use std::os::unix::fs::MetadataExt;
 use std::path::Path;
+use std::sync::{Arc, Mutex, OnceLock};
 
-fn check_fits(file: &File, path: &Path, offset: u64, len: usize) -> Result<()> {
-    let size = file.metadata().map_err(|e| Error::io(path, e))?.len();
-    let end = offset.checked_add(len as u64);
-    if end.is_none_or(|end| end > size) {
+pub const MAX_MAPPINGS: usize = 64;
+
+struct Mapping {
+    map: MmapRaw,
+    /// Serialises calls on one buffer: two requests naming the same buffer never write it
+    /// at the same time.
+    in_use: Mutex<()>,
+}
+
+#[derive(Default)]
+struct Mappings {
+    /// (device, inode) -> (mapping, last use).
+    by_file: HashMap<(u64, u64), (Arc<Mapping>, u64)>,
+    clock: u64,
+}
+
+fn mappings() -> &'static Mutex<Mappings> {
+    static MAPPINGS: OnceLock<Mutex<Mappings>> = OnceLock::new();
+    MAPPINGS.get_or_init(Default::default)
+}
+
+/// The whole file mapped, from the cache or freshly.
+fn mapping_of(file: &File, path: &Path) -> Result<Arc<Mapping>> {
+    let meta = file.metadata().map_err(|e| Error::io(path, e))?;
+    let id = (meta.dev(), meta.ino());
+    let mut cache = mappings().lock().unwrap_or_else(|e| e.into_inner());
+    cache.clock += 1;
+    let now = cache.clock;
+    if let Some((mapping, last_use)) = cache.by_file.get_mut(&id) {
+        // A file that grew since is mapped again below.
+        if mapping.map.len() as u64 == meta.len() {
+            *last_use = now;
+            return Ok(mapping.clone());
+        }
+    }
+    if meta.len() == 0 {
         return Err(Error::invalid(format!(
-            "shared buffer {} holds {size} bytes, too few for {len} bytes at offset {offset}",
+            "shared buffer {} is empty",
             path.display()
         )));
     }
-    Ok(())
+    let map = MmapOptions::new()
+        .populate()
+        .map_raw(file)
+        .map_err(|e| Error::io(path, e))?;
+    let mapping = Arc::new(Mapping {
+        map,
+        in_use: Mutex::new(()),
+    });
+    if cache.by_file.len() >= MAX_MAPPINGS && !cache.by_file.contains_key(&id) {
+        let oldest = cache
+            .by_file
+            .iter()
+            .min_by_key(|(_, (_, used))| *used)
+            .map(|(k, _)| *k);
+        if let Some(oldest) = oldest {
+            cache.by_file.remove(&oldest);
+        }
+    }
+    cache.by_file.insert(id, (mapping.clone(), now));
+    Ok(mapping)
+}
+
+fn checked_range(
+    path: &Path,
+    size: u64,
+    offset: u64,
+    len: usize,
+) -> Result<std::ops::Range<usize>> {
+    match offset.checked_add(len as u64) {
+        Some(end) if end <= size => Ok(offset as usize..end as usize),
+        _ => Err(Error::invalid(format!(
+            "shared buffer {} holds {size} bytes, too few for {len} bytes at offset {offset}",
+            path.display()
+        ))),
+    }
 }
 
 /// Runs `f` on `len` writable bytes at `offset` of `file` (named `path` in errors).
@@ -29,21 +102,19 @@ pub fn with_region_mut<T>(
     len: usize,
     f: impl FnOnce(&mut [u8]) -> Result<T>,
 ) -> Result<T> {
-    check_fits(file, path, offset, len)?;
+    let size = file.metadata().map_err(|e| Error::io(path, e))?.len();
+    let range = checked_range(path, size, offset, len)?;
     if len == 0 {
         return f(&mut []);
     }
-    // SAFETY: the range lies inside the file (checked above). Another process writing the same
-    // bytes meanwhile can only garble its own buffer's contents.
-    let mut map = unsafe {
-        MmapOptions::new()
-            .offset(offset)
-            .len(len)
-            .populate()
-            .map_mut(file)
-    }
-    .map_err(|e| Error::io(path, e))?;
-    f(&mut map)
+    let mapping = mapping_of(file, path)?;
+    let _exclusive = mapping.in_use.lock().unwrap_or_else(|e| e.into_inner());
+    // SAFETY: the range lies inside the mapping (checked against the file size, which the
+    // mapping matches), and `in_use` keeps other calls of this process off these bytes.
+    let bytes = unsafe {
+        std::slice::from_raw_parts_mut(mapping.map.as_mut_ptr().add(range.start), range.len())
+    };
+    f(bytes)
 }
 
 /// Runs `f` on `len` bytes at `offset` of `file`, read in place.
@@ -54,20 +125,7 @@ pub fn with_region<T>(
     len: usize,
     f: impl FnOnce(&[u8]) -> Result<T>,
 ) -> Result<T> {
-    check_fits(file, path, offset, len)?;
-    if len == 0 {
-        return f(&[]);
-    }
-    // SAFETY: as above; the bytes are only read.
-    let map = unsafe {
-        MmapOptions::new()
-            .offset(offset)
-            .len(len)
-            .populate()
-            .map(file)
-    }
-    .map_err(|e| Error::io(path, e))?;
-    f(&map)
+    with_region_mut(file, path, offset, len, |bytes| f(bytes))
 }
 
 #[cfg(test)]
@@ -93,6 +151,23 @@ mod tests {
         file.write_all(b"xyz").unwrap();
         let read = with_region(&file, path, 7, 3, |bytes| Ok(bytes.to_vec())).unwrap();
         assert_eq!(read, b"xyz");
+    }
+
+    #[test]
+    fn mappings_are_reused_and_follow_growth() {
+        let file = tempfile::tempfile().unwrap();
+        file.set_len(4096).unwrap();
+        let path = Path::new("b");
+        let first = mapping_of(&file, path).unwrap();
+        assert!(Arc::ptr_eq(&first, &mapping_of(&file, path).unwrap()));
+        file.set_len(8192).unwrap();
+        let grown = mapping_of(&file, path).unwrap();
+        assert_eq!(grown.map.len(), 8192);
+        with_region_mut(&file, path, 8000, 192, |b| {
+            b.fill(7);
+            Ok(())
+        })
+        .unwrap();
     }
 
     #[test]
