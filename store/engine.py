@@ -153,7 +153,6 @@ class StoreEngine:
             raise ResourceExhaustedError(
                 f"lookup of {total} rows exceeds the server's limit of {self.max_lookup_rows}"
             )
-        table.counters.add(lookups=1, rows_looked_up=total)
         return dtype
 
     def _rows_to_buffer(
@@ -164,6 +163,7 @@ class StoreEngine:
             # Checks every key before writing any row.
             table.native.lookup_into_fd(keys, fd, out.path, out.offset, dtype)
         total = len(keys) // 8
+        table.counters.add(lookups=1, rows_looked_up=total)
         return pb.LookupResponse(
             total_rows=total,
             rows=pb.Array(dtype=dtype, shape=[total, table.spec.dim]),
@@ -177,6 +177,7 @@ class StoreEngine:
         dtype = self._check_lookup(table, keys, dtype)
         # Every key is checked before the first chunk leaves: nothing is sent partially.
         table.native.check_keys_bytes(keys)
+        table.counters.add(lookups=1, rows_looked_up=len(keys) // 8)
         row_bytes = table.spec.dim * ITEM_SIZES[dtype]
         chunk = rows_per_chunk or max(1, DEFAULT_CHUNK_BYTES // row_bytes)
         return self._chunks(table, keys, shape, dtype, chunk, len(keys) // 8)
