@@ -6,7 +6,8 @@ use crate::codec::{self, DType};
 use crate::error::{Error, Result};
 use crate::optim::Optimizer;
 use crate::table::format::Header;
-use crate::table::Table;
+use crate::table::{prefetch_ptr, GroupUpdate, Table};
+use rayon::prelude::*;
 use std::cell::RefCell;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -218,16 +219,15 @@ impl EmbeddingTable {
             }
             None => self.step.fetch_add(1, Ordering::AcqRel) + 1,
         };
-        let optimizer = self.optimizer;
-        let rows =
-            self.params
-                .update_row_groups(self.state.as_ref(), keys, |positions, row, state| {
-                    GRADIENT_SUM.with_borrow_mut(|sum| {
-                        sum.resize(dim, 0.0);
-                        grads.sum_rows(positions, sum);
-                        optimizer.apply(row, state, sum, step)
-                    })
-                })?;
+        let update = OptimizerStep {
+            optimizer: self.optimizer,
+            grads,
+            dim,
+            step,
+        };
+        let rows = self
+            .params
+            .update_row_groups(self.state.as_ref(), keys, update)?;
         Ok(PushOutcome { rows, step })
     }
 
@@ -277,6 +277,32 @@ thread_local! {
     static GRADIENT_SUM: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
 }
 
+/// One optimizer step on each pushed row: its gradients summed, then applied.
+struct OptimizerStep<'a> {
+    optimizer: Optimizer,
+    grads: Gradients<'a>,
+    dim: usize,
+    step: u64,
+}
+
+impl GroupUpdate for OptimizerStep<'_> {
+    fn update(&self, positions: &[u32], row: &mut [f32], state: &mut [f32]) {
+        GRADIENT_SUM.with_borrow_mut(|sum| {
+            sum.resize(self.dim, 0.0);
+            self.grads.sum_rows(positions, sum);
+            self.optimizer.apply(row, state, sum, self.step)
+        })
+    }
+
+    fn prefetch(&self, positions: &[u32]) {
+        for &p in positions {
+            for line in self.grads.row(p as usize).chunks(64) {
+                prefetch_ptr(line.as_ptr());
+            }
+        }
+    }
+}
+
 /// Gradient rows still in their wire encoding.
 struct Gradients<'a> {
     dtype: DType,
@@ -307,18 +333,32 @@ impl Gradients<'_> {
         }
     }
 
+    /// Fails naming the first non-finite gradient. Tests the exponent bits of every value in
+    /// parallel; only a failure decodes.
     fn check_finite(&self, dim: usize) -> Result<()> {
+        let bad_row = |row: &[u8]| match self.dtype {
+            DType::F32 => row
+                .chunks_exact(4)
+                .any(|v| u32::from_le_bytes([v[0], v[1], v[2], v[3]]) & 0x7f80_0000 == 0x7f80_0000),
+            DType::BF16 => row
+                .chunks_exact(2)
+                .any(|v| u16::from_le_bytes([v[0], v[1]]) & 0x7f80 == 0x7f80),
+            DType::F16 => row
+                .chunks_exact(2)
+                .any(|v| u16::from_le_bytes([v[0], v[1]]) & 0x7c00 == 0x7c00),
+        };
+        let first_bad = self
+            .bytes
+            .par_chunks(self.row_bytes)
+            .position_first(bad_row);
+        let Some(i) = first_bad else { return Ok(()) };
         let mut decoded = vec![0f32; dim];
-        for i in 0..self.bytes.len() / self.row_bytes {
-            codec::decode_to_f32(self.dtype, self.row(i), &mut decoded);
-            if let Some(col) = decoded.iter().position(|g| !g.is_finite()) {
-                return Err(Error::invalid(format!(
-                    "gradient of keys[{i}] is {} (column {col}); this table rejects non-finite gradients",
-                    decoded[col]
-                )));
-            }
-        }
-        Ok(())
+        codec::decode_to_f32(self.dtype, self.row(i), &mut decoded);
+        let col = decoded.iter().position(|g| !g.is_finite()).unwrap_or(0);
+        Err(Error::invalid(format!(
+            "gradient of keys[{i}] is {} (column {col}); this table rejects non-finite gradients",
+            decoded[col]
+        )))
     }
 }
 

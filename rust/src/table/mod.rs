@@ -280,12 +280,8 @@ impl Table {
     where
         F: Fn(usize, &mut [f32]) + Sync,
     {
-        self.update_row_groups(None, keys, |positions, row, _| {
-            for &i in positions {
-                update(i as usize, row);
-            }
-        })
-        .map(|_| ())
+        self.update_row_groups(None, keys, EachOccurrence(update))
+            .map(|_| ())
     }
 
     /// Updates each distinct row of `keys` once: `update(positions, row, state_row)` gets the
@@ -293,15 +289,12 @@ impl Table {
     /// same row of the companion `state` table (optimizer state: same row count, its own
     /// width). Both tables are locked (this one first) for the whole update, and every key is
     /// validated before anything changes. Returns the number of distinct rows.
-    pub fn update_row_groups<F>(
+    pub fn update_row_groups(
         &self,
         state: Option<&Table>,
         keys: &[u64],
-        update: F,
-    ) -> Result<usize>
-    where
-        F: Fn(&[u32], &mut [f32], &mut [f32]) + Sync,
-    {
+        update: impl GroupUpdate,
+    ) -> Result<usize> {
         self.check_keys(keys)?;
         if u32::try_from(keys.len()).is_err() {
             return Err(Error::invalid(format!(
@@ -342,6 +335,7 @@ impl Table {
                         if let Some(w) = &state_rows {
                             w.prefetch(ahead);
                         }
+                        update.prefetch(groups.members(g + PREFETCH_DISTANCE));
                     }
                     // SAFETY: keys are in range (checked above), and this thread alone owns
                     // the rows and bitmap bytes of its bucket.
@@ -350,7 +344,7 @@ impl Table {
                         if let Some(w) = &state_rows {
                             w.load(key, state_row);
                         }
-                        update(groups.members(g), row, state_row);
+                        update.update(groups.members(g), row, state_row);
                         params.store(key, row);
                         if let Some(w) = &state_rows {
                             w.store(key, state_row);
@@ -477,6 +471,27 @@ impl Table {
     }
 }
 
+/// What [`Table::update_row_groups`] does to each distinct row.
+pub trait GroupUpdate: Sync {
+    /// Updates one row (and its state row) given the positions of its key in the update.
+    fn update(&self, positions: &[u32], row: &mut [f32], state: &mut [f32]);
+
+    /// Called a few rows ahead of `update` for the same positions, to start loading its
+    /// inputs (the update's rows are visited in a scattered order).
+    fn prefetch(&self, _positions: &[u32]) {}
+}
+
+/// [`Table::update_rows`]' update: each occurrence of a key in turn.
+struct EachOccurrence<F>(F);
+
+impl<F: Fn(usize, &mut [f32]) + Sync> GroupUpdate for EachOccurrence<F> {
+    fn update(&self, positions: &[u32], row: &mut [f32], _state: &mut [f32]) {
+        for &i in positions {
+            (self.0)(i as usize, row);
+        }
+    }
+}
+
 /// Exclusive access to a table's rows for one update. Rows may be loaded and stored from
 /// several threads at once as long as no two threads touch the same row.
 struct RowWriter<'a> {
@@ -566,7 +581,7 @@ fn prefetch(byte: &u8) {
 
 /// A hint to start loading the cache line of `ptr`; it never faults.
 #[inline(always)]
-fn prefetch_ptr(ptr: *const u8) {
+pub(crate) fn prefetch_ptr(ptr: *const u8) {
     #[cfg(target_arch = "x86_64")]
     // SAFETY: prefetching is a hint that cannot fault, whatever the address.
     unsafe {
