@@ -126,6 +126,13 @@ def test_inputs_as_lists_and_empty_batches(compressed: CompressedTokenizer) -> N
     assert mapping.hash(np.zeros((2, 0), np.int64))[2].shape == (2, 0, 8)
 
 
+def test_torch_tensors_hash_like_arrays(compressed: CompressedTokenizer) -> None:
+    torch = pytest.importorskip("torch", reason="torch is a development dependency")
+    mapping = make(compressed)
+    ids = np.random.default_rng(6).integers(0, compressed.vocab_size, (2, 17))
+    np.testing.assert_array_equal(mapping.hash(torch.from_numpy(ids))[2], mapping.hash(ids)[2])
+
+
 def test_deterministic_across_instances(compressed: CompressedTokenizer) -> None:
     ids = np.arange(64).reshape(2, 32)
     a = make(compressed, seed=9).hash(ids)[2]
@@ -160,7 +167,7 @@ def test_bad_configs_raise_value_error(
 
 def test_bad_inputs_are_rejected(compressed: CompressedTokenizer) -> None:
     mapping = make(compressed)
-    with pytest.raises(IndexError, match=r"input_ids\[4\] = 8192 is outside the tokenizer"):
+    with pytest.raises(ValueError, match=r"input_ids\[4\] = 8192 is outside the tokenizer"):
         mapping.hash(np.array([[0, 1, 2], [3, 8192, 5]]))
     with pytest.raises(ValueError, match=r"input_ids must have shape \[batch, seq\]"):
         mapping.hash(np.arange(5))

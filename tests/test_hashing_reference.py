@@ -95,7 +95,7 @@ def test_compression_maps_ids_and_passes_negatives(compressed: CompressedTokeniz
 
 
 def test_ids_outside_the_vocabulary_are_rejected(compressed: CompressedTokenizer) -> None:
-    with pytest.raises(IndexError, match=r"input_ids\[1\] = 8192"):
+    with pytest.raises(ValueError, match=r"input_ids\[1\] = 8192"):
         compressed(np.array([1, 8192]))
     with pytest.raises(TypeError, match="input_ids must hold integers"):
         compressed(np.array([1.5]))

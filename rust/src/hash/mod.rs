@@ -230,12 +230,13 @@ impl NgramHasher {
     }
 }
 
-/// Fails naming the first id at or above the vocabulary size (and its flat position).
+/// Fails naming the first id at or above the vocabulary size (and its flat position). A
+/// value error, not an index error: the ids are bad input to the tokenizer's mapping.
 fn check_vocabulary(ids: &[i64], vocab: usize) -> Result<()> {
     let vocab = vocab as i64;
     match ids.iter().position(|&id| id >= vocab) {
         None => Ok(()),
-        Some(pos) => Err(Error::out_of_range(format!(
+        Some(pos) => Err(Error::invalid(format!(
             "input_ids[{pos}] = {} is outside the tokenizer vocabulary of {vocab} ids",
             ids[pos]
         ))),
