@@ -51,6 +51,7 @@ class Table:
         init: str = "normal",
         std: float = 0.02,
         seed: int = 0,
+        first_row: int = 0,
     ) -> Table: ...
     @staticmethod
     def open(path: str | os.PathLike[str]) -> Table: ...
@@ -70,6 +71,8 @@ class Table:
     def seed(self) -> int: ...
     @property
     def file_len(self) -> int: ...
+    @property
+    def first_row(self) -> int: ...
     def gather_into(
         self, keys: npt.NDArray[np.uint64], out: npt.NDArray[Any], dtype: str
     ) -> None: ...
@@ -99,6 +102,7 @@ class EmbeddingTable:
         beta2: float,
         initial_accumulator_value: float,
         allow_non_finite: bool,
+        first_row: int = 0,
     ) -> EmbeddingTable: ...
     @staticmethod
     def open(

@@ -40,14 +40,19 @@ class Table:
         init: str = "normal",
         std: float = 0.02,
         seed: int = 0,
+        first_row: int = 0,
     ) -> Table:
-        """Creates a new table file at `path` (which must not exist)."""
+        """Creates a new table file at `path` (which must not exist). `first_row` is the global
+        index of row 0 when the table is one shard of a larger one: initial values follow
+        the global index."""
         for name, value in (("num_rows", num_rows), ("dim", dim)):
             if not isinstance(value, (int, np.integer)) or value <= 0:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
         if seed < 0:
             raise ValueError(f"seed must be non-negative, got {seed}")
-        return cls(_native.Table.create(os.fspath(path), num_rows, dim, dtype, init, std, seed))
+        return cls(
+            _native.Table.create(os.fspath(path), num_rows, dim, dtype, init, std, seed, first_row)
+        )
 
     @classmethod
     def open(cls, path: str | os.PathLike[str]) -> Table:
@@ -81,6 +86,10 @@ class Table:
     @property
     def seed(self) -> int:
         return self._native.seed
+
+    @property
+    def first_row(self) -> int:
+        return self._native.first_row
 
     @property
     def file_len(self) -> int:

@@ -62,6 +62,7 @@ class TableHandle:
             spec.seed,
             *optimizer.native(),
             spec.allow_non_finite,
+            spec.first_row,
         )
         return TableHandle(spec, native, incarnation)
 

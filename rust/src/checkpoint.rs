@@ -233,6 +233,7 @@ mod tests {
             num_rows: 500,
             dim: 6,
             init: Initializer::normal(0.1, 3).unwrap(),
+            first_row: 0,
         };
         let adam = Optimizer::new("adam", 0.01, 1e-8, 0.9, 0.999, 0.0).unwrap();
         EmbeddingTable::create(dir.join(name), header, adam, false).unwrap()
@@ -298,6 +299,7 @@ mod tests {
                 num_rows: 500,
                 dim: 6,
                 init: Initializer::Zeros,
+                first_row: 0,
             },
             Optimizer::new("sgd", 0.1, 0.0, 0.0, 0.0, 0.0).unwrap(),
             false,

@@ -134,6 +134,7 @@ impl EmbeddingTable {
             num_rows: params.num_rows,
             dim: state_dim as u64,
             init: optimizer.state_initializer(),
+            first_row: 0,
         })
     }
 

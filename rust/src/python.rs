@@ -162,7 +162,9 @@ struct Table {
 #[pymethods]
 impl Table {
     #[staticmethod]
-    #[pyo3(signature = (path, num_rows, dim, dtype="float32", init="normal", std=0.02, seed=0))]
+    #[pyo3(signature = (
+        path, num_rows, dim, dtype="float32", init="normal", std=0.02, seed=0, first_row=0
+    ))]
     #[allow(clippy::too_many_arguments)]
     fn create(
         py: Python<'_>,
@@ -173,8 +175,9 @@ impl Table {
         init: &str,
         std: f64,
         seed: u64,
+        first_row: u64,
     ) -> PyResult<Self> {
-        let header = parse_header(num_rows, dim, dtype, init, std, seed)?;
+        let header = parse_header(num_rows, dim, dtype, init, std, seed, first_row)?;
         let inner = detached(py, || table::Table::create(&path, header))?;
         Ok(Table { inner })
     }
@@ -226,6 +229,10 @@ impl Table {
     #[getter]
     fn file_len(&self) -> u64 {
         self.inner.file_len()
+    }
+    #[getter]
+    fn first_row(&self) -> u64 {
+        self.inner.header().first_row
     }
 
     /// Gathers rows into `out`, a C-contiguous `[len(keys), dim]` array of float32 (for
@@ -312,6 +319,7 @@ fn parse_header(
     init: &str,
     std: f64,
     seed: u64,
+    first_row: u64,
 ) -> PyResult<Header> {
     let init = match init {
         "normal" => Initializer::normal(std, seed).map_err(to_py_err)?,
@@ -327,6 +335,7 @@ fn parse_header(
         num_rows,
         dim,
         init,
+        first_row,
     })
 }
 
@@ -348,7 +357,7 @@ impl EmbeddingTable {
     #[staticmethod]
     #[pyo3(signature = (
         dir, num_rows, dim, dtype, init, std, seed, optimizer, lr, eps, beta1, beta2,
-        initial_accumulator_value, allow_non_finite
+        initial_accumulator_value, allow_non_finite, first_row=0
     ))]
     #[allow(clippy::too_many_arguments)]
     fn create(
@@ -367,8 +376,9 @@ impl EmbeddingTable {
         beta2: f32,
         initial_accumulator_value: f32,
         allow_non_finite: bool,
+        first_row: u64,
     ) -> PyResult<Self> {
-        let header = parse_header(num_rows, dim, dtype, init, std, seed)?;
+        let header = parse_header(num_rows, dim, dtype, init, std, seed, first_row)?;
         let optimizer = Optimizer::new(optimizer, lr, eps, beta1, beta2, initial_accumulator_value)
             .map_err(to_py_err)?;
         let inner = detached(py, || {

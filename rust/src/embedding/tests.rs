@@ -8,6 +8,7 @@ fn header(rows: u64, dim: u64) -> Header {
         num_rows: rows,
         dim,
         init: Initializer::normal(0.1, 1).unwrap(),
+        first_row: 0,
     }
 }
 

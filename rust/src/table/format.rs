@@ -9,7 +9,8 @@
 //! Header fields, little-endian: magic `ENGRMTBL` (8 bytes), format version u32, dtype code
 //! u32, num_rows u64, dim u64, initializer code u32, 4 reserved bytes, initializer parameter
 //! f64 (normal: std; constant: the value), init seed u64, data_offset u64, bitmap_offset u64,
-//! file length u64, dirty_offset u64, then the CRC-32 of all of the above (u32).
+//! file length u64, dirty_offset u64, first_row u64, then the CRC-32 of all of the above
+//! (u32).
 //! Data and bitmap start on page boundaries. The file is created sparse, so neither time nor
 //! disk grows with the table size until rows are written. A row whose bit is clear has never
 //! been stored and reads as its initializer's value.
@@ -24,7 +25,7 @@ pub const FORMAT_VERSION: u32 = 1;
 pub const HEADER_LEN: u64 = 4096;
 const PAGE: u64 = 4096;
 /// Bytes of the header covered by the checksum; the CRC-32 follows them.
-const CHECKSUMMED_LEN: usize = 88;
+const CHECKSUMMED_LEN: usize = 96;
 
 const INIT_ZEROS: u32 = 0;
 const INIT_NORMAL: u32 = 1;
@@ -36,6 +37,9 @@ pub struct Header {
     pub num_rows: u64,
     pub dim: u64,
     pub init: Initializer,
+    /// The global index of this file's row 0, which the initializer draws from: the shards of
+    /// a table split across daemons hold the same initial values as one whole table would.
+    pub first_row: u64,
 }
 
 /// Where each region lives, derived from the shape alone.
@@ -54,6 +58,12 @@ fn round_up(value: u64, to: u64) -> Option<u64> {
 
 impl Header {
     pub fn layout(&self) -> Result<Layout> {
+        if self.num_rows.checked_add(self.first_row).is_none() {
+            return Err(Error::invalid(format!(
+                "first_row {} + num_rows {} overflows",
+                self.first_row, self.num_rows
+            )));
+        }
         let overflow = || {
             Error::invalid(format!(
                 "table of {} rows x {} {} does not fit a 64-bit file",
@@ -118,6 +128,7 @@ impl Header {
         buf.extend_from_slice(&layout.bitmap_offset.to_le_bytes());
         buf.extend_from_slice(&layout.file_len.to_le_bytes());
         buf.extend_from_slice(&layout.dirty_offset.to_le_bytes());
+        buf.extend_from_slice(&self.first_row.to_le_bytes());
         debug_assert_eq!(buf.len(), CHECKSUMMED_LEN);
         let crc = crc32fast::hash(&buf);
         buf.extend_from_slice(&crc.to_le_bytes());
@@ -167,6 +178,7 @@ impl Header {
             num_rows: u64_at(16),
             dim: u64_at(24),
             init,
+            first_row: u64_at(88),
         };
         let layout = header
             .validate()
@@ -207,6 +219,7 @@ mod tests {
             num_rows: 1000,
             dim: 48,
             init: Initializer::normal(0.02, 9).unwrap(),
+            first_row: 123,
         }
     }
 
@@ -248,7 +261,7 @@ mod tests {
         let mut bad_version = good.clone();
         bad_version[8] = 2;
         check(&bad_version, len, "version 2");
-        for offset in [12usize, 16, 24, 40, 52, 60, 84] {
+        for offset in [12usize, 16, 24, 40, 52, 60, 84, 90] {
             let mut flipped = good.clone();
             flipped[offset] ^= 0x10;
             check(&flipped, len, "checksum mismatch");

@@ -247,7 +247,7 @@ impl Table {
     /// The value a never-written row reads as: the initializer's float32 values rounded to the
     /// storage dtype, so a virtual row reads exactly as it would once stored.
     fn initial_row(&self, key: u64, row: &mut [f32]) {
-        self.header.init.fill_row(key, row);
+        self.header.init.fill_row(self.header.first_row + key, row);
         if self.header.dtype != DType::F32 {
             let mut stored = vec![0u8; row.len() * self.header.dtype.size()];
             codec::encode_f32(self.header.dtype, row, &mut stored);

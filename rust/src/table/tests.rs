@@ -8,6 +8,7 @@ fn header(dtype: DType, num_rows: u64, dim: u64) -> Header {
         num_rows,
         dim,
         init: Initializer::normal(0.1, 5).unwrap(),
+        first_row: 0,
     }
 }
 
@@ -205,4 +206,23 @@ fn readers_never_see_a_half_written_row() {
             }
         }
     });
+}
+
+#[test]
+fn shards_with_first_row_read_like_the_whole_table() {
+    let dir = tempfile::tempdir().unwrap();
+    let whole = Table::create(dir.path().join("whole"), header(DType::F32, 100, 5)).unwrap();
+    let second_half = Table::create(
+        dir.path().join("half"),
+        Header {
+            num_rows: 50,
+            first_row: 50,
+            ..header(DType::F32, 100, 5)
+        },
+    )
+    .unwrap();
+    assert_eq!(
+        second_half.gather(&[0, 49]).unwrap(),
+        whole.gather(&[50, 99]).unwrap()
+    );
 }
