@@ -1,5 +1,30 @@
-"""Engram Store client: Engram hashing (and, as the project grows, the store client)."""
+"""Engram Store client: Engram hashing and the store client."""
 
+from client.client import EngramClient, PushResult, TableInfo
+from client.connection import RetryPolicy
+from client.errors import (
+    EngramClientError,
+    InvalidRequestError,
+    KeyOutOfRangeError,
+    RequestTooLargeError,
+    ShardUnavailableError,
+    TableExistsError,
+    TableNotFoundError,
+)
 from client.hashing import CompressedTokenizer, NgramHashMapping
 
-__all__ = ["CompressedTokenizer", "NgramHashMapping"]
+__all__ = [
+    "CompressedTokenizer",
+    "EngramClient",
+    "EngramClientError",
+    "InvalidRequestError",
+    "KeyOutOfRangeError",
+    "NgramHashMapping",
+    "PushResult",
+    "RequestTooLargeError",
+    "RetryPolicy",
+    "ShardUnavailableError",
+    "TableExistsError",
+    "TableInfo",
+    "TableNotFoundError",
+]

@@ -1,0 +1,336 @@
+"""`EngramClient`: the store as one object, over one daemon or several that shard tables.
+
+A table spread over n daemons is cut into n contiguous row ranges, shard i holding rows
+`[i * R // n, (i + 1) * R // n)`; every client routes keys the same way because each shard
+records its range (`first_row`, `num_rows`) and the client checks them against its address
+list. Rows never written read the same initial values as one whole table would.
+"""
+
+from __future__ import annotations
+
+import itertools
+import threading
+import uuid
+from collections.abc import Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any
+
+import grpc
+import numpy as np
+import numpy.typing as npt
+
+from client.connection import RetryPolicy, Shard
+from client.errors import InvalidRequestError
+from store._arrays import as_keys, as_rows
+from store._proto.engram.store.v1 import store_pb2 as pb
+
+_NUMPY_ROWS = {"float32": np.float32, "float16": np.float16, "bfloat16": np.uint16}
+_OPTIMIZERS = ("sgd", "adagrad", "rowwise_adagrad", "adam")
+
+
+@dataclass(frozen=True)
+class TableInfo:
+    name: str
+    num_rows: int
+    dim: int
+    dtype: str
+    optimizer: str
+    step: int
+    written_rows: int
+
+
+@dataclass(frozen=True)
+class PushResult:
+    rows: int
+    step: int
+    duplicate: bool
+
+
+@dataclass(frozen=True)
+class _Layout:
+    """Where a table's rows live: shard i holds global rows [bounds[i], bounds[i + 1])."""
+
+    bounds: npt.NDArray[np.uint64]
+    dim: int
+
+    def split(self, keys: npt.NDArray[np.uint64]) -> list[tuple[int, npt.NDArray[np.intp]]]:
+        """For each shard with keys: (shard, positions of its keys), in key order."""
+        if len(self.bounds) == 2:
+            return [(0, np.arange(len(keys)))]
+        shard_of = np.searchsorted(self.bounds, keys, side="right") - 1
+        order = np.argsort(shard_of, kind="stable")
+        counts = np.bincount(shard_of, minlength=len(self.bounds) - 1)
+        starts = np.concatenate([[0], np.cumsum(counts)])
+        return [(s, order[starts[s] : starts[s + 1]]) for s in range(len(counts)) if counts[s]]
+
+
+class EngramClient:
+    """A client of one store daemon or of several that shard tables by row range.
+
+    `addresses` is one "host:port" or a list (the order defines the shards). Calls retry
+    transient failures until `timeout_s`; pushes carry (client id, sequence) so a retried push
+    is applied once. A dead shard raises `ShardUnavailableError` naming its address.
+    """
+
+    def __init__(
+        self,
+        addresses: str | Sequence[str],
+        *,
+        timeout_s: float = 60.0,
+        retry: RetryPolicy | None = None,
+        client_id: str | None = None,
+        interceptors: Sequence[grpc.UnaryUnaryClientInterceptor] = (),
+    ) -> None:
+        addresses = [addresses] if isinstance(addresses, str) else list(addresses)
+        if not addresses:
+            raise ValueError("addresses must name at least one daemon")
+        self.shards = [Shard(a, timeout_s, retry or RetryPolicy(), interceptors) for a in addresses]
+        self.client_id = client_id or uuid.uuid4().hex
+        self._sequence = itertools.count(1)
+        self._sequence_lock = threading.Lock()
+        self._layouts: dict[str, _Layout] = {}
+        self._pool = ThreadPoolExecutor(max_workers=max(4, 2 * len(self.shards)))
+
+    # lifecycle ------------------------------------------------------------------------
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True)
+        for shard in self.shards:
+            shard.close()
+
+    def __enter__(self) -> EngramClient:
+        return self
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        error: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def _each_shard(self, call: Any) -> list[Any]:
+        """`call(shard_index, shard)` on every shard in parallel, results in shard order."""
+        futures = [self._pool.submit(call, i, s) for i, s in enumerate(self.shards)]
+        return [f.result() for f in futures]
+
+    # tables ---------------------------------------------------------------------------
+
+    def create_table(
+        self,
+        name: str,
+        num_rows: int,
+        dim: int,
+        *,
+        dtype: str = "float32",
+        init: str = "normal",
+        init_std: float = 0.02,
+        seed: int = 0,
+        optimizer: str = "sgd",
+        lr: float = 0.01,
+        eps: float = 0.0,
+        betas: tuple[float, float] = (0.0, 0.0),
+        initial_accumulator_value: float = 0.0,
+        allow_non_finite: bool = False,
+        hash_config: pb.HashConfig | None = None,
+    ) -> TableInfo:
+        """Creates a table, split over every shard. Optimizer hyper-parameters left at 0 take
+        PyTorch's defaults (Adagrad eps 1e-10; SparseAdam betas (0.9, 0.999), eps 1e-8).
+        `hash_config` enables server-side token hashing, for single-daemon tables only."""
+        if optimizer not in _OPTIMIZERS:
+            raise ValueError(f"optimizer must be one of {_OPTIMIZERS}, got {optimizer!r}")
+        if num_rows < len(self.shards):
+            raise ValueError(f"num_rows {num_rows} is below the {len(self.shards)} shards")
+        if hash_config is not None and len(self.shards) > 1:
+            raise ValueError("hash_config needs a table on one daemon (hash locally otherwise)")
+        config = pb.OptimizerConfig(lr=lr)
+        if optimizer == "adagrad":
+            config.adagrad.eps = eps
+            config.adagrad.initial_accumulator_value = initial_accumulator_value
+        elif optimizer == "rowwise_adagrad":
+            config.rowwise_adagrad.eps = eps
+        elif optimizer == "adam":
+            config.adam.beta1, config.adam.beta2 = betas
+            config.adam.eps = eps
+        else:
+            config.sgd.SetInParent()
+        bounds = [i * num_rows // len(self.shards) for i in range(len(self.shards) + 1)]
+
+        def create(i: int, shard: Shard) -> pb.TableInfo:
+            spec = pb.TableSpec(
+                name=name,
+                num_rows=bounds[i + 1] - bounds[i],
+                dim=dim,
+                dtype=dtype,
+                init=init,
+                init_std=init_std,
+                seed=seed,
+                optimizer=config,
+                allow_non_finite=allow_non_finite,
+                first_row=bounds[i],
+                hash_config=hash_config,
+            )
+            info: pb.TableInfo = shard.call(
+                lambda t: shard.stub.CreateTable(pb.CreateTableRequest(spec=spec), timeout=t)
+            )
+            return info
+
+        infos = self._each_shard(create)
+        self._layouts[name] = _Layout(np.array(bounds, dtype=np.uint64), dim)
+        return self._merge(infos)
+
+    def describe(self, name: str) -> TableInfo:
+        return self._merge(self._describe_shards(name))
+
+    def _describe_shards(self, name: str) -> list[pb.TableInfo]:
+        def describe(i: int, shard: Shard) -> pb.TableInfo:
+            request = pb.DescribeTableRequest(name=name)
+            info: pb.TableInfo = shard.call(lambda t: shard.stub.DescribeTable(request, timeout=t))
+            return info
+
+        infos: list[pb.TableInfo] = self._each_shard(describe)
+        return infos
+
+    @staticmethod
+    def _merge(infos: list[pb.TableInfo]) -> TableInfo:
+        spec = infos[0].spec
+        return TableInfo(
+            name=spec.name,
+            num_rows=sum(i.spec.num_rows for i in infos),
+            dim=spec.dim,
+            dtype=spec.dtype or "float32",
+            optimizer=spec.optimizer.WhichOneof("kind") or "sgd",
+            step=max(i.step for i in infos),
+            written_rows=sum(i.written_rows for i in infos),
+        )
+
+    def _layout(self, name: str) -> _Layout:
+        layout = self._layouts.get(name)
+        if layout is None:
+            infos = self._describe_shards(name)
+            bounds = [0]
+            for i, info in enumerate(infos):
+                if info.spec.first_row != bounds[-1]:
+                    raise InvalidRequestError(
+                        f"table {name!r}: shard {i} holds rows from {info.spec.first_row}, "
+                        f"expected {bounds[-1]}; list the daemons in the order the table was "
+                        "created with",
+                        self.shards[i].address,
+                    )
+                bounds.append(bounds[-1] + info.spec.num_rows)
+            layout = _Layout(np.array(bounds, dtype=np.uint64), infos[0].spec.dim)
+            self._layouts[name] = layout
+        return layout
+
+    def tables(self) -> list[str]:
+        reply = self.shards[0].call(
+            lambda t: self.shards[0].stub.ListTables(pb.ListTablesRequest(), timeout=t)
+        )
+        return [t.spec.name for t in reply.tables]
+
+    def drop_table(self, name: str) -> None:
+        def drop(i: int, shard: Shard) -> None:
+            shard.call(lambda t: shard.stub.DropTable(pb.DropTableRequest(name=name), timeout=t))
+
+        self._each_shard(drop)
+        self._layouts.pop(name, None)
+
+    # rows -----------------------------------------------------------------------------
+
+    def lookup(self, table: str, keys: Any, dtype: str = "float32") -> npt.NDArray[Any]:
+        """Rows of `keys` (any shape) as an array of shape `keys.shape + (dim,)`; bfloat16
+        rows come as their uint16 bits."""
+        if dtype not in _NUMPY_ROWS:
+            raise ValueError(f"dtype must be one of {tuple(_NUMPY_ROWS)}, got {dtype!r}")
+        shape = np.shape(keys)
+        flat = as_keys(keys)
+        layout = self._layout(table)
+        out = np.empty((len(flat), layout.dim), _NUMPY_ROWS[dtype])
+        parts = layout.split(flat)
+
+        def fetch(shard_index: int, positions: npt.NDArray[np.intp]) -> None:
+            shard = self.shards[shard_index]
+            local = flat[positions] - layout.bounds[shard_index]
+            request = pb.LookupRequest(
+                table=table,
+                keys=pb.Array(
+                    dtype="uint64", shape=[len(local)], data=local.astype("<u8").tobytes()
+                ),
+                dtype=dtype,
+            )
+
+            def attempt(timeout: float) -> None:
+                for chunk in shard.stub.Lookup(request, timeout=timeout):
+                    n = chunk.rows.shape[0]
+                    rows = np.frombuffer(chunk.rows.data, out.dtype).reshape(n, layout.dim)
+                    if len(parts) == 1:
+                        out[chunk.offset : chunk.offset + n] = rows
+                    else:
+                        out[positions[chunk.offset : chunk.offset + n]] = rows
+
+            shard.call(attempt)
+
+        if len(parts) == 1:
+            fetch(*parts[0])
+        else:
+            for future in [self._pool.submit(fetch, s, p) for s, p in parts]:
+                future.result()
+        return out.reshape((*shape, layout.dim))
+
+    def lookup_async(
+        self, table: str, keys: Any, dtype: str = "float32"
+    ) -> Future[npt.NDArray[Any]]:
+        """`lookup` on a background thread; the keys are copied first."""
+        keys = np.array(keys, copy=True)
+        return self._pool.submit(self.lookup, table, keys, dtype)
+
+    def push(self, table: str, keys: Any, grads: Any, step: int | None = None) -> PushResult:
+        """Applies `grads` (`[len(keys), dim]`) with the table's optimizer; repeated keys are
+        summed by the daemon. Exactly once, even when retried."""
+        flat = as_keys(keys)
+        layout = self._layout(table)
+        values = as_rows(grads, len(flat), layout.dim, "grads")
+        if not len(flat):
+            raise ValueError("push has no keys")
+        with self._sequence_lock:
+            sequence = next(self._sequence)
+
+        def send(shard_index: int, positions: npt.NDArray[np.intp]) -> pb.PushResponse:
+            shard = self.shards[shard_index]
+            local = flat[positions] - layout.bounds[shard_index]
+            rows = values if len(positions) == len(flat) else values[positions]
+            request = pb.PushRequest(
+                table=table,
+                keys=pb.Array(
+                    dtype="uint64", shape=[len(local)], data=local.astype("<u8").tobytes()
+                ),
+                grads=pb.Array(
+                    dtype="float32", shape=list(rows.shape), data=rows.astype("<f4").tobytes()
+                ),
+                step=step or 0,
+                client_id=self.client_id,
+                sequence=sequence,
+            )
+            reply: pb.PushResponse = shard.call(lambda t: shard.stub.Push(request, timeout=t))
+            return reply
+
+        parts = layout.split(flat)
+        replies = [f.result() for f in [self._pool.submit(send, s, p) for s, p in parts]]
+        return PushResult(
+            rows=sum(r.rows for r in replies),
+            step=max(r.step for r in replies),
+            duplicate=all(r.duplicate for r in replies),
+        )
+
+    def checkpoint(self, full: bool = False) -> list[int]:
+        """A checkpoint on every daemon (each consistent on its own); their ids by shard."""
+
+        def checkpoint(i: int, shard: Shard) -> int:
+            info = shard.call(
+                lambda t: shard.stub.Checkpoint(pb.CheckpointRequest(full=full), timeout=t)
+            )
+            return int(info.id)
+
+        return self._each_shard(checkpoint)

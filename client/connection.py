@@ -1,0 +1,91 @@
+"""Channels to store daemons, and calls that retry what is safe to retry.
+
+Every channel is built here: message limits raised for large row payloads, keep-alive on,
+gRPC's own retries off (this module retries, so pushes keep their idempotency keys).
+Transient failures (UNAVAILABLE, DEADLINE_EXCEEDED) are retried with exponential backoff
+until the call's deadline; everything else surfaces at once as the client's exception.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import TypeVar
+
+import grpc
+
+from client.errors import ShardUnavailableError, from_rpc_error
+from store._proto.engram.store.v1 import store_pb2_grpc as pb_grpc
+
+MAX_MESSAGE_BYTES = 512 << 20
+RETRYABLE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """Backoff between attempts: `initial_backoff_s` doubling up to `max_backoff_s`, with
+    jitter, for at most `max_attempts` attempts within the call's deadline."""
+
+    max_attempts: int = 6
+    initial_backoff_s: float = 0.05
+    max_backoff_s: float = 2.0
+
+
+class Shard:
+    """One daemon: its channel, stub and address."""
+
+    def __init__(
+        self,
+        address: str,
+        timeout_s: float,
+        retry: RetryPolicy,
+        interceptors: Sequence[grpc.UnaryUnaryClientInterceptor] = (),
+    ) -> None:
+        self.address = address
+        self.timeout_s = timeout_s
+        self.retry = retry
+        self.channel = grpc.insecure_channel(
+            address,
+            options=[
+                ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+                ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+                ("grpc.keepalive_time_ms", 30_000),
+                ("grpc.keepalive_timeout_ms", 10_000),
+                ("grpc.keepalive_permit_without_calls", 1),
+                ("grpc.enable_retries", 0),
+            ],
+        )
+        channel = (
+            grpc.intercept_channel(self.channel, *interceptors) if interceptors else self.channel
+        )
+        self.stub = pb_grpc.EngramStoreStub(channel)
+
+    def call(self, attempt: Callable[[float], T]) -> T:
+        """Runs `attempt(timeout)` until it succeeds, fails for good, or the deadline passes."""
+        deadline = time.monotonic() + self.timeout_s
+        backoff = self.retry.initial_backoff_s
+        for number in range(1, self.retry.max_attempts + 1):
+            remaining = deadline - time.monotonic()
+            try:
+                return attempt(max(remaining, 0.001))
+            except grpc.RpcError as error:
+                transient = error.code() in RETRYABLE
+                remaining = deadline - time.monotonic()
+                if not transient:
+                    raise from_rpc_error(error, self.address) from None
+                if number == self.retry.max_attempts or remaining <= backoff:
+                    raise ShardUnavailableError(
+                        f"no answer after {number} attempts in {self.timeout_s:.1f} s "
+                        f"({error.code().name}: {error.details()})",
+                        self.address,
+                        error.code(),
+                    ) from None
+                time.sleep(backoff * (0.5 + random.random() / 2))
+                backoff = min(backoff * 2, self.retry.max_backoff_s)
+        raise AssertionError("unreachable")
+
+    def close(self) -> None:
+        self.channel.close()

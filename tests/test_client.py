@@ -1,0 +1,159 @@
+"""EngramClient against real daemons: one, or three sharding a table."""
+
+from __future__ import annotations
+
+import socket
+import time
+from collections.abc import Iterator
+from contextlib import ExitStack
+from pathlib import Path
+from typing import Any
+
+import grpc
+import numpy as np
+import pytest
+from daemon import Daemon, daemon_thread
+
+from client import (
+    EngramClient,
+    InvalidRequestError,
+    KeyOutOfRangeError,
+    RetryPolicy,
+    ShardUnavailableError,
+    TableExistsError,
+    TableNotFoundError,
+)
+from store import Table
+from store._proto.engram.store.v1 import store_pb2 as pb
+
+
+@pytest.fixture
+def one(tmp_path: Path) -> Iterator[Daemon]:
+    with daemon_thread(tmp_path / "one") as d:
+        yield d
+
+
+@pytest.fixture
+def three(tmp_path: Path) -> Iterator[list[Daemon]]:
+    with ExitStack() as stack:
+        yield [stack.enter_context(daemon_thread(tmp_path / f"shard{i}")) for i in range(3)]
+
+
+def test_single_daemon_round_trip(one: Daemon) -> None:
+    with EngramClient(one.address) as client:
+        info = client.create_table("t", 1000, 8, optimizer="adagrad", lr=0.5)
+        assert (info.num_rows, info.dim, info.optimizer) == (1000, 8, "adagrad")
+        assert client.tables() == ["t"]
+        keys = np.array([[3, 999], [3, 0]])
+        rows = client.lookup("t", keys)
+        assert rows.shape == (2, 2, 8)
+        expected = Table.open(one.data_dir / "tables" / "t" / "params.engram").gather(keys)
+        np.testing.assert_array_equal(rows, expected)
+        np.testing.assert_array_equal(client.lookup_async("t", keys).result(), rows)
+        result = client.push("t", [3, 5, 3], np.ones((3, 8), np.float32))
+        assert (result.rows, result.step, result.duplicate) == (2, 1, False)
+        assert not np.array_equal(client.lookup("t", [3]), rows[0, :1])
+        assert client.describe("t").written_rows == 2
+        assert client.checkpoint() == [1]
+        client.drop_table("t")
+        assert client.tables() == []
+
+
+def test_errors_become_the_clients_exceptions(one: Daemon) -> None:
+    with EngramClient(one.address) as client:
+        client.create_table("t", 10, 2)
+        with pytest.raises(TableNotFoundError, match="table 'nope' does not exist"):
+            client.lookup("nope", [1])
+        with pytest.raises(KeyOutOfRangeError, match=r"keys\[1\] = 10") as error:
+            client.lookup("t", [1, 10])
+        assert error.value.address == one.address
+        with pytest.raises(TableExistsError):
+            client.create_table("t", 10, 2)
+        with pytest.raises(InvalidRequestError, match="NaN"):
+            client.push("t", [1], np.full((1, 2), np.nan))
+        with pytest.raises(ValueError, match="grads has shape"):
+            client.push("t", [1, 2], np.ones((3, 2)))
+
+
+def test_three_shards_behave_like_one_daemon(one: Daemon, three: list[Daemon]) -> None:
+    rng = np.random.default_rng(0)
+    with EngramClient(one.address) as single, EngramClient([d.address for d in three]) as sharded:
+        for client in (single, sharded):
+            client.create_table("emb", 1000, 4, optimizer="adam", lr=0.01, seed=3)
+        everything = np.arange(1000)
+        np.testing.assert_array_equal(
+            sharded.lookup("emb", everything), single.lookup("emb", everything)
+        )
+        for _ in range(20):
+            keys = rng.integers(0, 1000, 300)
+            grads = rng.standard_normal((300, 4)).astype(np.float32)
+            single.push("emb", keys, grads)
+            sharded.push("emb", keys, grads)
+        np.testing.assert_allclose(
+            sharded.lookup("emb", everything), single.lookup("emb", everything), rtol=1e-6
+        )
+        info = sharded.describe("emb")
+        assert info.num_rows == 1000 and info.step == 20
+        ranges = [
+            (i.spec.first_row, i.spec.num_rows)
+            for i in (d.stub.DescribeTable(pb.DescribeTableRequest(name="emb")) for d in three)
+        ]
+        assert ranges == [(0, 333), (333, 333), (666, 334)]
+    # Another client routes the same way, from what the shards record.
+    with EngramClient([d.address for d in three]) as other:
+        np.testing.assert_array_equal(other.lookup("emb", [0, 333, 334, 999]).shape, (4, 4))
+    shuffled = [three[1].address, three[0].address, three[2].address]
+    with (
+        EngramClient(shuffled) as client,
+        pytest.raises(InvalidRequestError, match="list the daemons in the order"),
+    ):
+        client.lookup("emb", [1])
+
+
+class DropFirstPushReply(grpc.UnaryUnaryClientInterceptor):  # type: ignore[misc]
+    """Lets the first push reach the daemon, then reports it lost, as a dropped connection
+    would: the client must retry, and the daemon must not apply it twice."""
+
+    def __init__(self) -> None:
+        self.dropped = 0
+
+    def intercept_unary_unary(self, continuation: Any, details: Any, request: Any) -> Any:
+        outcome = continuation(details, request)
+        if details.method.endswith("/Push") and not self.dropped:
+            outcome.result()
+            self.dropped += 1
+            raise _Unavailable()
+        return outcome
+
+
+class _Unavailable(grpc.RpcError):  # type: ignore[misc]
+    def code(self) -> grpc.StatusCode:
+        return grpc.StatusCode.UNAVAILABLE
+
+    def details(self) -> str:
+        return "connection reset (simulated)"
+
+
+def test_retried_pushes_apply_once(one: Daemon) -> None:
+    interceptor = DropFirstPushReply()
+    with EngramClient(one.address, interceptors=[interceptor]) as client:
+        client.create_table("t", 10, 2, init="zeros", lr=1.0)
+        result = client.push("t", [4], np.ones((1, 2)))
+        assert interceptor.dropped == 1 and result.duplicate
+        np.testing.assert_array_equal(client.lookup("t", [4]), [[-1.0, -1.0]])
+        assert client.describe("t").step == 1
+
+
+def test_a_dead_shard_is_named_not_waited_on(one: Daemon) -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        dead = f"127.0.0.1:{s.getsockname()[1]}"
+    start = time.monotonic()
+    with (
+        EngramClient(
+            [one.address, dead], timeout_s=2.0, retry=RetryPolicy(max_attempts=3)
+        ) as client,
+        pytest.raises(ShardUnavailableError, match=dead),
+    ):
+        client.create_table("t", 10, 2)
+    assert time.monotonic() - start < 10
