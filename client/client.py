@@ -324,6 +324,13 @@ class EngramClient:
             duplicate=all(r.duplicate for r in replies),
         )
 
+    def push_async(
+        self, table: str, keys: Any, grads: Any, step: int | None = None
+    ) -> Future[PushResult]:
+        """`push` on a background thread; the keys and gradients are copied first."""
+        keys, grads = np.array(keys, copy=True), np.array(grads, copy=True)
+        return self._pool.submit(self.push, table, keys, grads, step)
+
     def checkpoint(self, full: bool = False) -> list[int]:
         """A checkpoint on every daemon (each consistent on its own); their ids by shard."""
 

@@ -1,0 +1,28 @@
+"""Engram's configuration, with the reference's field names and defaults."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class EngramConfig:
+    tokenizer_name_or_path: str
+    engram_vocab_size: list[int] = field(default_factory=lambda: [129280 * 5, 129280 * 5])
+    max_ngram_size: int = 3
+    n_embed_per_ngram: int = 512
+    n_head_per_ngram: int = 8
+    layer_ids: list[int] = field(default_factory=lambda: [1, 15])
+    pad_id: int = 2
+    seed: int = 0
+    kernel_size: int = 4
+
+    @property
+    def embed_dim_per_head(self) -> int:
+        """Width of one head's rows."""
+        return self.n_embed_per_ngram // self.n_head_per_ngram
+
+    @property
+    def engram_hidden_size(self) -> int:
+        """Width of a position's concatenated rows."""
+        return (self.max_ngram_size - 1) * self.n_embed_per_ngram

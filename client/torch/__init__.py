@@ -1,0 +1,7 @@
+"""PyTorch integration: the Engram layer and its embedding backends. The only part of the
+client that imports torch."""
+
+from client.torch.engram import Engram, ShortConv
+from client.torch.tables import LocalTable, StoreTable
+
+__all__ = ["Engram", "LocalTable", "ShortConv", "StoreTable"]

@@ -1,0 +1,128 @@
+"""Where an Engram layer's embedding rows come from: one interface, two backends.
+
+- `LocalTable`: an in-process `nn.Embedding` (the reference's `MultiHeadEmbedding`), for
+  small models and as the baseline of tests;
+- `StoreTable`: rows from a store daemon; backward sums the gradient of each distinct row
+  and pushes it, so the daemon's optimizer trains the table.
+
+Both take hash ids `[B, T, heads]` (per-head, as `NgramHashMapping.hash` returns them), add
+each head's offset, and return rows `[B, T, heads, dim]`.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Sequence
+from concurrent.futures import Future
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from client.client import EngramClient
+
+
+def _offsets(list_of_n: Sequence[int]) -> torch.Tensor:
+    sizes = torch.tensor(list(list_of_n), dtype=torch.long)
+    return torch.cat([torch.zeros(1, dtype=torch.long), torch.cumsum(sizes, 0)[:-1]])
+
+
+class LocalTable(nn.Module):
+    """The reference's MultiHeadEmbedding: every head's table in one `nn.Embedding`."""
+
+    offsets: torch.Tensor
+
+    def __init__(self, list_of_N: Sequence[int], D: int, sparse: bool = True) -> None:
+        super().__init__()
+        self.num_heads = len(list_of_N)
+        self.embedding_dim = D
+        self.register_buffer("offsets", _offsets(list_of_N), persistent=False)
+        self.embedding = nn.Embedding(int(sum(list_of_N)), D, sparse=sparse)
+
+    def forward(self, input_ids: torch.Tensor, rows: torch.Tensor | None = None) -> torch.Tensor:
+        out: torch.Tensor = self.embedding(input_ids + self.offsets)
+        return out
+
+
+class _PushOnBackward(torch.autograd.Function):
+    """Identity on rows fetched from the store; its backward hands the gradient to the table."""
+
+    @staticmethod
+    def forward(
+        ctx: Any, anchor: torch.Tensor, rows: torch.Tensor, keys: torch.Tensor, table: Any
+    ) -> torch.Tensor:
+        ctx.keys = keys
+        ctx.table = table
+        return rows.view_as(rows)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[None, None, None, None]:
+        ctx.table.push_gradient(ctx.keys, grad)
+        return None, None, None, None
+
+
+class StoreTable(nn.Module):
+    """An Engram layer's rows held by a store daemon (or shards of one).
+
+    Forward fetches the rows (or takes rows the caller prefetched); backward sums the
+    gradient per distinct row and pushes it in the background, with at most
+    `max_pushes_in_flight` pushes outstanding. Before fetching, forward waits for earlier
+    pushes, so a step always sees every update of the steps before it.
+    """
+
+    offsets: torch.Tensor
+
+    def __init__(
+        self,
+        list_of_N: Sequence[int],
+        D: int,
+        client: EngramClient,
+        table: str,
+        max_pushes_in_flight: int = 2,
+    ) -> None:
+        super().__init__()
+        self.num_heads = len(list_of_N)
+        self.embedding_dim = D
+        self.num_rows = int(sum(list_of_N))
+        self.register_buffer("offsets", _offsets(list_of_N), persistent=False)
+        self.client = client
+        self.table = table
+        self._slots = threading.BoundedSemaphore(max_pushes_in_flight)
+        self._pending: list[Future[Any]] = []
+        self._pending_lock = threading.Lock()
+        # Gives the rows a place in the autograd graph without being a trainable parameter.
+        self._anchor = torch.zeros((), requires_grad=True)
+
+    def forward(self, input_ids: torch.Tensor, rows: torch.Tensor | None = None) -> torch.Tensor:
+        keys = input_ids + self.offsets.to(input_ids.device)
+        if rows is None:
+            self.wait_for_pushes()
+            fetched = self.client.lookup(self.table, keys.detach().cpu().numpy())
+            rows = torch.from_numpy(fetched).to(input_ids.device)
+        if not torch.is_grad_enabled():
+            return rows
+        out: torch.Tensor = _PushOnBackward.apply(self._anchor, rows, keys.detach(), self)
+        return out
+
+    def push_gradient(self, keys: torch.Tensor, grad: torch.Tensor) -> None:
+        """Sums `grad` per distinct key and pushes it without blocking the backward pass
+        (beyond the bound on pushes in flight)."""
+        flat_keys = keys.reshape(-1).cpu()
+        unique, inverse = torch.unique(flat_keys, return_inverse=True)
+        summed = torch.zeros((len(unique), self.embedding_dim), dtype=torch.float32)
+        summed.index_add_(0, inverse, grad.reshape(-1, self.embedding_dim).float().cpu())
+        keys_np = unique.numpy().astype(np.uint64)
+        grads_np = summed.numpy()
+        self._slots.acquire()
+        future = self.client.push_async(self.table, keys_np, grads_np)
+        future.add_done_callback(lambda _: self._slots.release())
+        with self._pending_lock:
+            self._pending.append(future)
+
+    def wait_for_pushes(self) -> None:
+        """Blocks until every push issued so far has been applied (raising its error)."""
+        with self._pending_lock:
+            pending, self._pending = self._pending, []
+        for future in pending:
+            future.result()
