@@ -34,7 +34,8 @@ class TinyModel(nn.Module):
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         hidden = self.tokens(ids).view(*ids.shape, HC, HIDDEN)
         hidden = hidden + self.engram(hidden, ids)
-        return (self.out(hidden.mean(dim=2)) ** 2).mean()
+        loss: torch.Tensor = (self.out(hidden.mean(dim=2)) ** 2).mean()
+        return loss
 
 
 def build(config: EngramConfig, mapping: NgramHashMapping, embedding: nn.Module) -> TinyModel:
