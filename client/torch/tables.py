@@ -89,8 +89,12 @@ class StoreTable(nn.Module):
         self.client = client
         self.table = table
         self._slots = threading.BoundedSemaphore(max_pushes_in_flight)
-        self._pending: list[Future[Any]] = []
+        self._pending: list[tuple[int, Future[Any]]] = []
         self._pending_lock = threading.Lock()
+        # Keys of every push, by push number (1, 2, ...), so prefetched rows can be checked
+        # against the pushes issued after they were read.
+        self._pushed_keys: dict[int, np.ndarray] = {}
+        self.pushes_issued = 0
         # Gives the rows a place in the autograd graph without being a trainable parameter.
         self._anchor = torch.zeros((), requires_grad=True)
 
@@ -118,11 +122,32 @@ class StoreTable(nn.Module):
         future = self.client.push_async(self.table, keys_np, grads_np)
         future.add_done_callback(lambda _: self._slots.release())
         with self._pending_lock:
-            self._pending.append(future)
+            self.pushes_issued += 1
+            self._pending.append((self.pushes_issued, future))
+            self._pushed_keys[self.pushes_issued] = keys_np
+
+    def keys_pushed_since(self, push_number: int) -> np.ndarray:
+        """Distinct keys of the pushes issued after push `push_number`."""
+        with self._pending_lock:
+            recent = [k for n, k in self._pushed_keys.items() if n > push_number]
+            # Nobody reads rows older than the prefetch depth: keep the log short.
+            for n in [n for n in self._pushed_keys if n <= push_number - 64]:
+                del self._pushed_keys[n]
+        return np.unique(np.concatenate(recent)) if recent else np.zeros(0, np.uint64)
+
+    def pushes_applied(self) -> int:
+        """The number n such that pushes 1..n are all applied (pushes run concurrently, so a
+        later one may finish first)."""
+        with self._pending_lock:
+            unfinished = [n for n, f in self._pending if not f.done()]
+            return min(unfinished) - 1 if unfinished else self.pushes_issued
 
     def wait_for_pushes(self) -> None:
         """Blocks until every push issued so far has been applied (raising its error)."""
         with self._pending_lock:
-            pending, self._pending = self._pending, []
-        for future in pending:
+            pending = list(self._pending)
+        for _, future in pending:
             future.result()
+        # Forgotten only once done: `pushes_applied` counts what is still listed as pending.
+        with self._pending_lock:
+            self._pending = [(n, f) for n, f in self._pending if not f.done()]

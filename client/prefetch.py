@@ -1,0 +1,130 @@
+"""Fetching Engram rows ahead of the model.
+
+`Prefetcher` wraps any iterator of token batches. A background thread hashes each batch for
+every Engram layer and looks its rows up `depth` batches ahead; iterating yields
+`(batch, rows)`, `rows[layer]` being `(hash_ids, rows)` tensors ready for
+`Engram.forward(..., hash_ids=, rows=)` (pinned and moved with `non_blocking=True` when a
+device is given).
+
+Training consistency: rows read ahead may predate pushes that later steps issued. In the
+default synchronous mode (`max_staleness=0`) the rows of a batch are re-read, for the keys
+that any such push touched, once those pushes are applied: every step sees every update of
+the steps before it. `max_staleness=k` accepts rows that miss at most the last k pushes.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from client.hashing import NgramHashMapping
+from client.torch.tables import StoreTable
+
+
+@dataclass
+class _Pending:
+    batch: Any
+    hash_ids: dict[int, np.ndarray]
+    keys: dict[int, np.ndarray]
+    rows: dict[int, Future[np.ndarray]]
+    pushes_seen: dict[int, int]
+
+
+_DONE = object()
+
+
+class Prefetcher:
+    def __init__(
+        self,
+        batches: Iterable[Any],
+        mapping: NgramHashMapping,
+        tables: dict[int, StoreTable],
+        depth: int = 2,
+        max_staleness: int = 0,
+        device: torch.device | str | None = None,
+        token_ids: Callable[[Any], Any] = lambda batch: batch,
+    ) -> None:
+        if depth < 1:
+            raise ValueError(f"depth must be at least 1, got {depth}")
+        if max_staleness < 0:
+            raise ValueError(f"max_staleness must be non-negative, got {max_staleness}")
+        missing = set(tables) - set(mapping.layer_ids)
+        if missing:
+            raise ValueError(f"tables for layers {sorted(missing)} that the mapping does not hash")
+        self.mapping = mapping
+        self.tables = tables
+        self.max_staleness = max_staleness
+        self.device = torch.device(device) if device is not None else None
+        self.token_ids = token_ids
+        self._queue: queue.Queue[Any] = queue.Queue(maxsize=depth)
+        self._thread = threading.Thread(target=self._fill, args=(iter(batches),), daemon=True)
+        self._stop = threading.Event()
+        self.rows_reread = 0
+        self._thread.start()
+
+    def _fill(self, batches: Iterator[Any]) -> None:
+        try:
+            for batch in batches:
+                ids = np.asarray(self.token_ids(batch), dtype=np.int64)
+                hashes = self.mapping.hash(ids)
+                pending = _Pending(batch, {}, {}, {}, {})
+                for layer, table in self.tables.items():
+                    keys = hashes[layer] + table.offsets.numpy()
+                    # Pushes applied before the lookup runs are in its rows; later ones are
+                    # checked when the batch is consumed.
+                    pending.pushes_seen[layer] = table.pushes_applied()
+                    pending.hash_ids[layer] = hashes[layer]
+                    pending.keys[layer] = keys
+                    pending.rows[layer] = table.client.lookup_async(table.table, keys)
+                while not self._stop.is_set():
+                    try:
+                        self._queue.put(pending, timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if self._stop.is_set():
+                    return
+        except BaseException as error:  # surfaced to the consumer
+            self._queue.put(error)
+            return
+        self._queue.put(_DONE)
+
+    def __iter__(self) -> Iterator[tuple[Any, dict[int, tuple[torch.Tensor, torch.Tensor]]]]:
+        while True:
+            item = self._queue.get()
+            if item is _DONE:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item.batch, {layer: self._ready(item, layer) for layer in self.tables}
+
+    def _ready(self, item: _Pending, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
+        table = self.tables[layer]
+        rows = item.rows[layer].result()
+        missed = table.pushes_issued - item.pushes_seen[layer]
+        if missed > self.max_staleness:
+            table.wait_for_pushes()
+            pushed = table.keys_pushed_since(item.pushes_seen[layer])
+            keys = item.keys[layer]
+            stale = np.isin(keys.reshape(-1), pushed)
+            if stale.any():
+                flat_rows = rows.reshape(-1, rows.shape[-1])
+                flat_rows[stale] = table.client.lookup(table.table, keys.reshape(-1)[stale])
+                self.rows_reread += int(stale.sum())
+        hash_ids = torch.from_numpy(item.hash_ids[layer])
+        tensor = torch.from_numpy(rows)
+        if self.device is not None and self.device.type != "cpu":
+            tensor = tensor.pin_memory().to(self.device, non_blocking=True)
+            hash_ids = hash_ids.pin_memory().to(self.device, non_blocking=True)
+        return hash_ids, tensor
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=10)

@@ -1,0 +1,91 @@
+"""The prefetcher reads rows ahead and keeps training consistent."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from daemon import daemon_thread
+
+from client import EngramClient, NgramHashMapping
+from client.prefetch import Prefetcher
+from client.torch import StoreTable
+
+LAYER, DIM = 1, 4
+
+
+@pytest.fixture
+def setup(
+    tmp_path: Path, tokenizer_path: Path
+) -> Iterator[tuple[EngramClient, NgramHashMapping, StoreTable]]:
+    with daemon_thread(tmp_path / "data") as daemon, EngramClient(daemon.address) as client:
+        mapping = NgramHashMapping([31, 37], 3, 8, 2, [LAYER], tokenizer_path, 0, 0)
+        sizes = mapping.table_sizes(LAYER)
+        client.create_table("t", sum(sizes), DIM, lr=1.0)
+        yield client, mapping, StoreTable(sizes, DIM, client, "t")
+
+
+def batches(n: int) -> list[np.ndarray]:
+    # Few distinct tokens: consecutive batches share most of their rows.
+    rng = np.random.default_rng(0)
+    return [rng.integers(0, 6, (2, 10)) for _ in range(n)]
+
+
+def wait_until_full(prefetcher: Prefetcher) -> None:
+    deadline = time.monotonic() + 10
+    while not prefetcher._queue.full() and time.monotonic() < deadline:
+        time.sleep(0.01)
+
+
+def train_step(table: StoreTable, hash_ids: torch.Tensor) -> None:
+    keys = hash_ids + table.offsets
+    table.push_gradient(keys, torch.ones((*keys.shape, DIM)))
+
+
+def test_synchronous_mode_sees_every_earlier_push(
+    setup: tuple[EngramClient, NgramHashMapping, StoreTable],
+) -> None:
+    client, mapping, table = setup
+    prefetcher = Prefetcher(batches(8), mapping, {LAYER: table}, depth=3)
+    wait_until_full(prefetcher)
+    steps = 0
+    for batch, rows in prefetcher:
+        hash_ids, fetched = rows[LAYER]
+        assert fetched.shape == (2, 10, 4, DIM)
+        np.testing.assert_array_equal(hash_ids.numpy(), mapping.hash(batch)[LAYER])
+        table.wait_for_pushes()
+        fresh = client.lookup("t", hash_ids.numpy() + table.offsets.numpy())
+        np.testing.assert_array_equal(fetched.numpy(), fresh)
+        train_step(table, hash_ids)
+        steps += 1
+    assert steps == 8
+    assert prefetcher.rows_reread > 0, "rows read ahead of pushes must have been re-read"
+
+
+def test_max_staleness_bounds_how_far_behind_rows_may_be(
+    setup: tuple[EngramClient, NgramHashMapping, StoreTable],
+) -> None:
+    client, mapping, table = setup
+    every_row = np.arange(table.num_rows)
+    snapshots = [client.lookup("t", every_row)]  # state after 0, 1, 2, ... pushes
+    prefetcher = Prefetcher(batches(8), mapping, {LAYER: table}, depth=3, max_staleness=2)
+    wait_until_full(prefetcher)
+    stale_steps = 0
+    for step, (_, rows) in enumerate(prefetcher):
+        hash_ids, fetched = rows[LAYER]
+        keys = (hash_ids.numpy() + table.offsets.numpy()).astype(np.int64)
+        matches = [
+            k
+            for k in range(max(0, step - 2), step + 1)
+            if np.array_equal(fetched.numpy(), snapshots[k][keys])
+        ]
+        assert matches, f"step {step}: rows miss more than 2 pushes"
+        stale_steps += step not in matches
+        train_step(table, hash_ids)
+        table.wait_for_pushes()
+        snapshots.append(client.lookup("t", every_row))
+    assert stale_steps > 0, "with max_staleness the prefetcher must reuse rows read ahead"
