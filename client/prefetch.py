@@ -17,7 +17,6 @@ from __future__ import annotations
 import queue
 import threading
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,7 +32,7 @@ class _Pending:
     batch: Any
     hash_ids: dict[int, np.ndarray]
     keys: dict[int, np.ndarray]
-    rows: dict[int, Future[np.ndarray]]
+    rows: dict[int, np.ndarray]
     pushes_seen: dict[int, int]
 
 
@@ -82,7 +81,7 @@ class Prefetcher:
                     pending.pushes_seen[layer] = table.pushes_applied()
                     pending.hash_ids[layer] = hashes[layer]
                     pending.keys[layer] = keys
-                    pending.rows[layer] = table.client.lookup_async(table.table, keys)
+                    pending.rows[layer] = table.fetch(keys)
                 while not self._stop.is_set():
                     try:
                         self._queue.put(pending, timeout=0.1)
@@ -107,7 +106,7 @@ class Prefetcher:
 
     def _ready(self, item: _Pending, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
         table = self.tables[layer]
-        rows = item.rows[layer].result()
+        rows = item.rows[layer]
         missed = table.pushes_issued - item.pushes_seen[layer]
         if missed > self.max_staleness:
             table.wait_for_pushes()
@@ -116,6 +115,7 @@ class Prefetcher:
             stale = np.isin(keys.reshape(-1), pushed)
             if stale.any():
                 flat_rows = rows.reshape(-1, rows.shape[-1])
+                # Straight from the store: a cache could hold the rows from before the push.
                 flat_rows[stale] = table.client.lookup(table.table, keys.reshape(-1)[stale])
                 self.rows_reread += int(stale.sum())
         hash_ids = torch.from_numpy(item.hash_ids[layer])

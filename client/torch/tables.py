@@ -13,13 +13,14 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Sequence
-from concurrent.futures import Future
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
+from client.cache import RowCache
 from client.client import EngramClient
 
 
@@ -68,7 +69,8 @@ class StoreTable(nn.Module):
     Forward fetches the rows (or takes rows the caller prefetched); backward sums the
     gradient per distinct row and pushes it in the background, with at most
     `max_pushes_in_flight` pushes outstanding. Before fetching, forward waits for earlier
-    pushes, so a step always sees every update of the steps before it.
+    pushes, so a step always sees every update of the steps before it. With a `cache`, hot
+    rows are served from host memory; this table's pushes invalidate theirs.
     """
 
     offsets: torch.Tensor
@@ -80,6 +82,7 @@ class StoreTable(nn.Module):
         client: EngramClient,
         table: str,
         max_pushes_in_flight: int = 2,
+        cache: RowCache | None = None,
     ) -> None:
         super().__init__()
         self.num_heads = len(list_of_N)
@@ -88,6 +91,8 @@ class StoreTable(nn.Module):
         self.register_buffer("offsets", _offsets(list_of_N), persistent=False)
         self.client = client
         self.table = table
+        self.cache = cache
+        self._pushes = ThreadPoolExecutor(max_workers=max_pushes_in_flight)
         self._slots = threading.BoundedSemaphore(max_pushes_in_flight)
         self._pending: list[tuple[int, Future[Any]]] = []
         self._pending_lock = threading.Lock()
@@ -102,12 +107,28 @@ class StoreTable(nn.Module):
         keys = input_ids + self.offsets.to(input_ids.device)
         if rows is None:
             self.wait_for_pushes()
-            fetched = self.client.lookup(self.table, keys.detach().cpu().numpy())
-            rows = torch.from_numpy(fetched).to(input_ids.device)
+            rows = torch.from_numpy(self.fetch(keys.detach().cpu().numpy())).to(input_ids.device)
         if not torch.is_grad_enabled():
             return rows
         out: torch.Tensor = _PushOnBackward.apply(self._anchor, rows, keys.detach(), self)
         return out
+
+    def fetch(self, keys: np.ndarray) -> np.ndarray:
+        """Rows of global `keys` (any shape), through the cache when there is one."""
+        if self.cache is None:
+            return self.client.lookup(self.table, keys)
+        flat = keys.reshape(-1).astype(np.uint64)
+        rows = self.cache.lookup(self.table, flat, lambda k: self.client.lookup(self.table, k))
+        return rows.reshape((*keys.shape, self.embedding_dim))
+
+    def _push(self, keys: np.ndarray, grads: np.ndarray) -> None:
+        try:
+            self.client.push(self.table, keys, grads)
+        finally:
+            # After the push, so no fetch in between can cache the old rows again.
+            if self.cache is not None:
+                self.cache.invalidate(self.table, keys)
+            self._slots.release()
 
     def push_gradient(self, keys: torch.Tensor, grad: torch.Tensor) -> None:
         """Sums `grad` per distinct key and pushes it without blocking the backward pass
@@ -119,8 +140,7 @@ class StoreTable(nn.Module):
         keys_np = unique.numpy().astype(np.uint64)
         grads_np = summed.numpy()
         self._slots.acquire()
-        future = self.client.push_async(self.table, keys_np, grads_np)
-        future.add_done_callback(lambda _: self._slots.release())
+        future = self._pushes.submit(self._push, keys_np, grads_np)
         with self._pending_lock:
             self.pushes_issued += 1
             self._pending.append((self.pushes_issued, future))

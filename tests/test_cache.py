@@ -1,0 +1,87 @@
+"""The client's hot-row cache."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from daemon import daemon_thread
+
+from client import EngramClient
+from client.cache import RowCache
+from client.torch import StoreTable
+
+ROWS, DIM = 10_000, 8
+TABLE = np.random.default_rng(0).standard_normal((ROWS, DIM)).astype(np.float32)
+
+
+class CountingStore:
+    def __init__(self) -> None:
+        self.rows_fetched = 0
+
+    def fetch(self, keys: np.ndarray) -> np.ndarray:
+        self.rows_fetched += len(keys)
+        return TABLE[keys.astype(np.int64)]
+
+
+def test_zipf_lookups_are_exact_and_mostly_hits() -> None:
+    store = CountingStore()
+    cache = RowCache(capacity_bytes=500 * DIM * 4)
+    rng = np.random.default_rng(1)
+    asked = 0
+    for _ in range(50):
+        keys = (rng.zipf(1.3, 2000) % ROWS).astype(np.uint64)
+        np.testing.assert_array_equal(
+            cache.lookup("t", keys, store.fetch), TABLE[keys.astype(np.int64)]
+        )
+        asked += len(keys)
+        assert cache.bytes_used <= cache.capacity_bytes
+    assert cache.stats.hits + cache.stats.misses == asked
+    assert cache.stats.hit_rate > 0.5
+    assert store.rows_fetched < asked / 2
+    assert cache.stats.bytes_saved == cache.stats.hits * DIM * 4
+    assert cache.stats.evictions > 0
+
+
+def test_rows_seen_once_are_not_admitted() -> None:
+    store = CountingStore()
+    cache = RowCache(capacity_bytes=1 << 20, admit_after=2)
+    cache.lookup("t", np.array([1, 2, 3], np.uint64), store.fetch)
+    assert cache.bytes_used == 0
+    cache.lookup("t", np.array([1], np.uint64), store.fetch)
+    assert cache.bytes_used == DIM * 4
+    cache.lookup("t", np.array([1, 1], np.uint64), store.fetch)
+    assert cache.stats.hits == 2 and store.rows_fetched == 4
+
+
+def test_bad_arguments() -> None:
+    with pytest.raises(ValueError, match="capacity_bytes must be positive"):
+        RowCache(0)
+    with pytest.raises(ValueError, match="admit_after must be at least 1"):
+        RowCache(10, admit_after=0)
+
+
+def test_store_table_cache_follows_pushes(tmp_path: Path) -> None:
+    with (
+        daemon_thread(tmp_path / "data") as daemon,
+        EngramClient(daemon.address) as client,
+        EngramClient(daemon.address) as other,
+    ):
+        client.create_table("t", 100, 4, lr=1.0, init="zeros")
+        cache = RowCache(capacity_bytes=1 << 20, admit_after=1, max_staleness=2)
+        table = StoreTable([100], 4, client, "t", cache=cache)
+        keys = np.array([5, 6])
+        np.testing.assert_array_equal(table.fetch(keys), np.zeros((2, 4)))
+        # This table's own push invalidates the cached rows at once.
+        table.push_gradient(torch.tensor([5]), torch.ones((1, 4)))
+        table.wait_for_pushes()
+        np.testing.assert_array_equal(table.fetch(keys)[0], -np.ones(4))
+        # Another client's push shows within max_staleness steps.
+        other.push("t", [6], np.ones((1, 4)))
+        for _ in range(2):
+            np.testing.assert_array_equal(table.fetch(keys)[1], np.zeros(4))
+            cache.advance()
+        cache.advance()
+        np.testing.assert_array_equal(table.fetch(keys)[1], -np.ones(4))
