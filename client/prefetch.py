@@ -109,11 +109,12 @@ class Prefetcher:
         rows = item.rows[layer]
         missed = table.pushes_issued - item.pushes_seen[layer]
         if missed > self.max_staleness:
-            table.wait_for_pushes()
-            pushed = table.keys_pushed_since(item.pushes_seen[layer])
+            # Only rows that a later push touched can be out of date: wait for the pushes
+            # and re-read just those (most batches share few rows with the last steps').
             keys = item.keys[layer]
-            stale = np.isin(keys.reshape(-1), pushed)
+            stale = np.isin(keys.reshape(-1), table.keys_pushed_since(item.pushes_seen[layer]))
             if stale.any():
+                table.wait_for_pushes()
                 flat_rows = rows.reshape(-1, rows.shape[-1])
                 # Straight from the store: a cache could hold the rows from before the push.
                 flat_rows[stale] = table.client.lookup(table.table, keys.reshape(-1)[stale])

@@ -4,3 +4,4 @@
 set -euo pipefail
 source "$(dirname "$0")/setup.sh"
 python examples/quickstart.py "$@"
+python examples/tiny_engram_lm.py --steps 60

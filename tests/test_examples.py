@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import subprocess
 import sys
 from pathlib import Path
@@ -43,3 +44,17 @@ def test_quickstart(tokenizer_path: Path, tmp_path: Path) -> None:
     assert f"checkpoint 1: 2 tables, {rows[1] + rows[15]} rows" in out
     assert "daemon stopped with exit code 0" in out
     assert "stopped; tables flushed" in result.stderr
+
+
+def test_tiny_language_model_trains_with_both_backends() -> None:
+    spec = importlib.util.spec_from_file_location(
+        "tiny_engram_lm", REPO_ROOT / "examples" / "tiny_engram_lm.py"
+    )
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclasses look their module up
+    spec.loader.exec_module(module)
+    for backend in ("store", "local"):
+        result = module.train(backend, steps=8, batch=4, max_files=5, progress=False)
+        assert result["last_loss"] < result["first_loss"], backend
+        assert result["tokens_per_s"] > 0

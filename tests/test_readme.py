@@ -22,4 +22,5 @@ def test_readme_python_examples_run(
     namespace: dict[str, object] = {}
     exec(compile(code, "README.md", "exec"), namespace)
     assert (tmp_path / "layer1.engram").exists()
+    assert (tmp_path / "engram-data" / "catalog.lmdb").is_dir()
     assert namespace["rows"].shape == (1, 4, 16, 32)  # type: ignore[attr-defined]

@@ -1,0 +1,44 @@
+"""Training steps/s of the example language model (`examples/tiny_engram_lm.py`) with
+Engram rows in a store daemon on this machine, with and without prefetching, against rows in
+process (`LocalTable`). Prints one JSON line of ratios measured in this run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(__file__))
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "examples"))
+from _common import report
+from tiny_engram_lm import train
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--steps", type=int, default=60)
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--png")
+    args = parser.parse_args()
+    # A short warm-up run first, so neither side pays for first-use costs.
+    train("local", 3, args.batch, progress=False)
+    local = train("local", args.steps, args.batch, progress=False)
+    prefetched = train("store", args.steps, args.batch, prefetch=2, progress=False)
+    unprefetched = train("store", args.steps, args.batch, prefetch=0, progress=False)
+    report(
+        {
+            "benchmark": "train_steps",
+            "steps": args.steps,
+            "local_steps_per_s": local["steps_per_s"],
+            "store_prefetch_steps_per_s": prefetched["steps_per_s"],
+            "store_no_prefetch_steps_per_s": unprefetched["steps_per_s"],
+            "store_prefetch_vs_local": prefetched["steps_per_s"] / local["steps_per_s"],
+            "store_no_prefetch_vs_local": unprefetched["steps_per_s"] / local["steps_per_s"],
+        },
+        args.png,
+    )
+
+
+if __name__ == "__main__":
+    main()

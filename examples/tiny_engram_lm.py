@@ -1,0 +1,282 @@
+"""Train a small decoder-only language model with Engram memory at its two first layers, on
+the Python standard library's sources tokenized with the reference tokenizer.
+
+    python examples/tiny_engram_lm.py --steps 50                 # rows in a local store daemon
+    python examples/tiny_engram_lm.py --backend local --steps 50 # rows in process
+    python examples/tiny_engram_lm.py --address host:port ...    # a daemon already running
+
+With the store backend (the default) the script starts and stops a daemon on this machine
+unless `--address` names one; Engram rows are prefetched `--prefetch` batches ahead, trained
+by the daemon's optimizer, and the dense weights by torch's AdamW.
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import math
+import os
+import sys
+import sysconfig
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import ExitStack
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from tokenizers import Tokenizer
+from torch import nn
+
+from client import EngramClient, NgramHashMapping
+from client.config import EngramConfig
+from client.prefetch import Prefetcher
+from client.torch import Engram, LocalTable, StoreTable
+from store.local import LocalDaemon
+
+REFERENCE_TOKENIZER = os.path.join(
+    os.path.dirname(__file__), "..", "..", "shared", "reference", "engram-hash", "tokenizer.json"
+)
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    vocab_size: int = 8192
+    hidden: int = 64
+    heads: int = 4
+    layers: int = 2
+    hc_mult: int = 2
+    seq: int = 64
+    engram_layers: tuple[int, ...] = (0, 1)
+
+
+def corpus_ids(tokenizer: Tokenizer, max_files: int) -> np.ndarray:
+    """Token ids of the standard library's modules, in a fixed order."""
+    files = sorted(glob.glob(os.path.join(sysconfig.get_paths()["stdlib"], "*.py")))[:max_files]
+    texts = []
+    for path in files:
+        with open(path, encoding="utf-8", errors="replace") as f:
+            texts.append(f.read())
+    encoded = tokenizer.encode_batch(texts, add_special_tokens=False)
+    return np.concatenate([np.array(e.ids, dtype=np.int64) for e in encoded])
+
+
+def batches(ids: np.ndarray, batch: int, seq: int, steps: int, seed: int) -> Iterator[np.ndarray]:
+    """`steps` batches of `[batch, seq + 1]` windows drawn from the corpus."""
+    rng = np.random.default_rng(seed)
+    for _ in range(steps):
+        starts = rng.integers(0, len(ids) - seq - 1, batch)
+        yield np.stack([ids[s : s + seq + 1] for s in starts])
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: ModelConfig, engram: Engram | None) -> None:
+        super().__init__()
+        self.engram = engram
+        self.norm1 = nn.RMSNorm(cfg.hidden)
+        self.attn = nn.MultiheadAttention(cfg.hidden, cfg.heads, batch_first=True)
+        self.norm2 = nn.RMSNorm(cfg.hidden)
+        self.mlp = nn.Sequential(
+            nn.Linear(cfg.hidden, 4 * cfg.hidden), nn.GELU(), nn.Linear(4 * cfg.hidden, cfg.hidden)
+        )
+
+    def forward(
+        self,
+        streams: torch.Tensor,
+        ids: torch.Tensor,
+        engram_inputs: tuple[torch.Tensor, torch.Tensor] | None,
+    ) -> torch.Tensor:
+        """streams: [B, T, hc_mult, D], the hyper-connection branches of the residual."""
+        if self.engram is not None:
+            hash_ids, rows = engram_inputs if engram_inputs is not None else (None, None)
+            streams = streams + self.engram(streams, ids, hash_ids, rows)
+        x = streams.mean(dim=2)
+        seq = x.shape[1]
+        mask = torch.triu(torch.ones(seq, seq, dtype=torch.bool), diagonal=1)
+        h = self.norm1(x)
+        x = x + self.attn(h, h, h, attn_mask=mask, need_weights=False)[0]
+        x = x + self.mlp(self.norm2(x))
+        out: torch.Tensor = streams + (x - streams.mean(dim=2)).unsqueeze(2)
+        return out
+
+
+class TinyEngramLM(nn.Module):
+    def __init__(self, cfg: ModelConfig, engrams: dict[int, Engram]) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.embed = nn.Embedding(cfg.vocab_size, cfg.hidden)
+        self.pos = nn.Embedding(cfg.seq, cfg.hidden)
+        self.blocks = nn.ModuleList([Block(cfg, engrams.get(i)) for i in range(cfg.layers)])
+        self.norm = nn.RMSNorm(cfg.hidden)
+        self.head = nn.Linear(cfg.hidden, cfg.vocab_size, bias=False)
+
+    def forward(
+        self,
+        ids: torch.Tensor,
+        engram_inputs: dict[int, tuple[torch.Tensor, torch.Tensor]] | None = None,
+    ) -> torch.Tensor:
+        x = self.embed(ids) + self.pos(torch.arange(ids.shape[1]))
+        streams = x.unsqueeze(2).expand(-1, -1, self.cfg.hc_mult, -1).contiguous()
+        for i, block in enumerate(self.blocks):
+            streams = block(streams, ids, (engram_inputs or {}).get(i))
+        logits: torch.Tensor = self.head(self.norm(streams.mean(dim=2)))
+        return logits
+
+
+def engram_config(tokenizer_path: str, cfg: ModelConfig) -> EngramConfig:
+    return EngramConfig(
+        tokenizer_name_or_path=tokenizer_path,
+        engram_vocab_size=[20011, 20011],
+        n_embed_per_ngram=32,
+        n_head_per_ngram=4,
+        layer_ids=list(cfg.engram_layers),
+        pad_id=0,
+    )
+
+
+def train(
+    backend: str,
+    steps: int,
+    batch: int = 8,
+    prefetch: int = 2,
+    address: str | None = None,
+    tokenizer_path: str = REFERENCE_TOKENIZER,
+    max_files: int = 40,
+    progress: bool = True,
+    seed: int = 0,
+) -> dict[str, float]:
+    """Trains for `steps` steps; returns the first and last loss and the throughput."""
+    cfg = ModelConfig()
+    tokenizer = Tokenizer.from_file(tokenizer_path)
+    ids = corpus_ids(tokenizer, max_files)
+    econf = engram_config(tokenizer_path, cfg)
+    mapping = NgramHashMapping(
+        econf.engram_vocab_size,
+        econf.max_ngram_size,
+        econf.n_embed_per_ngram,
+        econf.n_head_per_ngram,
+        econf.layer_ids,
+        tokenizer_path,
+        econf.pad_id,
+        econf.seed,
+    )
+    with ExitStack() as stack:
+        tables: dict[int, StoreTable] = {}
+        embeddings: dict[int, LocalTable | StoreTable] = {}
+        if backend == "store":
+            if address is None:
+                data_dir = stack.enter_context(tempfile.TemporaryDirectory())
+                address = stack.enter_context(LocalDaemon(data_dir, log_level="WARNING")).address
+            client = stack.enter_context(EngramClient(address))
+            for layer in cfg.engram_layers:
+                name = f"tiny-lm-L{layer}-{os.getpid()}-{time.monotonic_ns()}"
+                sizes = mapping.table_sizes(layer)
+                client.create_table(
+                    name,
+                    sum(sizes),
+                    econf.embed_dim_per_head,
+                    optimizer="adam",
+                    lr=1e-3,
+                    seed=layer,
+                )
+                tables[layer] = embeddings[layer] = StoreTable(
+                    sizes, econf.embed_dim_per_head, client, name
+                )
+        elif backend == "local":
+            for layer in cfg.engram_layers:
+                embeddings[layer] = LocalTable(mapping.table_sizes(layer), econf.embed_dim_per_head)
+        else:
+            raise ValueError(f"backend must be 'store' or 'local', got {backend!r}")
+        torch.manual_seed(seed)
+        engrams = {
+            layer: Engram(layer, econf, cfg.hidden, cfg.hc_mult, mapping, embeddings[layer])
+            for layer in cfg.engram_layers
+        }
+        model = TinyEngramLM(cfg, engrams)
+        dense = [p for n, p in model.named_parameters() if "multi_head_embedding" not in n]
+        optimizers: list[torch.optim.Optimizer] = [torch.optim.AdamW(dense, lr=3e-3)]
+        if backend == "local":
+            sparse = [e.embedding.weight for e in embeddings.values() if isinstance(e, LocalTable)]
+            optimizers.append(torch.optim.SparseAdam(sparse, lr=1e-3))
+
+        data: Iterator[tuple[np.ndarray, dict[int, tuple[torch.Tensor, torch.Tensor]] | None]]
+        windows = batches(ids, batch, cfg.seq, steps, seed)
+        if backend == "store" and prefetch > 0:
+            prefetcher = Prefetcher(
+                windows, mapping, tables, depth=prefetch, token_ids=lambda w: w[:, :-1]
+            )
+            stack.callback(prefetcher.close)
+            data = iter(prefetcher)
+        else:
+            data = ((w, None) for w in windows)
+
+        losses: list[float] = []
+        start = time.perf_counter()
+        with torch.sparse.check_sparse_tensor_invariants(enable=True):  # type: ignore[no-untyped-call]
+            for step, (window, rows) in enumerate(data, 1):
+                inputs = torch.from_numpy(window[:, :-1])
+                targets = torch.from_numpy(window[:, 1:])
+                for opt in optimizers:
+                    opt.zero_grad()
+                logits = model(inputs, rows)
+                loss: torch.Tensor = nn.functional.cross_entropy(
+                    logits.reshape(-1, cfg.vocab_size), targets.reshape(-1)
+                )
+                loss.backward()  # type: ignore[no-untyped-call]
+                for opt in optimizers:
+                    opt.step()
+                losses.append(loss.item())
+                if progress:
+                    elapsed = time.perf_counter() - start
+                    done = int(30 * step / steps)
+                    print(
+                        f"\r[{'#' * done}{'.' * (30 - done)}] step {step}/{steps} "
+                        f"loss {losses[-1]:.3f} {step * batch * cfg.seq / elapsed:,.0f} tokens/s",
+                        end="",
+                        file=sys.stderr,
+                        flush=True,
+                    )
+        for table in tables.values():
+            table.wait_for_pushes()
+        elapsed = time.perf_counter() - start
+        if progress:
+            print(file=sys.stderr)
+    return {
+        "first_loss": losses[0],
+        "last_loss": float(np.mean(losses[-5:])),
+        "steps_per_s": steps / elapsed,
+        "tokens_per_s": steps * batch * cfg.seq / elapsed,
+        "uniform_loss": math.log(cfg.vocab_size),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--backend", choices=["store", "local"], default="store")
+    parser.add_argument("--steps", type=int, default=200)
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--prefetch", type=int, default=2, help="batches ahead (0: none)")
+    parser.add_argument("--address", help="a running daemon (default: start one)")
+    parser.add_argument("--tokenizer", default=REFERENCE_TOKENIZER)
+    parser.add_argument("--max-files", type=int, default=40, help="standard-library modules read")
+    args = parser.parse_args()
+    result = train(
+        args.backend,
+        args.steps,
+        args.batch,
+        args.prefetch,
+        args.address,
+        args.tokenizer,
+        args.max_files,
+    )
+    print(
+        f"loss {result['first_loss']:.3f} -> {result['last_loss']:.3f} "
+        f"(uniform {result['uniform_loss']:.3f}); {result['tokens_per_s']:,.0f} tokens/s"
+    )
+
+
+if __name__ == "__main__":
+    main()
