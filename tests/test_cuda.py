@@ -1,0 +1,45 @@
+"""The PyTorch parts on a GPU. Skipped, with the reason, on machines without CUDA."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from daemon import daemon_thread
+
+from client import EngramClient, NgramHashMapping
+from client.config import EngramConfig
+from client.prefetch import Prefetcher
+from client.torch import Engram, StoreTable
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+
+def test_store_table_and_prefetcher_on_cuda(tmp_path: Path, tokenizer_path: Path) -> None:
+    device = torch.device("cuda")
+    config = EngramConfig(
+        str(tokenizer_path),
+        engram_vocab_size=[53, 59],
+        n_embed_per_ngram=16,
+        n_head_per_ngram=2,
+        layer_ids=[1],
+        pad_id=0,
+    )
+    mapping = NgramHashMapping(config.engram_vocab_size, 3, 16, 2, [1], tokenizer_path, 0, 0)
+    sizes = mapping.table_sizes(1)
+    with daemon_thread(tmp_path / "data") as daemon, EngramClient(daemon.address) as client:
+        client.create_table("t", sum(sizes), config.embed_dim_per_head, lr=0.1)
+        table = StoreTable(sizes, config.embed_dim_per_head, client, "t")
+        engram = Engram(1, config, 16, 2, mapping, table).to(device)
+        batches = [np.random.default_rng(i).integers(0, 8192, (2, 8)) for i in range(3)]
+        for batch, rows in Prefetcher(batches, mapping, {1: table}, device=device):
+            hash_ids, fetched = rows[1]
+            assert fetched.is_cuda and hash_ids.is_cuda
+            hidden = torch.randn(2, 8, 2, 16, device=device)
+            out = engram(hidden, torch.from_numpy(batch).to(device), hash_ids, fetched)
+            assert out.is_cuda
+            out.sum().backward()
+        table.wait_for_pushes()
+        assert client.describe("t").step == 3
