@@ -37,6 +37,19 @@ class _Pending:
 
 
 _DONE = object()
+# Up to this many rows, membership tests use a mask over the whole table (no sorting).
+_MASK_ROWS = 1 << 26
+
+
+def _touched(keys: np.ndarray, pushed: np.ndarray, num_rows: int) -> np.ndarray:
+    """Which of `keys` are among `pushed`."""
+    if not len(pushed):
+        return np.zeros(len(keys), dtype=bool)
+    if num_rows <= _MASK_ROWS:
+        mask = np.zeros(num_rows, dtype=bool)
+        mask[pushed.astype(np.intp)] = True
+        return mask[keys.astype(np.intp)]
+    return np.isin(keys, pushed)
 
 
 class Prefetcher:
@@ -112,7 +125,9 @@ class Prefetcher:
             # Only rows that a later push touched can be out of date: wait for the pushes
             # and re-read just those (most batches share few rows with the last steps').
             keys = item.keys[layer]
-            stale = np.isin(keys.reshape(-1), table.keys_pushed_since(item.pushes_seen[layer]))
+            stale = _touched(
+                keys.reshape(-1), table.keys_pushed_since(item.pushes_seen[layer]), table.num_rows
+            )
             if stale.any():
                 table.wait_for_pushes()
                 flat_rows = rows.reshape(-1, rows.shape[-1])

@@ -147,13 +147,13 @@ class StoreTable(nn.Module):
             self._pushed_keys[self.pushes_issued] = keys_np
 
     def keys_pushed_since(self, push_number: int) -> np.ndarray:
-        """Distinct keys of the pushes issued after push `push_number`."""
+        """Keys of the pushes issued after push `push_number` (each push's keys distinct)."""
         with self._pending_lock:
             recent = [k for n, k in self._pushed_keys.items() if n > push_number]
             # Nobody reads rows older than the prefetch depth: keep the log short.
             for n in [n for n in self._pushed_keys if n <= push_number - 64]:
                 del self._pushed_keys[n]
-        return np.unique(np.concatenate(recent)) if recent else np.zeros(0, np.uint64)
+        return np.concatenate(recent) if recent else np.zeros(0, np.uint64)
 
     def pushes_applied(self) -> int:
         """The number n such that pushes 1..n are all applied (pushes run concurrently, so a
