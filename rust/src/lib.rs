@@ -23,6 +23,6 @@ pub mod region;
 pub mod table;
 
 #[cfg(feature = "python")]
-mod python;
+mod py;
 
 pub use error::{Error, Result};

@@ -1,0 +1,268 @@
+//! Bindings of trainable tables and checkpoint row packs.
+
+use super::{bytes_mut, detached, file_of_fd, owned, parse_dtype, parse_header, to_py_err};
+use crate::checkpoint::{self, PackSummary};
+use crate::codec::{self, DType};
+use crate::embedding;
+use crate::optim::Optimizer;
+use crate::region;
+use numpy::{PyReadonlyArray1, PyReadonlyArray2, PyReadwriteArray2};
+use pyo3::prelude::*;
+use pyo3::types::PyBytes;
+use std::path::PathBuf;
+
+/// `(rows, step, bytes, crc32)` of a checkpoint row pack.
+type PackTuple = (u64, u64, u64, u32);
+
+fn pack_tuple(summary: PackSummary) -> PackTuple {
+    (summary.rows, summary.step, summary.bytes, summary.crc32)
+}
+/// A trainable table: rows, optimizer state and step count, in the files of one directory.
+#[pyclass(frozen, module = "store._native")]
+pub(crate) struct EmbeddingTable {
+    inner: embedding::EmbeddingTable,
+}
+
+#[pymethods]
+impl EmbeddingTable {
+    #[staticmethod]
+    #[pyo3(signature = (
+        dir, num_rows, dim, dtype, init, std, seed, optimizer, lr, eps, beta1, beta2,
+        initial_accumulator_value, allow_non_finite, first_row=0
+    ))]
+    #[allow(clippy::too_many_arguments)]
+    fn create(
+        py: Python<'_>,
+        dir: PathBuf,
+        num_rows: u64,
+        dim: u64,
+        dtype: &str,
+        init: &str,
+        std: f64,
+        seed: u64,
+        optimizer: &str,
+        lr: f32,
+        eps: f32,
+        beta1: f32,
+        beta2: f32,
+        initial_accumulator_value: f32,
+        allow_non_finite: bool,
+        first_row: u64,
+    ) -> PyResult<Self> {
+        let header = parse_header(num_rows, dim, dtype, init, std, seed, first_row)?;
+        let optimizer = Optimizer::new(optimizer, lr, eps, beta1, beta2, initial_accumulator_value)
+            .map_err(to_py_err)?;
+        let inner = detached(py, || {
+            embedding::EmbeddingTable::create(&dir, header, optimizer, allow_non_finite)
+        })?;
+        Ok(EmbeddingTable { inner })
+    }
+
+    #[staticmethod]
+    #[pyo3(signature = (
+        dir, optimizer, lr, eps, beta1, beta2, initial_accumulator_value, allow_non_finite, step
+    ))]
+    #[allow(clippy::too_many_arguments)]
+    fn open(
+        py: Python<'_>,
+        dir: PathBuf,
+        optimizer: &str,
+        lr: f32,
+        eps: f32,
+        beta1: f32,
+        beta2: f32,
+        initial_accumulator_value: f32,
+        allow_non_finite: bool,
+        step: u64,
+    ) -> PyResult<Self> {
+        let optimizer = Optimizer::new(optimizer, lr, eps, beta1, beta2, initial_accumulator_value)
+            .map_err(to_py_err)?;
+        let inner = detached(py, || {
+            embedding::EmbeddingTable::open(&dir, optimizer, allow_non_finite, step)
+        })?;
+        Ok(EmbeddingTable { inner })
+    }
+
+    #[getter]
+    fn num_rows(&self) -> u64 {
+        self.inner.params().num_rows()
+    }
+    #[getter]
+    fn dim(&self) -> usize {
+        self.inner.params().dim()
+    }
+    #[getter]
+    fn dtype(&self) -> &'static str {
+        self.inner.params().dtype().name()
+    }
+    #[getter]
+    fn step(&self) -> u64 {
+        self.inner.step()
+    }
+    #[getter]
+    fn state_dim(&self) -> usize {
+        self.inner.state().map_or(0, |s| s.dim())
+    }
+
+    fn written_count(&self, py: Python<'_>) -> u64 {
+        py.detach(|| self.inner.params().written_count())
+    }
+
+    /// Rows of the LE uint64 `keys` payload as a new bytes object of `dtype` values,
+    /// gathered straight into the bytes' buffer.
+    fn lookup_bytes<'py>(
+        &self,
+        py: Python<'py>,
+        keys: &[u8],
+        dtype: &str,
+    ) -> PyResult<Bound<'py, PyBytes>> {
+        let dtype = parse_dtype(dtype)?;
+        let keys = codec::decode_keys(keys, "keys").map_err(to_py_err)?;
+        let params = self.inner.params();
+        params.check_keys(&keys).map_err(to_py_err)?;
+        let len = keys.len() * params.dim() * dtype.size();
+        PyBytes::new_with(py, len, |out| {
+            detached(py, || params.gather_into(&keys, dtype, out))
+        })
+    }
+
+    /// Fails naming the first key of the LE uint64 payload outside the table.
+    fn check_keys_bytes(&self, py: Python<'_>, keys: &[u8]) -> PyResult<()> {
+        detached(py, || {
+            self.inner
+                .params()
+                .check_keys(&codec::decode_keys(keys, "keys")?)
+        })
+    }
+
+    /// Gathers rows into a caller's array (see `Table.gather_into`).
+    fn gather_into(
+        &self,
+        py: Python<'_>,
+        keys: PyReadonlyArray1<'_, u64>,
+        out: PyReadwriteArray2<'_, f32>,
+    ) -> PyResult<()> {
+        let keys = owned(&keys);
+        let mut out = out;
+        let bytes = bytes_mut(out.as_slice_mut()?);
+        detached(py, || {
+            self.inner.params().gather_into(&keys, DType::F32, bytes)
+        })
+    }
+
+    /// Applies a push given as wire payloads: LE uint64 keys and `grads_dtype` gradients.
+    /// Returns `(distinct rows, step applied)`.
+    #[pyo3(signature = (keys, grads, grads_dtype, step=None))]
+    fn push_bytes(
+        &self,
+        py: Python<'_>,
+        keys: &[u8],
+        grads: &[u8],
+        grads_dtype: &str,
+        step: Option<u64>,
+    ) -> PyResult<(usize, u64)> {
+        let grads_dtype = parse_dtype(grads_dtype)?;
+        detached(py, || {
+            let keys = codec::decode_keys(keys, "keys")?;
+            let outcome = self.inner.push_encoded(&keys, grads_dtype, grads, step)?;
+            Ok((outcome.rows, outcome.step))
+        })
+    }
+
+    /// Gathers the rows of the LE uint64 `keys` payload as `dtype` values into the shared
+    /// buffer open as `fd`, at `offset` (see `region`). Every key is checked first.
+    fn lookup_into_fd(
+        &self,
+        py: Python<'_>,
+        keys: &[u8],
+        fd: i32,
+        path: PathBuf,
+        offset: u64,
+        dtype: &str,
+    ) -> PyResult<()> {
+        let dtype = parse_dtype(dtype)?;
+        let file = file_of_fd(fd)?;
+        let params = self.inner.params();
+        detached(py, || {
+            let keys = codec::decode_keys(keys, "keys")?;
+            params.check_keys(&keys)?;
+            let len = keys.len() * params.dim() * dtype.size();
+            region::with_region_mut(&file, &path, offset, len, |out| {
+                params.gather_into(&keys, dtype, out)
+            })
+        })
+    }
+
+    /// Applies a push whose `grads_dtype` gradients lie in the shared buffer open as `fd`, at
+    /// `offset`. Returns `(distinct rows, step applied)`.
+    #[pyo3(signature = (keys, fd, path, offset, grads_dtype, step=None))]
+    #[allow(clippy::too_many_arguments)]
+    fn push_from_fd(
+        &self,
+        py: Python<'_>,
+        keys: &[u8],
+        fd: i32,
+        path: PathBuf,
+        offset: u64,
+        grads_dtype: &str,
+        step: Option<u64>,
+    ) -> PyResult<(usize, u64)> {
+        let grads_dtype = parse_dtype(grads_dtype)?;
+        let file = file_of_fd(fd)?;
+        let dim = self.inner.params().dim();
+        detached(py, || {
+            let keys = codec::decode_keys(keys, "keys")?;
+            let len = keys.len() * dim * grads_dtype.size();
+            let outcome = region::with_region(&file, &path, offset, len, |grads| {
+                self.inner.push_encoded(&keys, grads_dtype, grads, step)
+            })?;
+            Ok((outcome.rows, outcome.step))
+        })
+    }
+
+    /// Applies a push of numpy arrays. Returns `(distinct rows, step applied)`.
+    #[pyo3(signature = (keys, grads, step=None))]
+    fn push(
+        &self,
+        py: Python<'_>,
+        keys: PyReadonlyArray1<'_, u64>,
+        grads: PyReadonlyArray2<'_, f32>,
+        step: Option<u64>,
+    ) -> PyResult<(usize, u64)> {
+        let keys = owned(&keys);
+        let grads: Vec<f32> = grads.as_array().iter().copied().collect();
+        let outcome = detached(py, || self.inner.push(&keys, &grads, step))?;
+        Ok((outcome.rows, outcome.step))
+    }
+
+    /// Writes a checkpoint row pack; returns `(rows, step, bytes, crc32)`.
+    fn write_pack(&self, py: Python<'_>, path: PathBuf, incremental: bool) -> PyResult<PackTuple> {
+        detached(py, || {
+            checkpoint::pack_table(&path, &self.inner, incremental)
+        })
+        .map(pack_tuple)
+    }
+
+    /// Verifies and applies a checkpoint row pack; returns `(rows, step, bytes, crc32)`.
+    fn apply_pack(&self, py: Python<'_>, path: PathBuf) -> PyResult<PackTuple> {
+        detached(py, || checkpoint::apply_pack(&path, &self.inner)).map(pack_tuple)
+    }
+
+    fn clear_dirty(&self, py: Python<'_>) {
+        py.detach(|| self.inner.clear_dirty())
+    }
+
+    fn dirty_count(&self, py: Python<'_>) -> usize {
+        py.detach(|| self.inner.dirty_keys().len())
+    }
+
+    fn flush(&self, py: Python<'_>) -> PyResult<()> {
+        detached(py, || self.inner.flush())
+    }
+}
+
+/// Checks a row pack's checksum; returns `(rows, step, bytes, crc32)`.
+#[pyfunction]
+pub(crate) fn verify_pack(py: Python<'_>, path: PathBuf) -> PyResult<PackTuple> {
+    detached(py, || checkpoint::verify_pack(&path)).map(pack_tuple)
+}

@@ -1,0 +1,124 @@
+//! The PyO3 binding, `store._native`: type conversion, GIL release and error mapping only.
+//!
+//! Inputs are copied into owned buffers before the GIL is released (a numpy view may be
+//! mutated by another Python thread meanwhile); outputs are either numpy arrays handed over
+//! without copying or caller-provided arrays written in place.
+
+mod embedding;
+mod hashing;
+mod table;
+
+use crate::codec::DType;
+use crate::error::Error;
+use crate::init::Initializer;
+use crate::table::format::Header;
+use numpy::PyReadonlyArray1;
+use pyo3::create_exception;
+use pyo3::exceptions::{PyException, PyIndexError, PyOSError, PyValueError};
+use pyo3::prelude::*;
+
+create_exception!(
+    _native,
+    StoreError,
+    PyException,
+    "Base class of Engram Store errors."
+);
+create_exception!(
+    _native,
+    TableFormatError,
+    StoreError,
+    "A table file is not a valid Engram Store table (bad magic, version, checksum or size)."
+);
+
+pub(crate) fn to_py_err(err: Error) -> PyErr {
+    match err {
+        Error::InvalidArgument(msg) => PyValueError::new_err(msg),
+        Error::OutOfRange(msg) => PyIndexError::new_err(msg),
+        Error::Format { .. } => TableFormatError::new_err(err.to_string()),
+        Error::Io { path, source } => {
+            // OSError(errno, strerror, filename) picks the matching subclass
+            // (FileNotFoundError, FileExistsError, ...).
+            let errno = source.raw_os_error().unwrap_or(0);
+            PyOSError::new_err((errno, source.to_string(), path))
+        }
+    }
+}
+
+/// Runs an engine call with the GIL released and maps its error.
+pub(crate) fn detached<T, F>(py: Python<'_>, call: F) -> PyResult<T>
+where
+    F: FnOnce() -> crate::Result<T> + Send,
+    T: Send,
+{
+    py.detach(call).map_err(to_py_err)
+}
+
+pub(crate) fn owned<T: numpy::Element + Copy>(array: &PyReadonlyArray1<'_, T>) -> Vec<T> {
+    array.as_array().iter().copied().collect()
+}
+
+pub(crate) fn parse_dtype(name: &str) -> PyResult<DType> {
+    DType::parse(name).map_err(to_py_err)
+}
+
+pub(crate) fn parse_header(
+    num_rows: u64,
+    dim: u64,
+    dtype: &str,
+    init: &str,
+    std: f64,
+    seed: u64,
+    first_row: u64,
+) -> PyResult<Header> {
+    let init = match init {
+        "normal" => Initializer::normal(std, seed).map_err(to_py_err)?,
+        "zeros" => Initializer::Zeros,
+        other => {
+            return Err(PyValueError::new_err(format!(
+                "init must be 'normal' or 'zeros', got {other:?}"
+            )))
+        }
+    };
+    Ok(Header {
+        dtype: parse_dtype(dtype)?,
+        num_rows,
+        dim,
+        init,
+        first_row,
+    })
+}
+
+/// An owned duplicate of a file descriptor the caller keeps open for the call.
+pub(crate) fn file_of_fd(fd: i32) -> PyResult<std::fs::File> {
+    if fd < 0 {
+        return Err(PyValueError::new_err(format!(
+            "fd must be an open file descriptor, got {fd}"
+        )));
+    }
+    // SAFETY: the caller holds `fd` open for the duration of the call; we only duplicate it.
+    let borrowed = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
+    let owned = borrowed.try_clone_to_owned().map_err(PyErr::from)?;
+    Ok(std::fs::File::from(owned))
+}
+
+pub(crate) fn bytes_mut<T: numpy::Element>(values: &mut [T]) -> &mut [u8] {
+    let len = std::mem::size_of_val(values);
+    // SAFETY: only instantiated with f32 and u16, plain numbers valid for any bit pattern.
+    unsafe { std::slice::from_raw_parts_mut(values.as_mut_ptr().cast(), len) }
+}
+
+#[pymodule]
+fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    let py = m.py();
+    m.add("StoreError", py.get_type::<StoreError>())?;
+    m.add("TableFormatError", py.get_type::<TableFormatError>())?;
+    m.add("TABLE_FORMAT_VERSION", crate::table::format::FORMAT_VERSION)?;
+    m.add_class::<hashing::NgramHasher>()?;
+    m.add_class::<table::Table>()?;
+    m.add_class::<embedding::EmbeddingTable>()?;
+    m.add_function(wrap_pyfunction!(embedding::verify_pack, m)?)?;
+    m.add_function(wrap_pyfunction!(hashing::table_sizes, m)?)?;
+    m.add_function(wrap_pyfunction!(hashing::compress_ids, m)?)?;
+    m.add_function(wrap_pyfunction!(table::keys_from_int64, m)?)?;
+    Ok(())
+}

@@ -1,0 +1,179 @@
+//! Bindings of memory-mapped tables.
+
+use super::{bytes_mut, detached, owned, parse_dtype, parse_header};
+use crate::codec::DType;
+use crate::init::Initializer;
+use crate::table;
+use numpy::{IntoPyArray, PyArray1, PyReadonlyArray1, PyReadonlyArray2, PyReadwriteArray2};
+use pyo3::prelude::*;
+use std::path::PathBuf;
+
+/// A memory-mapped embedding table.
+#[pyclass(frozen, module = "store._native")]
+pub(crate) struct Table {
+    inner: table::Table,
+}
+
+#[pymethods]
+impl Table {
+    #[staticmethod]
+    #[pyo3(signature = (
+        path, num_rows, dim, dtype="float32", init="normal", std=0.02, seed=0, first_row=0
+    ))]
+    #[allow(clippy::too_many_arguments)]
+    fn create(
+        py: Python<'_>,
+        path: PathBuf,
+        num_rows: u64,
+        dim: u64,
+        dtype: &str,
+        init: &str,
+        std: f64,
+        seed: u64,
+        first_row: u64,
+    ) -> PyResult<Self> {
+        let header = parse_header(num_rows, dim, dtype, init, std, seed, first_row)?;
+        let inner = detached(py, || table::Table::create(&path, header))?;
+        Ok(Table { inner })
+    }
+
+    #[staticmethod]
+    fn open(py: Python<'_>, path: PathBuf) -> PyResult<Self> {
+        let inner = detached(py, || table::Table::open(&path))?;
+        Ok(Table { inner })
+    }
+
+    #[getter]
+    fn path(&self) -> PathBuf {
+        self.inner.path().to_path_buf()
+    }
+    #[getter]
+    fn num_rows(&self) -> u64 {
+        self.inner.num_rows()
+    }
+    #[getter]
+    fn dim(&self) -> usize {
+        self.inner.dim()
+    }
+    #[getter]
+    fn dtype(&self) -> &'static str {
+        self.inner.dtype().name()
+    }
+    #[getter]
+    fn init(&self) -> &'static str {
+        match self.inner.initializer() {
+            Initializer::Zeros => "zeros",
+            Initializer::Normal { .. } => "normal",
+            Initializer::Constant(_) => "constant",
+        }
+    }
+    #[getter]
+    fn std(&self) -> f64 {
+        match self.inner.initializer() {
+            Initializer::Zeros | Initializer::Constant(_) => 0.0,
+            Initializer::Normal { std, .. } => std,
+        }
+    }
+    #[getter]
+    fn seed(&self) -> u64 {
+        match self.inner.initializer() {
+            Initializer::Zeros | Initializer::Constant(_) => 0,
+            Initializer::Normal { seed, .. } => seed,
+        }
+    }
+    #[getter]
+    fn file_len(&self) -> u64 {
+        self.inner.file_len()
+    }
+    #[getter]
+    fn first_row(&self) -> u64 {
+        self.inner.header().first_row
+    }
+
+    /// Gathers rows into `out`, a C-contiguous `[len(keys), dim]` array of float32 (for
+    /// `dtype="float32"`) or uint16 holding float16 / bfloat16 bits.
+    fn gather_into(
+        &self,
+        py: Python<'_>,
+        keys: PyReadonlyArray1<'_, u64>,
+        out: &Bound<'_, PyAny>,
+        dtype: &str,
+    ) -> PyResult<()> {
+        let dtype = parse_dtype(dtype)?;
+        let keys = owned(&keys);
+        if dtype == DType::F32 {
+            let mut out: PyReadwriteArray2<'_, f32> = out.extract()?;
+            let bytes = bytes_mut(out.as_slice_mut()?);
+            detached(py, || self.inner.gather_into(&keys, dtype, bytes))
+        } else {
+            let mut out: PyReadwriteArray2<'_, u16> = out.extract()?;
+            let bytes = bytes_mut(out.as_slice_mut()?);
+            detached(py, || self.inner.gather_into(&keys, dtype, bytes))
+        }
+    }
+
+    fn scatter_add(
+        &self,
+        py: Python<'_>,
+        keys: PyReadonlyArray1<'_, u64>,
+        values: PyReadonlyArray2<'_, f32>,
+    ) -> PyResult<()> {
+        let (keys, values) = (
+            owned(&keys),
+            values.as_array().iter().copied().collect::<Vec<_>>(),
+        );
+        detached(py, || self.inner.scatter_add(&keys, &values))
+    }
+
+    fn write_rows(
+        &self,
+        py: Python<'_>,
+        keys: PyReadonlyArray1<'_, u64>,
+        values: PyReadonlyArray2<'_, f32>,
+    ) -> PyResult<()> {
+        let (keys, values) = (
+            owned(&keys),
+            values.as_array().iter().copied().collect::<Vec<_>>(),
+        );
+        detached(py, || self.inner.write_rows(&keys, &values))
+    }
+
+    fn written<'py>(
+        &self,
+        py: Python<'py>,
+        keys: PyReadonlyArray1<'py, u64>,
+    ) -> PyResult<Bound<'py, PyArray1<bool>>> {
+        let keys = owned(&keys);
+        let flags = detached(py, || self.inner.written(&keys))?;
+        Ok(flags.into_pyarray(py))
+    }
+
+    fn written_count(&self, py: Python<'_>) -> u64 {
+        py.detach(|| self.inner.written_count())
+    }
+
+    fn flush(&self, py: Python<'_>) -> PyResult<()> {
+        detached(py, || self.inner.flush())
+    }
+
+    fn __repr__(&self) -> String {
+        format!(
+            "Table(path={:?}, num_rows={}, dim={}, dtype={:?})",
+            self.inner.path(),
+            self.inner.num_rows(),
+            self.inner.dim(),
+            self.inner.dtype().name()
+        )
+    }
+}
+
+/// Signed keys -> unsigned keys, naming the first negative one.
+#[pyfunction]
+pub(crate) fn keys_from_int64<'py>(
+    py: Python<'py>,
+    keys: PyReadonlyArray1<'py, i64>,
+) -> PyResult<Bound<'py, PyArray1<u64>>> {
+    let keys = owned(&keys);
+    let out = detached(py, || table::keys_from_i64(&keys))?;
+    Ok(out.into_pyarray(py))
+}
