@@ -1,4 +1,4 @@
-# Type stubs of the Rust extension (rust/src/python.rs); kept honest by mypy.stubtest.
+# Type stubs of the Rust extension (rust/src/py/); kept honest by mypy.stubtest.
 import os
 from typing import Any, final
 
