@@ -52,8 +52,9 @@ def test_single_daemon_round_trip(one: Daemon) -> None:
         np.testing.assert_array_equal(client.lookup_async("t", keys).result(), rows)
         result = client.push("t", [3, 5, 3], np.ones((3, 8), np.float32))
         assert (result.rows, result.step, result.duplicate) == (2, 1, False)
+        assert client.push_async("t", [7], np.ones((1, 8))).result().step == 2
         assert not np.array_equal(client.lookup("t", [3]), rows[0, :1])
-        assert client.describe("t").written_rows == 2
+        assert client.describe("t").written_rows == 3
         assert client.checkpoint() == [1]
         client.drop_table("t")
         assert client.tables() == []

@@ -252,10 +252,6 @@ impl EmbeddingTable {
         py.detach(|| self.inner.clear_dirty())
     }
 
-    fn dirty_count(&self, py: Python<'_>) -> usize {
-        py.detach(|| self.inner.dirty_keys().len())
-    }
-
     fn flush(&self, py: Python<'_>) -> PyResult<()> {
         detached(py, || self.inner.flush())
     }
