@@ -91,12 +91,16 @@ class EngramClient:
         self._sequence = itertools.count(1)
         self._sequence_lock = threading.Lock()
         self._layouts: dict[str, _Layout] = {}
-        self._pool = ThreadPoolExecutor(max_workers=max(4, 2 * len(self.shards)))
+        # Per-shard calls of one request, and whole requests run in the background: separate
+        # pools, so background requests waiting on their shards cannot starve them.
+        self._fanout = ThreadPoolExecutor(max_workers=max(2, 2 * len(self.shards)))
+        self._background = ThreadPoolExecutor(max_workers=4)
 
     # lifecycle ------------------------------------------------------------------------
 
     def close(self) -> None:
-        self._pool.shutdown(wait=True)
+        self._background.shutdown(wait=True)
+        self._fanout.shutdown(wait=True)
         for shard in self.shards:
             shard.close()
 
@@ -113,7 +117,7 @@ class EngramClient:
 
     def _each_shard(self, call: Any) -> list[Any]:
         """`call(shard_index, shard)` on every shard in parallel, results in shard order."""
-        futures = [self._pool.submit(call, i, s) for i, s in enumerate(self.shards)]
+        futures = [self._fanout.submit(call, i, s) for i, s in enumerate(self.shards)]
         return [f.result() for f in futures]
 
     # tables ---------------------------------------------------------------------------
@@ -275,7 +279,7 @@ class EngramClient:
         if len(parts) == 1:
             fetch(*parts[0])
         else:
-            for future in [self._pool.submit(fetch, s, p) for s, p in parts]:
+            for future in [self._fanout.submit(fetch, s, p) for s, p in parts]:
                 future.result()
         return out.reshape((*shape, layout.dim))
 
@@ -284,7 +288,7 @@ class EngramClient:
     ) -> Future[npt.NDArray[Any]]:
         """`lookup` on a background thread; the keys are copied first."""
         keys = np.array(keys, copy=True)
-        return self._pool.submit(self.lookup, table, keys, dtype)
+        return self._background.submit(self.lookup, table, keys, dtype)
 
     def push(self, table: str, keys: Any, grads: Any, step: int | None = None) -> PushResult:
         """Applies `grads` (`[len(keys), dim]`) with the table's optimizer; repeated keys are
@@ -317,7 +321,7 @@ class EngramClient:
             return reply
 
         parts = layout.split(flat)
-        replies = [f.result() for f in [self._pool.submit(send, s, p) for s, p in parts]]
+        replies = [f.result() for f in [self._fanout.submit(send, s, p) for s, p in parts]]
         return PushResult(
             rows=sum(r.rows for r in replies),
             step=max(r.step for r in replies),
@@ -329,7 +333,7 @@ class EngramClient:
     ) -> Future[PushResult]:
         """`push` on a background thread; the keys and gradients are copied first."""
         keys, grads = np.array(keys, copy=True), np.array(grads, copy=True)
-        return self._pool.submit(self.push, table, keys, grads, step)
+        return self._background.submit(self.push, table, keys, grads, step)
 
     def checkpoint(self, full: bool = False) -> list[int]:
         """A checkpoint on every daemon (each consistent on its own); their ids by shard."""

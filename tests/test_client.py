@@ -158,3 +158,13 @@ def test_a_dead_shard_is_named_not_waited_on(one: Daemon) -> None:
     ):
         client.create_table("t", 10, 2)
     assert time.monotonic() - start < 10
+
+
+def test_many_background_requests_on_shards_do_not_starve(three: list[Daemon]) -> None:
+    with EngramClient([d.address for d in three]) as client:
+        client.create_table("t", 300, 2)
+        lookups = [client.lookup_async("t", np.arange(300)) for _ in range(16)]
+        pushes = [client.push_async("t", np.arange(300), np.ones((300, 2))) for _ in range(8)]
+        for future in [*lookups, *pushes]:
+            future.result(timeout=60)
+        assert client.describe("t").step == 8
