@@ -165,6 +165,8 @@ def test_many_background_requests_on_shards_do_not_starve(three: list[Daemon]) -
         client.create_table("t", 300, 2)
         lookups = [client.lookup_async("t", np.arange(300)) for _ in range(16)]
         pushes = [client.push_async("t", np.arange(300), np.ones((300, 2))) for _ in range(8)]
-        for future in [*lookups, *pushes]:
-            future.result(timeout=60)
+        for lookup in lookups:
+            assert lookup.result(timeout=60).shape == (300, 2)
+        for push in pushes:
+            push.result(timeout=60)
         assert client.describe("t").step == 8
