@@ -167,7 +167,9 @@ def train(
         if backend == "store":
             if address is None:
                 data_dir = stack.enter_context(tempfile.TemporaryDirectory())
-                address = stack.enter_context(LocalDaemon(data_dir, log_level="WARNING")).address
+                # One engine thread: on a small machine the trainer needs the other cores.
+                daemon = LocalDaemon(data_dir, log_level="WARNING", threads=1)
+                address = stack.enter_context(daemon).address
             client = stack.enter_context(EngramClient(address))
             for layer in cfg.engram_layers:
                 name = f"tiny-lm-L{layer}-{os.getpid()}-{time.monotonic_ns()}"

@@ -14,6 +14,7 @@ __all__ = [
     "TableFormatError",
     "compress_ids",
     "keys_from_int64",
+    "set_thread_count",
     "table_sizes",
     "verify_pack",
 ]
@@ -158,6 +159,7 @@ class EmbeddingTable:
     def clear_dirty(self) -> None: ...
     def flush(self) -> None: ...
 
+def set_thread_count(threads: int) -> None: ...
 def verify_pack(path: str | os.PathLike[str]) -> tuple[int, int, int, int]: ...
 def table_sizes(
     vocab_sizes: list[int], n_head_per_ngram: int, n_layers: int

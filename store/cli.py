@@ -90,6 +90,7 @@ def _serve(args: argparse.Namespace) -> int:
         grace_s=args.grace,
         flush_interval_s=args.flush_interval,
         shared_buffer_dir=args.shared_buffer_dir,
+        threads=args.threads,
     )
     try:
         serve(config)
@@ -220,7 +221,13 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", default="127.0.0.1", help="bind address (loopback by default)")
     serve.add_argument("--port", type=int, default=DEFAULT_PORT, help="0 picks a free port")
     serve.add_argument("--port-file", help="write the bound port here once listening")
-    serve.add_argument("--workers", type=int, default=16)
+    serve.add_argument("--workers", type=int, default=16, help="gRPC request threads")
+    serve.add_argument(
+        "--threads",
+        type=int,
+        default=0,
+        help="engine threads for lookups, pushes and hashing (default: one per core)",
+    )
     serve.add_argument("--max-message-bytes", type=int, default=ServeConfig.max_message_bytes)
     serve.add_argument("--restore", help="restore a checkpoint before serving: 'latest' or an id")
     serve.add_argument("--grace", type=float, default=10.0, help="seconds for in-flight calls")

@@ -25,11 +25,13 @@ class LocalDaemon:
         data_dir: str | os.PathLike[str],
         *extra_args: str,
         log_level: str = "INFO",
+        threads: int | None = None,
         start_timeout_s: float = 60,
     ) -> None:
         self.data_dir = os.fspath(data_dir)
         self.extra_args = extra_args
         self.log_level = log_level
+        self.threads = threads
         self.start_timeout_s = start_timeout_s
         self.process: subprocess.Popen[bytes] | None = None
         self.address = ""
@@ -45,6 +47,7 @@ class LocalDaemon:
                     "--log-level",
                     self.log_level,
                     "serve",
+                    *(["--threads", str(self.threads)] if self.threads else []),
                     "--data-dir",
                     self.data_dir,
                     "--port",

@@ -166,6 +166,11 @@ class StartupError(RuntimeError):
 
 def serve(config: ServeConfig, stop_event: threading.Event | None = None) -> None:
     """Runs the daemon until SIGTERM/SIGINT or `stop_event` is set."""
+    if config.threads:
+        try:
+            _native.set_thread_count(config.threads)
+        except ValueError as error:
+            raise StartupError(str(error)) from error
     try:
         engine = StoreEngine(
             config.data_dir,

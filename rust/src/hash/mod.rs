@@ -182,6 +182,14 @@ impl NgramHasher {
         let width = self.heads_per_layer();
         let layer_len = out_len / self.layers.len();
         for (layer, layer_out) in self.layers.iter().zip(out.chunks_mut(layer_len)) {
+            if batch * seq < POSITIONS_PER_TASK {
+                // A small batch (a training step's): waking other threads costs more than it
+                // saves, and they would take cores from the model.
+                for (row_out, row_ids) in layer_out.chunks_mut(seq * width).zip(ids.chunks(seq)) {
+                    self.hash_span(layer, row_ids, 0, row_out);
+                }
+                continue;
+            }
             layer_out
                 .par_chunks_mut(seq * width)
                 .zip(ids.par_chunks(seq))

@@ -107,6 +107,18 @@ pub(crate) fn bytes_mut<T: numpy::Element>(values: &mut [T]) -> &mut [u8] {
     unsafe { std::slice::from_raw_parts_mut(values.as_mut_ptr().cast(), len) }
 }
 
+/// Sizes the engine's thread pool; only possible before its first parallel call.
+#[pyfunction]
+fn set_thread_count(threads: usize) -> PyResult<()> {
+    if threads == 0 {
+        return Err(PyValueError::new_err("threads must be positive, got 0"));
+    }
+    rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .build_global()
+        .map_err(|e| PyValueError::new_err(format!("cannot set the engine's threads: {e}")))
+}
+
 #[pymodule]
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     let py = m.py();
@@ -117,6 +129,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<table::Table>()?;
     m.add_class::<embedding::EmbeddingTable>()?;
     m.add_function(wrap_pyfunction!(embedding::verify_pack, m)?)?;
+    m.add_function(wrap_pyfunction!(set_thread_count, m)?)?;
     m.add_function(wrap_pyfunction!(hashing::table_sizes, m)?)?;
     m.add_function(wrap_pyfunction!(hashing::compress_ids, m)?)?;
     m.add_function(wrap_pyfunction!(table::keys_from_int64, m)?)?;
