@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 from daemon import daemon_process
 
+from store import _native
 from store.cli import EXIT_FAILURE, EXIT_STARTUP_FAILURE, main
 
 
@@ -106,3 +107,16 @@ def test_a_port_in_use_is_a_startup_failure(tmp_path: Path) -> None:
         )
     assert second.returncode == EXIT_STARTUP_FAILURE
     assert "cannot listen on 127.0.0.1:" in second.stderr
+
+
+def test_engine_threads_can_be_limited(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    with daemon_process(tmp_path / "data", "--threads", "1") as (daemon, _):
+        assert (
+            main(
+                ["create-table", "t", "--rows", "100000", "--dim", "4", "--address", daemon.address]
+            )
+            == 0
+        )
+        assert "t: 100000 x 4" in capsys.readouterr().out
+    with pytest.raises(ValueError, match="threads must be positive"):
+        _native.set_thread_count(0)
