@@ -1,11 +1,14 @@
 """A client-side cache of hot rows.
 
 Engram's n-gram ids are Zipf-distributed: a small set of rows takes most lookups. The cache
-holds up to `capacity_bytes` of rows in host memory, admits a row once it has been asked
-for `admit_after` times (so one-off rows do not evict hot ones), and evicts the least
-frequently asked. It is exact for frozen tables (inference); in training, the owner's own
-pushes invalidate their rows, and `max_staleness` bounds how many steps (`advance()` calls)
-a cached row may outlive other clients' pushes.
+holds up to `capacity_bytes` of rows in one preallocated slab, admits a row once it has
+been asked for `admit_after` times (so one-off rows do not evict hot ones), and evicts the
+least frequently asked. It is exact for frozen tables (inference); in training, the owner's
+own pushes invalidate their rows, and `max_staleness` bounds how many steps (`advance()`
+calls) a cached row may outlive other clients' pushes.
+
+The slab lives in host memory by default; `client.torch.device_row_cache` puts it in GPU
+memory, so hits never cross the PCIe bus. Both index the same way, so one policy serves.
 """
 
 from __future__ import annotations
@@ -13,9 +16,19 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
+
+# (rows, dim) -> an empty float32 2-D array-like (numpy array or torch tensor).
+Slab = Callable[[int, int], Any]
+# Rows fetched from the store (numpy) -> the slab's kind of array.
+Convert = Callable[[npt.NDArray[np.float32]], Any]
+
+
+def host_slab(rows: int, dim: int) -> npt.NDArray[np.float32]:
+    return np.empty((rows, dim), np.float32)
 
 
 @dataclass
@@ -33,7 +46,12 @@ class CacheStats:
 
 class RowCache:
     def __init__(
-        self, capacity_bytes: int, admit_after: int = 2, max_staleness: int | None = None
+        self,
+        capacity_bytes: int,
+        admit_after: int = 2,
+        max_staleness: int | None = None,
+        slab: Slab = host_slab,
+        convert: Convert = lambda rows: rows,
     ) -> None:
         if capacity_bytes <= 0:
             raise ValueError(f"capacity_bytes must be positive, got {capacity_bytes}")
@@ -43,15 +61,21 @@ class RowCache:
         self.admit_after = admit_after
         self.max_staleness = max_staleness
         self.stats = CacheStats()
-        self._rows: dict[tuple[str, int], tuple[npt.NDArray[np.float32], int]] = {}
+        self._new_slab = slab
+        self._convert = convert
+        self._slab: Any = None  # allocated at the first admission, when the width is known
+        self._dim = 0
+        self._slot_of: dict[tuple[str, int], int] = {}
+        self._entry_of_slot: dict[int, tuple[str, int]] = {}
+        self._stamp: npt.NDArray[np.int64] = np.zeros(0, np.int64)
+        self._free: list[int] = []
         self._counts: dict[tuple[str, int], int] = {}
-        self._bytes = 0
         self._step = 0
         self._lock = threading.Lock()
 
     @property
     def bytes_used(self) -> int:
-        return self._bytes
+        return len(self._slot_of) * self._dim * 4
 
     def advance(self) -> None:
         """One training step has passed (for the `max_staleness` bound)."""
@@ -62,79 +86,91 @@ class RowCache:
         """Forgets rows that were just pushed."""
         with self._lock:
             for key in keys.tolist():
-                entry = self._rows.pop((table, key), None)
-                if entry is not None:
-                    self._bytes -= entry[0].nbytes
+                self._release((table, key))
+
+    def _release(self, entry: tuple[str, int]) -> None:
+        slot = self._slot_of.pop(entry, None)
+        if slot is not None:
+            del self._entry_of_slot[slot]
+            self._free.append(slot)
 
     def lookup(
         self,
         table: str,
         keys: npt.NDArray[np.uint64],
         fetch: Callable[[npt.NDArray[np.uint64]], npt.NDArray[np.float32]],
-    ) -> npt.NDArray[np.float32]:
-        """Rows `[len(keys), dim]`: cached ones copied, the rest read once each through
-        `fetch(distinct missing keys)`."""
+    ) -> Any:
+        """Rows `[len(keys), dim]` (of the slab's kind): cached ones gathered from the slab,
+        the rest read once each through `fetch(distinct missing keys)`."""
         flat = keys.reshape(-1)
         unique, inverse = np.unique(flat, return_inverse=True)
-        found: list[npt.NDArray[np.float32] | None] = []
+        hit_slots = np.full(len(unique), -1, dtype=np.intp)
         with self._lock:
-            for key in unique.tolist():
-                slot = (table, key)
-                self._counts[slot] = self._counts.get(slot, 0) + 1
-                entry = self._rows.get(slot)
-                fresh = entry is not None and (
-                    self.max_staleness is None or self._step - entry[1] <= self.max_staleness
-                )
-                found.append(entry[0] if entry is not None and fresh else None)
-        missing = np.array([i for i, row in enumerate(found) if row is None], dtype=np.intp)
+            for i, key in enumerate(unique.tolist()):
+                entry = (table, key)
+                self._counts[entry] = self._counts.get(entry, 0) + 1
+                slot = self._slot_of.get(entry)
+                if slot is not None and (
+                    self.max_staleness is None
+                    or self._step - self._stamp[slot] <= self.max_staleness
+                ):
+                    hit_slots[i] = slot
+            is_hit = hit_slots >= 0
+            hits = np.flatnonzero(is_hit)
+            # Copied out under the lock: an admission may overwrite these slots next.
+            cached = self._slab[hit_slots[hits]] if len(hits) else None
+        missing = np.flatnonzero(~is_hit)
         fetched = fetch(unique[missing]) if len(missing) else None
-        dim = (
-            fetched.shape[1]
-            if fetched is not None
-            else next(r for r in found if r is not None).shape[0]
-        )
-        rows = np.empty((len(unique), dim), np.float32)
-        is_hit = np.zeros(len(unique), dtype=bool)
-        for i, row in enumerate(found):
-            if row is not None:
-                rows[i] = row
-                is_hit[i] = True
-        if fetched is not None:
-            rows[missing] = fetched
+        some_rows: Any = fetched if fetched is not None else cached
+        dim = int(some_rows.shape[1])
+        rows = self._new_slab(len(unique), dim)
+        if cached is not None:
+            rows[hits] = cached
         with self._lock:
-            hits = int(is_hit[inverse].sum())
-            self.stats.hits += hits
-            self.stats.misses += len(flat) - hits
-            self.stats.bytes_saved += hits * dim * 4
+            hit_count = int(is_hit[inverse].sum())
+            self.stats.hits += hit_count
+            self.stats.misses += len(flat) - hit_count
+            self.stats.bytes_saved += hit_count * dim * 4
             if fetched is not None:
-                self._admit(table, unique[missing], fetched)
+                converted = self._convert(fetched)
+                rows[missing] = converted
+                self._admit(table, unique[missing], converted, dim)
         return rows[inverse]
 
-    def _admit(
-        self, table: str, keys: npt.NDArray[np.uint64], rows: npt.NDArray[np.float32]
-    ) -> None:
-        for key, row in zip(keys.tolist(), rows, strict=True):
-            slot = (table, key)
-            if self._counts.get(slot, 0) < self.admit_after:
-                continue
-            old = self._rows.pop(slot, None)
-            if old is not None:
-                self._bytes -= old[0].nbytes
-            self._rows[slot] = (row.copy(), self._step)
-            self._bytes += row.nbytes
-        if self._bytes > self.capacity_bytes:
-            self._evict()
-        if len(self._counts) > 4 * max(len(self._rows), 1024):
+    def _admit(self, table: str, keys: npt.NDArray[np.uint64], rows: Any, dim: int) -> None:
+        admitted = [
+            i
+            for i, key in enumerate(keys.tolist())
+            if self._counts.get((table, key), 0) >= self.admit_after
+        ]
+        if not admitted:
+            return
+        if self._slab is None:
+            capacity = max(1, self.capacity_bytes // (dim * 4))
+            self._slab = self._new_slab(capacity, dim)
+            self._dim = dim
+            self._stamp = np.zeros(capacity, np.int64)
+            self._free = list(range(capacity - 1, -1, -1))
+        admitted = admitted[: len(self._stamp)]
+        if len(self._free) < len(admitted):
+            self._evict(len(admitted) - len(self._free))
+        slots = []
+        for i in admitted:
+            entry = (table, int(keys[i]))
+            self._release(entry)
+            slot = self._free.pop()
+            self._slot_of[entry] = slot
+            self._entry_of_slot[slot] = entry
+            self._stamp[slot] = self._step
+            slots.append(slot)
+        self._slab[np.array(slots, dtype=np.intp)] = rows[np.array(admitted, dtype=np.intp)]
+        if len(self._counts) > 4 * max(len(self._stamp), 1024):
             # Age the counts so the cache follows a shifting distribution, and stay bounded.
-            self._counts = {s: c // 2 for s, c in self._counts.items() if c > 1}
+            self._counts = {e: c // 2 for e, c in self._counts.items() if c > 1}
 
-    def _evict(self) -> None:
-        """Drops the least asked-for rows until 90% of the capacity is used."""
-        by_count = sorted(self._rows, key=lambda slot: self._counts.get(slot, 0))
-        target = int(self.capacity_bytes * 0.9)
-        for slot in by_count:
-            if self._bytes <= target:
-                break
-            row, _ = self._rows.pop(slot)
-            self._bytes -= row.nbytes
+    def _evict(self, needed: int) -> None:
+        """Frees at least `needed` slots, and a tenth of the slab, least asked-for first."""
+        by_count = sorted(self._slot_of, key=lambda entry: self._counts.get(entry, 0))
+        for entry in by_count[: max(needed, len(self._stamp) // 10)]:
+            self._release(entry)
             self.stats.evictions += 1

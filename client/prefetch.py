@@ -32,7 +32,7 @@ class _Pending:
     batch: Any
     hash_ids: dict[int, np.ndarray]
     keys: dict[int, np.ndarray]
-    rows: dict[int, np.ndarray]
+    rows: dict[int, torch.Tensor]
     pushes_seen: dict[int, int]
 
 
@@ -130,16 +130,17 @@ class Prefetcher:
             )
             if stale.any():
                 table.wait_for_pushes()
-                flat_rows = rows.reshape(-1, rows.shape[-1])
                 # Straight from the store: a cache could hold the rows from before the push.
-                flat_rows[stale] = table.client.lookup(table.table, keys.reshape(-1)[stale])
+                fresh = table.client.lookup(table.table, keys.reshape(-1)[stale])
+                positions = torch.from_numpy(np.flatnonzero(stale)).to(rows.device)
+                rows.view(-1, rows.shape[-1])[positions] = torch.from_numpy(fresh).to(rows.device)
                 self.rows_reread += int(stale.sum())
         hash_ids = torch.from_numpy(item.hash_ids[layer])
-        tensor = torch.from_numpy(rows)
         if self.device is not None and self.device.type != "cpu":
-            tensor = tensor.pin_memory().to(self.device, non_blocking=True)
+            if rows.device != self.device:
+                rows = rows.pin_memory().to(self.device, non_blocking=True)
             hash_ids = hash_ids.pin_memory().to(self.device, non_blocking=True)
-        return hash_ids, tensor
+        return hash_ids, rows
 
     def close(self) -> None:
         self._stop.set()

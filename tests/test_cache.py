@@ -11,7 +11,7 @@ from daemon import daemon_thread
 
 from client import EngramClient
 from client.cache import RowCache
-from client.torch import StoreTable
+from client.torch import StoreTable, device_row_cache
 
 ROWS, DIM = 10_000, 8
 TABLE = np.random.default_rng(0).standard_normal((ROWS, DIM)).astype(np.float32)
@@ -85,3 +85,19 @@ def test_store_table_cache_follows_pushes(tmp_path: Path) -> None:
             cache.advance()
         cache.advance()
         np.testing.assert_array_equal(table.fetch(keys)[1], -np.ones(4))
+
+
+def test_a_torch_slab_caches_like_the_host_one() -> None:
+    host, device = CountingStore(), CountingStore()
+    host_cache = RowCache(capacity_bytes=300 * DIM * 4)
+    tensor_cache = device_row_cache(300 * DIM * 4, "cpu")
+    rng = np.random.default_rng(3)
+    for _ in range(20):
+        keys = (rng.zipf(1.3, 1000) % ROWS).astype(np.uint64)
+        from_host = host_cache.lookup("t", keys, host.fetch)
+        from_tensor = tensor_cache.lookup("t", keys, device.fetch)
+        assert isinstance(from_tensor, torch.Tensor)
+        np.testing.assert_array_equal(from_tensor.numpy(), from_host)
+        np.testing.assert_array_equal(from_host, TABLE[keys.astype(np.int64)])
+    assert tensor_cache.stats == host_cache.stats
+    assert device.rows_fetched == host.rows_fetched < 20 * 1000 / 2

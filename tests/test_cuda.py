@@ -12,7 +12,7 @@ from daemon import daemon_thread
 from client import EngramClient, NgramHashMapping
 from client.config import EngramConfig
 from client.prefetch import Prefetcher
-from client.torch import Engram, StoreTable
+from client.torch import Engram, StoreTable, device_row_cache
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
@@ -31,7 +31,8 @@ def test_store_table_and_prefetcher_on_cuda(tmp_path: Path, tokenizer_path: Path
     sizes = mapping.table_sizes(1)
     with daemon_thread(tmp_path / "data") as daemon, EngramClient(daemon.address) as client:
         client.create_table("t", sum(sizes), config.embed_dim_per_head, lr=0.1)
-        table = StoreTable(sizes, config.embed_dim_per_head, client, "t")
+        cache = device_row_cache(1 << 20, device, admit_after=1)
+        table = StoreTable(sizes, config.embed_dim_per_head, client, "t", cache=cache)
         engram = Engram(1, config, 16, 2, mapping, table).to(device)
         batches = [np.random.default_rng(i).integers(0, 8192, (2, 8)) for i in range(3)]
         for batch, rows in Prefetcher(batches, mapping, {1: table}, device=device):
@@ -43,3 +44,4 @@ def test_store_table_and_prefetcher_on_cuda(tmp_path: Path, tokenizer_path: Path
             out.sum().backward()
         table.wait_for_pushes()
         assert client.describe("t").step == 3
+        assert cache.stats.hits > 0

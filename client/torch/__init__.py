@@ -1,7 +1,8 @@
 """PyTorch integration: the Engram layer and its embedding backends. The only part of the
 client that imports torch."""
 
+from client.torch.device_cache import device_row_cache
 from client.torch.engram import Engram, ShortConv
 from client.torch.tables import LocalTable, StoreTable
 
-__all__ = ["Engram", "LocalTable", "ShortConv", "StoreTable"]
+__all__ = ["Engram", "LocalTable", "ShortConv", "StoreTable", "device_row_cache"]

@@ -107,19 +107,23 @@ class StoreTable(nn.Module):
         keys = input_ids + self.offsets.to(input_ids.device)
         if rows is None:
             self.wait_for_pushes()
-            rows = torch.from_numpy(self.fetch(keys.detach().cpu().numpy())).to(input_ids.device)
+            rows = self.fetch(keys.detach().cpu().numpy()).to(input_ids.device)
         if not torch.is_grad_enabled():
             return rows
         out: torch.Tensor = _PushOnBackward.apply(self._anchor, rows, keys.detach(), self)
         return out
 
-    def fetch(self, keys: np.ndarray) -> np.ndarray:
-        """Rows of global `keys` (any shape), through the cache when there is one."""
+    def fetch(self, keys: np.ndarray) -> torch.Tensor:
+        """Rows of global `keys` (any shape), through the cache when there is one: on the
+        cache's device for a device cache, else in host memory."""
         if self.cache is None:
-            return self.client.lookup(self.table, keys)
+            return torch.from_numpy(self.client.lookup(self.table, keys))
         flat = keys.reshape(-1).astype(np.uint64)
         rows = self.cache.lookup(self.table, flat, lambda k: self.client.lookup(self.table, k))
-        return rows.reshape((*keys.shape, self.embedding_dim))
+        if isinstance(rows, np.ndarray):
+            rows = torch.from_numpy(rows)
+        out: torch.Tensor = rows.reshape((*keys.shape, self.embedding_dim))
+        return out
 
     def _push(self, keys: np.ndarray, grads: np.ndarray) -> None:
         try:
