@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# The main job end to end: hash a sentence with the reference tokenizer, gather its rows
-# from freshly created tables, apply one gradient step. Extra arguments go to the example.
+# The main job end to end on an embedded default: a local store daemon serving Engram
+# tables (token lookups over gRPC, Adam pushes, a checkpoint; examples/quickstart.py), then
+# a small language model with Engram layers trained against a local daemon for 60 steps
+# (examples/tiny_engram_lm.py). Extra arguments go to the quickstart.
 set -euo pipefail
 source "$(dirname "$0")/setup.sh"
 python examples/quickstart.py "$@"
