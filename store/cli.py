@@ -61,8 +61,9 @@ def _print(message: Any, as_json: bool, human: Callable[[dict[str, Any]], str]) 
 
 
 def _stub(args: argparse.Namespace) -> pb_grpc.EngramStoreStub:
-    channel = grpc.insecure_channel(args.address)
-    return pb_grpc.EngramStoreStub(channel)
+    """A stub on a channel that `main` closes when the verb is done."""
+    args.channel = grpc.insecure_channel(args.address)
+    return pb_grpc.EngramStoreStub(args.channel)
 
 
 def _describe(info: dict[str, Any]) -> str:
@@ -290,6 +291,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (StoreError, OSError, ValueError) as error:
         log.error("%s", error)
         return EXIT_FAILURE
+    finally:
+        if getattr(args, "channel", None) is not None:
+            args.channel.close()
     return code
 
 
