@@ -1,6 +1,8 @@
 //! Bindings of trainable tables and checkpoint row packs.
 
-use super::{bytes_mut, detached, file_of_fd, owned, parse_dtype, parse_header, to_py_err};
+use super::{
+    bytes_mut, detached, file_of_fd, owned, owned_rows, parse_dtype, parse_header, to_py_err,
+};
 use crate::checkpoint::{self, PackSummary};
 use crate::codec::{self, DType};
 use crate::embedding;
@@ -230,7 +232,7 @@ impl EmbeddingTable {
         step: Option<u64>,
     ) -> PyResult<(usize, u64)> {
         let keys = owned(&keys);
-        let grads: Vec<f32> = grads.as_array().iter().copied().collect();
+        let grads = owned_rows(&grads);
         let outcome = detached(py, || self.inner.push(&keys, &grads, step))?;
         Ok((outcome.rows, outcome.step))
     }

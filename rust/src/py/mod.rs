@@ -57,6 +57,11 @@ pub(crate) fn owned<T: numpy::Element + Copy>(array: &PyReadonlyArray1<'_, T>) -
     array.as_array().iter().copied().collect()
 }
 
+/// A 2-D float32 array's values, row-major, in an owned buffer.
+pub(crate) fn owned_rows(array: &numpy::PyReadonlyArray2<'_, f32>) -> Vec<f32> {
+    array.as_array().iter().copied().collect()
+}
+
 pub(crate) fn parse_dtype(name: &str) -> PyResult<DType> {
     DType::parse(name).map_err(to_py_err)
 }

@@ -1,6 +1,6 @@
 //! Bindings of memory-mapped tables.
 
-use super::{bytes_mut, detached, owned, parse_dtype, parse_header};
+use super::{bytes_mut, detached, owned, owned_rows, parse_dtype, parse_header};
 use crate::codec::DType;
 use crate::init::Initializer;
 use crate::table;
@@ -118,10 +118,7 @@ impl Table {
         keys: PyReadonlyArray1<'_, u64>,
         values: PyReadonlyArray2<'_, f32>,
     ) -> PyResult<()> {
-        let (keys, values) = (
-            owned(&keys),
-            values.as_array().iter().copied().collect::<Vec<_>>(),
-        );
+        let (keys, values) = (owned(&keys), owned_rows(&values));
         detached(py, || self.inner.scatter_add(&keys, &values))
     }
 
@@ -131,10 +128,7 @@ impl Table {
         keys: PyReadonlyArray1<'_, u64>,
         values: PyReadonlyArray2<'_, f32>,
     ) -> PyResult<()> {
-        let (keys, values) = (
-            owned(&keys),
-            values.as_array().iter().copied().collect::<Vec<_>>(),
-        );
+        let (keys, values) = (owned(&keys), owned_rows(&values));
         detached(py, || self.inner.write_rows(&keys, &values))
     }
 
