@@ -35,3 +35,31 @@ def reference_cases(reference_dir: Path) -> dict[str, Any]:
 @pytest.fixture(scope="session")
 def tokenizer_path(reference_dir: Path) -> Path:
     return reference_dir / "tokenizer.json"
+
+
+@pytest.fixture(scope="session")
+def tiny_engram(tokenizer_path: Path) -> tuple[Any, Any]:
+    """A small Engram configuration (layer 1, 2- and 3-grams, 2 heads of 8 dims) and its
+    hash mapping, for tests of the PyTorch layer."""
+    from client import NgramHashMapping
+    from client.config import EngramConfig
+
+    config = EngramConfig(
+        str(tokenizer_path),
+        engram_vocab_size=[53, 59],
+        n_embed_per_ngram=16,
+        n_head_per_ngram=2,
+        layer_ids=[1],
+        pad_id=0,
+    )
+    mapping = NgramHashMapping(
+        config.engram_vocab_size,
+        config.max_ngram_size,
+        config.n_embed_per_ngram,
+        config.n_head_per_ngram,
+        config.layer_ids,
+        tokenizer_path,
+        config.pad_id,
+        config.seed,
+    )
+    return config, mapping

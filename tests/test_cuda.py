@@ -17,17 +17,11 @@ from client.torch import Engram, StoreTable, device_row_cache
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
 
-def test_store_table_and_prefetcher_on_cuda(tmp_path: Path, tokenizer_path: Path) -> None:
+def test_store_table_and_prefetcher_on_cuda(
+    tmp_path: Path, tiny_engram: tuple[EngramConfig, NgramHashMapping]
+) -> None:
     device = torch.device("cuda")
-    config = EngramConfig(
-        str(tokenizer_path),
-        engram_vocab_size=[53, 59],
-        n_embed_per_ngram=16,
-        n_head_per_ngram=2,
-        layer_ids=[1],
-        pad_id=0,
-    )
-    mapping = NgramHashMapping(config.engram_vocab_size, 3, 16, 2, [1], tokenizer_path, 0, 0)
+    config, mapping = tiny_engram
     sizes = mapping.table_sizes(1)
     with daemon_thread(tmp_path / "data") as daemon, EngramClient(daemon.address) as client:
         client.create_table("t", sum(sizes), config.embed_dim_per_head, lr=0.1)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -62,20 +61,12 @@ def build(config: EngramConfig, mapping: NgramHashMapping, embedding: nn.Module)
 )
 def test_store_table_trains_like_a_local_table(
     daemon: Daemon,
-    tokenizer_path: Path,
+    tiny_engram: tuple[EngramConfig, NgramHashMapping],
     optimizer: str,
     store_args: dict[str, object],
     torch_optimizer: Callable[[list[torch.Tensor]], torch.optim.Optimizer],
 ) -> None:
-    config = EngramConfig(
-        str(tokenizer_path),
-        engram_vocab_size=[53, 59],
-        n_embed_per_ngram=16,
-        n_head_per_ngram=2,
-        layer_ids=[1],
-        pad_id=0,
-    )
-    mapping = NgramHashMapping(config.engram_vocab_size, 3, 16, 2, [1], tokenizer_path, 0, 0)
+    config, mapping = tiny_engram
     sizes = mapping.table_sizes(1)
     with EngramClient(daemon.address) as client:
         client.create_table(
