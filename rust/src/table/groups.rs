@@ -1,42 +1,79 @@
-//! Grouping the keys of an update by row, and splitting them among threads.
+//! Grouping the keys of an update by row.
 
-use std::collections::HashMap;
-use std::hash::{BuildHasherDefault, Hasher};
+use super::prefetch_ptr;
+use crate::error::{Error, Result};
 
-/// Positions of `keys` split into `n` buckets such that all keys sharing a bitmap byte (the
-/// same `key / 8`) land in one bucket: a thread that owns a bucket owns those rows and their
-/// bitmap bytes outright. Positions keep their order within a bucket.
-pub(super) fn buckets_by_bitmap_byte(keys: &[u64], n: usize) -> Vec<Vec<u32>> {
-    let mut buckets = vec![Vec::with_capacity(keys.len() / n + 1); n];
-    for (position, &key) in keys.iter().enumerate() {
-        // Fibonacci hashing spreads strided keys evenly.
-        let b = ((key >> 3).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 32) as usize % n;
-        buckets[b].push(position as u32);
-    }
-    buckets
-}
-
-/// Some positions of `keys` grouped by key: the distinct keys in first-seen order and, for
-/// each, the positions of its occurrences in order (a compressed sparse row layout).
-pub(super) struct KeyGroups {
+/// `keys` grouped by key: the distinct keys in first-seen order and, for each, the positions
+/// of its occurrences in order (a compressed sparse row layout).
+pub struct KeyGroups {
+    /// The distinct keys, in first-seen order.
     pub unique: Vec<u64>,
     starts: Vec<u32>,
     positions: Vec<u32>,
 }
 
+const EMPTY: u32 = u32::MAX;
+const PREFETCH_DISTANCE: usize = 16;
+
+#[derive(Clone, Copy)]
+struct Slot {
+    key: u64,
+    group: u32,
+}
+
 impl KeyGroups {
-    pub fn of(keys: &[u64], positions: &[u32]) -> Self {
-        let mut group_of_key: HashMap<u64, u32, BuildHasherDefault<KeyHasher>> =
-            HashMap::with_capacity_and_hasher(positions.len(), Default::default());
-        let mut unique = Vec::with_capacity(positions.len());
-        let mut group_of = Vec::with_capacity(positions.len());
-        for &position in positions {
-            let key = keys[position as usize];
-            let group = *group_of_key.entry(key).or_insert_with(|| {
-                unique.push(key);
-                (unique.len() - 1) as u32
-            });
+    pub fn of(keys: &[u64]) -> Result<Self> {
+        if u32::try_from(keys.len()).is_err() {
+            return Err(Error::invalid(format!(
+                "an update of {} keys is too large (at most {})",
+                keys.len(),
+                u32::MAX
+            )));
+        }
+        // Open addressing at load factor <= 1/2: keys are row numbers, not attacker-chosen, so
+        // one multiply spreads them, and a flat probe costs far less than a general map.
+        let slots_len = (keys.len() * 2).next_power_of_two().max(16);
+        let shift = 64 - slots_len.trailing_zeros();
+        let home = |key: u64| (key.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> shift) as usize;
+        let mut slots = vec![
+            Slot {
+                key: 0,
+                group: EMPTY
+            };
+            slots_len
+        ];
+        let mut unique = Vec::with_capacity(keys.len());
+        let mut group_of = Vec::with_capacity(keys.len());
+        for (position, &key) in keys.iter().enumerate() {
+            // The table outgrows the caches: start loading later keys' slots now.
+            if let Some(&ahead) = keys.get(position + PREFETCH_DISTANCE) {
+                prefetch_ptr((&raw const slots[home(ahead)]).cast());
+            }
+            let mut slot = home(key);
+            let group = loop {
+                let entry = &mut slots[slot];
+                if entry.group == EMPTY {
+                    *entry = Slot {
+                        key,
+                        group: unique.len() as u32,
+                    };
+                    unique.push(key);
+                    break entry.group;
+                }
+                if entry.key == key {
+                    break entry.group;
+                }
+                slot = (slot + 1) & (slots_len - 1);
+            };
             group_of.push(group);
+        }
+        if unique.len() == keys.len() {
+            // No repeated key (the common case: clients push summed gradients).
+            return Ok(KeyGroups {
+                unique,
+                starts: (0..=keys.len() as u32).collect(),
+                positions: (0..keys.len() as u32).collect(),
+            });
         }
         // Counting sort of positions by group keeps each group's occurrences in order.
         let mut starts = vec![0u32; unique.len() + 1];
@@ -47,39 +84,20 @@ impl KeyGroups {
             starts[i] += starts[i - 1];
         }
         let mut next = starts.clone();
-        let mut grouped = vec![0u32; positions.len()];
-        for (&position, &g) in positions.iter().zip(&group_of) {
-            grouped[next[g as usize] as usize] = position;
+        let mut positions = vec![0u32; keys.len()];
+        for (position, &g) in group_of.iter().enumerate() {
+            positions[next[g as usize] as usize] = position as u32;
             next[g as usize] += 1;
         }
-        KeyGroups {
+        Ok(KeyGroups {
             unique,
             starts,
-            positions: grouped,
-        }
+            positions,
+        })
     }
 
     pub fn members(&self, group: usize) -> &[u32] {
         &self.positions[self.starts[group] as usize..self.starts[group + 1] as usize]
-    }
-}
-
-/// Keys are row numbers, not attacker-chosen strings: one multiply spreads them well enough
-/// and costs far less than SipHash.
-#[derive(Default)]
-struct KeyHasher(u64);
-
-impl Hasher for KeyHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-    fn write(&mut self, bytes: &[u8]) {
-        for &b in bytes {
-            self.0 = (self.0 ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
-        }
-    }
-    fn write_u64(&mut self, key: u64) {
-        self.0 = (key ^ (key >> 29)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
     }
 }
 
@@ -90,28 +108,34 @@ mod tests {
     #[test]
     fn groups_keep_first_seen_order_and_occurrence_order() {
         let keys = [9, 4, 9, 7, 4, 9];
-        let groups = KeyGroups::of(&keys, &[0, 1, 2, 3, 4, 5]);
+        let groups = KeyGroups::of(&keys).unwrap();
         assert_eq!(groups.unique, vec![9, 4, 7]);
         assert_eq!(groups.members(0), &[0, 2, 5]);
         assert_eq!(groups.members(1), &[1, 4]);
         assert_eq!(groups.members(2), &[3]);
-        let some = KeyGroups::of(&keys, &[2, 3, 5]);
-        assert_eq!(some.unique, vec![9, 7]);
-        assert_eq!(some.members(0), &[2, 5]);
     }
 
     #[test]
-    fn buckets_own_whole_bitmap_bytes() {
-        let keys: Vec<u64> = (0..10_000u64).map(|i| (i * 37) % 4096).collect();
-        let buckets = buckets_by_bitmap_byte(&keys, 8);
-        let mut owner = HashMap::new();
-        for (b, positions) in buckets.iter().enumerate() {
-            assert!(positions.windows(2).all(|w| w[0] < w[1]), "order kept");
-            for &p in positions {
-                let byte = keys[p as usize] / 8;
-                assert_eq!(*owner.entry(byte).or_insert(b), b, "byte {byte} split");
-            }
+    fn distinct_keys_are_their_own_groups() {
+        let keys = [5, 1 << 40, 3, 0];
+        let groups = KeyGroups::of(&keys).unwrap();
+        assert_eq!(groups.unique, keys);
+        for i in 0..keys.len() {
+            assert_eq!(groups.members(i), &[i as u32]);
         }
-        assert_eq!(buckets.iter().map(Vec::len).sum::<usize>(), keys.len());
+    }
+
+    #[test]
+    fn keys_sharing_low_bits_group_apart() {
+        // Keys that differ only in high bits must still land in groups of their own.
+        let keys: Vec<u64> = (0..5000u64).map(|i| (i % 1000) << 40).collect();
+        let groups = KeyGroups::of(&keys).unwrap();
+        assert_eq!(groups.unique.len(), 1000);
+        for (g, &key) in groups.unique.iter().enumerate() {
+            let members = groups.members(g);
+            assert_eq!(members.len(), 5);
+            assert!(members.iter().all(|&p| keys[p as usize] == key));
+            assert!(members.windows(2).all(|w| w[0] < w[1]));
+        }
     }
 }

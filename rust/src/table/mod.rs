@@ -2,22 +2,24 @@
 //!
 //! One file per table (see [`format`]). Readers share the mapping through a read lock;
 //! writers take the write lock, so a reader sees each row either entirely before or entirely
-//! after an update. Inside one update, rows are spread over threads by key so that no two
-//! threads ever touch the same row.
+//! after an update. Inside one update, the distinct keys are spread over threads, so that no
+//! two threads ever touch the same row.
 
 pub mod format;
 mod groups;
+
+pub use groups::KeyGroups;
 
 use crate::codec::{self, DType};
 use crate::error::{Error, Result};
 use crate::init::Initializer;
 use format::{Header, Layout, HEADER_LEN};
-use groups::{buckets_by_bitmap_byte, KeyGroups};
 use memmap2::{MmapMut, MmapOptions};
 use rayon::prelude::*;
 use std::fs::{File, OpenOptions};
 use std::io::Read;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 /// Rows per parallel task in gathers: enough to amortise scheduling.
@@ -296,13 +298,18 @@ impl Table {
         update: impl GroupUpdate,
     ) -> Result<usize> {
         self.check_keys(keys)?;
-        if u32::try_from(keys.len()).is_err() {
-            return Err(Error::invalid(format!(
-                "an update of {} keys is too large (at most {})",
-                keys.len(),
-                u32::MAX
-            )));
-        }
+        self.update_grouped(state, &KeyGroups::of(keys)?, update)
+    }
+
+    /// [`Table::update_row_groups`] on keys grouped beforehand (so that callers can group
+    /// while they validate something else).
+    pub fn update_grouped(
+        &self,
+        state: Option<&Table>,
+        groups: &KeyGroups,
+        update: impl GroupUpdate,
+    ) -> Result<usize> {
+        self.check_keys(&groups.unique)?;
         if let Some(state) = state {
             if state.num_rows() != self.num_rows() {
                 return Err(Error::invalid(format!(
@@ -312,49 +319,49 @@ impl Table {
                 )));
             }
         }
-        if keys.is_empty() {
+        if groups.unique.is_empty() {
             return Ok(0);
         }
         let params = self.writer();
         let state_rows = state.map(Table::writer);
         let state_dim = state.map_or(0, Table::dim);
-        let n_buckets = if keys.len() < PARALLEL_UPDATE_MIN_ROWS {
-            1
-        } else {
-            rayon::current_num_threads() * 4
-        };
-        let buckets = buckets_by_bitmap_byte(keys, n_buckets);
-        let scratch = || (vec![0f32; self.dim()], vec![0f32; state_dim]);
-        let distinct = buckets
-            .par_iter()
-            .map_init(scratch, |(row, state_row), bucket| {
-                let groups = KeyGroups::of(keys, bucket);
-                for (g, &key) in groups.unique.iter().enumerate() {
-                    if let Some(&ahead) = groups.unique.get(g + PREFETCH_DISTANCE) {
+        // Each task owns whole rows (distinct keys); bitmap bytes they share are set atomically.
+        let update_task =
+            |first_group: usize, task_keys: &[u64], (row, state_row): &mut (Vec<f32>, Vec<f32>)| {
+                for (i, &key) in task_keys.iter().enumerate() {
+                    if let Some(&ahead) = task_keys.get(i + PREFETCH_DISTANCE) {
                         params.prefetch(ahead);
                         if let Some(w) = &state_rows {
                             w.prefetch(ahead);
                         }
-                        update.prefetch(groups.members(g + PREFETCH_DISTANCE));
+                        update.prefetch(groups.members(first_group + i + PREFETCH_DISTANCE));
                     }
-                    // SAFETY: keys are in range (checked above), and this thread alone owns
-                    // the rows and bitmap bytes of its bucket.
+                    let members = groups.members(first_group + i);
+                    // SAFETY: keys are in range (checked above) and distinct, and each belongs
+                    // to one task alone.
                     unsafe {
-                        params.load(key, row);
-                        if let Some(w) = &state_rows {
-                            w.load(key, state_row);
-                        }
-                        update.update(groups.members(g), row, state_row);
-                        params.store(key, row);
-                        if let Some(w) = &state_rows {
-                            w.store(key, state_row);
-                        }
+                        params.modify(key, row, |row| match &state_rows {
+                            Some(w) => {
+                                w.modify(key, state_row, |state| update.update(members, row, state))
+                            }
+                            None => update.update(members, row, &mut []),
+                        })
                     }
                 }
-                groups.unique.len()
-            })
-            .sum();
-        Ok(distinct)
+            };
+        let scratch = || (vec![0f32; self.dim()], vec![0f32; state_dim]);
+        if groups.unique.len() < PARALLEL_UPDATE_MIN_ROWS {
+            update_task(0, &groups.unique, &mut scratch());
+        } else {
+            groups
+                .unique
+                .par_chunks(ROWS_PER_TASK)
+                .enumerate()
+                .for_each_init(scratch, |scratch, (task, task_keys)| {
+                    update_task(task * ROWS_PER_TASK, task_keys, scratch)
+                });
+        }
+        Ok(groups.unique.len())
     }
 
     fn writer(&self) -> RowWriter<'_> {
@@ -515,12 +522,6 @@ impl RowWriter<'_> {
         written_byte + (layout.dirty_offset - layout.bitmap_offset) as usize
     }
 
-    /// # Safety
-    /// `offset` must be a byte of the mapping that no other thread accesses meanwhile.
-    unsafe fn bits(&self, offset: usize) -> *mut u8 {
-        self.base.0.add(offset)
-    }
-
     /// Asks for a row (and its bitmap bytes) ahead of its update; `key` must be in range.
     fn prefetch(&self, key: u64) {
         let range = self.table.row_range(key);
@@ -538,21 +539,42 @@ impl RowWriter<'_> {
         }
     }
 
+    /// Whether `key`'s row holds stored values (rather than reading as its initial value).
+    ///
     /// # Safety
-    /// As for [`RowWriter::row`].
-    unsafe fn load(&self, key: u64, values: &mut [f32]) {
+    /// `key` must be in range.
+    unsafe fn is_written(&self, key: u64) -> bool {
         let (byte, mask) = self.table.bit_position(key);
-        if *self.bits(byte) & mask != 0 {
-            codec::decode_to_f32(self.table.header.dtype, self.row(key), values);
-        } else {
-            self.table.initial_row(key, values);
-        }
+        self.bitmap_byte(byte).load(Ordering::Relaxed) & mask != 0
     }
 
+    /// Runs `f` on the float32 values of row `key`, then stores them and marks the row. A
+    /// float32 table's row is changed in place; other dtypes go through `scratch`.
+    ///
     /// # Safety
     /// As for [`RowWriter::row`].
-    unsafe fn store(&self, key: u64, values: &[f32]) {
-        codec::encode_f32(self.table.header.dtype, values, self.row(key));
+    unsafe fn modify(&self, key: u64, scratch: &mut [f32], f: impl FnOnce(&mut [f32])) {
+        let written = self.is_written(key);
+        let dtype = self.table.header.dtype;
+        if dtype == DType::F32 {
+            let bytes = self.row(key);
+            // SAFETY: rows of a float32 table start 4-aligned (page-aligned data, whole
+            // float32 rows), and any bit pattern is a valid f32.
+            let values =
+                std::slice::from_raw_parts_mut(bytes.as_mut_ptr().cast::<f32>(), bytes.len() / 4);
+            if !written {
+                self.table.initial_row(key, values);
+            }
+            f(values);
+        } else {
+            if written {
+                codec::decode_to_f32(dtype, self.row(key), scratch);
+            } else {
+                self.table.initial_row(key, scratch);
+            }
+            f(scratch);
+            codec::encode_f32(dtype, scratch, self.row(key));
+        }
         self.mark_stored(key);
     }
 
@@ -567,10 +589,22 @@ impl RowWriter<'_> {
     /// `key` must be in range.
     unsafe fn mark_stored(&self, key: u64) {
         let (byte, mask) = self.table.bit_position(key);
-        let dirty_byte = self.dirty_byte(byte);
-        // Plain writes: an update gives each thread whole bitmap bytes (see `groups`).
-        *self.bits(byte) |= mask;
-        *self.bits(dirty_byte) |= mask;
+        for bits in [
+            self.bitmap_byte(byte),
+            self.bitmap_byte(self.dirty_byte(byte)),
+        ] {
+            // Tasks of one update share bitmap bytes; reading first skips the locked write
+            // for rows already marked (most rows of a training run).
+            if bits.load(Ordering::Relaxed) & mask == 0 {
+                bits.fetch_or(mask, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// # Safety
+    /// `offset` must be a bitmap byte of the mapping.
+    unsafe fn bitmap_byte(&self, offset: usize) -> &AtomicU8 {
+        AtomicU8::from_ptr(self.base.0.add(offset))
     }
 }
 

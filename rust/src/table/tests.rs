@@ -62,11 +62,12 @@ fn virtual_rows_read_their_initial_value_in_every_dtype() {
 #[test]
 fn scatter_add_accumulates_duplicates_and_matches_a_dense_model() {
     let dir = tempfile::tempdir().unwrap();
-    let (rows, dim) = (1000u64, 5usize);
+    let (rows, dim) = (10_000u64, 5usize);
     let t = new_table(&dir, DType::F32, rows, dim as u64);
     let mut dense = t.gather(&(0..rows).collect::<Vec<_>>()).unwrap();
-    // Large enough to take the parallel path, with many repeats.
-    let keys: Vec<u64> = (0..20_000u64).map(|i| (i * 7919) % rows).collect();
+    // Enough distinct rows to take the parallel path, each repeated; a stride scatters
+    // neighbouring rows (which share bitmap bytes) over different tasks.
+    let keys: Vec<u64> = (0..40_000u64).map(|i| (i * 7919) % rows).collect();
     let values: Vec<f32> = (0..keys.len() * dim)
         .map(|i| (i % 13) as f32 * 0.25)
         .collect();
@@ -81,6 +82,28 @@ fn scatter_add_accumulates_duplicates_and_matches_a_dense_model() {
         assert!((g - e).abs() <= 1e-3 * e.abs().max(1.0), "{g} vs {e}");
     }
     assert_eq!(t.written_count(), rows);
+    assert_eq!(t.dirty_keys(), (0..rows).collect::<Vec<_>>());
+}
+
+#[test]
+fn half_precision_rows_update_through_float32_in_parallel() {
+    for dtype in [DType::BF16, DType::F16] {
+        let dir = tempfile::tempdir().unwrap();
+        let (rows, dim) = (6000u64, 3usize);
+        let t = new_table(&dir, dtype, rows, dim as u64);
+        let keys: Vec<u64> = (0..rows).map(|i| (i * 4001) % rows).collect();
+        let before = t.gather(&keys).unwrap();
+        let values: Vec<f32> = (0..keys.len() * dim).map(|i| (i % 4) as f32).collect();
+        t.scatter_add(&keys, &values).unwrap();
+        // Each row: decoded, added in float32, rounded once to the storage dtype.
+        let sums: Vec<f32> = before.iter().zip(&values).map(|(b, v)| b + v).collect();
+        let mut stored = vec![0u8; sums.len() * dtype.size()];
+        codec::encode_f32(dtype, &sums, &mut stored);
+        let mut expected = vec![0f32; sums.len()];
+        codec::decode_to_f32(dtype, &stored, &mut expected);
+        assert_eq!(t.gather(&keys).unwrap(), expected, "{dtype:?}");
+        assert_eq!(t.written_count(), rows);
+    }
 }
 
 #[test]
