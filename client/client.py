@@ -9,6 +9,8 @@ list. Rows never written read the same initial values as one whole table would.
 from __future__ import annotations
 
 import itertools
+import logging
+import os
 import threading
 import uuid
 from collections.abc import Sequence
@@ -22,12 +24,14 @@ import numpy as np
 import numpy.typing as npt
 
 from client.connection import RetryPolicy, Shard
-from client.errors import InvalidRequestError
+from client.errors import EngramClientError, InvalidRequestError
+from client.shared_memory import DEFAULT_DIRECTORY, SharedBufferPool, is_local
 from store._arrays import as_keys, as_rows
 from store._proto.engram.store.v1 import store_pb2 as pb
 
 _NUMPY_ROWS = {"float32": np.float32, "float16": np.float16, "bfloat16": np.uint16}
 _OPTIMIZERS = ("sgd", "adagrad", "rowwise_adagrad", "adam")
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -72,6 +76,11 @@ class EngramClient:
     `addresses` is one "host:port" or a list (the order defines the shards). Calls retry
     transient failures until `timeout_s`; pushes carry (client id, sequence) so a retried push
     is applied once. A dead shard raises `ShardUnavailableError` naming its address.
+
+    Rows and gradients travel through shared memory (files in `shared_memory_dir`) with the
+    daemons on this machine, by default (`shared_memory=None`) those at a loopback address;
+    `True` tries it with every daemon, `False` never. A daemon that cannot use it gets the
+    rows in messages instead.
     """
 
     def __init__(
@@ -82,11 +91,19 @@ class EngramClient:
         retry: RetryPolicy | None = None,
         client_id: str | None = None,
         interceptors: Sequence[grpc.UnaryUnaryClientInterceptor] = (),
+        shared_memory: bool | None = None,
+        shared_memory_dir: str = DEFAULT_DIRECTORY,
     ) -> None:
         addresses = [addresses] if isinstance(addresses, str) else list(addresses)
         if not addresses:
             raise ValueError("addresses must name at least one daemon")
         self.shards = [Shard(a, timeout_s, retry or RetryPolicy(), interceptors) for a in addresses]
+        usable = os.path.isdir(shared_memory_dir) and os.access(shared_memory_dir, os.W_OK)
+        # Per shard; turned off for good when its daemon refuses the buffers.
+        self._shared_memory = [
+            usable and (is_local(a) if shared_memory is None else shared_memory) for a in addresses
+        ]
+        self._buffers = SharedBufferPool(shared_memory_dir)
         self.client_id = client_id or uuid.uuid4().hex
         self._sequence = itertools.count(1)
         self._sequence_lock = threading.Lock()
@@ -103,6 +120,7 @@ class EngramClient:
         self._fanout.shutdown(wait=True)
         for shard in self.shards:
             shard.close()
+        self._buffers.close()
 
     def __enter__(self) -> EngramClient:
         return self
@@ -264,17 +282,32 @@ class EngramClient:
                 ),
                 dtype=dtype,
             )
+            whole = len(parts) == 1
 
-            def attempt(timeout: float) -> None:
+            def place(offset: int, rows: npt.NDArray[Any]) -> None:
+                if whole:
+                    out[offset : offset + len(rows)] = rows
+                else:
+                    out[positions[offset : offset + len(rows)]] = rows
+
+            def through_messages(timeout: float) -> None:
                 for chunk in shard.stub.Lookup(request, timeout=timeout):
                     n = chunk.rows.shape[0]
-                    rows = np.frombuffer(chunk.rows.data, out.dtype).reshape(n, layout.dim)
-                    if len(parts) == 1:
-                        out[chunk.offset : chunk.offset + n] = rows
-                    else:
-                        out[positions[chunk.offset : chunk.offset + n]] = rows
+                    place(chunk.offset, np.frombuffer(chunk.rows.data, out.dtype).reshape(n, -1))
 
-            shard.call(attempt)
+            def through_shared_memory() -> None:
+                with self._buffers.lease(len(local) * layout.dim * out.itemsize) as buffer:
+                    request.out.CopyFrom(buffer.message())
+                    replies = shard.call(lambda t: list(shard.stub.Lookup(request, timeout=t)))
+                    if not replies[0].in_shared_buffer:
+                        raise EngramClientError(
+                            "the daemon ignored the shared buffer", shard.address
+                        )
+                    place(0, buffer.view(out.dtype, (len(local), layout.dim)))
+
+            if not self._shared(shard_index, through_shared_memory):
+                request.ClearField("out")
+                shard.call(through_messages)
 
         if len(parts) == 1:
             fetch(*parts[0])
@@ -310,15 +343,25 @@ class EngramClient:
                 keys=pb.Array(
                     dtype="uint64", shape=[len(local)], data=local.astype("<u8").tobytes()
                 ),
-                grads=pb.Array(
-                    dtype="float32", shape=list(rows.shape), data=rows.astype("<f4").tobytes()
-                ),
+                grads=pb.Array(dtype="float32", shape=list(rows.shape)),
                 step=step or 0,
                 client_id=self.client_id,
                 sequence=sequence,
             )
-            reply: pb.PushResponse = shard.call(lambda t: shard.stub.Push(request, timeout=t))
-            return reply
+            replies: list[pb.PushResponse] = []
+
+            def through_shared_memory() -> None:
+                with self._buffers.lease(rows.size * 4) as buffer:
+                    buffer.view(np.dtype("<f4"), rows.shape)[:] = rows
+                    request.grads_buffer.CopyFrom(buffer.message())
+                    replies.append(shard.call(lambda t: shard.stub.Push(request, timeout=t)))
+
+            if not self._shared(shard_index, through_shared_memory):
+                # Same sequence: a push the daemon refused was not applied.
+                request.ClearField("grads_buffer")
+                request.grads.data = rows.astype("<f4").tobytes()
+                replies.append(shard.call(lambda t: shard.stub.Push(request, timeout=t)))
+            return replies[0]
 
         parts = layout.split(flat)
         replies = [f.result() for f in [self._fanout.submit(send, s, p) for s, p in parts]]
@@ -334,6 +377,21 @@ class EngramClient:
         """`push` on a background thread; the keys and gradients are copied first."""
         keys, grads = np.array(keys, copy=True), np.array(grads, copy=True)
         return self._background.submit(self.push, table, keys, grads, step)
+
+    def _shared(self, shard_index: int, call: Any) -> bool:
+        """Runs `call` (a transfer through shared memory) if the shard takes them; False when
+        it does not, now or any more."""
+        if not self._shared_memory[shard_index]:
+            return False
+        try:
+            call()
+            return True
+        except EngramClientError as error:
+            if error.code != grpc.StatusCode.FAILED_PRECONDITION:
+                raise
+            self._shared_memory[shard_index] = False
+            log.info("%s; sending rows in messages from now on", error)
+            return False
 
     def checkpoint(self, full: bool = False) -> list[int]:
         """A checkpoint on every daemon (each consistent on its own); their ids by shard."""

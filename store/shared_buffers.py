@@ -2,7 +2,10 @@
 
 A client names a file; the daemon would write rows into it, so it must be unable to name
 anything but a buffer made for this: a regular file (no symbolic link) directly inside the
-shared-buffer directory, named `engram-*`, owned by the daemon's own user.
+shared-buffer directory, named `engram-*`, owned by the daemon's own user. A buffer refused
+for any of these reasons gets FAILED_PRECONDITION (this daemon cannot share memory with that
+client, which then sends its rows in messages); a buffer too small for the request is the
+client's error, INVALID_ARGUMENT.
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 from store._proto.engram.store.v1 import store_pb2 as pb
-from store.errors import FailedPreconditionError, InvalidArgumentError
+from store.errors import FailedPreconditionError
 
 PREFIX = "engram-"
 
@@ -28,22 +31,24 @@ def open_buffer(buffer: pb.SharedBuffer, root: str | None) -> Iterator[int]:
     if os.path.dirname(path) != os.path.abspath(root) or not os.path.basename(path).startswith(
         PREFIX
     ):
-        raise InvalidArgumentError(
+        raise FailedPreconditionError(
             f"shared buffer must be a file named {PREFIX}* directly in {root}, got {path!r}"
         )
     flags = os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC
     try:
         fd = os.open(path, flags)
     except OSError as error:
-        raise InvalidArgumentError(
+        raise FailedPreconditionError(
             f"cannot open shared buffer {path!r}: {error.strerror}"
         ) from None
     try:
         info = os.fstat(fd)
         if not stat.S_ISREG(info.st_mode):
-            raise InvalidArgumentError(f"shared buffer {path!r} is not a regular file")
+            raise FailedPreconditionError(f"shared buffer {path!r} is not a regular file")
         if info.st_uid != os.getuid():
-            raise InvalidArgumentError(f"shared buffer {path!r} is not owned by the daemon's user")
+            raise FailedPreconditionError(
+                f"shared buffer {path!r} is not owned by the daemon's user"
+            )
         yield fd
     finally:
         os.close(fd)

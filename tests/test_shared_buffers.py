@@ -109,7 +109,13 @@ def test_buffers_the_daemon_must_not_open_are_refused(
     for path, message in cases.items():
         with pytest.raises(grpc.RpcError) as error:
             lookup_into(daemon, path)
-        assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT, path
+        # Too small is the client's mistake; the rest, buffers this daemon cannot share.
+        expected = (
+            grpc.StatusCode.INVALID_ARGUMENT
+            if "too few" in message
+            else grpc.StatusCode.FAILED_PRECONDITION
+        )
+        assert error.value.code() == expected, path
         assert message in error.value.details(), (path, error.value.details())
     assert (tmp_path / "engram-outside").read_bytes() == b"\0" * 1000
 

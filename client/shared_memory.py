@@ -1,0 +1,117 @@
+"""Row payloads through shared memory, for daemons on the same machine.
+
+A daemon on this machine can write looked-up rows straight into a file that the client has
+mapped, and read pushed gradients from one in place, so the bulk bytes skip gRPC's socket,
+framing and copies; the messages carry the keys and a path. The files live in the daemon's
+shared-buffer directory (`/dev/shm` by default), named `engram-<pid>-<random>`, and are
+reused call after call (the daemon keeps them mapped too). A daemon that cannot use them
+(another machine or container, another user, shared buffers turned off) answers
+FAILED_PRECONDITION, and the client falls back to messages for that daemon.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import mmap
+import os
+import threading
+import uuid
+import weakref
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
+
+import numpy as np
+
+from store._proto.engram.store.v1 import store_pb2 as pb
+
+DEFAULT_DIRECTORY = "/dev/shm"
+_PREFIX = "engram-"
+
+
+def is_local(address: str) -> bool:
+    """Whether `address` ("host:port", "[v6]:port" or "unix:...") is on this machine."""
+    if address.startswith(("unix:", "unix-abstract:")):
+        return True
+    host = address.rsplit(":", 1)[0].strip("[]")
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _unlink(path: str) -> None:
+    with suppress(FileNotFoundError):
+        os.unlink(path)
+
+
+class SharedBuffer:
+    """One file in the shared-buffer directory, mapped read-write."""
+
+    def __init__(self, directory: str, nbytes: int) -> None:
+        self.capacity = max(nbytes, mmap.PAGESIZE)
+        self.path = os.path.join(directory, f"{_PREFIX}{os.getpid()}-{uuid.uuid4().hex}")
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        try:
+            os.ftruncate(fd, self.capacity)
+            self._map = mmap.mmap(fd, self.capacity)
+        except BaseException:
+            _unlink(self.path)
+            raise
+        finally:
+            os.close(fd)
+        # The file goes when the buffer does, even if close() is never called.
+        self._finalizer = weakref.finalize(self, _unlink, self.path)
+
+    def message(self) -> pb.SharedBuffer:
+        return pb.SharedBuffer(path=self.path)
+
+    def view(self, dtype: np.dtype, shape: tuple[int, ...]) -> np.ndarray:
+        """The buffer's first bytes as an array (valid until the buffer is closed)."""
+        return np.frombuffer(self._map, dtype, int(np.prod(shape))).reshape(shape)
+
+    def close(self) -> None:
+        self._finalizer()
+        # An array still viewing the mapping keeps it; it is unmapped once that array goes.
+        with suppress(BufferError):
+            self._map.close()
+
+
+class SharedBufferPool:
+    """Buffers lent out one caller at a time (calls run concurrently), grown on demand."""
+
+    def __init__(self, directory: str = DEFAULT_DIRECTORY) -> None:
+        self.directory = directory
+        self._free: list[SharedBuffer] = []
+        self._lock = threading.Lock()
+        self._closed = False
+
+    @contextmanager
+    def lease(self, nbytes: int) -> Iterator[SharedBuffer]:
+        """A buffer of at least `nbytes`, for the caller alone until the block ends."""
+        with self._lock:
+            buffer = self._free.pop() if self._free else None
+        if buffer is not None and buffer.capacity < nbytes:
+            buffer.close()
+            buffer = None
+        if buffer is None:
+            # Room to grow: batches vary in size, and each new file costs a mapping here and
+            # in the daemon.
+            buffer = SharedBuffer(self.directory, nbytes + nbytes // 4)
+        try:
+            yield buffer
+        finally:
+            with self._lock:
+                keep = not self._closed
+                if keep:
+                    self._free.append(buffer)
+            if not keep:
+                buffer.close()
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            free, self._free = self._free, []
+        for buffer in free:
+            buffer.close()

@@ -1,0 +1,110 @@
+"""EngramClient moves rows through shared memory with daemons on this machine, and through
+messages with daemons that cannot share it."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterator
+from contextlib import ExitStack
+from pathlib import Path
+
+import numpy as np
+import pytest
+from daemon import Daemon, daemon_thread
+
+from client import EngramClient
+from client.shared_memory import SharedBufferPool, is_local
+
+ROWS, DIM = 3000, 16
+
+
+@pytest.fixture
+def shm(tmp_path: Path) -> Path:
+    directory = tmp_path / "shm"
+    directory.mkdir()
+    return directory
+
+
+def client_files(shm: Path) -> list[str]:
+    return sorted(p.name for p in shm.iterdir() if p.name.startswith(f"engram-{os.getpid()}-"))
+
+
+def train(client: EngramClient, table: str, seed: int) -> np.ndarray:
+    """A few pushes with repeated keys; returns every row afterwards."""
+    rng = np.random.default_rng(seed)
+    client.create_table(table, ROWS, DIM, optimizer="adam", lr=0.05)
+    for _ in range(4):
+        keys = rng.integers(0, ROWS, 500)
+        client.push(table, keys, rng.standard_normal((500, DIM)).astype(np.float32))
+    return client.lookup(table, np.arange(ROWS))
+
+
+@pytest.mark.parametrize("shards", [1, 3])
+def test_shared_memory_gives_the_same_rows_as_messages(
+    tmp_path: Path, shm: Path, shards: int
+) -> None:
+    with ExitStack() as stack:
+        daemons = [
+            stack.enter_context(daemon_thread(tmp_path / f"d{i}", shared_buffer_dir=str(shm)))
+            for i in range(shards)
+        ]
+        addresses = [d.address for d in daemons]
+        shared = stack.enter_context(
+            EngramClient(addresses, shared_memory=True, shared_memory_dir=str(shm))
+        )
+        messages = stack.enter_context(EngramClient(addresses, shared_memory=False))
+        through_shared = train(shared, "a", seed=1)
+        assert client_files(shm), "the shared-memory client made no buffer"
+        through_messages = train(messages, "b", seed=1)
+        np.testing.assert_array_equal(through_shared, through_messages)
+        keys = np.array([[5, ROWS - 1], [0, 5]])
+        np.testing.assert_array_equal(shared.lookup("a", keys), messages.lookup("a", keys))
+        assert shared.describe("a").step == 4
+        shared.close()
+        assert client_files(shm) == [], "close() leaves no buffer behind"
+
+
+@pytest.mark.parametrize("daemon_dir", ["", "elsewhere"])
+def test_a_daemon_that_cannot_share_memory_gets_messages(
+    tmp_path: Path, shm: Path, daemon_dir: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Shared buffers off, or the daemon looks in another directory than the client writes.
+    if daemon_dir:
+        (tmp_path / daemon_dir).mkdir()
+        daemon_dir = str(tmp_path / daemon_dir)
+    with (
+        daemon_thread(tmp_path / "data", shared_buffer_dir=daemon_dir) as d,
+        EngramClient(d.address, shared_memory=True, shared_memory_dir=str(shm)) as client,
+        caplog.at_level(logging.INFO, logger="client.client"),
+    ):
+        client.create_table("t", ROWS, DIM, optimizer="sgd", lr=1.0)
+        before = client.lookup("t", [7])
+        # The first push is refused as a shared buffer, then sent once as a message.
+        result = client.push("t", [7], np.ones((1, DIM), np.float32))
+        assert (result.step, result.duplicate) == (1, False)
+        np.testing.assert_allclose(client.lookup("t", [7]), before - 1.0, rtol=1e-6)
+        assert "sending rows in messages" in caplog.text
+        assert client.describe("t").step == 1
+
+
+def test_loopback_addresses_are_local() -> None:
+    for address in ("127.0.0.1:5", "127.9.9.9:5", "localhost:50051", "[::1]:5", "unix:/s"):
+        assert is_local(address), address
+    for address in ("10.0.0.2:5", "store.example.com:5", "[2001:db8::1]:5"):
+        assert not is_local(address), address
+
+
+def test_buffers_are_lent_to_one_caller_at_a_time_and_grow(shm: Path) -> None:
+    pool = SharedBufferPool(str(shm))
+    with pool.lease(100) as first, pool.lease(100) as second:
+        assert first.path != second.path
+        first.view(np.dtype(np.uint8), (100,))[:] = 1
+        assert not second.view(np.dtype(np.uint8), (100,)).any()
+    with pool.lease(100) as again:
+        assert again.path in (first.path, second.path), "a free buffer is reused"
+    with pool.lease(1 << 20) as large:
+        assert large.capacity >= 1 << 20
+    assert len(client_files(shm)) == 2
+    pool.close()
+    assert client_files(shm) == []
