@@ -2,8 +2,10 @@
 
 `Lookup` of 64k-row batches against an in-process gather of the same keys from the same
 table file; `Push` of 64k rows with SGD against the same in-process gather rate, with Adam
-and row-wise Adagrad beside it. Each is measured twice: rows in the messages, and rows in a
-shared buffer (same-machine clients). The daemon runs as its own process. Prints one JSON
+and row-wise Adagrad beside it. Each is measured twice: keys and rows in the messages, and
+keys and rows in a shared buffer (same-machine clients; the message carries the path). The
+daemon runs as its own process. A bare TCP loopback copy of the rows' bytes shows the
+ceiling of any transport that moves rows through a socket on this machine. Prints one JSON
 line.
 """
 
@@ -11,8 +13,10 @@ from __future__ import annotations
 
 import argparse
 import os
+import socket
 import sys
 import tempfile
+import threading
 from functools import partial
 
 import grpc
@@ -27,6 +31,26 @@ from store._proto.engram.store.v1 import store_pb2_grpc as pb_grpc
 from store.local import LocalDaemon
 
 MAX_MESSAGE = 512 << 20
+
+
+def loopback_transfer(nbytes: int) -> None:
+    """Sends `nbytes` over a fresh TCP loopback connection into a preallocated buffer."""
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        payload = bytes(nbytes)
+
+        def send() -> None:
+            connection, _ = server.accept()
+            with connection:
+                connection.sendall(payload)
+
+        sender = threading.Thread(target=send)
+        sender.start()
+        received = memoryview(bytearray(nbytes))
+        with socket.create_connection(server.getsockname()) as client:
+            got = 0
+            while got < nbytes:
+                got += client.recv_into(received[got:])
+        sender.join()
 
 
 def main() -> None:
@@ -87,32 +111,43 @@ def main() -> None:
                     request = pb.PushRequest(table=name, keys=key_array, grads=grad_array)
                     push_s[name] = best_seconds(partial(stub.Push, request), args.repeats)
 
+                # Same-machine transport: keys at the start of one shared buffer, rows (or
+                # gradients) after them.
+                rows_at = -(-keys.nbytes // 4096) * 4096
                 shm_path = f"/dev/shm/engram-bench-{os.getpid()}"
                 with open(shm_path, "wb") as f:
-                    f.truncate(out.nbytes)
+                    f.truncate(rows_at + out.nbytes)
                 try:
-                    shared = np.memmap(shm_path, np.float32, "r+", shape=out.shape)
-                    buffer = pb.SharedBuffer(path=shm_path)
-                    lookup_request = pb.LookupRequest(table="sgd", keys=key_array, out=buffer)
+                    shared = np.memmap(shm_path, np.uint8, "r+")
+                    shared[: keys.nbytes] = keys.view(np.uint8)
+                    shared_rows = shared[rows_at:].view(np.float32).reshape(out.shape)
+                    keys_in_buffer = pb.Array(dtype="uint64", shape=[args.batch])
+                    keys_at = pb.SharedBuffer(path=shm_path)
+                    buffer = pb.SharedBuffer(path=shm_path, offset=rows_at)
+                    lookup_request = pb.LookupRequest(
+                        table="sgd", keys=keys_in_buffer, keys_buffer=keys_at, out=buffer
+                    )
                     shm_lookup_s = best_seconds(
                         lambda: list(stub.Lookup(lookup_request)), args.repeats
                     )
-                    shared[:] = grads
+                    shared_rows[:] = grads
                     shm_push_s = {}
                     for name in ("sgd", "adam", "rowwise_adagrad"):
                         request = pb.PushRequest(
                             table=name,
-                            keys=key_array,
+                            keys=keys_in_buffer,
+                            keys_buffer=keys_at,
                             grads=pb.Array(dtype="float32", shape=list(grads.shape)),
                             grads_buffer=buffer,
                         )
                         shm_push_s[name] = best_seconds(partial(stub.Push, request), args.repeats)
-                    del shared
+                    del shared, shared_rows
                 finally:
                     os.unlink(shm_path)
         finally:
             daemon.stop()
 
+    socket_s = best_seconds(partial(loopback_transfer, out.nbytes), args.repeats)
     rate = args.batch / local_s
     report(
         {
@@ -131,6 +166,10 @@ def main() -> None:
             "shm_push_adam_rows_per_s": args.batch / shm_push_s["adam"],
             "shm_push_rowwise_adagrad_rows_per_s": args.batch / shm_push_s["rowwise_adagrad"],
             "shm_lookup_vs_in_process": (args.batch / shm_lookup_s) / rate,
+            # The most any transport that moves the rows through a socket could reach here:
+            # a bare TCP loopback copy of the rows' bytes, nothing else.
+            "socket_copy_rows_per_s": args.batch / socket_s,
+            "socket_copy_vs_in_process": (args.batch / socket_s) / rate,
             "shm_push_sgd_vs_in_process_gather": (args.batch / shm_push_s["sgd"]) / rate,
         },
         args.png,

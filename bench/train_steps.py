@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from functools import partial
 
 sys.path.insert(0, os.path.dirname(__file__))
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "examples"))
@@ -27,9 +28,9 @@ def main() -> None:
     # A short warm-up run first, so neither side pays for first-use costs.
     train("local", 3, args.batch, progress=False)
     runs = {
-        "local": lambda: train("local", args.steps, args.batch, progress=False),
-        "prefetched": lambda: train("store", args.steps, args.batch, prefetch=2, progress=False),
-        "unprefetched": lambda: train("store", args.steps, args.batch, prefetch=0, progress=False),
+        "local": partial(train, "local", args.steps, args.batch, progress=False),
+        "prefetched": partial(train, "store", args.steps, args.batch, prefetch=2, progress=False),
+        "unprefetched": partial(train, "store", args.steps, args.batch, prefetch=0, progress=False),
     }
     best = dict.fromkeys(runs, 0.0)
     for _ in range(args.rounds):

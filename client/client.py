@@ -25,7 +25,7 @@ import numpy.typing as npt
 
 from client.connection import RetryPolicy, Shard
 from client.errors import EngramClientError, InvalidRequestError
-from client.shared_memory import DEFAULT_DIRECTORY, SharedBufferPool, is_local
+from client.shared_memory import DEFAULT_DIRECTORY, SharedBufferPool, aligned, is_local
 from store._arrays import as_keys, as_rows
 from store._proto.engram.store.v1 import store_pb2 as pb
 
@@ -276,11 +276,7 @@ class EngramClient:
             shard = self.shards[shard_index]
             local = flat[positions] - layout.bounds[shard_index]
             request = pb.LookupRequest(
-                table=table,
-                keys=pb.Array(
-                    dtype="uint64", shape=[len(local)], data=local.astype("<u8").tobytes()
-                ),
-                dtype=dtype,
+                table=table, keys=pb.Array(dtype="uint64", shape=[len(local)]), dtype=dtype
             )
             whole = len(parts) == 1
 
@@ -296,17 +292,25 @@ class EngramClient:
                     place(chunk.offset, np.frombuffer(chunk.rows.data, out.dtype).reshape(n, -1))
 
             def through_shared_memory() -> None:
-                with self._buffers.lease(len(local) * layout.dim * out.itemsize) as buffer:
-                    request.out.CopyFrom(buffer.message())
+                # Keys first, the rows after them.
+                rows_at = aligned(local.nbytes)
+                with self._buffers.lease(
+                    rows_at + len(local) * layout.dim * out.itemsize
+                ) as buffer:
+                    buffer.view(np.dtype("<u8"), local.shape)[:] = local
+                    request.keys_buffer.CopyFrom(buffer.message())
+                    request.out.CopyFrom(buffer.message(rows_at))
                     replies = shard.call(lambda t: list(shard.stub.Lookup(request, timeout=t)))
                     if not replies[0].in_shared_buffer:
                         raise EngramClientError(
                             "the daemon ignored the shared buffer", shard.address
                         )
-                    place(0, buffer.view(out.dtype, (len(local), layout.dim)))
+                    place(0, buffer.view(out.dtype, (len(local), layout.dim), rows_at))
 
             if not self._shared(shard_index, through_shared_memory):
+                request.ClearField("keys_buffer")
                 request.ClearField("out")
+                request.keys.data = local.astype("<u8", copy=False).tobytes()
                 shard.call(through_messages)
 
         if len(parts) == 1:
@@ -340,9 +344,7 @@ class EngramClient:
             rows = values if len(positions) == len(flat) else values[positions]
             request = pb.PushRequest(
                 table=table,
-                keys=pb.Array(
-                    dtype="uint64", shape=[len(local)], data=local.astype("<u8").tobytes()
-                ),
+                keys=pb.Array(dtype="uint64", shape=[len(local)]),
                 grads=pb.Array(dtype="float32", shape=list(rows.shape)),
                 step=step or 0,
                 client_id=self.client_id,
@@ -351,15 +353,21 @@ class EngramClient:
             replies: list[pb.PushResponse] = []
 
             def through_shared_memory() -> None:
-                with self._buffers.lease(rows.size * 4) as buffer:
-                    buffer.view(np.dtype("<f4"), rows.shape)[:] = rows
-                    request.grads_buffer.CopyFrom(buffer.message())
+                # Keys first, the gradients after them.
+                grads_at = aligned(local.nbytes)
+                with self._buffers.lease(grads_at + rows.size * 4) as buffer:
+                    buffer.view(np.dtype("<u8"), local.shape)[:] = local
+                    buffer.view(np.dtype("<f4"), rows.shape, grads_at)[:] = rows
+                    request.keys_buffer.CopyFrom(buffer.message())
+                    request.grads_buffer.CopyFrom(buffer.message(grads_at))
                     replies.append(shard.call(lambda t: shard.stub.Push(request, timeout=t)))
 
             if not self._shared(shard_index, through_shared_memory):
                 # Same sequence: a push the daemon refused was not applied.
+                request.ClearField("keys_buffer")
                 request.ClearField("grads_buffer")
-                request.grads.data = rows.astype("<f4").tobytes()
+                request.keys.data = local.astype("<u8", copy=False).tobytes()
+                request.grads.data = rows.astype("<f4", copy=False).tobytes()
                 replies.append(shard.call(lambda t: shard.stub.Push(request, timeout=t)))
             return replies[0]
 

@@ -64,18 +64,24 @@ class SharedBuffer:
         # The file goes when the buffer does, even if close() is never called.
         self._finalizer = weakref.finalize(self, _unlink, self.path)
 
-    def message(self) -> pb.SharedBuffer:
-        return pb.SharedBuffer(path=self.path)
+    def message(self, offset: int = 0) -> pb.SharedBuffer:
+        return pb.SharedBuffer(path=self.path, offset=offset)
 
-    def view(self, dtype: np.dtype, shape: tuple[int, ...]) -> np.ndarray:
-        """The buffer's first bytes as an array (valid until the buffer is closed)."""
-        return np.frombuffer(self._map, dtype, int(np.prod(shape))).reshape(shape)
+    def view(self, dtype: np.dtype, shape: tuple[int, ...], offset: int = 0) -> np.ndarray:
+        """The bytes from `offset` as an array (valid until the buffer is closed)."""
+        count = int(np.prod(shape))
+        return np.frombuffer(self._map, dtype, count, offset).reshape(shape)
 
     def close(self) -> None:
         self._finalizer()
         # An array still viewing the mapping keeps it; it is unmapped once that array goes.
         with suppress(BufferError):
             self._map.close()
+
+
+def aligned(nbytes: int) -> int:
+    """`nbytes` rounded up to a cache line: where the next region of a buffer starts."""
+    return -(-nbytes // 64) * 64
 
 
 class SharedBufferPool:

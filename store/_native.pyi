@@ -14,6 +14,7 @@ __all__ = [
     "TableFormatError",
     "compress_ids",
     "keys_from_int64",
+    "read_shared",
     "set_thread_count",
     "table_sizes",
     "verify_pack",
@@ -160,6 +161,7 @@ class EmbeddingTable:
     def flush(self) -> None: ...
 
 def set_thread_count(threads: int) -> None: ...
+def read_shared(fd: int, path: str | os.PathLike[str], offset: int, len: int) -> bytes: ...
 def verify_pack(path: str | os.PathLike[str]) -> tuple[int, int, int, int]: ...
 def table_sizes(
     vocab_sizes: list[int], n_head_per_ngram: int, n_layers: int

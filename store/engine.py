@@ -7,6 +7,7 @@ the Rust engine with the GIL released, so concurrent requests use every core.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import shutil
 import threading
@@ -15,6 +16,7 @@ import uuid
 from collections.abc import Iterator
 from typing import Any
 
+from store import _native
 from store._proto.engram.store.v1 import store_pb2 as pb
 from store.catalog import Catalog
 from store.checkpoints import (
@@ -124,8 +126,25 @@ class StoreEngine:
 
     def lookup(self, request: pb.LookupRequest) -> Iterator[pb.LookupResponse]:
         table = self.table(request.table)
-        data = key_bytes(request.keys)
+        data = self._keys(request, limit=self.max_lookup_rows)
         return self._answer(table, data, list(request.keys.shape), request)
+
+    def _keys(self, request: pb.LookupRequest | pb.PushRequest, limit: int) -> bytes:
+        """The request's keys as packed LE uint64 bytes, from the message or its buffer."""
+        if not request.HasField("keys_buffer"):
+            return key_bytes(request.keys)
+        if request.keys.data:
+            raise InvalidArgumentError("keys carry data and a keys_buffer: send one of them")
+        check_array(request.keys, "keys", ("uint64", "int64"), None, data_elsewhere=True)
+        count = math.prod(request.keys.shape)
+        if count > limit:
+            raise ResourceExhaustedError(
+                f"a request of {count} keys exceeds the server's limit of {limit}"
+            )
+        buffer = request.keys_buffer
+        with open_buffer(buffer, self.shared_buffer_dir) as fd:
+            data = _native.read_shared(fd, buffer.path, buffer.offset, count * 8)
+        return key_bytes(request.keys, data=data)
 
     def lookup_tokens(self, request: pb.LookupTokensRequest) -> Iterator[pb.LookupResponse]:
         table = self.table(request.table)
@@ -201,7 +220,6 @@ class StoreEngine:
 
     def push(self, request: pb.PushRequest) -> pb.PushResponse:
         table = self.table(request.table)
-        keys = key_bytes(request.keys)
         if len(request.keys.shape) != 1:
             raise InvalidArgumentError(f"keys must be 1-D, got shape {list(request.keys.shape)}")
         in_buffer = request.HasField("grads_buffer")
@@ -213,6 +231,7 @@ class StoreEngine:
             raise InvalidArgumentError(
                 f"grads must have shape [{n}, {table.spec.dim}], got {list(request.grads.shape)}"
             )
+        keys = self._keys(request, limit=self.max_lookup_rows)
         with self._gate.shared():
             if not request.client_id:
                 return self._apply(table, keys, request)

@@ -53,15 +53,17 @@ def check_array(
         )
 
 
-def key_bytes(array: pb.Array, name: str = "keys") -> bytes:
-    """Keys (uint64, or non-negative int64) of any shape as packed LE uint64 bytes."""
-    check_array(array, name, ("uint64", "int64"), None)
-    if array.dtype == "int64" and array.data:
-        signed = np.frombuffer(array.data, dtype="<i8")
+def key_bytes(array: pb.Array, name: str = "keys", data: bytes | None = None) -> bytes:
+    """Keys (uint64, or non-negative int64) of any shape as packed LE uint64 bytes: the
+    array's own, or `data` read from the shared buffer it names."""
+    check_array(array, name, ("uint64", "int64"), None, data_elsewhere=data is not None)
+    data = array.data if data is None else data
+    if array.dtype == "int64" and data:
+        signed = np.frombuffer(data, dtype="<i8")
         if (signed < 0).any():
             first = int(np.argmax(signed < 0))
             raise InvalidArgumentError(f"{name}[{first}] = {signed[first]} is negative")
-    return array.data
+    return data
 
 
 def numpy_array(values: npt.NDArray[np.generic]) -> pb.Array:

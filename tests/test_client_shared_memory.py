@@ -5,13 +5,12 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Iterator
 from contextlib import ExitStack
 from pathlib import Path
 
 import numpy as np
 import pytest
-from daemon import Daemon, daemon_thread
+from daemon import daemon_thread
 
 from client import EngramClient
 from client.shared_memory import SharedBufferPool, is_local

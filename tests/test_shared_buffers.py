@@ -127,3 +127,93 @@ def test_a_daemon_can_refuse_shared_buffers(tmp_path: Path, shm: Path) -> None:
         with pytest.raises(grpc.RpcError) as error:
             lookup_into(d, str(shm / "engram-rows"))
     assert error.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+
+
+def test_keys_can_share_a_buffer_with_the_rows(daemon: Daemon, shm: Path) -> None:
+    query = np.array([[5, 999, 5], [0, 1, 2]], np.int64)
+    memory = buffer(shm / "engram-both", 64 + query.size * DIM * 4)
+    memory[: query.nbytes] = query.view(np.uint8).reshape(-1)
+    path = str(shm / "engram-both")
+    reply = list(
+        daemon.stub.Lookup(
+            pb.LookupRequest(
+                table="a",
+                keys=pb.Array(dtype="int64", shape=[2, 3]),
+                keys_buffer=pb.SharedBuffer(path=path),
+                out=pb.SharedBuffer(path=path, offset=64),
+            )
+        )
+    )
+    assert list(reply[0].result_shape) == [2, 3, DIM]
+    got = np.frombuffer(memory, np.float32, query.size * DIM, 64).reshape(2, 3, DIM)
+    streamed = daemon.stub.Lookup(pb.LookupRequest(table="a", keys=keys(query)))
+    np.testing.assert_array_equal(got, rows_of(streamed))
+
+    grads = np.random.default_rng(1).standard_normal((4, DIM)).astype(np.float32)
+    pushed = np.array([3, 7, 3, 9], np.uint64)
+    memory[:32] = pushed.view(np.uint8)
+    memory[64 : 64 + grads.nbytes] = grads.view(np.uint8).reshape(-1)
+    memory.flush()
+    request = pb.PushRequest(
+        table="a",
+        keys=pb.Array(dtype="uint64", shape=[4]),
+        keys_buffer=pb.SharedBuffer(path=path),
+        grads=pb.Array(dtype="float32", shape=[4, DIM]),
+        grads_buffer=pb.SharedBuffer(path=path, offset=64),
+    )
+    assert daemon.stub.Push(request).rows == 3
+    daemon.stub.Push(push("b", pushed, grads))
+    everything = keys(range(ROWS))
+    assert raw_rows(daemon.stub.Lookup(pb.LookupRequest(table="a", keys=everything))) == raw_rows(
+        daemon.stub.Lookup(pb.LookupRequest(table="b", keys=everything))
+    )
+
+
+def test_bad_key_buffers_are_refused_and_change_nothing(daemon: Daemon, shm: Path) -> None:
+    memory = buffer(shm / "engram-keys", 4096)
+    memory[:8] = np.array([-3], np.int64).view(np.uint8)
+    memory.flush()
+    at = pb.SharedBuffer(path=str(shm / "engram-keys"), offset=0)
+    cases = [
+        (
+            pb.Array(dtype="uint64", shape=[1], data=bytes(8)),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "keys carry data and a keys_buffer",
+        ),
+        (pb.Array(dtype="int64", shape=[1]), grpc.StatusCode.INVALID_ARGUMENT, "is negative"),
+        (pb.Array(dtype="float32", shape=[1]), grpc.StatusCode.INVALID_ARGUMENT, "dtype"),
+        (
+            pb.Array(dtype="uint64", shape=[1 << 27]),
+            grpc.StatusCode.RESOURCE_EXHAUSTED,
+            "exceeds the server's limit",
+        ),
+    ]
+    for key_array, code, message in cases:
+        lookup = pb.LookupRequest(table="a", keys=key_array, keys_buffer=at)
+        push_request = pb.PushRequest(
+            table="a",
+            keys=key_array,
+            keys_buffer=at,
+            grads=pb.Array(dtype="float32", shape=[key_array.shape[0], DIM]),
+            grads_buffer=pb.SharedBuffer(path=at.path, offset=64),
+        )
+        for request in (lookup, push_request):
+            with pytest.raises(grpc.RpcError) as error:
+                if isinstance(request, pb.LookupRequest):
+                    list(daemon.stub.Lookup(request))
+                else:
+                    daemon.stub.Push(request)
+            assert error.value.code() == code, message
+            assert message in error.value.details(), error.value.details()
+    with pytest.raises(grpc.RpcError) as error:
+        list(
+            daemon.stub.Lookup(
+                pb.LookupRequest(
+                    table="a", keys=pb.Array(dtype="uint64", shape=[1000]), keys_buffer=at
+                )
+            )
+        )
+    assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "too few" in error.value.details()
+    info = daemon.stub.DescribeTable(pb.DescribeTableRequest(name="a"))
+    assert (info.step, info.written_rows) == (0, 0)

@@ -157,18 +157,20 @@ class DescribeTableRequest(_message.Message):
     def __init__(self, name: _Optional[str] = ...) -> None: ...
 
 class LookupRequest(_message.Message):
-    __slots__ = ("table", "keys", "dtype", "rows_per_chunk", "out")
+    __slots__ = ("table", "keys", "dtype", "rows_per_chunk", "out", "keys_buffer")
     TABLE_FIELD_NUMBER: _ClassVar[int]
     KEYS_FIELD_NUMBER: _ClassVar[int]
     DTYPE_FIELD_NUMBER: _ClassVar[int]
     ROWS_PER_CHUNK_FIELD_NUMBER: _ClassVar[int]
     OUT_FIELD_NUMBER: _ClassVar[int]
+    KEYS_BUFFER_FIELD_NUMBER: _ClassVar[int]
     table: str
     keys: Array
     dtype: str
     rows_per_chunk: int
     out: SharedBuffer
-    def __init__(self, table: _Optional[str] = ..., keys: _Optional[_Union[Array, _Mapping]] = ..., dtype: _Optional[str] = ..., rows_per_chunk: _Optional[int] = ..., out: _Optional[_Union[SharedBuffer, _Mapping]] = ...) -> None: ...
+    keys_buffer: SharedBuffer
+    def __init__(self, table: _Optional[str] = ..., keys: _Optional[_Union[Array, _Mapping]] = ..., dtype: _Optional[str] = ..., rows_per_chunk: _Optional[int] = ..., out: _Optional[_Union[SharedBuffer, _Mapping]] = ..., keys_buffer: _Optional[_Union[SharedBuffer, _Mapping]] = ...) -> None: ...
 
 class LookupTokensRequest(_message.Message):
     __slots__ = ("table", "token_ids", "hash_fingerprint", "dtype", "rows_per_chunk", "out")
@@ -201,7 +203,7 @@ class LookupResponse(_message.Message):
     def __init__(self, offset: _Optional[int] = ..., total_rows: _Optional[int] = ..., rows: _Optional[_Union[Array, _Mapping]] = ..., result_shape: _Optional[_Iterable[int]] = ..., in_shared_buffer: _Optional[bool] = ...) -> None: ...
 
 class PushRequest(_message.Message):
-    __slots__ = ("table", "keys", "grads", "step", "client_id", "sequence", "grads_buffer")
+    __slots__ = ("table", "keys", "grads", "step", "client_id", "sequence", "grads_buffer", "keys_buffer")
     TABLE_FIELD_NUMBER: _ClassVar[int]
     KEYS_FIELD_NUMBER: _ClassVar[int]
     GRADS_FIELD_NUMBER: _ClassVar[int]
@@ -209,6 +211,7 @@ class PushRequest(_message.Message):
     CLIENT_ID_FIELD_NUMBER: _ClassVar[int]
     SEQUENCE_FIELD_NUMBER: _ClassVar[int]
     GRADS_BUFFER_FIELD_NUMBER: _ClassVar[int]
+    KEYS_BUFFER_FIELD_NUMBER: _ClassVar[int]
     table: str
     keys: Array
     grads: Array
@@ -216,7 +219,8 @@ class PushRequest(_message.Message):
     client_id: str
     sequence: int
     grads_buffer: SharedBuffer
-    def __init__(self, table: _Optional[str] = ..., keys: _Optional[_Union[Array, _Mapping]] = ..., grads: _Optional[_Union[Array, _Mapping]] = ..., step: _Optional[int] = ..., client_id: _Optional[str] = ..., sequence: _Optional[int] = ..., grads_buffer: _Optional[_Union[SharedBuffer, _Mapping]] = ...) -> None: ...
+    keys_buffer: SharedBuffer
+    def __init__(self, table: _Optional[str] = ..., keys: _Optional[_Union[Array, _Mapping]] = ..., grads: _Optional[_Union[Array, _Mapping]] = ..., step: _Optional[int] = ..., client_id: _Optional[str] = ..., sequence: _Optional[int] = ..., grads_buffer: _Optional[_Union[SharedBuffer, _Mapping]] = ..., keys_buffer: _Optional[_Union[SharedBuffer, _Mapping]] = ...) -> None: ...
 
 class PushResponse(_message.Message):
     __slots__ = ("rows", "step", "duplicate")
