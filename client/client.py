@@ -50,6 +50,8 @@ class PushResult:
     rows: int
     step: int
     duplicate: bool
+    # With `return_rows`: float32 `[len(keys), dim]`, each key's row as the push left it.
+    updated_rows: npt.NDArray[np.float32] | None = None
 
 
 @dataclass(frozen=True)
@@ -327,9 +329,18 @@ class EngramClient:
         keys = np.array(keys, copy=True)
         return self._background.submit(self.lookup, table, keys, dtype)
 
-    def push(self, table: str, keys: Any, grads: Any, step: int | None = None) -> PushResult:
+    def push(
+        self,
+        table: str,
+        keys: Any,
+        grads: Any,
+        step: int | None = None,
+        return_rows: bool = False,
+    ) -> PushResult:
         """Applies `grads` (`[len(keys), dim]`) with the table's optimizer; repeated keys are
-        summed by the daemon. Exactly once, even when retried."""
+        summed by the daemon. Exactly once, even when retried. With `return_rows`, the result
+        carries each key's row as this push left it (a retried push that was already applied
+        carries the rows as they are now)."""
         flat = as_keys(keys)
         layout = self._layout(table)
         values = as_rows(grads, len(flat), layout.dim, "grads")
@@ -337,11 +348,13 @@ class EngramClient:
             raise ValueError("push has no keys")
         with self._sequence_lock:
             sequence = next(self._sequence)
+        updated = np.empty_like(values) if return_rows else None
 
         def send(shard_index: int, positions: npt.NDArray[np.intp]) -> pb.PushResponse:
             shard = self.shards[shard_index]
             local = flat[positions] - layout.bounds[shard_index]
-            rows = values if len(positions) == len(flat) else values[positions]
+            whole = len(positions) == len(flat)
+            rows = values if whole else values[positions]
             request = pb.PushRequest(
                 table=table,
                 keys=pb.Array(dtype="uint64", shape=[len(local)]),
@@ -349,18 +362,25 @@ class EngramClient:
                 step=step or 0,
                 client_id=self.client_id,
                 sequence=sequence,
+                return_rows=return_rows,
             )
             replies: list[pb.PushResponse] = []
 
+            def keep(returned: npt.NDArray[np.float32]) -> None:
+                if updated is not None:
+                    updated[positions] = returned
+
             def through_shared_memory() -> None:
-                # Keys first, the gradients after them.
+                # Keys first, the gradients after them (and the rows over the gradients).
                 grads_at = aligned(local.nbytes)
                 with self._buffers.lease(grads_at + rows.size * 4) as buffer:
                     buffer.view(np.dtype("<u8"), local.shape)[:] = local
-                    buffer.view(np.dtype("<f4"), rows.shape, grads_at)[:] = rows
+                    in_buffer = buffer.view(np.dtype("<f4"), rows.shape, grads_at)
+                    in_buffer[:] = rows
                     request.keys_buffer.CopyFrom(buffer.message())
                     request.grads_buffer.CopyFrom(buffer.message(grads_at))
                     replies.append(shard.call(lambda t: shard.stub.Push(request, timeout=t)))
+                    keep(in_buffer)
 
             if not self._shared(shard_index, through_shared_memory):
                 # Same sequence: a push the daemon refused was not applied.
@@ -369,6 +389,9 @@ class EngramClient:
                 request.keys.data = local.astype("<u8", copy=False).tobytes()
                 request.grads.data = rows.astype("<f4", copy=False).tobytes()
                 replies.append(shard.call(lambda t: shard.stub.Push(request, timeout=t)))
+                if return_rows:
+                    returned = replies[0].updated_rows.data
+                    keep(np.frombuffer(returned, "<f4").reshape(rows.shape))
             return replies[0]
 
         parts = layout.split(flat)
@@ -377,14 +400,20 @@ class EngramClient:
             rows=sum(r.rows for r in replies),
             step=max(r.step for r in replies),
             duplicate=all(r.duplicate for r in replies),
+            updated_rows=updated,
         )
 
     def push_async(
-        self, table: str, keys: Any, grads: Any, step: int | None = None
+        self,
+        table: str,
+        keys: Any,
+        grads: Any,
+        step: int | None = None,
+        return_rows: bool = False,
     ) -> Future[PushResult]:
         """`push` on a background thread; the keys and gradients are copied first."""
         keys, grads = np.array(keys, copy=True), np.array(grads, copy=True)
-        return self._background.submit(self.push, table, keys, grads, step)
+        return self._background.submit(self.push, table, keys, grads, step, return_rows)
 
     def _shared(self, shard_index: int, call: Any) -> bool:
         """Runs `call` (a transfer through shared memory) if the shard takes them; False when

@@ -7,9 +7,11 @@ every Engram layer and looks its rows up `depth` batches ahead; iterating yields
 device is given).
 
 Training consistency: rows read ahead may predate pushes that later steps issued. In the
-default synchronous mode (`max_staleness=0`) the rows of a batch are re-read, for the keys
-that any such push touched, once those pushes are applied: every step sees every update of
-the steps before it. `max_staleness=k` accepts rows that miss at most the last k pushes.
+default synchronous mode (`max_staleness=0`) the rows of a batch that any such push touched
+are brought up to date once those pushes are applied, from the rows each push returned
+(pushes of a table apply in order, so the last push of a key left its latest row): every
+step sees every update of the steps before it, without reading rows again.
+`max_staleness=k` accepts rows that miss at most the last k pushes.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ import numpy as np
 import torch
 
 from client.hashing import NgramHashMapping
-from client.torch.tables import StoreTable
+from client.torch.tables import PUSH_LOG_LENGTH, StoreTable
 
 
 @dataclass
@@ -34,6 +36,7 @@ class _Pending:
     keys: dict[int, np.ndarray]
     rows: dict[int, torch.Tensor]
     pushes_seen: dict[int, int]
+    sorted_keys: dict[int, _SortedKeys]
 
 
 _DONE = object()
@@ -52,6 +55,31 @@ def _touched(keys: np.ndarray, pushed: np.ndarray, num_rows: int) -> np.ndarray:
     return np.isin(keys, pushed)
 
 
+class _SortedKeys:
+    """A batch's keys with the order that sorts them: finding many pushed keys among them is
+    then a merge-like search (sorting once, off the training thread, costs less than
+    searching unsorted keys at every push)."""
+
+    def __init__(self, keys: np.ndarray) -> None:
+        self.order = np.argsort(keys, kind="stable")
+        self.sorted = keys[self.order]
+
+    def overwrite(
+        self, rows: torch.Tensor, pushed_keys: np.ndarray, pushed_rows: np.ndarray
+    ) -> int:
+        """Sets each row of `rows` (one per key) whose key is among `pushed_keys` to that
+        key's pushed row; returns how many it set."""
+        if len(pushed_keys) > 1 and not (pushed_keys[1:] > pushed_keys[:-1]).all():
+            by_key = np.argsort(pushed_keys, kind="stable")
+            pushed_keys, pushed_rows = pushed_keys[by_key], pushed_rows[by_key]
+        at = np.searchsorted(pushed_keys, self.sorted).clip(max=len(pushed_keys) - 1)
+        hit = pushed_keys[at] == self.sorted
+        if hit.any():
+            positions = torch.from_numpy(self.order[hit]).to(rows.device)
+            rows[positions] = torch.from_numpy(pushed_rows[at[hit]]).to(rows.device)
+        return int(hit.sum())
+
+
 class Prefetcher:
     def __init__(
         self,
@@ -63,8 +91,8 @@ class Prefetcher:
         device: torch.device | str | None = None,
         token_ids: Callable[[Any], Any] = lambda batch: batch,
     ) -> None:
-        if depth < 1:
-            raise ValueError(f"depth must be at least 1, got {depth}")
+        if not 1 <= depth <= PUSH_LOG_LENGTH // 2:
+            raise ValueError(f"depth must be between 1 and {PUSH_LOG_LENGTH // 2}, got {depth}")
         if max_staleness < 0:
             raise ValueError(f"max_staleness must be non-negative, got {max_staleness}")
         missing = set(tables) - set(mapping.layer_ids)
@@ -78,7 +106,9 @@ class Prefetcher:
         self._queue: queue.Queue[Any] = queue.Queue(maxsize=depth)
         self._thread = threading.Thread(target=self._fill, args=(iter(batches),), daemon=True)
         self._stop = threading.Event()
-        self.rows_reread = 0
+        self.rows_refreshed = 0
+        for table in tables.values():
+            table.keep_updated_rows()
         self._thread.start()
 
     def _fill(self, batches: Iterator[Any]) -> None:
@@ -86,7 +116,7 @@ class Prefetcher:
             for batch in batches:
                 ids = np.asarray(self.token_ids(batch), dtype=np.int64)
                 hashes = self.mapping.hash(ids)
-                pending = _Pending(batch, {}, {}, {}, {})
+                pending = _Pending(batch, {}, {}, {}, {}, {})
                 for layer, table in self.tables.items():
                     keys = hashes[layer] + table.offsets.numpy()
                     # Pushes applied before the lookup runs are in its rows; later ones are
@@ -94,6 +124,7 @@ class Prefetcher:
                     pending.pushes_seen[layer] = table.pushes_applied()
                     pending.hash_ids[layer] = hashes[layer]
                     pending.keys[layer] = keys
+                    pending.sorted_keys[layer] = _SortedKeys(keys.reshape(-1))
                     pending.rows[layer] = table.fetch(keys)
                 while not self._stop.is_set():
                     try:
@@ -120,21 +151,30 @@ class Prefetcher:
     def _ready(self, item: _Pending, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
         table = self.tables[layer]
         rows = item.rows[layer]
-        missed = table.pushes_issued - item.pushes_seen[layer]
-        if missed > self.max_staleness:
-            # Only rows that a later push touched can be out of date: wait for the pushes
-            # and re-read just those (most batches share few rows with the last steps').
-            keys = item.keys[layer]
-            stale = _touched(
-                keys.reshape(-1), table.keys_pushed_since(item.pushes_seen[layer]), table.num_rows
-            )
-            if stale.any():
-                table.wait_for_pushes()
-                # Straight from the store: a cache could hold the rows from before the push.
-                fresh = table.client.lookup(table.table, keys.reshape(-1)[stale])
-                positions = torch.from_numpy(np.flatnonzero(stale)).to(rows.device)
-                rows.view(-1, rows.shape[-1])[positions] = torch.from_numpy(fresh).to(rows.device)
-                self.rows_reread += int(stale.sum())
+        seen = item.pushes_seen[layer]
+        if table.pushes_issued - seen > self.max_staleness:
+            # Only rows that a later push touched can be out of date.
+            table.wait_for_pushes()
+            numbers = range(seen + 1, table.pushes_issued + 1)
+            updates = table.updated_rows(numbers)
+            flat_keys = item.keys[layer].reshape(-1)
+            flat_rows = rows.view(-1, rows.shape[-1])
+            if updates is not None:
+                # Each push returned the rows it left, in push order: no need to read again.
+                for pushed_keys, pushed_rows in updates:
+                    self.rows_refreshed += item.sorted_keys[layer].overwrite(
+                        flat_rows, pushed_keys, pushed_rows
+                    )
+            else:
+                stale = _touched(flat_keys, table.keys_pushed_since(seen), table.num_rows)
+                if stale.any():
+                    # Straight from the store: a cache could hold the rows from before the push.
+                    fresh = table.client.lookup(table.table, flat_keys[stale])
+                    positions = torch.from_numpy(np.flatnonzero(stale)).to(rows.device)
+                    flat_rows[positions] = torch.from_numpy(fresh).to(rows.device)
+                    self.rows_refreshed += int(stale.sum())
+        # Batches still ahead were read after this one: they need no older pushes' rows.
+        table.forget_updated_rows(through=seen)
         hash_ids = torch.from_numpy(item.hash_ids[layer])
         if self.device is not None and self.device.type != "cpu":
             if rows.device != self.device:

@@ -142,11 +142,15 @@ class EmbeddingTable:
         offset: int,
         grads_dtype: str,
         step: int | None = None,
+        return_rows: bool = False,
     ) -> tuple[int, int]: ...
     def gather_into(self, keys: npt.NDArray[np.uint64], out: npt.NDArray[np.float32]) -> None: ...
     def push_bytes(
         self, keys: bytes, grads: bytes, grads_dtype: str, step: int | None = None
     ) -> tuple[int, int]: ...
+    def push_bytes_returning_rows(
+        self, keys: bytes, grads: bytes, grads_dtype: str, step: int | None = None
+    ) -> tuple[int, int, bytes]: ...
     def push(
         self,
         keys: npt.NDArray[np.uint64],

@@ -239,7 +239,7 @@ class StoreEngine:
             with window.lock:
                 if window.seen(request.sequence):
                     table.counters.add(duplicate_pushes=1)
-                    return pb.PushResponse(duplicate=True, step=table.native.step)
+                    return self._current_rows(table, keys, request)
                 response = self._apply(table, keys, request)
                 window.record(request.sequence)
                 return response
@@ -247,16 +247,47 @@ class StoreEngine:
     def _apply(self, table: TableHandle, keys: bytes, request: pb.PushRequest) -> pb.PushResponse:
         step = request.step or None
         grads = request.grads
+        response = pb.PushResponse()
         if request.HasField("grads_buffer"):
             buffer = request.grads_buffer
             with open_buffer(buffer, self.shared_buffer_dir) as fd:
                 rows, applied = table.native.push_from_fd(
-                    keys, fd, buffer.path, buffer.offset, grads.dtype, step
+                    keys, fd, buffer.path, buffer.offset, grads.dtype, step, request.return_rows
                 )
+        elif request.return_rows:
+            rows, applied, updated = table.native.push_bytes_returning_rows(
+                keys, grads.data, grads.dtype, step
+            )
+            response.updated_rows.CopyFrom(
+                pb.Array(dtype=grads.dtype, shape=list(grads.shape), data=updated)
+            )
         else:
             rows, applied = table.native.push_bytes(keys, grads.data, grads.dtype, step)
         table.counters.add(pushes=1, rows_pushed=rows)
-        return pb.PushResponse(rows=rows, step=applied)
+        response.rows, response.step = rows, applied
+        return response
+
+    def _current_rows(
+        self, table: TableHandle, keys: bytes, request: pb.PushRequest
+    ) -> pb.PushResponse:
+        """A duplicate push's answer: no change, and the rows as they are now if asked."""
+        response = pb.PushResponse(duplicate=True, step=table.native.step)
+        if not request.return_rows:
+            return response
+        grads = request.grads
+        if request.HasField("grads_buffer"):
+            buffer = request.grads_buffer
+            with open_buffer(buffer, self.shared_buffer_dir) as fd:
+                table.native.lookup_into_fd(keys, fd, buffer.path, buffer.offset, grads.dtype)
+        else:
+            response.updated_rows.CopyFrom(
+                pb.Array(
+                    dtype=grads.dtype,
+                    shape=list(grads.shape),
+                    data=table.native.lookup_bytes(keys, grads.dtype),
+                )
+            )
+        return response
 
     # durability ------------------------------------------------------------------------
 

@@ -107,3 +107,27 @@ def test_buffers_are_lent_to_one_caller_at_a_time_and_grow(shm: Path) -> None:
     assert len(client_files(shm)) == 2
     pool.close()
     assert client_files(shm) == []
+
+
+@pytest.mark.parametrize("shared_memory", [True, False])
+def test_a_push_can_return_the_rows_it_left(tmp_path: Path, shm: Path, shared_memory: bool) -> None:
+    with ExitStack() as stack:
+        daemons = [
+            stack.enter_context(daemon_thread(tmp_path / f"d{i}", shared_buffer_dir=str(shm)))
+            for i in range(3)
+        ]
+        client = stack.enter_context(
+            EngramClient(
+                [d.address for d in daemons],
+                shared_memory=shared_memory,
+                shared_memory_dir=str(shm),
+            )
+        )
+        client.create_table("t", ROWS, DIM, optimizer="adagrad", lr=0.1)
+        keys = np.array([5, ROWS - 1, 5, 1500])  # every shard, one key twice
+        grads = np.random.default_rng(3).standard_normal((4, DIM)).astype(np.float32)
+        result = client.push("t", keys, grads, return_rows=True)
+        assert result.updated_rows is not None
+        np.testing.assert_array_equal(result.updated_rows, client.lookup("t", keys))
+        assert client.push("t", keys, grads).updated_rows is None
+        assert client.push_async("t", keys, grads, return_rows=True).result().step == 3

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -63,7 +65,7 @@ def test_synchronous_mode_sees_every_earlier_push(
         train_step(table, hash_ids)
         steps += 1
     assert steps == 8
-    assert prefetcher.rows_reread > 0, "rows read ahead of pushes must have been re-read"
+    assert prefetcher.rows_refreshed > 0, "rows read ahead of pushes must have been refreshed"
 
 
 def test_max_staleness_bounds_how_far_behind_rows_may_be(
@@ -89,3 +91,30 @@ def test_max_staleness_bounds_how_far_behind_rows_may_be(
         table.wait_for_pushes()
         snapshots.append(client.lookup("t", every_row))
     assert stale_steps > 0, "with max_staleness the prefetcher must reuse rows read ahead"
+
+
+def test_pushes_issued_before_the_prefetcher_are_caught_by_reading_again(
+    setup: tuple[EngramClient, NgramHashMapping, StoreTable],
+) -> None:
+    client, mapping, table = setup
+    # A push issued before the prefetcher existed (so its rows were not kept), still in
+    # flight while the prefetcher reads ahead.
+    landed = threading.Event()
+    push = client.push
+
+    def held_push(*args: Any, **kwargs: Any) -> Any:
+        landed.wait(10)
+        return push(*args, **kwargs)
+
+    client.push = held_push  # type: ignore[method-assign]
+    train_step(table, torch.from_numpy(mapping.hash(batches(1)[0])[LAYER]))
+    prefetcher = Prefetcher(batches(3), mapping, {LAYER: table}, depth=2)
+    wait_until_full(prefetcher)
+    landed.set()
+    for _, rows in prefetcher:
+        hash_ids, fetched = rows[LAYER]
+        table.wait_for_pushes()
+        fresh = client.lookup("t", hash_ids.numpy() + table.offsets.numpy())
+        np.testing.assert_array_equal(fetched.numpy(), fresh)
+        train_step(table, hash_ids)
+    assert prefetcher.rows_refreshed > 0

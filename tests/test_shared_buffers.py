@@ -217,3 +217,48 @@ def test_bad_key_buffers_are_refused_and_change_nothing(daemon: Daemon, shm: Pat
     assert "too few" in error.value.details()
     info = daemon.stub.DescribeTable(pb.DescribeTableRequest(name="a"))
     assert (info.step, info.written_rows) == (0, 0)
+
+
+def test_a_push_can_answer_with_the_rows_it_left(daemon: Daemon, shm: Path) -> None:
+    for name in ("adam_a", "adam_b"):
+        daemon.stub.CreateTable(
+            pb.CreateTableRequest(spec=spec(name, num_rows=ROWS, dim=DIM, optimizer="adam"))
+        )
+    pushed = [3, 7, 3, 9]
+    grads = np.random.default_rng(2).standard_normal((4, DIM)).astype(np.float32)
+
+    def rows_now(table: str) -> np.ndarray:
+        return rows_of(daemon.stub.Lookup(pb.LookupRequest(table=table, keys=keys(pushed))))
+
+    # In the message: float32 rows of every key, repeats included.
+    reply = daemon.stub.Push(push("adam_a", pushed, grads, return_rows=True))
+    assert (reply.rows, reply.step) == (3, 1)
+    assert list(reply.updated_rows.shape) == [4, DIM]
+    returned = np.frombuffer(reply.updated_rows.data, "<f4").reshape(4, DIM)
+    np.testing.assert_array_equal(returned, rows_now("adam_a"))
+    # Over the gradients in a shared buffer; the same push as a plain one.
+    memory = buffer(shm / "engram-grads", grads.nbytes)
+    memory[:] = grads.view(np.uint8).reshape(-1)
+    memory.flush()
+    in_buffer = pb.PushRequest(
+        table="adam_b",
+        keys=keys(pushed),
+        grads=pb.Array(dtype="float32", shape=[4, DIM]),
+        grads_buffer=pb.SharedBuffer(path=str(shm / "engram-grads")),
+        return_rows=True,
+        client_id="c",
+        sequence=1,
+    )
+    assert not daemon.stub.Push(in_buffer).HasField("updated_rows")
+    after = np.frombuffer(memory, np.float32).reshape(4, DIM).copy()
+    np.testing.assert_array_equal(after, rows_now("adam_b"))
+    np.testing.assert_array_equal(after, returned)
+    # A retried push changes nothing and answers with the rows as they are now.
+    daemon.stub.Push(push("adam_b", [9], grads[:1]))
+    memory[:] = grads.view(np.uint8).reshape(-1)
+    memory.flush()
+    again = daemon.stub.Push(in_buffer)
+    assert again.duplicate and again.step == 2
+    np.testing.assert_array_equal(
+        np.frombuffer(memory, np.float32).reshape(4, DIM), rows_now("adam_b")
+    )

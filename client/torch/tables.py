@@ -12,7 +12,7 @@ each head's offset, and return rows `[B, T, heads, dim]`.
 from __future__ import annotations
 
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
@@ -22,6 +22,9 @@ from torch import nn
 
 from client.cache import RowCache
 from client.client import EngramClient
+
+# How many pushes' keys a table remembers, for rows read ahead of them.
+PUSH_LOG_LENGTH = 64
 
 
 def _offsets(list_of_n: Sequence[int]) -> torch.Tensor:
@@ -68,9 +71,10 @@ class StoreTable(nn.Module):
 
     Forward fetches the rows (or takes rows the caller prefetched); backward sums the
     gradient per distinct row and pushes it in the background, with at most
-    `max_pushes_in_flight` pushes outstanding. Before fetching, forward waits for earlier
-    pushes, so a step always sees every update of the steps before it. With a `cache`, hot
-    rows are served from host memory; this table's pushes invalidate theirs.
+    `max_pushes_in_flight` pushes outstanding, applied in the order they were issued. Before
+    fetching, forward waits for earlier pushes, so a step always sees every update of the
+    steps before it. With a `cache`, hot rows are served from host memory; this table's
+    pushes invalidate theirs.
     """
 
     offsets: torch.Tensor
@@ -92,13 +96,17 @@ class StoreTable(nn.Module):
         self.client = client
         self.table = table
         self.cache = cache
-        self._pushes = ThreadPoolExecutor(max_workers=max_pushes_in_flight)
+        # One worker: pushes apply in order, so the rows each returns are the latest yet.
+        self._pushes = ThreadPoolExecutor(max_workers=1)
         self._slots = threading.BoundedSemaphore(max_pushes_in_flight)
         self._pending: list[tuple[int, Future[Any]]] = []
         self._pending_lock = threading.Lock()
         # Keys of every push, by push number (1, 2, ...), so prefetched rows can be checked
         # against the pushes issued after they were read.
         self._pushed_keys: dict[int, np.ndarray] = {}
+        # With `keep_updated_rows`: the rows each push left, by push number.
+        self._keep_updated_rows = False
+        self._updated_rows: dict[int, np.ndarray] = {}
         self.pushes_issued = 0
         # Gives the rows a place in the autograd graph without being a trainable parameter.
         self._anchor = torch.zeros((), requires_grad=True)
@@ -125,9 +133,32 @@ class StoreTable(nn.Module):
         out: torch.Tensor = rows.reshape((*keys.shape, self.embedding_dim))
         return out
 
-    def _push(self, keys: np.ndarray, grads: np.ndarray) -> None:
+    def keep_updated_rows(self) -> None:
+        """From now on, remembers the rows each push leaves (the daemon returns them), for
+        `updated_rows`, until `forget_updated_rows`."""
+        self._keep_updated_rows = True
+
+    def updated_rows(self, numbers: Iterable[int]) -> list[tuple[np.ndarray, np.ndarray]] | None:
+        """`(keys, rows)` as each of the given (applied) pushes left them, in push order; None
+        unless every one was remembered."""
+        with self._pending_lock:
+            found = [(self._pushed_keys.get(n), self._updated_rows.get(n)) for n in numbers]
+        if any(keys is None or rows is None for keys, rows in found):
+            return None
+        return [(keys, rows) for keys, rows in found if keys is not None and rows is not None]
+
+    def forget_updated_rows(self, through: int) -> None:
+        """Drops the rows of pushes 1..`through` (nobody reading ahead still needs them)."""
+        with self._pending_lock:
+            for n in [n for n in self._updated_rows if n <= through]:
+                del self._updated_rows[n]
+
+    def _push(self, number: int, keys: np.ndarray, grads: np.ndarray) -> None:
         try:
-            self.client.push(self.table, keys, grads)
+            result = self.client.push(self.table, keys, grads, return_rows=self._keep_updated_rows)
+            if result.updated_rows is not None:
+                with self._pending_lock:
+                    self._updated_rows[number] = result.updated_rows
         finally:
             # After the push, so no fetch in between can cache the old rows again.
             if self.cache is not None:
@@ -144,19 +175,20 @@ class StoreTable(nn.Module):
         keys_np = unique.numpy().astype(np.uint64)
         grads_np = summed.numpy()
         self._slots.acquire()
-        future = self._pushes.submit(self._push, keys_np, grads_np)
         with self._pending_lock:
             self.pushes_issued += 1
-            self._pending.append((self.pushes_issued, future))
             self._pushed_keys[self.pushes_issued] = keys_np
+            # Nobody reads rows older than a prefetch depth: keep the log short.
+            self._pushed_keys.pop(self.pushes_issued - PUSH_LOG_LENGTH, None)
+            # Listed as pending before it can run, so `pushes_applied` never counts it early.
+            future = self._pushes.submit(self._push, self.pushes_issued, keys_np, grads_np)
+            self._pending.append((self.pushes_issued, future))
 
     def keys_pushed_since(self, push_number: int) -> np.ndarray:
-        """Keys of the pushes issued after push `push_number` (each push's keys distinct)."""
+        """Keys of the pushes issued after push `push_number` (each push's keys distinct; the
+        last `PUSH_LOG_LENGTH` pushes are remembered)."""
         with self._pending_lock:
             recent = [k for n, k in self._pushed_keys.items() if n > push_number]
-            # Nobody reads rows older than the prefetch depth: keep the log short.
-            for n in [n for n in self._pushed_keys if n <= push_number - 64]:
-                del self._pushed_keys[n]
         return np.concatenate(recent) if recent else np.zeros(0, np.uint64)
 
     def pushes_applied(self) -> int:

@@ -187,6 +187,41 @@ impl EmbeddingTable {
         grads: &[u8],
         step: Option<u64>,
     ) -> Result<PushOutcome> {
+        let (grads, groups) = self.prepare_push(keys, grads_dtype, grads, step)?;
+        let _serialised = self.pause_pushes();
+        self.apply_push(&groups, grads, step)
+    }
+
+    /// [`EmbeddingTable::push_encoded`], then overwrites `buffer` (which held the gradients)
+    /// with the rows of `keys` as this push left them, in the same dtype, before any other
+    /// push can change them: a client learns the rows its push produced without reading
+    /// them again.
+    pub fn push_returning_rows(
+        &self,
+        keys: &[u64],
+        dtype: DType,
+        buffer: &mut [u8],
+        step: Option<u64>,
+    ) -> Result<PushOutcome> {
+        let serialised;
+        let outcome = {
+            let (grads, groups) = self.prepare_push(keys, dtype, buffer, step)?;
+            serialised = self.pause_pushes();
+            self.apply_push(&groups, grads, step)?
+        };
+        self.params.gather_into(keys, dtype, buffer)?;
+        drop(serialised);
+        Ok(outcome)
+    }
+
+    /// Validates a push (before any lock is taken) and groups its keys.
+    fn prepare_push<'a>(
+        &self,
+        keys: &[u64],
+        grads_dtype: DType,
+        grads: &'a [u8],
+        step: Option<u64>,
+    ) -> Result<(Gradients<'a>, KeyGroups)> {
         let dim = self.params.dim();
         let row_bytes = dim * grads_dtype.size();
         if grads.len() != keys.len() * row_bytes {
@@ -215,8 +250,16 @@ impl EmbeddingTable {
             || KeyGroups::of(keys),
         );
         finite?;
-        let groups = groups?;
-        let _serialised = self.pause_pushes();
+        Ok((grads, groups?))
+    }
+
+    /// Applies a prepared push; the caller holds [`EmbeddingTable::pause_pushes`].
+    fn apply_push(
+        &self,
+        groups: &KeyGroups,
+        grads: Gradients<'_>,
+        step: Option<u64>,
+    ) -> Result<PushOutcome> {
         let step = match step {
             Some(s) => {
                 self.step.fetch_max(s, Ordering::AcqRel);
@@ -227,12 +270,12 @@ impl EmbeddingTable {
         let update = OptimizerStep {
             optimizer: self.optimizer,
             grads,
-            dim,
+            dim: self.params.dim(),
             step,
         };
         let rows = self
             .params
-            .update_grouped(self.state.as_ref(), &groups, update)?;
+            .update_grouped(self.state.as_ref(), groups, update)?;
         Ok(PushOutcome { rows, step })
     }
 

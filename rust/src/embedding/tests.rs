@@ -155,3 +155,31 @@ fn encoded_half_precision_pushes_sum_repeats_in_order() {
         "{err}"
     );
 }
+
+#[test]
+fn a_push_can_return_the_rows_it_left() {
+    let dir = tempfile::tempdir().unwrap();
+    let adam = Optimizer::new("adam", 0.1, 1e-8, 0.9, 0.999, 0.0).unwrap();
+    let returning =
+        EmbeddingTable::create(dir.path().join("a"), header(50, 4), adam, false).unwrap();
+    let plain = EmbeddingTable::create(dir.path().join("b"), header(50, 4), adam, false).unwrap();
+    let keys = [7, 3, 7, 49];
+    let grads: Vec<f32> = (0..16).map(|i| i as f32 - 5.0).collect();
+    let mut buffer = vec![0u8; 64];
+    codec::encode_f32(DType::F32, &grads, &mut buffer);
+    let outcome = returning
+        .push_returning_rows(&keys, DType::F32, &mut buffer, None)
+        .unwrap();
+    assert_eq!(outcome, plain.push(&keys, &grads, None).unwrap());
+    let mut rows = vec![0f32; 16];
+    codec::decode_to_f32(DType::F32, &buffer, &mut rows);
+    assert_eq!(rows, plain.params().gather(&keys).unwrap());
+    assert_eq!(rows, returning.params().gather(&keys).unwrap());
+    // A refused push leaves the buffer and the table as they were.
+    let before = buffer.clone();
+    assert!(returning
+        .push_returning_rows(&[50], DType::F32, &mut buffer[..16], None)
+        .is_err());
+    assert_eq!(buffer, before);
+    assert_eq!(returning.step(), 1);
+}

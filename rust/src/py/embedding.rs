@@ -171,6 +171,27 @@ impl EmbeddingTable {
         })
     }
 
+    /// `push_bytes`, also returning the rows of `keys` as the push left them (packed like
+    /// the gradients): `(distinct rows, step applied, rows)`.
+    #[pyo3(signature = (keys, grads, grads_dtype, step=None))]
+    fn push_bytes_returning_rows<'py>(
+        &self,
+        py: Python<'py>,
+        keys: &[u8],
+        grads: &[u8],
+        grads_dtype: &str,
+        step: Option<u64>,
+    ) -> PyResult<(usize, u64, Bound<'py, PyBytes>)> {
+        let dtype = parse_dtype(grads_dtype)?;
+        let mut buffer = grads.to_vec();
+        let outcome = detached(py, || {
+            let keys = codec::decode_keys(keys, "keys")?;
+            self.inner
+                .push_returning_rows(&keys, dtype, &mut buffer, step)
+        })?;
+        Ok((outcome.rows, outcome.step, PyBytes::new(py, &buffer)))
+    }
+
     /// Gathers the rows of the LE uint64 `keys` payload as `dtype` values into the shared
     /// buffer open as `fd`, at `offset` (see `region`). Every key is checked first.
     fn lookup_into_fd(
@@ -196,8 +217,9 @@ impl EmbeddingTable {
     }
 
     /// Applies a push whose `grads_dtype` gradients lie in the shared buffer open as `fd`, at
-    /// `offset`. Returns `(distinct rows, step applied)`.
-    #[pyo3(signature = (keys, fd, path, offset, grads_dtype, step=None))]
+    /// `offset`; with `return_rows`, then writes the rows of `keys` as the push left them over
+    /// the gradients. Returns `(distinct rows, step applied)`.
+    #[pyo3(signature = (keys, fd, path, offset, grads_dtype, step=None, return_rows=false))]
     #[allow(clippy::too_many_arguments)]
     fn push_from_fd(
         &self,
@@ -208,6 +230,7 @@ impl EmbeddingTable {
         offset: u64,
         grads_dtype: &str,
         step: Option<u64>,
+        return_rows: bool,
     ) -> PyResult<(usize, u64)> {
         let grads_dtype = parse_dtype(grads_dtype)?;
         let file = file_of_fd(fd)?;
@@ -215,8 +238,13 @@ impl EmbeddingTable {
         detached(py, || {
             let keys = codec::decode_keys(keys, "keys")?;
             let len = keys.len() * dim * grads_dtype.size();
-            let outcome = region::with_region(&file, &path, offset, len, |grads| {
-                self.inner.push_encoded(&keys, grads_dtype, grads, step)
+            let outcome = region::with_region_mut(&file, &path, offset, len, |buffer| {
+                if return_rows {
+                    self.inner
+                        .push_returning_rows(&keys, grads_dtype, buffer, step)
+                } else {
+                    self.inner.push_encoded(&keys, grads_dtype, buffer, step)
+                }
             })?;
             Ok((outcome.rows, outcome.step))
         })

@@ -203,7 +203,7 @@ class LookupResponse(_message.Message):
     def __init__(self, offset: _Optional[int] = ..., total_rows: _Optional[int] = ..., rows: _Optional[_Union[Array, _Mapping]] = ..., result_shape: _Optional[_Iterable[int]] = ..., in_shared_buffer: _Optional[bool] = ...) -> None: ...
 
 class PushRequest(_message.Message):
-    __slots__ = ("table", "keys", "grads", "step", "client_id", "sequence", "grads_buffer", "keys_buffer")
+    __slots__ = ("table", "keys", "grads", "step", "client_id", "sequence", "grads_buffer", "keys_buffer", "return_rows")
     TABLE_FIELD_NUMBER: _ClassVar[int]
     KEYS_FIELD_NUMBER: _ClassVar[int]
     GRADS_FIELD_NUMBER: _ClassVar[int]
@@ -212,6 +212,7 @@ class PushRequest(_message.Message):
     SEQUENCE_FIELD_NUMBER: _ClassVar[int]
     GRADS_BUFFER_FIELD_NUMBER: _ClassVar[int]
     KEYS_BUFFER_FIELD_NUMBER: _ClassVar[int]
+    RETURN_ROWS_FIELD_NUMBER: _ClassVar[int]
     table: str
     keys: Array
     grads: Array
@@ -220,17 +221,20 @@ class PushRequest(_message.Message):
     sequence: int
     grads_buffer: SharedBuffer
     keys_buffer: SharedBuffer
-    def __init__(self, table: _Optional[str] = ..., keys: _Optional[_Union[Array, _Mapping]] = ..., grads: _Optional[_Union[Array, _Mapping]] = ..., step: _Optional[int] = ..., client_id: _Optional[str] = ..., sequence: _Optional[int] = ..., grads_buffer: _Optional[_Union[SharedBuffer, _Mapping]] = ..., keys_buffer: _Optional[_Union[SharedBuffer, _Mapping]] = ...) -> None: ...
+    return_rows: bool
+    def __init__(self, table: _Optional[str] = ..., keys: _Optional[_Union[Array, _Mapping]] = ..., grads: _Optional[_Union[Array, _Mapping]] = ..., step: _Optional[int] = ..., client_id: _Optional[str] = ..., sequence: _Optional[int] = ..., grads_buffer: _Optional[_Union[SharedBuffer, _Mapping]] = ..., keys_buffer: _Optional[_Union[SharedBuffer, _Mapping]] = ..., return_rows: _Optional[bool] = ...) -> None: ...
 
 class PushResponse(_message.Message):
-    __slots__ = ("rows", "step", "duplicate")
+    __slots__ = ("rows", "step", "duplicate", "updated_rows")
     ROWS_FIELD_NUMBER: _ClassVar[int]
     STEP_FIELD_NUMBER: _ClassVar[int]
     DUPLICATE_FIELD_NUMBER: _ClassVar[int]
+    UPDATED_ROWS_FIELD_NUMBER: _ClassVar[int]
     rows: int
     step: int
     duplicate: bool
-    def __init__(self, rows: _Optional[int] = ..., step: _Optional[int] = ..., duplicate: _Optional[bool] = ...) -> None: ...
+    updated_rows: Array
+    def __init__(self, rows: _Optional[int] = ..., step: _Optional[int] = ..., duplicate: _Optional[bool] = ..., updated_rows: _Optional[_Union[Array, _Mapping]] = ...) -> None: ...
 
 class CheckpointRequest(_message.Message):
     __slots__ = ("full",)
