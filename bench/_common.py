@@ -25,6 +25,20 @@ def best_seconds(fn: Callable[[], Any], repeats: int) -> float:
     return best
 
 
+def best_interleaved(fns: dict[str, Callable[[], Any]], repeats: int) -> dict[str, float]:
+    """Best wall time of each function over `repeats` rounds that call each once in turn
+    (after one warm-up round): a disturbance of the machine hits all of them alike, so their
+    ratios hold better than those of back-to-back `best_seconds` runs."""
+    best = dict.fromkeys(fns, float("inf"))
+    for round_number in range(repeats + 1):
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            fn()
+            if round_number:
+                best[name] = min(best[name], time.perf_counter() - start)
+    return best
+
+
 def report(result: dict[str, Any], png: str | None = None) -> None:
     """Prints the JSON line; with `png`, draws the throughput bars (matplotlib if installed)."""
     print(json.dumps(result))

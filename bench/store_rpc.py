@@ -17,13 +17,14 @@ import socket
 import sys
 import tempfile
 import threading
+from collections.abc import Callable
 from functools import partial
 
 import grpc
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(__file__))
-from _common import best_seconds, report
+from _common import best_interleaved, report
 
 from store import Table
 from store._proto.engram.store.v1 import store_pb2 as pb
@@ -31,6 +32,7 @@ from store._proto.engram.store.v1 import store_pb2_grpc as pb_grpc
 from store.local import LocalDaemon
 
 MAX_MESSAGE = 512 << 20
+OPTIMIZERS = ("sgd", "adam", "rowwise_adagrad")
 
 
 def loopback_transfer(nbytes: int) -> None:
@@ -58,7 +60,7 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=4_000_000)
     parser.add_argument("--dim", type=int, default=64)
     parser.add_argument("--batch", type=int, default=65_536)
-    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument("--png")
     args = parser.parse_args()
 
@@ -74,7 +76,7 @@ def main() -> None:
         try:
             with grpc.insecure_channel(address, options=options) as channel:
                 stub = pb_grpc.EngramStoreStub(channel)
-                for name in ("sgd", "adam", "rowwise_adagrad"):
+                for name in OPTIMIZERS:
                     config = pb.OptimizerConfig(lr=0.01)
                     getattr(config, name).SetInParent()
                     stub.CreateTable(
@@ -96,7 +98,6 @@ def main() -> None:
 
                 local = Table.open(os.path.join(tmp, "store", "tables", "sgd", "params.engram"))
                 out = np.empty((args.batch, args.dim), np.float32)
-                local_s = best_seconds(lambda: local.gather(keys, out=out), args.repeats)
 
                 def remote_lookup() -> None:
                     for chunk in stub.Lookup(pb.LookupRequest(table="sgd", keys=key_array)):
@@ -105,49 +106,55 @@ def main() -> None:
                             chunk.rows.data, np.float32
                         ).reshape(n, args.dim)
 
-                lookup_s = best_seconds(remote_lookup, args.repeats)
-                push_s = {}
-                for name in ("sgd", "adam", "rowwise_adagrad"):
+                runs: dict[str, Callable[[], object]] = {
+                    "gather": partial(local.gather, keys, out=out),
+                    "lookup": remote_lookup,
+                    "socket": partial(loopback_transfer, out.nbytes),
+                }
+                for name in OPTIMIZERS:
                     request = pb.PushRequest(table=name, keys=key_array, grads=grad_array)
-                    push_s[name] = best_seconds(partial(stub.Push, request), args.repeats)
+                    runs[f"push_{name}"] = partial(stub.Push, request)
 
-                # Same-machine transport: keys at the start of one shared buffer, rows (or
-                # gradients) after them.
+                # Same-machine transport: one shared buffer holds the keys, then the rows a
+                # lookup writes, then the gradients pushes read.
                 rows_at = -(-keys.nbytes // 4096) * 4096
+                grads_at = rows_at + out.nbytes
                 shm_path = f"/dev/shm/engram-bench-{os.getpid()}"
                 with open(shm_path, "wb") as f:
-                    f.truncate(rows_at + out.nbytes)
+                    f.truncate(grads_at + grads.nbytes)
                 try:
                     shared = np.memmap(shm_path, np.uint8, "r+")
                     shared[: keys.nbytes] = keys.view(np.uint8)
-                    shared_rows = shared[rows_at:].view(np.float32).reshape(out.shape)
+                    shared[grads_at:] = grads.view(np.uint8).reshape(-1)
+                    del shared
                     keys_in_buffer = pb.Array(dtype="uint64", shape=[args.batch])
                     keys_at = pb.SharedBuffer(path=shm_path)
-                    buffer = pb.SharedBuffer(path=shm_path, offset=rows_at)
                     lookup_request = pb.LookupRequest(
-                        table="sgd", keys=keys_in_buffer, keys_buffer=keys_at, out=buffer
+                        table="sgd",
+                        keys=keys_in_buffer,
+                        keys_buffer=keys_at,
+                        out=pb.SharedBuffer(path=shm_path, offset=rows_at),
                     )
-                    shm_lookup_s = best_seconds(
-                        lambda: list(stub.Lookup(lookup_request)), args.repeats
-                    )
-                    shared_rows[:] = grads
-                    shm_push_s = {}
-                    for name in ("sgd", "adam", "rowwise_adagrad"):
+                    runs["shm_lookup"] = lambda: list(stub.Lookup(lookup_request))
+                    for name in OPTIMIZERS:
                         request = pb.PushRequest(
                             table=name,
                             keys=keys_in_buffer,
                             keys_buffer=keys_at,
                             grads=pb.Array(dtype="float32", shape=list(grads.shape)),
-                            grads_buffer=buffer,
+                            grads_buffer=pb.SharedBuffer(path=shm_path, offset=grads_at),
                         )
-                        shm_push_s[name] = best_seconds(partial(stub.Push, request), args.repeats)
-                    del shared, shared_rows
+                        runs[f"shm_push_{name}"] = partial(stub.Push, request)
+                    seconds = best_interleaved(runs, args.repeats)
                 finally:
                     os.unlink(shm_path)
         finally:
             daemon.stop()
 
-    socket_s = best_seconds(partial(loopback_transfer, out.nbytes), args.repeats)
+    local_s, lookup_s, socket_s = seconds["gather"], seconds["lookup"], seconds["socket"]
+    push_s = {name: seconds[f"push_{name}"] for name in OPTIMIZERS}
+    shm_lookup_s = seconds["shm_lookup"]
+    shm_push_s = {name: seconds[f"shm_push_{name}"] for name in OPTIMIZERS}
     rate = args.batch / local_s
     report(
         {

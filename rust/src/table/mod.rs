@@ -103,9 +103,11 @@ impl Table {
         // SAFETY: the file's size was checked against the header; the mapping is private to
         // this process's Table and all access goes through the lock.
         let map = unsafe { MmapOptions::new().map_mut(file) }.map_err(|e| Error::io(path, e))?;
-        // Random row reads are TLB-bound with 4 KiB pages; where the kernel keeps the file in
-        // large folios it can map them with huge pages. Only a hint: failure changes nothing.
-        let _ = map.advise(memmap2::Advice::HugePage);
+        // Rows are touched at random. Without this hint a fault reads ahead (on a sparse file:
+        // zero-fills) neighbouring pages, and with huge-page folios every row written dirties
+        // 2 MiB: page cache and writeback grow thousands of times beyond the rows, and pushes
+        // stall behind writeback. Only a hint: failure changes nothing.
+        let _ = map.advise(memmap2::Advice::Random);
         Ok(Table {
             path: path.to_path_buf(),
             header,
