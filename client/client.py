@@ -395,7 +395,10 @@ class EngramClient:
             return replies[0]
 
         parts = layout.split(flat)
-        replies = [f.result() for f in [self._fanout.submit(send, s, p) for s, p in parts]]
+        if len(parts) == 1:
+            replies = [send(*parts[0])]
+        else:
+            replies = [f.result() for f in [self._fanout.submit(send, s, p) for s, p in parts]]
         return PushResult(
             rows=sum(r.rows for r in replies),
             step=max(r.step for r in replies),
