@@ -290,8 +290,8 @@ class EngramClient:
 
             def through_messages(timeout: float) -> None:
                 for chunk in shard.stub.Lookup(request, timeout=timeout):
-                    n = chunk.rows.shape[0]
-                    place(chunk.offset, np.frombuffer(chunk.rows.data, out.dtype).reshape(n, -1))
+                    rows = np.frombuffer(chunk.rows.data, out.dtype)
+                    place(chunk.offset, rows.reshape(chunk.rows.shape[0], layout.dim))
 
             def through_shared_memory() -> None:
                 # Keys first, the rows after them.

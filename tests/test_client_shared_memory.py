@@ -59,6 +59,7 @@ def test_shared_memory_gives_the_same_rows_as_messages(
         np.testing.assert_array_equal(through_shared, through_messages)
         keys = np.array([[5, ROWS - 1], [0, 5]])
         np.testing.assert_array_equal(shared.lookup("a", keys), messages.lookup("a", keys))
+        assert shared.lookup("a", []).shape == messages.lookup("a", []).shape == (0, DIM)
         assert shared.describe("a").step == 4
         shared.close()
         assert client_files(shm) == [], "close() leaves no buffer behind"

@@ -22,6 +22,7 @@ struct Slot {
 }
 
 impl KeyGroups {
+    /// Fails for more keys than a u32 counts (positions are stored as u32).
     pub fn of(keys: &[u64]) -> Result<Self> {
         if u32::try_from(keys.len()).is_err() {
             return Err(Error::invalid(format!(

@@ -22,7 +22,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 
-/// Rows per parallel task in gathers: enough to amortise scheduling.
+/// Rows per parallel task in gathers and updates: enough to amortise scheduling.
 const ROWS_PER_TASK: usize = 512;
 /// How many rows ahead a gather prefetches, and at most how many cache lines of each.
 const PREFETCH_DISTANCE: usize = 12;
