@@ -121,7 +121,7 @@ def main() -> None:
                 grads_at = rows_at + out.nbytes
                 shm_path = f"/dev/shm/engram-bench-{os.getpid()}"
                 with open(shm_path, "wb") as f:
-                    f.truncate(grads_at + grads.nbytes)
+                    os.posix_fallocate(f.fileno(), 0, grads_at + grads.nbytes)
                 try:
                     shared = np.memmap(shm_path, np.uint8, "r+")
                     shared[: keys.nbytes] = keys.view(np.uint8)

@@ -429,9 +429,12 @@ class EngramClient:
         except EngramClientError as error:
             if error.code != grpc.StatusCode.FAILED_PRECONDITION:
                 raise
-            self._shared_memory[shard_index] = False
-            log.info("%s; sending rows in messages from now on", error)
-            return False
+            reason = str(error)
+        except OSError as error:  # no room for a buffer (a full /dev/shm)
+            reason = f"cannot make a shared buffer: {error}"
+        self._shared_memory[shard_index] = False
+        log.info("%s; sending rows in messages from now on", reason)
+        return False
 
     def checkpoint(self, full: bool = False) -> list[int]:
         """A checkpoint on every daemon (each consistent on its own); their ids by shard."""

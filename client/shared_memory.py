@@ -54,7 +54,9 @@ class SharedBuffer:
         self.path = os.path.join(directory, f"{_PREFIX}{os.getpid()}-{uuid.uuid4().hex}")
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
         try:
-            os.ftruncate(fd, self.capacity)
+            # Every page reserved now: a full tmpfs fails here (ENOSPC), not as a SIGBUS at
+            # the first write into the mapping.
+            os.posix_fallocate(fd, 0, self.capacity)
             self._map = mmap.mmap(fd, self.capacity)
         except BaseException:
             _unlink(self.path)

@@ -2,7 +2,8 @@
 
 A client names a file; the daemon would write rows into it, so it must be unable to name
 anything but a buffer made for this: a regular file (no symbolic link) directly inside the
-shared-buffer directory, named `engram-*`, owned by the daemon's own user. A buffer refused
+shared-buffer directory, named `engram-*`, owned by the daemon's own user, and allocated
+whole (not sparse: on a full tmpfs, the first write to a missing page is a SIGBUS). A buffer refused
 for any of these reasons gets FAILED_PRECONDITION (this daemon cannot share memory with that
 client, which then sends its rows in messages); a buffer too small for the request is the
 client's error, INVALID_ARGUMENT.
@@ -48,6 +49,12 @@ def open_buffer(buffer: pb.SharedBuffer, root: str | None) -> Iterator[int]:
         if info.st_uid != os.getuid():
             raise FailedPreconditionError(
                 f"shared buffer {path!r} is not owned by the daemon's user"
+            )
+        if info.st_blocks * 512 < info.st_size:
+            # A page of a sparse file on a full tmpfs cannot be backed when it is first
+            # written: the write would kill the daemon with SIGBUS.
+            raise FailedPreconditionError(
+                f"shared buffer {path!r} is sparse; allocate it whole (posix_fallocate)"
             )
         yield fd
     finally:

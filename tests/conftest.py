@@ -15,6 +15,14 @@ REFERENCE_DIR = Path(
 )
 
 
+@pytest.fixture
+def shm(tmp_path: Path) -> Path:
+    """A private shared-buffer directory (instead of /dev/shm) for a daemon and its clients."""
+    directory = tmp_path / "shm"
+    directory.mkdir()
+    return directory
+
+
 @pytest.fixture(scope="session")
 def reference_dir() -> Path:
     """The published reference's outputs (shared/reference/engram-hash beside the checkout)."""

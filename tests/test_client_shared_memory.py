@@ -3,6 +3,7 @@ messages with daemons that cannot share it."""
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 from contextlib import ExitStack
@@ -16,13 +17,6 @@ from client import EngramClient
 from client.shared_memory import SharedBufferPool, is_local
 
 ROWS, DIM = 3000, 16
-
-
-@pytest.fixture
-def shm(tmp_path: Path) -> Path:
-    directory = tmp_path / "shm"
-    directory.mkdir()
-    return directory
 
 
 def client_files(shm: Path) -> list[str]:
@@ -132,3 +126,24 @@ def test_a_push_can_return_the_rows_it_left(tmp_path: Path, shm: Path, shared_me
         np.testing.assert_array_equal(result.updated_rows, client.lookup("t", keys))
         assert client.push("t", keys, grads).updated_rows is None
         assert client.push_async("t", keys, grads, return_rows=True).result().step == 3
+
+
+def test_no_room_for_a_buffer_means_messages(
+    tmp_path: Path, shm: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    def full(fd: int, offset: int, length: int) -> None:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    # A full /dev/shm: the buffer cannot be reserved, so nothing is ever written into it.
+    monkeypatch.setattr("client.shared_memory.os.posix_fallocate", full)
+    with (
+        daemon_thread(tmp_path / "data", shared_buffer_dir=str(shm)) as d,
+        EngramClient(d.address, shared_memory=True, shared_memory_dir=str(shm)) as client,
+        caplog.at_level(logging.INFO, logger="client.client"),
+    ):
+        client.create_table("t", ROWS, DIM, optimizer="sgd", lr=1.0)
+        before = client.lookup("t", [1, 2])
+        client.push("t", [1], np.ones((1, DIM), np.float32))
+        np.testing.assert_allclose(client.lookup("t", [1]), before[:1] - 1.0, rtol=1e-6)
+        assert "No space left on device" in caplog.text
+        assert client_files(shm) == []

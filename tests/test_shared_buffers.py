@@ -18,13 +18,6 @@ ROWS, DIM = 1000, 8
 
 
 @pytest.fixture
-def shm(tmp_path: Path) -> Path:
-    directory = tmp_path / "shm"
-    directory.mkdir()
-    return directory
-
-
-@pytest.fixture
 def daemon(tmp_path: Path, shm: Path) -> Iterator[Daemon]:
     with daemon_thread(tmp_path / "data", shared_buffer_dir=str(shm)) as d:
         for name in ("a", "b"):
@@ -34,7 +27,7 @@ def daemon(tmp_path: Path, shm: Path) -> Iterator[Daemon]:
 
 def buffer(path: Path, size: int) -> np.memmap:
     with open(path, "wb") as f:
-        f.truncate(size)
+        os.posix_fallocate(f.fileno(), 0, size)
     return np.memmap(path, dtype=np.uint8, mode="r+")
 
 
@@ -94,8 +87,11 @@ def test_buffers_the_daemon_must_not_open_are_refused(
     buffer(shm / "other", 1000)
     buffer(tmp_path / "engram-outside", 1000)
     os.symlink(tmp_path / "engram-outside", shm / "engram-link")
+    with open(shm / "engram-sparse", "wb") as f:
+        f.truncate(1 << 20)
     cases = {
         str(shm / "engram-small"): "holds 10 bytes, too few for 64 bytes",
+        str(shm / "engram-sparse"): "is sparse; allocate it whole",
         str(shm / "other"): "must be a file named engram-*",
         str(tmp_path / "engram-outside"): "must be a file named engram-*",
         str(shm / "engram-link"): "cannot open shared buffer",
