@@ -6,7 +6,7 @@ use crate::codec::{self, DType};
 use crate::error::{Error, Result};
 use crate::optim::Optimizer;
 use crate::table::format::Header;
-use crate::table::{prefetch_ptr, GroupUpdate, KeyGroups, Table};
+use crate::table::{prefetch_ptr, Access, GroupUpdate, KeyGroups, Table};
 use rayon::prelude::*;
 use std::cell::RefCell;
 use std::path::{Path, PathBuf};
@@ -116,6 +116,11 @@ impl EmbeddingTable {
         allow_non_finite: bool,
         step: u64,
     ) -> Self {
+        // Pushes write rows here and there.
+        params.set_access(Access::Sparse);
+        if let Some(state) = &state {
+            state.set_access(Access::Sparse);
+        }
         EmbeddingTable {
             dir: dir.to_path_buf(),
             params,

@@ -30,6 +30,19 @@ const MAX_PREFETCH_LINES: usize = 8;
 /// Updates smaller than this run on the calling thread.
 const PARALLEL_UPDATE_MIN_ROWS: usize = 4096;
 
+/// How a table's rows will be used, for the kernel's paging of its mapping.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Access {
+    /// Most rows are read, often (a table read whole, or served frozen): huge pages where the
+    /// kernel offers them, so that random reads miss the TLB less. The default.
+    Dense,
+    /// Rows are read and written here and there (a table under training): small pages and no
+    /// read-ahead, so that page cache and writeback stay near the rows touched. With huge
+    /// pages every row written dirties 2 MiB, and on a sparse file every first touch
+    /// zero-fills as much.
+    Sparse,
+}
+
 pub struct Table {
     path: PathBuf,
     header: Header,
@@ -103,17 +116,28 @@ impl Table {
         // SAFETY: the file's size was checked against the header; the mapping is private to
         // this process's Table and all access goes through the lock.
         let map = unsafe { MmapOptions::new().map_mut(file) }.map_err(|e| Error::io(path, e))?;
-        // Rows are touched at random. Without this hint a fault reads ahead (on a sparse file:
-        // zero-fills) neighbouring pages, and with huge-page folios every row written dirties
-        // 2 MiB: page cache and writeback grow thousands of times beyond the rows, and pushes
-        // stall behind writeback. Only a hint: failure changes nothing.
-        let _ = map.advise(memmap2::Advice::Random);
-        Ok(Table {
+        let table = Table {
             path: path.to_path_buf(),
             header,
             layout,
             map: RwLock::new(map),
-        })
+        };
+        table.set_access(Access::Dense);
+        Ok(table)
+    }
+
+    /// Tells the kernel how the rows will be used (see [`Access`]); only a hint.
+    pub fn set_access(&self, access: Access) {
+        use memmap2::Advice;
+        let map = self.read_map();
+        let advice = match access {
+            Access::Dense => [Advice::Normal, Advice::HugePage],
+            Access::Sparse => [Advice::NoHugePage, Advice::Random],
+        };
+        for a in advice {
+            // Failure (an old kernel, no transparent huge pages) changes nothing else.
+            let _ = map.advise(a);
+        }
     }
 
     pub fn path(&self) -> &Path {
