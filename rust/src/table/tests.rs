@@ -249,3 +249,46 @@ fn shards_with_first_row_read_like_the_whole_table() {
         whole.gather(&[50, 99]).unwrap()
     );
 }
+
+/// The kernel's flags of this process's mapping of `path` (`VmFlags` in /proc/self/smaps).
+#[cfg(target_os = "linux")]
+fn vm_flags(path: &Path) -> Vec<String> {
+    let smaps = std::fs::read_to_string("/proc/self/smaps").unwrap();
+    let real = std::fs::canonicalize(path).unwrap();
+    let name = real.to_str().unwrap();
+    let mut in_mapping = false;
+    for line in smaps.lines() {
+        if line.contains('-') && line.split_whitespace().count() >= 5 {
+            in_mapping = line.ends_with(name);
+        } else if in_mapping {
+            if let Some(flags) = line.strip_prefix("VmFlags:") {
+                return flags.split_whitespace().map(str::to_string).collect();
+            }
+        }
+    }
+    panic!("{name} is not mapped")
+}
+
+#[cfg(target_os = "linux")]
+#[test]
+fn access_hints_reach_the_kernel() {
+    let dir = tempfile::tempdir().unwrap();
+    let t = new_table(&dir, DType::F32, 1000, 4);
+    let path = dir.path().join("t.engram");
+    t.set_access(Access::Sparse);
+    let flags = vm_flags(&path);
+    assert!(
+        flags.contains(&"rr".to_string()),
+        "no random-read flag: {flags:?}"
+    );
+    assert!(
+        !flags.contains(&"hg".to_string()),
+        "still huge pages: {flags:?}"
+    );
+    t.set_access(Access::Dense);
+    let flags = vm_flags(&path);
+    assert!(
+        !flags.contains(&"rr".to_string()),
+        "still random-read: {flags:?}"
+    );
+}
