@@ -87,10 +87,12 @@ def aligned(nbytes: int) -> int:
 
 
 class SharedBufferPool:
-    """Buffers lent out one caller at a time (calls run concurrently), grown on demand."""
+    """Buffers lent out one caller at a time (calls run concurrently), grown on demand. Those
+    over `keep_bytes` are removed after use rather than kept: /dev/shm is memory."""
 
-    def __init__(self, directory: str = DEFAULT_DIRECTORY) -> None:
+    def __init__(self, directory: str = DEFAULT_DIRECTORY, keep_bytes: int = 1 << 30) -> None:
         self.directory = directory
+        self.keep_bytes = keep_bytes
         self._free: list[SharedBuffer] = []
         self._lock = threading.Lock()
         self._closed = False
@@ -111,7 +113,7 @@ class SharedBufferPool:
             yield buffer
         finally:
             with self._lock:
-                keep = not self._closed
+                keep = not self._closed and buffer.capacity <= self.keep_bytes
                 if keep:
                     self._free.append(buffer)
             if not keep:

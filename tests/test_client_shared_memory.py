@@ -100,6 +100,10 @@ def test_buffers_are_lent_to_one_caller_at_a_time_and_grow(shm: Path) -> None:
     with pool.lease(1 << 20) as large:
         assert large.capacity >= 1 << 20
     assert len(client_files(shm)) == 2
+    pool.keep_bytes = 1 << 20
+    with pool.lease(2 << 20):
+        assert len(client_files(shm)) == 2
+    assert len(client_files(shm)) == 1, "a buffer over keep_bytes is removed after use"
     pool.close()
     assert client_files(shm) == []
 

@@ -20,6 +20,8 @@ pub const MAX_MAPPINGS: usize = 64;
 
 struct Mapping {
     map: MmapRaw,
+    /// The mapped file, to notice when its last name is gone.
+    file: File,
     /// Serialises calls on one buffer: two requests naming the same buffer never write it
     /// at the same time.
     in_use: Mutex<()>,
@@ -63,8 +65,14 @@ fn mapping_of(file: &File, path: &Path) -> Result<Arc<Mapping>> {
         .map_err(|e| Error::io(path, e))?;
     let mapping = Arc::new(Mapping {
         map,
+        file: file.try_clone().map_err(|e| Error::io(path, e))?,
         in_use: Mutex::new(()),
     });
+    // A client replaces a buffer it outgrew by a new file and removes the old one; its
+    // memory lives on while mapped here, so let go of files nobody can name any more.
+    cache
+        .by_file
+        .retain(|_, (cached, _)| cached.file.metadata().is_ok_and(|m| m.nlink() > 0));
     if cache.by_file.len() >= MAX_MAPPINGS && !cache.by_file.contains_key(&id) {
         let oldest = cache
             .by_file
@@ -155,19 +163,51 @@ mod tests {
 
     #[test]
     fn mappings_are_reused_and_follow_growth() {
-        let file = tempfile::tempfile().unwrap();
+        // A named file: mappings of removed ones are dropped whenever another file is mapped.
+        let named = tempfile::NamedTempFile::new().unwrap();
+        let (file, path) = (named.as_file(), named.path());
         file.set_len(4096).unwrap();
-        let path = Path::new("b");
-        let first = mapping_of(&file, path).unwrap();
-        assert!(Arc::ptr_eq(&first, &mapping_of(&file, path).unwrap()));
+        let first = mapping_of(file, path).unwrap();
+        assert!(Arc::ptr_eq(&first, &mapping_of(file, path).unwrap()));
         file.set_len(8192).unwrap();
-        let grown = mapping_of(&file, path).unwrap();
+        let grown = mapping_of(file, path).unwrap();
         assert_eq!(grown.map.len(), 8192);
-        with_region_mut(&file, path, 8000, 192, |b| {
+        with_region_mut(file, path, 8000, 192, |b| {
             b.fill(7);
             Ok(())
         })
         .unwrap();
+    }
+
+    #[test]
+    fn mappings_of_removed_files_are_let_go() {
+        let dir = tempfile::tempdir().unwrap();
+        let old_path = dir.path().join("old");
+        let old = File::options()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(&old_path)
+            .unwrap();
+        old.set_len(4096).unwrap();
+        mapping_of(&old, &old_path).unwrap();
+        let old_id = {
+            let meta = old.metadata().unwrap();
+            (meta.dev(), meta.ino())
+        };
+        let held = || mappings().lock().unwrap().by_file.contains_key(&old_id);
+        assert!(held());
+        std::fs::remove_file(&old_path).unwrap();
+        let new_path = dir.path().join("new");
+        let new = File::options()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(&new_path)
+            .unwrap();
+        new.set_len(8192).unwrap();
+        mapping_of(&new, &new_path).unwrap();
+        assert!(!held(), "the removed file's mapping is still cached");
     }
 
     #[test]
