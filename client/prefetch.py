@@ -185,3 +185,5 @@ class Prefetcher:
     def close(self) -> None:
         self._stop.set()
         self._thread.join(timeout=10)
+        for table in self.tables.values():
+            table.keep_updated_rows(False)

@@ -66,6 +66,11 @@ def test_synchronous_mode_sees_every_earlier_push(
         steps += 1
     assert steps == 8
     assert prefetcher.rows_refreshed > 0, "rows read ahead of pushes must have been refreshed"
+    prefetcher.close()
+    # Without a prefetcher, pushes no longer bring their rows back.
+    train_step(table, hash_ids)
+    table.wait_for_pushes()
+    assert table.updated_rows([table.pushes_issued]) is None
 
 
 def test_max_staleness_bounds_how_far_behind_rows_may_be(

@@ -133,10 +133,13 @@ class StoreTable(nn.Module):
         out: torch.Tensor = rows.reshape((*keys.shape, self.embedding_dim))
         return out
 
-    def keep_updated_rows(self) -> None:
-        """From now on, remembers the rows each push leaves (the daemon returns them), for
-        `updated_rows`, until `forget_updated_rows`."""
-        self._keep_updated_rows = True
+    def keep_updated_rows(self, keep: bool = True) -> None:
+        """From now on, remembers the rows each push leaves (the daemon returns them) for
+        `updated_rows`, until `forget_updated_rows`; or, with `keep=False`, stops and
+        forgets them all."""
+        self._keep_updated_rows = keep
+        if not keep:
+            self.forget_updated_rows(through=self.pushes_issued)
 
     def updated_rows(self, numbers: Iterable[int]) -> list[tuple[np.ndarray, np.ndarray]] | None:
         """`(keys, rows)` as each of the given (applied) pushes left them, in push order; None
