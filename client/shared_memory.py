@@ -1,10 +1,10 @@
 """Row payloads through shared memory, for daemons on the same machine.
 
-A daemon on this machine can write looked-up rows straight into a file that the client has
-mapped, and read pushed gradients from one in place, so the bulk bytes skip gRPC's socket,
-framing and copies; the messages carry the keys and a path. The files live in the daemon's
-shared-buffer directory (`/dev/shm` by default), named `engram-<pid>-<random>`, and are
-reused call after call (the daemon keeps them mapped too). A daemon that cannot use them
+A daemon on this machine can read keys and pushed gradients in place from a file that the
+client has mapped, and write looked-up rows straight into it, so the bulk bytes skip gRPC's
+socket, framing and copies; the messages carry paths, shapes and dtypes. The files live in
+the daemon's shared-buffer directory (`/dev/shm` by default), named `engram-<pid>-<random>`,
+and are reused call after call (the daemon keeps them mapped too). A daemon that cannot use them
 (another machine or container, another user, shared buffers turned off) answers
 FAILED_PRECONDITION, and the client falls back to messages for that daemon.
 """
@@ -51,7 +51,9 @@ class SharedBuffer:
 
     def __init__(self, directory: str, nbytes: int) -> None:
         self.capacity = max(nbytes, mmap.PAGESIZE)
-        self.path = os.path.join(directory, f"{_PREFIX}{os.getpid()}-{uuid.uuid4().hex}")
+        name = f"{_PREFIX}{os.getpid()}-{uuid.uuid4().hex}"
+        # Absolute: the daemon accepts only files directly in its (absolute) directory.
+        self.path = os.path.join(os.path.abspath(directory), name)
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
         try:
             # Every page reserved now: a full tmpfs fails here (ENOSPC), not as a SIGBUS at
