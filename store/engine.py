@@ -35,9 +35,16 @@ from store.errors import (
 )
 from store.gate import Gate
 from store.idempotency import ClientWindows
-from store.shared_buffers import open_buffer
+from store.shared_buffers import RequestBuffers
 from store.table_handle import TableHandle, table_directory
-from store.wire import ITEM_SIZES, ROW_DTYPES, check_array, check_table_name, key_bytes
+from store.wire import (
+    ITEM_SIZES,
+    ROW_DTYPES,
+    check_array,
+    check_table_name,
+    key_bytes,
+    non_negative_keys,
+)
 
 log = logging.getLogger(__name__)
 
@@ -126,10 +133,13 @@ class StoreEngine:
 
     def lookup(self, request: pb.LookupRequest) -> Iterator[pb.LookupResponse]:
         table = self.table(request.table)
-        data = self._keys(request, limit=self.max_lookup_rows)
-        return self._answer(table, data, list(request.keys.shape), request)
+        with RequestBuffers(self.shared_buffer_dir) as buffers:
+            data = self._keys(request, self.max_lookup_rows, buffers)
+            return self._answer(table, data, list(request.keys.shape), request, buffers)
 
-    def _keys(self, request: pb.LookupRequest | pb.PushRequest, limit: int) -> bytes:
+    def _keys(
+        self, request: pb.LookupRequest | pb.PushRequest, limit: int, buffers: RequestBuffers
+    ) -> bytes:
         """The request's keys as packed LE uint64 bytes, from the message or its buffer."""
         if not request.HasField("keys_buffer"):
             return key_bytes(request.keys)
@@ -141,15 +151,15 @@ class StoreEngine:
             raise ResourceExhaustedError(
                 f"a request of {count} keys exceeds the server's limit of {limit}"
             )
-        buffer = request.keys_buffer
-        with open_buffer(buffer, self.shared_buffer_dir) as fd:
-            data = _native.read_shared(fd, buffer.path, buffer.offset, count * 8)
-        return key_bytes(request.keys, data=data)
+        at = request.keys_buffer
+        data = _native.read_shared(buffers.fd(at), at.path, at.offset, count * 8)
+        return non_negative_keys(request.keys.dtype, data)
 
     def lookup_tokens(self, request: pb.LookupTokensRequest) -> Iterator[pb.LookupResponse]:
         table = self.table(request.table)
         keys = table.token_keys(request.token_ids, request.hash_fingerprint)
-        return self._answer(table, keys.tobytes(), list(keys.shape), request)
+        with RequestBuffers(self.shared_buffer_dir) as buffers:
+            return self._answer(table, keys.tobytes(), list(keys.shape), request, buffers)
 
     def _answer(
         self,
@@ -157,9 +167,11 @@ class StoreEngine:
         keys: bytes,
         shape: list[int],
         request: pb.LookupRequest | pb.LookupTokensRequest,
+        buffers: RequestBuffers,
     ) -> Iterator[pb.LookupResponse]:
         if request.HasField("out"):
-            return iter([self._rows_to_buffer(table, keys, shape, request.dtype, request.out)])
+            answer = self._rows_to_buffer(table, keys, shape, request.dtype, request.out, buffers)
+            return iter([answer])
         return self._stream_rows(table, keys, shape, request.dtype, request.rows_per_chunk)
 
     def _check_lookup(self, table: TableHandle, keys: bytes, dtype: str) -> str:
@@ -175,12 +187,17 @@ class StoreEngine:
         return dtype
 
     def _rows_to_buffer(
-        self, table: TableHandle, keys: bytes, shape: list[int], dtype: str, out: pb.SharedBuffer
+        self,
+        table: TableHandle,
+        keys: bytes,
+        shape: list[int],
+        dtype: str,
+        out: pb.SharedBuffer,
+        buffers: RequestBuffers,
     ) -> pb.LookupResponse:
         dtype = self._check_lookup(table, keys, dtype)
-        with open_buffer(out, self.shared_buffer_dir) as fd:
-            # Checks every key before writing any row.
-            table.native.lookup_into_fd(keys, fd, out.path, out.offset, dtype)
+        # Checks every key before writing any row.
+        table.native.lookup_into_fd(keys, buffers.fd(out), out.path, out.offset, dtype)
         total = len(keys) // 8
         table.counters.add(lookups=1, rows_looked_up=total)
         return pb.LookupResponse(
@@ -231,29 +248,30 @@ class StoreEngine:
             raise InvalidArgumentError(
                 f"grads must have shape [{n}, {table.spec.dim}], got {list(request.grads.shape)}"
             )
-        keys = self._keys(request, limit=self.max_lookup_rows)
-        with self._gate.shared():
+        with RequestBuffers(self.shared_buffer_dir) as buffers, self._gate.shared():
+            keys = self._keys(request, self.max_lookup_rows, buffers)
             if not request.client_id:
-                return self._apply(table, keys, request)
+                return self._apply(table, keys, request, buffers)
             window = self._clients.window(request.client_id)
             with window.lock:
                 if window.seen(request.sequence):
                     table.counters.add(duplicate_pushes=1)
-                    return self._current_rows(table, keys, request)
-                response = self._apply(table, keys, request)
+                    return self._current_rows(table, keys, request, buffers)
+                response = self._apply(table, keys, request, buffers)
                 window.record(request.sequence)
                 return response
 
-    def _apply(self, table: TableHandle, keys: bytes, request: pb.PushRequest) -> pb.PushResponse:
+    def _apply(
+        self, table: TableHandle, keys: bytes, request: pb.PushRequest, buffers: RequestBuffers
+    ) -> pb.PushResponse:
         step = request.step or None
         grads = request.grads
         response = pb.PushResponse()
         if request.HasField("grads_buffer"):
-            buffer = request.grads_buffer
-            with open_buffer(buffer, self.shared_buffer_dir) as fd:
-                rows, applied = table.native.push_from_fd(
-                    keys, fd, buffer.path, buffer.offset, grads.dtype, step, request.return_rows
-                )
+            at = request.grads_buffer
+            rows, applied = table.native.push_from_fd(
+                keys, buffers.fd(at), at.path, at.offset, grads.dtype, step, request.return_rows
+            )
         elif request.return_rows:
             rows, applied, updated = table.native.push_bytes_returning_rows(
                 keys, grads.data, grads.dtype, step
@@ -268,7 +286,7 @@ class StoreEngine:
         return response
 
     def _current_rows(
-        self, table: TableHandle, keys: bytes, request: pb.PushRequest
+        self, table: TableHandle, keys: bytes, request: pb.PushRequest, buffers: RequestBuffers
     ) -> pb.PushResponse:
         """A duplicate push's answer: no change, and the rows as they are now if asked."""
         response = pb.PushResponse(duplicate=True, step=table.native.step)
@@ -276,9 +294,8 @@ class StoreEngine:
             return response
         grads = request.grads
         if request.HasField("grads_buffer"):
-            buffer = request.grads_buffer
-            with open_buffer(buffer, self.shared_buffer_dir) as fd:
-                table.native.lookup_into_fd(keys, fd, buffer.path, buffer.offset, grads.dtype)
+            at = request.grads_buffer
+            table.native.lookup_into_fd(keys, buffers.fd(at), at.path, at.offset, grads.dtype)
         else:
             response.updated_rows.CopyFrom(
                 pb.Array(

@@ -14,7 +14,8 @@ from __future__ import annotations
 import os
 import stat
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
+from types import TracebackType
 
 from store._proto.engram.store.v1 import store_pb2 as pb
 from store.errors import FailedPreconditionError
@@ -59,3 +60,29 @@ def open_buffer(buffer: pb.SharedBuffer, root: str | None) -> Iterator[int]:
         yield fd
     finally:
         os.close(fd)
+
+
+class RequestBuffers:
+    """The shared buffers of one request, each file opened (and checked) once: keys and rows
+    usually share a file. Closed when the request is done."""
+
+    def __init__(self, root: str | None) -> None:
+        self.root = root
+        self._files = ExitStack()
+        self._fds: dict[str, int] = {}
+
+    def fd(self, buffer: pb.SharedBuffer) -> int:
+        if buffer.path not in self._fds:
+            self._fds[buffer.path] = self._files.enter_context(open_buffer(buffer, self.root))
+        return self._fds[buffer.path]
+
+    def __enter__(self) -> RequestBuffers:
+        return self
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        error: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self._files.close()

@@ -53,12 +53,15 @@ def check_array(
         )
 
 
-def key_bytes(array: pb.Array, name: str = "keys", data: bytes | None = None) -> bytes:
-    """Keys (uint64, or non-negative int64) of any shape as packed LE uint64 bytes: the
-    array's own, or `data` read from the shared buffer it names."""
-    check_array(array, name, ("uint64", "int64"), None, data_elsewhere=data is not None)
-    data = array.data if data is None else data
-    if array.dtype == "int64" and data:
+def key_bytes(array: pb.Array, name: str = "keys") -> bytes:
+    """Keys (uint64, or non-negative int64) of any shape as packed LE uint64 bytes."""
+    check_array(array, name, ("uint64", "int64"), None)
+    return non_negative_keys(array.dtype, array.data, name)
+
+
+def non_negative_keys(dtype: str, data: bytes, name: str = "keys") -> bytes:
+    """`data` (packed keys of `dtype`), after checking that int64 keys are not negative."""
+    if dtype == "int64" and data:
         signed = np.frombuffer(data, dtype="<i8")
         if (signed < 0).any():
             first = int(np.argmax(signed < 0))
