@@ -40,19 +40,6 @@ class _Pending:
 
 
 _DONE = object()
-# Up to this many rows, membership tests use a mask over the whole table (no sorting).
-_MASK_ROWS = 1 << 26
-
-
-def _touched(keys: np.ndarray, pushed: np.ndarray, num_rows: int) -> np.ndarray:
-    """Which of `keys` are among `pushed`."""
-    if not len(pushed):
-        return np.zeros(len(keys), dtype=bool)
-    if num_rows <= _MASK_ROWS:
-        mask = np.zeros(num_rows, dtype=bool)
-        mask[pushed.astype(np.intp)] = True
-        return mask[keys.astype(np.intp)]
-    return np.isin(keys, pushed)
 
 
 class _SortedKeys:
@@ -64,6 +51,15 @@ class _SortedKeys:
         self.order = np.argsort(keys, kind="stable")
         self.sorted = keys[self.order]
 
+    def find(self, pushed_keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Positions of the batch's keys that are among `pushed_keys` (ascending, distinct),
+        and where each of them stands in `pushed_keys`."""
+        if not len(pushed_keys):
+            return np.zeros(0, np.intp), np.zeros(0, np.intp)
+        at = np.searchsorted(pushed_keys, self.sorted).clip(max=len(pushed_keys) - 1)
+        hit = pushed_keys[at] == self.sorted
+        return self.order[hit], at[hit]
+
     def overwrite(
         self, rows: torch.Tensor, pushed_keys: np.ndarray, pushed_rows: np.ndarray
     ) -> int:
@@ -72,12 +68,12 @@ class _SortedKeys:
         if len(pushed_keys) > 1 and not (pushed_keys[1:] > pushed_keys[:-1]).all():
             by_key = np.argsort(pushed_keys, kind="stable")
             pushed_keys, pushed_rows = pushed_keys[by_key], pushed_rows[by_key]
-        at = np.searchsorted(pushed_keys, self.sorted).clip(max=len(pushed_keys) - 1)
-        hit = pushed_keys[at] == self.sorted
-        if hit.any():
-            positions = torch.from_numpy(self.order[hit]).to(rows.device)
-            rows[positions] = torch.from_numpy(pushed_rows[at[hit]]).to(rows.device)
-        return int(hit.sum())
+        positions, at = self.find(pushed_keys)
+        if len(positions):
+            rows[torch.from_numpy(positions).to(rows.device)] = torch.from_numpy(
+                pushed_rows[at]
+            ).to(rows.device)
+        return len(positions)
 
 
 class Prefetcher:
@@ -166,13 +162,15 @@ class Prefetcher:
                         flat_rows, pushed_keys, pushed_rows
                     )
             else:
-                stale = _touched(flat_keys, table.keys_pushed_since(seen), table.num_rows)
-                if stale.any():
+                pushed = np.unique(table.keys_pushed_since(seen))
+                positions, _ = item.sorted_keys[layer].find(pushed)
+                if len(positions):
                     # Straight from the store: a cache could hold the rows from before the push.
-                    fresh = table.client.lookup(table.table, flat_keys[stale])
-                    positions = torch.from_numpy(np.flatnonzero(stale)).to(rows.device)
-                    flat_rows[positions] = torch.from_numpy(fresh).to(rows.device)
-                    self.rows_refreshed += int(stale.sum())
+                    fresh = table.client.lookup(table.table, flat_keys[positions])
+                    flat_rows[torch.from_numpy(positions).to(rows.device)] = torch.from_numpy(
+                        fresh
+                    ).to(rows.device)
+                    self.rows_refreshed += len(positions)
         # Batches still ahead were read after this one: they need no older pushes' rows.
         table.forget_updated_rows(through=seen)
         hash_ids = torch.from_numpy(item.hash_ids[layer])
