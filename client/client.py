@@ -13,7 +13,7 @@ import logging
 import os
 import threading
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from types import TracebackType
@@ -418,7 +418,7 @@ class EngramClient:
         keys, grads = np.array(keys, copy=True), np.array(grads, copy=True)
         return self._background.submit(self.push, table, keys, grads, step, return_rows)
 
-    def _shared(self, shard_index: int, call: Any) -> bool:
+    def _shared(self, shard_index: int, call: Callable[[], None]) -> bool:
         """Runs `call` (a transfer through shared memory) if the shard takes them; False when
         it does not, now or any more."""
         if not self._shared_memory[shard_index]:
