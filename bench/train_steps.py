@@ -1,8 +1,12 @@
 """Training steps/s of the example language model (`examples/tiny_engram_lm.py`) with
 Engram rows in a store daemon on this machine, with and without prefetching, against rows in
-process (`LocalTable`). The three runs alternate for `--rounds` rounds and each keeps its best
-(least disturbed) round: this machine's noise moves single runs by 10-20%. Prints one JSON
-line of ratios measured in this run.
+process (`LocalTable`).
+
+The three trainers are built once and take turns: each round, every one trains
+`--segment` steps (waiting for its pushes at the end), in a rotating order. Turns of well
+under a second make this machine's noise, which moves whole runs by 10-20%, fall on all
+three alike. A prefetcher starts afresh at every turn, so prefetching gains nothing from the
+pauses. Prints one JSON line of ratios measured in this run.
 """
 
 from __future__ import annotations
@@ -10,43 +14,56 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from functools import partial
+import time
+from itertools import islice
 
 sys.path.insert(0, os.path.dirname(__file__))
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "examples"))
 from _common import report
-from tiny_engram_lm import train
+from tiny_engram_lm import Trainer, batches
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--steps", type=int, default=60)
+    parser.add_argument("--segment", type=int, default=10, help="steps per turn")
+    parser.add_argument("--rounds", type=int, default=20)
     parser.add_argument("--batch", type=int, default=8)
-    parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--png")
     args = parser.parse_args()
-    # A short warm-up run first, so neither side pays for first-use costs.
-    train("local", 3, args.batch, progress=False)
-    runs = {
-        "local": partial(train, "local", args.steps, args.batch, progress=False),
-        "prefetched": partial(train, "store", args.steps, args.batch, prefetch=2, progress=False),
-        "unprefetched": partial(train, "store", args.steps, args.batch, prefetch=0, progress=False),
-    }
-    best = dict.fromkeys(runs, 0.0)
-    for _ in range(args.rounds):
-        for name, run in runs.items():
-            best[name] = max(best[name], run()["steps_per_s"])
-    local, prefetched, unprefetched = best["local"], best["prefetched"], best["unprefetched"]
+    with (
+        Trainer("local") as local,
+        Trainer("store", prefetch=2) as prefetched,
+        Trainer("store", prefetch=0) as unprefetched,
+    ):
+        trainers = {"local": local, "prefetched": prefetched, "unprefetched": unprefetched}
+        # One extra round first, so no trainer pays for first-use costs while timed.
+        total = (args.rounds + 1) * args.segment
+        streams = {
+            name: batches(t.ids, args.batch, t.cfg.seq, total, seed=0)
+            for name, t in trainers.items()
+        }
+        seconds = dict.fromkeys(trainers, 0.0)
+        names = list(trainers)
+        for round_number in range(args.rounds + 1):
+            shift = round_number % len(names)
+            for name in names[shift:] + names[:shift]:
+                windows = list(islice(streams[name], args.segment))
+                start = time.perf_counter()
+                trainers[name].run(windows)
+                if round_number > 0:
+                    seconds[name] += time.perf_counter() - start
+    steps = args.rounds * args.segment
+    rate = {name: steps / s for name, s in seconds.items()}
     report(
         {
             "benchmark": "train_steps",
-            "steps": args.steps,
-            "rounds": args.rounds,
-            "local_steps_per_s": local,
-            "store_prefetch_steps_per_s": prefetched,
-            "store_no_prefetch_steps_per_s": unprefetched,
-            "store_prefetch_vs_local": prefetched / local,
-            "store_no_prefetch_vs_local": unprefetched / local,
+            "steps": steps,
+            "segment": args.segment,
+            "local_steps_per_s": rate["local"],
+            "store_prefetch_steps_per_s": rate["prefetched"],
+            "store_no_prefetch_steps_per_s": rate["unprefetched"],
+            "store_prefetch_vs_local": rate["prefetched"] / rate["local"],
+            "store_no_prefetch_vs_local": rate["unprefetched"] / rate["local"],
         },
         args.png,
     )

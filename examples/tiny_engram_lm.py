@@ -20,7 +20,7 @@ import sys
 import sysconfig
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass
 
@@ -135,6 +135,136 @@ def engram_config(tokenizer_path: str, cfg: ModelConfig) -> EngramConfig:
     )
 
 
+class Trainer:
+    """The model, its data and its Engram rows' backend, ready to train on batches of windows.
+
+    A context manager: with the store backend it holds a client (and, unless `address` names
+    a running daemon, a daemon of its own) until it is left.
+    """
+
+    def __init__(
+        self,
+        backend: str,
+        prefetch: int = 2,
+        address: str | None = None,
+        tokenizer_path: str = REFERENCE_TOKENIZER,
+        max_files: int = 40,
+        seed: int = 0,
+    ) -> None:
+        if backend not in ("store", "local"):
+            raise ValueError(f"backend must be 'store' or 'local', got {backend!r}")
+        self.prefetch = prefetch
+        self.cfg = ModelConfig()
+        tokenizer = Tokenizer.from_file(tokenizer_path)
+        self.ids = corpus_ids(tokenizer, max_files)
+        econf = engram_config(tokenizer_path, self.cfg)
+        self.mapping = NgramHashMapping(
+            econf.engram_vocab_size,
+            econf.max_ngram_size,
+            econf.n_embed_per_ngram,
+            econf.n_head_per_ngram,
+            econf.layer_ids,
+            tokenizer_path,
+            econf.pad_id,
+            econf.seed,
+        )
+        self.tables: dict[int, StoreTable] = {}
+        embeddings: dict[int, LocalTable | StoreTable] = {}
+        with ExitStack() as stack:
+            if backend == "store":
+                if address is None:
+                    data_dir = stack.enter_context(tempfile.TemporaryDirectory())
+                    # One engine thread: on a small machine the trainer needs the other cores.
+                    daemon = LocalDaemon(data_dir, log_level="WARNING", threads=1)
+                    address = stack.enter_context(daemon).address
+                client = stack.enter_context(EngramClient(address))
+                for layer in self.cfg.engram_layers:
+                    name = f"tiny-lm-L{layer}-{os.getpid()}-{time.monotonic_ns()}"
+                    sizes = self.mapping.table_sizes(layer)
+                    client.create_table(
+                        name,
+                        sum(sizes),
+                        econf.embed_dim_per_head,
+                        optimizer="adam",
+                        lr=1e-3,
+                        seed=layer,
+                    )
+                    self.tables[layer] = embeddings[layer] = StoreTable(
+                        sizes, econf.embed_dim_per_head, client, name
+                    )
+            else:
+                for layer in self.cfg.engram_layers:
+                    embeddings[layer] = LocalTable(
+                        self.mapping.table_sizes(layer), econf.embed_dim_per_head
+                    )
+            torch.manual_seed(seed)
+            engrams = {
+                layer: Engram(layer, econf, self.cfg.hidden, self.cfg.hc_mult, self.mapping, e)
+                for layer, e in embeddings.items()
+            }
+            self.model = TinyEngramLM(self.cfg, engrams)
+            dense = [p for n, p in self.model.named_parameters() if "multi_head_embedding" not in n]
+            self.optimizers: list[torch.optim.Optimizer] = [torch.optim.AdamW(dense, lr=3e-3)]
+            if backend == "local":
+                sparse = [
+                    e.embedding.weight for e in embeddings.values() if isinstance(e, LocalTable)
+                ]
+                self.optimizers.append(torch.optim.SparseAdam(sparse, lr=1e-3))
+            # Built: from here on, leaving the trainer closes what it holds.
+            self._stack = stack.pop_all()
+
+    def __enter__(self) -> Trainer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stack.close()
+
+    def run(
+        self, windows: Iterable[np.ndarray], on_step: Callable[[int, float], None] | None = None
+    ) -> list[float]:
+        """Trains one step on each `[batch, seq + 1]` window and waits for the step's pushes;
+        returns the losses. `on_step(step, loss)` is called after each step."""
+        data: Iterator[tuple[np.ndarray, dict[int, tuple[torch.Tensor, torch.Tensor]] | None]]
+        with ExitStack() as stack:
+            if self.tables and self.prefetch > 0:
+                prefetcher = Prefetcher(
+                    windows,
+                    self.mapping,
+                    self.tables,
+                    depth=self.prefetch,
+                    token_ids=lambda w: w[:, :-1],
+                )
+                stack.callback(prefetcher.close)
+                data = iter(prefetcher)
+            else:
+                data = ((w, None) for w in windows)
+            losses: list[float] = []
+            for window, rows in data:
+                losses.append(self._step(window, rows))
+                if on_step is not None:
+                    on_step(len(losses), losses[-1])
+        for table in self.tables.values():
+            table.wait_for_pushes()
+        return losses
+
+    def _step(
+        self, window: np.ndarray, rows: dict[int, tuple[torch.Tensor, torch.Tensor]] | None
+    ) -> float:
+        inputs = torch.from_numpy(window[:, :-1])
+        targets = torch.from_numpy(window[:, 1:])
+        for opt in self.optimizers:
+            opt.zero_grad()
+        with torch.sparse.check_sparse_tensor_invariants(enable=True):  # type: ignore[no-untyped-call]
+            logits = self.model(inputs, rows)
+            loss: torch.Tensor = nn.functional.cross_entropy(
+                logits.reshape(-1, self.cfg.vocab_size), targets.reshape(-1)
+            )
+            loss.backward()  # type: ignore[no-untyped-call]
+        for opt in self.optimizers:
+            opt.step()
+        return loss.item()
+
+
 def train(
     backend: str,
     steps: int,
@@ -147,100 +277,23 @@ def train(
     seed: int = 0,
 ) -> dict[str, float]:
     """Trains for `steps` steps; returns the first and last loss and the throughput."""
-    cfg = ModelConfig()
-    tokenizer = Tokenizer.from_file(tokenizer_path)
-    ids = corpus_ids(tokenizer, max_files)
-    econf = engram_config(tokenizer_path, cfg)
-    mapping = NgramHashMapping(
-        econf.engram_vocab_size,
-        econf.max_ngram_size,
-        econf.n_embed_per_ngram,
-        econf.n_head_per_ngram,
-        econf.layer_ids,
-        tokenizer_path,
-        econf.pad_id,
-        econf.seed,
-    )
-    with ExitStack() as stack:
-        tables: dict[int, StoreTable] = {}
-        embeddings: dict[int, LocalTable | StoreTable] = {}
-        if backend == "store":
-            if address is None:
-                data_dir = stack.enter_context(tempfile.TemporaryDirectory())
-                # One engine thread: on a small machine the trainer needs the other cores.
-                daemon = LocalDaemon(data_dir, log_level="WARNING", threads=1)
-                address = stack.enter_context(daemon).address
-            client = stack.enter_context(EngramClient(address))
-            for layer in cfg.engram_layers:
-                name = f"tiny-lm-L{layer}-{os.getpid()}-{time.monotonic_ns()}"
-                sizes = mapping.table_sizes(layer)
-                client.create_table(
-                    name,
-                    sum(sizes),
-                    econf.embed_dim_per_head,
-                    optimizer="adam",
-                    lr=1e-3,
-                    seed=layer,
-                )
-                tables[layer] = embeddings[layer] = StoreTable(
-                    sizes, econf.embed_dim_per_head, client, name
-                )
-        elif backend == "local":
-            for layer in cfg.engram_layers:
-                embeddings[layer] = LocalTable(mapping.table_sizes(layer), econf.embed_dim_per_head)
-        else:
-            raise ValueError(f"backend must be 'store' or 'local', got {backend!r}")
-        torch.manual_seed(seed)
-        engrams = {
-            layer: Engram(layer, econf, cfg.hidden, cfg.hc_mult, mapping, embeddings[layer])
-            for layer in cfg.engram_layers
-        }
-        model = TinyEngramLM(cfg, engrams)
-        dense = [p for n, p in model.named_parameters() if "multi_head_embedding" not in n]
-        optimizers: list[torch.optim.Optimizer] = [torch.optim.AdamW(dense, lr=3e-3)]
-        if backend == "local":
-            sparse = [e.embedding.weight for e in embeddings.values() if isinstance(e, LocalTable)]
-            optimizers.append(torch.optim.SparseAdam(sparse, lr=1e-3))
-
-        data: Iterator[tuple[np.ndarray, dict[int, tuple[torch.Tensor, torch.Tensor]] | None]]
-        windows = batches(ids, batch, cfg.seq, steps, seed)
-        if backend == "store" and prefetch > 0:
-            prefetcher = Prefetcher(
-                windows, mapping, tables, depth=prefetch, token_ids=lambda w: w[:, :-1]
-            )
-            stack.callback(prefetcher.close)
-            data = iter(prefetcher)
-        else:
-            data = ((w, None) for w in windows)
-
-        losses: list[float] = []
+    with Trainer(backend, prefetch, address, tokenizer_path, max_files, seed) as trainer:
+        tokens_per_step = batch * trainer.cfg.seq
         start = time.perf_counter()
-        with torch.sparse.check_sparse_tensor_invariants(enable=True):  # type: ignore[no-untyped-call]
-            for step, (window, rows) in enumerate(data, 1):
-                inputs = torch.from_numpy(window[:, :-1])
-                targets = torch.from_numpy(window[:, 1:])
-                for opt in optimizers:
-                    opt.zero_grad()
-                logits = model(inputs, rows)
-                loss: torch.Tensor = nn.functional.cross_entropy(
-                    logits.reshape(-1, cfg.vocab_size), targets.reshape(-1)
-                )
-                loss.backward()  # type: ignore[no-untyped-call]
-                for opt in optimizers:
-                    opt.step()
-                losses.append(loss.item())
-                if progress:
-                    elapsed = time.perf_counter() - start
-                    done = int(30 * step / steps)
-                    print(
-                        f"\r[{'#' * done}{'.' * (30 - done)}] step {step}/{steps} "
-                        f"loss {losses[-1]:.3f} {step * batch * cfg.seq / elapsed:,.0f} tokens/s",
-                        end="",
-                        file=sys.stderr,
-                        flush=True,
-                    )
-        for table in tables.values():
-            table.wait_for_pushes()
+
+        def show(step: int, loss: float) -> None:
+            elapsed = time.perf_counter() - start
+            done = int(30 * step / steps)
+            print(
+                f"\r[{'#' * done}{'.' * (30 - done)}] step {step}/{steps} "
+                f"loss {loss:.3f} {step * tokens_per_step / elapsed:,.0f} tokens/s",
+                end="",
+                file=sys.stderr,
+                flush=True,
+            )
+
+        windows = batches(trainer.ids, batch, trainer.cfg.seq, steps, seed)
+        losses = trainer.run(windows, show if progress else None)
         elapsed = time.perf_counter() - start
         if progress:
             print(file=sys.stderr)
@@ -248,8 +301,8 @@ def train(
         "first_loss": losses[0],
         "last_loss": float(np.mean(losses[-5:])),
         "steps_per_s": steps / elapsed,
-        "tokens_per_s": steps * batch * cfg.seq / elapsed,
-        "uniform_loss": math.log(cfg.vocab_size),
+        "tokens_per_s": steps * tokens_per_step / elapsed,
+        "uniform_loss": math.log(trainer.cfg.vocab_size),
     }
 
 
