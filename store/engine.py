@@ -13,7 +13,7 @@ import shutil
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 from store import _native
@@ -26,6 +26,7 @@ from store.checkpoints import (
     restore_table,
     write_checkpoint,
 )
+from store.config import DEFAULT_MAX_MESSAGE_BYTES
 from store.errors import (
     AlreadyExistsError,
     FailedPreconditionError,
@@ -49,6 +50,7 @@ from store.wire import (
 log = logging.getLogger(__name__)
 
 DEFAULT_CHUNK_BYTES = 1 << 20
+REPLY_HEADROOM_BYTES = 1 << 16
 
 
 class StoreEngine:
@@ -57,9 +59,11 @@ class StoreEngine:
         data_dir: str,
         max_lookup_rows: int = 1 << 26,
         shared_buffer_dir: str | None = "/dev/shm",
+        max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
     ) -> None:
         self.data_dir = os.path.abspath(data_dir)
         self.max_lookup_rows = max_lookup_rows
+        self.max_message_bytes = max_message_bytes
         self.shared_buffer_dir = shared_buffer_dir
         os.makedirs(os.path.join(self.data_dir, "tables"), exist_ok=True)
         self.catalog = Catalog(os.path.join(self.data_dir, "catalog.lmdb"))
@@ -207,6 +211,44 @@ class StoreEngine:
             in_shared_buffer=True,
         )
 
+    def _check_reply_size(
+        self,
+        tables: list[TableHandle],
+        keys: list[bytes],
+        lookups: Sequence[pb.LookupRequest],
+        dtypes: list[str],
+    ) -> None:
+        """Refuses a batch whose in-message rows could not be sent back."""
+        in_message = sum(
+            len(k) // 8 * table.spec.dim * ITEM_SIZES[dtype]
+            for table, k, lookup, dtype in zip(tables, keys, lookups, dtypes, strict=True)
+            if not lookup.HasField("out")
+        )
+        # Room for the framing and the push responses beside the rows.
+        limit = self.max_message_bytes - REPLY_HEADROOM_BYTES
+        if in_message > limit:
+            raise ResourceExhaustedError(
+                f"a batch answering {in_message} bytes of rows in its message exceeds the "
+                f"limit of {limit}: give its lookups a shared buffer (`out`) or stream them "
+                "with Lookup"
+            )
+
+    @staticmethod
+    def _rows_in_message(
+        table: TableHandle, keys: bytes, shape: list[int], dtype: str
+    ) -> pb.LookupResponse:
+        total = len(keys) // 8
+        table.counters.add(lookups=1, rows_looked_up=total)
+        return pb.LookupResponse(
+            total_rows=total,
+            rows=pb.Array(
+                dtype=dtype,
+                shape=[total, table.spec.dim],
+                data=table.native.lookup_bytes(keys, dtype),
+            ),
+            result_shape=[*shape, table.spec.dim],
+        )
+
     def _stream_rows(
         self, table: TableHandle, keys: bytes, shape: list[int], dtype: str, rows_per_chunk: int
     ) -> Iterator[pb.LookupResponse]:
@@ -236,6 +278,13 @@ class StoreEngine:
     # pushes ----------------------------------------------------------------------------
 
     def push(self, request: pb.PushRequest) -> pb.PushResponse:
+        table = self._check_push(request)
+        with RequestBuffers(self.shared_buffer_dir) as buffers, self._gate.shared():
+            keys = self._keys(request, self.max_lookup_rows, buffers)
+            return self._apply_once(table, keys, request, buffers)
+
+    def _check_push(self, request: pb.PushRequest) -> TableHandle:
+        """The push's table, after checking the request's shapes and dtypes."""
         table = self.table(request.table)
         if len(request.keys.shape) != 1:
             raise InvalidArgumentError(f"keys must be 1-D, got shape {list(request.keys.shape)}")
@@ -248,18 +297,56 @@ class StoreEngine:
             raise InvalidArgumentError(
                 f"grads must have shape [{n}, {table.spec.dim}], got {list(request.grads.shape)}"
             )
-        with RequestBuffers(self.shared_buffer_dir) as buffers, self._gate.shared():
-            keys = self._keys(request, self.max_lookup_rows, buffers)
-            if not request.client_id:
-                return self._apply(table, keys, request, buffers)
-            window = self._clients.window(request.client_id)
-            with window.lock:
-                if window.seen(request.sequence):
-                    table.counters.add(duplicate_pushes=1)
-                    return self._current_rows(table, keys, request, buffers)
-                response = self._apply(table, keys, request, buffers)
-                window.record(request.sequence)
-                return response
+        return table
+
+    def _apply_once(
+        self, table: TableHandle, keys: bytes, request: pb.PushRequest, buffers: RequestBuffers
+    ) -> pb.PushResponse:
+        """Applies the push unless its (client_id, sequence) was applied before."""
+        if not request.client_id:
+            return self._apply(table, keys, request, buffers)
+        window = self._clients.window(request.client_id)
+        with window.lock:
+            if window.seen(request.sequence):
+                table.counters.add(duplicate_pushes=1)
+                return self._current_rows(table, keys, request, buffers)
+            response = self._apply(table, keys, request, buffers)
+            window.record(request.sequence)
+            return response
+
+    def batch(self, request: pb.BatchRequest) -> pb.BatchResponse:
+        """Every push in order, then every lookup (each answered in one response). All keys,
+        shapes and dtypes are checked before anything is applied."""
+        push_tables = [self._check_push(push) for push in request.pushes]
+        lookup_tables = [self.table(lookup.table) for lookup in request.lookups]
+        response = pb.BatchResponse()
+        with RequestBuffers(self.shared_buffer_dir) as buffers:
+            push_keys = [self._keys(p, self.max_lookup_rows, buffers) for p in request.pushes]
+            lookup_keys = [self._keys(q, self.max_lookup_rows, buffers) for q in request.lookups]
+            for table, keys in zip(push_tables, push_keys, strict=True):
+                table.native.check_keys_bytes(keys)
+            dtypes = [
+                self._check_lookup(table, keys, lookup.dtype)
+                for table, keys, lookup in zip(
+                    lookup_tables, lookup_keys, request.lookups, strict=True
+                )
+            ]
+            for table, keys in zip(lookup_tables, lookup_keys, strict=True):
+                table.native.check_keys_bytes(keys)
+            self._check_reply_size(lookup_tables, lookup_keys, request.lookups, dtypes)
+            with self._gate.shared():
+                for table, keys, push in zip(push_tables, push_keys, request.pushes, strict=True):
+                    response.pushes.append(self._apply_once(table, keys, push, buffers))
+            for table, keys, lookup, dtype in zip(
+                lookup_tables, lookup_keys, request.lookups, dtypes, strict=True
+            ):
+                shape = list(lookup.keys.shape)
+                if lookup.HasField("out"):
+                    answer = self._rows_to_buffer(table, keys, shape, dtype, lookup.out, buffers)
+                else:
+                    answer = self._rows_in_message(table, keys, shape, dtype)
+                response.lookups.append(answer)
+        return response
 
     def _apply(
         self, table: TableHandle, keys: bytes, request: pb.PushRequest, buffers: RequestBuffers

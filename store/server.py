@@ -140,6 +140,10 @@ class Servicer(pb_grpc.EngramStoreServicer):
         return self.engine.push(request)
 
     @_unary
+    def Batch(self, request: pb.BatchRequest, context: Any) -> pb.BatchResponse:
+        return self.engine.batch(request)
+
+    @_unary
     def Checkpoint(self, request: pb.CheckpointRequest, context: Any) -> pb.CheckpointInfo:
         return _checkpoint_info(self.engine.checkpoint(request.full))
 
@@ -175,6 +179,7 @@ def serve(config: ServeConfig, stop_event: threading.Event | None = None) -> Non
         engine = StoreEngine(
             config.data_dir,
             max_lookup_rows=config.max_lookup_rows,
+            max_message_bytes=config.max_message_bytes,
             shared_buffer_dir=config.shared_buffer_dir or None,
         )
     except Exception as error:

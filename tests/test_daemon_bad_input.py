@@ -164,6 +164,44 @@ BAD_REQUESTS: list[tuple[str, Callable[[Any], Any], grpc.StatusCode, str]] = [
         "num_rows and dim must be positive",
     ),
     (
+        "batch: a later push's key out of range",
+        lambda s: s.Batch(
+            pb.BatchRequest(pushes=[push("t", [0], grads(1)), push("t", [2, ROWS], grads(2))])
+        ),
+        Code.OUT_OF_RANGE,
+        "keys[1] = 100",
+    ),
+    (
+        "batch: a lookup's key out of range after a push",
+        lambda s: s.Batch(
+            pb.BatchRequest(
+                pushes=[push("t", [0], grads(1))],
+                lookups=[pb.LookupRequest(table="t", keys=keys([ROWS + 1]))],
+            )
+        ),
+        Code.OUT_OF_RANGE,
+        "keys[0] = 101",
+    ),
+    (
+        "batch: a lookup of an unknown table after a push",
+        lambda s: s.Batch(
+            pb.BatchRequest(
+                pushes=[push("t", [0], grads(1))],
+                lookups=[pb.LookupRequest(table="nope", keys=keys([1]))],
+            )
+        ),
+        Code.NOT_FOUND,
+        "'nope'",
+    ),
+    (
+        "batch: a later push's gradients of the wrong shape",
+        lambda s: s.Batch(
+            pb.BatchRequest(pushes=[push("t", [0], grads(1)), push("t", [1, 2], grads(1))])
+        ),
+        Code.INVALID_ARGUMENT,
+        "grads must have shape [2, 4]",
+    ),
+    (
         "unknown checkpoint",
         lambda s: s.Restore(pb.RestoreRequest(id=99)),
         Code.FAILED_PRECONDITION,

@@ -236,6 +236,22 @@ class PushResponse(_message.Message):
     updated_rows: Array
     def __init__(self, rows: _Optional[int] = ..., step: _Optional[int] = ..., duplicate: _Optional[bool] = ..., updated_rows: _Optional[_Union[Array, _Mapping]] = ...) -> None: ...
 
+class BatchRequest(_message.Message):
+    __slots__ = ("pushes", "lookups")
+    PUSHES_FIELD_NUMBER: _ClassVar[int]
+    LOOKUPS_FIELD_NUMBER: _ClassVar[int]
+    pushes: _containers.RepeatedCompositeFieldContainer[PushRequest]
+    lookups: _containers.RepeatedCompositeFieldContainer[LookupRequest]
+    def __init__(self, pushes: _Optional[_Iterable[_Union[PushRequest, _Mapping]]] = ..., lookups: _Optional[_Iterable[_Union[LookupRequest, _Mapping]]] = ...) -> None: ...
+
+class BatchResponse(_message.Message):
+    __slots__ = ("pushes", "lookups")
+    PUSHES_FIELD_NUMBER: _ClassVar[int]
+    LOOKUPS_FIELD_NUMBER: _ClassVar[int]
+    pushes: _containers.RepeatedCompositeFieldContainer[PushResponse]
+    lookups: _containers.RepeatedCompositeFieldContainer[LookupResponse]
+    def __init__(self, pushes: _Optional[_Iterable[_Union[PushResponse, _Mapping]]] = ..., lookups: _Optional[_Iterable[_Union[LookupResponse, _Mapping]]] = ...) -> None: ...
+
 class CheckpointRequest(_message.Message):
     __slots__ = ("full",)
     FULL_FIELD_NUMBER: _ClassVar[int]

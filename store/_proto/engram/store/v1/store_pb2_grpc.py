@@ -69,6 +69,11 @@ class EngramStoreStub:
                 request_serializer=engram_dot_store_dot_v1_dot_store__pb2.PushRequest.SerializeToString,
                 response_deserializer=engram_dot_store_dot_v1_dot_store__pb2.PushResponse.FromString,
                 _registered_method=True)
+        self.Batch = channel.unary_unary(
+                '/engram.store.v1.EngramStore/Batch',
+                request_serializer=engram_dot_store_dot_v1_dot_store__pb2.BatchRequest.SerializeToString,
+                response_deserializer=engram_dot_store_dot_v1_dot_store__pb2.BatchResponse.FromString,
+                _registered_method=True)
         self.Checkpoint = channel.unary_unary(
                 '/engram.store.v1.EngramStore/Checkpoint',
                 request_serializer=engram_dot_store_dot_v1_dot_store__pb2.CheckpointRequest.SerializeToString,
@@ -136,6 +141,12 @@ class EngramStoreServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Batch(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def Checkpoint(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -197,6 +208,11 @@ def add_EngramStoreServicer_to_server(servicer, server):
                     servicer.Push,
                     request_deserializer=engram_dot_store_dot_v1_dot_store__pb2.PushRequest.FromString,
                     response_serializer=engram_dot_store_dot_v1_dot_store__pb2.PushResponse.SerializeToString,
+            ),
+            'Batch': grpc.unary_unary_rpc_method_handler(
+                    servicer.Batch,
+                    request_deserializer=engram_dot_store_dot_v1_dot_store__pb2.BatchRequest.FromString,
+                    response_serializer=engram_dot_store_dot_v1_dot_store__pb2.BatchResponse.SerializeToString,
             ),
             'Checkpoint': grpc.unary_unary_rpc_method_handler(
                     servicer.Checkpoint,
@@ -408,6 +424,33 @@ class EngramStore:
             '/engram.store.v1.EngramStore/Push',
             engram_dot_store_dot_v1_dot_store__pb2.PushRequest.SerializeToString,
             engram_dot_store_dot_v1_dot_store__pb2.PushResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Batch(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/engram.store.v1.EngramStore/Batch',
+            engram_dot_store_dot_v1_dot_store__pb2.BatchRequest.SerializeToString,
+            engram_dot_store_dot_v1_dot_store__pb2.BatchResponse.FromString,
             options,
             channel_credentials,
             insecure,
