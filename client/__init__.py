@@ -1,6 +1,6 @@
 """Engram Store client: Engram hashing and the store client."""
 
-from client.client import EngramClient, PushResult, TableInfo
+from client.client import BatchResult, EngramClient, PushResult, TableInfo
 from client.connection import RetryPolicy
 from client.errors import (
     EngramClientError,
@@ -14,6 +14,7 @@ from client.errors import (
 from client.hashing import CompressedTokenizer, NgramHashMapping
 
 __all__ = [
+    "BatchResult",
     "CompressedTokenizer",
     "EngramClient",
     "EngramClientError",

@@ -23,6 +23,7 @@ import grpc
 import numpy as np
 import numpy.typing as npt
 
+from client.batch import LookupPart, PushPart, ShardBatch
 from client.connection import RetryPolicy, Shard
 from client.errors import EngramClientError, InvalidRequestError
 from client.shared_memory import DEFAULT_DIRECTORY, SharedBufferPool, aligned, is_local
@@ -52,6 +53,13 @@ class PushResult:
     duplicate: bool
     # With `return_rows`: float32 `[len(keys), dim]`, each key's row as the push left it.
     updated_rows: npt.NDArray[np.float32] | None = None
+
+
+@dataclass(frozen=True)
+class BatchResult:
+    pushes: list[PushResult]
+    # Per lookup: float32 rows of shape `keys.shape + (dim,)`.
+    lookups: list[npt.NDArray[np.float32]]
 
 
 @dataclass(frozen=True)
@@ -417,6 +425,92 @@ class EngramClient:
         """`push` on a background thread; the keys and gradients are copied first."""
         keys, grads = np.array(keys, copy=True), np.array(grads, copy=True)
         return self._background.submit(self.push, table, keys, grads, step, return_rows)
+
+    def batch(
+        self,
+        pushes: Sequence[tuple[str, Any, Any]] = (),
+        lookups: Sequence[tuple[str, Any]] = (),
+        return_rows: bool = False,
+    ) -> BatchResult:
+        """Pushes `(table, keys, grads)` in order, then looks up `(table, keys)` (seeing those
+        pushes): one call to each daemon involved, where separate calls would take one each.
+        Pushes are exactly once, as with `push`; rows are float32. Lookups answered in
+        messages must fit in one (shared memory has no such limit)."""
+        flat_pushes = []
+        for table, keys, grads in pushes:
+            flat = as_keys(keys)
+            if not len(flat):
+                raise ValueError(f"a push to {table!r} has no keys")
+            layout = self._layout(table)
+            flat_pushes.append((table, flat, as_rows(grads, len(flat), layout.dim, "grads")))
+        with self._sequence_lock:
+            sequences = [next(self._sequence) for _ in flat_pushes]
+        updated = [np.empty_like(g) if return_rows else None for _, _, g in flat_pushes]
+        outs = [
+            np.empty((*np.shape(keys), self._layout(table).dim), np.float32)
+            for table, keys in lookups
+        ]
+        parts: dict[int, ShardBatch] = {}
+
+        def shard_batch(shard_index: int) -> ShardBatch:
+            if shard_index not in parts:
+                parts[shard_index] = ShardBatch(self.client_id, [], [])
+            return parts[shard_index]
+
+        for (table, flat, grads), sequence, rows in zip(
+            flat_pushes, sequences, updated, strict=True
+        ):
+            layout = self._layout(table)
+            for s, positions in layout.split(flat):
+                local = flat[positions] - layout.bounds[s]
+                part_grads = grads if len(positions) == len(flat) else grads[positions]
+                shard_batch(s).pushes.append(
+                    PushPart(table, sequence, positions, local, part_grads, rows)
+                )
+        for (table, keys), out in zip(lookups, outs, strict=True):
+            layout = self._layout(table)
+            flat = as_keys(keys)
+            rows_out = out.reshape(len(flat), layout.dim)
+            for s, positions in layout.split(flat):
+                local = flat[positions] - layout.bounds[s]
+                shard_batch(s).lookups.append(LookupPart(table, positions, local, rows_out))
+
+        def send(shard_index: int, batch: ShardBatch) -> pb.BatchResponse:
+            shard = self.shards[shard_index]
+            replies: list[pb.BatchResponse] = []
+
+            def through_shared_memory() -> None:
+                with self._buffers.lease(batch.buffer_bytes()) as buffer:
+                    request = batch.in_buffer(buffer)
+                    replies.append(shard.call(lambda t: shard.stub.Batch(request, timeout=t)))
+                    batch.take_from_buffer(buffer)
+
+            if not self._shared(shard_index, through_shared_memory):
+                # Same sequences: pushes the daemon refused were not applied.
+                request = batch.in_messages()
+                replies.append(shard.call(lambda t: shard.stub.Batch(request, timeout=t)))
+                batch.take_from_messages(replies[0])
+            return replies[0]
+
+        if len(parts) == 1:
+            replies = {s: send(s, b) for s, b in parts.items()}
+        else:
+            futures = {s: self._fanout.submit(send, s, b) for s, b in parts.items()}
+            replies = {s: f.result() for s, f in futures.items()}
+        answers: dict[int, list[pb.PushResponse]] = {sequence: [] for sequence in sequences}
+        for s, reply in replies.items():
+            for part, answer in zip(parts[s].pushes, reply.pushes, strict=True):
+                answers[part.sequence].append(answer)
+        results = [
+            PushResult(
+                rows=sum(a.rows for a in answers[sequence]),
+                step=max(a.step for a in answers[sequence]),
+                duplicate=all(a.duplicate for a in answers[sequence]),
+                updated_rows=rows,
+            )
+            for sequence, rows in zip(sequences, updated, strict=True)
+        ]
+        return BatchResult(results, outs)
 
     def _shared(self, shard_index: int, call: Callable[[], None]) -> bool:
         """Runs `call` (a transfer through shared memory) if the shard takes them; False when

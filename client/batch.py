@@ -1,0 +1,129 @@
+"""One daemon's share of a batch (pushes, then lookups, in one Batch call): the request,
+laid out in messages or in a shared buffer, and the answers put back in place."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+
+from client.shared_memory import SharedBuffer, aligned
+from store._proto.engram.store.v1 import store_pb2 as pb
+
+
+@dataclass
+class PushPart:
+    """The keys of one push that this daemon holds, at `positions` of the push's keys."""
+
+    table: str
+    sequence: int
+    positions: npt.NDArray[np.intp]
+    keys: npt.NDArray[np.uint64]  # local to the shard
+    grads: npt.NDArray[np.float32]
+    # Where the rows the push left go, at `positions` (with return_rows).
+    updated: npt.NDArray[np.float32] | None
+
+
+@dataclass
+class LookupPart:
+    table: str
+    positions: npt.NDArray[np.intp]
+    keys: npt.NDArray[np.uint64]  # local to the shard
+    out: npt.NDArray[np.float32]  # the whole lookup's rows; this part fills `positions`
+
+
+class ShardBatch:
+    """The parts of a batch bound for one daemon."""
+
+    def __init__(self, client_id: str, pushes: list[PushPart], lookups: list[LookupPart]):
+        self.client_id = client_id
+        self.pushes = pushes
+        self.lookups = lookups
+
+    def _request(self) -> pb.BatchRequest:
+        return pb.BatchRequest(
+            pushes=[
+                pb.PushRequest(
+                    table=p.table,
+                    keys=pb.Array(dtype="uint64", shape=[len(p.keys)]),
+                    grads=pb.Array(dtype="float32", shape=list(p.grads.shape)),
+                    client_id=self.client_id,
+                    sequence=p.sequence,
+                    return_rows=p.updated is not None,
+                )
+                for p in self.pushes
+            ],
+            lookups=[
+                pb.LookupRequest(table=q.table, keys=pb.Array(dtype="uint64", shape=[len(q.keys)]))
+                for q in self.lookups
+            ],
+        )
+
+    def in_messages(self) -> pb.BatchRequest:
+        request = self._request()
+        for message, p in zip(request.pushes, self.pushes, strict=True):
+            message.keys.data = p.keys.astype("<u8", copy=False).tobytes()
+            message.grads.data = p.grads.astype("<f4", copy=False).tobytes()
+        for lookup, q in zip(request.lookups, self.lookups, strict=True):
+            lookup.keys.data = q.keys.astype("<u8", copy=False).tobytes()
+        return request
+
+    def take_from_messages(self, reply: pb.BatchResponse) -> None:
+        for answer, p in zip(reply.pushes, self.pushes, strict=True):
+            if p.updated is not None:
+                rows = np.frombuffer(answer.updated_rows.data, "<f4")
+                p.updated[p.positions] = rows.reshape(p.grads.shape)
+        for rows_answer, q in zip(reply.lookups, self.lookups, strict=True):
+            rows = np.frombuffer(rows_answer.rows.data, "<f4").reshape(len(q.keys), q.out.shape[1])
+            _place(q, rows)
+
+    def buffer_bytes(self) -> int:
+        return self._layout()[-1]
+
+    def _layout(self) -> list[int]:
+        """Offsets in the buffer: each push's keys and gradients, then each lookup's keys and
+        rows, each region on its own cache line; the last entry is the total."""
+        sizes: list[int] = []
+        for p in self.pushes:
+            sizes += [p.keys.nbytes, p.grads.nbytes]
+        for q in self.lookups:
+            sizes += [q.keys.nbytes, len(q.keys) * q.out.shape[1] * q.out.itemsize]
+        offsets = [0]
+        for size in sizes:
+            offsets.append(offsets[-1] + aligned(size))
+        return offsets
+
+    def in_buffer(self, buffer: SharedBuffer) -> pb.BatchRequest:
+        request = self._request()
+        at = iter(self._layout())
+        for message, p in zip(request.pushes, self.pushes, strict=True):
+            keys_at, grads_at = next(at), next(at)
+            buffer.view(np.dtype("<u8"), p.keys.shape, keys_at)[:] = p.keys
+            buffer.view(np.dtype("<f4"), p.grads.shape, grads_at)[:] = p.grads
+            message.keys_buffer.CopyFrom(buffer.message(keys_at))
+            message.grads_buffer.CopyFrom(buffer.message(grads_at))
+        for lookup, q in zip(request.lookups, self.lookups, strict=True):
+            keys_at, rows_at = next(at), next(at)
+            buffer.view(np.dtype("<u8"), q.keys.shape, keys_at)[:] = q.keys
+            lookup.keys_buffer.CopyFrom(buffer.message(keys_at))
+            lookup.out.CopyFrom(buffer.message(rows_at))
+        return request
+
+    def take_from_buffer(self, buffer: SharedBuffer) -> None:
+        at = iter(self._layout())
+        for p in self.pushes:
+            _, grads_at = next(at), next(at)
+            if p.updated is not None:
+                # The daemon wrote the rows over the gradients.
+                p.updated[p.positions] = buffer.view(np.dtype("<f4"), p.grads.shape, grads_at)
+        for q in self.lookups:
+            _, rows_at = next(at), next(at)
+            _place(q, buffer.view(np.dtype("<f4"), (len(q.keys), q.out.shape[1]), rows_at))
+
+
+def _place(part: LookupPart, rows: npt.NDArray[np.float32]) -> None:
+    if len(part.positions) == len(part.out):
+        part.out[:] = rows
+    else:
+        part.out[part.positions] = rows
