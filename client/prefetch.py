@@ -6,26 +6,30 @@ every Engram layer and looks its rows up `depth` batches ahead; iterating yields
 `Engram.forward(..., hash_ids=, rows=)` (pinned and moved with `non_blocking=True` when a
 device is given).
 
-Training consistency: rows read ahead may predate pushes that later steps issued. In the
-default synchronous mode (`max_staleness=0`) the rows of a batch that any such push touched
-are brought up to date once those pushes are applied, from the rows each push returned
-(pushes of a table apply in order, so the last push of a key left its latest row): every
-step sees every update of the steps before it, without reading rows again.
-`max_staleness=k` accepts rows that miss at most the last k pushes.
+Training consistency: in the default synchronous mode (`max_staleness=0`) every step sees
+every update of the steps before it. When the tables push through one `PushGroup` (and
+`read_with_pushes`), a batch's rows are read in the same call that carries the pushes of
+the step before it, after them: one round trip per step, and nothing to bring up to date
+(the thread only hashes ahead). Otherwise rows are read ahead, and those of a batch that a
+later push touched are brought up to date once the push is applied, from the rows each push
+returned (pushes of a table apply in order, so the last push of a key left its latest row).
+`max_staleness=k` reads ahead and accepts rows that miss at most the last k pushes.
 """
 
 from __future__ import annotations
 
 import queue
 import threading
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import torch
 
 from client.hashing import NgramHashMapping
+from client.torch.push_group import RowsRequest, shared_group
 from client.torch.tables import PUSH_LOG_LENGTH, StoreTable
 
 
@@ -37,6 +41,8 @@ class _Pending:
     rows: dict[int, torch.Tensor]
     pushes_seen: dict[int, int]
     sorted_keys: dict[int, _SortedKeys]
+    # The lookups sent with pushes, when the rows come that way.
+    read: RowsRequest | None = field(default=None)
 
 
 _DONE = object()
@@ -86,6 +92,7 @@ class Prefetcher:
         max_staleness: int = 0,
         device: torch.device | str | None = None,
         token_ids: Callable[[Any], Any] = lambda batch: batch,
+        read_with_pushes: bool = True,
     ) -> None:
         if not 1 <= depth <= PUSH_LOG_LENGTH // 2:
             raise ValueError(f"depth must be between 1 and {PUSH_LOG_LENGTH // 2}, got {depth}")
@@ -103,8 +110,18 @@ class Prefetcher:
         self._thread = threading.Thread(target=self._fill, args=(iter(batches),), daemon=True)
         self._stop = threading.Event()
         self.rows_refreshed = 0
+        self.batches_read_with_pushes = 0
+        # Batches hashed but not yet handed out, oldest first: the next one's rows can go
+        # with the pushes of the step now running.
+        self._unconsumed: deque[_Pending] = deque()
+        self._unconsumed_lock = threading.Lock()
+        self._group = shared_group(tables.values()) if read_with_pushes else None
+        if max_staleness or not tables:
+            self._group = None
         for table in tables.values():
             table.keep_updated_rows()
+        if self._group is not None:
+            self._group.set_reader(self._rows_to_send)
         self._thread.start()
 
     def _fill(self, batches: Iterator[Any]) -> None:
@@ -115,13 +132,16 @@ class Prefetcher:
                 pending = _Pending(batch, {}, {}, {}, {}, {})
                 for layer, table in self.tables.items():
                     keys = hashes[layer] + table.offsets.numpy()
-                    # Pushes applied before the lookup runs are in its rows; later ones are
-                    # checked when the batch is consumed.
-                    pending.pushes_seen[layer] = table.pushes_applied()
                     pending.hash_ids[layer] = hashes[layer]
                     pending.keys[layer] = keys
                     pending.sorted_keys[layer] = _SortedKeys(keys.reshape(-1))
-                    pending.rows[layer] = table.fetch(keys)
+                    if self._group is None:
+                        # Pushes applied before the lookup runs are in its rows; later ones
+                        # are checked when the batch is consumed.
+                        pending.pushes_seen[layer] = table.pushes_applied()
+                        pending.rows[layer] = table.fetch(keys)
+                with self._unconsumed_lock:
+                    self._unconsumed.append(pending)
                 while not self._stop.is_set():
                     try:
                         self._queue.put(pending, timeout=0.1)
@@ -142,7 +162,39 @@ class Prefetcher:
                 return
             if isinstance(item, BaseException):
                 raise item
+            with self._unconsumed_lock:
+                self._unconsumed.popleft()
+            if self._group is not None:
+                self._read(item)
             yield item.batch, {layer: self._ready(item, layer) for layer in self.tables}
+
+    def _rows_to_send(self) -> RowsRequest | None:
+        """The next batch's lookups, to go with the pushes being sent (the group asks, holding
+        its lock: every push issued so far is applied before these lookups run)."""
+        with self._unconsumed_lock:
+            if not self._unconsumed:
+                return None
+            item = self._unconsumed[0]
+            # A later send (another backward pass before this batch) replaces an earlier one.
+            item.read = RowsRequest(
+                [(t.table, item.keys[layer]) for layer, t in self.tables.items()]
+            )
+            item.pushes_seen = {layer: t.pushes_issued for layer, t in self.tables.items()}
+            return item.read
+
+    def _read(self, item: _Pending) -> None:
+        """The rows of a batch whose lookups were not read ahead: those sent with the last
+        pushes before it, or (no push since it was hashed) read now, in one call."""
+        if item.read is not None:
+            rows = item.read.rows.result()
+            self.batches_read_with_pushes += 1
+        else:
+            for table in self.tables.values():
+                table.wait_for_pushes()
+            item.pushes_seen = {layer: t.pushes_issued for layer, t in self.tables.items()}
+            lookups = [(t.table, item.keys[layer]) for layer, t in self.tables.items()]
+            rows = self.tables[next(iter(self.tables))].client.batch(lookups=lookups).lookups
+        item.rows = {layer: torch.from_numpy(r) for layer, r in zip(self.tables, rows, strict=True)}
 
     def _ready(self, item: _Pending, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
         table = self.tables[layer]
@@ -183,5 +235,7 @@ class Prefetcher:
     def close(self) -> None:
         self._stop.set()
         self._thread.join(timeout=10)
+        if self._group is not None:
+            self._group.set_reader(None)
         for table in self.tables.values():
             table.keep_updated_rows(False)

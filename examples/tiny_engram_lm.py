@@ -32,7 +32,7 @@ from torch import nn
 from client import EngramClient, NgramHashMapping
 from client.config import EngramConfig
 from client.prefetch import Prefetcher
-from client.torch import Engram, LocalTable, StoreTable
+from client.torch import Engram, LocalTable, PushGroup, StoreTable
 from store.local import LocalDaemon
 
 REFERENCE_TOKENIZER = os.path.join(
@@ -178,6 +178,9 @@ class Trainer:
                     daemon = LocalDaemon(data_dir, log_level="WARNING", threads=1)
                     address = stack.enter_context(daemon).address
                 client = stack.enter_context(EngramClient(address))
+                # Every layer's pushes of a backward pass (and the next batch's rows) in one call.
+                group = PushGroup(client)
+                stack.callback(group.close)
                 for layer in self.cfg.engram_layers:
                     name = f"tiny-lm-L{layer}-{os.getpid()}-{time.monotonic_ns()}"
                     sizes = self.mapping.table_sizes(layer)
@@ -190,7 +193,7 @@ class Trainer:
                         seed=layer,
                     )
                     self.tables[layer] = embeddings[layer] = StoreTable(
-                        sizes, econf.embed_dim_per_head, client, name
+                        sizes, econf.embed_dim_per_head, client, name, group=group
                     )
             else:
                 for layer in self.cfg.engram_layers:

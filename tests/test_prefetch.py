@@ -16,6 +16,7 @@ from daemon import daemon_thread
 from client import EngramClient, NgramHashMapping
 from client.prefetch import Prefetcher
 from client.torch import StoreTable
+from client.torch.push_group import PushGroup
 
 LAYER, DIM = 1, 4
 
@@ -48,12 +49,16 @@ def train_step(table: StoreTable, hash_ids: torch.Tensor) -> None:
     table.push_gradient(keys, torch.ones((*keys.shape, DIM)))
 
 
+@pytest.mark.parametrize("read_with_pushes", [True, False])
 def test_synchronous_mode_sees_every_earlier_push(
-    setup: tuple[EngramClient, NgramHashMapping, StoreTable],
+    setup: tuple[EngramClient, NgramHashMapping, StoreTable], read_with_pushes: bool
 ) -> None:
     client, mapping, table = setup
-    prefetcher = Prefetcher(batches(8), mapping, {LAYER: table}, depth=3)
+    prefetcher = Prefetcher(
+        batches(8), mapping, {LAYER: table}, depth=3, read_with_pushes=read_with_pushes
+    )
     wait_until_full(prefetcher)
+    calls = table.group.calls
     steps = 0
     for batch, rows in prefetcher:
         hash_ids, fetched = rows[LAYER]
@@ -65,7 +70,15 @@ def test_synchronous_mode_sees_every_earlier_push(
         train_step(table, hash_ids)
         steps += 1
     assert steps == 8
-    assert prefetcher.rows_refreshed > 0, "rows read ahead of pushes must have been refreshed"
+    table.wait_for_pushes()
+    if read_with_pushes:
+        # Each batch after the first came with the push of the step before it.
+        assert prefetcher.rows_refreshed == 0
+        assert prefetcher.batches_read_with_pushes == 7
+        assert table.group.calls - calls == 8
+    else:
+        assert prefetcher.rows_refreshed > 0, "rows read ahead of pushes must be refreshed"
+        assert prefetcher.batches_read_with_pushes == 0
     prefetcher.close()
     # Without a prefetcher, pushes no longer bring their rows back.
     train_step(table, hash_ids)
@@ -105,15 +118,15 @@ def test_pushes_issued_before_the_prefetcher_are_caught_by_reading_again(
     # A push issued before the prefetcher existed (so its rows were not kept), still in
     # flight while the prefetcher reads ahead.
     landed = threading.Event()
-    push = client.push
+    batch = client.batch
 
-    def held_push(*args: Any, **kwargs: Any) -> Any:
+    def held_batch(*args: Any, **kwargs: Any) -> Any:
         landed.wait(10)
-        return push(*args, **kwargs)
+        return batch(*args, **kwargs)
 
-    client.push = held_push  # type: ignore[method-assign]
+    client.batch = held_batch  # type: ignore[method-assign]
     train_step(table, torch.from_numpy(mapping.hash(batches(1)[0])[LAYER]))
-    prefetcher = Prefetcher(batches(3), mapping, {LAYER: table}, depth=2)
+    prefetcher = Prefetcher(batches(3), mapping, {LAYER: table}, depth=2, read_with_pushes=False)
     wait_until_full(prefetcher)
     landed.set()
     for _, rows in prefetcher:
@@ -123,3 +136,39 @@ def test_pushes_issued_before_the_prefetcher_are_caught_by_reading_again(
         np.testing.assert_array_equal(fetched.numpy(), fresh)
         train_step(table, hash_ids)
     assert prefetcher.rows_refreshed > 0
+
+
+def test_a_group_sends_a_backward_pass_and_the_next_rows_in_one_call(
+    tmp_path: Path, tokenizer_path: Path
+) -> None:
+    layers = [1, 2]
+    with daemon_thread(tmp_path / "data") as daemon, EngramClient(daemon.address) as client:
+        mapping = NgramHashMapping([31, 37], 3, 8, 2, layers, tokenizer_path, 0, 0)
+        group = PushGroup(client)
+        tables = {}
+        for layer in layers:
+            sizes = mapping.table_sizes(layer)
+            client.create_table(f"t{layer}", sum(sizes), DIM, optimizer="adam", lr=0.1)
+            tables[layer] = StoreTable(sizes, DIM, client, f"t{layer}", group=group)
+        prefetcher = Prefetcher(batches(6), mapping, tables, depth=2)
+        weight = torch.linspace(-1, 1, DIM)
+        for step, (_, rows) in enumerate(prefetcher):
+            calls = group.calls
+            loss = torch.zeros(())
+            for layer, table in tables.items():
+                hash_ids, fetched = rows[layer]
+                # Every push of the steps before is in the rows.
+                table.wait_for_pushes()
+                keys = hash_ids.numpy() + table.offsets.numpy()
+                np.testing.assert_array_equal(fetched.numpy(), client.lookup(f"t{layer}", keys))
+                loss = loss + (table(hash_ids, fetched) * weight).sum()
+            loss.backward()  # type: ignore[no-untyped-call]
+            for table in tables.values():
+                table.wait_for_pushes()
+            # Both tables' pushes (and the next batch's rows) went in one call.
+            assert group.calls == calls + 1, f"step {step}"
+            assert all(t.pushes_issued == step + 1 for t in tables.values())
+        prefetcher.close()
+        group.close()
+        assert prefetcher.rows_refreshed == 0
+        assert prefetcher.batches_read_with_pushes == 5

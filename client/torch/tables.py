@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterable, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from typing import Any
 
 import numpy as np
@@ -22,6 +22,7 @@ from torch import nn
 
 from client.cache import RowCache
 from client.client import EngramClient
+from client.torch.push_group import PushGroup
 
 # How many pushes' keys a table remembers, for rows read ahead of them.
 PUSH_LOG_LENGTH = 64
@@ -71,10 +72,11 @@ class StoreTable(nn.Module):
 
     Forward fetches the rows (or takes rows the caller prefetched); backward sums the
     gradient per distinct row and pushes it in the background, with at most
-    `max_pushes_in_flight` pushes outstanding, applied in the order they were issued. Before
-    fetching, forward waits for earlier pushes, so a step always sees every update of the
-    steps before it. With a `cache`, hot rows are served from host memory; this table's
-    pushes invalidate theirs.
+    `max_pushes_in_flight` pushes outstanding, applied in the order they were issued. Tables
+    sharing a `group` send the pushes of one backward pass together, in one call (by default
+    a table is a group of its own). Before fetching, forward waits for earlier pushes, so a
+    step always sees every update of the steps before it. With a `cache`, hot rows are served
+    from host memory; this table's pushes invalidate theirs.
     """
 
     offsets: torch.Tensor
@@ -87,8 +89,11 @@ class StoreTable(nn.Module):
         table: str,
         max_pushes_in_flight: int = 2,
         cache: RowCache | None = None,
+        group: PushGroup | None = None,
     ) -> None:
         super().__init__()
+        if group is not None and group.client is not client:
+            raise ValueError("group must push through the same client as the table")
         self.num_heads = len(list_of_N)
         self.embedding_dim = D
         self.num_rows = int(sum(list_of_N))
@@ -96,8 +101,7 @@ class StoreTable(nn.Module):
         self.client = client
         self.table = table
         self.cache = cache
-        # One worker: pushes apply in order, so the rows each returns are the latest yet.
-        self._pushes = ThreadPoolExecutor(max_workers=1)
+        self.group = group if group is not None else PushGroup(client)
         self._slots = threading.BoundedSemaphore(max_pushes_in_flight)
         self._pending: list[tuple[int, Future[Any]]] = []
         self._pending_lock = threading.Lock()
@@ -105,7 +109,7 @@ class StoreTable(nn.Module):
         # against the pushes issued after they were read.
         self._pushed_keys: dict[int, np.ndarray] = {}
         # With `keep_updated_rows`: the rows each push left, by push number.
-        self._keep_updated_rows = False
+        self.keeps_updated_rows = False
         self._updated_rows: dict[int, np.ndarray] = {}
         self.pushes_issued = 0
         # Gives the rows a place in the autograd graph without being a trainable parameter.
@@ -137,7 +141,7 @@ class StoreTable(nn.Module):
         """From now on, remembers the rows each push leaves (the daemon returns them) for
         `updated_rows`, until `forget_updated_rows`; or, with `keep=False`, stops and
         forgets them all."""
-        self._keep_updated_rows = keep
+        self.keeps_updated_rows = keep
         if not keep:
             self.forget_updated_rows(through=self.pushes_issued)
 
@@ -156,18 +160,6 @@ class StoreTable(nn.Module):
             for n in [n for n in self._updated_rows if n <= through]:
                 del self._updated_rows[n]
 
-    def _push(self, number: int, keys: np.ndarray, grads: np.ndarray) -> None:
-        try:
-            result = self.client.push(self.table, keys, grads, return_rows=self._keep_updated_rows)
-            if result.updated_rows is not None:
-                with self._pending_lock:
-                    self._updated_rows[number] = result.updated_rows
-        finally:
-            # After the push, so no fetch in between can cache the old rows again.
-            if self.cache is not None:
-                self.cache.invalidate(self.table, keys)
-            self._slots.release()
-
     def push_gradient(self, keys: torch.Tensor, grad: torch.Tensor) -> None:
         """Sums `grad` per distinct key and pushes it without blocking the backward pass
         (beyond the bound on pushes in flight)."""
@@ -175,17 +167,31 @@ class StoreTable(nn.Module):
         unique, inverse = torch.unique(flat_keys, return_inverse=True)
         summed = torch.zeros((len(unique), self.embedding_dim), dtype=torch.float32)
         summed.index_add_(0, inverse, grad.reshape(-1, self.embedding_dim).float().cpu())
-        keys_np = unique.numpy().astype(np.uint64)
-        grads_np = summed.numpy()
-        self._slots.acquire()
+        if not self._slots.acquire(blocking=False):
+            # The pushes holding the slots may still wait for the end of this backward pass.
+            self.group.flush()
+            self._slots.acquire()
+        self.group.push(self, unique.numpy().astype(np.uint64), summed.numpy())
+
+    def _issued(self, keys: np.ndarray, done: Future[Any]) -> int:
+        """Numbers a push of `keys` that `done` completes; the group calls it."""
         with self._pending_lock:
             self.pushes_issued += 1
-            self._pushed_keys[self.pushes_issued] = keys_np
+            self._pushed_keys[self.pushes_issued] = keys
             # Nobody reads rows older than a prefetch depth: keep the log short.
             self._pushed_keys.pop(self.pushes_issued - PUSH_LOG_LENGTH, None)
-            # Listed as pending before it can run, so `pushes_applied` never counts it early.
-            future = self._pushes.submit(self._push, self.pushes_issued, keys_np, grads_np)
-            self._pending.append((self.pushes_issued, future))
+            self._pending.append((self.pushes_issued, done))
+            return self.pushes_issued
+
+    def _applied(self, number: int, keys: np.ndarray, rows: np.ndarray | None) -> None:
+        """Push `number` is over (applied, unless `rows` is None and it failed)."""
+        if rows is not None and self.keeps_updated_rows:
+            with self._pending_lock:
+                self._updated_rows[number] = rows
+        # After the push, so no fetch in between can cache the old rows again.
+        if self.cache is not None:
+            self.cache.invalidate(self.table, keys)
+        self._slots.release()
 
     def keys_pushed_since(self, push_number: int) -> np.ndarray:
         """Keys of the pushes issued after push `push_number` (each push's keys distinct; the
@@ -203,6 +209,7 @@ class StoreTable(nn.Module):
 
     def wait_for_pushes(self) -> None:
         """Blocks until every push issued so far has been applied (raising its error)."""
+        self.group.flush()
         with self._pending_lock:
             pending = list(self._pending)
         for _, future in pending:
