@@ -8,11 +8,12 @@ device is given).
 
 Training consistency: in the default synchronous mode (`max_staleness=0`) every step sees
 every update of the steps before it. When the tables push through one `PushGroup` (and
-`read_with_pushes`), a batch's rows are read in the same call that carries the pushes of
-the step before it, after them: one round trip per step, and nothing to bring up to date
-(the thread only hashes ahead). Otherwise rows are read ahead, and those of a batch that a
-later push touched are brought up to date once the push is applied, from the rows each push
-returned (pushes of a table apply in order, so the last push of a key left its latest row).
+`read_with_pushes`, and no table has a cache, whose hot rows are read through it), a
+batch's rows are read in the same call that carries the pushes of the step before it,
+after them: one round trip per step, and nothing to bring up to date (the thread only
+hashes ahead). Otherwise rows are read ahead, and those of a batch that a later push
+touched are brought up to date once the push is applied, from the rows each push returned
+(pushes of a table apply in order, so the last push of a key left its latest row).
 `max_staleness=k` reads ahead and accepts rows that miss at most the last k pushes.
 """
 
@@ -116,7 +117,8 @@ class Prefetcher:
         self._unconsumed: deque[_Pending] = deque()
         self._unconsumed_lock = threading.Lock()
         self._group = shared_group(tables.values()) if read_with_pushes else None
-        if max_staleness or not tables:
+        # Tables with a cache read through it; with max_staleness rows are read ahead.
+        if max_staleness or not tables or any(t.cache is not None for t in tables.values()):
             self._group = None
         for table in tables.values():
             table.keep_updated_rows()
