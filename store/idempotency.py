@@ -24,13 +24,16 @@ class _Window:
 
     def record(self, sequence: int) -> None:
         self.recent.add(sequence)
-        if sequence > self.highest:
-            self.highest = sequence
+        self.highest = max(self.highest, sequence)
+        # Sequences below the window count as seen anyway: drop them now and then, not at
+        # every push (that would cost a pass over the window each time).
+        if len(self.recent) > 2 * WINDOW:
             floor = self.highest - WINDOW
             self.recent = {s for s in self.recent if s > floor}
 
     def to_json(self) -> dict[str, Any]:
-        return {"highest": self.highest, "recent": sorted(self.recent)}
+        floor = self.highest - WINDOW
+        return {"highest": self.highest, "recent": sorted(s for s in self.recent if s > floor)}
 
 
 class ClientWindows:
