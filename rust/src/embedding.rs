@@ -4,7 +4,7 @@
 
 use crate::codec::{self, DType};
 use crate::error::{Error, Result};
-use crate::optim::Optimizer;
+use crate::optim::{Optimizer, StepConstants};
 use crate::table::format::Header;
 use crate::table::{prefetch_ptr, Access, GroupUpdate, KeyGroups, Table};
 use rayon::prelude::*;
@@ -274,9 +274,9 @@ impl EmbeddingTable {
         };
         let update = OptimizerStep {
             optimizer: self.optimizer,
+            constants: self.optimizer.at_step(step),
             grads,
             dim: self.params.dim(),
-            step,
         };
         let rows = self
             .params
@@ -333,9 +333,9 @@ thread_local! {
 /// One optimizer step on each pushed row: its gradients summed, then applied.
 struct OptimizerStep<'a> {
     optimizer: Optimizer,
+    constants: StepConstants,
     grads: Gradients<'a>,
     dim: usize,
-    step: u64,
 }
 
 impl GroupUpdate for OptimizerStep<'_> {
@@ -343,12 +343,12 @@ impl GroupUpdate for OptimizerStep<'_> {
         if let ([only], Some(values)) = (positions, self.grads.f32_values) {
             // One occurrence of a float32 gradient: read it in place.
             let grad = &values[*only as usize * self.dim..][..self.dim];
-            return self.optimizer.apply(row, state, grad, self.step);
+            return self.optimizer.apply_at(&self.constants, row, state, grad);
         }
         GRADIENT_SUM.with_borrow_mut(|sum| {
             sum.resize(self.dim, 0.0);
             self.grads.sum_rows(positions, sum);
-            self.optimizer.apply(row, state, sum, self.step)
+            self.optimizer.apply_at(&self.constants, row, state, sum)
         })
     }
 

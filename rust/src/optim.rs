@@ -8,6 +8,12 @@
 use crate::error::{Error, Result};
 use crate::init::Initializer;
 
+/// Per-step values of an update; see [`Optimizer::at_step`].
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct StepConstants {
+    adam_step_size: f32,
+}
+
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum Optimizer {
     Sgd {
@@ -121,6 +127,34 @@ impl Optimizer {
     /// Applies one step's gradient to a row and its state. `step` counts from 1 and drives
     /// Adam's bias correction.
     pub fn apply(&self, param: &mut [f32], state: &mut [f32], grad: &[f32], step: u64) {
+        self.apply_at(&self.at_step(step), param, state, grad);
+    }
+
+    /// What an update of step `step` needs beyond the row: computed once per push, not per
+    /// row (Adam's bias correction takes two `powf`, dearer than the row update itself).
+    pub fn at_step(&self, step: u64) -> StepConstants {
+        let adam_step_size = match *self {
+            Optimizer::Adam {
+                lr, beta1, beta2, ..
+            } => {
+                let step = step.max(1) as f64;
+                let bias_correction1 = 1.0 - f64::from(beta1).powf(step);
+                let bias_correction2 = 1.0 - f64::from(beta2).powf(step);
+                (f64::from(lr) * bias_correction2.sqrt() / bias_correction1) as f32
+            }
+            _ => 0.0,
+        };
+        StepConstants { adam_step_size }
+    }
+
+    /// [`Optimizer::apply`] with the step's constants already computed.
+    pub fn apply_at(
+        &self,
+        constants: &StepConstants,
+        param: &mut [f32],
+        state: &mut [f32],
+        grad: &[f32],
+    ) {
         match *self {
             Optimizer::Sgd { lr } => {
                 for (p, g) in param.iter_mut().zip(grad) {
@@ -142,15 +176,9 @@ impl Optimizer {
                 }
             }
             Optimizer::Adam {
-                lr,
-                beta1,
-                beta2,
-                eps,
+                beta1, beta2, eps, ..
             } => {
-                let step = step.max(1) as f64;
-                let bias_correction1 = 1.0 - f64::from(beta1).powf(step);
-                let bias_correction2 = 1.0 - f64::from(beta2).powf(step);
-                let step_size = (f64::from(lr) * bias_correction2.sqrt() / bias_correction1) as f32;
+                let step_size = constants.adam_step_size;
                 let (exp_avg, exp_avg_sq) = state.split_at_mut(param.len());
                 for (((p, m), v), g) in param
                     .iter_mut()
