@@ -5,6 +5,7 @@
 use crate::codec::{self, DType};
 use crate::error::{Error, Result};
 use crate::optim::{Optimizer, StepConstants};
+use crate::parallel;
 use crate::table::format::Header;
 use crate::table::{prefetch_ptr, Access, GroupUpdate, KeyGroups, Table};
 use rayon::prelude::*;
@@ -247,7 +248,7 @@ impl EmbeddingTable {
         let grads = Gradients::new(grads_dtype, grads, dim);
         // Both passes read everything the push carries; running them side by side halves
         // the time before the first row changes.
-        let (finite, groups) = rayon::join(
+        let (finite, groups) = parallel::join(
             || match self.allow_non_finite {
                 true => Ok(()),
                 false => grads.check_finite(dim),
@@ -432,13 +433,20 @@ impl<'a> Gradients<'a> {
         let chunk = self.row_bytes * 1024;
         let all_finite = match self.f32_values {
             // The common case, on whole words: the compiler's best vector code.
-            Some(values) => !values.par_chunks(chunk / 4).any(|c| {
-                c.iter()
-                    .map(|v| u32::from(v.to_bits() & 0x7f80_0000 == 0x7f80_0000))
-                    .fold(0, |a, b| a | b)
-                    != 0
-            }),
-            None => !self.bytes.par_chunks(chunk).any(non_finite),
+            Some(values) => !values
+                .par_chunks(chunk / 4)
+                .with_min_len(parallel::min_items_per_task())
+                .any(|c| {
+                    c.iter()
+                        .map(|v| u32::from(v.to_bits() & 0x7f80_0000 == 0x7f80_0000))
+                        .fold(0, |a, b| a | b)
+                        != 0
+                }),
+            None => !self
+                .bytes
+                .par_chunks(chunk)
+                .with_min_len(parallel::min_items_per_task())
+                .any(non_finite),
         };
         if all_finite {
             return Ok(());

@@ -19,6 +19,7 @@ pub mod error;
 pub mod hash;
 pub mod init;
 pub mod optim;
+pub mod parallel;
 pub mod region;
 pub mod table;
 

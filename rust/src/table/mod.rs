@@ -13,6 +13,7 @@ pub use groups::KeyGroups;
 use crate::codec::{self, DType};
 use crate::error::{Error, Result};
 use crate::init::Initializer;
+use crate::parallel;
 use format::{Header, Layout, HEADER_LEN};
 use memmap2::{MmapMut, MmapOptions};
 use rayon::prelude::*;
@@ -205,6 +206,7 @@ impl Table {
         let map: &[u8] = &map;
         out.par_chunks_mut(out_row * ROWS_PER_TASK)
             .zip(keys.par_chunks(ROWS_PER_TASK))
+            .with_min_len(parallel::min_items_per_task())
             .for_each_init(
                 || vec![0f32; self.dim()],
                 |scratch, (task_out, task_keys)| {
@@ -382,6 +384,7 @@ impl Table {
             groups
                 .unique
                 .par_chunks(ROWS_PER_TASK)
+                .with_min_len(parallel::min_items_per_task())
                 .enumerate()
                 .for_each_init(scratch, |scratch, (task, task_keys)| {
                     update_task(task * ROWS_PER_TASK, task_keys, scratch)
