@@ -1,7 +1,7 @@
 """Fetching Engram rows ahead of the model.
 
 `Prefetcher` wraps any iterator of token batches. A background thread hashes each batch for
-every Engram layer and looks its rows up `depth` batches ahead; iterating yields
+every Engram layer `depth` batches ahead (and reads its rows, see below); iterating yields
 `(batch, rows)`, `rows[layer]` being `(hash_ids, rows)` tensors ready for
 `Engram.forward(..., hash_ids=, rows=)` (pinned and moved with `non_blocking=True` when a
 device is given).
@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 from client.hashing import NgramHashMapping
-from client.torch.push_group import RowsRequest, shared_group
+from client.torch.push_group import PushGroup, RowsRequest, shared_group
 from client.torch.tables import PUSH_LOG_LENGTH, StoreTable
 
 
@@ -167,7 +167,7 @@ class Prefetcher:
             with self._unconsumed_lock:
                 self._unconsumed.popleft()
             if self._group is not None:
-                self._read(item)
+                self._read(item, self._group)
             yield item.batch, {layer: self._ready(item, layer) for layer in self.tables}
 
     def _rows_to_send(self) -> RowsRequest | None:
@@ -184,7 +184,7 @@ class Prefetcher:
             item.pushes_seen = {layer: t.pushes_issued for layer, t in self.tables.items()}
             return item.read
 
-    def _read(self, item: _Pending) -> None:
+    def _read(self, item: _Pending, group: PushGroup) -> None:
         """The rows of a batch whose lookups were not read ahead: those sent with the last
         pushes before it, or (no push since it was hashed) read now, in one call."""
         if item.read is not None:
@@ -195,7 +195,7 @@ class Prefetcher:
                 table.wait_for_pushes()
             item.pushes_seen = {layer: t.pushes_issued for layer, t in self.tables.items()}
             lookups = [(t.table, item.keys[layer]) for layer, t in self.tables.items()]
-            rows = self.tables[next(iter(self.tables))].client.batch(lookups=lookups).lookups
+            rows = group.client.batch(lookups=lookups).lookups
         item.rows = {layer: torch.from_numpy(r) for layer, r in zip(self.tables, rows, strict=True)}
 
     def _ready(self, item: _Pending, layer: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -48,10 +48,10 @@ def test_a_batch_equals_its_pushes_then_its_lookups(daemon: Daemon) -> None:
         batched = step_requests("", np.random.default_rng(step))
         separate = step_requests("twin-", np.random.default_rng(step))
         reply = s.Batch(pb.BatchRequest(pushes=batched[0], lookups=batched[1]))
-        for request in separate[0]:
-            s.Push(request)
-        for answer, request in zip(reply.lookups, separate[1], strict=True):
-            expected = rows_of(s.Lookup(request))
+        for push_request in separate[0]:
+            s.Push(push_request)
+        for answer, lookup_request in zip(reply.lookups, separate[1], strict=True):
+            expected = rows_of(s.Lookup(lookup_request))
             assert list(answer.result_shape) == [3, 7, DIM]
             got = np.frombuffer(answer.rows.data, "<f4").reshape(expected.shape)
             # The lookups saw the batch's own pushes.
