@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
+from client.layout import TableLayout
 from client.shared_memory import SharedBuffer, aligned
 from store._proto.engram.store.v1 import store_pb2 as pb
 
@@ -120,6 +121,43 @@ class ShardBatch:
         for q in self.lookups:
             _, rows_at = next(at), next(at)
             _place(q, buffer.view(np.dtype("<f4"), (len(q.keys), q.out.shape[1]), rows_at))
+
+
+def split_by_shard(
+    client_id: str,
+    pushes: list[
+        tuple[
+            str,
+            npt.NDArray[np.uint64],
+            npt.NDArray[np.float32],
+            int,
+            npt.NDArray[np.float32] | None,
+            TableLayout,
+        ]
+    ],
+    lookups: list[tuple[str, npt.NDArray[np.uint64], npt.NDArray[np.float32], TableLayout]],
+) -> dict[int, ShardBatch]:
+    """Each daemon's share of a batch, by shard index. `pushes`: (table, keys, grads,
+    sequence, array for the updated rows or None, table layout); `lookups`: (table, keys,
+    array for the rows, of any shape ending in dim, table layout)."""
+    parts: dict[int, ShardBatch] = {}
+
+    def of(shard: int) -> ShardBatch:
+        return parts.setdefault(shard, ShardBatch(client_id, [], []))
+
+    for table, keys, grads, sequence, updated, layout in pushes:
+        for shard, positions in layout.split(keys):
+            local = keys[positions] - layout.bounds[shard]
+            part_grads = grads if len(positions) == len(keys) else grads[positions]
+            of(shard).pushes.append(
+                PushPart(table, sequence, positions, local, part_grads, updated)
+            )
+    for table, keys, out, layout in lookups:
+        rows = out.reshape(len(keys), layout.dim)
+        for shard, positions in layout.split(keys):
+            local = keys[positions] - layout.bounds[shard]
+            of(shard).lookups.append(LookupPart(table, positions, local, rows))
+    return parts
 
 
 def _place(part: LookupPart, rows: npt.NDArray[np.float32]) -> None:

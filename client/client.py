@@ -23,9 +23,10 @@ import grpc
 import numpy as np
 import numpy.typing as npt
 
-from client.batch import LookupPart, PushPart, ShardBatch
+from client.batch import ShardBatch, split_by_shard
 from client.connection import RetryPolicy, Shard
 from client.errors import EngramClientError, InvalidRequestError
+from client.layout import TableLayout
 from client.shared_memory import DEFAULT_DIRECTORY, SharedBufferPool, aligned, is_local
 from store._arrays import as_keys, as_rows
 from store._proto.engram.store.v1 import store_pb2 as pb
@@ -60,24 +61,6 @@ class BatchResult:
     pushes: list[PushResult]
     # Per lookup: float32 rows of shape `keys.shape + (dim,)`.
     lookups: list[npt.NDArray[np.float32]]
-
-
-@dataclass(frozen=True)
-class _Layout:
-    """Where a table's rows live: shard i holds global rows [bounds[i], bounds[i + 1])."""
-
-    bounds: npt.NDArray[np.uint64]
-    dim: int
-
-    def split(self, keys: npt.NDArray[np.uint64]) -> list[tuple[int, npt.NDArray[np.intp]]]:
-        """For each shard with keys: (shard, positions of its keys), in key order."""
-        if len(self.bounds) == 2:
-            return [(0, np.arange(len(keys)))]
-        shard_of = np.searchsorted(self.bounds, keys, side="right") - 1
-        order = np.argsort(shard_of, kind="stable")
-        counts = np.bincount(shard_of, minlength=len(self.bounds) - 1)
-        starts = np.concatenate([[0], np.cumsum(counts)])
-        return [(s, order[starts[s] : starts[s + 1]]) for s in range(len(counts)) if counts[s]]
 
 
 class EngramClient:
@@ -117,7 +100,7 @@ class EngramClient:
         self.client_id = client_id or uuid.uuid4().hex
         self._sequence = itertools.count(1)
         self._sequence_lock = threading.Lock()
-        self._layouts: dict[str, _Layout] = {}
+        self._layouts: dict[str, TableLayout] = {}
         # Per-shard calls of one request, and whole requests run in the background: separate
         # pools, so background requests waiting on their shards cannot starve them.
         self._fanout = ThreadPoolExecutor(max_workers=max(2, 2 * len(self.shards)))
@@ -210,7 +193,7 @@ class EngramClient:
             return info
 
         infos = self._each_shard(create)
-        self._layouts[name] = _Layout(np.array(bounds, dtype=np.uint64), dim)
+        self._layouts[name] = TableLayout(np.array(bounds, dtype=np.uint64), dim)
         return self._merge(infos)
 
     def describe(self, name: str) -> TableInfo:
@@ -238,7 +221,7 @@ class EngramClient:
             written_rows=sum(i.written_rows for i in infos),
         )
 
-    def _layout(self, name: str) -> _Layout:
+    def _layout(self, name: str) -> TableLayout:
         layout = self._layouts.get(name)
         if layout is None:
             infos = self._describe_shards(name)
@@ -252,7 +235,7 @@ class EngramClient:
                         self.shards[i].address,
                     )
                 bounds.append(bounds[-1] + info.spec.num_rows)
-            layout = _Layout(np.array(bounds, dtype=np.uint64), infos[0].spec.dim)
+            layout = TableLayout(np.array(bounds, dtype=np.uint64), infos[0].spec.dim)
             self._layouts[name] = layout
         return layout
 
@@ -450,30 +433,17 @@ class EngramClient:
             np.empty((*np.shape(keys), self._layout(table).dim), np.float32)
             for table, keys in lookups
         ]
-        parts: dict[int, ShardBatch] = {}
-
-        def shard_batch(shard_index: int) -> ShardBatch:
-            if shard_index not in parts:
-                parts[shard_index] = ShardBatch(self.client_id, [], [])
-            return parts[shard_index]
-
-        for (table, flat, grads), sequence, rows in zip(
-            flat_pushes, sequences, updated, strict=True
-        ):
-            layout = self._layout(table)
-            for s, positions in layout.split(flat):
-                local = flat[positions] - layout.bounds[s]
-                part_grads = grads if len(positions) == len(flat) else grads[positions]
-                shard_batch(s).pushes.append(
-                    PushPart(table, sequence, positions, local, part_grads, rows)
-                )
-        for (table, keys), out in zip(lookups, outs, strict=True):
-            layout = self._layout(table)
-            flat = as_keys(keys)
-            rows_out = out.reshape(len(flat), layout.dim)
-            for s, positions in layout.split(flat):
-                local = flat[positions] - layout.bounds[s]
-                shard_batch(s).lookups.append(LookupPart(table, positions, local, rows_out))
+        parts = split_by_shard(
+            self.client_id,
+            [
+                (t, flat, g, s, rows, self._layout(t))
+                for (t, flat, g), s, rows in zip(flat_pushes, sequences, updated, strict=True)
+            ],
+            [
+                (t, as_keys(keys), out, self._layout(t))
+                for (t, keys), out in zip(lookups, outs, strict=True)
+            ],
+        )
 
         def send(shard_index: int, batch: ShardBatch) -> pb.BatchResponse:
             shard = self.shards[shard_index]

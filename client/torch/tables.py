@@ -184,7 +184,8 @@ class StoreTable(nn.Module):
             return self.pushes_issued
 
     def _applied(self, number: int, keys: np.ndarray, rows: np.ndarray | None) -> None:
-        """Push `number` is over (applied, unless `rows` is None and it failed)."""
+        """Push `number` is over, applied or failed; `rows` are the rows it left, when the
+        daemon returned them. The group calls it."""
         if rows is not None and self.keeps_updated_rows:
             with self._pending_lock:
                 self._updated_rows[number] = rows
