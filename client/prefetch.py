@@ -59,8 +59,8 @@ class _SortedKeys:
         self.sorted = keys[self.order]
 
     def find(self, pushed_keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Positions of the batch's keys that are among `pushed_keys` (ascending, distinct),
-        and where each of them stands in `pushed_keys`."""
+        """Positions of the batch's keys that are among `pushed_keys` (ascending, repeats
+        allowed), and where each of them stands in `pushed_keys`."""
         if not len(pushed_keys):
             return np.zeros(0, np.intp), np.zeros(0, np.intp)
         at = np.searchsorted(pushed_keys, self.sorted).clip(max=len(pushed_keys) - 1)
@@ -72,7 +72,7 @@ class _SortedKeys:
     ) -> int:
         """Sets each row of `rows` (one per key) whose key is among `pushed_keys` to that
         key's pushed row; returns how many it set."""
-        if len(pushed_keys) > 1 and not (pushed_keys[1:] > pushed_keys[:-1]).all():
+        if len(pushed_keys) > 1 and not (pushed_keys[1:] >= pushed_keys[:-1]).all():
             by_key = np.argsort(pushed_keys, kind="stable")
             pushed_keys, pushed_rows = pushed_keys[by_key], pushed_rows[by_key]
         positions, at = self.find(pushed_keys)

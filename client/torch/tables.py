@@ -2,8 +2,8 @@
 
 - `LocalTable`: an in-process `nn.Embedding` (the reference's `MultiHeadEmbedding`), for
   small models and as the baseline of tests;
-- `StoreTable`: rows from a store daemon; backward sums the gradient of each distinct row
-  and pushes it, so the daemon's optimizer trains the table.
+- `StoreTable`: rows from a store daemon; backward pushes their gradient (the daemon sums
+  the rows of repeated keys), so the daemon's optimizer trains the table.
 
 Both take hash ids `[B, T, heads]` (per-head, as `NgramHashMapping.hash` returns them), add
 each head's offset, and return rows `[B, T, heads, dim]`.
@@ -70,8 +70,8 @@ class _PushOnBackward(torch.autograd.Function):
 class StoreTable(nn.Module):
     """An Engram layer's rows held by a store daemon (or shards of one).
 
-    Forward fetches the rows (or takes rows the caller prefetched); backward sums the
-    gradient per distinct row and pushes it in the background, with at most
+    Forward fetches the rows (or takes rows the caller prefetched); backward pushes their
+    gradient in the background (summed per distinct row by the daemon), with at most
     `max_pushes_in_flight` pushes outstanding, applied in the order they were issued. Tables
     sharing a `group` send the pushes of one backward pass together, in one call (by default
     a table is a group of its own). Before fetching, forward waits for earlier pushes, so a
@@ -161,17 +161,17 @@ class StoreTable(nn.Module):
                 del self._updated_rows[n]
 
     def push_gradient(self, keys: torch.Tensor, grad: torch.Tensor) -> None:
-        """Sums `grad` per distinct key and pushes it without blocking the backward pass
-        (beyond the bound on pushes in flight)."""
-        flat_keys = keys.reshape(-1).cpu()
-        unique, inverse = torch.unique(flat_keys, return_inverse=True)
-        summed = torch.zeros((len(unique), self.embedding_dim), dtype=torch.float32)
-        summed.index_add_(0, inverse, grad.reshape(-1, self.embedding_dim).float().cpu())
+        """Pushes `grad` (one row per key) without blocking the backward pass (beyond the
+        bound on pushes in flight). The daemon sums the rows of repeated keys, in the order
+        given, as torch does: summing them here would cost the training thread a sort."""
+        flat_keys = keys.reshape(-1).cpu().numpy().astype(np.uint64)
+        # A copy: autograd owns the gradient's memory once backward moves on.
+        rows = grad.reshape(-1, self.embedding_dim).to("cpu", torch.float32, copy=True).numpy()
         if not self._slots.acquire(blocking=False):
             # The pushes holding the slots may still wait for the end of this backward pass.
             self.group.flush()
             self._slots.acquire()
-        self.group.push(self, unique.numpy().astype(np.uint64), summed.numpy())
+        self.group.push(self, flat_keys, rows)
 
     def _issued(self, keys: np.ndarray, done: Future[Any]) -> int:
         """Numbers a push of `keys` that `done` completes; the group calls it."""
@@ -195,8 +195,8 @@ class StoreTable(nn.Module):
         self._slots.release()
 
     def keys_pushed_since(self, push_number: int) -> np.ndarray:
-        """Keys of the pushes issued after push `push_number` (each push's keys distinct; the
-        last `PUSH_LOG_LENGTH` pushes are remembered)."""
+        """Keys of the pushes issued after push `push_number`, repeats included (the last
+        `PUSH_LOG_LENGTH` pushes are remembered)."""
         with self._pending_lock:
             recent = [k for n, k in self._pushed_keys.items() if n > push_number]
         return np.concatenate(recent) if recent else np.zeros(0, np.uint64)
