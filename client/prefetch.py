@@ -41,9 +41,15 @@ class _Pending:
     keys: dict[int, np.ndarray]
     rows: dict[int, torch.Tensor]
     pushes_seen: dict[int, int]
+    # Sorted when rows are read ahead (off the training thread), else only if needed.
     sorted_keys: dict[int, _SortedKeys]
     # The lookups sent with pushes, when the rows come that way.
     read: RowsRequest | None = field(default=None)
+
+    def sorted(self, layer: int) -> _SortedKeys:
+        if layer not in self.sorted_keys:
+            self.sorted_keys[layer] = _SortedKeys(self.keys[layer].reshape(-1))
+        return self.sorted_keys[layer]
 
 
 _DONE = object()
@@ -120,10 +126,12 @@ class Prefetcher:
         # Tables with a cache read through it; with max_staleness rows are read ahead.
         if max_staleness or not tables or any(t.cache is not None for t in tables.values()):
             self._group = None
-        for table in tables.values():
-            table.keep_updated_rows()
         if self._group is not None:
             self._group.set_reader(self._rows_to_send)
+        else:
+            # Rows read ahead are brought up to date from the rows later pushes return.
+            for table in tables.values():
+                table.keep_updated_rows()
         self._thread.start()
 
     def _fill(self, batches: Iterator[Any]) -> None:
@@ -136,8 +144,8 @@ class Prefetcher:
                     keys = hashes[layer] + table.offsets.numpy()
                     pending.hash_ids[layer] = hashes[layer]
                     pending.keys[layer] = keys
-                    pending.sorted_keys[layer] = _SortedKeys(keys.reshape(-1))
                     if self._group is None:
+                        pending.sorted(layer)
                         # Pushes applied before the lookup runs are in its rows; later ones
                         # are checked when the batch is consumed.
                         pending.pushes_seen[layer] = table.pushes_applied()
@@ -212,12 +220,12 @@ class Prefetcher:
             if updates is not None:
                 # Each push returned the rows it left, in push order: no need to read again.
                 for pushed_keys, pushed_rows in updates:
-                    self.rows_refreshed += item.sorted_keys[layer].overwrite(
+                    self.rows_refreshed += item.sorted(layer).overwrite(
                         flat_rows, pushed_keys, pushed_rows
                     )
             else:
                 pushed = np.unique(table.keys_pushed_since(seen))
-                positions, _ = item.sorted_keys[layer].find(pushed)
+                positions, _ = item.sorted(layer).find(pushed)
                 if len(positions):
                     # Straight from the store: a cache could hold the rows from before the push.
                     fresh = table.client.lookup(table.table, flat_keys[positions])
@@ -239,5 +247,6 @@ class Prefetcher:
         self._thread.join(timeout=10)
         if self._group is not None:
             self._group.set_reader(None)
-        for table in self.tables.values():
-            table.keep_updated_rows(False)
+        else:
+            for table in self.tables.values():
+                table.keep_updated_rows(False)

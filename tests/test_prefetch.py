@@ -172,3 +172,23 @@ def test_a_group_sends_a_backward_pass_and_the_next_rows_in_one_call(
         group.close()
         assert prefetcher.rows_refreshed == 0
         assert prefetcher.batches_read_with_pushes == 5
+
+
+def test_rows_sent_with_pushes_follow_the_last_send_before_their_batch(
+    setup: tuple[EngramClient, NgramHashMapping, StoreTable],
+) -> None:
+    client, mapping, table = setup
+    prefetcher = Prefetcher(batches(6), mapping, {LAYER: table}, depth=2)
+    wait_until_full(prefetcher)
+    for _, rows in prefetcher:
+        hash_ids, fetched = rows[LAYER]
+        table.wait_for_pushes()
+        fresh = client.lookup("t", hash_ids.numpy() + table.offsets.numpy())
+        np.testing.assert_array_equal(fetched.numpy(), fresh)
+        # Two pushes before the next batch (as with gradient accumulation): its rows go
+        # with the second, and see both.
+        train_step(table, hash_ids)
+        train_step(table, hash_ids)
+    prefetcher.close()
+    assert prefetcher.batches_read_with_pushes == 5
+    assert prefetcher.rows_refreshed == 0
