@@ -44,6 +44,17 @@ def wait_until_full(prefetcher: Prefetcher) -> None:
         time.sleep(0.01)
 
 
+def rows_are_current(
+    client: EngramClient, table: StoreTable, rows: dict[int, tuple[torch.Tensor, torch.Tensor]]
+) -> torch.Tensor:
+    """Checks a batch's rows against the store's, every push applied; its hash ids."""
+    hash_ids, fetched = rows[LAYER]
+    table.wait_for_pushes()
+    fresh = client.lookup("t", hash_ids.numpy() + table.offsets.numpy())
+    np.testing.assert_array_equal(fetched.numpy(), fresh)
+    return hash_ids
+
+
 def train_step(table: StoreTable, hash_ids: torch.Tensor) -> None:
     keys = hash_ids + table.offsets
     table.push_gradient(keys, torch.ones((*keys.shape, DIM)))
@@ -61,12 +72,9 @@ def test_synchronous_mode_sees_every_earlier_push(
     calls = table.group.calls
     steps = 0
     for batch, rows in prefetcher:
-        hash_ids, fetched = rows[LAYER]
-        assert fetched.shape == (2, 10, 4, DIM)
+        assert rows[LAYER][1].shape == (2, 10, 4, DIM)
+        hash_ids = rows_are_current(client, table, rows)
         np.testing.assert_array_equal(hash_ids.numpy(), mapping.hash(batch)[LAYER])
-        table.wait_for_pushes()
-        fresh = client.lookup("t", hash_ids.numpy() + table.offsets.numpy())
-        np.testing.assert_array_equal(fetched.numpy(), fresh)
         train_step(table, hash_ids)
         steps += 1
     assert steps == 8
@@ -130,11 +138,7 @@ def test_pushes_issued_before_the_prefetcher_are_caught_by_reading_again(
     wait_until_full(prefetcher)
     landed.set()
     for _, rows in prefetcher:
-        hash_ids, fetched = rows[LAYER]
-        table.wait_for_pushes()
-        fresh = client.lookup("t", hash_ids.numpy() + table.offsets.numpy())
-        np.testing.assert_array_equal(fetched.numpy(), fresh)
-        train_step(table, hash_ids)
+        train_step(table, rows_are_current(client, table, rows))
     assert prefetcher.rows_refreshed > 0
 
 
@@ -181,10 +185,7 @@ def test_rows_sent_with_pushes_follow_the_last_send_before_their_batch(
     prefetcher = Prefetcher(batches(6), mapping, {LAYER: table}, depth=2)
     wait_until_full(prefetcher)
     for _, rows in prefetcher:
-        hash_ids, fetched = rows[LAYER]
-        table.wait_for_pushes()
-        fresh = client.lookup("t", hash_ids.numpy() + table.offsets.numpy())
-        np.testing.assert_array_equal(fetched.numpy(), fresh)
+        hash_ids = rows_are_current(client, table, rows)
         # Two pushes before the next batch (as with gradient accumulation): its rows go
         # with the second, and see both.
         train_step(table, hash_ids)
