@@ -10,10 +10,10 @@ Outside a backward pass a push is sent at once.
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -43,6 +43,8 @@ class _Push:
 
 
 def _in_backward() -> bool:
+    """Whether this thread runs a backward pass now (torch has no public way to ask; DDP and
+    FSDP rely on the same calls to act when a backward pass ends)."""
     return bool(torch._C._current_graph_task_id() != -1)
 
 
@@ -73,16 +75,17 @@ class PushGroup:
     def push(self, table: StoreTable, keys: np.ndarray, grads: np.ndarray) -> None:
         """Numbers the push in `table` and sends it with the others at the end of the current
         backward pass (now, outside one)."""
+        in_backward = _in_backward()
         with self._lock:
             done: Future[PushResult] = Future()
             number = table._issued(keys, done)
             self._waiting.append(_Push(table, number, keys, grads, done))
-            queue = _in_backward() and not self._flush_queued
+            queue = in_backward and not self._flush_queued
             self._flush_queued |= queue
         if queue:
             # Runs when the whole backward pass is over, on its thread.
             torch.autograd.Variable._execution_engine.queue_callback(self.flush)
-        elif not _in_backward():
+        elif not in_backward:
             self.flush()
 
     def flush(self) -> None:
@@ -123,7 +126,7 @@ class PushGroup:
         self._sender.shutdown(wait=True)
 
 
-def shared_group(tables: Any) -> PushGroup | None:
+def shared_group(tables: Iterable[StoreTable]) -> PushGroup | None:
     """The group every one of `tables` pushes through, or None if they do not share one."""
     groups = {id(t.group): t.group for t in tables}
     return next(iter(groups.values())) if len(groups) == 1 else None
