@@ -2,8 +2,8 @@
 
 - `LocalTable`: an in-process `nn.Embedding` (the reference's `MultiHeadEmbedding`), for
   small models and as the baseline of tests;
-- `StoreTable`: rows from a store daemon; backward pushes their gradient (the daemon sums
-  the rows of repeated keys), so the daemon's optimizer trains the table.
+- `StoreTable`: rows from a store daemon; backward sums the gradient of each distinct row
+  (in the background) and pushes it, so the daemon's optimizer trains the table.
 
 Both take hash ids `[B, T, heads]` (per-head, as `NgramHashMapping.hash` returns them), add
 each head's offset, and return rows `[B, T, heads, dim]`.
@@ -70,8 +70,8 @@ class _PushOnBackward(torch.autograd.Function):
 class StoreTable(nn.Module):
     """An Engram layer's rows held by a store daemon (or shards of one).
 
-    Forward fetches the rows (or takes rows the caller prefetched); backward pushes their
-    gradient in the background (summed per distinct row by the daemon), with at most
+    Forward fetches the rows (or takes rows the caller prefetched); backward hands their
+    gradient over to be summed per distinct row and pushed in the background, with at most
     `max_pushes_in_flight` pushes outstanding, applied in the order they were issued. Tables
     sharing a `group` send the pushes of one backward pass together, in one call (by default
     a table is a group of its own). Before fetching, forward waits for earlier pushes, so a
@@ -108,9 +108,9 @@ class StoreTable(nn.Module):
         # Keys of every push, by push number (1, 2, ...), so prefetched rows can be checked
         # against the pushes issued after they were read.
         self._pushed_keys: dict[int, np.ndarray] = {}
-        # With `keep_updated_rows`: the rows each push left, by push number.
+        # With `keep_updated_rows`: (keys, rows) as each push left them, by push number.
         self.keeps_updated_rows = False
-        self._updated_rows: dict[int, np.ndarray] = {}
+        self._updated_rows: dict[int, tuple[np.ndarray, np.ndarray]] = {}
         self.pushes_issued = 0
         # Gives the rows a place in the autograd graph without being a trainable parameter.
         self._anchor = torch.zeros((), requires_grad=True)
@@ -149,10 +149,8 @@ class StoreTable(nn.Module):
         """`(keys, rows)` as each of the given (applied) pushes left them, in push order; None
         unless every one was remembered."""
         with self._pending_lock:
-            found = [(self._pushed_keys.get(n), self._updated_rows.get(n)) for n in numbers]
-        if any(keys is None or rows is None for keys, rows in found):
-            return None
-        return [(keys, rows) for keys, rows in found if keys is not None and rows is not None]
+            found = [self._updated_rows.get(n) for n in numbers]
+        return None if None in found else [f for f in found if f is not None]
 
     def forget_updated_rows(self, through: int) -> None:
         """Drops the rows of pushes 1..`through` (nobody reading ahead still needs them)."""
@@ -162,8 +160,8 @@ class StoreTable(nn.Module):
 
     def push_gradient(self, keys: torch.Tensor, grad: torch.Tensor) -> None:
         """Pushes `grad` (one row per key) without blocking the backward pass (beyond the
-        bound on pushes in flight). The daemon sums the rows of repeated keys, in the order
-        given, as torch does: summing them here would cost the training thread a sort."""
+        bound on pushes in flight). The rows of repeated keys are summed on the group's
+        thread, off the training thread, before they are sent."""
         flat_keys = keys.reshape(-1).cpu().numpy().astype(np.uint64)
         # A copy: autograd owns the gradient's memory once backward moves on.
         rows = grad.reshape(-1, self.embedding_dim).to("cpu", torch.float32, copy=True).numpy()
@@ -184,11 +182,11 @@ class StoreTable(nn.Module):
             return self.pushes_issued
 
     def _applied(self, number: int, keys: np.ndarray, rows: np.ndarray | None) -> None:
-        """Push `number` is over, applied or failed; `rows` are the rows it left, when the
-        daemon returned them. The group calls it."""
+        """Push `number` of (distinct) `keys` is over, applied or failed; `rows` are the rows
+        it left, when the daemon returned them. The group calls it."""
         if rows is not None and self.keeps_updated_rows:
             with self._pending_lock:
-                self._updated_rows[number] = rows
+                self._updated_rows[number] = (keys, rows)
         # After the push, so no fetch in between can cache the old rows again.
         if self.cache is not None:
             self.cache.invalidate(self.table, keys)
