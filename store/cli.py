@@ -227,7 +227,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--threads",
         type=int,
         default=0,
-        help="engine threads for lookups, pushes and hashing (default: one per core)",
+        help="threads one lookup, push or hashing request is spread over (default: one per "
+        "core; 1: each runs on its request thread)",
     )
     serve.add_argument("--max-message-bytes", type=int, default=ServeConfig.max_message_bytes)
     serve.add_argument("--restore", help="restore a checkpoint before serving: 'latest' or an id")

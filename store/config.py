@@ -27,8 +27,9 @@ class ServeConfig:
     flush_interval_s: float = 30.0
     # Where same-machine clients' shared buffers live ("" refuses them).
     shared_buffer_dir: str = "/dev/shm"
-    # Engine threads (0: one per core). A daemon sharing a small machine with a trainer
-    # should leave the cores to it.
+    # Threads a request's work is spread over (0: one per core; 1: each request runs on its
+    # own gRPC thread). A daemon sharing a small machine with a trainer should leave the
+    # cores to it.
     threads: int = 0
 
     @property
