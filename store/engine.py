@@ -13,7 +13,7 @@ import shutil
 import threading
 import time
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from typing import Any
 
 from store import _native
@@ -213,24 +213,32 @@ class StoreEngine:
 
     def _check_reply_size(
         self,
-        tables: list[TableHandle],
-        keys: list[bytes],
-        lookups: Sequence[pb.LookupRequest],
+        request: pb.BatchRequest,
+        lookup_tables: list[TableHandle],
+        lookup_keys: list[bytes],
         dtypes: list[str],
     ) -> None:
         """Refuses a batch whose in-message rows could not be sent back."""
         in_message = sum(
             len(k) // 8 * table.spec.dim * ITEM_SIZES[dtype]
-            for table, k, lookup, dtype in zip(tables, keys, lookups, dtypes, strict=True)
+            for table, k, lookup, dtype in zip(
+                lookup_tables, lookup_keys, request.lookups, dtypes, strict=True
+            )
             if not lookup.HasField("out")
         )
-        # Room for the framing and the push responses beside the rows.
+        # Pushes that return their rows in the message return as many bytes as they sent.
+        in_message += sum(
+            len(push.grads.data)
+            for push in request.pushes
+            if push.return_rows and not push.HasField("grads_buffer")
+        )
+        # Room for the framing and the rest of the answer beside the rows.
         limit = self.max_message_bytes - REPLY_HEADROOM_BYTES
         if in_message > limit:
             raise ResourceExhaustedError(
                 f"a batch answering {in_message} bytes of rows in its message exceeds the "
-                f"limit of {limit}: give its lookups a shared buffer (`out`) or stream them "
-                "with Lookup"
+                f"limit of {limit}: give it shared buffers (`out`, `grads_buffer`), or split "
+                "it (Lookup streams)"
             )
 
     @staticmethod
@@ -333,7 +341,7 @@ class StoreEngine:
             ]
             for table, keys in zip(lookup_tables, lookup_keys, strict=True):
                 table.native.check_keys_bytes(keys)
-            self._check_reply_size(lookup_tables, lookup_keys, request.lookups, dtypes)
+            self._check_reply_size(request, lookup_tables, lookup_keys, dtypes)
             with self._gate.shared():
                 for table, keys, push in zip(push_tables, push_keys, request.pushes, strict=True):
                     response.pushes.append(self._apply_once(table, keys, push, buffers))

@@ -87,7 +87,7 @@ def test_a_retried_batch_applies_its_pushes_once(daemon: Daemon) -> None:
 def test_rows_too_large_for_the_reply_are_refused_before_any_push(daemon: Daemon) -> None:
     s = daemon.stub
     before = raw_rows(s.Lookup(pb.LookupRequest(table="a", keys=keys(range(ROWS)))))
-    many = np.zeros(10_000, np.uint64)  # 10,000 x 4 float32 = 160 KB > the 128 KiB limit
+    many = np.zeros(10_000, np.uint64)  # 10,000 x 4 float32 = 160 KB, over the 128 KiB limit
     with pytest.raises(grpc.RpcError) as error:
         s.Batch(
             pb.BatchRequest(
@@ -96,6 +96,14 @@ def test_rows_too_large_for_the_reply_are_refused_before_any_push(daemon: Daemon
             )
         )
     assert error.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
-    assert "give its lookups a shared buffer" in (error.value.details() or "")
+    assert "give it shared buffers" in (error.value.details() or "")
+    # Rows returned by pushes count too: two pushes of 5,000 x 4 float32 sent (80 KB each, in
+    # the limit) would answer 160 KB.
+    grads = np.ones((5000, DIM), np.float32)
+    with pytest.raises(grpc.RpcError) as error:
+        s.Batch(
+            pb.BatchRequest(pushes=[push("a", np.arange(5000) % ROWS, grads, return_rows=True)] * 2)
+        )
+    assert error.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
     assert raw_rows(s.Lookup(pb.LookupRequest(table="a", keys=keys(range(ROWS))))) == before
     assert s.DescribeTable(pb.DescribeTableRequest(name="a")).step == 0
