@@ -4,6 +4,7 @@ laid out in messages or in a shared buffer, and the answers put back in place.""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 import numpy.typing as npt
@@ -35,7 +36,7 @@ class LookupPart:
 
 
 class ShardBatch:
-    """The parts of a batch bound for one daemon."""
+    """The parts of a batch bound for one daemon (complete before it is laid out)."""
 
     def __init__(self, client_id: str, pushes: list[PushPart], lookups: list[LookupPart]):
         self.client_id = client_id
@@ -80,9 +81,10 @@ class ShardBatch:
             _place(q, rows)
 
     def buffer_bytes(self) -> int:
-        return self._layout()[-1]
+        return self._offsets[-1]
 
-    def _layout(self) -> list[int]:
+    @cached_property
+    def _offsets(self) -> list[int]:
         """Offsets in the buffer: each push's keys and gradients, then each lookup's keys and
         rows, each region on its own cache line; the last entry is the total."""
         sizes: list[int] = []
@@ -97,7 +99,7 @@ class ShardBatch:
 
     def in_buffer(self, buffer: SharedBuffer) -> pb.BatchRequest:
         request = self._request()
-        at = iter(self._layout())
+        at = iter(self._offsets)
         for message, p in zip(request.pushes, self.pushes, strict=True):
             keys_at, grads_at = next(at), next(at)
             buffer.view(np.dtype("<u8"), p.keys.shape, keys_at)[:] = p.keys
@@ -112,7 +114,7 @@ class ShardBatch:
         return request
 
     def take_from_buffer(self, buffer: SharedBuffer) -> None:
-        at = iter(self._layout())
+        at = iter(self._offsets)
         for p in self.pushes:
             _, grads_at = next(at), next(at)
             if p.updated is not None:

@@ -55,6 +55,18 @@ class PushResult:
     # With `return_rows`: float32 `[len(keys), dim]`, each key's row as the push left it.
     updated_rows: npt.NDArray[np.float32] | None = None
 
+    @staticmethod
+    def of_shards(
+        replies: list[pb.PushResponse], updated_rows: npt.NDArray[np.float32] | None
+    ) -> PushResult:
+        """One push's result from the answers of the shards it went to."""
+        return PushResult(
+            rows=sum(r.rows for r in replies),
+            step=max(r.step for r in replies),
+            duplicate=all(r.duplicate for r in replies),
+            updated_rows=updated_rows,
+        )
+
 
 @dataclass(frozen=True)
 class BatchResult:
@@ -390,12 +402,7 @@ class EngramClient:
             replies = [send(*parts[0])]
         else:
             replies = [f.result() for f in [self._fanout.submit(send, s, p) for s, p in parts]]
-        return PushResult(
-            rows=sum(r.rows for r in replies),
-            step=max(r.step for r in replies),
-            duplicate=all(r.duplicate for r in replies),
-            updated_rows=updated,
-        )
+        return PushResult.of_shards(replies, updated)
 
     def push_async(
         self,
@@ -472,12 +479,7 @@ class EngramClient:
             for part, answer in zip(parts[s].pushes, reply.pushes, strict=True):
                 answers[part.sequence].append(answer)
         results = [
-            PushResult(
-                rows=sum(a.rows for a in answers[sequence]),
-                step=max(a.step for a in answers[sequence]),
-                duplicate=all(a.duplicate for a in answers[sequence]),
-                updated_rows=rows,
-            )
+            PushResult.of_shards(answers[sequence], rows)
             for sequence, rows in zip(sequences, updated, strict=True)
         ]
         return BatchResult(results, outs)

@@ -122,10 +122,11 @@ class Prefetcher:
         # with the pushes of the step now running.
         self._unconsumed: deque[_Pending] = deque()
         self._unconsumed_lock = threading.Lock()
-        self._group = shared_group(tables.values()) if read_with_pushes else None
         # Tables with a cache read through it; with max_staleness rows are read ahead.
-        if max_staleness or not tables or any(t.cache is not None for t in tables.values()):
-            self._group = None
+        with_pushes = (
+            read_with_pushes and not max_staleness and all(t.cache is None for t in tables.values())
+        )
+        self._group = shared_group(tables.values()) if with_pushes else None
         if self._group is not None:
             self._group.set_reader(self._rows_to_send)
         else:
@@ -186,11 +187,15 @@ class Prefetcher:
                 return None
             item = self._unconsumed[0]
             # A later send (another backward pass before this batch) replaces an earlier one.
-            item.read = RowsRequest(
-                [(t.table, item.keys[layer]) for layer, t in self.tables.items()]
-            )
-            item.pushes_seen = {layer: t.pushes_issued for layer, t in self.tables.items()}
+            item.read = RowsRequest(self._lookups(item))
+            item.pushes_seen = self._pushes_issued()
             return item.read
+
+    def _lookups(self, item: _Pending) -> list[tuple[str, np.ndarray]]:
+        return [(t.table, item.keys[layer]) for layer, t in self.tables.items()]
+
+    def _pushes_issued(self) -> dict[int, int]:
+        return {layer: t.pushes_issued for layer, t in self.tables.items()}
 
     def _read(self, item: _Pending, group: PushGroup) -> None:
         """The rows of a batch whose lookups were not read ahead: those sent with the last
@@ -201,9 +206,8 @@ class Prefetcher:
         else:
             for table in self.tables.values():
                 table.wait_for_pushes()
-            item.pushes_seen = {layer: t.pushes_issued for layer, t in self.tables.items()}
-            lookups = [(t.table, item.keys[layer]) for layer, t in self.tables.items()]
-            rows = group.client.batch(lookups=lookups).lookups
+            item.pushes_seen = self._pushes_issued()
+            rows = group.client.batch(lookups=self._lookups(item)).lookups
         item.rows = {layer: torch.from_numpy(r) for layer, r in zip(self.tables, rows, strict=True)}
 
     def _ready(self, item: _Pending, layer: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -138,5 +138,5 @@ def _sum_per_key(keys: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.nda
 
 def shared_group(tables: Iterable[StoreTable]) -> PushGroup | None:
     """The group every one of `tables` pushes through, or None if they do not share one."""
-    groups = {id(t.group): t.group for t in tables}
-    return next(iter(groups.values())) if len(groups) == 1 else None
+    groups = {t.group for t in tables}
+    return groups.pop() if len(groups) == 1 else None
