@@ -8,6 +8,7 @@ import numpy.typing as npt
 __all__ = [
     "TABLE_FORMAT_VERSION",
     "EmbeddingTable",
+    "Journal",
     "NgramHasher",
     "StoreError",
     "Table",
@@ -143,13 +144,27 @@ class EmbeddingTable:
         grads_dtype: str,
         step: int | None = None,
         return_rows: bool = False,
+        client_id: str = "",
+        sequence: int = 0,
     ) -> tuple[int, int]: ...
     def gather_into(self, keys: npt.NDArray[np.uint64], out: npt.NDArray[np.float32]) -> None: ...
     def push_bytes(
-        self, keys: bytes, grads: bytes, grads_dtype: str, step: int | None = None
+        self,
+        keys: bytes,
+        grads: bytes,
+        grads_dtype: str,
+        step: int | None = None,
+        client_id: str = "",
+        sequence: int = 0,
     ) -> tuple[int, int]: ...
     def push_bytes_returning_rows(
-        self, keys: bytes, grads: bytes, grads_dtype: str, step: int | None = None
+        self,
+        keys: bytes,
+        grads: bytes,
+        grads_dtype: str,
+        step: int | None = None,
+        client_id: str = "",
+        sequence: int = 0,
     ) -> tuple[int, int, bytes]: ...
     def push(
         self,
@@ -161,8 +176,23 @@ class EmbeddingTable:
         self, path: str | os.PathLike[str], incremental: bool
     ) -> tuple[int, int, int, int]: ...
     def apply_pack(self, path: str | os.PathLike[str]) -> tuple[int, int, int, int]: ...
+    def attach_journal(self, journal: Journal) -> None: ...
+    def last_push_token(self) -> int: ...
+    def recover(
+        self, committed: set[int], committed_through: int
+    ) -> tuple[int, int] | None: ...
     def clear_dirty(self) -> None: ...
     def flush(self) -> None: ...
+
+class Journal:
+    @staticmethod
+    def open(
+        path: str | os.PathLike[str],
+    ) -> tuple[Journal, list[tuple[int, str, str, int, int]]]: ...
+    def tokens_after(self, token: int) -> None: ...
+    def fence_token(self) -> int: ...
+    def sync(self) -> None: ...
+    def reset(self) -> None: ...
 
 def set_thread_count(threads: int) -> None: ...
 def read_shared(fd: int, path: str | os.PathLike[str], offset: int, len: int) -> bytes: ...

@@ -18,7 +18,10 @@ _DATABASES = (b"tables", b"steps", b"incarnations", b"checkpoints", b"clients", 
 
 
 class Catalog:
-    def __init__(self, path: str | os.PathLike[str], map_size: int = 1 << 30) -> None:
+    # Address space, not disk: LMDB's file grows with what it holds. Every key and value is
+    # bounded at the door (names, client ids, idempotency windows), so a full map needs far
+    # more tables and clients than the daemon accepts.
+    def __init__(self, path: str | os.PathLike[str], map_size: int = 1 << 36) -> None:
         self._env = lmdb.open(
             os.fspath(path), map_size=map_size, max_dbs=len(_DATABASES), subdir=True
         )
@@ -33,16 +36,41 @@ class Catalog:
     # tables -------------------------------------------------------------------------
 
     def put_table(self, spec: pb.TableSpec, step: int, incarnation: str) -> None:
-        key = spec.name.encode()
         with self._env.begin(write=True) as txn:
-            txn.put(key, spec.SerializeToString(deterministic=True), db=self._db["tables"])
-            txn.put(key, str(step).encode(), db=self._db["steps"])
-            txn.put(key, incarnation.encode(), db=self._db["incarnations"])
+            self._put_table(txn, spec, step, incarnation)
 
-    def set_steps(self, steps: dict[str, int]) -> None:
+    def _put_table(self, txn: Any, spec: pb.TableSpec, step: int, incarnation: str) -> None:
+        key = spec.name.encode()
+        txn.put(key, spec.SerializeToString(deterministic=True), db=self._db["tables"])
+        txn.put(key, str(step).encode(), db=self._db["steps"])
+        txn.put(key, incarnation.encode(), db=self._db["incarnations"])
+
+    def record_flush(
+        self, steps: dict[str, int], windows: dict[str, dict[str, Any]], fence: int
+    ) -> None:
+        """One transaction: each table's step, each client's window, and the push token
+        below which every push is recorded here (`pushes_fenced`)."""
         with self._env.begin(write=True) as txn:
             for name, step in steps.items():
                 txn.put(name.encode(), str(step).encode(), db=self._db["steps"])
+            self._put_clients(txn, windows)
+            txn.put(b"pushes_fenced", str(fence).encode(), db=self._db["meta"])
+
+    def record_restore(
+        self,
+        tables: list[tuple[pb.TableSpec, int, str]],
+        windows: dict[str, dict[str, Any]],
+        checkpoint_id: int,
+    ) -> None:
+        """One transaction: the tables of a restored checkpoint replace every table, its
+        windows every window, and it becomes the basis of the next checkpoint."""
+        with self._env.begin(write=True) as txn:
+            for db in ("tables", "steps", "incarnations", "clients"):
+                txn.drop(self._db[db], delete=False)
+            for spec, step, incarnation in tables:
+                self._put_table(txn, spec, step, incarnation)
+            self._put_clients(txn, windows)
+            txn.put(b"basis", str(checkpoint_id).encode(), db=self._db["meta"])
 
     def delete_table(self, name: str) -> None:
         with self._env.begin(write=True) as txn:
@@ -81,16 +109,11 @@ class Catalog:
 
     # push idempotency and other counters ----------------------------------------------
 
-    def put_clients(self, windows: dict[str, dict[str, Any]]) -> None:
-        with self._env.begin(write=True) as txn:
-            for client_id, window in windows.items():
-                txn.put(client_id.encode(), json.dumps(window).encode(), db=self._db["clients"])
-
-    def replace_clients(self, windows: dict[str, dict[str, Any]]) -> None:
-        with self._env.begin(write=True) as txn:
-            txn.drop(self._db["clients"], delete=False)
-            for client_id, window in windows.items():
-                txn.put(client_id.encode(), json.dumps(window).encode(), db=self._db["clients"])
+    def _put_clients(self, txn: Any, windows: dict[str, dict[str, Any]]) -> None:
+        """Replaces the stored windows (clients evicted from memory go too)."""
+        txn.drop(self._db["clients"], delete=False)
+        for client_id, window in windows.items():
+            txn.put(client_id.encode(), json.dumps(window).encode(), db=self._db["clients"])
 
     def clients(self) -> dict[str, dict[str, Any]]:
         with self._env.begin() as txn:
@@ -104,3 +127,7 @@ class Catalog:
     def put_meta(self, key: str, value: str) -> None:
         with self._env.begin(write=True) as txn:
             txn.put(key.encode(), value.encode(), db=self._db["meta"])
+
+    def delete_meta(self, key: str) -> None:
+        with self._env.begin(write=True) as txn:
+            txn.delete(key.encode(), db=self._db["meta"])

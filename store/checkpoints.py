@@ -3,7 +3,8 @@
 `data_dir/checkpoints/<id>/` holds one row pack per table (see rust/src/checkpoint.rs) and
 `manifest.json` (tables, specs, steps, per-file sizes and CRC-32s, push idempotency state).
 A checkpoint is built in a `.tmp-<id>` directory, fsynced, and published by one rename: a
-crash leaves the previous checkpoints intact and the new one absent. An incremental pack
+crash leaves the previous checkpoints intact and the new one absent. The manifest carries
+the CRC-32 of its own canonical JSON: an edited or damaged manifest is refused. An incremental pack
 holds only rows changed since the parent checkpoint; restoring a table applies its packs
 from its latest full pack forward onto fresh tables.
 """
@@ -15,10 +16,13 @@ import json
 import os
 import shutil
 import time
+import zlib
 from typing import Any
 
 from store import _native
 from store._proto.engram.store.v1 import store_pb2 as pb
+from store.crash_points import crash_point
+from store.data_dir import fsync_dir
 from store.errors import NotFoundError
 from store.table_handle import TableHandle
 
@@ -29,12 +33,9 @@ def checkpoints_dir(data_dir: str) -> str:
     return os.path.join(data_dir, "checkpoints")
 
 
-def _fsync_dir(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+def _manifest_checksum(manifest: dict[str, Any]) -> int:
+    body = {k: v for k, v in manifest.items() if k != "crc32"}
+    return zlib.crc32(json.dumps(body, sort_keys=True, separators=(",", ":")).encode())
 
 
 def write_checkpoint(
@@ -79,13 +80,17 @@ def write_checkpoint(
         "tables": entries,
         "clients": clients,
     }
+    manifest["crc32"] = _manifest_checksum(manifest)
+    crash_point("checkpoint:packs-synced")
     with open(os.path.join(tmp, MANIFEST), "w") as f:
         json.dump(manifest, f)
         f.flush()
         os.fsync(f.fileno())
-    _fsync_dir(tmp)
+    fsync_dir(tmp)
+    crash_point("checkpoint:manifest-synced")
     os.rename(tmp, os.path.join(root, str(checkpoint_id)))
-    _fsync_dir(root)
+    fsync_dir(root)
+    crash_point("checkpoint:published")
     return manifest
 
 
@@ -96,6 +101,12 @@ def read_manifest(data_dir: str, checkpoint_id: int) -> dict[str, Any]:
             manifest: dict[str, Any] = json.load(f)
     except FileNotFoundError:
         raise NotFoundError(f"checkpoint {checkpoint_id} does not exist") from None
+    except (ValueError, UnicodeDecodeError) as error:
+        raise _native.TableFormatError(f"{path}: manifest is not JSON ({error})") from None
+    if not isinstance(manifest, dict) or manifest.get("crc32") != _manifest_checksum(manifest):
+        raise _native.TableFormatError(
+            f"{path}: manifest checksum mismatch (the manifest was changed or damaged)"
+        )
     return manifest
 
 

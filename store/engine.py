@@ -16,17 +16,19 @@ import uuid
 from collections.abc import Iterator
 from typing import Any
 
-from store import _native
+from store import _native, restore
 from store._proto.engram.store.v1 import store_pb2 as pb
 from store.catalog import Catalog
 from store.checkpoints import (
     published_ids,
     read_manifest,
     remove_unpublished,
-    restore_table,
     write_checkpoint,
 )
 from store.config import DEFAULT_MAX_MESSAGE_BYTES
+from store.crash_points import crash_point
+from store.data_dir import CATALOG, JOURNAL, TABLES, boot_id
+from store.data_dir import lock as data_dir_lock
 from store.errors import (
     AlreadyExistsError,
     FailedPreconditionError,
@@ -42,6 +44,7 @@ from store.wire import (
     ITEM_SIZES,
     ROW_DTYPES,
     check_array,
+    check_client_id,
     check_table_name,
     key_bytes,
     non_negative_keys,
@@ -61,25 +64,65 @@ class StoreEngine:
         shared_buffer_dir: str | None = "/dev/shm",
         max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
     ) -> None:
+        """Opens (or creates) the data directory and recovers from a crash of the daemon:
+        a committed restore is finished, a push cut short is undone, and the steps and
+        idempotency windows of acknowledged pushes are replayed from the journal. After a
+        crash of the machine the rows cannot be trusted: `needs_restore` says why, and the
+        daemon must restore a checkpoint before it serves."""
         self.data_dir = os.path.abspath(data_dir)
         self.max_lookup_rows = max_lookup_rows
         self.max_message_bytes = max_message_bytes
         self.shared_buffer_dir = shared_buffer_dir
-        os.makedirs(os.path.join(self.data_dir, "tables"), exist_ok=True)
-        self.catalog = Catalog(os.path.join(self.data_dir, "catalog.lmdb"))
+        os.makedirs(self.data_dir, exist_ok=True)
+        self._lock_file = data_dir_lock(self.data_dir)
+        try:
+            self._open()
+        except BaseException:
+            if hasattr(self, "catalog"):
+                self.catalog.close()
+            self._lock_file.close()
+            raise
+        log.info("opened %d tables from %s", len(self._tables), self.data_dir)
+
+    def _open(self) -> None:
+        tables_dir = os.path.join(self.data_dir, TABLES)
+        catalog_path = os.path.join(self.data_dir, CATALOG)
+        existing_tables = os.listdir(tables_dir) if os.path.isdir(tables_dir) else []
+        if not os.path.isdir(catalog_path) and existing_tables:
+            raise FailedPreconditionError(
+                f"{catalog_path} is missing but {tables_dir} holds {len(existing_tables)} "
+                "tables: the catalog was deleted; restore it (or move the data away)"
+            )
+        os.makedirs(tables_dir, exist_ok=True)
+        self.catalog = Catalog(catalog_path)
+        if self.catalog.get_meta("created") == "":
+            if existing_tables:
+                raise FailedPreconditionError(
+                    f"{catalog_path} is empty but {tables_dir} holds {len(existing_tables)} "
+                    "tables: the catalog was truncated or replaced"
+                )
+            self.catalog.put_meta("created", str(time.time()))
         self._started = time.monotonic()
         self._tables: dict[str, TableHandle] = {}
         self._tables_lock = threading.Lock()
-        # Pushes hold it shared; checkpoints, restores and drops exclusively.
+        # Pushes hold it shared; checkpoints, restores, drops and flushes exclusively.
         self._gate = Gate()
-        self._clients = ClientWindows(self.catalog.clients())
+        self.needs_restore = self._unclean_machine_crash()
+        self.journal, records = _native.Journal.open(os.path.join(self.data_dir, JOURNAL))
+        pending = restore.pending(self.data_dir)
+        if pending is not None:
+            log.warning("finishing the restore of checkpoint %d cut short by a crash", pending)
+            restore.finish(self.data_dir, self.catalog, self.journal, pending)
+            records = []
+            self.needs_restore = ""
+        restore.remove_unfinished(self.data_dir)
         remove_unpublished(self.data_dir)
         self._reconcile_checkpoints()
-        for spec, step, incarnation in self.catalog.tables():
-            self._tables[spec.name] = TableHandle.open(
-                table_directory(self.data_dir, spec.name), spec, step, incarnation
-            )
-        log.info("opened %d tables from %s", len(self._tables), self.data_dir)
+        self._clients = ClientWindows(self.catalog.clients())
+        self._open_tables(records)
+        if not self.needs_restore:
+            self.catalog.put_meta("running_boot", boot_id())
+        self._flush_unlocked()
 
     def _reconcile_checkpoints(self) -> None:
         """A crash between publishing a checkpoint and recording it leaves the directory as
@@ -90,6 +133,51 @@ class StoreEngine:
             self.catalog.put_checkpoint(read_manifest(self.data_dir, checkpoint_id))
         for checkpoint_id in known - published:
             self.catalog.delete_checkpoint(checkpoint_id)
+
+    def _unclean_machine_crash(self) -> str:
+        """Why the tables cannot be trusted, or "": the daemon was running when the machine
+        went down, so writes to the mapped rows that had not reached the disk are lost."""
+        running = self.catalog.get_meta("running_boot")
+        if running and running != boot_id():
+            return (
+                "the machine went down while the daemon was running: rows changed since the "
+                "last checkpoint may be partly lost; start with --restore latest (or an id)"
+            )
+        return ""
+
+    def _open_tables(self, records: list[tuple[int, str, str, int, int]]) -> None:
+        """Opens every table of the catalog, undoing a push the journal does not hold and
+        replaying the steps and windows of the pushes it does."""
+        fenced = int(self.catalog.get_meta("pushes_fenced", "0"))
+        committed = {token for token, *_ in records}
+        steps: dict[str, int] = {}
+        for _, table, client_id, sequence, step in records:
+            steps[table] = max(steps.get(table, 0), step)
+            if client_id:
+                self._clients.window(client_id).record(sequence)
+        highest = max([fenced, *committed])
+        catalogued = self.catalog.tables()
+        known = {spec.name for spec, _, _ in catalogued}
+        for name in sorted(set(os.listdir(os.path.join(self.data_dir, TABLES))) - known):
+            log.warning("removing tables/%s, which a crash left while it was being created", name)
+            shutil.rmtree(table_directory(self.data_dir, name), ignore_errors=True)
+        for spec, step, incarnation in catalogued:
+            directory = table_directory(self.data_dir, spec.name)
+            table = TableHandle.open(
+                directory, spec, max(step, steps.get(spec.name, 0)), incarnation
+            )
+            undone = table.native.recover(committed, fenced)
+            if undone is not None:
+                log.warning(
+                    "table %s: undid push %d (%d rows), cut short by a crash before it was "
+                    "acknowledged",
+                    spec.name,
+                    *undone,
+                )
+            highest = max(highest, table.native.last_push_token())
+            table.native.attach_journal(self.journal)
+            self._tables[spec.name] = table
+        self.journal.tokens_after(highest)
 
     # tables ----------------------------------------------------------------------------
 
@@ -102,12 +190,14 @@ class StoreEngine:
 
     def create_table(self, spec: pb.TableSpec) -> pb.TableInfo:
         check_table_name(spec.name)
-        with self._tables_lock:
+        # Exclusive: a restore swapping the tables directory meanwhile would lose the table.
+        with self._gate.exclusive(), self._tables_lock:
             if spec.name in self._tables:
                 raise AlreadyExistsError(f"table {spec.name!r} already exists")
             directory = table_directory(self.data_dir, spec.name)
             shutil.rmtree(directory, ignore_errors=True)  # what a crashed create left
             table = TableHandle.create(directory, spec, uuid.uuid4().hex)
+            table.native.attach_journal(self.journal)
             self.catalog.put_table(spec, 0, table.incarnation)
             self._tables[spec.name] = table
         log.info(
@@ -120,12 +210,16 @@ class StoreEngine:
         return table.info()
 
     def drop_table(self, name: str) -> None:
-        with self._gate.exclusive(), self._tables_lock:
-            if self._tables.pop(name, None) is None:
-                raise NotFoundError(f"table {name!r} does not exist")
-            self.catalog.delete_table(name)
-            # In-flight lookups keep their mapping of the unlinked files.
-            shutil.rmtree(table_directory(self.data_dir, name), ignore_errors=True)
+        with self._gate.exclusive():
+            with self._tables_lock:
+                if self._tables.pop(name, None) is None:
+                    raise NotFoundError(f"table {name!r} does not exist")
+                self.catalog.delete_table(name)
+                # In-flight lookups keep their mapping of the unlinked files.
+                shutil.rmtree(table_directory(self.data_dir, name), ignore_errors=True)
+            # Empties the journal: its records of this table must not be replayed onto a
+            # table created later under the same name.
+            self._flush_unlocked()
         log.info("dropped table %s", name)
 
     def list_tables(self) -> list[pb.TableInfo]:
@@ -161,7 +255,9 @@ class StoreEngine:
 
     def lookup_tokens(self, request: pb.LookupTokensRequest) -> Iterator[pb.LookupResponse]:
         table = self.table(request.table)
-        keys = table.token_keys(request.token_ids, request.hash_fingerprint)
+        keys = table.token_keys(
+            request.token_ids, request.hash_fingerprint, self.max_lookup_rows
+        )
         with RequestBuffers(self.shared_buffer_dir) as buffers:
             return self._answer(table, keys.tobytes(), list(keys.shape), request, buffers)
 
@@ -265,7 +361,9 @@ class StoreEngine:
         table.native.check_keys_bytes(keys)
         table.counters.add(lookups=1, rows_looked_up=len(keys) // 8)
         row_bytes = table.spec.dim * ITEM_SIZES[dtype]
-        chunk = rows_per_chunk or max(1, DEFAULT_CHUNK_BYTES // row_bytes)
+        # A chunk is one message: never more than a message may carry, whatever was asked.
+        fits = max(1, (self.max_message_bytes - REPLY_HEADROOM_BYTES) // row_bytes)
+        chunk = min(rows_per_chunk or max(1, DEFAULT_CHUNK_BYTES // row_bytes), fits)
         return self._chunks(table, keys, shape, dtype, chunk, len(keys) // 8)
 
     @staticmethod
@@ -286,13 +384,16 @@ class StoreEngine:
     # pushes ----------------------------------------------------------------------------
 
     def push(self, request: pb.PushRequest) -> pb.PushResponse:
-        table = self._check_push(request)
+        # The table is found inside the gate: a restore or drop in between replaces it, and
+        # a push applied to the replaced table would be acknowledged and lost.
         with RequestBuffers(self.shared_buffer_dir) as buffers, self._gate.shared():
+            table = self._check_push(request)
             keys = self._keys(request, self.max_lookup_rows, buffers)
             return self._apply_once(table, keys, request, buffers)
 
     def _check_push(self, request: pb.PushRequest) -> TableHandle:
-        """The push's table, after checking the request's shapes and dtypes."""
+        """The push's table, after checking the request's shapes, dtypes and client id."""
+        check_client_id(request.client_id)
         table = self.table(request.table)
         if len(request.keys.shape) != 1:
             raise InvalidArgumentError(f"keys must be 1-D, got shape {list(request.keys.shape)}")
@@ -325,10 +426,10 @@ class StoreEngine:
     def batch(self, request: pb.BatchRequest) -> pb.BatchResponse:
         """Every push in order, then every lookup (each answered in one response). All keys,
         shapes and dtypes are checked before anything is applied."""
-        push_tables = [self._check_push(push) for push in request.pushes]
-        lookup_tables = [self.table(lookup.table) for lookup in request.lookups]
         response = pb.BatchResponse()
-        with RequestBuffers(self.shared_buffer_dir) as buffers:
+        with RequestBuffers(self.shared_buffer_dir) as buffers, self._gate.shared():
+            push_tables = [self._check_push(push) for push in request.pushes]
+            lookup_tables = [self.table(lookup.table) for lookup in request.lookups]
             push_keys = [self._keys(p, self.max_lookup_rows, buffers) for p in request.pushes]
             lookup_keys = [self._keys(q, self.max_lookup_rows, buffers) for q in request.lookups]
             for table, keys in zip(push_tables, push_keys, strict=True):
@@ -342,9 +443,8 @@ class StoreEngine:
             for table, keys in zip(lookup_tables, lookup_keys, strict=True):
                 table.native.check_keys_bytes(keys)
             self._check_reply_size(request, lookup_tables, lookup_keys, dtypes)
-            with self._gate.shared():
-                for table, keys, push in zip(push_tables, push_keys, request.pushes, strict=True):
-                    response.pushes.append(self._apply_once(table, keys, push, buffers))
+            for table, keys, push in zip(push_tables, push_keys, request.pushes, strict=True):
+                response.pushes.append(self._apply_once(table, keys, push, buffers))
             for table, keys, lookup, dtype in zip(
                 lookup_tables, lookup_keys, request.lookups, dtypes, strict=True
             ):
@@ -365,17 +465,27 @@ class StoreEngine:
         if request.HasField("grads_buffer"):
             at = request.grads_buffer
             rows, applied = table.native.push_from_fd(
-                keys, buffers.fd(at), at.path, at.offset, grads.dtype, step, request.return_rows
+                keys,
+                buffers.fd(at),
+                at.path,
+                at.offset,
+                grads.dtype,
+                step,
+                request.return_rows,
+                request.client_id,
+                request.sequence,
             )
         elif request.return_rows:
             rows, applied, updated = table.native.push_bytes_returning_rows(
-                keys, grads.data, grads.dtype, step
+                keys, grads.data, grads.dtype, step, request.client_id, request.sequence
             )
             response.updated_rows.CopyFrom(
                 pb.Array(dtype=grads.dtype, shape=list(grads.shape), data=updated)
             )
         else:
-            rows, applied = table.native.push_bytes(keys, grads.data, grads.dtype, step)
+            rows, applied = table.native.push_bytes(
+                keys, grads.data, grads.dtype, step, request.client_id, request.sequence
+            )
         table.counters.add(pushes=1, rows_pushed=rows)
         response.rows, response.step = rows, applied
         return response
@@ -409,13 +519,20 @@ class StoreEngine:
             self._flush_unlocked()
 
     def _flush_unlocked(self) -> None:
+        """With no push in flight: rows to disk, then steps and windows to the catalog with
+        the token below which every push is recorded there, then an empty journal."""
         with self._tables_lock:
             tables = list(self._tables.values())
+        fence = self.journal.fence_token()
         for table in tables:
             table.native.flush()
-        self.catalog.set_steps({t.name: t.native.step for t in tables})
-        self.catalog.put_clients(self._clients.snapshot())
+        crash_point("flush:tables-synced")
+        self.catalog.record_flush(
+            {t.name: t.native.step for t in tables}, self._clients.snapshot(), fence
+        )
         self.catalog.sync()
+        crash_point("flush:catalog-synced")
+        self.journal.reset()
 
     def checkpoint(self, full: bool) -> dict[str, Any]:
         with self._gate.exclusive():
@@ -435,6 +552,7 @@ class StoreEngine:
             )
             self.catalog.put_checkpoint(manifest)
             self.catalog.put_meta("basis", str(checkpoint_id))
+            crash_point("checkpoint:recorded")
             # Only now: had publishing failed, the next checkpoint would still see the rows.
             for table in tables:
                 table.native.clear_dirty()
@@ -451,45 +569,26 @@ class StoreEngine:
 
     def restore(self, checkpoint_id: int) -> dict[str, Any]:
         """Brings every table back to checkpoint `checkpoint_id` (0: the latest), bit for bit;
-        tables created since are dropped."""
+        tables created since are dropped. Crash-atomic (see store/restore.py): a failure
+        before the commit changes nothing, a crash after it is finished on start-up."""
         with self._gate.exclusive():
             history = self.catalog.checkpoints()
             if not history:
                 raise FailedPreconditionError("there is no checkpoint to restore")
             target_id = checkpoint_id or history[-1]["id"]
             target = read_manifest(self.data_dir, target_id)
-            staging = os.path.join(self.data_dir, f".restore-{target_id}")
-            shutil.rmtree(staging, ignore_errors=True)
-            os.makedirs(staging)
-            restored = {
-                entry["name"]: restore_table(
-                    self.data_dir, target, entry["name"], os.path.join(staging, entry["name"])
-                )
-                for entry in target["tables"]
-            }
+            restore.stage(self.data_dir, target)
+            restore.commit(self.data_dir, target_id)
             with self._tables_lock:
-                tables_dir = os.path.join(self.data_dir, "tables")
-                retired = os.path.join(self.data_dir, f".retired-{uuid.uuid4().hex}")
-                os.rename(tables_dir, retired)
-                os.rename(staging, tables_dir)
-                for name in list(self._tables):
-                    self.catalog.delete_table(name)
-                # Reopen from their final place so the handles' paths are the live files.
+                # In-flight lookups keep their mappings of the retired files.
                 self._tables = {}
-                for name, table in restored.items():
-                    self.catalog.put_table(table.spec, table.native.step, table.incarnation)
-                    self._tables[name] = TableHandle.open(
-                        table_directory(self.data_dir, name),
-                        table.spec,
-                        table.native.step,
-                        table.incarnation,
-                    )
-                shutil.rmtree(retired, ignore_errors=True)
-            self._clients = ClientWindows(target["clients"])
-            self.catalog.replace_clients(target["clients"])
-            self.catalog.put_meta("basis", str(target_id))
-            self.catalog.sync()
-        log.info("restored checkpoint %d (%d tables)", target_id, len(restored))
+                restore.finish(self.data_dir, self.catalog, self.journal, target_id)
+                self._clients = ClientWindows(target["clients"])
+                self._open_tables([])
+            self.needs_restore = ""
+            self.catalog.put_meta("running_boot", boot_id())
+            self._flush_unlocked()
+        log.info("restored checkpoint %d (%d tables)", target_id, len(target["tables"]))
         return target
 
     def stats(self) -> pb.StatsResponse:
@@ -512,5 +611,12 @@ class StoreEngine:
         )
 
     def close(self) -> None:
-        self.flush()
+        """Flushes everything and records a clean stop (the next start trusts the rows even
+        if the machine goes down in between)."""
+        with self._gate.exclusive():
+            self._flush_unlocked()
+            if not self.needs_restore:
+                self.catalog.delete_meta("running_boot")
+            self.catalog.sync()
         self.catalog.close()
+        self._lock_file.close()

@@ -8,9 +8,11 @@ client retries within seconds, not thousands of pushes later).
 from __future__ import annotations
 
 import threading
+from collections import OrderedDict
 from typing import Any
 
 WINDOW = 4096
+MAX_CLIENTS = 16384
 
 
 class _Window:
@@ -37,15 +39,25 @@ class _Window:
 
 
 class ClientWindows:
-    def __init__(self, saved: dict[str, dict[str, Any]] | None = None) -> None:
+    def __init__(
+        self, saved: dict[str, dict[str, Any]] | None = None, max_clients: int = MAX_CLIENTS
+    ) -> None:
         self._lock = threading.Lock()
-        self._windows = {
-            client: _Window(w["highest"], set(w["recent"])) for client, w in (saved or {}).items()
-        }
+        self._max_clients = max_clients
+        self._windows: OrderedDict[str, _Window] = OrderedDict(
+            (client, _Window(w["highest"], set(w["recent"]))) for client, w in (saved or {}).items()
+        )
 
     def window(self, client_id: str) -> _Window:
         with self._lock:
-            return self._windows.setdefault(client_id, _Window())
+            window = self._windows.get(client_id)
+            if window is None:
+                window = self._windows[client_id] = _Window()
+                while len(self._windows) > self._max_clients:
+                    self._windows.popitem(last=False)
+            else:
+                self._windows.move_to_end(client_id)
+            return window
 
     def snapshot(self) -> dict[str, dict[str, Any]]:
         with self._lock:

@@ -7,15 +7,18 @@ flushed before it returns.
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import signal
 import threading
 from collections.abc import Callable, Iterator
 from concurrent import futures
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import grpc
+from google.protobuf.message import DecodeError
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
@@ -45,12 +48,69 @@ _STATUS_OF: list[tuple[type[BaseException], grpc.StatusCode]] = [
     (IndexError, grpc.StatusCode.OUT_OF_RANGE),
     (ValueError, grpc.StatusCode.INVALID_ARGUMENT),
     (TypeError, grpc.StatusCode.INVALID_ARGUMENT),
+    (OverflowError, grpc.StatusCode.INVALID_ARGUMENT),
+    (MemoryError, grpc.StatusCode.RESOURCE_EXHAUSTED),
     (_native.TableFormatError, grpc.StatusCode.DATA_LOSS),
 ]
+# Operating-system errors a request can meet that are no bug of the daemon's.
+_EXHAUSTED_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.ENOMEM, errno.EFBIG)
 
 
 def _status_of(error: BaseException) -> grpc.StatusCode | None:
+    if isinstance(error, OSError) and error.errno in _EXHAUSTED_ERRNOS:
+        return grpc.StatusCode.RESOURCE_EXHAUSTED
     return next((code for kind, code in _STATUS_OF if isinstance(error, kind)), None)
+
+
+@dataclass(frozen=True)
+class Undecodable:
+    """A request whose bytes are not a valid message of its method's type."""
+
+    message_type: str
+    reason: str
+
+
+def _decoder(message_type: Any) -> Callable[[bytes], Any]:
+    def decode(data: bytes) -> Any:
+        try:
+            return message_type.FromString(data)
+        except DecodeError as error:
+            # grpcio would log a traceback and answer INTERNAL; the method answers instead.
+            return Undecodable(message_type.__name__, str(error))
+
+    return decode
+
+
+def _refuse_undecodable(request: Any, context: grpc.ServicerContext, method: str) -> None:
+    if isinstance(request, Undecodable):
+        log.warning("%s: undecodable %s from %s", method, request.message_type, context.peer())
+        context.abort(
+            grpc.StatusCode.INVALID_ARGUMENT,
+            f"request is not a valid {request.message_type}: {request.reason}",
+        )
+
+
+def add_servicer(servicer: Servicer, server: grpc.Server) -> None:
+    """Registers every method of the EngramStore service, with requests decoded so that a
+    malformed one is answered INVALID_ARGUMENT."""
+    handlers = {}
+    for method in pb.DESCRIPTOR.services_by_name["EngramStore"].methods:
+        request_type = getattr(pb, method.input_type.name)
+        response_type = getattr(pb, method.output_type.name)
+        make = (
+            grpc.unary_stream_rpc_method_handler
+            if method.server_streaming
+            else grpc.unary_unary_rpc_method_handler
+        )
+        handlers[method.name] = make(
+            getattr(servicer, method.name),
+            request_deserializer=_decoder(request_type),
+            response_serializer=response_type.SerializeToString,
+        )
+    server.add_generic_rpc_handlers(
+        (grpc.method_handlers_generic_handler(SERVICE_NAME, handlers),)
+    )
+    server.add_registered_method_handlers(SERVICE_NAME, handlers)
 
 
 def _abort(context: grpc.ServicerContext, error: BaseException, method: str) -> None:
@@ -63,6 +123,7 @@ def _abort(context: grpc.ServicerContext, error: BaseException, method: str) -> 
 
 def _unary(method: Callable[..., T]) -> Callable[..., T]:
     def wrapper(self: Servicer, request: Any, context: grpc.ServicerContext) -> T:
+        _refuse_undecodable(request, context, method.__name__)
         try:
             return method(self, request, context)
         except Exception as error:
@@ -75,6 +136,7 @@ def _unary(method: Callable[..., T]) -> Callable[..., T]:
 
 def _streaming(method: Callable[..., Iterator[T]]) -> Callable[..., Iterator[T]]:
     def wrapper(self: Servicer, request: Any, context: grpc.ServicerContext) -> Iterator[T]:
+        _refuse_undecodable(request, context, method.__name__)
         try:
             # Validation happens when the engine builds the iterator, before anything is sent.
             yield from method(self, request, context)
@@ -190,6 +252,9 @@ def serve(config: ServeConfig, stop_event: threading.Event | None = None) -> Non
         except Exception as error:
             engine.close()
             raise StartupError(f"cannot restore checkpoint {config.restore}: {error}") from error
+    elif engine.needs_restore:
+        engine.close()
+        raise StartupError(engine.needs_restore)
 
     options = [
         ("grpc.max_send_message_length", config.max_message_bytes),
@@ -198,7 +263,7 @@ def serve(config: ServeConfig, stop_event: threading.Event | None = None) -> Non
         ("grpc.so_reuseport", 0),
     ]
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=config.workers), options=options)
-    pb_grpc.add_EngramStoreServicer_to_server(Servicer(engine), server)
+    add_servicer(Servicer(engine), server)
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
@@ -227,7 +292,12 @@ def serve(config: ServeConfig, stop_event: threading.Event | None = None) -> Non
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, lambda signum, frame: stop.set())
     while not stop.wait(config.flush_interval_s or None):
-        engine.flush()
+        try:
+            engine.flush()
+        except Exception as error:
+            # Pushes stay safe through a crash of the daemon without it (the journal holds
+            # them); a flush that fails (a full disk) is tried again at the next interval.
+            log.error("periodic flush failed, retrying in %s s: %s", config.flush_interval_s, error)
     log.info("shutting down: finishing in-flight requests")
     health_servicer.enter_graceful_shutdown()
     server.stop(config.grace_s).wait()

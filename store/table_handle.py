@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import threading
 from dataclasses import dataclass, field
@@ -11,7 +12,7 @@ import numpy.typing as npt
 
 from store import _native
 from store._proto.engram.store.v1 import store_pb2 as pb
-from store.errors import InvalidArgumentError
+from store.errors import InvalidArgumentError, ResourceExhaustedError
 from store.wire import ROW_DTYPES, OptimizerArgs, check_array, check_table_name
 
 
@@ -83,7 +84,9 @@ class TableHandle:
             state_dim=self.native.state_dim,
         )
 
-    def token_keys(self, token_ids: pb.Array, fingerprint: int) -> npt.NDArray[np.uint64]:
+    def token_keys(
+        self, token_ids: pb.Array, fingerprint: int, max_rows: int
+    ) -> npt.NDArray[np.uint64]:
         """Row keys `[B, T, heads]` of raw token ids, hashed as the table's config says."""
         if self.hasher is None or self.head_offsets is None:
             raise InvalidArgumentError(f"table {self.name!r} has no hash config")
@@ -93,6 +96,12 @@ class TableHandle:
                 f"{self.name!r} has {self.hasher.fingerprint:#x}"
             )
         check_array(token_ids, "token_ids", ("int64",), 2)
+        rows = math.prod(token_ids.shape) * self.hasher.heads_per_layer
+        if rows > max_rows:
+            raise ResourceExhaustedError(
+                f"token_ids {list(token_ids.shape)} would look up {rows} rows, over the "
+                f"server's limit of {max_rows}"
+            )
         ids = np.frombuffer(token_ids.data, dtype="<i8").reshape(tuple(token_ids.shape))
         batch, seq = ids.shape
         hashes = np.empty((1, batch, seq, self.hasher.heads_per_layer), np.int64)
@@ -101,7 +110,33 @@ class TableHandle:
         return keys
 
 
+# The published configurations use 3-grams (4 at most) and 8 heads; these bound what a
+# table spec may ask of the hashing kernel.
+MAX_NGRAM_SIZE = 16
+MAX_HEADS_PER_NGRAM = 256
+
+
+def _check_hash_config(config: pb.HashConfig) -> None:
+    if not 2 <= config.max_ngram_size <= MAX_NGRAM_SIZE:
+        raise InvalidArgumentError(
+            f"hash_config.max_ngram_size must be 2..{MAX_NGRAM_SIZE}, got {config.max_ngram_size}"
+        )
+    if not 1 <= config.n_head_per_ngram <= MAX_HEADS_PER_NGRAM:
+        raise InvalidArgumentError(
+            f"hash_config.n_head_per_ngram must be 1..{MAX_HEADS_PER_NGRAM}, got "
+            f"{config.n_head_per_ngram}"
+        )
+    if config.pad_id < 0:
+        raise InvalidArgumentError(f"hash_config.pad_id must not be negative, got {config.pad_id}")
+    if len(config.multipliers) != config.max_ngram_size:
+        raise InvalidArgumentError(
+            f"hash_config.multipliers has {len(config.multipliers)} entries, expected "
+            f"max_ngram_size = {config.max_ngram_size}"
+        )
+
+
 def _hasher(config: pb.HashConfig) -> _native.NgramHasher:
+    _check_hash_config(config)
     check_array(config.lookup_table, "hash_config.lookup_table", ("int64",), 1)
     lookup = np.frombuffer(config.lookup_table.data, dtype="<i8").astype(np.int64)
     heads = (config.max_ngram_size - 1) * config.n_head_per_ngram

@@ -15,6 +15,10 @@ from store.errors import InvalidArgumentError
 ITEM_SIZES = {"uint64": 8, "int64": 8, "float32": 4, "bfloat16": 2, "float16": 2}
 ROW_DTYPES = ("float32", "bfloat16", "float16")
 TABLE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
+# A client id is a key of the catalog (LMDB keys hold at most 511 bytes) and of every
+# checkpoint's manifest: bounded here, at the door, so that no push can make a later
+# checkpoint or flush fail.
+MAX_CLIENT_ID_BYTES = 128
 
 
 def check_table_name(name: str) -> str:
@@ -24,6 +28,16 @@ def check_table_name(name: str) -> str:
             f"letter or digit, got {name!r}"
         )
     return name
+
+
+def check_client_id(client_id: str) -> str:
+    encoded = client_id.encode()
+    if len(encoded) > MAX_CLIENT_ID_BYTES or not client_id.isprintable():
+        raise InvalidArgumentError(
+            f"client_id must be at most {MAX_CLIENT_ID_BYTES} bytes of printable characters, "
+            f"got {len(encoded)} bytes starting {client_id[:32]!r}"
+        )
+    return client_id
 
 
 def check_array(

@@ -2,8 +2,11 @@
 //! count. Pushes apply sparse gradients atomically: a concurrent lookup sees every row of a
 //! push either before or after it.
 
+mod undo;
+
 use crate::codec::{self, DType};
 use crate::error::{Error, Result};
+use crate::journal::{Journal, JournalRecord};
 use crate::optim::{Optimizer, StepConstants};
 use crate::parallel;
 use crate::table::format::Header;
@@ -12,7 +15,8 @@ use rayon::prelude::*;
 use std::cell::RefCell;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+pub use undo::{UndoLog, UNDO_FILE};
 
 pub const PARAMS_FILE: &str = "params.engram";
 pub const STATE_FILE: &str = "state.engram";
@@ -25,8 +29,27 @@ pub struct EmbeddingTable {
     optimizer: Optimizer,
     allow_non_finite: bool,
     step: AtomicU64,
-    /// Serialises pushes (and checkpoints) so that steps are applied in the order counted.
-    push_lock: Mutex<()>,
+    /// Serialises pushes (and checkpoints) so that steps are applied in the order counted;
+    /// holds the undo log that the push in progress writes.
+    push_lock: Mutex<UndoLog>,
+    /// Where pushes are committed; without one, a crash in the middle of a push leaves it
+    /// half applied (tables used in process, not served).
+    journal: OnceLock<Arc<Journal>>,
+}
+
+/// Who sent a push: its idempotency key, recorded in the journal with it.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Origin<'a> {
+    /// Empty for a push without idempotency.
+    pub client_id: &'a str,
+    pub sequence: u64,
+}
+
+/// A push undone when its table was opened after a crash.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RolledBack {
+    pub token: u64,
+    pub rows: usize,
 }
 
 /// What a push did.
@@ -56,15 +79,10 @@ impl EmbeddingTable {
                 .transpose()?;
             Ok((params, state))
         })();
-        match created {
-            Ok((params, state)) => Ok(Self::assemble(
-                dir,
-                params,
-                state,
-                optimizer,
-                allow_non_finite,
-                0,
-            )),
+        match created.and_then(|(params, state)| {
+            Self::assemble(dir, params, state, optimizer, allow_non_finite, 0)
+        }) {
+            Ok(table) => Ok(table),
             Err(e) => {
                 let _ = std::fs::remove_dir_all(dir);
                 Err(e)
@@ -99,14 +117,7 @@ impl EmbeddingTable {
                 Some(state)
             }
         };
-        Ok(Self::assemble(
-            dir,
-            params,
-            state,
-            optimizer,
-            allow_non_finite,
-            step,
-        ))
+        Self::assemble(dir, params, state, optimizer, allow_non_finite, step)
     }
 
     fn assemble(
@@ -116,21 +127,57 @@ impl EmbeddingTable {
         optimizer: Optimizer,
         allow_non_finite: bool,
         step: u64,
-    ) -> Self {
+    ) -> Result<Self> {
+        let state_bytes = state.as_ref().map_or(0, |s| s.dim() * s.dtype().size());
+        let undo = UndoLog::open(dir, params.dim() * params.dtype().size(), state_bytes)?;
         // Pushes write rows here and there.
         params.set_access(Access::Sparse);
         if let Some(state) = &state {
             state.set_access(Access::Sparse);
         }
-        EmbeddingTable {
+        Ok(EmbeddingTable {
             dir: dir.to_path_buf(),
             params,
             state,
             optimizer,
             allow_non_finite,
             step: AtomicU64::new(step),
-            push_lock: Mutex::new(()),
+            push_lock: Mutex::new(undo),
+            journal: OnceLock::new(),
+        })
+    }
+
+    /// From now on, every push is committed by a record in `journal` (and undone if that
+    /// record cannot be written). Attached once.
+    pub fn attach_journal(&self, journal: Arc<Journal>) -> Result<()> {
+        self.journal
+            .set(journal)
+            .map_err(|_| Error::invalid("the table already has a journal"))
+    }
+
+    /// The table's name in journal records: its directory's.
+    pub fn name(&self) -> String {
+        self.dir
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default()
+    }
+
+    /// The token of the last push that started on this table (see [`UndoLog`]).
+    pub fn last_push_token(&self) -> u64 {
+        self.pause_pushes().token()
+    }
+
+    /// After a crash: undoes the last push that started on this table unless `committed`
+    /// says its journal record was written.
+    pub fn recover(&self, committed: impl Fn(u64) -> bool) -> Result<Option<RolledBack>> {
+        let undo = self.pause_pushes();
+        let token = undo.token();
+        if token == 0 || undo.rolled_back() || committed(token) {
+            return Ok(None);
         }
+        let rows = undo.roll_back(&self.params, self.state.as_ref())?;
+        Ok(Some(RolledBack { token, rows }))
     }
 
     fn state_header(params: &Header, optimizer: &Optimizer) -> Option<Header> {
@@ -164,7 +211,7 @@ impl EmbeddingTable {
     }
 
     /// Holds off pushes while the caller works on a consistent view (checkpoints).
-    pub fn pause_pushes(&self) -> MutexGuard<'_, ()> {
+    pub fn pause_pushes(&self) -> MutexGuard<'_, UndoLog> {
         self.push_lock.lock().unwrap_or_else(|e| e.into_inner())
     }
 
@@ -179,7 +226,7 @@ impl EmbeddingTable {
         let bytes = unsafe {
             std::slice::from_raw_parts(grads.as_ptr().cast::<u8>(), std::mem::size_of_val(grads))
         };
-        self.push_encoded(keys, DType::F32, bytes, step)
+        self.push_encoded(keys, DType::F32, bytes, step, Origin::default())
     }
 
     /// Applies gradients packed little-endian as `grads_dtype` (a wire payload, read in
@@ -192,10 +239,11 @@ impl EmbeddingTable {
         grads_dtype: DType,
         grads: &[u8],
         step: Option<u64>,
+        origin: Origin<'_>,
     ) -> Result<PushOutcome> {
         let (grads, groups) = self.prepare_push(keys, grads_dtype, grads, step)?;
-        let _serialised = self.pause_pushes();
-        self.apply_push(&groups, grads, step)
+        let mut undo = self.pause_pushes();
+        self.apply_push(&mut undo, &groups, grads, step, origin)
     }
 
     /// [`EmbeddingTable::push_encoded`], then overwrites `buffer` (which held the gradients)
@@ -208,12 +256,13 @@ impl EmbeddingTable {
         dtype: DType,
         buffer: &mut [u8],
         step: Option<u64>,
+        origin: Origin<'_>,
     ) -> Result<PushOutcome> {
-        let serialised;
+        let mut serialised;
         let outcome = {
             let (grads, groups) = self.prepare_push(keys, dtype, buffer, step)?;
             serialised = self.pause_pushes();
-            self.apply_push(&groups, grads, step)?
+            self.apply_push(&mut serialised, &groups, grads, step, origin)?
         };
         self.params.gather_into(keys, dtype, buffer)?;
         drop(serialised);
@@ -259,13 +308,25 @@ impl EmbeddingTable {
         Ok((grads, groups?))
     }
 
-    /// Applies a prepared push; the caller holds [`EmbeddingTable::pause_pushes`].
+    /// Applies a prepared push; the caller holds [`EmbeddingTable::pause_pushes`]. Disk for
+    /// new rows is reserved first (a full disk fails the push). With a journal, every row
+    /// is saved in the undo log before it
+    /// changes, and the push is committed by its journal record (or undone, if the record
+    /// cannot be written).
     fn apply_push(
         &self,
+        undo: &mut UndoLog,
         groups: &KeyGroups,
         grads: Gradients<'_>,
         step: Option<u64>,
+        origin: Origin<'_>,
     ) -> Result<PushOutcome> {
+        let journal = self.journal.get();
+        let token = journal.map(|j| j.next_token());
+        if let Some(token) = token {
+            undo.begin(token, groups.unique.len())?;
+        }
+        let step_before = self.step();
         let step = match step {
             Some(s) => {
                 self.step.fetch_max(s, Ordering::AcqRel);
@@ -279,9 +340,24 @@ impl EmbeddingTable {
             grads,
             dim: self.params.dim(),
         };
+        let saver = token.map(|_| &*undo as &dyn crate::table::RowSaver);
         let rows = self
             .params
-            .update_grouped(self.state.as_ref(), groups, update)?;
+            .update_grouped_saving(self.state.as_ref(), groups, update, saver)?;
+        if let (Some(journal), Some(token)) = (journal, token) {
+            let record = JournalRecord {
+                token,
+                table: self.name(),
+                client_id: origin.client_id.to_owned(),
+                sequence: origin.sequence,
+                step: self.step(),
+            };
+            if let Err(e) = journal.append(&record) {
+                undo.roll_back(&self.params, self.state.as_ref())?;
+                self.step.store(step_before, Ordering::Release);
+                return Err(e);
+            }
+        }
         Ok(PushOutcome { rows, step })
     }
 

@@ -14,10 +14,12 @@ compile_error!("table files are little-endian and are read in place");
 
 pub mod checkpoint;
 pub mod codec;
+pub mod disk;
 pub mod embedding;
 pub mod error;
 pub mod hash;
 pub mod init;
+pub mod journal;
 pub mod optim;
 pub mod parallel;
 pub mod region;

@@ -5,13 +5,15 @@ use super::{
 };
 use crate::checkpoint::{self, PackSummary};
 use crate::codec::{self, DType};
-use crate::embedding;
+use crate::embedding::{self, Origin};
+use crate::journal;
 use crate::optim::Optimizer;
 use crate::region;
 use numpy::{PyReadonlyArray1, PyReadonlyArray2, PyReadwriteArray2};
 use pyo3::prelude::*;
 use pyo3::types::PyBytes;
 use std::path::PathBuf;
+use std::sync::Arc;
 
 /// `(rows, step, bytes, crc32)` of a checkpoint row pack.
 type PackTuple = (u64, u64, u64, u32);
@@ -154,7 +156,8 @@ impl EmbeddingTable {
 
     /// Applies a push given as wire payloads: LE uint64 keys and `grads_dtype` gradients.
     /// Returns `(distinct rows, step applied)`.
-    #[pyo3(signature = (keys, grads, grads_dtype, step=None))]
+    #[pyo3(signature = (keys, grads, grads_dtype, step=None, client_id="", sequence=0))]
+    #[allow(clippy::too_many_arguments)]
     fn push_bytes(
         &self,
         py: Python<'_>,
@@ -162,18 +165,24 @@ impl EmbeddingTable {
         grads: &[u8],
         grads_dtype: &str,
         step: Option<u64>,
+        client_id: &str,
+        sequence: u64,
     ) -> PyResult<(usize, u64)> {
         let grads_dtype = parse_dtype(grads_dtype)?;
+        let origin = Origin { client_id, sequence };
         detached(py, || {
             let keys = codec::decode_keys(keys, "keys")?;
-            let outcome = self.inner.push_encoded(&keys, grads_dtype, grads, step)?;
+            let outcome = self
+                .inner
+                .push_encoded(&keys, grads_dtype, grads, step, origin)?;
             Ok((outcome.rows, outcome.step))
         })
     }
 
     /// `push_bytes`, also returning the rows of `keys` as the push left them (packed like
     /// the gradients): `(distinct rows, step applied, rows)`.
-    #[pyo3(signature = (keys, grads, grads_dtype, step=None))]
+    #[pyo3(signature = (keys, grads, grads_dtype, step=None, client_id="", sequence=0))]
+    #[allow(clippy::too_many_arguments)]
     fn push_bytes_returning_rows<'py>(
         &self,
         py: Python<'py>,
@@ -181,13 +190,16 @@ impl EmbeddingTable {
         grads: &[u8],
         grads_dtype: &str,
         step: Option<u64>,
+        client_id: &str,
+        sequence: u64,
     ) -> PyResult<(usize, u64, Bound<'py, PyBytes>)> {
         let dtype = parse_dtype(grads_dtype)?;
+        let origin = Origin { client_id, sequence };
         let mut buffer = grads.to_vec();
         let outcome = detached(py, || {
             let keys = codec::decode_keys(keys, "keys")?;
             self.inner
-                .push_returning_rows(&keys, dtype, &mut buffer, step)
+                .push_returning_rows(&keys, dtype, &mut buffer, step, origin)
         })?;
         Ok((outcome.rows, outcome.step, PyBytes::new(py, &buffer)))
     }
@@ -219,7 +231,10 @@ impl EmbeddingTable {
     /// Applies a push whose `grads_dtype` gradients lie in the shared buffer open as `fd`, at
     /// `offset`; with `return_rows`, then writes the rows of `keys` as the push left them over
     /// the gradients. Returns `(distinct rows, step applied)`.
-    #[pyo3(signature = (keys, fd, path, offset, grads_dtype, step=None, return_rows=false))]
+    #[pyo3(signature = (
+        keys, fd, path, offset, grads_dtype, step=None, return_rows=false, client_id="",
+        sequence=0
+    ))]
     #[allow(clippy::too_many_arguments)]
     fn push_from_fd(
         &self,
@@ -231,8 +246,11 @@ impl EmbeddingTable {
         grads_dtype: &str,
         step: Option<u64>,
         return_rows: bool,
+        client_id: &str,
+        sequence: u64,
     ) -> PyResult<(usize, u64)> {
         let grads_dtype = parse_dtype(grads_dtype)?;
+        let origin = Origin { client_id, sequence };
         let file = file_of_fd(fd)?;
         let dim = self.inner.params().dim();
         detached(py, || {
@@ -241,9 +259,10 @@ impl EmbeddingTable {
             let outcome = region::with_region_mut(&file, &path, offset, len, |buffer| {
                 if return_rows {
                     self.inner
-                        .push_returning_rows(&keys, grads_dtype, buffer, step)
+                        .push_returning_rows(&keys, grads_dtype, buffer, step, origin)
                 } else {
-                    self.inner.push_encoded(&keys, grads_dtype, buffer, step)
+                    self.inner
+                        .push_encoded(&keys, grads_dtype, buffer, step, origin)
                 }
             })?;
             Ok((outcome.rows, outcome.step))
@@ -278,12 +297,87 @@ impl EmbeddingTable {
         detached(py, || checkpoint::apply_pack(&path, &self.inner)).map(pack_tuple)
     }
 
+    /// Commits every later push by a record in `journal`.
+    fn attach_journal(&self, journal: &Journal) -> PyResult<()> {
+        self.inner
+            .attach_journal(journal.inner.clone())
+            .map_err(to_py_err)
+    }
+
+    /// The token of the last push that started on this table (0: none).
+    fn last_push_token(&self) -> u64 {
+        self.inner.last_push_token()
+    }
+
+    /// After a crash: undoes the last push that started here unless its token is in
+    /// `committed` or at most `committed_through`. Returns `(token, rows)` when it undid one.
+    fn recover(
+        &self,
+        py: Python<'_>,
+        committed: std::collections::HashSet<u64>,
+        committed_through: u64,
+    ) -> PyResult<Option<(u64, usize)>> {
+        let rolled_back = detached(py, || {
+            self.inner
+                .recover(|t| t <= committed_through || committed.contains(&t))
+        })?;
+        Ok(rolled_back.map(|r| (r.token, r.rows)))
+    }
+
     fn clear_dirty(&self, py: Python<'_>) {
         py.detach(|| self.inner.clear_dirty())
     }
 
     fn flush(&self, py: Python<'_>) -> PyResult<()> {
         detached(py, || self.inner.flush())
+    }
+}
+
+/// `(token, table, client_id, sequence, step)` of one journal record.
+type RecordTuple = (u64, String, String, u64, u64);
+
+/// The push journal of a daemon's data directory (see `journal.rs`).
+#[pyclass(frozen, module = "store._native")]
+pub(crate) struct Journal {
+    inner: Arc<journal::Journal>,
+}
+
+#[pymethods]
+impl Journal {
+    /// Opens (or creates) the journal; returns it and its records, oldest first.
+    #[staticmethod]
+    fn open(py: Python<'_>, path: PathBuf) -> PyResult<(Journal, Vec<RecordTuple>)> {
+        let (journal, records) = detached(py, || journal::Journal::open(&path))?;
+        let records = records
+            .into_iter()
+            .map(|r| (r.token, r.table, r.client_id, r.sequence, r.step))
+            .collect();
+        Ok((
+            Journal {
+                inner: Arc::new(journal),
+            },
+            records,
+        ))
+    }
+
+    /// Makes later push tokens larger than `token`.
+    fn tokens_after(&self, token: u64) {
+        self.inner.tokens_after(token)
+    }
+
+    /// A token no push has taken or will take; every push so far has a smaller one.
+    fn fence_token(&self) -> u64 {
+        let next = self.inner.next_token();
+        self.inner.tokens_after(next);
+        next
+    }
+
+    fn sync(&self, py: Python<'_>) -> PyResult<()> {
+        detached(py, || self.inner.sync())
+    }
+
+    fn reset(&self, py: Python<'_>) -> PyResult<()> {
+        detached(py, || self.inner.reset())
     }
 }
 

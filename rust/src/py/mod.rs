@@ -153,6 +153,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<hashing::NgramHasher>()?;
     m.add_class::<table::Table>()?;
     m.add_class::<embedding::EmbeddingTable>()?;
+    m.add_class::<embedding::Journal>()?;
     m.add_function(wrap_pyfunction!(embedding::verify_pack, m)?)?;
     m.add_function(wrap_pyfunction!(set_thread_count, m)?)?;
     m.add_function(wrap_pyfunction!(read_shared, m)?)?;

@@ -20,7 +20,7 @@ use rayon::prelude::*;
 use std::fs::{File, OpenOptions};
 use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 /// Rows per parallel task in gathers and updates: enough to amortise scheduling.
@@ -46,10 +46,20 @@ pub enum Access {
 
 pub struct Table {
     path: PathBuf,
+    file: File,
     header: Header,
     layout: Layout,
     map: RwLock<MmapMut>,
+    /// Rows whose written bit is set, kept as bits change: describing a table must not scan
+    /// its bitmap (a gigabyte for ten billion rows).
+    written: AtomicU64,
+    /// One bit per page of the dirty bitmap that may hold a set bit: a checkpoint looks
+    /// for changed rows on these pages only.
+    dirty_pages: Vec<AtomicU64>,
 }
+
+/// Rows covered by one page of a bitmap.
+const ROWS_PER_BITMAP_PAGE: u64 = crate::disk::PAGE * 8;
 
 impl std::fmt::Debug for Table {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -91,7 +101,7 @@ impl Table {
             let _ = std::fs::remove_file(path);
             return Err(io(e));
         }
-        Self::map(path, &file, header, layout)
+        Self::map(path, file, header, layout)
     }
 
     /// Opens an existing table, checking its header, checksum and size before mapping it.
@@ -110,21 +120,66 @@ impl Table {
             .read_to_end(&mut head)
             .map_err(io)?;
         let (header, layout) = Header::decode(path, &head, file_len)?;
-        Self::map(path, &file, header, layout)
+        Self::map(path, file, header, layout)
     }
 
-    fn map(path: &Path, file: &File, header: Header, layout: Layout) -> Result<Table> {
+    fn map(path: &Path, file: File, header: Header, layout: Layout) -> Result<Table> {
         // SAFETY: the file's size was checked against the header; the mapping is private to
         // this process's Table and all access goes through the lock.
-        let map = unsafe { MmapOptions::new().map_mut(file) }.map_err(|e| Error::io(path, e))?;
+        let map = unsafe { MmapOptions::new().map_mut(&file) }.map_err(|e| Error::io(path, e))?;
+        let bitmap_pages = header.num_rows.div_ceil(ROWS_PER_BITMAP_PAGE) as usize;
         let table = Table {
             path: path.to_path_buf(),
+            file,
             header,
             layout,
             map: RwLock::new(map),
+            written: AtomicU64::new(0),
+            dirty_pages: (0..bitmap_pages.div_ceil(64))
+                .map(|_| AtomicU64::new(0))
+                .collect(),
         };
         table.set_access(Access::Dense);
+        table.count_bitmaps();
         Ok(table)
+    }
+
+    /// Counts the written rows and notes which dirty-bitmap pages hold a bit: once, when the
+    /// table is opened, so that later calls need not scan.
+    fn count_bitmaps(&self) {
+        let map = self.read_map();
+        let page = ROWS_PER_BITMAP_PAGE as usize / 8;
+        let bitmap = |offset: u64| &map[offset as usize..][..self.bitmap_bytes()];
+        let written = bitmap(self.layout.bitmap_offset)
+            .par_chunks(page)
+            .map(|c| c.iter().map(|b| u64::from(b.count_ones())).sum::<u64>())
+            .sum();
+        self.written.store(written, Ordering::Relaxed);
+        bitmap(self.layout.dirty_offset)
+            .par_chunks(page)
+            .enumerate()
+            .filter(|(_, c)| c.iter().any(|&b| b != 0))
+            .for_each(|(i, _)| self.note_dirty_page(i));
+    }
+
+    fn note_dirty_page(&self, page: usize) {
+        let (word, bit) = (page / 64, 1u64 << (page % 64));
+        if self.dirty_pages[word].load(Ordering::Relaxed) & bit == 0 {
+            self.dirty_pages[word].fetch_or(bit, Ordering::Relaxed);
+        }
+    }
+
+    /// Pages of the dirty bitmap that may hold a set bit, ascending.
+    fn noted_dirty_pages(&self) -> Vec<usize> {
+        let mut pages = Vec::new();
+        for (w, word) in self.dirty_pages.iter().enumerate() {
+            let mut bits = word.load(Ordering::Relaxed);
+            while bits != 0 {
+                pages.push(w * 64 + bits.trailing_zeros() as usize);
+                bits &= bits - 1;
+            }
+        }
+        pages
     }
 
     /// Tells the kernel how the rows will be used (see [`Access`]); only a hint.
@@ -292,15 +347,32 @@ impl Table {
         Ok(keys.iter().map(|&k| self.is_written_in(&map, k)).collect())
     }
 
-    /// Number of stored rows.
+    /// Number of stored rows (kept up to date, not counted).
     pub fn written_count(&self) -> u64 {
-        let map = self.read_map();
-        let start = self.layout.bitmap_offset as usize;
-        let len = self.header.num_rows.div_ceil(8) as usize;
-        map[start..start + len]
-            .par_chunks(1 << 16)
-            .map(|c| c.iter().map(|b| u64::from(b.count_ones())).sum::<u64>())
-            .sum()
+        self.written.load(Ordering::Relaxed)
+    }
+
+    /// Allocates disk for the rows of `keys` that were never written, and for their bitmap
+    /// bytes, so that storing them cannot fault on a full disk: a full disk then fails
+    /// here, before anything changes. Rows already written have their blocks.
+    pub fn reserve_unwritten(&self, keys: &[u64]) -> Result<()> {
+        self.check_keys(keys)?;
+        let page = crate::disk::PAGE;
+        let mut pages = Vec::new();
+        {
+            let map = self.read_map();
+            for &key in keys {
+                if self.is_written_in(&map, key) {
+                    continue;
+                }
+                let rows = self.row_range(key);
+                pages.extend(rows.start as u64 / page..=(rows.end as u64 - 1) / page);
+                let (byte, _) = self.bit_position(key);
+                pages.push(byte as u64 / page);
+                pages.push((byte as u64 + self.layout.dirty_offset - self.layout.bitmap_offset) / page);
+            }
+        }
+        crate::disk::reserve_pages(&self.file, &self.path, &mut pages)
     }
 
     /// Applies `update(i, row)` to the float32 value of row `keys[i]` for every i, in order
@@ -337,6 +409,19 @@ impl Table {
         groups: &KeyGroups,
         update: impl GroupUpdate,
     ) -> Result<usize> {
+        self.update_grouped_saving(state, groups, update, None)
+    }
+
+    /// [`Table::update_grouped`], handing each row (and state row) to `saver` as it was
+    /// just before it changes: the group's index, its key, its stored bytes and whether it
+    /// had been written.
+    pub fn update_grouped_saving(
+        &self,
+        state: Option<&Table>,
+        groups: &KeyGroups,
+        update: impl GroupUpdate,
+        saver: Option<&dyn RowSaver>,
+    ) -> Result<usize> {
         self.check_keys(&groups.unique)?;
         if let Some(state) = state {
             if state.num_rows() != self.num_rows() {
@@ -349,6 +434,10 @@ impl Table {
         }
         if groups.unique.is_empty() {
             return Ok(0);
+        }
+        self.reserve_unwritten(&groups.unique)?;
+        if let Some(state) = state {
+            state.reserve_unwritten(&groups.unique)?;
         }
         let params = self.writer();
         let state_rows = state.map(Table::writer);
@@ -368,6 +457,10 @@ impl Table {
                     // SAFETY: keys are in range (checked above) and distinct, and each belongs
                     // to one task alone.
                     unsafe {
+                        if let Some(saver) = saver {
+                            let state = state_rows.as_ref().map(|w| (&*w.row(key), w.is_written(key)));
+                            saver.save(first_group + i, key, (&*params.row(key), params.is_written(key)), state);
+                        }
                         params.modify(key, row, |row| match &state_rows {
                             Some(w) => {
                                 w.modify(key, state_row, |state| update.update(members, row, state))
@@ -407,36 +500,80 @@ impl Table {
         self.header.num_rows.div_ceil(8) as usize
     }
 
-    fn keys_in_bitmap(&self, map: &[u8], offset: u64) -> Vec<u64> {
-        let start = offset as usize;
-        let bits = &map[start..start + self.bitmap_bytes()];
+    /// The bytes of bitmap page `page` (of the bitmap at `offset`) and the first of them.
+    fn bitmap_page(&self, offset: u64, page: usize) -> std::ops::Range<usize> {
+        let bytes = ROWS_PER_BITMAP_PAGE as usize / 8;
+        let start = page * bytes;
+        let end = (start + bytes).min(self.bitmap_bytes());
+        offset as usize + start..offset as usize + end
+    }
+
+    fn keys_in_bitmap(&self, map: &[u8], offset: u64, pages: impl Iterator<Item = usize>) -> Vec<u64> {
         let mut keys = Vec::new();
-        for (byte_index, &byte) in bits.iter().enumerate() {
-            let mut rest = byte;
-            while rest != 0 {
-                keys.push(byte_index as u64 * 8 + u64::from(rest.trailing_zeros()));
-                rest &= rest - 1;
+        for page in pages {
+            let range = self.bitmap_page(offset, page);
+            let first_byte = range.start - offset as usize;
+            for (i, &byte) in map[range].iter().enumerate() {
+                let mut rest = byte;
+                while rest != 0 {
+                    keys.push((first_byte + i) as u64 * 8 + u64::from(rest.trailing_zeros()));
+                    rest &= rest - 1;
+                }
             }
         }
         keys
     }
 
-    /// Keys of every stored row, ascending.
-    pub fn written_keys(&self) -> Vec<u64> {
-        self.keys_in_bitmap(&self.read_map(), self.layout.bitmap_offset)
+    fn bitmap_page_count(&self) -> usize {
+        self.header.num_rows.div_ceil(ROWS_PER_BITMAP_PAGE) as usize
     }
 
-    /// Keys of the rows stored since the dirty marks were last cleared, ascending.
+    /// Keys of every stored row, ascending.
+    pub fn written_keys(&self) -> Vec<u64> {
+        let pages = 0..self.bitmap_page_count();
+        self.keys_in_bitmap(&self.read_map(), self.layout.bitmap_offset, pages)
+    }
+
+    /// Keys of the rows stored since the dirty marks were last cleared, ascending. Only the
+    /// pages of the dirty bitmap where a row was marked are read.
     pub fn dirty_keys(&self) -> Vec<u64> {
-        self.keys_in_bitmap(&self.read_map(), self.layout.dirty_offset)
+        let pages = self.noted_dirty_pages().into_iter();
+        self.keys_in_bitmap(&self.read_map(), self.layout.dirty_offset, pages)
     }
 
     /// Forgets which rows changed (once a checkpoint has saved them).
     pub fn clear_dirty(&self) {
         let mut map = self.write_map();
-        let start = self.layout.dirty_offset as usize;
-        let len = self.bitmap_bytes();
-        map[start..start + len].fill(0);
+        for page in self.noted_dirty_pages() {
+            let range = self.bitmap_page(self.layout.dirty_offset, page);
+            map[range].fill(0);
+        }
+        for word in &self.dirty_pages {
+            word.store(0, Ordering::Relaxed);
+        }
+    }
+
+    /// Puts back a row saved before an update that is being undone: its exact bytes and
+    /// whether it had been written. Its dirty mark stays (a checkpoint then saves the row
+    /// as it is, which is harmless).
+    pub fn restore_row(&self, key: u64, bytes: &[u8], was_written: bool) -> Result<()> {
+        self.check_keys(&[key])?;
+        if bytes.len() != self.layout.row_bytes as usize {
+            return Err(Error::invalid(format!(
+                "a saved row of {} bytes does not fit rows of {}",
+                bytes.len(),
+                self.layout.row_bytes
+            )));
+        }
+        let writer = self.writer();
+        // SAFETY: in range (checked above); this thread is the only writer.
+        unsafe {
+            writer.store_raw(key, bytes);
+            if !was_written {
+                writer.clear_written(key);
+            }
+        }
+        Ok(())
     }
 
     /// Raw stored bytes of `keys` (`keys.len()` rows of the storage dtype): exact copies for
@@ -457,7 +594,7 @@ impl Table {
                 keys.len()
             )));
         }
-        self.check_keys(keys)?;
+        self.reserve_unwritten(keys)?;
         let writer = self.writer();
         for (&key, row) in keys.iter().zip(rows.chunks_exact(row_bytes)) {
             // SAFETY: in range (checked above); this thread is the only writer.
@@ -505,6 +642,13 @@ impl Table {
             .flush()
             .map_err(|e| Error::io(&self.path, e))
     }
+}
+
+/// Keeps the rows an update is about to change (see [`Table::update_grouped_saving`]).
+/// Called from several threads at once, each time for another group.
+pub trait RowSaver: Sync {
+    /// `row` and `state` are (stored bytes, whether written) of row `key`, group `group`.
+    fn save(&self, group: usize, key: u64, row: (&[u8], bool), state: Option<(&[u8], bool)>);
 }
 
 /// What [`Table::update_row_groups`] does to each distinct row.
@@ -618,15 +762,28 @@ impl RowWriter<'_> {
     /// `key` must be in range.
     unsafe fn mark_stored(&self, key: u64) {
         let (byte, mask) = self.table.bit_position(key);
-        for bits in [
-            self.bitmap_byte(byte),
-            self.bitmap_byte(self.dirty_byte(byte)),
-        ] {
-            // Tasks of one update share bitmap bytes; reading first skips the locked write
-            // for rows already marked (most rows of a training run).
-            if bits.load(Ordering::Relaxed) & mask == 0 {
-                bits.fetch_or(mask, Ordering::Relaxed);
-            }
+        // Tasks of one update share bitmap bytes; reading first skips the locked write for
+        // rows already marked (most rows of a training run).
+        let written = self.bitmap_byte(byte);
+        if written.load(Ordering::Relaxed) & mask == 0
+            && written.fetch_or(mask, Ordering::Relaxed) & mask == 0
+        {
+            self.table.written.fetch_add(1, Ordering::Relaxed);
+        }
+        let dirty = self.bitmap_byte(self.dirty_byte(byte));
+        if dirty.load(Ordering::Relaxed) & mask == 0 {
+            dirty.fetch_or(mask, Ordering::Relaxed);
+            self.table
+                .note_dirty_page((key / ROWS_PER_BITMAP_PAGE) as usize);
+        }
+    }
+
+    /// # Safety
+    /// `key` must be in range.
+    unsafe fn clear_written(&self, key: u64) {
+        let (byte, mask) = self.table.bit_position(key);
+        if self.bitmap_byte(byte).fetch_and(!mask, Ordering::Relaxed) & mask != 0 {
+            self.table.written.fetch_sub(1, Ordering::Relaxed);
         }
     }
 

@@ -1,0 +1,40 @@
+"""Named points in the daemon's durable steps where a test can kill it.
+
+Every rename and fsync that publishes state (checkpoints, restores, flushes) is followed by
+`crash_point(name)`. With ENGRAM_STORE_CRASH_AT=<name> in its environment, the daemon kills
+itself with SIGKILL there, as a power cut or OOM kill would stop it; the crash tests take
+every name in POINTS in turn and check what a restart finds.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+
+ENV = "ENGRAM_STORE_CRASH_AT"
+
+POINTS = (
+    # checkpoints
+    "checkpoint:packs-synced",
+    "checkpoint:manifest-synced",
+    "checkpoint:published",
+    "checkpoint:recorded",
+    # restores
+    "restore:staged",
+    "restore:intent-written",
+    "restore:old-tables-retired",
+    "restore:new-tables-in-place",
+    "restore:catalog-updated",
+    "restore:journal-reset",
+    "restore:intent-removed",
+    # flushes
+    "flush:tables-synced",
+    "flush:catalog-synced",
+)
+
+
+def crash_point(name: str) -> None:
+    if name not in POINTS:
+        raise ValueError(f"unknown crash point {name!r}")
+    if os.environ.get(ENV) == name:
+        os.kill(os.getpid(), signal.SIGKILL)
