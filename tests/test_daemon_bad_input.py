@@ -4,6 +4,7 @@ daemon keeps serving."""
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -12,6 +13,7 @@ import pytest
 from daemon import Daemon, daemon_thread
 from store_helpers import keys, push, raw_rows, spec
 
+from client import NgramHashMapping
 from store._proto.engram.store.v1 import store_pb2 as pb
 from store.wire import numpy_array
 
@@ -202,12 +204,118 @@ BAD_REQUESTS: list[tuple[str, Callable[[Any], Any], grpc.StatusCode, str]] = [
         "grads must have shape [2, 4]",
     ),
     (
+        "client id too long for the catalog",
+        lambda s: s.Push(push("t", [1], grads(1), client_id="c" * 600, sequence=1)),
+        Code.INVALID_ARGUMENT,
+        "client_id must be at most 128 bytes",
+    ),
+    (
+        "client id with control characters",
+        lambda s: s.Push(push("t", [1], grads(1), client_id="a\nb", sequence=1)),
+        Code.INVALID_ARGUMENT,
+        "client_id must be",
+    ),
+    (
+        "batch: a push's client id too long",
+        lambda s: s.Batch(pb.BatchRequest(pushes=[push("t", [1], grads(1), client_id="c" * 600)])),
+        Code.INVALID_ARGUMENT,
+        "client_id must be at most 128 bytes",
+    ),
+    (
+        "negative hash config fields",
+        lambda s: s.CreateTable(
+            pb.CreateTableRequest(
+                spec=spec(
+                    "u",
+                    hash_config=pb.HashConfig(max_ngram_size=-3, n_head_per_ngram=-1),
+                )
+            )
+        ),
+        Code.INVALID_ARGUMENT,
+        "hash_config.max_ngram_size must be 2..16, got -3",
+    ),
+    (
+        "negative heads per n-gram",
+        lambda s: s.CreateTable(
+            pb.CreateTableRequest(
+                spec=spec("u", hash_config=pb.HashConfig(max_ngram_size=3, n_head_per_ngram=-1))
+            )
+        ),
+        Code.INVALID_ARGUMENT,
+        "hash_config.n_head_per_ngram must be 1..256, got -1",
+    ),
+    (
+        "a table too large to map",
+        lambda s: s.CreateTable(
+            pb.CreateTableRequest(spec=spec("u", num_rows=1 << 46, dim=1 << 16))
+        ),
+        Code.INVALID_ARGUMENT,
+        "does not fit",
+    ),
+    (
+        "a table larger than the machine can map",
+        lambda s: s.CreateTable(pb.CreateTableRequest(spec=spec("u", num_rows=1 << 40, dim=64))),
+        Code.RESOURCE_EXHAUSTED,
+        "",
+    ),
+    (
         "unknown checkpoint",
         lambda s: s.Restore(pb.RestoreRequest(id=99)),
         Code.FAILED_PRECONDITION,
         "no checkpoint",
     ),
 ]
+
+
+def test_undecodable_requests_get_invalid_argument_and_one_log_line(
+    daemon: Daemon, caplog: pytest.LogCaptureFixture
+) -> None:
+    for method in ("Push", "Lookup", "CreateTable"):
+        call = (daemon.channel.unary_stream if method == "Lookup" else daemon.channel.unary_unary)(
+            f"/engram.store.v1.EngramStore/{method}"
+        )
+        with pytest.raises(grpc.RpcError) as error:
+            reply = call(b"\xff\xff\xff")
+            if method == "Lookup":
+                list(reply)  # type: ignore[call-overload]
+        assert error.value.code() == Code.INVALID_ARGUMENT
+        assert "request is not a valid" in (error.value.details() or "")
+    undecodable = [r for r in caplog.records if "undecodable" in r.getMessage()]
+    assert len(undecodable) == 3
+    assert all(r.exc_info is None for r in caplog.records), "no traceback for a bad request"
+
+
+def test_a_huge_rows_per_chunk_is_capped_at_one_message(daemon: Daemon) -> None:
+    answer = list(
+        daemon.stub.Lookup(
+            pb.LookupRequest(table="t", keys=keys([1] * 5000), rows_per_chunk=2**32 - 1)
+        )
+    )
+    # The daemon's messages hold at most 1 MiB here; 5000 rows of 16 bytes fit in one.
+    assert len(answer) == 1 and answer[0].total_rows == 5000
+
+
+def test_token_lookups_are_bounded_before_hashing(tmp_path: Path, tokenizer_path: Path) -> None:
+    mapping = NgramHashMapping([997, 1009], 3, 32, 2, [1], tokenizer_path, 0, 0)
+    with daemon_thread(tmp_path / "d", max_lookup_rows=1000) as d:
+        table_spec = spec(
+            "h", num_rows=mapping.layer_table_rows(1), dim=4, hash_config=mapping.hash_config(1)
+        )
+        d.stub.CreateTable(pb.CreateTableRequest(spec=table_spec))
+        fingerprint = d.stub.DescribeTable(pb.DescribeTableRequest(name="h")).hash_fingerprint
+        # 1 x 300 tokens x 4 heads = 1200 rows > 1000: refused before anything is hashed.
+        with pytest.raises(grpc.RpcError) as error:
+            list(
+                d.stub.LookupTokens(
+                    pb.LookupTokensRequest(
+                        table="h",
+                        token_ids=numpy_array(np.zeros((1, 300), np.int64)),
+                        hash_fingerprint=fingerprint,
+                    )
+                )
+            )
+        assert error.value.code() == Code.RESOURCE_EXHAUSTED
+        assert "would look up 1200 rows" in (error.value.details() or "")
 
 
 def snapshot(daemon: Daemon) -> tuple[bytes, int]:

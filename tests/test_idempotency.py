@@ -17,3 +17,12 @@ def test_the_idempotency_window_remembers_the_last_sequences() -> None:
     assert not window.seen(missing), "a sequence in the window that never came is new"
     saved = window.to_json()
     assert len(saved["recent"]) <= WINDOW and min(saved["recent"]) > highest - WINDOW
+
+
+def test_the_number_of_client_windows_is_bounded() -> None:
+    windows = ClientWindows(max_clients=3)
+    for client in ("a", "b", "c"):
+        windows.window(client).record(1)
+    windows.window("a")  # used again: "b" is now the least recently used
+    windows.window("d").record(1)
+    assert sorted(windows.snapshot()) == ["a", "c", "d"]

@@ -1,4 +1,5 @@
 use super::*;
+use crate::journal::Journal;
 use crate::codec::DType;
 use crate::init::Initializer;
 
@@ -133,7 +134,7 @@ fn encoded_half_precision_pushes_sum_repeats_in_order() {
     let mut encoded = vec![0u8; 12];
     crate::codec::encode_f32(DType::BF16, &grads, &mut encoded);
     let outcome = t
-        .push_encoded(&[5, 3, 5], DType::BF16, &encoded, None)
+        .push_encoded(&[5, 3, 5], DType::BF16, &encoded, None, Origin::default())
         .unwrap();
     assert_eq!(outcome.rows, 2);
     let after = t.params().gather(&[3, 5]).unwrap();
@@ -147,7 +148,7 @@ fn encoded_half_precision_pushes_sum_repeats_in_order() {
         assert!((a - e).abs() < 1e-6, "{a} vs {e}");
     }
     let err = t
-        .push_encoded(&[1], DType::F16, &[0u8; 3], None)
+        .push_encoded(&[1], DType::F16, &[0u8; 3], None, Origin::default())
         .unwrap_err();
     assert!(
         err.to_string()
@@ -168,7 +169,7 @@ fn a_push_can_return_the_rows_it_left() {
     let mut buffer = vec![0u8; 64];
     codec::encode_f32(DType::F32, &grads, &mut buffer);
     let outcome = returning
-        .push_returning_rows(&keys, DType::F32, &mut buffer, None)
+        .push_returning_rows(&keys, DType::F32, &mut buffer, None, Origin::default())
         .unwrap();
     assert_eq!(outcome, plain.push(&keys, &grads, None).unwrap());
     let mut rows = vec![0f32; 16];
@@ -178,8 +179,71 @@ fn a_push_can_return_the_rows_it_left() {
     // A refused push leaves the buffer and the table as they were.
     let before = buffer.clone();
     assert!(returning
-        .push_returning_rows(&[50], DType::F32, &mut buffer[..16], None)
+        .push_returning_rows(&[50], DType::F32, &mut buffer[..16], None, Origin::default())
         .is_err());
     assert_eq!(buffer, before);
     assert_eq!(returning.step(), 1);
+}
+
+#[test]
+fn an_uncommitted_push_is_undone_exactly_and_a_committed_one_kept() {
+    let dir = tempfile::tempdir().unwrap();
+    let (journal, _) = Journal::open(dir.path().join("journal")).unwrap();
+    let journal = Arc::new(journal);
+    let adam = Optimizer::new("adam", 0.1, 1e-8, 0.9, 0.999, 0.0).unwrap();
+    let t = EmbeddingTable::create(dir.path().join("t"), header(100, 4), adam, false).unwrap();
+    t.attach_journal(journal.clone()).unwrap();
+    let origin = Origin {
+        client_id: "c",
+        sequence: 7,
+    };
+    let grads = [1.0f32; 8];
+    let bytes = |g: &[f32]| g.iter().flat_map(|v| v.to_le_bytes()).collect::<Vec<u8>>();
+    t.push_encoded(&[1, 2], DType::F32, &bytes(&grads), None, origin)
+        .unwrap();
+    let after_first = (t.params().gather(&[1, 2, 3]).unwrap(), t.state().unwrap().gather(&[1, 2, 3]).unwrap());
+    let written_after_first = t.params().written_count();
+    t.push_encoded(&[2, 3], DType::F32, &bytes(&grads), None, Origin::default())
+        .unwrap();
+    let second = t.last_push_token();
+    assert_ne!(t.params().gather(&[2, 3]).unwrap(), after_first.0[4..]);
+    assert_eq!(t.params().written_count(), 3);
+
+    // The journal holds both; a recovery that finds them leaves everything as it is.
+    let (_, records) = Journal::open(dir.path().join("journal")).unwrap();
+    assert_eq!(records.len(), 2);
+    assert_eq!((records[0].client_id.as_str(), records[0].sequence, records[0].step), ("c", 7, 1));
+    assert_eq!(records[1].token, second);
+    assert_eq!(t.recover(|token| token <= second).unwrap(), None);
+
+    // Without the second push's record, it is undone: rows, state and written marks.
+    let undone = t.recover(|token| token < second).unwrap();
+    assert_eq!(undone, Some(RolledBack { token: second, rows: 2 }));
+    assert_eq!(t.params().gather(&[1, 2, 3]).unwrap(), after_first.0);
+    assert_eq!(t.state().unwrap().gather(&[1, 2, 3]).unwrap(), after_first.1);
+    assert_eq!(t.params().written_count(), written_after_first);
+    assert_eq!(t.params().written(&[3]).unwrap(), vec![false]);
+    // Undone once only.
+    assert_eq!(t.recover(|_| false).unwrap(), None);
+}
+
+#[test]
+fn the_undo_log_survives_reopening_the_table() {
+    let dir = tempfile::tempdir().unwrap();
+    let (journal, _) = Journal::open(dir.path().join("journal")).unwrap();
+    let path = dir.path().join("t");
+    let before;
+    let token;
+    {
+        let t = EmbeddingTable::create(&path, header(1000, 8), sgd(1.0), false).unwrap();
+        t.attach_journal(Arc::new(journal)).unwrap();
+        before = t.params().gather(&[10, 900]).unwrap();
+        t.push(&[10, 900], &[0.5; 16], None).unwrap();
+        token = t.last_push_token();
+        t.flush().unwrap();
+    }
+    let t = EmbeddingTable::open(&path, sgd(1.0), false, 1).unwrap();
+    assert_eq!(t.last_push_token(), token);
+    assert!(t.recover(|_| false).unwrap().is_some());
+    assert_eq!(t.params().gather(&[10, 900]).unwrap(), before);
 }
