@@ -88,6 +88,8 @@ class Table:
     def flush(self) -> None: ...
 
 @final
+PUSH_CRASH_POINTS: list[str]
+
 class EmbeddingTable:
     @staticmethod
     def create(

@@ -2,8 +2,9 @@
 
 Every rename and fsync that publishes state (checkpoints, restores, flushes) is followed by
 `crash_point(name)`. With ENGRAM_STORE_CRASH_AT=<name> in its environment, the daemon kills
-itself with SIGKILL there, as a power cut or OOM kill would stop it; the crash tests take
-every name in POINTS in turn and check what a restart finds.
+itself with SIGKILL there, as an OOM kill would stop it; the crash tests take every name in
+POINTS (and the engine's points inside a push, `_native.PUSH_CRASH_POINTS`) in turn and
+check what a restart finds.
 """
 
 from __future__ import annotations

@@ -90,13 +90,8 @@ def daemon_thread(data_dir: Path, **overrides: object) -> Iterator[Daemon]:
             raise errors[0]
 
 
-@contextmanager
-def daemon_process(data_dir: Path, *extra: str) -> Iterator[tuple[Daemon, subprocess.Popen[bytes]]]:
-    """`engram-store serve` in a subprocess (killable); terminated on exit."""
-    port_file = data_dir.parent / f"{data_dir.name}.port"
-    port_file.unlink(missing_ok=True)
-    process = subprocess.Popen(
-        [
+def serve_command(data_dir: Path, port_file: Path, *extra: str) -> list[str]:
+    return [
             sys.executable,
             "-m",
             "store.cli",
@@ -110,10 +105,22 @@ def daemon_process(data_dir: Path, *extra: str) -> Iterator[tuple[Daemon, subpro
             "--flush-interval",
             "0",
             *extra,
-        ],
+        ]
+
+
+@contextmanager
+def daemon_process(
+    data_dir: Path, *extra: str, env: dict[str, str] | None = None
+) -> Iterator[tuple[Daemon, subprocess.Popen[bytes]]]:
+    """`engram-store serve` in a subprocess (killable); terminated on exit. `env` adds to
+    the environment."""
+    port_file = data_dir.parent / f"{data_dir.name}.port"
+    port_file.unlink(missing_ok=True)
+    process = subprocess.Popen(
+        serve_command(data_dir, port_file, *extra),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
     )
     try:
         d = _connect(_wait_for_port(port_file, lambda: process.poll() is None), data_dir)

@@ -344,6 +344,7 @@ impl EmbeddingTable {
         let rows = self
             .params
             .update_grouped_saving(self.state.as_ref(), groups, update, saver)?;
+        crate::crash_points::crash_point("push:rows-applied");
         if let (Some(journal), Some(token)) = (journal, token) {
             let record = JournalRecord {
                 token,
@@ -357,6 +358,7 @@ impl EmbeddingTable {
                 self.step.store(step_before, Ordering::Release);
                 return Err(e);
             }
+            crate::crash_points::crash_point("push:journal-appended");
         }
         Ok(PushOutcome { rows, step })
     }

@@ -14,6 +14,7 @@ compile_error!("table files are little-endian and are read in place");
 
 pub mod checkpoint;
 pub mod codec;
+pub mod crash_points;
 pub mod disk;
 pub mod embedding;
 pub mod error;

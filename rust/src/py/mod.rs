@@ -150,6 +150,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("StoreError", py.get_type::<StoreError>())?;
     m.add("TableFormatError", py.get_type::<TableFormatError>())?;
     m.add("TABLE_FORMAT_VERSION", crate::table::format::FORMAT_VERSION)?;
+    m.add("PUSH_CRASH_POINTS", crate::crash_points::POINTS.to_vec())?;
     m.add_class::<hashing::NgramHasher>()?;
     m.add_class::<table::Table>()?;
     m.add_class::<embedding::EmbeddingTable>()?;
