@@ -53,6 +53,36 @@ pub fn reserve_pages(file: &File, path: &Path, pages: &mut Vec<u64>) -> Result<(
     Ok(())
 }
 
+/// The parts of `start..end` of `file` that hold data, as the filesystem reports them (holes
+/// of a sparse file read as zeros and are left out). Where the filesystem cannot tell, the
+/// whole range.
+pub fn data_ranges(file: &File, start: u64, end: u64) -> Vec<std::ops::Range<u64>> {
+    let fd = file.as_raw_fd();
+    let seek = |offset: u64, whence: i32| -> Option<u64> {
+        // SAFETY: lseek on an open descriptor; it only moves the file offset.
+        let at = unsafe { libc::lseek(fd, offset as libc::off_t, whence) };
+        (at >= 0).then_some(at as u64)
+    };
+    let mut ranges = Vec::new();
+    let mut at = start;
+    while at < end {
+        let Some(data) = seek(at, libc::SEEK_DATA) else {
+            // ENXIO: no data after `at`; anything else: the filesystem cannot say.
+            if std::io::Error::last_os_error().raw_os_error() != Some(libc::ENXIO) {
+                return vec![start..end];
+            }
+            break;
+        };
+        if data >= end {
+            break;
+        }
+        let hole = seek(data, libc::SEEK_HOLE).unwrap_or(end).min(end);
+        ranges.push(data..hole);
+        at = hole;
+    }
+    ranges
+}
+
 /// Whether an I/O error means the disk (or its quota) is full.
 pub fn is_full(error: &std::io::Error) -> bool {
     matches!(error.raw_os_error(), Some(libc::ENOSPC) | Some(libc::EDQUOT))
@@ -62,6 +92,20 @@ pub fn is_full(error: &std::io::Error) -> bool {
 mod tests {
     use super::*;
     use std::os::unix::fs::MetadataExt;
+
+    #[test]
+    fn data_ranges_skip_holes() {
+        use std::os::unix::fs::FileExt;
+        let named = tempfile::NamedTempFile::new().unwrap();
+        let file = named.as_file();
+        file.set_len(1024 * PAGE).unwrap();
+        file.write_all_at(b"x", 100 * PAGE + 7).unwrap();
+        let ranges = data_ranges(file, 0, 1024 * PAGE);
+        assert!(ranges.iter().any(|r| r.contains(&(100 * PAGE + 7))));
+        let covered: u64 = ranges.iter().map(|r| r.end - r.start).sum();
+        assert!(covered < 1024 * PAGE, "holes are skipped: {ranges:?}");
+        assert!(data_ranges(file, 200 * PAGE, 300 * PAGE).is_empty());
+    }
 
     #[test]
     fn reserving_allocates_without_changing_size_or_contents() {

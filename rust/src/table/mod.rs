@@ -145,21 +145,35 @@ impl Table {
     }
 
     /// Counts the written rows and notes which dirty-bitmap pages hold a bit: once, when the
-    /// table is opened, so that later calls need not scan.
+    /// table is opened, so that later calls need not scan. Only the parts of the bitmaps the
+    /// file holds are read: a fresh table's are holes, and cost nothing.
     fn count_bitmaps(&self) {
         let map = self.read_map();
         let page = ROWS_PER_BITMAP_PAGE as usize / 8;
-        let bitmap = |offset: u64| &map[offset as usize..][..self.bitmap_bytes()];
-        let written = bitmap(self.layout.bitmap_offset)
-            .par_chunks(page)
-            .map(|c| c.iter().map(|b| u64::from(b.count_ones())).sum::<u64>())
-            .sum();
+        let stored = |offset: u64| {
+            let end = offset + self.bitmap_bytes() as u64;
+            crate::disk::data_ranges(&self.file, offset, end)
+                .into_iter()
+                .map(move |r| (r.start - offset) as usize..(r.end - offset) as usize)
+        };
+        let mut written = 0;
+        for range in stored(self.layout.bitmap_offset) {
+            let bits = &map[self.layout.bitmap_offset as usize..][range];
+            written += bits
+                .par_chunks(page)
+                .map(|c| c.iter().map(|b| u64::from(b.count_ones())).sum::<u64>())
+                .sum::<u64>();
+        }
         self.written.store(written, Ordering::Relaxed);
-        bitmap(self.layout.dirty_offset)
-            .par_chunks(page)
-            .enumerate()
-            .filter(|(_, c)| c.iter().any(|&b| b != 0))
-            .for_each(|(i, _)| self.note_dirty_page(i));
+        for range in stored(self.layout.dirty_offset) {
+            let first_page = range.start / page;
+            let bits = &map[self.layout.dirty_offset as usize + first_page * page..]
+                [..range.end - first_page * page];
+            bits.par_chunks(page)
+                .enumerate()
+                .filter(|(_, c)| c.iter().any(|&b| b != 0))
+                .for_each(|(i, _)| self.note_dirty_page(first_page + i));
+        }
     }
 
     fn note_dirty_page(&self, page: usize) {
@@ -528,10 +542,20 @@ impl Table {
         self.header.num_rows.div_ceil(ROWS_PER_BITMAP_PAGE) as usize
     }
 
-    /// Keys of every stored row, ascending.
+    /// Keys of every stored row, ascending. Only the pages of the bitmap the file holds are
+    /// read (the others are holes: no row there was ever written).
     pub fn written_keys(&self) -> Vec<u64> {
-        let pages = 0..self.bitmap_page_count();
-        self.keys_in_bitmap(&self.read_map(), self.layout.bitmap_offset, pages)
+        let start = self.layout.bitmap_offset;
+        let page = ROWS_PER_BITMAP_PAGE / 8;
+        let mut pages: Vec<usize> = Vec::new();
+        for range in crate::disk::data_ranges(&self.file, start, start + self.bitmap_bytes() as u64)
+        {
+            let first = ((range.start - start) / page) as usize;
+            let last = (range.end - start).div_ceil(page) as usize;
+            pages.extend(first..last.min(self.bitmap_page_count()));
+        }
+        pages.dedup();
+        self.keys_in_bitmap(&self.read_map(), start, pages.into_iter())
     }
 
     /// Keys of the rows stored since the dirty marks were last cleared, ascending. Only the

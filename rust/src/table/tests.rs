@@ -292,3 +292,27 @@ fn access_hints_reach_the_kernel() {
         "still random-read: {flags:?}"
     );
 }
+
+#[test]
+fn written_counts_and_dirty_rows_are_kept_without_scanning_and_survive_reopening() {
+    let dir = tempfile::tempdir().unwrap();
+    let t = new_table(&dir, DType::F32, 200_000, 1);
+    assert_eq!(t.written_count(), 0);
+    t.write_rows(&[5, 70_000, 199_999, 5], &[1.0; 4]).unwrap();
+    assert_eq!(t.written_count(), 3);
+    assert_eq!(t.dirty_keys(), vec![5, 70_000, 199_999]);
+    t.clear_dirty();
+    assert!(t.dirty_keys().is_empty());
+    t.write_rows(&[100_000, 5], &[2.0; 2]).unwrap();
+    assert_eq!(t.dirty_keys(), vec![5, 100_000]);
+    assert_eq!(t.written_keys(), vec![5, 70_000, 100_000, 199_999]);
+    t.restore_row(100_000, &0f32.to_le_bytes(), false).unwrap();
+    assert_eq!(t.written_count(), 3);
+    t.flush().unwrap();
+    let path = t.path().to_path_buf();
+    drop(t);
+    let t = Table::open(&path).unwrap();
+    assert_eq!(t.written_count(), 3);
+    assert_eq!(t.written_keys(), vec![5, 70_000, 199_999]);
+    assert_eq!(t.dirty_keys(), vec![5, 100_000], "dirty marks stay until a checkpoint");
+}
