@@ -4,9 +4,11 @@ A daemon on this machine can read keys and pushed gradients in place from a file
 client has mapped, and write looked-up rows straight into it, so the bulk bytes skip gRPC's
 socket, framing and copies; the messages carry paths, shapes and dtypes. The files live in
 the daemon's shared-buffer directory (`/dev/shm` by default), named `engram-<pid>-<random>`,
-and are reused call after call (the daemon keeps them mapped too). A daemon that cannot use them
-(another machine or container, another user, shared buffers turned off) answers
-FAILED_PRECONDITION, and the client falls back to messages for that daemon.
+and are reused call after call (the daemon keeps them mapped too). Each file starts with a
+header holding a random token that requests repeat, so that the daemon can tell its creator
+from anyone else naming it (store/shared_buffers.py). A daemon that cannot use them (another
+machine or container, another user, shared buffers turned off) answers FAILED_PRECONDITION,
+and the client falls back to messages for that daemon.
 """
 
 from __future__ import annotations
@@ -22,7 +24,12 @@ from contextlib import contextmanager, suppress
 
 import numpy as np
 
+from store import _native
 from store._proto.engram.store.v1 import store_pb2 as pb
+
+HEADER_BYTES = _native.BUFFER_HEADER_BYTES
+MAGIC = _native.BUFFER_MAGIC
+TOKEN_BYTES = _native.BUFFER_TOKEN_BYTES
 
 DEFAULT_DIRECTORY = "/dev/shm"
 _PREFIX = "engram-"
@@ -47,10 +54,12 @@ def _unlink(path: str) -> None:
 
 
 class SharedBuffer:
-    """One file in the shared-buffer directory, mapped read-write."""
+    """One file in the shared-buffer directory, mapped read-write; offsets count from the end
+    of its header."""
 
     def __init__(self, directory: str, nbytes: int) -> None:
-        self.capacity = max(nbytes, mmap.PAGESIZE)
+        self.capacity = max(nbytes, mmap.PAGESIZE - HEADER_BYTES)
+        self.token = os.urandom(TOKEN_BYTES)
         name = f"{_PREFIX}{os.getpid()}-{uuid.uuid4().hex}"
         # Absolute: the daemon accepts only files directly in its (absolute) directory.
         self.path = os.path.join(os.path.abspath(directory), name)
@@ -58,8 +67,9 @@ class SharedBuffer:
         try:
             # Every page reserved now: a full tmpfs fails here (ENOSPC), not as a SIGBUS at
             # the first write into the mapping.
-            os.posix_fallocate(fd, 0, self.capacity)
-            self._map = mmap.mmap(fd, self.capacity)
+            os.posix_fallocate(fd, 0, HEADER_BYTES + self.capacity)
+            self._map = mmap.mmap(fd, HEADER_BYTES + self.capacity)
+            self._map[: len(MAGIC) + TOKEN_BYTES] = MAGIC + self.token
         except BaseException:
             _unlink(self.path)
             raise
@@ -69,12 +79,12 @@ class SharedBuffer:
         self._finalizer = weakref.finalize(self, _unlink, self.path)
 
     def message(self, offset: int = 0) -> pb.SharedBuffer:
-        return pb.SharedBuffer(path=self.path, offset=offset)
+        return pb.SharedBuffer(path=self.path, offset=HEADER_BYTES + offset, token=self.token)
 
     def view(self, dtype: np.dtype, shape: tuple[int, ...], offset: int = 0) -> np.ndarray:
         """The bytes from `offset` as an array (valid until the buffer is closed)."""
         count = int(np.prod(shape))
-        return np.frombuffer(self._map, dtype, count, offset).reshape(shape)
+        return np.frombuffer(self._map, dtype, count, HEADER_BYTES + offset).reshape(shape)
 
     def close(self) -> None:
         self._finalizer()

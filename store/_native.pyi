@@ -6,6 +6,10 @@ import numpy as np
 import numpy.typing as npt
 
 __all__ = [
+    "BUFFER_HEADER_BYTES",
+    "BUFFER_MAGIC",
+    "BUFFER_TOKEN_BYTES",
+    "PUSH_CRASH_POINTS",
     "TABLE_FORMAT_VERSION",
     "EmbeddingTable",
     "Journal",
@@ -22,6 +26,10 @@ __all__ = [
 ]
 
 TABLE_FORMAT_VERSION: int
+PUSH_CRASH_POINTS: list[str]
+BUFFER_MAGIC: bytes
+BUFFER_TOKEN_BYTES: int
+BUFFER_HEADER_BYTES: int
 
 class StoreError(Exception): ...
 class TableFormatError(StoreError): ...
@@ -88,8 +96,6 @@ class Table:
     def flush(self) -> None: ...
 
 @final
-PUSH_CRASH_POINTS: list[str]
-
 class EmbeddingTable:
     @staticmethod
     def create(

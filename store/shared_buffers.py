@@ -1,26 +1,37 @@
 """Which shared buffers the daemon agrees to open for same-machine clients.
 
-A client names a file; the daemon would write rows into it, so it must be unable to name
-anything but a buffer made for this: a regular file (no symbolic link) directly inside the
-shared-buffer directory, named `engram-*`, owned by the daemon's own user, and allocated
-whole (not sparse: on a full tmpfs, the first write to a missing page is a SIGBUS). A buffer refused
-for any of these reasons gets FAILED_PRECONDITION (this daemon cannot share memory with that
-client, which then sends its rows in messages); a buffer too small for the request is the
-client's error, INVALID_ARGUMENT.
+A client names a file and the daemon reads and writes it with its own rights, so it must
+never do that for a client who could not: otherwise any local user could have the daemon
+read or overwrite the daemon user's files (a confused deputy). A buffer is used only if it
+is a regular file (no symbolic link) directly inside the shared-buffer directory, named
+`engram-*`, owned by the daemon's own user, with a single link (no hard link to another
+file), allocated whole (not sparse: on a full tmpfs the first write to a missing page is a
+SIGBUS), and if its header holds the token the request carries: 16 random bytes that its
+creator wrote there, which only someone able to read the file can know. Requests name
+ranges after the header, so the token is never overwritten or sent back. A buffer refused
+for any of these reasons gets FAILED_PRECONDITION (this daemon cannot share memory with
+that client, which then sends its rows in messages) and is neither read nor written beyond
+its header; a buffer too small for the request is the client's error, INVALID_ARGUMENT.
 """
 
 from __future__ import annotations
 
+import hmac
 import os
 import stat
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from types import TracebackType
 
+from store import _native
 from store._proto.engram.store.v1 import store_pb2 as pb
-from store.errors import FailedPreconditionError
+from store.errors import FailedPreconditionError, InvalidArgumentError
 
 PREFIX = "engram-"
+# The header (magic, token, padding to a cache line); requests name bytes after it.
+MAGIC = _native.BUFFER_MAGIC
+TOKEN_BYTES = _native.BUFFER_TOKEN_BYTES
+HEADER_BYTES = _native.BUFFER_HEADER_BYTES
 
 
 @contextmanager
@@ -51,11 +62,22 @@ def open_buffer(buffer: pb.SharedBuffer, root: str | None) -> Iterator[int]:
             raise FailedPreconditionError(
                 f"shared buffer {path!r} is not owned by the daemon's user"
             )
+        if info.st_nlink != 1:
+            raise FailedPreconditionError(
+                f"shared buffer {path!r} has {info.st_nlink} links; a buffer has exactly one"
+            )
         if info.st_blocks * 512 < info.st_size:
             # A page of a sparse file on a full tmpfs cannot be backed when it is first
             # written: the write would kill the daemon with SIGBUS.
             raise FailedPreconditionError(
                 f"shared buffer {path!r} is sparse; allocate it whole (posix_fallocate)"
+            )
+        header = os.pread(fd, len(MAGIC) + TOKEN_BYTES, 0)
+        token_ok = hmac.compare_digest(header[len(MAGIC) :], buffer.token)
+        if header[: len(MAGIC)] != MAGIC or len(buffer.token) != TOKEN_BYTES or not token_ok:
+            raise FailedPreconditionError(
+                f"shared buffer {path!r} does not hold the request's token: only its creator "
+                "may name it"
             )
         yield fd
     finally:
@@ -72,6 +94,11 @@ class RequestBuffers:
         self._fds: dict[str, int] = {}
 
     def fd(self, buffer: pb.SharedBuffer) -> int:
+        if buffer.offset < HEADER_BYTES:
+            raise InvalidArgumentError(
+                f"shared buffer ranges start after its {HEADER_BYTES}-byte header, got offset "
+                f"{buffer.offset}"
+            )
         if buffer.path not in self._fds:
             self._fds[buffer.path] = self._files.enter_context(open_buffer(buffer, self.root))
         return self._fds[buffer.path]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -12,6 +13,7 @@ import pytest
 from daemon import Daemon, daemon_thread
 from store_helpers import keys, push, raw_rows, rows_of, spec
 
+from store import _native
 from store._proto.engram.store.v1 import store_pb2 as pb
 
 ROWS, DIM = 1000, 8
@@ -25,10 +27,25 @@ def daemon(tmp_path: Path, shm: Path) -> Iterator[Daemon]:
         yield d
 
 
+HEADER = _native.BUFFER_HEADER_BYTES
+TOKENS: dict[str, bytes] = {}
+
+
 def buffer(path: Path, size: int) -> np.memmap:
+    """A buffer as clients make them: a header with a fresh token, then `size` bytes (the
+    array returned)."""
+    token = os.urandom(_native.BUFFER_TOKEN_BYTES)
+    TOKENS[str(path)] = token
     with open(path, "wb") as f:
-        os.posix_fallocate(f.fileno(), 0, size)
-    return np.memmap(path, dtype=np.uint8, mode="r+")
+        os.posix_fallocate(f.fileno(), 0, HEADER + size)
+        f.write(_native.BUFFER_MAGIC + token)
+    return np.memmap(path, dtype=np.uint8, mode="r+", offset=HEADER)
+
+
+def at(path: str | Path, offset: int = 0) -> pb.SharedBuffer:
+    """Bytes at `offset` of the data of buffer `path`, with its token."""
+    token = TOKENS.get(str(path), b"")
+    return pb.SharedBuffer(path=str(path), offset=HEADER + offset, token=token)
 
 
 def test_lookup_into_a_buffer_matches_the_streamed_rows(daemon: Daemon, shm: Path) -> None:
@@ -39,7 +56,7 @@ def test_lookup_into_a_buffer_matches_the_streamed_rows(daemon: Daemon, shm: Pat
             pb.LookupRequest(
                 table="a",
                 keys=keys(query),
-                out=pb.SharedBuffer(path=str(shm / "engram-rows"), offset=64),
+                out=at(str(shm / "engram-rows"), 64),
             )
         )
     )
@@ -60,7 +77,7 @@ def test_push_from_a_buffer_matches_a_push_of_bytes(daemon: Daemon, shm: Path) -
         table="a",
         keys=keys([3, 7, 3, 9]),
         grads=pb.Array(dtype="float32", shape=[4, DIM]),
-        grads_buffer=pb.SharedBuffer(path=str(shm / "engram-grads"), offset=16),
+        grads_buffer=at(str(shm / "engram-grads"), 16),
     )
     assert daemon.stub.Push(request).rows == 3
     daemon.stub.Push(push("b", [3, 7, 3, 9], grads))
@@ -74,7 +91,7 @@ def lookup_into(daemon: Daemon, path: str, offset: int = 0) -> None:
     list(
         daemon.stub.Lookup(
             pb.LookupRequest(
-                table="a", keys=keys([1, 2]), out=pb.SharedBuffer(path=path, offset=offset)
+                table="a", keys=keys([1, 2]), out=at(path, offset)
             )
         )
     )
@@ -90,7 +107,7 @@ def test_buffers_the_daemon_must_not_open_are_refused(
     with open(shm / "engram-sparse", "wb") as f:
         f.truncate(1 << 20)
     cases = {
-        str(shm / "engram-small"): "holds 10 bytes, too few for 64 bytes",
+        str(shm / "engram-small"): "holds 74 bytes, too few for 64 bytes at offset 64",
         str(shm / "engram-sparse"): "is sparse; allocate it whole",
         str(shm / "other"): "must be a file named engram-*",
         str(tmp_path / "engram-outside"): "must be a file named engram-*",
@@ -113,7 +130,93 @@ def test_buffers_the_daemon_must_not_open_are_refused(
         )
         assert error.value.code() == expected, path
         assert message in error.value.details(), (path, error.value.details())
-    assert (tmp_path / "engram-outside").read_bytes() == b"\0" * 1000
+    assert (tmp_path / "engram-outside").read_bytes()[HEADER:] == b"\0" * 1000
+
+
+def test_only_the_creator_of_a_buffer_can_name_it(daemon: Daemon, shm: Path) -> None:
+    """The daemon reads and writes buffers with its own rights: a request must show it could
+    read the file (its token), and no buffer may be another file under a second name."""
+    memory = buffer(shm / "engram-victim", 4096)
+    memory[:] = 7
+    memory.flush()
+    path = str(shm / "engram-victim")
+    guesses = {
+        "no token": pb.SharedBuffer(path=path, offset=HEADER),
+        "a wrong token": pb.SharedBuffer(path=path, offset=HEADER, token=bytes(16)),
+        "a short token": pb.SharedBuffer(path=path, offset=HEADER, token=TOKENS[path][:8]),
+    }
+    for what, guess in guesses.items():
+        with pytest.raises(grpc.RpcError) as error:
+            list(daemon.stub.Lookup(pb.LookupRequest(table="a", keys=keys([1, 2]), out=guess)))
+        assert error.value.code() == grpc.StatusCode.FAILED_PRECONDITION, what
+        assert "does not hold the request's token" in error.value.details(), what
+        with pytest.raises(grpc.RpcError):
+            daemon.stub.Push(
+                pb.PushRequest(
+                    table="a",
+                    keys=keys([1]),
+                    grads=pb.Array(dtype="float32", shape=[1, DIM]),
+                    grads_buffer=guess,
+                )
+            )
+    assert (memory == 7).all(), "the buffer was not written"
+    assert daemon.stub.DescribeTable(pb.DescribeTableRequest(name="a")).step == 0
+
+    # The header itself is not a range a request may name (it would read the token back).
+    inside = pb.SharedBuffer(path=path, offset=8, token=TOKENS[path])
+    with pytest.raises(grpc.RpcError) as error:
+        list(daemon.stub.Lookup(pb.LookupRequest(table="a", keys=keys([1]), out=inside)))
+    assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "start after its 64-byte header" in error.value.details()
+
+    # A hard link makes a buffer another file's second name: refused, token or not.
+    os.link(path, shm / "engram-second-name")
+    with pytest.raises(grpc.RpcError) as error:
+        lookup_into(daemon, path)
+    assert error.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert "has 2 links" in error.value.details()
+    assert (memory == 7).all()
+
+
+def as_nobody(*command: str) -> subprocess.CompletedProcess[str]:
+    nobody = 65534
+    return subprocess.run(
+        command, user=nobody, group=nobody, extra_groups=[], capture_output=True, text=True
+    )
+
+
+def test_a_second_user_cannot_have_the_daemon_touch_a_buffer_it_cannot_open(
+    daemon: Daemon, shm: Path
+) -> None:
+    """Another local user can name the daemon user's private buffer but not read it, so it
+    cannot know the token, and every request it could send is refused untouched."""
+    if os.getuid() != 0:
+        pytest.skip("acting as a second user needs root")
+    memory = buffer(shm / "engram-private", 4096)
+    memory[:] = 7
+    memory.flush()
+    path = str(shm / "engram-private")
+    os.chmod(path, 0o600)
+    for directory in (shm, *shm.parents):  # the other user reaches the file, cannot open it
+        os.chmod(directory, os.stat(directory).st_mode | 0o005)
+    read = as_nobody("cat", path)
+    assert read.returncode != 0 and "Permission denied" in read.stderr
+    listed = as_nobody("ls", str(shm))
+    assert "engram-private" in listed.stdout, "the name alone is no secret"
+    # What that user can send: the path, with any token but the file's.
+    for token in (b"", bytes(16), os.urandom(16)):
+        out = pb.SharedBuffer(path=path, offset=HEADER, token=token)
+        with pytest.raises(grpc.RpcError) as error:
+            list(daemon.stub.Lookup(pb.LookupRequest(table="a", keys=keys([1, 2]), out=out)))
+        assert error.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+        grads = pb.Array(dtype="float32", shape=[1, DIM])
+        with pytest.raises(grpc.RpcError) as error:
+            daemon.stub.Push(
+                pb.PushRequest(table="a", keys=keys([1]), grads=grads, grads_buffer=out)
+            )
+        assert error.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert (memory == 7).all(), "the daemon wrote the buffer for a user who cannot"
+    assert daemon.stub.DescribeTable(pb.DescribeTableRequest(name="a")).step == 0
 
 
 def test_a_daemon_can_refuse_shared_buffers(tmp_path: Path, shm: Path) -> None:
@@ -135,8 +238,8 @@ def test_keys_can_share_a_buffer_with_the_rows(daemon: Daemon, shm: Path) -> Non
             pb.LookupRequest(
                 table="a",
                 keys=pb.Array(dtype="int64", shape=[2, 3]),
-                keys_buffer=pb.SharedBuffer(path=path),
-                out=pb.SharedBuffer(path=path, offset=64),
+                keys_buffer=at(path),
+                out=at(path, 64),
             )
         )
     )
@@ -153,9 +256,9 @@ def test_keys_can_share_a_buffer_with_the_rows(daemon: Daemon, shm: Path) -> Non
     request = pb.PushRequest(
         table="a",
         keys=pb.Array(dtype="uint64", shape=[4]),
-        keys_buffer=pb.SharedBuffer(path=path),
+        keys_buffer=at(path),
         grads=pb.Array(dtype="float32", shape=[4, DIM]),
-        grads_buffer=pb.SharedBuffer(path=path, offset=64),
+        grads_buffer=at(path, 64),
     )
     assert daemon.stub.Push(request).rows == 3
     daemon.stub.Push(push("b", pushed, grads))
@@ -169,7 +272,7 @@ def test_bad_key_buffers_are_refused_and_change_nothing(daemon: Daemon, shm: Pat
     memory = buffer(shm / "engram-keys", 4096)
     memory[:8] = np.array([-3], np.int64).view(np.uint8)
     memory.flush()
-    at = pb.SharedBuffer(path=str(shm / "engram-keys"), offset=0)
+    keys_at = at(str(shm / "engram-keys"), 0)
     cases = [
         (
             pb.Array(dtype="uint64", shape=[1], data=bytes(8)),
@@ -185,13 +288,13 @@ def test_bad_key_buffers_are_refused_and_change_nothing(daemon: Daemon, shm: Pat
         ),
     ]
     for key_array, code, message in cases:
-        lookup = pb.LookupRequest(table="a", keys=key_array, keys_buffer=at)
+        lookup = pb.LookupRequest(table="a", keys=key_array, keys_buffer=keys_at)
         push_request = pb.PushRequest(
             table="a",
             keys=key_array,
-            keys_buffer=at,
+            keys_buffer=keys_at,
             grads=pb.Array(dtype="float32", shape=[key_array.shape[0], DIM]),
-            grads_buffer=pb.SharedBuffer(path=at.path, offset=64),
+            grads_buffer=at(keys_at.path, 64),
         )
         for request in (lookup, push_request):
             with pytest.raises(grpc.RpcError) as error:
@@ -205,7 +308,7 @@ def test_bad_key_buffers_are_refused_and_change_nothing(daemon: Daemon, shm: Pat
         list(
             daemon.stub.Lookup(
                 pb.LookupRequest(
-                    table="a", keys=pb.Array(dtype="uint64", shape=[1000]), keys_buffer=at
+                    table="a", keys=pb.Array(dtype="uint64", shape=[1000]), keys_buffer=keys_at
                 )
             )
         )
@@ -240,7 +343,7 @@ def test_a_push_can_answer_with_the_rows_it_left(daemon: Daemon, shm: Path) -> N
         table="adam_b",
         keys=keys(pushed),
         grads=pb.Array(dtype="float32", shape=[4, DIM]),
-        grads_buffer=pb.SharedBuffer(path=str(shm / "engram-grads")),
+        grads_buffer=at(str(shm / "engram-grads")),
         return_rows=True,
         client_id="c",
         sequence=1,

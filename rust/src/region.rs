@@ -18,6 +18,13 @@ use std::sync::{Arc, Mutex, OnceLock};
 
 pub const MAX_MAPPINGS: usize = 64;
 
+/// A shared buffer starts with a header: this magic, then a token of [`BUFFER_TOKEN_BYTES`]
+/// random bytes that requests naming the buffer must repeat (proof that the client can read
+/// the file), padded to [`BUFFER_HEADER_BYTES`]. Requests name ranges after it.
+pub const BUFFER_MAGIC: &[u8; 8] = b"ENGRMBUF";
+pub const BUFFER_TOKEN_BYTES: usize = 16;
+pub const BUFFER_HEADER_BYTES: u64 = 64;
+
 struct Mapping {
     map: MmapRaw,
     /// The mapped file, to notice when its last name is gone.

@@ -151,6 +151,9 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("TableFormatError", py.get_type::<TableFormatError>())?;
     m.add("TABLE_FORMAT_VERSION", crate::table::format::FORMAT_VERSION)?;
     m.add("PUSH_CRASH_POINTS", crate::crash_points::POINTS.to_vec())?;
+    m.add("BUFFER_MAGIC", PyBytes::new(py, region::BUFFER_MAGIC))?;
+    m.add("BUFFER_TOKEN_BYTES", region::BUFFER_TOKEN_BYTES)?;
+    m.add("BUFFER_HEADER_BYTES", region::BUFFER_HEADER_BYTES)?;
     m.add_class::<hashing::NgramHasher>()?;
     m.add_class::<table::Table>()?;
     m.add_class::<embedding::EmbeddingTable>()?;

@@ -17,12 +17,14 @@ class Array(_message.Message):
     def __init__(self, dtype: _Optional[str] = ..., shape: _Optional[_Iterable[int]] = ..., data: _Optional[bytes] = ...) -> None: ...
 
 class SharedBuffer(_message.Message):
-    __slots__ = ("path", "offset")
+    __slots__ = ("path", "offset", "token")
     PATH_FIELD_NUMBER: _ClassVar[int]
     OFFSET_FIELD_NUMBER: _ClassVar[int]
+    TOKEN_FIELD_NUMBER: _ClassVar[int]
     path: str
     offset: int
-    def __init__(self, path: _Optional[str] = ..., offset: _Optional[int] = ...) -> None: ...
+    token: bytes
+    def __init__(self, path: _Optional[str] = ..., offset: _Optional[int] = ..., token: _Optional[bytes] = ...) -> None: ...
 
 class SgdConfig(_message.Message):
     __slots__ = ()
