@@ -151,8 +151,8 @@ class StoreEngine:
         fenced = int(self.catalog.get_meta("pushes_fenced", "0"))
         committed = {token for token, *_ in records}
         steps: dict[str, int] = {}
-        for _, table, client_id, sequence, step in records:
-            steps[table] = max(steps.get(table, 0), step)
+        for _, table_name, client_id, sequence, step in records:
+            steps[table_name] = max(steps.get(table_name, 0), step)
             if client_id:
                 self._clients.window(client_id).record(sequence)
         highest = max([fenced, *committed])
@@ -255,9 +255,7 @@ class StoreEngine:
 
     def lookup_tokens(self, request: pb.LookupTokensRequest) -> Iterator[pb.LookupResponse]:
         table = self.table(request.table)
-        keys = table.token_keys(
-            request.token_ids, request.hash_fingerprint, self.max_lookup_rows
-        )
+        keys = table.token_keys(request.token_ids, request.hash_fingerprint, self.max_lookup_rows)
         with RequestBuffers(self.shared_buffer_dir) as buffers:
             return self._answer(table, keys.tobytes(), list(keys.shape), request, buffers)
 

@@ -88,9 +88,7 @@ def finish(
         os.rename(staging, tables)
         fsync_dir(data_dir)
         crash_point("restore:new-tables-in-place")
-    restored = [
-        (spec_of(entry), entry["step"], entry["incarnation"]) for entry in target["tables"]
-    ]
+    restored = [(spec_of(entry), entry["step"], entry["incarnation"]) for entry in target["tables"]]
     catalog.record_restore(restored, target["clients"], checkpoint_id)
     catalog.sync()
     crash_point("restore:catalog-updated")

@@ -107,9 +107,7 @@ def add_servicer(servicer: Servicer, server: grpc.Server) -> None:
             request_deserializer=_decoder(request_type),
             response_serializer=response_type.SerializeToString,
         )
-    server.add_generic_rpc_handlers(
-        (grpc.method_handlers_generic_handler(SERVICE_NAME, handlers),)
-    )
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE_NAME, handlers),))
     server.add_registered_method_handlers(SERVICE_NAME, handlers)
 
 

@@ -92,20 +92,20 @@ def daemon_thread(data_dir: Path, **overrides: object) -> Iterator[Daemon]:
 
 def serve_command(data_dir: Path, port_file: Path, *extra: str) -> list[str]:
     return [
-            sys.executable,
-            "-m",
-            "store.cli",
-            "serve",
-            "--data-dir",
-            str(data_dir),
-            "--port",
-            "0",
-            "--port-file",
-            str(port_file),
-            "--flush-interval",
-            "0",
-            *extra,
-        ]
+        sys.executable,
+        "-m",
+        "store.cli",
+        "serve",
+        "--data-dir",
+        str(data_dir),
+        "--port",
+        "0",
+        "--port-file",
+        str(port_file),
+        "--flush-interval",
+        "0",
+        *extra,
+    ]
 
 
 @contextmanager

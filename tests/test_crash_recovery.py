@@ -9,7 +9,6 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -45,7 +44,8 @@ def table_rows(d: Daemon, name: str = "t", rows: int = ROWS) -> np.ndarray:
 
 
 def step_of(d: Daemon, name: str = "t") -> int:
-    return d.stub.DescribeTable(pb.DescribeTableRequest(name=name)).step
+    step: int = d.stub.DescribeTable(pb.DescribeTableRequest(name=name)).step
+    return step
 
 
 def create(d: Daemon, name: str = "t") -> None:
@@ -155,9 +155,7 @@ def prepare_for_restore(data: Path) -> tuple[np.ndarray, np.ndarray]:
 
 
 @pytest.mark.parametrize("point", [p for p in POINTS if p.startswith("restore:")])
-def test_a_restore_killed_at_each_crash_point_is_all_or_nothing(
-    tmp_path: Path, point: str
-) -> None:
+def test_a_restore_killed_at_each_crash_point_is_all_or_nothing(tmp_path: Path, point: str) -> None:
     data = tmp_path / "data"
     at_checkpoint, latest = prepare_for_restore(data)
     with crashing_daemon(data, point) as (d, _), pytest.raises(grpc.RpcError):
@@ -178,8 +176,9 @@ def test_a_restore_killed_at_each_crash_point_is_all_or_nothing(
 def test_a_restore_killed_midway_is_finished_by_restore_latest_too(tmp_path: Path) -> None:
     data = tmp_path / "data"
     at_checkpoint, _ = prepare_for_restore(data)
-    with crashing_daemon(data, "restore:old-tables-retired") as (d, _), pytest.raises(
-        grpc.RpcError
+    with (
+        crashing_daemon(data, "restore:old-tables-retired") as (d, _),
+        pytest.raises(grpc.RpcError),
     ):
         d.stub.Restore(pb.RestoreRequest(id=1))
     with daemon_process(data, "--restore", "latest") as (d, _):
@@ -292,5 +291,3 @@ def test_a_damaged_catalog_beside_tables_refuses_to_start(tmp_path: Path, damage
     assert refused.returncode == EXIT_STARTUP_FAILURE
     assert "catalog" in refused.stderr and "1 tables" in refused.stderr
     assert (data / "tables" / "t" / "params.engram").exists(), "nothing was removed"
-
-

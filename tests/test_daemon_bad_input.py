@@ -277,7 +277,7 @@ def test_undecodable_requests_get_invalid_argument_and_one_log_line(
         with pytest.raises(grpc.RpcError) as error:
             reply = call(b"\xff\xff\xff")
             if method == "Lookup":
-                list(reply)  # type: ignore[call-overload]
+                list(reply)
         assert error.value.code() == Code.INVALID_ARGUMENT
         assert "request is not a valid" in (error.value.details() or "")
     undecodable = [r for r in caplog.records if "undecodable" in r.getMessage()]

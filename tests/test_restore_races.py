@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import itertools
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
@@ -27,6 +28,40 @@ def row(d: Daemon, key: int) -> float:
     return float(rows_of(d.stub.Lookup(pb.LookupRequest(table="t", keys=keys([key]))))[0, 0])
 
 
+def pushes_racing_restores(d: Daemon, round_: int, fresh_keys: Iterator[int]) -> None:
+    acknowledged: list[tuple[int, str, int]] = []
+    stop = threading.Event()
+
+    def pusher(p: int) -> None:
+        client = f"pusher-{round_}-{p}"
+        for sequence in itertools.count(1):
+            if stop.is_set():
+                return
+            key = next(fresh_keys)
+            d.stub.Push(increment(key, client, sequence))
+            acknowledged.append((key, client, sequence))
+
+    threads = [threading.Thread(target=pusher, args=(p,)) for p in range(PUSHERS)]
+    for t in threads:
+        t.start()
+    # The last restore races the pushers; none after it could hide what it lost.
+    for _ in range(RESTORES_PER_ROUND):
+        d.stub.Restore(pb.RestoreRequest())
+    stop.set()
+    for t in threads:
+        t.join()
+    # A restore brings the rows back to the checkpoint and forgets the pushes since; so
+    # re-sending an acknowledged push finds it applied (a duplicate) or applies it. One
+    # answered "duplicate" whose row is not there was acknowledged and lost.
+    lost = [
+        (key, client, sequence)
+        for key, client, sequence in acknowledged
+        if row(d, key) != 1 and d.stub.Push(increment(key, client, sequence)).duplicate
+    ]
+    assert not lost, f"acknowledged pushes lost, refused on retry: {lost[:5]}"
+    assert all(row(d, key) == 1 for key, _, _ in acknowledged), "applied exactly once"
+
+
 def test_pushes_during_restores_are_kept_or_retried(tmp_path: Path) -> None:
     with daemon_thread(tmp_path / "data", workers=16) as d:
         table = spec("t", num_rows=ROWS, dim=DIM, init="zeros", lr=1.0)
@@ -34,37 +69,7 @@ def test_pushes_during_restores_are_kept_or_retried(tmp_path: Path) -> None:
         d.stub.Checkpoint(pb.CheckpointRequest())
         fresh_keys = itertools.count()
         for round_ in range(ROUNDS):
-            acknowledged: list[tuple[int, str, int]] = []
-            stop = threading.Event()
-
-            def pusher(p: int, round_: int = round_) -> None:
-                client = f"pusher-{round_}-{p}"
-                for sequence in itertools.count(1):
-                    if stop.is_set():
-                        return
-                    key = next(fresh_keys)
-                    d.stub.Push(increment(key, client, sequence))
-                    acknowledged.append((key, client, sequence))
-
-            threads = [threading.Thread(target=pusher, args=(p,)) for p in range(PUSHERS)]
-            for t in threads:
-                t.start()
-            # The last restore races the pushers; none after it could hide what it lost.
-            for _ in range(RESTORES_PER_ROUND):
-                d.stub.Restore(pb.RestoreRequest())
-            stop.set()
-            for t in threads:
-                t.join()
-            # A restore brings the rows back to the checkpoint and forgets the pushes since;
-            # so re-sending an acknowledged push finds it applied (a duplicate) or applies it.
-            # One answered "duplicate" whose row is not there was acknowledged and lost.
-            lost = [
-                (key, client, sequence)
-                for key, client, sequence in acknowledged
-                if row(d, key) != 1 and d.stub.Push(increment(key, client, sequence)).duplicate
-            ]
-            assert not lost, f"acknowledged pushes lost, refused on retry: {lost[:5]}"
-            assert all(row(d, key) == 1 for key, _, _ in acknowledged), "applied exactly once"
+            pushes_racing_restores(d, round_, fresh_keys)
 
 
 def test_a_push_after_a_drop_is_not_acknowledged(tmp_path: Path) -> None:

@@ -88,13 +88,7 @@ def test_push_from_a_buffer_matches_a_push_of_bytes(daemon: Daemon, shm: Path) -
 
 
 def lookup_into(daemon: Daemon, path: str, offset: int = 0) -> None:
-    list(
-        daemon.stub.Lookup(
-            pb.LookupRequest(
-                table="a", keys=keys([1, 2]), out=at(path, offset)
-            )
-        )
-    )
+    list(daemon.stub.Lookup(pb.LookupRequest(table="a", keys=keys([1, 2]), out=at(path, offset))))
 
 
 def test_buffers_the_daemon_must_not_open_are_refused(

@@ -69,7 +69,7 @@ pub fn data_ranges(file: &File, start: u64, end: u64) -> Vec<std::ops::Range<u64
         let Some(data) = seek(at, libc::SEEK_DATA) else {
             // ENXIO: no data after `at`; anything else: the filesystem cannot say.
             if std::io::Error::last_os_error().raw_os_error() != Some(libc::ENXIO) {
-                return vec![start..end];
+                return std::iter::once(start..end).collect();
             }
             break;
         };
@@ -85,7 +85,10 @@ pub fn data_ranges(file: &File, start: u64, end: u64) -> Vec<std::ops::Range<u64
 
 /// Whether an I/O error means the disk (or its quota) is full.
 pub fn is_full(error: &std::io::Error) -> bool {
-    matches!(error.raw_os_error(), Some(libc::ENOSPC) | Some(libc::EDQUOT))
+    matches!(
+        error.raw_os_error(),
+        Some(libc::ENOSPC) | Some(libc::EDQUOT)
+    )
 }
 
 #[cfg(test)]

@@ -341,19 +341,18 @@ impl EmbeddingTable {
             dim: self.params.dim(),
         };
         let saver = token.map(|_| &*undo as &dyn crate::table::RowSaver);
-        let rows = match self.params.update_grouped_saving(
-            self.state.as_ref(),
-            groups,
-            update,
-            saver,
-        ) {
-            Ok(rows) => rows,
-            Err(e) => {
-                // Refused before any row changed (a full disk): the step is not taken either.
-                self.step.store(step_before, Ordering::Release);
-                return Err(e);
-            }
-        };
+        let rows =
+            match self
+                .params
+                .update_grouped_saving(self.state.as_ref(), groups, update, saver)
+            {
+                Ok(rows) => rows,
+                Err(e) => {
+                    // Refused before any row changed (a full disk): the step is not taken either.
+                    self.step.store(step_before, Ordering::Release);
+                    return Err(e);
+                }
+            };
         crate::crash_points::crash_point("push:rows-applied");
         if let (Some(journal), Some(token)) = (journal, token) {
             let record = JournalRecord {

@@ -1,7 +1,7 @@
 use super::*;
-use crate::journal::Journal;
 use crate::codec::DType;
 use crate::init::Initializer;
+use crate::journal::Journal;
 
 fn header(rows: u64, dim: u64) -> Header {
     Header {
@@ -179,7 +179,13 @@ fn a_push_can_return_the_rows_it_left() {
     // A refused push leaves the buffer and the table as they were.
     let before = buffer.clone();
     assert!(returning
-        .push_returning_rows(&[50], DType::F32, &mut buffer[..16], None, Origin::default())
+        .push_returning_rows(
+            &[50],
+            DType::F32,
+            &mut buffer[..16],
+            None,
+            Origin::default()
+        )
         .is_err());
     assert_eq!(buffer, before);
     assert_eq!(returning.step(), 1);
@@ -201,7 +207,10 @@ fn an_uncommitted_push_is_undone_exactly_and_a_committed_one_kept() {
     let bytes = |g: &[f32]| g.iter().flat_map(|v| v.to_le_bytes()).collect::<Vec<u8>>();
     t.push_encoded(&[1, 2], DType::F32, &bytes(&grads), None, origin)
         .unwrap();
-    let after_first = (t.params().gather(&[1, 2, 3]).unwrap(), t.state().unwrap().gather(&[1, 2, 3]).unwrap());
+    let after_first = (
+        t.params().gather(&[1, 2, 3]).unwrap(),
+        t.state().unwrap().gather(&[1, 2, 3]).unwrap(),
+    );
     let written_after_first = t.params().written_count();
     t.push_encoded(&[2, 3], DType::F32, &bytes(&grads), None, Origin::default())
         .unwrap();
@@ -212,15 +221,31 @@ fn an_uncommitted_push_is_undone_exactly_and_a_committed_one_kept() {
     // The journal holds both; a recovery that finds them leaves everything as it is.
     let (_, records) = Journal::open(dir.path().join("journal")).unwrap();
     assert_eq!(records.len(), 2);
-    assert_eq!((records[0].client_id.as_str(), records[0].sequence, records[0].step), ("c", 7, 1));
+    assert_eq!(
+        (
+            records[0].client_id.as_str(),
+            records[0].sequence,
+            records[0].step
+        ),
+        ("c", 7, 1)
+    );
     assert_eq!(records[1].token, second);
     assert_eq!(t.recover(|token| token <= second).unwrap(), None);
 
     // Without the second push's record, it is undone: rows, state and written marks.
     let undone = t.recover(|token| token < second).unwrap();
-    assert_eq!(undone, Some(RolledBack { token: second, rows: 2 }));
+    assert_eq!(
+        undone,
+        Some(RolledBack {
+            token: second,
+            rows: 2
+        })
+    );
     assert_eq!(t.params().gather(&[1, 2, 3]).unwrap(), after_first.0);
-    assert_eq!(t.state().unwrap().gather(&[1, 2, 3]).unwrap(), after_first.1);
+    assert_eq!(
+        t.state().unwrap().gather(&[1, 2, 3]).unwrap(),
+        after_first.1
+    );
     assert_eq!(t.params().written_count(), written_after_first);
     assert_eq!(t.params().written(&[3]).unwrap(), vec![false]);
     // Undone once only.

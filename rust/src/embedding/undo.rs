@@ -149,7 +149,9 @@ impl UndoLog {
     pub fn saved(&self) -> impl Iterator<Item = SavedRow<'_>> {
         let token = self.token();
         let size = self.entry_bytes();
-        let count = self.count().min(self.map.len().saturating_sub(HEADER) / size);
+        let count = self
+            .count()
+            .min(self.map.len().saturating_sub(HEADER) / size);
         (0..count).filter_map(move |i| {
             let at = HEADER + i * size;
             if self.word(at / 8).load(Ordering::Acquire) != token {
@@ -192,7 +194,8 @@ impl RowSaver for UndoLog {
     fn save(&self, group: usize, key: u64, row: (&[u8], bool), state: Option<(&[u8], bool)>) {
         let at = HEADER + group * self.entry_bytes();
         let row_at = at + ENTRY_HEAD;
-        self.bytes_mut(row_at, self.row_bytes).copy_from_slice(row.0);
+        self.bytes_mut(row_at, self.row_bytes)
+            .copy_from_slice(row.0);
         let mut flags = u64::from(row.1);
         if let Some((state, written)) = state {
             self.bytes_mut(row_at + self.row_bytes, self.state_bytes)

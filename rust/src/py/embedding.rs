@@ -169,7 +169,10 @@ impl EmbeddingTable {
         sequence: u64,
     ) -> PyResult<(usize, u64)> {
         let grads_dtype = parse_dtype(grads_dtype)?;
-        let origin = Origin { client_id, sequence };
+        let origin = Origin {
+            client_id,
+            sequence,
+        };
         detached(py, || {
             let keys = codec::decode_keys(keys, "keys")?;
             let outcome = self
@@ -194,7 +197,10 @@ impl EmbeddingTable {
         sequence: u64,
     ) -> PyResult<(usize, u64, Bound<'py, PyBytes>)> {
         let dtype = parse_dtype(grads_dtype)?;
-        let origin = Origin { client_id, sequence };
+        let origin = Origin {
+            client_id,
+            sequence,
+        };
         let mut buffer = grads.to_vec();
         let outcome = detached(py, || {
             let keys = codec::decode_keys(keys, "keys")?;
@@ -250,7 +256,10 @@ impl EmbeddingTable {
         sequence: u64,
     ) -> PyResult<(usize, u64)> {
         let grads_dtype = parse_dtype(grads_dtype)?;
-        let origin = Origin { client_id, sequence };
+        let origin = Origin {
+            client_id,
+            sequence,
+        };
         let file = file_of_fd(fd)?;
         let dim = self.inner.params().dim();
         detached(py, || {

@@ -383,7 +383,9 @@ impl Table {
                 pages.extend(rows.start as u64 / page..=(rows.end as u64 - 1) / page);
                 let (byte, _) = self.bit_position(key);
                 pages.push(byte as u64 / page);
-                pages.push((byte as u64 + self.layout.dirty_offset - self.layout.bitmap_offset) / page);
+                pages.push(
+                    (byte as u64 + self.layout.dirty_offset - self.layout.bitmap_offset) / page,
+                );
             }
         }
         crate::disk::reserve_pages(&self.file, &self.path, &mut pages)
@@ -472,8 +474,15 @@ impl Table {
                     // to one task alone.
                     unsafe {
                         if let Some(saver) = saver {
-                            let state = state_rows.as_ref().map(|w| (&*w.row(key), w.is_written(key)));
-                            saver.save(first_group + i, key, (&*params.row(key), params.is_written(key)), state);
+                            let state = state_rows
+                                .as_ref()
+                                .map(|w| (&*w.row(key), w.is_written(key)));
+                            saver.save(
+                                first_group + i,
+                                key,
+                                (&*params.row(key), params.is_written(key)),
+                                state,
+                            );
                         }
                         params.modify(key, row, |row| match &state_rows {
                             Some(w) => {
@@ -522,7 +531,12 @@ impl Table {
         offset as usize + start..offset as usize + end
     }
 
-    fn keys_in_bitmap(&self, map: &[u8], offset: u64, pages: impl Iterator<Item = usize>) -> Vec<u64> {
+    fn keys_in_bitmap(
+        &self,
+        map: &[u8],
+        offset: u64,
+        pages: impl Iterator<Item = usize>,
+    ) -> Vec<u64> {
         let mut keys = Vec::new();
         for page in pages {
             let range = self.bitmap_page(offset, page);

@@ -314,5 +314,9 @@ fn written_counts_and_dirty_rows_are_kept_without_scanning_and_survive_reopening
     let t = Table::open(&path).unwrap();
     assert_eq!(t.written_count(), 3);
     assert_eq!(t.written_keys(), vec![5, 70_000, 199_999]);
-    assert_eq!(t.dirty_keys(), vec![5, 100_000], "dirty marks stay until a checkpoint");
+    assert_eq!(
+        t.dirty_keys(),
+        vec![5, 100_000],
+        "dirty marks stay until a checkpoint"
+    );
 }
