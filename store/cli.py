@@ -187,6 +187,24 @@ def _stats(args: argparse.Namespace) -> int:
     return 0
 
 
+def _verify(args: argparse.Namespace) -> int:
+    reply = _stub(args).Verify(pb.VerifyRequest(table=args.name), timeout=args.timeout)
+
+    def human(d: dict[str, Any]) -> str:
+        lines = [
+            f"checked {d.get('tables', 0)} tables ({d.get('written_rows', 0)} written rows): "
+            + ("damaged" if reply.damaged else "every block matches its checksum")
+        ]
+        lines += [
+            f"{b['table']}/{b['file']}: rows {b['first_row']}..{int(b['first_row']) + 63}"
+            for b in d.get("damaged", [])
+        ]
+        return "\n".join(lines)
+
+    _print(reply, args.json, human)
+    return EXIT_FAILURE if reply.damaged else 0
+
+
 def _inspect(args: argparse.Namespace) -> int:
     table = Table.open(args.path)
     info = {
@@ -271,6 +289,11 @@ def build_parser() -> argparse.ArgumentParser:
         "id", type=int, nargs="?", default=0, help="checkpoint id (default: the latest)"
     )
     client_verb("stats", "request counters", _stats)
+    client_verb(
+        "verify",
+        f"check live tables against their row checksums (exit {EXIT_FAILURE}: damaged)",
+        _verify,
+    ).add_argument("name", nargs="?", default="", help="one table (default: every table)")
 
     inspect = verbs.add_parser("inspect", help="describe a table file")
     inspect.add_argument("path", help="a table file (.engram)")

@@ -223,6 +223,10 @@ class Servicer(pb_grpc.EngramStoreServicer):
     def Stats(self, request: pb.StatsRequest, context: Any) -> pb.StatsResponse:
         return self.engine.stats()
 
+    @_unary
+    def Verify(self, request: pb.VerifyRequest, context: Any) -> pb.VerifyResponse:
+        return self.engine.verify(request.table)
+
 
 class StartupError(RuntimeError):
     """The daemon could not start (bad data directory, port in use, failed restore)."""

@@ -11,8 +11,8 @@ use std::path::Path;
 
 pub const PAGE: u64 = 4096;
 
-/// Allocates the blocks of `offset..offset + len` of `file` (already that long) without
-/// changing its contents or size. Filesystems that cannot reserve (no `fallocate`) are
+/// Allocates the blocks of `offset..offset + len` of `file` without changing its contents or
+/// size. Filesystems that cannot reserve (no `fallocate`) are
 /// let through: they allocate on write as before.
 pub fn reserve(file: &File, path: &Path, offset: u64, len: u64) -> Result<()> {
     if len == 0 {
@@ -23,9 +23,10 @@ pub fn reserve(file: &File, path: &Path, offset: u64, len: u64) -> Result<()> {
             "cannot reserve {len} bytes at {offset}"
         )));
     };
-    // SAFETY: a plain syscall on an open descriptor; mode 0 keeps the size (the range lies
-    // inside the file) and never touches existing data.
-    let rc = unsafe { libc::fallocate(file.as_raw_fd(), 0, start, count) };
+    // SAFETY: a plain syscall on an open descriptor; KEEP_SIZE leaves the file's length as it
+    // is (a page reserved past the end of a small file does not grow it), and existing data
+    // is never touched.
+    let rc = unsafe { libc::fallocate(file.as_raw_fd(), libc::FALLOC_FL_KEEP_SIZE, start, count) };
     if rc == 0 {
         return Ok(());
     }

@@ -388,6 +388,22 @@ impl EmbeddingTable {
         )
     }
 
+    /// Checks the rows and optimizer state against their checksums: the first rows of the
+    /// blocks that do not match, as (file name, row).
+    pub fn verify(&self) -> Vec<(&'static str, u64)> {
+        let _paused = self.pause_pushes();
+        let mut bad: Vec<(&'static str, u64)> = self
+            .params
+            .verify()
+            .into_iter()
+            .map(|r| (PARAMS_FILE, r))
+            .collect();
+        if let Some(state) = &self.state {
+            bad.extend(state.verify().into_iter().map(|r| (STATE_FILE, r)));
+        }
+        bad
+    }
+
     pub fn clear_dirty(&self) {
         self.params.clear_dirty();
         if let Some(state) = &self.state {

@@ -177,16 +177,21 @@ impl UndoLog {
 
     /// Puts back every row the current push saved, in `params` and `state`.
     pub fn roll_back(&self, params: &Table, state: Option<&Table>) -> Result<usize> {
-        let mut restored = 0;
+        let mut keys = Vec::new();
         for saved in self.saved() {
             params.restore_row(saved.key, saved.row, saved.row_written)?;
             if let Some(state) = state {
                 state.restore_row(saved.key, saved.state, saved.state_written)?;
             }
-            restored += 1;
+            keys.push(saved.key);
+        }
+        // A crash may have come between a row's change and its checksum's.
+        params.recompute_sums(&keys);
+        if let Some(state) = state {
+            state.recompute_sums(&keys);
         }
         self.mark_rolled_back();
-        Ok(restored)
+        Ok(keys.len())
     }
 }
 

@@ -333,6 +333,12 @@ impl EmbeddingTable {
         Ok(rolled_back.map(|r| (r.token, r.rows)))
     }
 
+    /// `(file name, first row)` of every block of rows or state that does not match its
+    /// checksum.
+    fn verify(&self, py: Python<'_>) -> Vec<(&'static str, u64)> {
+        py.detach(|| self.inner.verify())
+    }
+
     fn clear_dirty(&self, py: Python<'_>) {
         py.detach(|| self.inner.clear_dirty())
     }

@@ -5,6 +5,7 @@
 //! after an update. Inside one update, the distinct keys are spread over threads, so that no
 //! two threads ever touch the same row.
 
+pub mod checksums;
 pub mod format;
 mod groups;
 
@@ -14,6 +15,7 @@ use crate::codec::{self, DType};
 use crate::error::{Error, Result};
 use crate::init::Initializer;
 use crate::parallel;
+use checksums::{row_hash, BlockSums, BLOCK_ROWS};
 use format::{Header, Layout, HEADER_LEN};
 use memmap2::{MmapMut, MmapOptions};
 use rayon::prelude::*;
@@ -56,6 +58,8 @@ pub struct Table {
     /// One bit per page of the dirty bitmap that may hold a set bit: a checkpoint looks
     /// for changed rows on these pages only.
     dirty_pages: Vec<AtomicU64>,
+    /// Per-block checksums of the written rows, kept as rows change (see [`checksums`]).
+    sums: BlockSums,
 }
 
 /// Rows covered by one page of a bitmap.
@@ -101,7 +105,10 @@ impl Table {
             let _ = std::fs::remove_file(path);
             return Err(io(e));
         }
-        Self::map(path, file, header, layout)
+        // Whatever a crashed creation left of the checksums describes no row of this table.
+        let _ = std::fs::remove_file(BlockSums::path_for(path));
+        let (sums, _) = BlockSums::open(path, header.num_rows, true)?;
+        Self::map(path, file, header, layout, sums)
     }
 
     /// Opens an existing table, checking its header, checksum and size before mapping it.
@@ -120,10 +127,22 @@ impl Table {
             .read_to_end(&mut head)
             .map_err(io)?;
         let (header, layout) = Header::decode(path, &head, file_len)?;
-        Self::map(path, file, header, layout)
+        let (sums, existed) = BlockSums::open(path, header.num_rows, false)?;
+        let table = Self::map(path, file, header, layout, sums)?;
+        if !existed {
+            // A table written before row checksums: computed once from its rows.
+            table.recompute_sums(&table.written_keys());
+        }
+        Ok(table)
     }
 
-    fn map(path: &Path, file: File, header: Header, layout: Layout) -> Result<Table> {
+    fn map(
+        path: &Path,
+        file: File,
+        header: Header,
+        layout: Layout,
+        sums: BlockSums,
+    ) -> Result<Table> {
         // SAFETY: the file's size was checked against the header; the mapping is private to
         // this process's Table and all access goes through the lock.
         let map = unsafe { MmapOptions::new().map_mut(&file) }.map_err(|e| Error::io(path, e))?;
@@ -138,6 +157,7 @@ impl Table {
             dirty_pages: (0..bitmap_pages.div_ceil(64))
                 .map(|_| AtomicU64::new(0))
                 .collect(),
+            sums,
         };
         table.set_access(Access::Dense);
         table.count_bitmaps();
@@ -388,7 +408,56 @@ impl Table {
                 );
             }
         }
-        crate::disk::reserve_pages(&self.file, &self.path, &mut pages)
+        crate::disk::reserve_pages(&self.file, &self.path, &mut pages)?;
+        let map = self.read_map();
+        let unwritten = keys
+            .iter()
+            .copied()
+            .filter(|&k| !self.is_written_in(&map, k));
+        self.sums.reserve(unwritten)
+    }
+
+    /// The checksum of block `block` computed from its rows.
+    fn block_sum(&self, map: &[u8], block: usize) -> u64 {
+        let first = block as u64 * BLOCK_ROWS;
+        let last = (first + BLOCK_ROWS).min(self.header.num_rows);
+        (first..last)
+            .filter(|&k| self.is_written_in(map, k))
+            .fold(0u64, |sum, k| {
+                sum.wrapping_add(row_hash(k, &map[self.row_range(k)]))
+            })
+    }
+
+    /// Sets the checksums of the blocks of `keys` from their rows (after rows were put back
+    /// by an undo, which may have found a row changed but its checksum not yet).
+    pub fn recompute_sums(&self, keys: &[u64]) {
+        let map = self.write_map();
+        let mut blocks: Vec<usize> = keys.iter().map(|&k| BlockSums::block_of(k)).collect();
+        blocks.sort_unstable();
+        blocks.dedup();
+        for block in blocks {
+            self.sums.set(block, self.block_sum(&map, block));
+        }
+    }
+
+    /// Checks every block holding a written row (or a checksum) against its rows; returns
+    /// the first rows of the blocks that do not match, ascending. Holds off updates while
+    /// it reads.
+    pub fn verify(&self) -> Vec<u64> {
+        let map = self.write_map();
+        let mut blocks: Vec<usize> = self
+            .written_keys_in(&map)
+            .into_iter()
+            .map(BlockSums::block_of)
+            .chain(self.sums.nonzero_blocks())
+            .collect();
+        blocks.sort_unstable();
+        blocks.dedup();
+        blocks
+            .into_par_iter()
+            .filter(|&b| self.block_sum(&map, b) != self.sums.get(b))
+            .map(|b| b as u64 * BLOCK_ROWS)
+            .collect()
     }
 
     /// Applies `update(i, row)` to the float32 value of row `keys[i]` for every i, in order
@@ -559,6 +628,10 @@ impl Table {
     /// Keys of every stored row, ascending. Only the pages of the bitmap the file holds are
     /// read (the others are holes: no row there was ever written).
     pub fn written_keys(&self) -> Vec<u64> {
+        self.written_keys_in(&self.read_map())
+    }
+
+    fn written_keys_in(&self, map: &[u8]) -> Vec<u64> {
         let start = self.layout.bitmap_offset;
         let page = ROWS_PER_BITMAP_PAGE / 8;
         let mut pages: Vec<usize> = Vec::new();
@@ -569,7 +642,7 @@ impl Table {
             pages.extend(first..last.min(self.bitmap_page_count()));
         }
         pages.dedup();
-        self.keys_in_bitmap(&self.read_map(), start, pages.into_iter())
+        self.keys_in_bitmap(map, start, pages.into_iter())
     }
 
     /// Keys of the rows stored since the dirty marks were last cleared, ascending. Only the
@@ -678,7 +751,8 @@ impl Table {
     pub fn flush(&self) -> Result<()> {
         self.read_map()
             .flush()
-            .map_err(|e| Error::io(&self.path, e))
+            .map_err(|e| Error::io(&self.path, e))?;
+        self.sums.flush()
     }
 }
 
@@ -766,6 +840,7 @@ impl RowWriter<'_> {
     /// As for [`RowWriter::row`].
     unsafe fn modify(&self, key: u64, scratch: &mut [f32], f: impl FnOnce(&mut [f32])) {
         let written = self.is_written(key);
+        let old = written.then(|| row_hash(key, self.row(key)));
         let dtype = self.table.header.dtype;
         if dtype == DType::F32 {
             let bytes = self.row(key);
@@ -786,13 +861,20 @@ impl RowWriter<'_> {
             f(scratch);
             codec::encode_f32(dtype, scratch, self.row(key));
         }
+        self.table
+            .sums
+            .replace(key, old, Some(row_hash(key, self.row(key))));
         self.mark_stored(key);
     }
 
     /// # Safety
     /// As for [`RowWriter::row`].
     unsafe fn store_raw(&self, key: u64, bytes: &[u8]) {
+        let old = self.is_written(key).then(|| row_hash(key, self.row(key)));
         self.row(key).copy_from_slice(bytes);
+        self.table
+            .sums
+            .replace(key, old, Some(row_hash(key, bytes)));
         self.mark_stored(key);
     }
 
@@ -822,6 +904,8 @@ impl RowWriter<'_> {
         let (byte, mask) = self.table.bit_position(key);
         if self.bitmap_byte(byte).fetch_and(!mask, Ordering::Relaxed) & mask != 0 {
             self.table.written.fetch_sub(1, Ordering::Relaxed);
+            let old = row_hash(key, self.row(key));
+            self.table.sums.replace(key, Some(old), None);
         }
     }
 

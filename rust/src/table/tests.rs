@@ -320,3 +320,54 @@ fn written_counts_and_dirty_rows_are_kept_without_scanning_and_survive_reopening
         "dirty marks stay until a checkpoint"
     );
 }
+
+#[test]
+fn verify_finds_changed_rows_and_flipped_written_marks_and_nothing_else() {
+    let dir = tempfile::tempdir().unwrap();
+    for dtype in [DType::F32, DType::BF16] {
+        let path = dir.path().join(format!("{}.engram", dtype.name()));
+        let t = Table::create(&path, header(dtype, 1000, 6)).unwrap();
+        t.write_rows(&[3, 200, 999], &[1.5; 18]).unwrap();
+        t.scatter_add(&[3, 500], &[0.25; 12]).unwrap();
+        t.restore_row(500, &t.read_raw_rows(&[500]).unwrap(), false)
+            .unwrap();
+        assert!(t.verify().is_empty(), "updates keep the checksums");
+        t.flush().unwrap();
+        drop(t);
+        let t = Table::open(&path).unwrap();
+        assert!(t.verify().is_empty());
+        let (row_offset, bitmap_offset) = (t.row_range(200).start, t.layout.bitmap_offset);
+        drop(t);
+
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .read(true)
+            .open(&path)
+            .unwrap();
+        let mut flip = |offset: u64, mask: u8| {
+            use std::io::Read;
+            let mut byte = [0u8];
+            file.seek(SeekFrom::Start(offset)).unwrap();
+            file.read_exact(&mut byte).unwrap();
+            file.seek(SeekFrom::Start(offset)).unwrap();
+            file.write_all(&[byte[0] ^ mask]).unwrap();
+        };
+        flip(row_offset as u64 + 1, 0x04); // a bit of row 200
+        flip(bitmap_offset + 700 / 8, 1 << (700 % 8)); // row 700 now reads as written
+        let t = Table::open(&path).unwrap();
+        assert_eq!(t.verify(), vec![192, 640], "{}", dtype.name());
+    }
+}
+
+#[test]
+fn tables_without_checksums_get_them_when_opened() {
+    let dir = tempfile::tempdir().unwrap();
+    let t = new_table(&dir, DType::F32, 300, 2);
+    t.write_rows(&[1, 250], &[2.0; 4]).unwrap();
+    let path = t.path().to_path_buf();
+    t.flush().unwrap();
+    drop(t);
+    std::fs::remove_file(checksums::BlockSums::path_for(&path)).unwrap();
+    let t = Table::open(&path).unwrap();
+    assert!(t.verify().is_empty());
+}

@@ -310,6 +310,32 @@ class RestoreResponse(_message.Message):
     checkpoint: CheckpointInfo
     def __init__(self, checkpoint: _Optional[_Union[CheckpointInfo, _Mapping]] = ...) -> None: ...
 
+class VerifyRequest(_message.Message):
+    __slots__ = ("table",)
+    TABLE_FIELD_NUMBER: _ClassVar[int]
+    table: str
+    def __init__(self, table: _Optional[str] = ...) -> None: ...
+
+class DamagedBlock(_message.Message):
+    __slots__ = ("table", "file", "first_row")
+    TABLE_FIELD_NUMBER: _ClassVar[int]
+    FILE_FIELD_NUMBER: _ClassVar[int]
+    FIRST_ROW_FIELD_NUMBER: _ClassVar[int]
+    table: str
+    file: str
+    first_row: int
+    def __init__(self, table: _Optional[str] = ..., file: _Optional[str] = ..., first_row: _Optional[int] = ...) -> None: ...
+
+class VerifyResponse(_message.Message):
+    __slots__ = ("tables", "written_rows", "damaged")
+    TABLES_FIELD_NUMBER: _ClassVar[int]
+    WRITTEN_ROWS_FIELD_NUMBER: _ClassVar[int]
+    DAMAGED_FIELD_NUMBER: _ClassVar[int]
+    tables: int
+    written_rows: int
+    damaged: _containers.RepeatedCompositeFieldContainer[DamagedBlock]
+    def __init__(self, tables: _Optional[int] = ..., written_rows: _Optional[int] = ..., damaged: _Optional[_Iterable[_Union[DamagedBlock, _Mapping]]] = ...) -> None: ...
+
 class StatsRequest(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...

@@ -94,6 +94,11 @@ class EngramStoreStub:
                 request_serializer=engram_dot_store_dot_v1_dot_store__pb2.StatsRequest.SerializeToString,
                 response_deserializer=engram_dot_store_dot_v1_dot_store__pb2.StatsResponse.FromString,
                 _registered_method=True)
+        self.Verify = channel.unary_unary(
+                '/engram.store.v1.EngramStore/Verify',
+                request_serializer=engram_dot_store_dot_v1_dot_store__pb2.VerifyRequest.SerializeToString,
+                response_deserializer=engram_dot_store_dot_v1_dot_store__pb2.VerifyResponse.FromString,
+                _registered_method=True)
 
 
 class EngramStoreServicer:
@@ -171,6 +176,12 @@ class EngramStoreServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Verify(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_EngramStoreServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -233,6 +244,11 @@ def add_EngramStoreServicer_to_server(servicer, server):
                     servicer.Stats,
                     request_deserializer=engram_dot_store_dot_v1_dot_store__pb2.StatsRequest.FromString,
                     response_serializer=engram_dot_store_dot_v1_dot_store__pb2.StatsResponse.SerializeToString,
+            ),
+            'Verify': grpc.unary_unary_rpc_method_handler(
+                    servicer.Verify,
+                    request_deserializer=engram_dot_store_dot_v1_dot_store__pb2.VerifyRequest.FromString,
+                    response_serializer=engram_dot_store_dot_v1_dot_store__pb2.VerifyResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -559,6 +575,33 @@ class EngramStore:
             '/engram.store.v1.EngramStore/Stats',
             engram_dot_store_dot_v1_dot_store__pb2.StatsRequest.SerializeToString,
             engram_dot_store_dot_v1_dot_store__pb2.StatsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Verify(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/engram.store.v1.EngramStore/Verify',
+            engram_dot_store_dot_v1_dot_store__pb2.VerifyRequest.SerializeToString,
+            engram_dot_store_dot_v1_dot_store__pb2.VerifyResponse.FromString,
             options,
             channel_credentials,
             insecure,

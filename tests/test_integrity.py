@@ -1,0 +1,88 @@
+"""Damage is found, not served silently: live tables are scrubbed against row checksums
+(`Verify`, `engram-store verify`), and an edited checkpoint manifest is refused."""
+
+from __future__ import annotations
+
+import base64
+import json
+import struct
+import subprocess
+from pathlib import Path
+
+import grpc
+import numpy as np
+import pytest
+from daemon import daemon_process, serve_command
+from store_helpers import keys, push, rows_of, spec
+
+from store._proto.engram.store.v1 import store_pb2 as pb
+from store.cli import main as cli
+
+ROWS, DIM = 10_000, 8
+
+
+def flip_bit(path: Path, offset: int, mask: int) -> None:
+    with open(path, "r+b") as f:
+        f.seek(offset)
+        byte = f.read(1)[0]
+        f.seek(offset)
+        f.write(bytes([byte ^ mask]))
+
+
+def test_verify_finds_a_changed_row_byte_and_a_flipped_written_bit(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data = tmp_path / "data"
+    with daemon_process(data) as (d, _):
+        d.stub.CreateTable(
+            pb.CreateTableRequest(spec=spec("t", num_rows=ROWS, dim=DIM, optimizer="adam"))
+        )
+        d.stub.Push(push("t", [10, 5000, 9999], np.ones((3, DIM), np.float32)))
+        clean = d.stub.Verify(pb.VerifyRequest())
+        assert (clean.tables, clean.written_rows, list(clean.damaged)) == (1, 3, [])
+    params = data / "tables" / "t" / "params.engram"
+    header = params.read_bytes()[:96]
+    data_offset, bitmap_offset = struct.unpack("<QQ", header[56:72])
+    flip_bit(params, data_offset + 5000 * DIM * 4 + 2, 0x10)  # a byte of row 5000
+    flip_bit(params, bitmap_offset + 7000 // 8, 1 << (7000 % 8))  # row 7000 "written"
+    with daemon_process(data) as (d, _):
+        damaged = d.stub.Verify(pb.VerifyRequest(table="t")).damaged
+        assert [(b.table, b.file, b.first_row) for b in damaged] == [
+            ("t", "params.engram", 4992),
+            ("t", "params.engram", 6976),
+        ]
+        assert cli(["verify", "--address", d.address]) == 3
+        assert "t/params.engram: rows 4992..5055" in capsys.readouterr().out
+        assert cli(["verify", "--address", d.address, "--json", "t"]) == 3
+        reply = json.loads(capsys.readouterr().out)
+        assert reply["damaged"][0] == {"table": "t", "file": "params.engram", "first_row": "4992"}
+
+
+def test_an_edited_manifest_is_refused_and_changes_nothing(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    with daemon_process(data) as (d, _):
+        d.stub.CreateTable(pb.CreateTableRequest(spec=spec("t", num_rows=ROWS, dim=DIM)))
+        d.stub.Push(push("t", [1], np.ones((1, DIM), np.float32)))
+        d.stub.Checkpoint(pb.CheckpointRequest())
+        d.stub.Push(push("t", [2], np.ones((1, DIM), np.float32)))
+        before = rows_of(d.stub.Lookup(pb.LookupRequest(table="t", keys=keys(range(4)))))
+        manifest_path = data / "checkpoints" / "1" / "manifest.json"
+        manifest = json.loads(manifest_path.read_text())
+        table_spec = pb.TableSpec.FromString(base64.b64decode(manifest["tables"][0]["spec"]))
+        table_spec.optimizer.lr = 1000.0
+        manifest["tables"][0]["spec"] = base64.b64encode(table_spec.SerializeToString()).decode()
+        manifest_path.write_text(json.dumps(manifest))
+        with pytest.raises(grpc.RpcError) as error:
+            d.stub.Restore(pb.RestoreRequest(id=1))
+        assert error.value.code() == grpc.StatusCode.DATA_LOSS
+        assert "manifest checksum mismatch" in (error.value.details() or "")
+        after = rows_of(d.stub.Lookup(pb.LookupRequest(table="t", keys=keys(range(4)))))
+        np.testing.assert_array_equal(after, before)
+        assert d.stub.DescribeTable(pb.DescribeTableRequest(name="t")).step == 2
+    refused = subprocess.run(
+        serve_command(data, tmp_path / "port", "--restore", "latest"),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert refused.returncode == 4 and "manifest checksum mismatch" in refused.stderr
