@@ -337,3 +337,23 @@ def test_bad_request(
     assert snapshot(daemon) == before, "a rejected request changed the table"
     tables = [t.spec.name for t in daemon.stub.ListTables(pb.ListTablesRequest()).tables]
     assert tables == ["t"], "the daemon keeps serving with its tables intact"
+
+
+def test_a_refused_client_id_leaves_checkpoints_flushes_and_restores_working(
+    tmp_path: Path,
+) -> None:
+    with daemon_thread(tmp_path / "data") as d:
+        d.stub.CreateTable(pb.CreateTableRequest(spec=spec("t", num_rows=ROWS, dim=DIM)))
+        with pytest.raises(grpc.RpcError):
+            d.stub.Push(push("t", [1], grads(1), client_id="x" * 600, sequence=1))
+        d.stub.Push(push("t", [1], grads(1), client_id="x" * 128, sequence=1))
+        first = d.stub.Checkpoint(pb.CheckpointRequest())
+        d.stub.Push(push("t", [2], grads(1), client_id="x" * 128, sequence=2))
+        d.stub.Checkpoint(pb.CheckpointRequest())
+        d.stub.Restore(pb.RestoreRequest(id=first.id))
+        assert d.stub.DescribeTable(pb.DescribeTableRequest(name="t")).step == 1
+        again = d.stub.Push(push("t", [2], grads(1), client_id="x" * 128, sequence=2))
+        assert not again.duplicate
+    # The daemon stopped cleanly (a flush at shutdown) and starts again.
+    with daemon_thread(tmp_path / "data") as d:
+        assert d.stub.DescribeTable(pb.DescribeTableRequest(name="t")).step == 2

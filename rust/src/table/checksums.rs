@@ -20,21 +20,36 @@ pub const BLOCK_ROWS: u64 = 64;
 pub const SUMS_SUFFIX: &str = ".sums";
 
 /// A hash of row `key`'s stored bytes (the key is mixed in, so that rows swapped between
-/// keys do not cancel out).
+/// keys do not cancel out). Each 8-byte word is mixed with its position and multiplied by an
+/// odd constant, independently of the others, so that the multiplies overlap (a chained
+/// hash would cost the latency of one multiply per word): any one flipped bit changes the
+/// sum, since an odd multiplier maps a nonzero change to a nonzero change modulo 2^64.
 pub fn row_hash(key: u64, bytes: &[u8]) -> u64 {
     const K: u64 = 0x9E37_79B9_7F4A_7C15;
-    let mut h = key.wrapping_mul(K) ^ 0x5851_F42D_4C95_7F2D;
-    let mut words = bytes.chunks_exact(8);
-    for w in &mut words {
-        h = (h ^ u64::from_le_bytes(w.try_into().unwrap()))
-            .wrapping_mul(K)
-            .rotate_left(29);
+    const POSITION: u64 = 0xD6E8_FEB8_6659_FD93;
+    let mut lanes = [0u64; 4];
+    let mut words = bytes.chunks_exact(32);
+    let mut position = 0u64;
+    for chunk in &mut words {
+        for (lane, w) in lanes.iter_mut().zip(chunk.chunks_exact(8)) {
+            position = position.wrapping_add(POSITION);
+            let word = u64::from_le_bytes(w.try_into().unwrap());
+            *lane = lane.wrapping_add((word ^ position).wrapping_mul(K));
+        }
     }
-    let mut tail = [0u8; 8];
+    let mut tail = [0u8; 32];
     let rest = words.remainder();
     tail[..rest.len()].copy_from_slice(rest);
-    h = (h ^ u64::from_le_bytes(tail) ^ bytes.len() as u64).wrapping_mul(K);
-    h ^ (h >> 32)
+    for (lane, w) in lanes.iter_mut().zip(tail.chunks_exact(8)) {
+        position = position.wrapping_add(POSITION);
+        let word = u64::from_le_bytes(w.try_into().unwrap());
+        *lane = lane.wrapping_add((word ^ position).wrapping_mul(K));
+    }
+    let mut h = key.wrapping_mul(K) ^ bytes.len() as u64;
+    for lane in lanes {
+        h = (h ^ lane).wrapping_mul(K).rotate_left(31);
+    }
+    h ^ (h >> 29)
 }
 
 pub struct BlockSums {

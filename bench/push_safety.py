@@ -1,0 +1,158 @@
+"""What data safety costs a push: the undo log and journal record that make a push exactly
+once through a crash, the disk reserved for new rows, and the row checksums kept as rows
+change.
+
+In one run, on the same tables and keys, taking turns round after round:
+- a push through the journal (what the daemon does) against the same push without one
+  (no undo log, no record; reservation and checksums still kept);
+- with `--baseline-python PY` (an interpreter whose `store._native` is an older build, e.g.
+  from `bench/build_baseline.sh 808b243`), the same pushes in that build, in a second
+  process that takes turns with this one: the whole cost of this version's safety;
+- a scrub (`verify`) of the written rows against a gather of as many rows.
+Prints one JSON line of ratios (and the times behind them).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from typing import Any
+
+import numpy as np
+
+ROWS, DIM, BATCH, BATCHES = 1_000_000, 64, 65_536, 8
+
+
+def _worker(directory: str) -> None:
+    """Builds the tables, then answers each line on stdin with one round's best times."""
+    from store import _native
+
+    rng = np.random.default_rng(0)
+    key_sets = [rng.integers(0, ROWS, BATCH).astype(np.uint64) for _ in range(BATCHES)]
+    grads = rng.standard_normal((BATCH, DIM)).astype(np.float32)
+    journal = None
+    if hasattr(_native, "Journal"):
+        journal, _ = _native.Journal.open(os.path.join(directory, "journal"))
+    tables: dict[str, Any] = {}
+    for name, optimizer, args in (
+        ("sgd", "sgd", (0.01, 0.0, 0.0, 0.0, 0.0)),
+        ("adam", "adam", (0.01, 1e-8, 0.9, 0.999, 0.0)),
+    ):
+        for variant in ("journal", "plain") if journal else ("plain",):
+            table = _native.EmbeddingTable.create(
+                os.path.join(directory, f"{name}-{variant}"),
+                ROWS,
+                DIM,
+                "float32",
+                "normal",
+                0.02,
+                1,
+                optimizer,
+                *args,
+                False,
+            )
+            if variant == "journal":
+                table.attach_journal(journal)
+            for keys in key_sets:  # every row written once: rounds measure updates
+                table.push(keys, grads)
+            tables[f"{name}_{variant}"] = table
+    out = np.empty((BATCH, DIM), np.float32)
+    print("ready", flush=True)
+    for _ in sys.stdin:
+        times: dict[str, float] = {}
+        for name, table in tables.items():
+            start = time.perf_counter()
+            for keys in key_sets:
+                table.push(keys, grads)
+            times[f"push_{name}"] = (time.perf_counter() - start) / BATCHES
+        gather_table = tables["sgd_journal" if journal else "sgd_plain"]
+        start = time.perf_counter()
+        for keys in key_sets:
+            gather_table.gather_into(keys, out)
+        times["gather"] = (time.perf_counter() - start) / BATCHES
+        if hasattr(gather_table, "verify"):
+            start = time.perf_counter()
+            assert gather_table.verify() == []
+            times["verify"] = time.perf_counter() - start
+            times["written_rows"] = gather_table.written_count()
+        print(json.dumps(times), flush=True)
+    if journal:
+        journal.reset()
+
+
+class Worker:
+    def __init__(self, python: str, directory: str) -> None:
+        self.process = subprocess.Popen(
+            [python, __file__, "--worker", directory],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+            cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+        )
+        assert self.process.stdout is not None
+        if self.process.stdout.readline().strip() != "ready":
+            raise RuntimeError(f"{python}: the worker did not start")
+
+    def round(self) -> dict[str, float]:
+        assert self.process.stdin is not None and self.process.stdout is not None
+        self.process.stdin.write("go\n")
+        self.process.stdin.flush()
+        result: dict[str, float] = json.loads(self.process.stdout.readline())
+        return result
+
+    def close(self) -> None:
+        assert self.process.stdin is not None
+        self.process.stdin.close()
+        self.process.wait()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--baseline-python", help="interpreter of an older build")
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--dir", default=None, help="where the tables go (default: a temp dir)")
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        _worker(args.worker)
+        return
+    with tempfile.TemporaryDirectory(dir=args.dir) as root:
+        os.makedirs(os.path.join(root, "new"))
+        workers = {"new": Worker(sys.executable, os.path.join(root, "new"))}
+        if args.baseline_python:
+            os.makedirs(os.path.join(root, "old"))
+            workers["old"] = Worker(args.baseline_python, os.path.join(root, "old"))
+        best: dict[str, dict[str, float]] = {name: {} for name in workers}
+        for _ in range(args.rounds):
+            for name, worker in workers.items():
+                for key, value in worker.round().items():
+                    best[name][key] = min(best[name].get(key, float("inf")), value)
+        for worker in workers.values():
+            worker.close()
+    new = best["new"]
+    result: dict[str, Any] = {
+        "benchmark": "push_safety",
+        "batch_rows": BATCH,
+        "dim": DIM,
+        "journal_over_plain_sgd": new["push_sgd_plain"] / new["push_sgd_journal"],
+        "journal_over_plain_adam": new["push_adam_plain"] / new["push_adam_journal"],
+        "verify_rows_per_s_over_gather": (new["written_rows"] / new["verify"])
+        / (BATCH / new["gather"]),
+        "seconds": best,
+    }
+    if "old" in best:
+        old = best["old"]
+        # Throughput of this build over the baseline's (1.0: no cost; 0.8: 20% slower).
+        result["new_over_old_sgd"] = old["push_sgd_plain"] / new["push_sgd_journal"]
+        result["new_over_old_adam"] = old["push_adam_plain"] / new["push_adam_journal"]
+        result["new_over_old_gather"] = old["gather"] / new["gather"]
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
