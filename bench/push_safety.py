@@ -56,7 +56,7 @@ def _worker(directory: str) -> None:
                 *args,
                 False,
             )
-            if variant == "journal":
+            if variant == "journal" and journal is not None:
                 table.attach_journal(journal)
             for keys in key_sets:  # every row written once: rounds measure updates
                 table.push(keys, grads)

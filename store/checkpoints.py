@@ -103,7 +103,11 @@ def read_manifest(data_dir: str, checkpoint_id: int) -> dict[str, Any]:
         raise NotFoundError(f"checkpoint {checkpoint_id} does not exist") from None
     except (ValueError, UnicodeDecodeError) as error:
         raise _native.TableFormatError(f"{path}: manifest is not JSON ({error})") from None
-    if not isinstance(manifest, dict) or manifest.get("crc32") != _manifest_checksum(manifest):
+    if not isinstance(manifest, dict) or "crc32" not in manifest:
+        raise _native.TableFormatError(
+            f"{path}: manifest has no checksum (damaged, or written before checksums)"
+        )
+    if manifest["crc32"] != _manifest_checksum(manifest):
         raise _native.TableFormatError(
             f"{path}: manifest checksum mismatch (the manifest was changed or damaged)"
         )

@@ -95,7 +95,7 @@ class StoreEngine:
             )
         os.makedirs(tables_dir, exist_ok=True)
         self.catalog = Catalog(catalog_path)
-        if self.catalog.get_meta("created") == "":
+        if self.catalog.get_meta("created") == "" and not self.catalog.tables():
             if existing_tables:
                 raise FailedPreconditionError(
                     f"{catalog_path} is empty but {tables_dir} holds {len(existing_tables)} "

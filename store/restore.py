@@ -15,6 +15,7 @@ Without an intent, start-up deletes what an unfinished restore staged or retired
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -107,3 +108,5 @@ def remove_unfinished(data_dir: str) -> None:
     for name in os.listdir(data_dir):
         if name.startswith((".restore-", ".retired-")):
             shutil.rmtree(os.path.join(data_dir, name), ignore_errors=True)
+    with contextlib.suppress(FileNotFoundError):
+        os.remove(os.path.join(data_dir, f"{RESTORE_INTENT}.tmp"))  # an intent never written

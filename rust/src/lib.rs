@@ -4,7 +4,10 @@
 //! - [`hash`]: bit-exact Engram n-gram hashing (the published reference's multiplicative-XOR heads);
 //! - [`codec`]: row dtypes (float32, bfloat16, float16) and conversions between them;
 //! - [`init`]: the counter-based initializer that gives never-written rows their values;
-//! - [`table`]: memory-mapped embedding tables and their file format.
+//! - [`table`]: memory-mapped embedding tables, their file format and row checksums;
+//! - [`embedding`]: trainable tables (rows, optimizer state, undo log) and pushes;
+//! - [`journal`]: the push journal that commits pushes through a crash;
+//! - [`checkpoint`]: row packs; [`disk`]: reserving disk before writing through a mapping.
 //!
 //! The `python` feature adds the PyO3 binding (`store._native`), which only converts types,
 //! releases the GIL around kernels and maps errors.

@@ -20,31 +20,36 @@ pub const BLOCK_ROWS: u64 = 64;
 pub const SUMS_SUFFIX: &str = ".sums";
 
 /// A hash of row `key`'s stored bytes (the key is mixed in, so that rows swapped between
-/// keys do not cancel out). Each 8-byte word is mixed with its position and multiplied by an
-/// odd constant, independently of the others, so that the multiplies overlap (a chained
-/// hash would cost the latency of one multiply per word): any one flipped bit changes the
-/// sum, since an odd multiplier maps a nonzero change to a nonzero change modulo 2^64.
+/// keys do not cancel out). The words, each xored with a constant of its position, are
+/// summed in four lanes: any one flipped bit changes its word's term by a power of two and
+/// so the sum, and the loop is a few vector adds per cache line (the hash runs twice for
+/// every row a push writes, so a chained multiply per word would cost as much as the
+/// update). The lanes and the key are then mixed.
 pub fn row_hash(key: u64, bytes: &[u8]) -> u64 {
     const K: u64 = 0x9E37_79B9_7F4A_7C15;
-    const POSITION: u64 = 0xD6E8_FEB8_6659_FD93;
+    const POSITION: [u64; 4] = [
+        0xD6E8_FEB8_6659_FD93,
+        0xA076_1D64_78BD_642F,
+        0xE703_7ED1_A0B4_28DB,
+        0x8EBC_6AF0_9C88_C6E3,
+    ];
     let mut lanes = [0u64; 4];
-    let mut words = bytes.chunks_exact(32);
-    let mut position = 0u64;
-    for chunk in &mut words {
-        for (lane, w) in lanes.iter_mut().zip(chunk.chunks_exact(8)) {
-            position = position.wrapping_add(POSITION);
+    let mut chunks = bytes.chunks_exact(32);
+    let mut add = |chunk: &[u8], round: u64| {
+        for (i, (lane, w)) in lanes.iter_mut().zip(chunk.chunks_exact(8)).enumerate() {
             let word = u64::from_le_bytes(w.try_into().unwrap());
-            *lane = lane.wrapping_add((word ^ position).wrapping_mul(K));
+            *lane = lane.wrapping_add(word ^ POSITION[i].wrapping_add(round));
         }
+    };
+    let mut round = 0u64;
+    for chunk in &mut chunks {
+        add(chunk, round);
+        round += 1;
     }
     let mut tail = [0u8; 32];
-    let rest = words.remainder();
+    let rest = chunks.remainder();
     tail[..rest.len()].copy_from_slice(rest);
-    for (lane, w) in lanes.iter_mut().zip(tail.chunks_exact(8)) {
-        position = position.wrapping_add(POSITION);
-        let word = u64::from_le_bytes(w.try_into().unwrap());
-        *lane = lane.wrapping_add((word ^ position).wrapping_mul(K));
-    }
+    add(&tail, round);
     let mut h = key.wrapping_mul(K) ^ bytes.len() as u64;
     for lane in lanes {
         h = (h ^ lane).wrapping_mul(K).rotate_left(31);
