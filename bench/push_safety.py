@@ -4,7 +4,7 @@ change.
 
 In one run, on the same tables and keys, taking turns round after round:
 - a push through the journal (what the daemon does) against the same push without one
-  (no undo log, no record; reservation and checksums still kept);
+  (no undo log, no record), and against one on a table kept without row checksums;
 - with `--baseline-python PY` (an interpreter whose `store._native` is an older build, e.g.
   from `bench/build_baseline.sh 808b243`), the same pushes in that build, in a second
   process that takes turns with this one: the whole cost of this version's safety;
@@ -43,7 +43,9 @@ def _worker(directory: str) -> None:
         ("sgd", "sgd", (0.01, 0.0, 0.0, 0.0, 0.0)),
         ("adam", "adam", (0.01, 1e-8, 0.9, 0.999, 0.0)),
     ):
-        for variant in ("journal", "plain") if journal else ("plain",):
+        variants = ("journal", "plain", "unchecked") if journal else ("plain",)
+        for variant in variants:
+            checksums = {"row_checksums": False} if variant == "unchecked" else {}
             table = _native.EmbeddingTable.create(
                 os.path.join(directory, f"{name}-{variant}"),
                 ROWS,
@@ -55,8 +57,9 @@ def _worker(directory: str) -> None:
                 optimizer,
                 *args,
                 False,
+                **checksums,
             )
-            if variant == "journal" and journal is not None:
+            if variant != "plain" and journal is not None:
                 table.attach_journal(journal)
             for keys in key_sets:  # every row written once: rounds measure updates
                 table.push(keys, grads)
@@ -141,6 +144,8 @@ def main() -> None:
         "dim": DIM,
         "journal_over_plain_sgd": new["push_sgd_plain"] / new["push_sgd_journal"],
         "journal_over_plain_adam": new["push_adam_plain"] / new["push_adam_journal"],
+        "checksums_over_unchecked_sgd": new["push_sgd_unchecked"] / new["push_sgd_journal"],
+        "checksums_over_unchecked_adam": new["push_adam_unchecked"] / new["push_adam_journal"],
         "verify_rows_per_s_over_gather": (new["written_rows"] / new["verify"])
         / (BATCH / new["gather"]),
         "seconds": best,

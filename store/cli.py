@@ -120,6 +120,7 @@ def _create_table(args: argparse.Namespace) -> int:
         init_std=args.std,
         seed=args.seed,
         optimizer=optimizer,
+        skip_row_checksums=args.skip_row_checksums,
     )
     info = _stub(args).CreateTable(pb.CreateTableRequest(spec=spec), timeout=args.timeout)
     _print(info, args.json, _describe)
@@ -195,6 +196,8 @@ def _verify(args: argparse.Namespace) -> int:
             f"checked {d.get('tables', 0)} tables ({d.get('written_rows', 0)} written rows): "
             + ("damaged" if reply.damaged else "every block matches its checksum")
         ]
+        if reply.unchecked:
+            lines.append("kept without row checksums, not checked: " + ", ".join(reply.unchecked))
         lines += [
             f"{b['table']}/{b['file']}: rows {b['first_row']}..{int(b['first_row']) + 63}"
             for b in d.get("damaged", [])
@@ -279,6 +282,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--optimizer", default="sgd", choices=["sgd", "adagrad", "rowwise_adagrad", "adam"]
     )
     create.add_argument("--lr", type=float, default=0.01)
+    create.add_argument(
+        "--skip-row-checksums",
+        action="store_true",
+        help="keep no row checksums: faster pushes, but `verify` cannot check the table",
+    )
     client_verb("tables", "list tables", _tables)
     client_verb("describe", "describe a table", _describe_table).add_argument("name")
     client_verb("checkpoint", "write a checkpoint", _checkpoint).add_argument(

@@ -64,6 +64,7 @@ class TableHandle:
             *optimizer.native(),
             spec.allow_non_finite,
             spec.first_row,
+            not spec.skip_row_checksums,
         )
         return TableHandle(spec, native, incarnation)
 

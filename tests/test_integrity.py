@@ -86,3 +86,15 @@ def test_an_edited_manifest_is_refused_and_changes_nothing(tmp_path: Path) -> No
         timeout=60,
     )
     assert refused.returncode == 4 and "manifest checksum mismatch" in refused.stderr
+
+
+def test_a_table_kept_without_row_checksums_is_reported_unchecked(tmp_path: Path) -> None:
+    with daemon_process(tmp_path / "data") as (d, _):
+        table = spec("fast", num_rows=ROWS, dim=DIM, skip_row_checksums=True)
+        d.stub.CreateTable(pb.CreateTableRequest(spec=table))
+        d.stub.CreateTable(pb.CreateTableRequest(spec=spec("t", num_rows=ROWS, dim=DIM)))
+        d.stub.Push(push("fast", [1, 2], np.ones((2, DIM), np.float32)))
+        reply = d.stub.Verify(pb.VerifyRequest())
+        assert list(reply.unchecked) == ["fast"] and not reply.damaged
+        assert not (tmp_path / "data" / "tables" / "fast" / "params.engram.sums").exists()
+        assert (tmp_path / "data" / "tables" / "t" / "params.engram.sums").exists()

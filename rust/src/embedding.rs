@@ -62,20 +62,31 @@ pub struct PushOutcome {
 }
 
 impl EmbeddingTable {
-    /// Creates the table's files in `dir` (which must not exist yet).
+    /// Creates the table's files in `dir` (which must not exist yet), with row checksums.
     pub fn create(
         dir: impl AsRef<Path>,
         header: Header,
         optimizer: Optimizer,
         allow_non_finite: bool,
     ) -> Result<Self> {
+        Self::create_with(dir, header, optimizer, allow_non_finite, true)
+    }
+
+    /// [`EmbeddingTable::create`], with row checksums on rows and state or without.
+    pub fn create_with(
+        dir: impl AsRef<Path>,
+        header: Header,
+        optimizer: Optimizer,
+        allow_non_finite: bool,
+        row_checksums: bool,
+    ) -> Result<Self> {
         let dir = dir.as_ref();
         header.validate()?;
         std::fs::create_dir(dir).map_err(|e| Error::io(dir, e))?;
         let created = (|| {
-            let params = Table::create(dir.join(PARAMS_FILE), header.clone())?;
+            let params = Table::create_with(dir.join(PARAMS_FILE), header.clone(), row_checksums)?;
             let state = Self::state_header(&header, &optimizer)
-                .map(|h| Table::create(dir.join(STATE_FILE), h))
+                .map(|h| Table::create_with(dir.join(STATE_FILE), h, row_checksums))
                 .transpose()?;
             Ok((params, state))
         })();

@@ -32,7 +32,7 @@ impl EmbeddingTable {
     #[staticmethod]
     #[pyo3(signature = (
         dir, num_rows, dim, dtype, init, std, seed, optimizer, lr, eps, beta1, beta2,
-        initial_accumulator_value, allow_non_finite, first_row=0
+        initial_accumulator_value, allow_non_finite, first_row=0, row_checksums=true
     ))]
     #[allow(clippy::too_many_arguments)]
     fn create(
@@ -52,12 +52,19 @@ impl EmbeddingTable {
         initial_accumulator_value: f32,
         allow_non_finite: bool,
         first_row: u64,
+        row_checksums: bool,
     ) -> PyResult<Self> {
         let header = parse_header(num_rows, dim, dtype, init, std, seed, first_row)?;
         let optimizer = Optimizer::new(optimizer, lr, eps, beta1, beta2, initial_accumulator_value)
             .map_err(to_py_err)?;
         let inner = detached(py, || {
-            embedding::EmbeddingTable::create(&dir, header, optimizer, allow_non_finite)
+            embedding::EmbeddingTable::create_with(
+                &dir,
+                header,
+                optimizer,
+                allow_non_finite,
+                row_checksums,
+            )
         })?;
         Ok(EmbeddingTable { inner })
     }
@@ -331,6 +338,12 @@ impl EmbeddingTable {
                 .recover(|t| t <= committed_through || committed.contains(&t))
         })?;
         Ok(rolled_back.map(|r| (r.token, r.rows)))
+    }
+
+    /// Whether the table keeps row checksums (and `verify` checks it).
+    #[getter]
+    fn row_checksums(&self) -> bool {
+        self.inner.params().has_row_checksums()
     }
 
     /// `(file name, first row)` of every block of rows or state that does not match its

@@ -71,39 +71,50 @@ impl BlockSums {
         PathBuf::from(name)
     }
 
-    /// Opens the sums of a table of `num_rows` rows, creating them (all zero: no row
-    /// written) if `create`. Returns whether the file was there.
-    pub fn open(table: &Path, num_rows: u64, create: bool) -> Result<(BlockSums, bool)> {
+    /// Creates the sums of a new table of `num_rows` rows (all zero: no row written),
+    /// replacing whatever a crashed creation left.
+    pub fn create(table: &Path, num_rows: u64) -> Result<BlockSums> {
         let path = Self::path_for(table);
-        let io = |e| Error::io(&path, e);
-        let existed = path.exists();
+        let _ = std::fs::remove_file(&path);
         let file = OpenOptions::new()
             .read(true)
             .write(true)
-            .create(create || !existed)
-            .truncate(false)
+            .create_new(true)
             .open(&path)
-            .map_err(io)?;
+            .map_err(|e| Error::io(&path, e))?;
+        Self::map(path, file, num_rows)
+    }
+
+    /// Opens the sums of a table of `num_rows` rows; `None` for a table kept without them.
+    pub fn open(table: &Path, num_rows: u64) -> Result<Option<BlockSums>> {
+        let path = Self::path_for(table);
+        match OpenOptions::new().read(true).write(true).open(&path) {
+            Ok(file) => Self::map(path, file, num_rows).map(Some),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(Error::io(&path, e)),
+        }
+    }
+
+    fn map(path: PathBuf, file: File, num_rows: u64) -> Result<BlockSums> {
+        let io = |e| Error::io(&path, e);
         let blocks = num_rows.div_ceil(BLOCK_ROWS) as usize;
         let len = (blocks * 8) as u64;
         let actual = file.metadata().map_err(io)?.len();
-        if actual != len {
-            if existed && actual != 0 {
-                return Err(Error::format(
-                    &path,
-                    format!("row checksums hold {actual} bytes, expected {len}"),
-                ));
-            }
+        if actual == 0 {
             file.set_len(len).map_err(io)?;
+        } else if actual != len {
+            return Err(Error::format(
+                &path,
+                format!("row checksums hold {actual} bytes, expected {len}"),
+            ));
         }
         let map = MmapOptions::new().map_raw(&file).map_err(io)?;
-        let sums = BlockSums {
+        Ok(BlockSums {
             path,
             file,
             map,
             blocks,
-        };
-        Ok((sums, existed && actual == len))
+        })
     }
 
     fn word(&self, block: usize) -> &AtomicU64 {
@@ -182,8 +193,8 @@ mod tests {
     fn sums_follow_replacements_and_survive_reopening() {
         let dir = tempfile::tempdir().unwrap();
         let table = dir.path().join("t.engram");
-        let (sums, existed) = BlockSums::open(&table, 1000, true).unwrap();
-        assert!(!existed);
+        assert!(BlockSums::open(&table, 1000).unwrap().is_none());
+        let sums = BlockSums::create(&table, 1000).unwrap();
         sums.replace(70, None, Some(5));
         sums.replace(71, None, Some(7));
         sums.replace(70, Some(5), Some(9));
@@ -191,12 +202,12 @@ mod tests {
         assert_eq!(sums.nonzero_blocks(), vec![1]);
         sums.flush().unwrap();
         drop(sums);
-        let (sums, existed) = BlockSums::open(&table, 1000, false).unwrap();
-        assert!(existed);
+        let sums = BlockSums::open(&table, 1000).unwrap().unwrap();
         assert_eq!(sums.get(1), 16);
         assert!(
-            BlockSums::open(&table, 5000, false).is_err(),
+            BlockSums::open(&table, 5000).is_err(),
             "the wrong size is refused"
         );
+        assert_eq!(BlockSums::create(&table, 1000).unwrap().get(1), 0);
     }
 }

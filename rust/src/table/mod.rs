@@ -58,8 +58,9 @@ pub struct Table {
     /// One bit per page of the dirty bitmap that may hold a set bit: a checkpoint looks
     /// for changed rows on these pages only.
     dirty_pages: Vec<AtomicU64>,
-    /// Per-block checksums of the written rows, kept as rows change (see [`checksums`]).
-    sums: BlockSums,
+    /// Per-block checksums of the written rows, kept as rows change (see [`checksums`]);
+    /// `None` for a table created without them (or before them).
+    sums: Option<BlockSums>,
 }
 
 /// Rows covered by one page of a bitmap.
@@ -86,6 +87,16 @@ impl Table {
     /// Creates a new table file; fails if `path` exists. Constant time and disk in the table
     /// size: the file is sparse and every row starts virtual.
     pub fn create(path: impl AsRef<Path>, header: Header) -> Result<Table> {
+        Self::create_with(path, header, true)
+    }
+
+    /// [`Table::create`], keeping row checksums (see [`checksums`]) or not: they cost each
+    /// update two hashes of the row, and buy `verify`.
+    pub fn create_with(
+        path: impl AsRef<Path>,
+        header: Header,
+        row_checksums: bool,
+    ) -> Result<Table> {
         let path = path.as_ref();
         let layout = header.validate()?;
         let io = |e| Error::io(path, e);
@@ -105,9 +116,14 @@ impl Table {
             let _ = std::fs::remove_file(path);
             return Err(io(e));
         }
-        // Whatever a crashed creation left of the checksums describes no row of this table.
-        let _ = std::fs::remove_file(BlockSums::path_for(path));
-        let (sums, _) = BlockSums::open(path, header.num_rows, true)?;
+        let sums = match row_checksums {
+            true => Some(BlockSums::create(path, header.num_rows)?),
+            false => {
+                // Whatever a crashed creation left describes no row of this table.
+                let _ = std::fs::remove_file(BlockSums::path_for(path));
+                None
+            }
+        };
         Self::map(path, file, header, layout, sums)
     }
 
@@ -127,13 +143,8 @@ impl Table {
             .read_to_end(&mut head)
             .map_err(io)?;
         let (header, layout) = Header::decode(path, &head, file_len)?;
-        let (sums, existed) = BlockSums::open(path, header.num_rows, false)?;
-        let table = Self::map(path, file, header, layout, sums)?;
-        if !existed {
-            // A table written before row checksums: computed once from its rows.
-            table.recompute_sums(&table.written_keys());
-        }
-        Ok(table)
+        let sums = BlockSums::open(path, header.num_rows)?;
+        Self::map(path, file, header, layout, sums)
     }
 
     fn map(
@@ -141,7 +152,7 @@ impl Table {
         file: File,
         header: Header,
         layout: Layout,
-        sums: BlockSums,
+        sums: Option<BlockSums>,
     ) -> Result<Table> {
         // SAFETY: the file's size was checked against the header; the mapping is private to
         // this process's Table and all access goes through the lock.
@@ -409,12 +420,20 @@ impl Table {
             }
         }
         crate::disk::reserve_pages(&self.file, &self.path, &mut pages)?;
+        let Some(sums) = &self.sums else {
+            return Ok(());
+        };
         let map = self.read_map();
-        let unwritten = keys
-            .iter()
-            .copied()
-            .filter(|&k| !self.is_written_in(&map, k));
-        self.sums.reserve(unwritten)
+        sums.reserve(
+            keys.iter()
+                .copied()
+                .filter(|&k| !self.is_written_in(&map, k)),
+        )
+    }
+
+    /// Whether the table keeps row checksums (and so can be verified).
+    pub fn has_row_checksums(&self) -> bool {
+        self.sums.is_some()
     }
 
     /// The checksum of block `block` computed from its rows.
@@ -431,31 +450,37 @@ impl Table {
     /// Sets the checksums of the blocks of `keys` from their rows (after rows were put back
     /// by an undo, which may have found a row changed but its checksum not yet).
     pub fn recompute_sums(&self, keys: &[u64]) {
+        let Some(sums) = &self.sums else {
+            return;
+        };
         let map = self.write_map();
         let mut blocks: Vec<usize> = keys.iter().map(|&k| BlockSums::block_of(k)).collect();
         blocks.sort_unstable();
         blocks.dedup();
         for block in blocks {
-            self.sums.set(block, self.block_sum(&map, block));
+            sums.set(block, self.block_sum(&map, block));
         }
     }
 
     /// Checks every block holding a written row (or a checksum) against its rows; returns
-    /// the first rows of the blocks that do not match, ascending. Holds off updates while
-    /// it reads.
+    /// the first rows of the blocks that do not match, ascending (none for a table without
+    /// checksums). Holds off updates while it reads.
     pub fn verify(&self) -> Vec<u64> {
+        let Some(sums) = &self.sums else {
+            return Vec::new();
+        };
         let map = self.write_map();
         let mut blocks: Vec<usize> = self
             .written_keys_in(&map)
             .into_iter()
             .map(BlockSums::block_of)
-            .chain(self.sums.nonzero_blocks())
+            .chain(sums.nonzero_blocks())
             .collect();
         blocks.sort_unstable();
         blocks.dedup();
         blocks
             .into_par_iter()
-            .filter(|&b| self.block_sum(&map, b) != self.sums.get(b))
+            .filter(|&b| self.block_sum(&map, b) != sums.get(b))
             .map(|b| b as u64 * BLOCK_ROWS)
             .collect()
     }
@@ -752,7 +777,7 @@ impl Table {
         self.read_map()
             .flush()
             .map_err(|e| Error::io(&self.path, e))?;
-        self.sums.flush()
+        self.sums.as_ref().map_or(Ok(()), BlockSums::flush)
     }
 }
 
@@ -840,7 +865,8 @@ impl RowWriter<'_> {
     /// As for [`RowWriter::row`].
     unsafe fn modify(&self, key: u64, scratch: &mut [f32], f: impl FnOnce(&mut [f32])) {
         let written = self.is_written(key);
-        let old = written.then(|| row_hash(key, self.row(key)));
+        let sums = self.table.sums.as_ref();
+        let old = sums.and(written.then(|| row_hash(key, self.row(key))));
         let dtype = self.table.header.dtype;
         if dtype == DType::F32 {
             let bytes = self.row(key);
@@ -861,20 +887,20 @@ impl RowWriter<'_> {
             f(scratch);
             codec::encode_f32(dtype, scratch, self.row(key));
         }
-        self.table
-            .sums
-            .replace(key, old, Some(row_hash(key, self.row(key))));
+        if let Some(sums) = sums {
+            sums.replace(key, old, Some(row_hash(key, self.row(key))));
+        }
         self.mark_stored(key);
     }
 
     /// # Safety
     /// As for [`RowWriter::row`].
     unsafe fn store_raw(&self, key: u64, bytes: &[u8]) {
-        let old = self.is_written(key).then(|| row_hash(key, self.row(key)));
+        if let Some(sums) = &self.table.sums {
+            let old = self.is_written(key).then(|| row_hash(key, self.row(key)));
+            sums.replace(key, old, Some(row_hash(key, bytes)));
+        }
         self.row(key).copy_from_slice(bytes);
-        self.table
-            .sums
-            .replace(key, old, Some(row_hash(key, bytes)));
         self.mark_stored(key);
     }
 
@@ -904,8 +930,9 @@ impl RowWriter<'_> {
         let (byte, mask) = self.table.bit_position(key);
         if self.bitmap_byte(byte).fetch_and(!mask, Ordering::Relaxed) & mask != 0 {
             self.table.written.fetch_sub(1, Ordering::Relaxed);
-            let old = row_hash(key, self.row(key));
-            self.table.sums.replace(key, Some(old), None);
+            if let Some(sums) = &self.table.sums {
+                sums.replace(key, Some(row_hash(key, self.row(key))), None);
+            }
         }
     }
 
