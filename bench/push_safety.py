@@ -4,7 +4,7 @@ change.
 
 In one run, on the same tables and keys, taking turns round after round:
 - a push through the journal (what the daemon does) against the same push without one
-  (no undo log, no record), and against one on a table kept without row checksums;
+  (no undo log, no record), on a table kept without row checksums, and with neither;
 - with `--baseline-python PY` (an interpreter whose `store._native` is an older build, e.g.
   from `bench/build_baseline.sh 808b243`), the same pushes in that build, in a second
   process that takes turns with this one: the whole cost of this version's safety;
@@ -43,9 +43,11 @@ def _worker(directory: str) -> None:
         ("sgd", "sgd", (0.01, 0.0, 0.0, 0.0, 0.0)),
         ("adam", "adam", (0.01, 1e-8, 0.9, 0.999, 0.0)),
     ):
-        variants = ("journal", "plain", "unchecked") if journal else ("plain",)
+        # journal: as the daemon runs; plain: no journal; unchecked: no row checksums;
+        # bare: neither.
+        variants = ("journal", "plain", "unchecked", "bare") if journal else ("plain",)
         for variant in variants:
-            checksums = {"row_checksums": False} if variant == "unchecked" else {}
+            checksums = {"row_checksums": False} if variant in ("unchecked", "bare") else {}
             table = _native.EmbeddingTable.create(
                 os.path.join(directory, f"{name}-{variant}"),
                 ROWS,
@@ -59,7 +61,7 @@ def _worker(directory: str) -> None:
                 False,
                 **checksums,
             )
-            if variant != "plain" and journal is not None:
+            if variant in ("journal", "unchecked") and journal is not None:
                 table.attach_journal(journal)
             for keys in key_sets:  # every row written once: rounds measure updates
                 table.push(keys, grads)
@@ -150,8 +152,13 @@ def main() -> None:
         / (BATCH / new["gather"]),
         "seconds": best,
     }
+    for name in ("sgd", "adam"):
+        # Journal and checksums together (reservation and counters stay in both).
+        result[f"journal_over_bare_{name}"] = new[f"push_{name}_bare"] / new[f"push_{name}_journal"]
     if "old" in best:
         old = best["old"]
+        result["new_bare_over_old_sgd"] = old["push_sgd_plain"] / new["push_sgd_bare"]
+        result["new_bare_over_old_adam"] = old["push_adam_plain"] / new["push_adam_bare"]
         # Throughput of this build over the baseline's (1.0: no cost; 0.8: 20% slower).
         result["new_over_old_sgd"] = old["push_sgd_plain"] / new["push_sgd_journal"]
         result["new_over_old_adam"] = old["push_adam_plain"] / new["push_adam_journal"]

@@ -866,7 +866,10 @@ impl RowWriter<'_> {
     unsafe fn modify(&self, key: u64, scratch: &mut [f32], f: impl FnOnce(&mut [f32])) {
         let written = self.is_written(key);
         let sums = self.table.sums.as_ref();
-        let old = sums.and(written.then(|| row_hash(key, self.row(key))));
+        let old = match sums {
+            Some(_) if written => Some(row_hash(key, self.row(key))),
+            _ => None,
+        };
         let dtype = self.table.header.dtype;
         if dtype == DType::F32 {
             let bytes = self.row(key);
