@@ -91,7 +91,8 @@ class RequestBuffers:
     def __init__(self, root: str | None) -> None:
         self.root = root
         self._files = ExitStack()
-        self._fds: dict[str, int] = {}
+        # Keyed by path and token: each naming of a file proves its own token.
+        self._fds: dict[tuple[str, bytes], int] = {}
 
     def fd(self, buffer: pb.SharedBuffer) -> int:
         if buffer.offset < HEADER_BYTES:
@@ -99,9 +100,10 @@ class RequestBuffers:
                 f"shared buffer ranges start after its {HEADER_BYTES}-byte header, got offset "
                 f"{buffer.offset}"
             )
-        if buffer.path not in self._fds:
-            self._fds[buffer.path] = self._files.enter_context(open_buffer(buffer, self.root))
-        return self._fds[buffer.path]
+        key = (buffer.path, buffer.token)
+        if key not in self._fds:
+            self._fds[key] = self._files.enter_context(open_buffer(buffer, self.root))
+        return self._fds[key]
 
     def __enter__(self) -> RequestBuffers:
         return self

@@ -156,6 +156,21 @@ def test_only_the_creator_of_a_buffer_can_name_it(daemon: Daemon, shm: Path) -> 
     assert (memory == 7).all(), "the buffer was not written"
     assert daemon.stub.DescribeTable(pb.DescribeTableRequest(name="a")).step == 0
 
+    # Named twice in one request, each naming needs the token.
+    rows_at = pb.SharedBuffer(path=path, offset=HEADER + 64, token=bytes(16))
+    with pytest.raises(grpc.RpcError) as error:
+        list(
+            daemon.stub.Lookup(
+                pb.LookupRequest(
+                    table="a",
+                    keys=pb.Array(dtype="uint64", shape=[1]),
+                    keys_buffer=at(path),
+                    out=rows_at,
+                )
+            )
+        )
+    assert error.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+
     # The header itself is not a range a request may name (it would read the token back).
     inside = pb.SharedBuffer(path=path, offset=8, token=TOKENS[path])
     with pytest.raises(grpc.RpcError) as error:
