@@ -10,7 +10,7 @@ from typing import Any
 
 REFERENCE_DIR = os.environ.get(
     "ENGRAM_REFERENCE_DIR",
-    os.path.join(os.path.dirname(__file__), "..", "..", "shared", "reference", "engram-hash"),
+    os.path.join(os.path.dirname(__file__), "..", "data", "engram-hash"),
 )
 
 

@@ -23,7 +23,7 @@ from store._proto.engram.store.v1 import store_pb2_grpc as pb_grpc
 from store.local import LocalDaemon
 
 REFERENCE_TOKENIZER = os.path.join(
-    os.path.dirname(__file__), "..", "..", "shared", "reference", "engram-hash", "tokenizer.json"
+    os.path.dirname(__file__), "..", "data", "engram-hash", "tokenizer.json"
 )
 SENTENCE = "Only Alexander the Great could tame the horse Bucephalus."
 

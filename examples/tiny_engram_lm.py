@@ -36,7 +36,7 @@ from client.torch import Engram, LocalTable, PushGroup, StoreTable
 from store.local import LocalDaemon
 
 REFERENCE_TOKENIZER = os.path.join(
-    os.path.dirname(__file__), "..", "..", "shared", "reference", "engram-hash", "tokenizer.json"
+    os.path.dirname(__file__), "..", "data", "engram-hash", "tokenizer.json"
 )
 
 

@@ -10,7 +10,7 @@ import pytest
 REPO_ROOT = Path(__file__).resolve().parent.parent
 REFERENCE_DIR = Path(
     os.environ.get(
-        "ENGRAM_REFERENCE_DIR", REPO_ROOT.parent / "shared" / "reference" / "engram-hash"
+        "ENGRAM_REFERENCE_DIR", REPO_ROOT / "data" / "engram-hash"
     )
 )
 
@@ -25,7 +25,7 @@ def shm(tmp_path: Path) -> Path:
 
 @pytest.fixture(scope="session")
 def reference_dir() -> Path:
-    """The published reference's outputs (shared/reference/engram-hash beside the checkout)."""
+    """The published reference's outputs (data/engram-hash, or ENGRAM_REFERENCE_DIR)."""
     if not (REFERENCE_DIR / "cases.json").is_file():
         pytest.fail(
             f"reference vectors not found at {REFERENCE_DIR}; set ENGRAM_REFERENCE_DIR",

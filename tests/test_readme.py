@@ -16,7 +16,7 @@ def test_readme_python_examples_run(
     blocks = re.findall(r"```python\n(.*?)```", readme, flags=re.DOTALL)
     assert len(blocks) >= 2
     code = "\n".join(blocks).replace(
-        '"../shared/reference/engram-hash/tokenizer.json"', repr(str(tokenizer_path))
+        '"data/engram-hash/tokenizer.json"', repr(str(tokenizer_path))
     )
     monkeypatch.chdir(tmp_path)
     namespace: dict[str, object] = {}
