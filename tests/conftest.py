@@ -8,11 +8,7 @@ from typing import Any
 import pytest
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-REFERENCE_DIR = Path(
-    os.environ.get(
-        "ENGRAM_REFERENCE_DIR", REPO_ROOT / "data" / "engram-hash"
-    )
-)
+REFERENCE_DIR = Path(os.environ.get("ENGRAM_REFERENCE_DIR", REPO_ROOT / "data" / "engram-hash"))
 
 
 @pytest.fixture

@@ -15,9 +15,7 @@ def test_readme_python_examples_run(
     readme = (REPO_ROOT / "README.md").read_text()
     blocks = re.findall(r"```python\n(.*?)```", readme, flags=re.DOTALL)
     assert len(blocks) >= 2
-    code = "\n".join(blocks).replace(
-        '"data/engram-hash/tokenizer.json"', repr(str(tokenizer_path))
-    )
+    code = "\n".join(blocks).replace('"data/engram-hash/tokenizer.json"', repr(str(tokenizer_path)))
     monkeypatch.chdir(tmp_path)
     namespace: dict[str, object] = {}
     exec(compile(code, "README.md", "exec"), namespace)

@@ -7,9 +7,10 @@
 //! table's undo log (see [`crate::embedding`]), (2) changes them, (3) appends its record
 //! here, and only then is acknowledged. On restart a push whose record is here is applied
 //! (its step and `(client_id, sequence)` are replayed); one whose record is missing is
-//! rolled back from the undo log. Records reach the page cache with one `write` each and
-//! disk with [`Journal::sync`] on the flush schedule; a flush that has recorded every step
-//! and window in the catalog empties the journal ([`Journal::reset`]).
+//! rolled back from the undo log. Records reach the page cache with one `write` each, which
+//! a crash of the process does not lose (a crash of the machine loses the rows' page cache
+//! too, and the daemon then asks for a restore); a flush that has recorded every step and
+//! window in the catalog empties the journal ([`Journal::reset`]).
 //!
 //! ```text
 //! record: payload length u32 | payload | CRC-32 of the payload u32
@@ -193,14 +194,6 @@ impl Journal {
         }
         appender.len += bytes.len() as u64;
         Ok(())
-    }
-
-    /// Makes every appended record durable.
-    pub fn sync(&self) -> Result<()> {
-        self.lock()
-            .file
-            .sync_data()
-            .map_err(|e| Error::io(&self.path, e))
     }
 
     /// Empties the journal once the catalog holds everything it recorded.

@@ -395,13 +395,7 @@ impl Journal {
 
     /// A token no push has taken or will take; every push so far has a smaller one.
     fn fence_token(&self) -> u64 {
-        let next = self.inner.next_token();
-        self.inner.tokens_after(next);
-        next
-    }
-
-    fn sync(&self, py: Python<'_>) -> PyResult<()> {
-        detached(py, || self.inner.sync())
+        self.inner.next_token()
     }
 
     fn reset(&self, py: Python<'_>) -> PyResult<()> {

@@ -402,33 +402,30 @@ impl Table {
     /// here, before anything changes. Rows already written have their blocks.
     pub fn reserve_unwritten(&self, keys: &[u64]) -> Result<()> {
         self.check_keys(keys)?;
-        let page = crate::disk::PAGE;
-        let mut pages = Vec::new();
-        {
+        let unwritten: Vec<u64> = {
             let map = self.read_map();
-            for &key in keys {
-                if self.is_written_in(&map, key) {
-                    continue;
-                }
-                let rows = self.row_range(key);
-                pages.extend(rows.start as u64 / page..=(rows.end as u64 - 1) / page);
-                let (byte, _) = self.bit_position(key);
-                pages.push(byte as u64 / page);
-                pages.push(
-                    (byte as u64 + self.layout.dirty_offset - self.layout.bitmap_offset) / page,
-                );
-            }
-        }
-        crate::disk::reserve_pages(&self.file, &self.path, &mut pages)?;
-        let Some(sums) = &self.sums else {
-            return Ok(());
-        };
-        let map = self.read_map();
-        sums.reserve(
             keys.iter()
                 .copied()
-                .filter(|&k| !self.is_written_in(&map, k)),
-        )
+                .filter(|&k| !self.is_written_in(&map, k))
+                .collect()
+        };
+        if unwritten.is_empty() {
+            return Ok(());
+        }
+        let page = crate::disk::PAGE;
+        let mut pages = Vec::new();
+        for &key in &unwritten {
+            let rows = self.row_range(key);
+            pages.extend(rows.start as u64 / page..=(rows.end as u64 - 1) / page);
+            let (byte, _) = self.bit_position(key);
+            pages.push(byte as u64 / page);
+            pages.push((byte as u64 + self.layout.dirty_offset - self.layout.bitmap_offset) / page);
+        }
+        crate::disk::reserve_pages(&self.file, &self.path, &mut pages)?;
+        match &self.sums {
+            Some(sums) => sums.reserve(unwritten.into_iter()),
+            None => Ok(()),
+        }
     }
 
     /// Whether the table keeps row checksums (and so can be verified).
