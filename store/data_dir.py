@@ -38,18 +38,26 @@ def write_durably(path: str, data: bytes) -> None:
 
 
 def lock(data_dir: str) -> IO[bytes]:
-    """Holds the data directory for this process: a second daemon on it fails here. The lock
-    goes with the process, however it ends."""
-    handle = open(os.path.join(data_dir, LOCK), "ab")  # noqa: SIM115 (held until exit)
+    """Holds the data directory for this process: a second daemon on it fails here, naming
+    the holder. The lock (flock on LOCK) goes with the process however it ends, kill -9
+    included, so it is never stale; the pid written in the file only names the holder."""
+    path = os.path.join(data_dir, LOCK)
+    handle = open(path, "a+b")  # noqa: SIM115 (held until exit)
     try:
         fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError as error:
+        handle.seek(0)
+        holder = handle.read(32).decode(errors="replace").strip() or "unknown"
         handle.close()
         if error.errno in (errno.EWOULDBLOCK, errno.EACCES):
             raise FailedPreconditionError(
-                f"another daemon is using data directory {data_dir}"
+                f"another daemon (pid {holder}) is using data directory {data_dir}; "
+                "stop it first, or give this one another --data-dir"
             ) from None
         raise
+    handle.truncate(0)
+    handle.write(f"{os.getpid()}\n".encode())
+    handle.flush()
     return handle
 
 

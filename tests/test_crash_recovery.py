@@ -263,14 +263,26 @@ def test_after_a_machine_crash_the_daemon_serves_only_a_restored_checkpoint(
 
 def test_a_second_daemon_on_the_same_data_directory_refuses_to_start(tmp_path: Path) -> None:
     data = tmp_path / "data"
-    with daemon_process(data) as (d, _):
+    with daemon_process(data) as (d, first):
         create(d)
         second = subprocess.run(
             serve_command(data, tmp_path / "port2"), capture_output=True, text=True, timeout=60
         )
         assert second.returncode == EXIT_STARTUP_FAILURE
-        assert "another daemon is using data directory" in second.stderr
+        assert f"another daemon (pid {first.pid}) is using data directory {data}" in second.stderr
         assert step_of(d) == 0
+
+
+def test_a_killed_daemon_leaves_no_stale_lock(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    with daemon_process(data) as (d, first):
+        create(d)
+        first.kill()
+        first.wait()
+    assert (data / "LOCK").read_text().strip() == str(first.pid), "the dead holder's pid"
+    with daemon_process(data) as (d, second):
+        assert step_of(d) == 0
+        assert (data / "LOCK").read_text().strip() == str(second.pid)
 
 
 @pytest.mark.parametrize("damage", ["deleted", "truncated"])
