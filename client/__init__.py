@@ -1,6 +1,6 @@
 """Engram Store client: Engram hashing and the store client."""
 
-from client.client import BatchResult, EngramClient, PushResult, TableInfo
+from client.client import EngramClient
 from client.connection import RetryPolicy
 from client.errors import (
     EngramClientError,
@@ -12,10 +12,20 @@ from client.errors import (
     TableNotFoundError,
 )
 from client.hashing import CompressedTokenizer, NgramHashMapping
+from client.results import (
+    BatchResult,
+    CheckpointInfo,
+    DaemonStats,
+    PushResult,
+    TableInfo,
+    VerifyReport,
+)
 
 __all__ = [
     "BatchResult",
+    "CheckpointInfo",
     "CompressedTokenizer",
+    "DaemonStats",
     "EngramClient",
     "EngramClientError",
     "InvalidRequestError",
@@ -28,4 +38,5 @@ __all__ = [
     "TableExistsError",
     "TableInfo",
     "TableNotFoundError",
+    "VerifyReport",
 ]

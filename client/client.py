@@ -15,7 +15,6 @@ import threading
 import uuid
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
 
@@ -27,6 +26,15 @@ from client.batch import ShardBatch, split_by_shard
 from client.connection import RetryPolicy, Shard
 from client.errors import EngramClientError, InvalidRequestError
 from client.layout import TableLayout
+from client.results import (
+    BatchResult,
+    CheckpointInfo,
+    DaemonStats,
+    DamagedBlock,
+    PushResult,
+    TableInfo,
+    VerifyReport,
+)
 from client.shared_memory import DEFAULT_DIRECTORY, SharedBufferPool, aligned, is_local
 from store._arrays import as_keys, as_rows
 from store._proto.engram.store.v1 import store_pb2 as pb
@@ -34,45 +42,6 @@ from store._proto.engram.store.v1 import store_pb2 as pb
 _NUMPY_ROWS = {"float32": np.float32, "float16": np.float16, "bfloat16": np.uint16}
 _OPTIMIZERS = ("sgd", "adagrad", "rowwise_adagrad", "adam")
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class TableInfo:
-    name: str
-    num_rows: int
-    dim: int
-    dtype: str
-    optimizer: str
-    step: int
-    written_rows: int
-
-
-@dataclass(frozen=True)
-class PushResult:
-    rows: int
-    step: int
-    duplicate: bool
-    # With `return_rows`: float32 `[len(keys), dim]`, each key's row as the push left it.
-    updated_rows: npt.NDArray[np.float32] | None = None
-
-    @staticmethod
-    def of_shards(
-        replies: list[pb.PushResponse], updated_rows: npt.NDArray[np.float32] | None
-    ) -> PushResult:
-        """One push's result from the answers of the shards it went to."""
-        return PushResult(
-            rows=sum(r.rows for r in replies),
-            step=max(r.step for r in replies),
-            duplicate=all(r.duplicate for r in replies),
-            updated_rows=updated_rows,
-        )
-
-
-@dataclass(frozen=True)
-class BatchResult:
-    pushes: list[PushResult]
-    # Per lookup: float32 rows of shape `keys.shape + (dim,)`.
-    lookups: list[npt.NDArray[np.float32]]
 
 
 class EngramClient:
@@ -209,10 +178,10 @@ class EngramClient:
 
         infos = self._each_shard(create)
         self._layouts[name] = TableLayout(np.array(bounds, dtype=np.uint64), dim)
-        return self._merge(infos)
+        return TableInfo.of_shards(infos)
 
     def describe(self, name: str) -> TableInfo:
-        return self._merge(self._describe_shards(name))
+        return TableInfo.of_shards(self._describe_shards(name))
 
     def _describe_shards(self, name: str) -> list[pb.TableInfo]:
         def describe(i: int, shard: Shard) -> pb.TableInfo:
@@ -222,19 +191,6 @@ class EngramClient:
 
         infos: list[pb.TableInfo] = self._each_shard(describe)
         return infos
-
-    @staticmethod
-    def _merge(infos: list[pb.TableInfo]) -> TableInfo:
-        spec = infos[0].spec
-        return TableInfo(
-            name=spec.name,
-            num_rows=sum(i.spec.num_rows for i in infos),
-            dim=spec.dim,
-            dtype=spec.dtype or "float32",
-            optimizer=spec.optimizer.WhichOneof("kind") or "sgd",
-            step=max(i.step for i in infos),
-            written_rows=sum(i.written_rows for i in infos),
-        )
 
     def _layout(self, name: str) -> TableLayout:
         layout = self._layouts.get(name)
@@ -259,6 +215,19 @@ class EngramClient:
             lambda t: self.shards[0].stub.ListTables(pb.ListTablesRequest(), timeout=t)
         )
         return [t.spec.name for t in reply.tables]
+
+    def list_tables(self) -> list[TableInfo]:
+        """Every table, as `describe` gives it, in name order."""
+        replies = self._each_shard(
+            lambda i, shard: shard.call(
+                lambda t: shard.stub.ListTables(pb.ListTablesRequest(), timeout=t)
+            )
+        )
+        by_name: dict[str, list[pb.TableInfo]] = {}
+        for reply in replies:
+            for info in reply.tables:
+                by_name.setdefault(info.spec.name, []).append(info)
+        return [TableInfo.of_shards(by_name[name]) for name in sorted(by_name)]
 
     def drop_table(self, name: str) -> None:
         def drop(i: int, shard: Shard) -> None:
@@ -505,13 +474,119 @@ class EngramClient:
         log.info("%s; sending rows in messages from now on", reason)
         return False
 
-    def checkpoint(self, full: bool = False) -> list[int]:
-        """A checkpoint on every daemon (each consistent on its own); their ids by shard."""
+    def checkpoint(self, full: bool = False) -> list[CheckpointInfo]:
+        """A checkpoint on every daemon (each consistent on its own), by shard; pass them to
+        `restore` to bring every shard back to it together."""
 
-        def checkpoint(i: int, shard: Shard) -> int:
-            info = shard.call(
-                lambda t: shard.stub.Checkpoint(pb.CheckpointRequest(full=full), timeout=t)
+        def checkpoint(i: int, shard: Shard) -> CheckpointInfo:
+            request = pb.CheckpointRequest(full=full)
+            return CheckpointInfo.of(
+                shard.call(lambda t: shard.stub.Checkpoint(request, timeout=t))
             )
-            return int(info.id)
 
         return self._each_shard(checkpoint)
+
+    def list_checkpoints(self, shard: int = 0) -> list[CheckpointInfo]:
+        """One daemon's checkpoints, oldest first (`shard`: its index in `addresses`)."""
+        daemon = self._shard(shard)
+        replies = daemon.call(
+            lambda t: daemon.stub.ListCheckpoints(pb.ListCheckpointsRequest(), timeout=t)
+        )
+        return [CheckpointInfo.of(c) for c in replies.checkpoints]
+
+    def list_checkpoints_by_shard(self) -> list[list[CheckpointInfo]]:
+        """Every daemon's checkpoints, by shard."""
+        return self._each_shard(lambda i, _: self.list_checkpoints(i))
+
+    def restore(
+        self, ids: int | Sequence[int | CheckpointInfo] | None = None
+    ) -> list[CheckpointInfo]:
+        """Restores every daemon: to what `checkpoint()` returned (one per shard), to one id
+        on all, or with None to each daemon's latest. Each daemon's restore is atomic; a
+        failure on one shard leaves the others restored, so restore again with the same ids.
+        """
+        if ids is None or isinstance(ids, int):
+            per_shard = [ids or 0] * len(self.shards)
+        else:
+            per_shard = [i.id if isinstance(i, CheckpointInfo) else int(i) for i in ids]
+            if len(per_shard) != len(self.shards):
+                raise ValueError(
+                    f"ids has {len(per_shard)} checkpoint ids for {len(self.shards)} shards"
+                )
+
+        def restore(i: int, shard: Shard) -> CheckpointInfo:
+            request = pb.RestoreRequest(id=per_shard[i])
+            reply = shard.call(lambda t: shard.stub.Restore(request, timeout=t))
+            return CheckpointInfo.of(reply.checkpoint)
+
+        restored = self._each_shard(restore)
+        self._layouts.clear()
+        return restored
+
+    def stats(self) -> list[DaemonStats]:
+        """Each daemon's request counters, by shard."""
+
+        def stats(i: int, shard: Shard) -> DaemonStats:
+            reply = shard.call(lambda t: shard.stub.Stats(pb.StatsRequest(), timeout=t))
+            return DaemonStats.of(shard.address, reply)
+
+        return self._each_shard(stats)
+
+    def verify(self, table: str = "") -> VerifyReport:
+        """Scrubs `table` (default: every table) on every daemon against its row checksums;
+        damaged blocks are named by daemon and by row of the whole table."""
+
+        def verify(i: int, shard: Shard) -> pb.VerifyResponse:
+            reply: pb.VerifyResponse = shard.call(
+                lambda t: shard.stub.Verify(pb.VerifyRequest(table=table), timeout=t)
+            )
+            return reply
+
+        replies: list[pb.VerifyResponse] = self._each_shard(verify)
+        damaged = []
+        for i, reply in enumerate(replies):
+            for block in reply.damaged:
+                first_row = int(self._layout(block.table).bounds[i]) + block.first_row
+                damaged.append(
+                    DamagedBlock(self.shards[i].address, block.table, block.file, first_row)
+                )
+        return VerifyReport(
+            tables=max(r.tables for r in replies),
+            written_rows=sum(r.written_rows for r in replies),
+            damaged=damaged,
+            unchecked=sorted({name for r in replies for name in r.unchecked}),
+        )
+
+    def lookup_tokens(self, table: str, token_ids: Any, dtype: str = "float32") -> npt.NDArray[Any]:
+        """Rows for raw token ids `[batch, seq]`, hashed by the daemon with the table's hash
+        config (a table created with `hash_config`, on one daemon): shape
+        `[batch, seq, heads, dim]`; bfloat16 rows come as their uint16 bits."""
+        if dtype not in _NUMPY_ROWS:
+            raise ValueError(f"dtype must be one of {tuple(_NUMPY_ROWS)}, got {dtype!r}")
+        ids = np.asarray(token_ids)
+        if ids.ndim != 2 or not np.issubdtype(ids.dtype, np.integer):
+            raise ValueError(f"token_ids must be integers of shape [batch, seq], got {ids.shape}")
+        if len(self.shards) > 1:
+            raise InvalidRequestError("lookup_tokens needs a table on one daemon (hash locally)")
+        shard = self.shards[0]
+        info = self.describe(table)
+        if not info.hash_fingerprint:
+            raise InvalidRequestError(
+                f"table {table!r} was created without a hash config; use lookup", shard.address
+            )
+        request = pb.LookupTokensRequest(
+            table=table,
+            token_ids=pb.Array(
+                dtype="int64", shape=list(ids.shape), data=ids.astype("<i8").tobytes()
+            ),
+            hash_fingerprint=info.hash_fingerprint,
+            dtype=dtype,
+        )
+        chunks = shard.call(lambda t: list(shard.stub.LookupTokens(request, timeout=t)))
+        rows = np.concatenate([np.frombuffer(c.rows.data, _NUMPY_ROWS[dtype]) for c in chunks])
+        return rows.reshape(list(chunks[0].result_shape))
+
+    def _shard(self, index: int) -> Shard:
+        if not 0 <= index < len(self.shards):
+            raise ValueError(f"shard must be in [0, {len(self.shards)}), got {index}")
+        return self.shards[index]

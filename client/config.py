@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
+import json
+import os
 from dataclasses import dataclass, field
 
 
@@ -26,3 +29,25 @@ class EngramConfig:
     def engram_hidden_size(self) -> int:
         """Width of a position's concatenated rows."""
         return (self.max_ngram_size - 1) * self.n_embed_per_ngram
+
+    @staticmethod
+    def from_json(path: str | os.PathLike[str]) -> EngramConfig:
+        """An Engram config from a JSON object with the fields above (the reference's names);
+        a relative `tokenizer_name_or_path` is taken relative to the file. Unknown fields
+        raise `ValueError` naming them."""
+        with open(path) as f:
+            fields = json.load(f)
+        if not isinstance(fields, dict):
+            raise ValueError(f"{path}: an Engram config is a JSON object")
+        known = {f.name for f in dataclasses.fields(EngramConfig)}
+        unknown = sorted(set(fields) - known)
+        if unknown:
+            raise ValueError(
+                f"{path}: unknown Engram config fields {unknown}; known: {sorted(known)}"
+            )
+        if "tokenizer_name_or_path" not in fields:
+            raise ValueError(f"{path}: tokenizer_name_or_path is required")
+        tokenizer = os.path.join(
+            os.path.dirname(os.path.abspath(path)), fields["tokenizer_name_or_path"]
+        )
+        return EngramConfig(**{**fields, "tokenizer_name_or_path": tokenizer})

@@ -34,6 +34,21 @@ class RetryPolicy:
     max_backoff_s: float = 2.0
 
 
+def open_channel(address: str) -> grpc.Channel:
+    """A channel to one daemon, the same for every caller (the client, the CLI)."""
+    return grpc.insecure_channel(
+        address,
+        options=[
+            ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+            ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+            ("grpc.keepalive_time_ms", 30_000),
+            ("grpc.keepalive_timeout_ms", 10_000),
+            ("grpc.keepalive_permit_without_calls", 1),
+            ("grpc.enable_retries", 0),
+        ],
+    )
+
+
 class Shard:
     """One daemon: its channel, stub and address."""
 
@@ -47,17 +62,7 @@ class Shard:
         self.address = address
         self.timeout_s = timeout_s
         self.retry = retry
-        self.channel = grpc.insecure_channel(
-            address,
-            options=[
-                ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-                ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-                ("grpc.keepalive_time_ms", 30_000),
-                ("grpc.keepalive_timeout_ms", 10_000),
-                ("grpc.keepalive_permit_without_calls", 1),
-                ("grpc.enable_retries", 0),
-            ],
-        )
+        self.channel = open_channel(address)
         channel = (
             grpc.intercept_channel(self.channel, *interceptors) if interceptors else self.channel
         )

@@ -4,9 +4,12 @@ the Python standard library's sources tokenized with the reference tokenizer.
     python examples/tiny_engram_lm.py --steps 50                 # rows in a local store daemon
     python examples/tiny_engram_lm.py --backend local --steps 50 # rows in process
     python examples/tiny_engram_lm.py --address host:port ...    # a daemon already running
+    python examples/tiny_engram_lm.py --address host:port --tables engram-L  # its tables
 
 With the store backend (the default) the script starts and stops a daemon on this machine
-unless `--address` names one; Engram rows are prefetched `--prefetch` batches ahead, trained
+unless `--address` names one, and creates tables of its own unless `--tables` names the
+prefix of tables made for its Engram config (`examples/tiny_engram_lm.engram.json`) by
+`engram-store create-tables`. Engram rows are prefetched `--prefetch` batches ahead, trained
 by the daemon's optimizer, and the dense weights by torch's AdamW.
 """
 
@@ -29,15 +32,14 @@ import torch
 from tokenizers import Tokenizer
 from torch import nn
 
-from client import EngramClient, NgramHashMapping
+from client import EngramClient
 from client.config import EngramConfig
+from client.engram_tables import create_engram_tables, hash_mapping, plan_engram_tables
 from client.prefetch import Prefetcher
 from client.torch import Engram, LocalTable, PushGroup, StoreTable
 from store.local import LocalDaemon
 
-REFERENCE_TOKENIZER = os.path.join(
-    os.path.dirname(__file__), "..", "data", "engram-hash", "tokenizer.json"
-)
+ENGRAM_CONFIG = os.path.join(os.path.dirname(__file__), "tiny_engram_lm.engram.json")
 
 
 @dataclass(frozen=True)
@@ -124,17 +126,6 @@ class TinyEngramLM(nn.Module):
         return logits
 
 
-def engram_config(tokenizer_path: str, cfg: ModelConfig) -> EngramConfig:
-    return EngramConfig(
-        tokenizer_name_or_path=tokenizer_path,
-        engram_vocab_size=[20011, 20011],
-        n_embed_per_ngram=32,
-        n_head_per_ngram=4,
-        layer_ids=list(cfg.engram_layers),
-        pad_id=0,
-    )
-
-
 class Trainer:
     """The model, its data and its Engram rows' backend, ready to train on batches of windows.
 
@@ -147,31 +138,24 @@ class Trainer:
         backend: str,
         prefetch: int = 2,
         address: str | None = None,
-        tokenizer_path: str = REFERENCE_TOKENIZER,
+        engram_config: str = ENGRAM_CONFIG,
         max_files: int = 40,
         seed: int = 0,
+        tables: str | None = None,
     ) -> None:
         if backend not in ("store", "local"):
             raise ValueError(f"backend must be 'store' or 'local', got {backend!r}")
         self.prefetch = prefetch
-        self.cfg = ModelConfig()
-        tokenizer = Tokenizer.from_file(tokenizer_path)
+        econf = EngramConfig.from_json(engram_config)
+        self.cfg = ModelConfig(engram_layers=tuple(econf.layer_ids))
+        tokenizer = Tokenizer.from_file(econf.tokenizer_name_or_path)
         self.ids = corpus_ids(tokenizer, max_files)
-        econf = engram_config(tokenizer_path, self.cfg)
-        self.mapping = NgramHashMapping(
-            econf.engram_vocab_size,
-            econf.max_ngram_size,
-            econf.n_embed_per_ngram,
-            econf.n_head_per_ngram,
-            econf.layer_ids,
-            tokenizer_path,
-            econf.pad_id,
-            econf.seed,
-        )
+        self.mapping = hash_mapping(econf)
         self.tables: dict[int, StoreTable] = {}
         embeddings: dict[int, LocalTable | StoreTable] = {}
         with ExitStack() as stack:
             if backend == "store":
+                own_daemon = address is None
                 if address is None:
                     data_dir = stack.enter_context(tempfile.TemporaryDirectory())
                     # One engine thread: on a small machine the trainer needs the other cores.
@@ -181,19 +165,24 @@ class Trainer:
                 # Every layer's pushes of a backward pass (and the next batch's rows) in one call.
                 group = PushGroup(client)
                 stack.callback(group.close)
-                for layer in self.cfg.engram_layers:
-                    name = f"tiny-lm-L{layer}-{os.getpid()}-{time.monotonic_ns()}"
-                    sizes = self.mapping.table_sizes(layer)
-                    client.create_table(
-                        name,
-                        sum(sizes),
-                        econf.embed_dim_per_head,
-                        optimizer="adam",
-                        lr=1e-3,
-                        seed=layer,
-                    )
-                    self.tables[layer] = embeddings[layer] = StoreTable(
-                        sizes, econf.embed_dim_per_head, client, name, group=group
+                if tables is None or own_daemon:
+                    tables = tables or f"tiny-lm-{os.getpid()}-{time.monotonic_ns()}-L"
+                    create_engram_tables(client, econf, tables, optimizer="adam", lr=1e-3)
+                for plan in plan_engram_tables(econf, tables, self.mapping):
+                    if plan.name not in client.tables():
+                        raise ValueError(
+                            f"no table {plan.name} at {address}: create this model's tables "
+                            f"with `engram-store create-tables --engram-config {engram_config} "
+                            f"--prefix {tables} --optimizer adam --lr 1e-3`"
+                        )
+                    info = client.describe(plan.name)
+                    if (info.num_rows, info.dim) != (plan.num_rows, plan.dim):
+                        raise ValueError(
+                            f"table {plan.name} is {info.num_rows} x {info.dim}, this model's "
+                            f"config needs {plan.num_rows} x {plan.dim}"
+                        )
+                    self.tables[plan.layer] = embeddings[plan.layer] = StoreTable(
+                        plan.head_sizes, plan.dim, client, plan.name, group=group
                     )
             else:
                 for layer in self.cfg.engram_layers:
@@ -274,13 +263,14 @@ def train(
     batch: int = 8,
     prefetch: int = 2,
     address: str | None = None,
-    tokenizer_path: str = REFERENCE_TOKENIZER,
+    engram_config: str = ENGRAM_CONFIG,
     max_files: int = 40,
     progress: bool = True,
     seed: int = 0,
+    tables: str | None = None,
 ) -> dict[str, float]:
     """Trains for `steps` steps; returns the first and last loss and the throughput."""
-    with Trainer(backend, prefetch, address, tokenizer_path, max_files, seed) as trainer:
+    with Trainer(backend, prefetch, address, engram_config, max_files, seed, tables) as trainer:
         tokens_per_step = batch * trainer.cfg.seq
         start = time.perf_counter()
 
@@ -318,7 +308,12 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--prefetch", type=int, default=2, help="batches ahead (0: none)")
     parser.add_argument("--address", help="a running daemon (default: start one)")
-    parser.add_argument("--tokenizer", default=REFERENCE_TOKENIZER)
+    parser.add_argument(
+        "--tables",
+        help="with --address: prefix of existing tables made by `engram-store create-tables "
+        "--engram-config` (default: create new ones)",
+    )
+    parser.add_argument("--engram-config", default=ENGRAM_CONFIG, help="Engram config (JSON)")
     parser.add_argument("--max-files", type=int, default=40, help="standard-library modules read")
     args = parser.parse_args()
     result = train(
@@ -327,8 +322,9 @@ def main() -> None:
         args.batch,
         args.prefetch,
         args.address,
-        args.tokenizer,
+        args.engram_config,
         args.max_files,
+        tables=args.tables,
     )
     print(
         f"loss {result['first_loss']:.3f} -> {result['last_loss']:.3f} "

@@ -43,7 +43,7 @@ class LocalDaemon:
                 [
                     sys.executable,
                     "-m",
-                    "store.cli",
+                    "engram_cli",
                     "--log-level",
                     self.log_level,
                     "serve",

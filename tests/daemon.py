@@ -94,7 +94,7 @@ def serve_command(data_dir: Path, port_file: Path, *extra: str) -> list[str]:
     return [
         sys.executable,
         "-m",
-        "store.cli",
+        "engram_cli",
         "serve",
         "--data-dir",
         str(data_dir),

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from engram_cli import EXIT_FAILURE, main
 from store import Table
-from store.cli import EXIT_FAILURE, main
 
 
 def test_inspect_describes_a_table(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

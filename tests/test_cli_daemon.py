@@ -13,13 +13,13 @@ from pathlib import Path
 import pytest
 from daemon import daemon_process
 
+from engram_cli import EXIT_FAILURE, EXIT_STARTUP_FAILURE, main
 from store import _native
-from store.cli import EXIT_FAILURE, EXIT_STARTUP_FAILURE, main
 
 
 def test_serve_with_no_arguments_uses_the_defaults_and_stops_cleanly(tmp_path: Path) -> None:
     process = subprocess.Popen(
-        [sys.executable, "-m", "store.cli", "serve"],
+        [sys.executable, "-m", "engram_cli", "serve"],
         cwd=tmp_path,
         stderr=subprocess.PIPE,
         text=True,
@@ -94,7 +94,7 @@ def test_a_port_in_use_is_a_startup_failure(tmp_path: Path) -> None:
             [
                 sys.executable,
                 "-m",
-                "store.cli",
+                "engram_cli",
                 "serve",
                 "--data-dir",
                 str(tmp_path / "second"),

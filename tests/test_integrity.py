@@ -15,8 +15,8 @@ import pytest
 from daemon import daemon_process, serve_command
 from store_helpers import keys, push, rows_of, spec
 
+from engram_cli import main as cli
 from store._proto.engram.store.v1 import store_pb2 as pb
-from store.cli import main as cli
 
 ROWS, DIM = 10_000, 8
 

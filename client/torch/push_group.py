@@ -18,7 +18,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
-from client.client import EngramClient, PushResult
+from client.client import EngramClient
+from client.results import PushResult
 
 if TYPE_CHECKING:
     from client.torch.tables import StoreTable

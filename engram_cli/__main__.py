@@ -1,0 +1,5 @@
+import sys
+
+from engram_cli import main
+
+sys.exit(main())

@@ -1,0 +1,148 @@
+"""Verbs that run on the daemon's machine: `serve` and `inspect`."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+
+from engram_cli.exit_codes import EXIT_STARTUP_FAILURE
+from engram_cli.output import emit
+from engram_cli.parsing import Verbs
+from store import Table
+from store.config import DEFAULT_PORT, ServeConfig
+
+log = logging.getLogger("engram_store")
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from store.server import StartupError, serve
+
+    config = ServeConfig(
+        data_dir=args.data_dir,
+        host=args.host,
+        port=args.port,
+        port_file=args.port_file,
+        workers=args.workers,
+        max_message_bytes=args.max_message_bytes,
+        restore=args.restore,
+        grace_s=args.grace,
+        flush_interval_s=args.flush_interval,
+        shared_buffer_dir=args.shared_buffer_dir,
+        threads=args.threads,
+    )
+    try:
+        serve(config)
+    except StartupError as error:
+        log.error("%s", error)
+        return EXIT_STARTUP_FAILURE
+    return 0
+
+
+def _inspect(args: argparse.Namespace) -> int:
+    table = Table.open(args.path)
+    info = {
+        "path": table.path,
+        "num_rows": table.num_rows,
+        "dim": table.dim,
+        "dtype": table.dtype,
+        "init": table.init,
+        "std": table.std,
+        "seed": table.seed,
+        "written_rows": table.written_count(),
+        "file_bytes": table.file_len,
+    }
+    width = max(len(k) for k in info)
+    emit(
+        args.json,
+        info,
+        "\n".join(f"{key.replace('_', ' '):<{width}}  {value}" for key, value in info.items()),
+    )
+    return 0
+
+
+def register(verbs: Verbs) -> None:
+    serve = verbs.add(
+        "serve",
+        "run the store daemon until SIGTERM or SIGINT",
+        _serve,
+        "engram-store serve\n"
+        "engram-store serve --data-dir /srv/engram --host 10.0.0.5 --port 6000 --threads 8\n"
+        "engram-store serve --restore latest   # after the machine went down",
+        "Serves the tables in --data-dir over gRPC. Only one daemon may use a data directory:\n"
+        f"a second one exits with status {EXIT_STARTUP_FAILURE}, naming the holder's pid. There "
+        "is no authentication\nyet: bind only to loopback or a private network.",
+    )
+    serve.add_argument(
+        "--data-dir",
+        metavar="DIR",
+        default="./engram-data",
+        help="directory of the catalog, tables, checkpoints",
+    )
+    serve.add_argument(
+        "--host",
+        metavar="ADDRESS",
+        default="127.0.0.1",
+        help="address to listen on (anyone who reaches it may read, train and drop tables)",
+    )
+    serve.add_argument(
+        "--port",
+        metavar="PORT",
+        type=int,
+        default=DEFAULT_PORT,
+        help="TCP port; 0 picks a free one",
+    )
+    serve.add_argument(
+        "--port-file", metavar="FILE", help="file to write the bound port to once listening"
+    )
+    serve.add_argument("--workers", metavar="N", type=int, default=16, help="gRPC request threads")
+    serve.add_argument(
+        "--threads",
+        metavar="N",
+        type=int,
+        default=0,
+        help="threads one lookup, push or hashing request is spread over (0: one per core; "
+        "1: each runs on its request thread)",
+    )
+    serve.add_argument(
+        "--max-message-bytes",
+        metavar="BYTES",
+        type=int,
+        default=ServeConfig.max_message_bytes,
+        help="largest gRPC message accepted or sent, in bytes",
+    )
+    serve.add_argument(
+        "--restore",
+        metavar="ID|latest",
+        help="restore a checkpoint before serving: 'latest' or a checkpoint id",
+    )
+    serve.add_argument(
+        "--grace",
+        metavar="SECONDS",
+        type=float,
+        default=10.0,
+        help="seconds in-flight calls get at shutdown",
+    )
+    serve.add_argument(
+        "--flush-interval",
+        metavar="SECONDS",
+        type=float,
+        default=30.0,
+        help="seconds between flushes of changed rows to disk (bounds the journal's length)",
+    )
+    serve.add_argument(
+        "--shared-buffer-dir",
+        metavar="DIR",
+        default=ServeConfig.shared_buffer_dir,
+        help="directory of same-machine clients' shared buffers ('' refuses them)",
+    )
+
+    inspect = verbs.add(
+        "inspect",
+        "describe a table file (no daemon needed)",
+        _inspect,
+        "engram-store inspect engram-data/tables/emb/params.engram --json",
+    )
+    inspect.add_argument("path", help="a table file (.engram)")
+    inspect.add_argument(
+        "--json", action="store_true", help="print one JSON object (the fields shown)"
+    )

@@ -1,0 +1,142 @@
+"""Argument parsing shared by the verbs: help that states units, defaults and an example,
+defaults from ENGRAM_STORE_* variables, and the options every client verb takes."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from collections.abc import Callable
+from importlib import metadata
+from typing import Any
+
+from client import EngramClient, RetryPolicy
+from store.config import DEFAULT_PORT
+
+DEFAULT_ADDRESS = f"127.0.0.1:{DEFAULT_PORT}"
+
+
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Descriptions and examples kept as written; each flag's default appended to its help
+    (where it has one worth stating)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        quiet = action.default is None or action.default is False
+        if quiet or action.default == argparse.SUPPRESS or action.required:
+            return text
+        return f"{text} (default: %(default)s)"
+
+
+class EnvDefaultsParser(argparse.ArgumentParser):
+    """Fills each option's default from ENGRAM_STORE_<DEST> when that variable is set."""
+
+    def add_argument(self, *args: Any, **kwargs: Any) -> argparse.Action:
+        action = super().add_argument(*args, **kwargs)
+        if action.option_strings and action.dest not in ("help", "version"):
+            value = os.environ.get(f"ENGRAM_STORE_{action.dest.upper()}")
+            if value is not None:
+                if isinstance(action, argparse._StoreTrueAction):
+                    action.default = value.lower() in ("1", "true", "yes", "on")
+                else:
+                    action.default = action.type(value) if callable(action.type) else value
+                    action.required = False
+        return action
+
+
+def _version() -> str:
+    try:
+        return metadata.version("engram-store")
+    except metadata.PackageNotFoundError:
+        return "unknown"
+
+
+def top_level_parser(description: str, epilog: str) -> argparse.ArgumentParser:
+    parser = EnvDefaultsParser(
+        prog="engram-store", description=description, epilog=epilog, formatter_class=HelpFormatter
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
+    parser.add_argument(
+        "--log-level",
+        default="INFO",
+        choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+        help="least severe log messages shown (on stderr)",
+    )
+    return parser
+
+
+class Verbs:
+    """The verbs of one command line."""
+
+    def __init__(self, parser: argparse.ArgumentParser) -> None:
+        self.parser = parser
+        self._verbs = parser.add_subparsers(
+            dest="verb", required=True, parser_class=EnvDefaultsParser, metavar="VERB"
+        )
+
+    def add(
+        self,
+        name: str,
+        summary: str,
+        run: Callable[[argparse.Namespace], int],
+        examples: str,
+        details: str = "",
+    ) -> argparse.ArgumentParser:
+        """A verb with a one-line `summary` (shown in the top-level help) and `examples`."""
+        verb = self._verbs.add_parser(
+            name,
+            help=summary,
+            description=f"{summary}.\n\n{details}".rstrip(),
+            epilog="examples:\n" + "\n".join(f"  {line}" for line in examples.splitlines()),
+            formatter_class=HelpFormatter,
+        )
+        verb.set_defaults(run=run)
+        return verb
+
+    def add_client(
+        self,
+        name: str,
+        summary: str,
+        run: Callable[[argparse.Namespace], int],
+        examples: str,
+        details: str = "",
+    ) -> argparse.ArgumentParser:
+        """A verb that talks to running daemons."""
+        verb = self.add(name, summary, run, examples, details)
+        verb.add_argument(
+            "--address",
+            metavar="HOST:PORT[,...]",
+            default=DEFAULT_ADDRESS,
+            help="HOST:PORT of the daemon; a comma-separated list for daemons sharding tables "
+            "(in the order the tables were created with)",
+        )
+        verb.add_argument(
+            "--timeout",
+            metavar="SECONDS",
+            type=float,
+            default=60.0,
+            help="seconds the call may take, retries included",
+        )
+        verb.add_argument(
+            "--json", action="store_true", help="print one JSON document (shapes in README)"
+        )
+        return verb
+
+
+def connect(args: argparse.Namespace) -> EngramClient:
+    """A client of `--address`; a daemon that refuses the connection is reported at once."""
+    addresses = [a.strip() for a in args.address.split(",") if a.strip()]
+    return EngramClient(
+        addresses,
+        timeout_s=args.timeout,
+        retry=RetryPolicy(max_attempts=3, initial_backoff_s=0.05, max_backoff_s=0.2),
+    )
+
+
+def int_list(text: str) -> list[int]:
+    """`1,2,3` -> [1, 2, 3] (an argparse type)."""
+    try:
+        return [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated integers, got {text!r}"
+        ) from None

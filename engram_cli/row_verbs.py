@@ -1,0 +1,164 @@
+"""Verbs that read and train rows: `lookup`, `lookup-tokens`, `push`, `batch`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from typing import Any
+
+import numpy as np
+
+from engram_cli.output import emit
+from engram_cli.parsing import Verbs, connect, int_list
+
+
+def _ids(args: argparse.Namespace, listed: str, file: str, what: str) -> np.ndarray:
+    inline, path = getattr(args, listed), getattr(args, file)
+    if (inline is None) == (path is None):
+        raise ValueError(
+            f"give {what} either with --{listed.replace('_', '-')} or --{file.replace('_', '-')}"
+        )
+    return np.asarray(inline, np.int64) if path is None else np.load(path)
+
+
+def _rows_out(args: argparse.Namespace, rows: np.ndarray) -> str:
+    if args.out:
+        np.save(args.out, rows)
+        return f"{rows.shape} {rows.dtype} rows written to {args.out}"
+    with np.printoptions(precision=5, suppress=True, threshold=64):
+        return f"{rows.shape} rows:\n{rows}"
+
+
+def _lookup(args: argparse.Namespace) -> int:
+    keys = _ids(args, "keys", "keys_file", "keys")
+    with connect(args) as client:
+        rows = client.lookup(args.table, keys)
+    emit(args.json, {"table": args.table, "keys": keys, "rows": rows}, _rows_out(args, rows))
+    return 0
+
+
+def _lookup_tokens(args: argparse.Namespace) -> int:
+    ids = _ids(args, "token_ids", "token_ids_file", "token ids")
+    ids = ids.reshape(1, -1) if ids.ndim == 1 else ids
+    with connect(args) as client:
+        rows = client.lookup_tokens(args.table, ids)
+    emit(args.json, {"table": args.table, "token_ids": ids, "rows": rows}, _rows_out(args, rows))
+    return 0
+
+
+def _push(args: argparse.Namespace) -> int:
+    keys = _ids(args, "keys", "keys_file", "keys").reshape(-1)
+    with connect(args) as client:
+        if (args.fill is None) == (args.grads_file is None):
+            raise ValueError("give the gradients either with --fill or --grads-file")
+        if args.grads_file is not None:
+            grads = np.load(args.grads_file)
+        else:
+            grads = np.full((len(keys), client.describe(args.table).dim), args.fill, np.float32)
+        result = client.push(args.table, keys, grads)
+    emit(
+        args.json,
+        {"rows": result.rows, "step": result.step, "duplicate": result.duplicate},
+        f"step {result.step}: {result.rows} rows updated",
+    )
+    return 0
+
+
+def _batch(args: argparse.Namespace) -> int:
+    with open(args.file) as f:
+        spec: dict[str, Any] = json.load(f)
+    unknown = sorted(set(spec) - {"pushes", "lookups"})
+    if unknown:
+        raise ValueError(f"{args.file}: unknown fields {unknown}; expected pushes, lookups")
+    pushes = [
+        (p["table"], np.asarray(p["keys"], np.int64), np.asarray(p["grads"], np.float32))
+        for p in spec.get("pushes", [])
+    ]
+    lookups = [(q["table"], np.asarray(q["keys"], np.int64)) for q in spec.get("lookups", [])]
+    with connect(args) as client:
+        result = client.batch(pushes, lookups)
+    answer = {
+        "pushes": [
+            {"rows": p.rows, "step": p.step, "duplicate": p.duplicate} for p in result.pushes
+        ],
+        "lookups": result.lookups,
+    }
+    human = [
+        f"push to {table}: step {p.step}, {p.rows} rows"
+        for (table, _, _), p in zip(pushes, result.pushes, strict=True)
+    ]
+    human += [
+        f"lookup in {t}: {rows.shape}" for (t, _), rows in zip(lookups, result.lookups, strict=True)
+    ]
+    emit(args.json, answer, "\n".join(human) or "nothing to do")
+    return 0
+
+
+def _add_keys(verb: argparse.ArgumentParser) -> None:
+    verb.add_argument("table", help="table name")
+    verb.add_argument(
+        "--keys", metavar="K,K,...", type=int_list, help="row keys, comma-separated: 3,17,4242"
+    )
+    verb.add_argument(
+        "--keys-file", metavar="FILE.npy", help=".npy file of integer row keys (any shape)"
+    )
+
+
+def register(verbs: Verbs) -> None:
+    lookup = verbs.add_client(
+        "lookup",
+        "print the rows of some keys (as float32)",
+        _lookup,
+        "engram-store lookup emb --keys 0,1,2\n"
+        "engram-store lookup emb --keys-file keys.npy --out rows.npy",
+    )
+    _add_keys(lookup)
+    lookup.add_argument(
+        "--out", metavar="FILE.npy", help="save the rows to this .npy file instead of printing them"
+    )
+
+    tokens = verbs.add_client(
+        "lookup-tokens",
+        "print the rows of raw token ids, hashed by the daemon (tables from create-tables)",
+        _lookup_tokens,
+        "engram-store lookup-tokens engram-L1 --token-ids 17,4242,99,1003",
+    )
+    tokens.add_argument("table", help="a table created with a hash config, on one daemon")
+    tokens.add_argument(
+        "--token-ids",
+        metavar="ID,ID,...",
+        type=int_list,
+        help="one sequence of raw token ids: 17,4242",
+    )
+    tokens.add_argument(
+        "--token-ids-file", metavar="FILE.npy", help=".npy file of int token ids [batch, seq]"
+    )
+    tokens.add_argument(
+        "--out", metavar="FILE.npy", help="save the rows [batch, seq, heads, dim] to this .npy file"
+    )
+
+    push = verbs.add_client(
+        "push",
+        "apply gradients to rows with the table's optimizer (one step)",
+        _push,
+        "engram-store push emb --keys 0,1,2 --fill 0.5\n"
+        "engram-store push emb --keys-file keys.npy --grads-file grads.npy",
+        "Repeated keys' gradients are summed. Each run is a new push (applied once).",
+    )
+    _add_keys(push)
+    push.add_argument(
+        "--fill", metavar="VALUE", type=float, help="the same gradient value for every element"
+    )
+    push.add_argument(
+        "--grads-file", metavar="FILE.npy", help=".npy file of float gradients [len(keys), dim]"
+    )
+
+    batch = verbs.add_client(
+        "batch",
+        "several pushes, then several lookups (seeing them), one call per daemon",
+        _batch,
+        "engram-store batch step.json --json",
+        'The file: {"pushes": [{"table": "emb", "keys": [1, 2], "grads": [[...], [...]]}],\n'
+        '           "lookups": [{"table": "emb", "keys": [1, 2, 3]}]}',
+    )
+    batch.add_argument("file", metavar="FILE.json", help="JSON file of the pushes and lookups")

@@ -1,0 +1,140 @@
+"""Verbs about the daemons' state: checkpoints, restores, counters and scrubs."""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+from client.results import CheckpointInfo
+from engram_cli.exit_codes import EXIT_FAILURE
+from engram_cli.output import emit
+from engram_cli.parsing import Verbs, connect, int_list
+
+
+def checkpoint_line(c: CheckpointInfo) -> str:
+    kind = f"incremental on {c.parent}" if c.parent else "full"
+    when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(c.created_unix))
+    rows = sum(t.rows for t in c.tables)
+    return f"checkpoint {c.id} ({kind}, {when}): {len(c.tables)} tables, {rows} rows"
+
+
+def _by_shard(addresses: list[str], lines: list[str]) -> str:
+    if len(addresses) == 1:
+        return "\n".join(lines)
+    return "\n".join(f"{a}: {line}" for a, line in zip(addresses, lines, strict=True))
+
+
+def _checkpoint(args: argparse.Namespace) -> int:
+    with connect(args) as client:
+        infos = client.checkpoint(full=args.full)
+        addresses = [s.address for s in client.shards]
+    emit(args.json, {"checkpoints": infos}, _by_shard(addresses, list(map(checkpoint_line, infos))))
+    return 0
+
+
+def _checkpoints(args: argparse.Namespace) -> int:
+    with connect(args) as client:
+        by_shard = client.list_checkpoints_by_shard()
+        addresses = [s.address for s in client.shards]
+    human = [
+        (f"{address}:\n" if len(addresses) > 1 else "")
+        + ("\n".join(map(checkpoint_line, infos)) or "no checkpoints")
+        for address, infos in zip(addresses, by_shard, strict=True)
+    ]
+    emit(
+        args.json,
+        {
+            "shards": [
+                {"address": a, "checkpoints": c} for a, c in zip(addresses, by_shard, strict=True)
+            ]
+        },
+        "\n".join(human),
+    )
+    return 0
+
+
+def _restore(args: argparse.Namespace) -> int:
+    with connect(args) as client:
+        ids = args.ids if args.ids is None or len(args.ids) > 1 else args.ids[0]
+        infos = client.restore(ids)
+        addresses = [s.address for s in client.shards]
+    emit(
+        args.json,
+        {"checkpoints": infos},
+        _by_shard(addresses, ["restored " + checkpoint_line(c) for c in infos]),
+    )
+    return 0
+
+
+def _stats(args: argparse.Namespace) -> int:
+    with connect(args) as client:
+        stats = client.stats()
+    lines = []
+    for daemon in stats:
+        lines.append(
+            f"{daemon.address}: up {daemon.uptime_s:.0f} s, {daemon.checkpoints} checkpoints"
+        )
+        lines += [
+            f"  {t.name}: {t.lookups} lookups ({t.rows_looked_up} rows), {t.pushes} pushes "
+            f"({t.rows_pushed} rows), {t.duplicate_pushes} duplicate pushes"
+            for t in daemon.tables
+        ]
+    emit(args.json, {"shards": stats}, "\n".join(lines))
+    return 0
+
+
+def _verify(args: argparse.Namespace) -> int:
+    with connect(args) as client:
+        report = client.verify(args.name)
+    lines = [
+        f"checked {report.tables} tables ({report.written_rows} written rows): "
+        + ("every block matches its checksum" if report.ok else "DAMAGED")
+    ]
+    if report.unchecked:
+        lines.append("kept without row checksums, not checked: " + ", ".join(report.unchecked))
+    lines += [
+        f"{b.address} {b.table}/{b.file}: rows {b.first_row}..{b.first_row + 63}"
+        for b in report.damaged
+    ]
+    emit(args.json, {**vars(report), "ok": report.ok}, "\n".join(lines))
+    return 0 if report.ok else EXIT_FAILURE
+
+
+def register(verbs: Verbs) -> None:
+    verbs.add_client(
+        "checkpoint",
+        "write a checkpoint on every daemon (pushes wait while it is taken)",
+        _checkpoint,
+        "engram-store checkpoint\nengram-store checkpoint --full --address a:50051,b:50051",
+    ).add_argument(
+        "--full", action="store_true", help="every row, not only those changed since the last"
+    )
+    verbs.add_client(
+        "checkpoints",
+        "list each daemon's checkpoints",
+        _checkpoints,
+        "engram-store checkpoints --json",
+    )
+    verbs.add_client(
+        "restore",
+        "replace every table by a checkpoint's (pushes since are lost)",
+        _restore,
+        "engram-store restore            # each daemon's latest\n"
+        "engram-store restore 7\n"
+        "engram-store restore 7,7,8 --address a:50051,b:50051,c:50051   # one id per shard",
+    ).add_argument(
+        "ids",
+        metavar="ID[,ID...]",
+        type=int_list,
+        nargs="?",
+        help="checkpoint id, or one per daemon comma-separated (default: each daemon's latest)",
+    )
+    verbs.add_client(
+        "stats", "request counters of each daemon since it started", _stats, "engram-store stats"
+    )
+    verbs.add_client(
+        "verify",
+        f"check live tables against their row checksums (exit {EXIT_FAILURE}: damaged)",
+        _verify,
+        "engram-store verify\nengram-store verify emb --json",
+    ).add_argument("name", nargs="?", default="", help="one table (default: every table)")

@@ -1,0 +1,187 @@
+"""Verbs that create, list, describe and drop tables."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any
+
+from client.config import EngramConfig
+from client.engram_tables import create_engram_tables, plan_engram_tables
+from client.results import TableInfo
+from engram_cli.exit_codes import EXIT_DECLINED, EXIT_USAGE
+from engram_cli.output import emit
+from engram_cli.parsing import Verbs, connect
+
+
+def describe(info: TableInfo) -> str:
+    shards = f", {info.shards} shards" if info.shards > 1 else ""
+    hashing = ", hashes token ids" if info.hash_fingerprint else ""
+    return (
+        f"{info.name}: {info.num_rows} x {info.dim} {info.dtype}, {info.optimizer} lr={info.lr:g}, "
+        f"step {info.step}, {info.written_rows} rows written{shards}{hashing}"
+    )
+
+
+def _table_options(args: argparse.Namespace) -> dict[str, Any]:
+    return {
+        "dtype": args.dtype,
+        "init": args.init,
+        "init_std": args.std,
+        "optimizer": args.optimizer,
+        "lr": args.lr,
+        "row_checksums": not args.skip_row_checksums,
+    }
+
+
+def _create_table(args: argparse.Namespace) -> int:
+    with connect(args) as client:
+        info = client.create_table(
+            args.name, args.rows, args.dim, seed=args.seed, **_table_options(args)
+        )
+    emit(args.json, info, describe(info))
+    return 0
+
+
+def _create_tables(args: argparse.Namespace) -> int:
+    config = EngramConfig.from_json(args.engram_config)
+    if args.dry_run:
+        plans = plan_engram_tables(config, args.prefix)
+        emit(
+            args.json,
+            {"tables": plans},
+            "\n".join(
+                f"{p.name}: {p.num_rows} x {p.dim} (layer {p.layer}, {len(p.head_sizes)} heads "
+                f"of {min(p.head_sizes)}..{max(p.head_sizes)} rows)"
+                for p in plans
+            ),
+        )
+        return 0
+    with connect(args) as client:
+        infos = create_engram_tables(client, config, args.prefix, **_table_options(args))
+    emit(args.json, {"tables": infos}, "\n".join(map(describe, infos)))
+    return 0
+
+
+def _tables(args: argparse.Namespace) -> int:
+    with connect(args) as client:
+        infos = client.list_tables()
+    emit(args.json, {"tables": infos}, "\n".join(map(describe, infos)) or "no tables")
+    return 0
+
+
+def _describe(args: argparse.Namespace) -> int:
+    with connect(args) as client:
+        info = client.describe(args.name)
+    emit(args.json, info, describe(info))
+    return 0
+
+
+def _drop_table(args: argparse.Namespace) -> int:
+    with connect(args) as client:
+        info = client.describe(args.name)
+        if not args.yes:
+            if not sys.stdin.isatty():
+                print(
+                    f"engram-store: dropping {args.name!r} deletes its rows; add --yes to "
+                    "confirm when not at a terminal",
+                    file=sys.stderr,
+                )
+                return EXIT_USAGE
+            print(f"{describe(info)}\nIts rows and optimizer state are deleted (checkpoints keep")
+            print("theirs until restored over). Type the table's name to drop it: ", end="")
+            if input().strip() != args.name:
+                print("not dropped", file=sys.stderr)
+                return EXIT_DECLINED
+        client.drop_table(args.name)
+    emit(args.json, {"dropped": args.name}, f"dropped {args.name}")
+    return 0
+
+
+def _add_table_options(verb: argparse.ArgumentParser) -> None:
+    verb.add_argument(
+        "--dtype",
+        default="float32",
+        choices=["float32", "bfloat16", "float16"],
+        help="how rows are stored (lookups can return any of these)",
+    )
+    verb.add_argument(
+        "--init",
+        default="normal",
+        choices=["normal", "zeros"],
+        help="value of rows never written",
+    )
+    verb.add_argument(
+        "--std", metavar="STD", type=float, default=0.02, help="standard deviation of --init normal"
+    )
+    verb.add_argument(
+        "--optimizer",
+        default="sgd",
+        choices=["sgd", "adagrad", "rowwise_adagrad", "adam"],
+        help="server-side optimizer applied to pushed gradients (hyper-parameters: PyTorch's)",
+    )
+    verb.add_argument("--lr", metavar="RATE", type=float, default=0.01, help="learning rate")
+    verb.add_argument(
+        "--skip-row-checksums",
+        action="store_true",
+        help="keep no row checksums: cheaper pushes, but `verify` cannot check the table",
+    )
+
+
+def register(verbs: Verbs) -> None:
+    create = verbs.add_client(
+        "create-table",
+        "create a table (split over every --address)",
+        _create_table,
+        "engram-store create-table emb --rows 10000000 --dim 64 --optimizer adam --lr 1e-3\n"
+        "engram-store create-table emb --rows 3000000 --dim 32 "
+        "--address 10.0.0.1:50051,10.0.0.2:50051,10.0.0.3:50051",
+    )
+    create.add_argument("name", help="table name (at most 128 characters)")
+    create.add_argument("--rows", metavar="N", type=int, required=True, help="number of rows")
+    create.add_argument("--dim", metavar="N", type=int, required=True, help="values per row")
+    create.add_argument(
+        "--seed", metavar="N", type=int, default=0, help="seed of the initial row values"
+    )
+    _add_table_options(create)
+
+    tables = verbs.add_client(
+        "create-tables",
+        "create the tables of an Engram config, one per layer, sized by its hashing",
+        _create_tables,
+        "engram-store create-tables --engram-config examples/tiny_engram_lm.engram.json --dry-run\n"
+        "engram-store create-tables --engram-config engram.json --optimizer adam --lr 1e-3",
+        "The config is a JSON object with the reference's EngramConfig fields (engram_vocab_size,\n"
+        "max_ngram_size, n_embed_per_ngram, n_head_per_ngram, layer_ids, pad_id, seed and\n"
+        "tokenizer_name_or_path, relative to the file). Each layer's table holds all its heads\n"
+        "(prime sizes computed from the config) with rows of n_embed_per_ngram / n_head_per_ngram\n"
+        "values, seeded with the layer id; on one daemon it also hashes token ids itself\n"
+        "(lookup-tokens).",
+    )
+    tables.add_argument(
+        "--engram-config", metavar="FILE", required=True, help="JSON file of the Engram config"
+    )
+    tables.add_argument(
+        "--prefix",
+        metavar="TEXT",
+        default="engram-L",
+        help="table names are the prefix and the layer id",
+    )
+    tables.add_argument(
+        "--dry-run", action="store_true", help="print the tables' sizes, create nothing"
+    )
+    _add_table_options(tables)
+
+    verbs.add_client("tables", "list tables", _tables, "engram-store tables --json")
+    verbs.add_client(
+        "describe", "describe a table", _describe, "engram-store describe emb"
+    ).add_argument("name", help="table name")
+
+    drop = verbs.add_client(
+        "drop-table",
+        "delete a table, its rows and optimizer state (asks first unless --yes)",
+        _drop_table,
+        "engram-store drop-table emb\nengram-store drop-table emb --yes --json",
+    )
+    drop.add_argument("name", help="table name")
+    drop.add_argument("--yes", action="store_true", help="drop without asking")
