@@ -14,34 +14,15 @@ import os
 import tempfile
 import time
 
-import grpc
 import numpy as np
 
-from client import NgramHashMapping
-from store._proto.engram.store.v1 import store_pb2 as pb
-from store._proto.engram.store.v1 import store_pb2_grpc as pb_grpc
+from client import EngramClient, NgramHashMapping
 from store.local import LocalDaemon
 
 REFERENCE_TOKENIZER = os.path.join(
     os.path.dirname(__file__), "..", "data", "engram-hash", "tokenizer.json"
 )
 SENTENCE = "Only Alexander the Great could tame the horse Bucephalus."
-
-
-def lookup_keys(store: pb_grpc.EngramStoreStub, table: str, keys: np.ndarray) -> np.ndarray:
-    keys = keys.astype("<u8")
-    request = pb.LookupRequest(
-        table=table, keys=pb.Array(dtype="uint64", shape=list(keys.shape), data=keys.tobytes())
-    )
-    return rows_from(list(store.Lookup(request)))
-
-
-def rows_from(chunks: list[pb.LookupResponse]) -> np.ndarray:
-    shape = list(chunks[0].result_shape)
-    rows = np.concatenate(
-        [np.frombuffer(c.rows.data, "<f4").reshape(list(c.rows.shape)) for c in chunks]
-    )
-    return rows.reshape(shape)
 
 
 def main() -> None:
@@ -69,11 +50,10 @@ def main() -> None:
     with tempfile.TemporaryDirectory(dir=args.data_dir) as data_dir:
         daemon = LocalDaemon(os.path.join(data_dir, "store")).start()
         try:
-            with grpc.insecure_channel(daemon.address) as channel:
-                store = pb_grpc.EngramStoreStub(channel)
+            with EngramClient(daemon.address) as store:
                 for layer in mapping.layer_ids:
                     serve_layer(store, mapping, layer, ids, args.dim)
-                checkpoint = store.Checkpoint(pb.CheckpointRequest())
+                (checkpoint,) = store.checkpoint()
                 print(
                     f"checkpoint {checkpoint.id}: {len(checkpoint.tables)} tables, "
                     f"{sum(t.rows for t in checkpoint.tables)} rows, "
@@ -87,49 +67,33 @@ def main() -> None:
 
 
 def serve_layer(
-    store: pb_grpc.EngramStoreStub, mapping: NgramHashMapping, layer: int, ids: np.ndarray, dim: int
+    store: EngramClient, mapping: NgramHashMapping, layer: int, ids: np.ndarray, dim: int
 ) -> None:
     """One Engram layer's table: created with the layer's hash config, looked up by token ids
     and by key, trained by one Adam step."""
     name = f"engram-L{layer}"
-    info = store.CreateTable(
-        pb.CreateTableRequest(
-            spec=pb.TableSpec(
-                name=name,
-                num_rows=mapping.layer_table_rows(layer),
-                dim=dim,
-                dtype="bfloat16",
-                seed=layer,
-                optimizer=pb.OptimizerConfig(lr=1e-3, adam=pb.AdamConfig()),
-                hash_config=mapping.hash_config(layer),
-            )
-        )
+    info = store.create_table(
+        name,
+        mapping.layer_table_rows(layer),
+        dim,
+        dtype="bfloat16",
+        seed=layer,
+        optimizer="adam",
+        lr=1e-3,
+        hash_config=mapping.hash_config(layer),
     )
-    token_ids = pb.Array(dtype="int64", shape=list(ids.shape), data=ids.astype("<i8").tobytes())
     start = time.perf_counter()
-    request = pb.LookupTokensRequest(
-        table=name, token_ids=token_ids, hash_fingerprint=info.hash_fingerprint
-    )
-    rows = rows_from(list(store.LookupTokens(request)))
+    rows = store.lookup_tokens(name, ids)
     elapsed = time.perf_counter() - start
     keys = mapping.row_keys(ids)[layer]
-    assert np.array_equal(rows, lookup_keys(store, name, keys)), "hashing disagrees"
+    assert np.array_equal(rows, store.lookup(name, keys)), "hashing disagrees"
     print(
-        f"layer {layer:>2}: {info.spec.num_rows} x {dim} bfloat16 rows; "
+        f"layer {layer:>2}: {info.num_rows} x {dim} bfloat16 rows; "
         f"token lookup {rows.shape} over gRPC in {elapsed * 1e3:.1f} ms"
     )
-    flat = keys.reshape(-1).astype("<u8")
-    grads = np.ones((flat.size, dim), np.float32)
-    pushed = store.Push(
-        pb.PushRequest(
-            table=name,
-            keys=pb.Array(dtype="uint64", shape=[flat.size], data=flat.tobytes()),
-            grads=pb.Array(dtype="float32", shape=list(grads.shape), data=grads.tobytes()),
-            client_id="quickstart",
-            sequence=layer,
-        )
-    )
-    after = lookup_keys(store, name, keys)
+    flat = keys.reshape(-1)
+    pushed = store.push(name, flat, np.ones((flat.size, dim), np.float32))
+    after = store.lookup(name, keys)
     print(
         f"          Adam step {pushed.step} on {pushed.rows} rows: "
         f"mean change {float(np.mean(after - rows)):+.5f}"

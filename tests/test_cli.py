@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import argparse
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from engram_cli import EXIT_FAILURE, main
+from engram_cli import EXIT_FAILURE, build_parser, main
+from engram_cli.exit_codes import MEANINGS
+from store._proto.engram.store.v1 import store_pb2 as pb
 from store import Table
 
 
@@ -27,12 +31,12 @@ def test_inspect_describes_a_table(tmp_path: Path, capsys: pytest.CaptureFixture
 
 
 def test_inspect_of_a_foreign_file_fails_cleanly(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     foreign = tmp_path / "foreign"
     foreign.write_bytes(b"x" * 10)
     assert main(["inspect", str(foreign)]) == EXIT_FAILURE
-    assert "too short for a table header" in caplog.text
+    assert "too short for a table header" in capsys.readouterr().err
 
 
 def test_console_script_is_installed() -> None:
@@ -41,3 +45,59 @@ def test_console_script_is_installed() -> None:
         [str(scripts / "engram-store"), "--version"], capture_output=True, text=True, check=True
     )
     assert result.stdout.startswith("engram-store ")
+
+
+def verbs_and_parsers() -> list[tuple[str, argparse.ArgumentParser]]:
+    subparsers = next(
+        a for a in build_parser().parser._actions if isinstance(a, argparse._SubParsersAction)
+    )
+    return list(subparsers.choices.items())
+
+
+def test_top_level_help_lists_every_verb_and_the_exit_codes(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    with pytest.raises(SystemExit) as done:
+        main(["--help"])
+    assert done.value.code == 0
+    text = capsys.readouterr().out
+    for name, _ in verbs_and_parsers():
+        assert re.search(rf"^    {re.escape(name)} +\w", text, re.MULTILINE), name
+    for code, meaning in MEANINGS.items():
+        assert f"  {code}  {meaning[:20]}" in " ".join(text.split("\n")), code
+
+
+def test_every_verb_covers_every_rpc() -> None:
+    verbs = {name for name, _ in verbs_and_parsers()}
+    # Each RPC of the service, and the verb that makes it.
+    by_rpc = {
+        "CreateTable": "create-table",
+        "DropTable": "drop-table",
+        "ListTables": "tables",
+        "DescribeTable": "describe",
+        "Lookup": "lookup",
+        "LookupTokens": "lookup-tokens",
+        "Push": "push",
+        "Batch": "batch",
+        "Checkpoint": "checkpoint",
+        "ListCheckpoints": "checkpoints",
+        "Restore": "restore",
+        "Stats": "stats",
+        "Verify": "verify",
+    }
+    rpcs = {m.name for m in pb.DESCRIPTOR.services_by_name["EngramStore"].methods}
+    assert rpcs == set(by_rpc), "a new RPC needs a verb"
+    assert set(by_rpc.values()) <= verbs
+
+
+@pytest.mark.parametrize("verb", [name for name, _ in verbs_and_parsers()])
+def test_each_verb_explains_itself_and_every_flag(verb: str) -> None:
+    parser = dict(verbs_and_parsers())[verb]
+    text = parser.format_help()
+    assert "examples:\n  engram-store " + verb in text
+    description = (parser.description or "").splitlines()[0]
+    assert description.endswith(".") and len(description) > 10
+    for action in parser._actions:
+        assert action.help, f"{verb} {action.option_strings or action.dest} has no help"
+        if action.option_strings and action.nargs != 0 and action.default not in (None, ""):
+            assert f"(default: {action.default})" in " ".join(text.split()), action.dest

@@ -70,19 +70,20 @@ def test_verbs_against_a_running_daemon(
         assert "emb: 1000 x 8 float32, adam lr=0.01" in capsys.readouterr().out
         assert main(["tables", "--json", *address]) == 0
         tables = json.loads(capsys.readouterr().out)["tables"]
-        assert [t["spec"]["name"] for t in tables] == ["emb"]
+        assert [t["name"] for t in tables] == ["emb"]
         # Flags also come from ENGRAM_STORE_* variables.
         monkeypatch.setenv("ENGRAM_STORE_ADDRESS", daemon.address)
         assert main(["describe", "emb", "--json"]) == 0
-        assert json.loads(capsys.readouterr().out)["spec"]["dim"] == 8
+        assert json.loads(capsys.readouterr().out)["dim"] == 8
         assert main(["checkpoint"]) == 0
-        assert "checkpoint 1 (full): 1 tables, 0 rows" in capsys.readouterr().out
+        assert "checkpoint 1 (full, " in capsys.readouterr().out
         assert main(["checkpoints", "--json"]) == 0
-        assert json.loads(capsys.readouterr().out)["checkpoints"][0]["id"] == "1"
+        [shard] = json.loads(capsys.readouterr().out)["shards"]
+        assert shard["checkpoints"][0]["id"] == 1
         assert main(["restore"]) == 0
         assert "restored checkpoint 1" in capsys.readouterr().out
         assert main(["stats"]) == 0
-        assert "emb: 0 lookups" in capsys.readouterr().out
+        assert "  emb: 0 lookups" in capsys.readouterr().out
         assert main(["describe", "missing"]) == EXIT_FAILURE
         assert main(["create-table", "emb", "--rows", "5", "--dim", "2"]) == EXIT_FAILURE
 

@@ -55,7 +55,13 @@ def test_verify_finds_a_changed_row_byte_and_a_flipped_written_bit(
         assert "t/params.engram: rows 4992..5055" in capsys.readouterr().out
         assert cli(["verify", "--address", d.address, "--json", "t"]) == 3
         reply = json.loads(capsys.readouterr().out)
-        assert reply["damaged"][0] == {"table": "t", "file": "params.engram", "first_row": "4992"}
+        assert reply["ok"] is False
+        assert reply["damaged"][0] == {
+            "address": d.address,
+            "table": "t",
+            "file": "params.engram",
+            "first_row": 4992,
+        }
 
 
 def test_an_edited_manifest_is_refused_and_changes_nothing(tmp_path: Path) -> None:

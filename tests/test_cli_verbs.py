@@ -1,0 +1,219 @@
+"""The client verbs of `engram-store` against running daemons: what they print, in JSON
+and for people, and what they do."""
+
+from __future__ import annotations
+
+import json
+import socket
+from collections.abc import Iterator
+from contextlib import ExitStack
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from conftest import REPO_ROOT
+from daemon import Daemon, daemon_thread
+
+from client import EngramClient
+from client.config import EngramConfig
+from client.engram_tables import hash_mapping
+from engram_cli import EXIT_FAILURE, EXIT_NO_DAEMON, EXIT_USAGE, main
+from engram_cli.exit_codes import EXIT_DECLINED
+
+ENGRAM_CONFIG = REPO_ROOT / "examples" / "tiny_engram_lm.engram.json"
+
+
+@pytest.fixture
+def daemon(tmp_path: Path) -> Iterator[Daemon]:
+    with daemon_thread(tmp_path / "data") as d:
+        yield d
+
+
+def run(capsys: pytest.CaptureFixture[str], *argv: str, code: int = 0) -> str:
+    assert main(list(argv)) == code, capsys.readouterr()
+    out: str = capsys.readouterr().out
+    return out
+
+
+def as_json(capsys: pytest.CaptureFixture[str], *argv: str, code: int = 0) -> Any:
+    return json.loads(run(capsys, *argv, "--json", code=code))
+
+
+def test_a_refused_connection_says_no_daemon_answers_and_how_to_start_one(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        address = f"127.0.0.1:{s.getsockname()[1]}"  # a port nothing listens on
+    assert main(["tables", "--address", address]) == EXIT_NO_DAEMON
+    err = capsys.readouterr().err
+    assert f"no daemon answers at {address}" in err
+    assert "engram-store serve" in err
+
+
+def test_json_is_plain_with_every_field_present(
+    daemon: Daemon, capsys: pytest.CaptureFixture[str]
+) -> None:
+    address = ("--address", daemon.address)
+    info = as_json(capsys, "create-table", "emb", "--rows", "1000", "--dim", "8", *address)
+    assert info == {
+        "name": "emb",
+        "num_rows": 1000,
+        "dim": 8,
+        "dtype": "float32",
+        "optimizer": "sgd",
+        "lr": 0.01,
+        "step": 0,
+        "written_rows": 0,
+        "hash_fingerprint": 0,
+        "row_checksums": True,
+        "shards": 1,
+    }
+    assert as_json(capsys, "tables", *address) == {"tables": [info]}
+    stats = as_json(capsys, "stats", *address)["shards"]
+    assert stats[0]["tables"] == [
+        {
+            "name": "emb",
+            "lookups": 0,
+            "rows_looked_up": 0,
+            "pushes": 0,
+            "rows_pushed": 0,
+            "duplicate_pushes": 0,
+        }
+    ]
+    assert as_json(capsys, "verify", *address) == {
+        "tables": 1,
+        "written_rows": 0,
+        "damaged": [],
+        "unchecked": [],
+        "ok": True,
+    }
+    assert as_json(capsys, "checkpoints", *address) == {
+        "shards": [{"address": daemon.address, "checkpoints": []}]
+    }
+
+
+def test_rows_verbs_push_lookup_and_batch(
+    daemon: Daemon, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    address = ("--address", daemon.address)
+    run(capsys, "create-table", "emb", "--rows", "100", "--dim", "4", "--lr", "0.5", *address)
+    before = np.array(as_json(capsys, "lookup", "emb", "--keys", "3,7", *address)["rows"])
+    assert as_json(capsys, "push", "emb", "--keys", "3,7,3", "--fill", "1", *address) == {
+        "rows": 2,  # distinct rows changed
+        "step": 1,
+        "duplicate": False,
+    }
+    after = as_json(capsys, "lookup", "emb", "--keys", "3,7", *address)
+    assert after["keys"] == [3, 7]
+    # SGD sums repeated keys' gradients: key 3 moved by 2 x lr, key 7 by 1 x lr.
+    np.testing.assert_allclose(np.array(after["rows"]), before - [[1.0], [0.5]], rtol=1e-6)
+
+    np.save(tmp_path / "keys.npy", np.array([[1, 2]]))
+    np.save(tmp_path / "grads.npy", np.full((2, 4), 0.25, np.float32))
+    out = run(
+        capsys,
+        "push",
+        "emb",
+        "--keys-file",
+        str(tmp_path / "keys.npy"),
+        "--grads-file",
+        str(tmp_path / "grads.npy"),
+        *address,
+    )
+    assert out.strip() == "step 2: 2 rows updated"
+    run(capsys, "lookup", "emb", "--keys-file", str(tmp_path / "keys.npy"), "--out",
+        str(tmp_path / "rows.npy"), *address)  # fmt: skip
+    assert np.load(tmp_path / "rows.npy").shape == (1, 2, 4)
+
+    step = tmp_path / "step.json"
+    step.write_text(
+        json.dumps(
+            {
+                "pushes": [{"table": "emb", "keys": [9], "grads": [[2.0] * 4]}],
+                "lookups": [{"table": "emb", "keys": [9, 3]}],
+            }
+        )
+    )
+    reply = as_json(capsys, "batch", str(step), *address)
+    assert reply["pushes"] == [{"rows": 1, "step": 3, "duplicate": False}]
+    rows = np.array(reply["lookups"][0])
+    np.testing.assert_array_equal(rows[1], np.array(after["rows"][0]))
+    assert rows.shape == (2, 4)
+
+    assert main(["lookup", "emb", *address]) == EXIT_FAILURE  # no keys given
+    assert "--keys or --keys-file" in capsys.readouterr().err
+    assert main(["lookup", "emb", "--keys", "100", *address]) == EXIT_FAILURE
+    assert "100" in capsys.readouterr().err
+
+
+def test_drop_table_asks_first(
+    daemon: Daemon, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    address = ("--address", daemon.address)
+    run(capsys, "create-table", "emb", "--rows", "10", "--dim", "2", *address)
+    monkeypatch.setattr("sys.stdin.isatty", lambda: False)
+    assert main(["drop-table", "emb", *address]) == EXIT_USAGE
+    assert "--yes" in capsys.readouterr().err
+    monkeypatch.setattr("sys.stdin.isatty", lambda: True)
+    monkeypatch.setattr("builtins.input", lambda: "emx")
+    assert main(["drop-table", "emb", *address]) == EXIT_DECLINED
+    assert "not dropped" in capsys.readouterr().err
+    assert as_json(capsys, "tables", *address)["tables"][0]["name"] == "emb"
+    monkeypatch.setattr("builtins.input", lambda: "emb")
+    assert "dropped emb" in run(capsys, "drop-table", "emb", *address)
+    assert as_json(capsys, "tables", *address) == {"tables": []}
+    run(capsys, "create-table", "emb", "--rows", "10", "--dim", "2", *address)
+    assert as_json(capsys, "drop-table", "emb", "--yes", *address) == {"dropped": "emb"}
+    assert main(["drop-table", "emb", "--yes", *address]) == EXIT_FAILURE
+
+
+def test_create_tables_sizes_an_engram_config(
+    daemon: Daemon, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = EngramConfig.from_json(ENGRAM_CONFIG)
+    mapping = hash_mapping(config)
+    address = ("--address", daemon.address)
+    flags = ("--engram-config", str(ENGRAM_CONFIG), "--prefix", "m-L", *address)
+    plans = as_json(capsys, "create-tables", *flags, "--dry-run")["tables"]
+    assert [(p["name"], p["num_rows"], p["dim"]) for p in plans] == [
+        (f"m-L{layer}", mapping.layer_table_rows(layer), 8) for layer in config.layer_ids
+    ]
+    assert as_json(capsys, "tables", *address) == {"tables": []}, "a dry run creates nothing"
+    created = as_json(capsys, "create-tables", *flags, "--optimizer", "adam")["tables"]
+    assert [(t["name"], t["num_rows"], t["optimizer"]) for t in created] == [
+        (p["name"], p["num_rows"], "adam") for p in plans
+    ]
+    assert all(t["hash_fingerprint"] for t in created)
+    ids = np.array([[17, 4242, 99, 1003, 5]])
+    reply = as_json(
+        capsys, "lookup-tokens", "m-L1", "--token-ids", ",".join(map(str, ids[0])), *address
+    )
+    with EngramClient(daemon.address) as client:
+        expected = client.lookup("m-L1", mapping.row_keys(ids)[1])
+    np.testing.assert_array_equal(np.array(reply["rows"], np.float32), expected)
+
+
+def test_a_table_sharded_over_three_daemons_is_checkpointed_and_restored_together(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with ExitStack() as stack:
+        daemons = [stack.enter_context(daemon_thread(tmp_path / f"d{i}")) for i in range(3)]
+        address = ("--address", ",".join(d.address for d in daemons))
+        info = as_json(capsys, "create-table", "emb", "--rows", "3000", "--dim", "4", *address)
+        assert (info["num_rows"], info["shards"]) == (3000, 3)
+        keys = "5,1500,2999"
+        run(capsys, "push", "emb", "--keys", keys, "--fill", "1", *address)
+        saved = as_json(capsys, "lookup", "emb", "--keys", keys, *address)["rows"]
+        checkpoints = as_json(capsys, "checkpoint", *address)["checkpoints"]
+        assert [c["id"] for c in checkpoints] == [1, 1, 1]
+        run(capsys, "push", "emb", "--keys", keys, "--fill", "1", *address)
+        assert as_json(capsys, "lookup", "emb", "--keys", keys, *address)["rows"] != saved
+        restored = as_json(capsys, "restore", "1,1,1", *address)["checkpoints"]
+        assert [c["id"] for c in restored] == [1, 1, 1]
+        assert as_json(capsys, "lookup", "emb", "--keys", keys, *address)["rows"] == saved
+        stats = as_json(capsys, "stats", *address)["shards"]
+        assert [s["address"] for s in stats] == [d.address for d in daemons]
+        assert main(["restore", "1,1", *address]) == EXIT_FAILURE
+        assert "2 checkpoint ids for 3 shards" in capsys.readouterr().err
