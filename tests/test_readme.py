@@ -1,24 +1,59 @@
-"""The README's code examples run as written."""
+"""README's code blocks run as written: each on its own, twice in a row, from the
+repository's root as a user would, leaving nothing behind."""
 
 from __future__ import annotations
 
+import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 from conftest import REPO_ROOT
 
+README = (REPO_ROOT / "README.md").read_text()
+BLOCKS = re.findall(r"```(python|bash)\n(.*?)```", README, flags=re.DOTALL)
+# The first screen's two commands are this test run itself (`./scripts/test.sh`) and the
+# examples that tests/test_examples.py runs (`./scripts/demo.sh`).
+FIRST_SCREEN = "./scripts/demo.sh"
+RUNNABLE = [(i, kind, code) for i, (kind, code) in enumerate(BLOCKS) if FIRST_SCREEN not in code]
+SCRATCH = {".git", ".venv", "target", ".pytest_cache", ".mypy_cache", ".ruff_cache", "bench"}
 
-def test_readme_python_examples_run(
-    tokenizer_path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+
+def repository_files() -> set[str]:
+    """Every file under the repository's root but build outputs and caches."""
+    found = set()
+    for directory, subdirectories, files in os.walk(REPO_ROOT):
+        subdirectories[:] = [d for d in subdirectories if d not in SCRATCH and d != "__pycache__"]
+        found.update(os.path.join(directory, f) for f in files)
+    return found
+
+
+def test_the_readme_has_runnable_blocks() -> None:
+    kinds = [kind for _, kind, _ in RUNNABLE]
+    assert kinds.count("python") >= 3 and kinds.count("bash") >= 1
+
+
+@pytest.mark.parametrize(("index", "kind", "code"), RUNNABLE, ids=lambda v: str(v)[:12])
+def test_a_readme_block_runs_alone_twice_and_leaves_nothing(
+    index: int, kind: str, code: str
 ) -> None:
-    readme = (REPO_ROOT / "README.md").read_text()
-    blocks = re.findall(r"```python\n(.*?)```", readme, flags=re.DOTALL)
-    assert len(blocks) >= 2
-    code = "\n".join(blocks).replace('"data/engram-hash/tokenizer.json"', repr(str(tokenizer_path)))
-    monkeypatch.chdir(tmp_path)
-    namespace: dict[str, object] = {}
-    exec(compile(code, "README.md", "exec"), namespace)
-    assert (tmp_path / "layer1.engram").exists()
-    assert (tmp_path / "engram-data" / "catalog.lmdb").is_dir()
-    assert namespace["rows"].shape == (1, 4, 16, 32)  # type: ignore[attr-defined]
+    before = repository_files()
+    command = [sys.executable, "-c", code] if kind == "python" else ["bash", "-euo", "pipefail"]
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    env = {k: v for k, v in env.items() if not k.startswith("ENGRAM_STORE_")}
+    for attempt in (1, 2):
+        result = subprocess.run(
+            command,
+            input=code if kind == "bash" else None,
+            cwd=REPO_ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=240,
+        )
+        assert result.returncode == 0, (
+            f"README block {index} ({kind}), run {attempt}:\n{result.stdout}\n{result.stderr}"
+        )
+    assert repository_files() == before, "the block left files in the repository"
