@@ -13,8 +13,8 @@ import pytest
 
 from engram_cli import EXIT_FAILURE, build_parser, main
 from engram_cli.exit_codes import MEANINGS
-from store._proto.engram.store.v1 import store_pb2 as pb
 from store import Table
+from store._proto.engram.store.v1 import store_pb2 as pb
 
 
 def test_inspect_describes_a_table(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

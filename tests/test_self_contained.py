@@ -1,0 +1,95 @@
+"""The repository stands on its own: a copy of the checkout with no `shared/` beside it (as
+a user's clone has none) runs the examples, the README's blocks and the tests that read the
+reference data. CI runs this on every change, so a new dependency on a file outside the
+repository fails here, not in a user's first minute."""
+
+from __future__ import annotations
+
+import glob
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import REPO_ROOT
+
+# Files that may name the workspace's shared/ folder: they say where the data came from, or
+# compare the copy with its source when one is there.
+MAY_NAME_SHARED = {"tests/test_reference_copy.py", "tests/test_self_contained.py"}
+
+
+def tracked_files() -> list[str]:
+    try:
+        listed = subprocess.run(
+            ["git", "ls-files", "--cached", "--others", "--exclude-standard"],
+            cwd=REPO_ROOT,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.splitlines()
+    except (OSError, subprocess.CalledProcessError) as error:
+        pytest.skip(f"not a git checkout, so the repository's files are unknown: {error}")
+    return [f for f in listed if (REPO_ROOT / f).is_file()]
+
+
+def test_no_code_reads_files_outside_the_repository() -> None:
+    for name in tracked_files():
+        if name.endswith((".py", ".sh", ".toml")) and name not in MAY_NAME_SHARED:
+            text = (REPO_ROOT / name).read_text(errors="replace")
+            assert "shared/reference" not in text and "../shared" not in text, name
+
+
+@pytest.mark.slow
+def test_a_checkout_without_shared_beside_it_runs_the_examples_and_reference_tests(
+    tmp_path: Path,
+) -> None:
+    clone = tmp_path / "workspace" / "engram-store"
+    for name in tracked_files():
+        (clone / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(REPO_ROOT / name, clone / name)
+    for built in glob.glob(str(REPO_ROOT / "store" / "_native*.so")):  # the compiled extension
+        shutil.copy2(built, clone / "store")
+    assert not (clone.parent / "shared").exists()
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith("ENGRAM_")},
+        "PYTHONPATH": str(clone),  # the copy's packages, not the checkout's
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+    }
+
+    def run(*command: str) -> str:
+        result = subprocess.run(
+            command, cwd=clone, env=env, capture_output=True, text=True, timeout=280
+        )
+        assert result.returncode == 0, (
+            f"{command}:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
+        )
+        return result.stdout
+
+    where = run(
+        sys.executable, "-c", "import store, client; print(store.__file__, client.__file__)"
+    )
+    assert where.count(str(clone)) == 2, where
+    assert "daemon stopped with exit code 0" in run(sys.executable, "examples/quickstart.py")
+    assert "loss" in run(
+        sys.executable, "examples/tiny_engram_lm.py", "--steps", "2", "--max-files", "3"
+    )
+    report = run(
+        sys.executable,
+        "-m",
+        "pytest",
+        "-q",
+        "-p",
+        "no:cacheprovider",
+        "tests/test_hashing_reference.py",
+        "tests/test_reference_copy.py",
+        "tests/test_readme.py",
+        "-k",
+        "not bash",
+    )
+    assert "failed" not in report and "error" not in report, report
+    assert "no shared/reference/engram-hash beside this checkout" in run(
+        sys.executable, "-m", "pytest", "-q", "-rs", "-p", "no:cacheprovider",
+        "tests/test_reference_copy.py",
+    )  # fmt: skip
