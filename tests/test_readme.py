@@ -23,7 +23,7 @@ SCRATCH = {".git", ".venv", "target", ".pytest_cache", ".mypy_cache", ".ruff_cac
 
 def repository_files() -> set[str]:
     """Every file under the repository's root but build outputs and caches."""
-    found = set()
+    found: set[str] = set()
     for directory, subdirectories, files in os.walk(REPO_ROOT):
         subdirectories[:] = [d for d in subdirectories if d not in SCRATCH and d != "__pycache__"]
         found.update(os.path.join(directory, f) for f in files)
