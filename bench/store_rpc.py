@@ -20,18 +20,18 @@ import threading
 from collections.abc import Callable
 from functools import partial
 
-import grpc
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(__file__))
 from _common import best_interleaved, report
 
+from client.connection import open_channel
+from client.shared_memory import SharedBuffer
 from store import Table
 from store._proto.engram.store.v1 import store_pb2 as pb
 from store._proto.engram.store.v1 import store_pb2_grpc as pb_grpc
 from store.local import LocalDaemon
 
-MAX_MESSAGE = 512 << 20
 OPTIMIZERS = ("sgd", "adam", "rowwise_adagrad")
 
 
@@ -69,12 +69,8 @@ def main() -> None:
             os.path.join(tmp, "store"), "--flush-interval", "0", log_level="WARNING"
         ).start()
         address = daemon.address
-        options = [
-            ("grpc.max_receive_message_length", MAX_MESSAGE),
-            ("grpc.max_send_message_length", MAX_MESSAGE),
-        ]
         try:
-            with grpc.insecure_channel(address, options=options) as channel:
+            with open_channel(address) as channel:
                 stub = pb_grpc.EngramStoreStub(channel)
                 for name in OPTIMIZERS:
                     config = pb.OptimizerConfig(lr=0.01)
@@ -119,21 +115,17 @@ def main() -> None:
                 # lookup writes, then the gradients pushes read.
                 rows_at = -(-keys.nbytes // 4096) * 4096
                 grads_at = rows_at + out.nbytes
-                shm_path = f"/dev/shm/engram-bench-{os.getpid()}"
-                with open(shm_path, "wb") as f:
-                    os.posix_fallocate(f.fileno(), 0, grads_at + grads.nbytes)
+                shared = SharedBuffer("/dev/shm", grads_at + grads.nbytes)
                 try:
-                    shared = np.memmap(shm_path, np.uint8, "r+")
-                    shared[: keys.nbytes] = keys.view(np.uint8)
-                    shared[grads_at:] = grads.view(np.uint8).reshape(-1)
-                    del shared
+                    shared.view(np.dtype("<u8"), keys.shape)[:] = keys
+                    shared.view(np.dtype("<f4"), grads.shape, grads_at)[:] = grads
                     keys_in_buffer = pb.Array(dtype="uint64", shape=[args.batch])
-                    keys_at = pb.SharedBuffer(path=shm_path)
+                    keys_at = shared.message()
                     lookup_request = pb.LookupRequest(
                         table="sgd",
                         keys=keys_in_buffer,
                         keys_buffer=keys_at,
-                        out=pb.SharedBuffer(path=shm_path, offset=rows_at),
+                        out=shared.message(rows_at),
                     )
                     runs["shm_lookup"] = lambda: list(stub.Lookup(lookup_request))
                     for name in OPTIMIZERS:
@@ -142,12 +134,12 @@ def main() -> None:
                             keys=keys_in_buffer,
                             keys_buffer=keys_at,
                             grads=pb.Array(dtype="float32", shape=list(grads.shape)),
-                            grads_buffer=pb.SharedBuffer(path=shm_path, offset=grads_at),
+                            grads_buffer=shared.message(grads_at),
                         )
                         runs[f"shm_push_{name}"] = partial(stub.Push, request)
                     seconds = best_interleaved(runs, args.repeats)
                 finally:
-                    os.unlink(shm_path)
+                    shared.close()
         finally:
             daemon.stop()
 
