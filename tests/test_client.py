@@ -170,3 +170,30 @@ def test_many_background_requests_on_shards_do_not_starve(three: list[Daemon]) -
         for push in pushes:
             push.result(timeout=60)
         assert client.describe("t").step == 8
+
+
+def test_checkpoints_restores_stats_and_token_lookups(three: list[Daemon], one: Daemon) -> None:
+    with EngramClient([d.address for d in three]) as client:
+        client.create_table("t", 3000, 4, lr=1.0)
+        keys = np.array([1, 1500, 2999])
+        client.push("t", keys, np.ones((3, 4), np.float32))
+        saved = client.checkpoint()
+        at_checkpoint = client.lookup("t", keys)
+        client.push("t", keys, np.ones((3, 4), np.float32))
+        assert [s.tables[0].pushes for s in client.stats()] == [2, 2, 2]
+        assert [s.address for s in client.stats()] == [d.address for d in three]
+        assert [c.id for c in client.restore(saved)] == [1, 1, 1]
+        np.testing.assert_array_equal(client.lookup("t", keys), at_checkpoint)
+        assert [len(c) for c in client.list_checkpoints_by_shard()] == [1, 1, 1]
+        assert client.list_checkpoints(2)[0].tables[0].rows == 1
+        with pytest.raises(ValueError, match="shard must be in"):
+            client.list_checkpoints(3)
+        assert client.verify().ok and client.verify("t").written_rows == 3
+        with pytest.raises(InvalidRequestError, match="one daemon"):
+            client.lookup_tokens("t", [[1, 2]])
+    with EngramClient(one.address) as client:
+        client.create_table("plain", 10, 2)
+        with pytest.raises(InvalidRequestError, match="without a hash config"):
+            client.lookup_tokens("plain", [[1, 2]])
+        with pytest.raises(ValueError, match="token_ids"):
+            client.lookup_tokens("plain", [1, 2])

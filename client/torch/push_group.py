@@ -129,12 +129,20 @@ class PushGroup:
 
 
 def _sum_per_key(keys: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """The distinct keys (ascending) and each one's rows summed in the order given, as torch
-    sums a sparse gradient: fewer bytes to send when keys repeat (n-grams do)."""
-    unique, inverse = np.unique(keys, return_inverse=True)
-    summed = torch.zeros((len(unique), rows.shape[1]), dtype=torch.float32)
-    summed.index_add_(0, torch.from_numpy(inverse.reshape(-1)), torch.from_numpy(rows))
-    return unique, summed.numpy()
+    """The distinct keys (ascending) and each one's rows summed: fewer bytes to send when keys
+    repeat (n-grams do). Summed by torch's own coalesce, so the sums equal bit for bit those
+    of a sparse gradient that torch's optimizers apply (the order in which it adds repeated
+    keys' rows has changed between torch versions)."""
+    if not len(keys):
+        return keys.reshape(0).astype(np.int64), rows.reshape(0, rows.shape[1])
+    flat = torch.from_numpy(keys.reshape(-1).astype(np.int64, copy=False))
+    gradient = torch.sparse_coo_tensor(
+        flat[None],
+        torch.from_numpy(rows),
+        (int(flat.max()) + 1, rows.shape[1]),
+        check_invariants=False,
+    ).coalesce()
+    return gradient.indices()[0].numpy(), gradient.values().numpy()
 
 
 def shared_group(tables: Iterable[StoreTable]) -> PushGroup | None:
