@@ -48,9 +48,9 @@ def _lookup_tokens(args: argparse.Namespace) -> int:
 
 def _push(args: argparse.Namespace) -> int:
     keys = _ids(args, "keys", "keys_file", "keys").reshape(-1)
+    if (args.fill is None) == (args.grads_file is None):
+        raise ValueError("give the gradients either with --fill or --grads-file")
     with connect(args) as client:
-        if (args.fill is None) == (args.grads_file is None):
-            raise ValueError("give the gradients either with --fill or --grads-file")
         if args.grads_file is not None:
             grads = np.load(args.grads_file)
         else:
@@ -67,14 +67,22 @@ def _push(args: argparse.Namespace) -> int:
 def _batch(args: argparse.Namespace) -> int:
     with open(args.file) as f:
         spec: dict[str, Any] = json.load(f)
+    if not isinstance(spec, dict):
+        raise ValueError(f"{args.file}: expected a JSON object with pushes and lookups")
     unknown = sorted(set(spec) - {"pushes", "lookups"})
     if unknown:
         raise ValueError(f"{args.file}: unknown fields {unknown}; expected pushes, lookups")
-    pushes = [
-        (p["table"], np.asarray(p["keys"], np.int64), np.asarray(p["grads"], np.float32))
-        for p in spec.get("pushes", [])
-    ]
-    lookups = [(q["table"], np.asarray(q["keys"], np.int64)) for q in spec.get("lookups", [])]
+    try:
+        pushes = [
+            (p["table"], np.asarray(p["keys"], np.int64), np.asarray(p["grads"], np.float32))
+            for p in spec.get("pushes", [])
+        ]
+        lookups = [(q["table"], np.asarray(q["keys"], np.int64)) for q in spec.get("lookups", [])]
+    except (KeyError, TypeError) as error:
+        raise ValueError(
+            f"{args.file}: each push needs table, keys and grads, each lookup table and keys "
+            f"({error!r})"
+        ) from None
     with connect(args) as client:
         result = client.batch(pushes, lookups)
     answer = {

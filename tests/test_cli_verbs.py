@@ -142,6 +142,9 @@ def test_rows_verbs_push_lookup_and_batch(
     np.testing.assert_array_equal(rows[1], np.array(after["rows"][0]))
     assert rows.shape == (2, 4)
 
+    step.write_text(json.dumps({"pushes": [{"table": "emb", "keys": [9]}]}))
+    assert main(["batch", str(step), *address]) == EXIT_FAILURE
+    assert "each push needs table, keys and grads" in capsys.readouterr().err
     assert main(["lookup", "emb", *address]) == EXIT_FAILURE  # no keys given
     assert "--keys or --keys-file" in capsys.readouterr().err
     assert main(["lookup", "emb", "--keys", "100", *address]) == EXIT_FAILURE
