@@ -6,6 +6,7 @@ from client.errors import (
     EngramClientError,
     InvalidRequestError,
     KeyOutOfRangeError,
+    PreconditionFailedError,
     RequestTooLargeError,
     ShardUnavailableError,
     TableExistsError,
@@ -20,6 +21,7 @@ from client.results import (
     TableInfo,
     VerifyReport,
 )
+from store.errors import StoreError
 
 __all__ = [
     "BatchResult",
@@ -31,10 +33,12 @@ __all__ = [
     "InvalidRequestError",
     "KeyOutOfRangeError",
     "NgramHashMapping",
+    "PreconditionFailedError",
     "PushResult",
     "RequestTooLargeError",
     "RetryPolicy",
     "ShardUnavailableError",
+    "StoreError",
     "TableExistsError",
     "TableInfo",
     "TableNotFoundError",

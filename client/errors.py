@@ -1,13 +1,26 @@
-"""The client's exceptions: what a failed store call means, with the daemon's message and
-the address of the shard that answered."""
+"""The client's exceptions: the store's exception kinds (`store.errors`, one tree rooted in
+`StoreError`), raised with the daemon's message and the address of the shard that
+answered. Each status code maps to its kind through the store's one mapping."""
 
 from __future__ import annotations
 
 import grpc
 
+from store.errors import (
+    AlreadyExistsError,
+    FailedPreconditionError,
+    InvalidArgumentError,
+    NotFoundError,
+    OutOfRangeError,
+    ResourceExhaustedError,
+    StoreError,
+    UnavailableError,
+    kind_of,
+)
 
-class EngramClientError(Exception):
-    """Base class of the client's errors."""
+
+class EngramClientError(StoreError):
+    """A failed call: the base of the client's errors, which are `StoreError`s."""
 
     def __init__(self, message: str, address: str = "", code: grpc.StatusCode | None = None):
         super().__init__(f"{address}: {message}" if address else message)
@@ -15,47 +28,52 @@ class EngramClientError(Exception):
         self.code = code
 
 
-class ShardUnavailableError(EngramClientError):
+class ShardUnavailableError(EngramClientError, UnavailableError):
     """A daemon did not answer in time, even after retries."""
 
 
-class TableNotFoundError(EngramClientError, KeyError):
+class TableNotFoundError(EngramClientError, NotFoundError):
     """The table (or checkpoint) does not exist."""
 
-    def __str__(self) -> str:  # KeyError would quote the message
-        return str(self.args[0])
 
-
-class TableExistsError(EngramClientError):
+class TableExistsError(EngramClientError, AlreadyExistsError):
     """A table of that name already exists."""
 
 
-class InvalidRequestError(EngramClientError, ValueError):
+class InvalidRequestError(EngramClientError, InvalidArgumentError):
     """The daemon refused the request as malformed (bad shape, dtype, config...)."""
 
 
-class KeyOutOfRangeError(EngramClientError, IndexError):
+class KeyOutOfRangeError(EngramClientError, OutOfRangeError):
     """A key outside the table."""
 
 
-class RequestTooLargeError(EngramClientError):
-    """The request exceeds the daemon's limits."""
+class RequestTooLargeError(EngramClientError, ResourceExhaustedError):
+    """The request exceeds the daemon's limits, or the daemon has no room for it."""
 
 
-_BY_CODE: dict[grpc.StatusCode, type[EngramClientError]] = {
-    grpc.StatusCode.NOT_FOUND: TableNotFoundError,
-    grpc.StatusCode.ALREADY_EXISTS: TableExistsError,
-    grpc.StatusCode.INVALID_ARGUMENT: InvalidRequestError,
-    grpc.StatusCode.OUT_OF_RANGE: KeyOutOfRangeError,
-    grpc.StatusCode.RESOURCE_EXHAUSTED: RequestTooLargeError,
-    grpc.StatusCode.UNAVAILABLE: ShardUnavailableError,
-    grpc.StatusCode.DEADLINE_EXCEEDED: ShardUnavailableError,
+class PreconditionFailedError(EngramClientError, FailedPreconditionError):
+    """The request cannot apply to the daemon's state now (e.g. a shared buffer it refuses)."""
+
+
+# Each store kind's client kind (its second base).
+_CLIENT_KIND: dict[type[StoreError], type[EngramClientError]] = {
+    kind.__bases__[1]: kind
+    for kind in (
+        ShardUnavailableError,
+        TableNotFoundError,
+        TableExistsError,
+        InvalidRequestError,
+        KeyOutOfRangeError,
+        RequestTooLargeError,
+        PreconditionFailedError,
+    )
 }
 
 
 def from_rpc_error(error: grpc.RpcError, address: str) -> EngramClientError:
     code = error.code() if hasattr(error, "code") else None
     details = error.details() if hasattr(error, "details") else str(error)
-    kind = _BY_CODE.get(code, EngramClientError) if code is not None else EngramClientError
     name = code.name if code is not None else "UNKNOWN"
+    kind = _CLIENT_KIND.get(kind_of(name), EngramClientError)
     return kind(f"{name}: {details}", address, code)

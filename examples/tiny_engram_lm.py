@@ -35,8 +35,8 @@ from torch import nn
 from client import EngramClient
 from client.config import EngramConfig
 from client.engram_tables import create_engram_tables, hash_mapping, plan_engram_tables
-from client.prefetch import Prefetcher
 from client.torch import Engram, LocalTable, PushGroup, StoreTable
+from client.torch.prefetch import Prefetcher
 from store.local import LocalDaemon
 
 ENGRAM_CONFIG = os.path.join(os.path.dirname(__file__), "tiny_engram_lm.engram.json")

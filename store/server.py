@@ -7,7 +7,6 @@ flushed before it returns.
 
 from __future__ import annotations
 
-import errno
 import logging
 import os
 import signal
@@ -27,39 +26,12 @@ from store._proto.engram.store.v1 import store_pb2 as pb
 from store._proto.engram.store.v1 import store_pb2_grpc as pb_grpc
 from store.config import ServeConfig
 from store.engine import StoreEngine
-from store.errors import (
-    AlreadyExistsError,
-    FailedPreconditionError,
-    NotFoundError,
-    ResourceExhaustedError,
-)
+from store.errors import status_of
 
 log = logging.getLogger(__name__)
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["EngramStore"].full_name
 
 T = TypeVar("T")
-
-# Most specific first: InvalidArgumentError is also a ValueError.
-_STATUS_OF: list[tuple[type[BaseException], grpc.StatusCode]] = [
-    (NotFoundError, grpc.StatusCode.NOT_FOUND),
-    (AlreadyExistsError, grpc.StatusCode.ALREADY_EXISTS),
-    (ResourceExhaustedError, grpc.StatusCode.RESOURCE_EXHAUSTED),
-    (FailedPreconditionError, grpc.StatusCode.FAILED_PRECONDITION),
-    (IndexError, grpc.StatusCode.OUT_OF_RANGE),
-    (ValueError, grpc.StatusCode.INVALID_ARGUMENT),
-    (TypeError, grpc.StatusCode.INVALID_ARGUMENT),
-    (OverflowError, grpc.StatusCode.INVALID_ARGUMENT),
-    (MemoryError, grpc.StatusCode.RESOURCE_EXHAUSTED),
-    (_native.TableFormatError, grpc.StatusCode.DATA_LOSS),
-]
-# Operating-system errors a request can meet that are no bug of the daemon's.
-_EXHAUSTED_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.ENOMEM, errno.EFBIG)
-
-
-def _status_of(error: BaseException) -> grpc.StatusCode | None:
-    if isinstance(error, OSError) and error.errno in _EXHAUSTED_ERRNOS:
-        return grpc.StatusCode.RESOURCE_EXHAUSTED
-    return next((code for kind, code in _STATUS_OF if isinstance(error, kind)), None)
 
 
 @dataclass(frozen=True)
@@ -112,11 +84,11 @@ def add_servicer(servicer: Servicer, server: grpc.Server) -> None:
 
 
 def _abort(context: grpc.ServicerContext, error: BaseException, method: str) -> None:
-    code = _status_of(error)
+    code = status_of(error)
     if code is None:
         log.exception("unexpected error in %s", method)
         context.abort(grpc.StatusCode.INTERNAL, f"internal error: {type(error).__name__}: {error}")
-    context.abort(code, str(error))
+    context.abort(grpc.StatusCode[code], str(error))
 
 
 def _unary(method: Callable[..., T]) -> Callable[..., T]:

@@ -11,8 +11,8 @@ from daemon import daemon_thread
 
 from client import EngramClient, NgramHashMapping
 from client.config import EngramConfig
-from client.prefetch import Prefetcher
 from client.torch import Engram, StoreTable, device_row_cache
+from client.torch.prefetch import Prefetcher
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 

@@ -14,8 +14,8 @@ import torch
 from daemon import daemon_thread
 
 from client import EngramClient, NgramHashMapping
-from client.prefetch import Prefetcher
 from client.torch import StoreTable
+from client.torch.prefetch import Prefetcher
 from client.torch.push_group import PushGroup
 
 LAYER, DIM = 1, 4

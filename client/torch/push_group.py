@@ -10,19 +10,16 @@ Outside a backward pass a push is sent at once.
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
 from client.client import EngramClient
 from client.results import PushResult
-
-if TYPE_CHECKING:
-    from client.torch.tables import StoreTable
+from client.torch.push_log import PushLog
 
 
 @dataclass
@@ -36,7 +33,7 @@ class RowsRequest:
 
 @dataclass
 class _Push:
-    table: StoreTable
+    log: PushLog
     number: int
     keys: np.ndarray
     grads: np.ndarray
@@ -73,14 +70,14 @@ class PushGroup:
                 raise ValueError("this PushGroup already sends another reader's lookups")
             self._reader = reader
 
-    def push(self, table: StoreTable, keys: np.ndarray, grads: np.ndarray) -> None:
-        """Numbers the push in `table` and sends it with the others at the end of the current
-        backward pass (now, outside one)."""
+    def push(self, log: PushLog, keys: np.ndarray, grads: np.ndarray) -> None:
+        """Numbers the push in its table's `log` (which holds a slot for it) and sends it with
+        the others at the end of the current backward pass (now, outside one)."""
         in_backward = _in_backward()
         with self._lock:
             done: Future[PushResult] = Future()
-            number = table._issued(keys, done)
-            self._waiting.append(_Push(table, number, keys, grads, done))
+            number = log.issue(keys, done)
+            self._waiting.append(_Push(log, number, keys, grads, done))
             queue = in_backward and not self._flush_queued
             self._flush_queued |= queue
         if queue:
@@ -101,24 +98,24 @@ class PushGroup:
             self._sender.submit(self._send, pushes, rows)
 
     def _send(self, pushes: list[_Push], rows: RowsRequest | None) -> None:
-        keep = any(p.table.keeps_updated_rows for p in pushes)
+        keep = any(p.log.keeps_updated_rows for p in pushes)
         self.calls += 1
         try:
             sent = [_sum_per_key(p.keys, p.grads) for p in pushes]
             result = self.client.batch(
-                [(p.table.table, k, g) for p, (k, g) in zip(pushes, sent, strict=True)],
+                [(p.log.table, k, g) for p, (k, g) in zip(pushes, sent, strict=True)],
                 rows.lookups if rows is not None else (),
                 return_rows=keep,
             )
         except BaseException as error:
             for p in pushes:
-                p.table._applied(p.number, p.keys, None)
+                p.log.ended(p.number, p.keys, None)
                 p.done.set_exception(error)
             if rows is not None:
                 rows.rows.set_exception(error)
             return
         for p, (keys, _), outcome in zip(pushes, sent, result.pushes, strict=True):
-            p.table._applied(p.number, keys, outcome.updated_rows)
+            p.log.ended(p.number, keys, outcome.updated_rows)
             p.done.set_result(outcome)
         if rows is not None:
             rows.rows.set_result(result.lookups)
@@ -143,9 +140,3 @@ def _sum_per_key(keys: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.nda
         check_invariants=False,
     ).coalesce()
     return gradient.indices()[0].numpy(), gradient.values().numpy()
-
-
-def shared_group(tables: Iterable[StoreTable]) -> PushGroup | None:
-    """The group every one of `tables` pushes through, or None if they do not share one."""
-    groups = {t.group for t in tables}
-    return groups.pop() if len(groups) == 1 else None

@@ -11,9 +11,7 @@ each head's offset, and return rows `[B, T, heads, dim]`.
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Iterable, Sequence
-from concurrent.futures import Future
 from typing import Any
 
 import numpy as np
@@ -23,9 +21,7 @@ from torch import nn
 from client.cache import RowCache
 from client.client import EngramClient
 from client.torch.push_group import PushGroup
-
-# How many pushes' keys a table remembers, for rows read ahead of them.
-PUSH_LOG_LENGTH = 64
+from client.torch.push_log import PushLog
 
 
 def _offsets(list_of_n: Sequence[int]) -> torch.Tensor:
@@ -102,18 +98,17 @@ class StoreTable(nn.Module):
         self.table = table
         self.cache = cache
         self.group = group if group is not None else PushGroup(client)
-        self._slots = threading.BoundedSemaphore(max_pushes_in_flight)
-        self._pending: list[tuple[int, Future[Any]]] = []
-        self._pending_lock = threading.Lock()
-        # Keys of every push, by push number (1, 2, ...), so prefetched rows can be checked
-        # against the pushes issued after they were read.
-        self._pushed_keys: dict[int, np.ndarray] = {}
-        # With `keep_updated_rows`: (keys, rows) as each push left them, by push number.
-        self.keeps_updated_rows = False
-        self._updated_rows: dict[int, tuple[np.ndarray, np.ndarray]] = {}
-        self.pushes_issued = 0
+        self.push_log = PushLog(table, max_pushes_in_flight, cache)
         # Gives the rows a place in the autograd graph without being a trainable parameter.
         self._anchor = torch.zeros((), requires_grad=True)
+
+    @property
+    def pushes_issued(self) -> int:
+        return self.push_log.issued
+
+    @property
+    def keeps_updated_rows(self) -> bool:
+        return self.push_log.keeps_updated_rows
 
     def forward(self, input_ids: torch.Tensor, rows: torch.Tensor | None = None) -> torch.Tensor:
         keys = input_ids + self.offsets.to(input_ids.device)
@@ -141,22 +136,16 @@ class StoreTable(nn.Module):
         """From now on, remembers the rows each push leaves (the daemon returns them) for
         `updated_rows`, until `forget_updated_rows`; or, with `keep=False`, stops and
         forgets them all."""
-        self.keeps_updated_rows = keep
-        if not keep:
-            self.forget_updated_rows(through=self.pushes_issued)
+        self.push_log.keep_updated_rows(keep)
 
     def updated_rows(self, numbers: Iterable[int]) -> list[tuple[np.ndarray, np.ndarray]] | None:
         """`(keys, rows)` as each of the given (applied) pushes left them, in push order; None
         unless every one was remembered."""
-        with self._pending_lock:
-            found = [self._updated_rows.get(n) for n in numbers]
-        return None if None in found else [f for f in found if f is not None]
+        return self.push_log.updated_rows(numbers)
 
     def forget_updated_rows(self, through: int) -> None:
         """Drops the rows of pushes 1..`through` (nobody reading ahead still needs them)."""
-        with self._pending_lock:
-            for n in [n for n in self._updated_rows if n <= through]:
-                del self._updated_rows[n]
+        self.push_log.forget_updated_rows(through)
 
     def push_gradient(self, keys: torch.Tensor, grad: torch.Tensor) -> None:
         """Pushes `grad` (one row per key) without blocking the backward pass (beyond the
@@ -165,54 +154,23 @@ class StoreTable(nn.Module):
         flat_keys = keys.reshape(-1).cpu().numpy().astype(np.uint64)
         # A copy: autograd owns the gradient's memory once backward moves on.
         rows = grad.reshape(-1, self.embedding_dim).to("cpu", torch.float32, copy=True).numpy()
-        if not self._slots.acquire(blocking=False):
+        if not self.push_log.try_reserve():
             # The pushes holding the slots may still wait for the end of this backward pass.
             self.group.flush()
-            self._slots.acquire()
-        self.group.push(self, flat_keys, rows)
-
-    def _issued(self, keys: np.ndarray, done: Future[Any]) -> int:
-        """Numbers a push of `keys` that `done` completes; the group calls it."""
-        with self._pending_lock:
-            self.pushes_issued += 1
-            self._pushed_keys[self.pushes_issued] = keys
-            # Nobody reads rows older than a prefetch depth: keep the log short.
-            self._pushed_keys.pop(self.pushes_issued - PUSH_LOG_LENGTH, None)
-            self._pending.append((self.pushes_issued, done))
-            return self.pushes_issued
-
-    def _applied(self, number: int, keys: np.ndarray, rows: np.ndarray | None) -> None:
-        """Push `number` of (distinct) `keys` is over, applied or failed; `rows` are the rows
-        it left, when the daemon returned them. The group calls it."""
-        if rows is not None and self.keeps_updated_rows:
-            with self._pending_lock:
-                self._updated_rows[number] = (keys, rows)
-        # After the push, so no fetch in between can cache the old rows again.
-        if self.cache is not None:
-            self.cache.invalidate(self.table, keys)
-        self._slots.release()
+            self.push_log.reserve()
+        self.group.push(self.push_log, flat_keys, rows)
 
     def keys_pushed_since(self, push_number: int) -> np.ndarray:
         """Keys of the pushes issued after push `push_number`, repeats included (the last
         `PUSH_LOG_LENGTH` pushes are remembered)."""
-        with self._pending_lock:
-            recent = [k for n, k in self._pushed_keys.items() if n > push_number]
-        return np.concatenate(recent) if recent else np.zeros(0, np.uint64)
+        return self.push_log.keys_since(push_number)
 
     def pushes_applied(self) -> int:
         """The number n such that pushes 1..n are all applied (pushes run concurrently, so a
         later one may finish first)."""
-        with self._pending_lock:
-            unfinished = [n for n, f in self._pending if not f.done()]
-            return min(unfinished) - 1 if unfinished else self.pushes_issued
+        return self.push_log.applied_through()
 
     def wait_for_pushes(self) -> None:
         """Blocks until every push issued so far has been applied (raising its error)."""
         self.group.flush()
-        with self._pending_lock:
-            pending = list(self._pending)
-        for _, future in pending:
-            future.result()
-        # Forgotten only once done: `pushes_applied` counts what is still listed as pending.
-        with self._pending_lock:
-            self._pending = [(n, f) for n, f in self._pending if not f.done()]
+        self.push_log.wait()

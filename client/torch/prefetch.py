@@ -30,8 +30,9 @@ import numpy as np
 import torch
 
 from client.hashing import NgramHashMapping
-from client.torch.push_group import PushGroup, RowsRequest, shared_group
-from client.torch.tables import PUSH_LOG_LENGTH, StoreTable
+from client.torch.push_group import PushGroup, RowsRequest
+from client.torch.push_log import PUSH_LOG_LENGTH
+from client.torch.tables import StoreTable
 
 
 @dataclass
@@ -126,7 +127,9 @@ class Prefetcher:
         with_pushes = (
             read_with_pushes and not max_staleness and all(t.cache is None for t in tables.values())
         )
-        self._group = shared_group(tables.values()) if with_pushes else None
+        groups = {t.group for t in tables.values()}
+        # One group for every table: the next batch's rows can ride with its pushes.
+        self._group = groups.pop() if with_pushes and len(groups) == 1 else None
         if self._group is not None:
             self._group.set_reader(self._rows_to_send)
         else:

@@ -1,0 +1,72 @@
+"""The code's layering rules (README, Layout) and its one exception tree."""
+
+from __future__ import annotations
+
+import ast
+
+import grpc
+import pytest
+from conftest import REPO_ROOT
+
+from client.errors import EngramClientError, from_rpc_error
+from store import errors
+
+
+def imports(package: str) -> dict[str, set[str]]:
+    """Each module file of `package` and the modules it imports."""
+    found: dict[str, set[str]] = {}
+    for path in sorted((REPO_ROOT / package).rglob("*.py")):
+        if "_proto" in path.parts:
+            continue
+        names: set[str] = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                names.update(a.name for a in node.names)
+            elif isinstance(node, ast.ImportFrom) and node.module:
+                names.add(node.module)
+                names.update(f"{node.module}.{a.name}" for a in node.names)
+        found[str(path.relative_to(REPO_ROOT))] = names
+    return found
+
+
+def test_store_never_imports_the_client_or_the_command_line() -> None:
+    for module, names in imports("store").items():
+        assert not any(n.split(".")[0] in ("client", "engram_cli") for n in names), module
+
+
+def test_only_client_torch_imports_torch() -> None:
+    for module, names in imports("client").items():
+        if not module.startswith("client/torch/"):
+            assert not any(n.split(".")[0] == "torch" for n in names), module
+
+
+def test_the_push_machinery_has_no_import_cycle() -> None:
+    modules = imports("client")
+    assert not any(
+        n.startswith("client.torch.tables") for n in modules["client/torch/push_group.py"]
+    )
+    assert not any(n.startswith("client.torch.tables") for n in modules["client/torch/push_log.py"])
+
+
+@pytest.mark.parametrize(
+    "kind", [k for k, _ in errors.STATUS_OF_KIND if issubclass(k, errors.StoreError)]
+)
+def test_each_error_kind_crosses_the_wire_as_itself(kind: type[errors.StoreError]) -> None:
+    status = errors.status_of(kind("x"))
+    assert status is not None
+    assert errors.kind_of(status) is kind
+
+    class Failed(grpc.RpcError):  # type: ignore[misc]
+        def code(self) -> grpc.StatusCode:
+            return grpc.StatusCode[status]
+
+        def details(self) -> str:
+            return "why"
+
+    raised = from_rpc_error(Failed(), "host:1")
+    if kind is errors.TableFormatError:
+        assert type(raised) is EngramClientError  # data loss: the base kind
+    else:
+        assert isinstance(raised, kind)
+    assert isinstance(raised, errors.StoreError)
+    assert str(raised) == f"host:1: {status}: why"
