@@ -21,11 +21,46 @@ import subprocess
 import sys
 import tempfile
 import time
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
 
 ROWS, DIM, BATCH, BATCHES = 1_000_000, 64, 65_536, 8
+
+
+def _create(
+    native: Any, path: str, optimizer: str, args: tuple[float, ...], checksums: bool
+) -> Any:
+    """A table in `path`, through whichever binding this process has: a spec object (read by
+    attribute) since the typed specs, positional arguments before them."""
+    lr, eps, beta1, beta2, accumulator = args
+    spec = SimpleNamespace(
+        num_rows=ROWS,
+        dim=DIM,
+        dtype="float32",
+        init="normal",
+        init_std=0.02,
+        seed=1,
+        optimizer=SimpleNamespace(
+            name=optimizer,
+            lr=lr,
+            eps=eps,
+            beta1=beta1,
+            beta2=beta2,
+            initial_accumulator_value=accumulator,
+        ),
+        allow_non_finite=False,
+        first_row=0,
+        row_checksums=checksums,
+    )
+    try:
+        return native.EmbeddingTable.create(path, spec)
+    except TypeError:  # an older build
+        extra = {} if checksums else {"row_checksums": False}
+        return native.EmbeddingTable.create(
+            path, ROWS, DIM, "float32", "normal", 0.02, 1, optimizer, *args, False, **extra
+        )
 
 
 def _worker(directory: str) -> None:
@@ -47,20 +82,9 @@ def _worker(directory: str) -> None:
         # bare: neither.
         variants = ("journal", "plain", "unchecked", "bare") if journal else ("plain",)
         for variant in variants:
-            checksums = {"row_checksums": False} if variant in ("unchecked", "bare") else {}
-            table = _native.EmbeddingTable.create(
-                os.path.join(directory, f"{name}-{variant}"),
-                ROWS,
-                DIM,
-                "float32",
-                "normal",
-                0.02,
-                1,
-                optimizer,
-                *args,
-                False,
-                **checksums,
-            )
+            checksums = variant not in ("unchecked", "bare")
+            path = os.path.join(directory, f"{name}-{variant}")
+            table = _create(_native, path, optimizer, args, checksums)
             if variant in ("journal", "unchecked") and journal is not None:
                 table.attach_journal(journal)
             for keys in key_sets:  # every row written once: rounds measure updates

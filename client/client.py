@@ -8,6 +8,7 @@ list. Rows never written read the same initial values as one whole table would.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import logging
 import os
@@ -38,9 +39,10 @@ from client.results import (
 from client.shared_memory import DEFAULT_DIRECTORY, SharedBufferPool, aligned, is_local
 from store._arrays import as_keys, as_rows
 from store._proto.engram.store.v1 import store_pb2 as pb
+from store.conversions import hash_from_proto, table_spec_to_proto
+from store.spec import HashSpec, OptimizerSpec, TableSpec
 
 _NUMPY_ROWS = {"float32": np.float32, "float16": np.float16, "bfloat16": np.uint16}
-_OPTIMIZERS = ("sgd", "adagrad", "rowwise_adagrad", "adam")
 log = logging.getLogger(__name__)
 
 
@@ -124,60 +126,61 @@ class EngramClient:
         init: str = "normal",
         init_std: float = 0.02,
         seed: int = 0,
-        optimizer: str = "sgd",
+        optimizer: str | OptimizerSpec = "sgd",
         lr: float = 0.01,
         eps: float = 0.0,
         betas: tuple[float, float] = (0.0, 0.0),
         initial_accumulator_value: float = 0.0,
         allow_non_finite: bool = False,
-        hash_config: pb.HashConfig | None = None,
+        hash_config: HashSpec | pb.HashConfig | None = None,
         row_checksums: bool = True,
     ) -> TableInfo:
-        """Creates a table, split over every shard. Optimizer hyper-parameters left at 0 take
-        PyTorch's defaults (Adagrad eps 1e-10; SparseAdam betas (0.9, 0.999), eps 1e-8).
-        `hash_config` enables server-side token hashing, for single-daemon tables only.
-        `row_checksums=False` makes pushes cheaper, and the daemon's `verify` blind to it."""
-        if optimizer not in _OPTIMIZERS:
-            raise ValueError(f"optimizer must be one of {_OPTIMIZERS}, got {optimizer!r}")
-        if num_rows < len(self.shards):
-            raise ValueError(f"num_rows {num_rows} is below the {len(self.shards)} shards")
-        if hash_config is not None and len(self.shards) > 1:
+        """Creates a table, split over every shard. `optimizer` is a name (with `lr`, `eps`,
+        `betas`, `initial_accumulator_value`) or an `OptimizerSpec`; hyper-parameters left at
+        0 take PyTorch's defaults (Adagrad eps 1e-10; SparseAdam betas (0.9, 0.999), eps
+        1e-8). `hash_config` enables server-side token hashing, for single-daemon tables
+        only. `row_checksums=False` makes pushes cheaper, and the daemon's `verify` blind to
+        it."""
+        if not isinstance(optimizer, OptimizerSpec):
+            optimizer = OptimizerSpec(
+                optimizer, lr, eps, betas[0], betas[1], initial_accumulator_value
+            )
+        if isinstance(hash_config, pb.HashConfig):
+            hash_config = hash_from_proto(hash_config)
+        spec = TableSpec(
+            name,
+            num_rows,
+            dim,
+            dtype=dtype,
+            init=init,
+            init_std=init_std,
+            seed=seed,
+            optimizer=optimizer.check(),
+            allow_non_finite=allow_non_finite,
+            row_checksums=row_checksums,
+            hash_config=hash_config,
+        )
+        return self.create(spec)
+
+    def create(self, spec: TableSpec) -> TableInfo:
+        """Creates the table `spec` describes, cut into one row range per shard."""
+        shards = len(self.shards)
+        if spec.num_rows < shards:
+            raise ValueError(f"num_rows {spec.num_rows} is below the {shards} shards")
+        if spec.hash_config is not None and shards > 1:
             raise ValueError("hash_config needs a table on one daemon (hash locally otherwise)")
-        config = pb.OptimizerConfig(lr=lr)
-        if optimizer == "adagrad":
-            config.adagrad.eps = eps
-            config.adagrad.initial_accumulator_value = initial_accumulator_value
-        elif optimizer == "rowwise_adagrad":
-            config.rowwise_adagrad.eps = eps
-        elif optimizer == "adam":
-            config.adam.beta1, config.adam.beta2 = betas
-            config.adam.eps = eps
-        else:
-            config.sgd.SetInParent()
-        bounds = [i * num_rows // len(self.shards) for i in range(len(self.shards) + 1)]
+        bounds = [i * spec.num_rows // shards for i in range(shards + 1)]
 
         def create(i: int, shard: Shard) -> pb.TableInfo:
-            spec = pb.TableSpec(
-                name=name,
-                num_rows=bounds[i + 1] - bounds[i],
-                dim=dim,
-                dtype=dtype,
-                init=init,
-                init_std=init_std,
-                seed=seed,
-                optimizer=config,
-                allow_non_finite=allow_non_finite,
-                first_row=bounds[i],
-                hash_config=hash_config,
-                skip_row_checksums=not row_checksums,
+            part = dataclasses.replace(
+                spec, num_rows=bounds[i + 1] - bounds[i], first_row=bounds[i]
             )
-            info: pb.TableInfo = shard.call(
-                lambda t: shard.stub.CreateTable(pb.CreateTableRequest(spec=spec), timeout=t)
-            )
+            request = pb.CreateTableRequest(spec=table_spec_to_proto(part))
+            info: pb.TableInfo = shard.call(lambda t: shard.stub.CreateTable(request, timeout=t))
             return info
 
         infos = self._each_shard(create)
-        self._layouts[name] = TableLayout(np.array(bounds, dtype=np.uint64), dim)
+        self._layouts[spec.name] = TableLayout(np.array(bounds, dtype=np.uint64), spec.dim)
         return TableInfo.of_shards(infos)
 
     def describe(self, name: str) -> TableInfo:

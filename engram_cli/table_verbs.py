@@ -12,6 +12,7 @@ from client.results import TableInfo
 from engram_cli.exit_codes import EXIT_DECLINED, EXIT_USAGE
 from engram_cli.output import emit
 from engram_cli.parsing import Verbs, connect
+from store.spec import INITS, OPTIMIZERS, ROW_DTYPES
 
 
 def describe(info: TableInfo) -> str:
@@ -102,13 +103,13 @@ def _add_table_options(verb: argparse.ArgumentParser) -> None:
     verb.add_argument(
         "--dtype",
         default="float32",
-        choices=["float32", "bfloat16", "float16"],
+        choices=ROW_DTYPES,
         help="how rows are stored (lookups can return any of these)",
     )
     verb.add_argument(
         "--init",
         default="normal",
-        choices=["normal", "zeros"],
+        choices=INITS,
         help="value of rows never written",
     )
     verb.add_argument(
@@ -117,7 +118,7 @@ def _add_table_options(verb: argparse.ArgumentParser) -> None:
     verb.add_argument(
         "--optimizer",
         default="sgd",
-        choices=["sgd", "adagrad", "rowwise_adagrad", "adam"],
+        choices=OPTIMIZERS,
         help="server-side optimizer applied to pushed gradients (hyper-parameters: PyTorch's)",
     )
     verb.add_argument("--lr", metavar="RATE", type=float, default=0.01, help="learning rate")

@@ -5,6 +5,8 @@ from typing import Any, final
 import numpy as np
 import numpy.typing as npt
 
+from store.spec import TableSpec
+
 __all__ = [
     "BUFFER_HEADER_BYTES",
     "BUFFER_MAGIC",
@@ -98,36 +100,9 @@ class Table:
 @final
 class EmbeddingTable:
     @staticmethod
-    def create(
-        dir: str | os.PathLike[str],
-        num_rows: int,
-        dim: int,
-        dtype: str,
-        init: str,
-        std: float,
-        seed: int,
-        optimizer: str,
-        lr: float,
-        eps: float,
-        beta1: float,
-        beta2: float,
-        initial_accumulator_value: float,
-        allow_non_finite: bool,
-        first_row: int = 0,
-        row_checksums: bool = True,
-    ) -> EmbeddingTable: ...
+    def create(dir: str | os.PathLike[str], spec: TableSpec) -> EmbeddingTable: ...
     @staticmethod
-    def open(
-        dir: str | os.PathLike[str],
-        optimizer: str,
-        lr: float,
-        eps: float,
-        beta1: float,
-        beta2: float,
-        initial_accumulator_value: float,
-        allow_non_finite: bool,
-        step: int,
-    ) -> EmbeddingTable: ...
+    def open(dir: str | os.PathLike[str], spec: TableSpec, step: int) -> EmbeddingTable: ...
     @property
     def num_rows(self) -> int: ...
     @property

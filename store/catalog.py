@@ -12,7 +12,8 @@ from typing import Any
 
 import lmdb
 
-from store._proto.engram.store.v1 import store_pb2 as pb
+from store.conversions import table_spec_bytes, table_spec_of_bytes
+from store.spec import TableSpec
 
 _DATABASES = (b"tables", b"steps", b"incarnations", b"checkpoints", b"clients", b"meta")
 
@@ -35,13 +36,13 @@ class Catalog:
 
     # tables -------------------------------------------------------------------------
 
-    def put_table(self, spec: pb.TableSpec, step: int, incarnation: str) -> None:
+    def put_table(self, spec: TableSpec, step: int, incarnation: str) -> None:
         with self._env.begin(write=True) as txn:
             self._put_table(txn, spec, step, incarnation)
 
-    def _put_table(self, txn: Any, spec: pb.TableSpec, step: int, incarnation: str) -> None:
+    def _put_table(self, txn: Any, spec: TableSpec, step: int, incarnation: str) -> None:
         key = spec.name.encode()
-        txn.put(key, spec.SerializeToString(deterministic=True), db=self._db["tables"])
+        txn.put(key, table_spec_bytes(spec), db=self._db["tables"])
         txn.put(key, str(step).encode(), db=self._db["steps"])
         txn.put(key, incarnation.encode(), db=self._db["incarnations"])
 
@@ -58,7 +59,7 @@ class Catalog:
 
     def record_restore(
         self,
-        tables: list[tuple[pb.TableSpec, int, str]],
+        tables: list[tuple[TableSpec, int, str]],
         windows: dict[str, dict[str, Any]],
         checkpoint_id: int,
     ) -> None:
@@ -77,12 +78,12 @@ class Catalog:
             for db in ("tables", "steps", "incarnations"):
                 txn.delete(name.encode(), db=self._db[db])
 
-    def tables(self) -> list[tuple[pb.TableSpec, int, str]]:
+    def tables(self) -> list[tuple[TableSpec, int, str]]:
         """Every table as (spec, step at the last flush, incarnation), by name."""
         out = []
         with self._env.begin() as txn:
             for key, value in txn.cursor(db=self._db["tables"]):
-                spec = pb.TableSpec.FromString(value)
+                spec = table_spec_of_bytes(value)
                 step = int(txn.get(key, db=self._db["steps"]) or b"0")
                 incarnation = (txn.get(key, db=self._db["incarnations"]) or b"").decode()
                 out.append((spec, step, incarnation))

@@ -20,10 +20,11 @@ import zlib
 from typing import Any
 
 from store import _native
-from store._proto.engram.store.v1 import store_pb2 as pb
+from store.conversions import table_spec_bytes, table_spec_of_bytes
 from store.crash_points import crash_point
 from store.data_dir import fsync_dir
 from store.errors import NotFoundError
+from store.spec import TableSpec
 from store.table_handle import TableHandle
 
 MANIFEST = "manifest.json"
@@ -70,7 +71,7 @@ def write_checkpoint(
                 "crc32": crc,
                 "full": table_full,
                 "incarnation": table.incarnation,
-                "spec": base64.b64encode(table.spec.SerializeToString(deterministic=True)).decode(),
+                "spec": base64.b64encode(table_spec_bytes(table.spec)).decode(),
             }
         )
     manifest = {
@@ -135,10 +136,8 @@ def remove_unpublished(data_dir: str) -> None:
                 shutil.rmtree(os.path.join(root, name), ignore_errors=True)
 
 
-def spec_of(entry: dict[str, Any]) -> pb.TableSpec:
-    spec = pb.TableSpec()
-    spec.ParseFromString(base64.b64decode(entry["spec"]))
-    return spec
+def spec_of(entry: dict[str, Any]) -> TableSpec:
+    return table_spec_of_bytes(base64.b64decode(entry["spec"]))
 
 
 def restore_table(data_dir: str, target: dict[str, Any], name: str, directory: str) -> TableHandle:

@@ -39,13 +39,12 @@ from store.errors import (
 from store.gate import Gate
 from store.idempotency import ClientWindows
 from store.shared_buffers import RequestBuffers
+from store.spec import ROW_DTYPES, TableSpec
 from store.table_handle import TableHandle, table_directory
 from store.wire import (
     ITEM_SIZES,
-    ROW_DTYPES,
     check_array,
     check_client_id,
-    check_table_name,
     key_bytes,
     non_negative_keys,
 )
@@ -188,8 +187,8 @@ class StoreEngine:
             raise NotFoundError(f"table {name!r} does not exist")
         return table
 
-    def create_table(self, spec: pb.TableSpec) -> pb.TableInfo:
-        check_table_name(spec.name)
+    def create_table(self, spec: TableSpec) -> pb.TableInfo:
+        spec.check()
         # Exclusive: a restore swapping the tables directory meanwhile would lose the table.
         with self._gate.exclusive(), self._tables_lock:
             if spec.name in self._tables:
@@ -205,7 +204,7 @@ class StoreEngine:
             spec.name,
             spec.num_rows,
             spec.dim,
-            spec.dtype or "float32",
+            spec.dtype,
         )
         return table.info()
 

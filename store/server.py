@@ -25,6 +25,7 @@ from store import _native
 from store._proto.engram.store.v1 import store_pb2 as pb
 from store._proto.engram.store.v1 import store_pb2_grpc as pb_grpc
 from store.config import ServeConfig
+from store.conversions import table_spec_from_proto
 from store.engine import StoreEngine
 from store.errors import status_of
 
@@ -142,7 +143,7 @@ class Servicer(pb_grpc.EngramStoreServicer):
 
     @_unary
     def CreateTable(self, request: pb.CreateTableRequest, context: Any) -> pb.TableInfo:
-        return self.engine.create_table(request.spec)
+        return self.engine.create_table(table_spec_from_proto(request.spec))
 
     @_unary
     def DropTable(self, request: pb.DropTableRequest, context: Any) -> pb.DropTableResponse:

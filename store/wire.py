@@ -3,31 +3,29 @@
 from __future__ import annotations
 
 import math
-import re
-from dataclasses import dataclass
 
 import numpy as np
 import numpy.typing as npt
 
 from store._proto.engram.store.v1 import store_pb2 as pb
 from store.errors import InvalidArgumentError
+from store.spec import ROW_DTYPES
+
+__all__ = [
+    "ITEM_SIZES",
+    "ROW_DTYPES",
+    "check_array",
+    "check_client_id",
+    "key_bytes",
+    "non_negative_keys",
+    "numpy_array",
+]
 
 ITEM_SIZES = {"uint64": 8, "int64": 8, "float32": 4, "bfloat16": 2, "float16": 2}
-ROW_DTYPES = ("float32", "bfloat16", "float16")
-TABLE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
 # A client id is a key of the catalog (LMDB keys hold at most 511 bytes) and of every
 # checkpoint's manifest: bounded here, at the door, so that no push can make a later
 # checkpoint or flush fail.
 MAX_CLIENT_ID_BYTES = 128
-
-
-def check_table_name(name: str) -> str:
-    if not TABLE_NAME.fullmatch(name):
-        raise InvalidArgumentError(
-            f"table name must be 1-128 letters, digits, '_', '.' or '-' starting with a "
-            f"letter or digit, got {name!r}"
-        )
-    return name
 
 
 def check_client_id(client_id: str) -> str:
@@ -97,45 +95,3 @@ def numpy_array(values: npt.NDArray[np.generic]) -> pb.Array:
     return pb.Array(
         dtype=dtype, shape=list(values.shape), data=np.ascontiguousarray(little).tobytes()
     )
-
-
-@dataclass(frozen=True)
-class OptimizerArgs:
-    """What the engine needs to build an optimizer, with PyTorch's defaults filled in."""
-
-    name: str
-    lr: float
-    eps: float = 0.0
-    beta1: float = 0.0
-    beta2: float = 0.0
-    initial_accumulator_value: float = 0.0
-
-    @staticmethod
-    def from_config(config: pb.OptimizerConfig) -> OptimizerArgs:
-        kind = config.WhichOneof("kind") or "sgd"
-        lr = config.lr
-        if kind == "sgd":
-            return OptimizerArgs("sgd", lr)
-        if kind == "adagrad":
-            return OptimizerArgs(
-                "adagrad",
-                lr,
-                eps=config.adagrad.eps or 1e-10,
-                initial_accumulator_value=config.adagrad.initial_accumulator_value,
-            )
-        if kind == "rowwise_adagrad":
-            return OptimizerArgs("rowwise_adagrad", lr, eps=config.rowwise_adagrad.eps or 1e-10)
-        adam = config.adam
-        return OptimizerArgs(
-            "adam", lr, eps=adam.eps or 1e-8, beta1=adam.beta1 or 0.9, beta2=adam.beta2 or 0.999
-        )
-
-    def native(self) -> tuple[str, float, float, float, float, float]:
-        return (
-            self.name,
-            self.lr,
-            self.eps,
-            self.beta1,
-            self.beta2,
-            self.initial_accumulator_value,
-        )

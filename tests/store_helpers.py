@@ -9,7 +9,14 @@ import numpy as np
 import numpy.typing as npt
 
 from store._proto.engram.store.v1 import store_pb2 as pb
+from store.conversions import table_spec_from_proto
+from store.spec import TableSpec
 from store.wire import numpy_array
+
+
+def table_spec(name: str = "t", **fields: Any) -> TableSpec:
+    """`spec(...)` as the engine takes it."""
+    return table_spec_from_proto(spec(name, **fields))
 
 
 def spec(

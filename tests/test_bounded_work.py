@@ -12,12 +12,12 @@ SCRIPT = """
 import json, sys
 import numpy as np
 sys.path.insert(0, "tests")
-from store_helpers import push, spec
+from store_helpers import push, table_spec
 from store._proto.engram.store.v1 import store_pb2 as pb
 from store.engine import StoreEngine
 
 engine = StoreEngine(sys.argv[1])
-engine.create_table(spec("huge", num_rows=10**10, dim=1, optimizer="adam"))
+engine.create_table(table_spec("huge", num_rows=10**10, dim=1, optimizer="adam"))
 engine.push(push("huge", [5, 9_999_999_999], np.ones((2, 1), np.float32)))
 info = engine.table("huge").info()
 engine.list_tables()

@@ -16,7 +16,7 @@ import grpc
 import numpy as np
 import pytest
 from daemon import daemon_process, daemon_thread
-from store_helpers import keys, push, raw_rows, rows_of, spec
+from store_helpers import keys, push, raw_rows, rows_of, spec, table_spec
 
 from store._proto.engram.store.v1 import store_pb2 as pb
 from store._proto.engram.store.v1 import store_pb2_grpc as pb_grpc
@@ -96,8 +96,8 @@ class FailingPacks:
 def test_a_failed_checkpoint_leaves_the_previous_one_intact(tmp_path: Path) -> None:
     data = tmp_path / "data"
     engine = StoreEngine(str(data))
-    engine.create_table(spec("a", num_rows=100, dim=4))
-    engine.create_table(spec("b", num_rows=100, dim=4))
+    engine.create_table(table_spec("a", num_rows=100, dim=4))
+    engine.create_table(table_spec("b", num_rows=100, dim=4))
     engine.push(push("a", [1], np.ones((1, 4), np.float32)))
     first = engine.checkpoint(full=False)
     engine.push(push("a", [2], np.ones((1, 4), np.float32)))
@@ -120,7 +120,7 @@ def test_a_failed_checkpoint_leaves_the_previous_one_intact(tmp_path: Path) -> N
 def test_a_published_but_unrecorded_checkpoint_is_found_on_restart(tmp_path: Path) -> None:
     data = tmp_path / "data"
     engine = StoreEngine(str(data))
-    engine.create_table(spec("a", num_rows=10, dim=2))
+    engine.create_table(table_spec("a", num_rows=10, dim=2))
     engine.checkpoint(full=True)
     engine.catalog.delete_checkpoint(1)  # as if the daemon died right after the rename
     engine.close()

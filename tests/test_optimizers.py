@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from store import _native
+from store.spec import OptimizerSpec, TableSpec
 
 ROWS, DIM, STEPS = 200, 16, 50
 
@@ -17,19 +18,9 @@ ROWS, DIM, STEPS = 200, 16, 50
 def make_table(path: Path, optimizer: str, lr: float, **hyper: float) -> _native.EmbeddingTable:
     return _native.EmbeddingTable.create(
         str(path),
-        ROWS,
-        DIM,
-        "float32",
-        "normal",
-        0.5,
-        7,
-        optimizer,
-        lr,
-        hyper.get("eps", 0.0),
-        hyper.get("beta1", 0.0),
-        hyper.get("beta2", 0.0),
-        hyper.get("initial_accumulator_value", 0.0),
-        False,
+        TableSpec(
+            "t", ROWS, DIM, init_std=0.5, seed=7, optimizer=OptimizerSpec(optimizer, lr, **hyper)
+        ),
     )
 
 

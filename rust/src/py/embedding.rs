@@ -21,6 +21,46 @@ type PackTuple = (u64, u64, u64, u32);
 fn pack_tuple(summary: PackSummary) -> PackTuple {
     (summary.rows, summary.step, summary.bytes, summary.crc32)
 }
+/// A `store.spec.OptimizerSpec`, read by attribute.
+#[derive(FromPyObject)]
+pub(crate) struct OptimizerArgs {
+    name: String,
+    lr: f32,
+    eps: f32,
+    beta1: f32,
+    beta2: f32,
+    initial_accumulator_value: f32,
+}
+
+impl OptimizerArgs {
+    fn build(&self) -> PyResult<Optimizer> {
+        Optimizer::new(
+            &self.name,
+            self.lr,
+            self.eps,
+            self.beta1,
+            self.beta2,
+            self.initial_accumulator_value,
+        )
+        .map_err(to_py_err)
+    }
+}
+
+/// A `store.spec.TableSpec`, read by attribute (the fields the engine needs).
+#[derive(FromPyObject)]
+pub(crate) struct TableSpecArgs {
+    num_rows: u64,
+    dim: u64,
+    dtype: String,
+    init: String,
+    init_std: f64,
+    seed: u64,
+    optimizer: OptimizerArgs,
+    allow_non_finite: bool,
+    first_row: u64,
+    row_checksums: bool,
+}
+
 /// A trainable table: rows, optimizer state and step count, in the files of one directory.
 #[pyclass(frozen, module = "store._native")]
 pub(crate) struct EmbeddingTable {
@@ -29,65 +69,36 @@ pub(crate) struct EmbeddingTable {
 
 #[pymethods]
 impl EmbeddingTable {
+    /// A table made as `spec` (a `store.spec.TableSpec`, its optimizer resolved) says.
     #[staticmethod]
-    #[pyo3(signature = (
-        dir, num_rows, dim, dtype, init, std, seed, optimizer, lr, eps, beta1, beta2,
-        initial_accumulator_value, allow_non_finite, first_row=0, row_checksums=true
-    ))]
-    #[allow(clippy::too_many_arguments)]
-    fn create(
-        py: Python<'_>,
-        dir: PathBuf,
-        num_rows: u64,
-        dim: u64,
-        dtype: &str,
-        init: &str,
-        std: f64,
-        seed: u64,
-        optimizer: &str,
-        lr: f32,
-        eps: f32,
-        beta1: f32,
-        beta2: f32,
-        initial_accumulator_value: f32,
-        allow_non_finite: bool,
-        first_row: u64,
-        row_checksums: bool,
-    ) -> PyResult<Self> {
-        let header = parse_header(num_rows, dim, dtype, init, std, seed, first_row)?;
-        let optimizer = Optimizer::new(optimizer, lr, eps, beta1, beta2, initial_accumulator_value)
-            .map_err(to_py_err)?;
+    fn create(py: Python<'_>, dir: PathBuf, spec: TableSpecArgs) -> PyResult<Self> {
+        let header = parse_header(
+            spec.num_rows,
+            spec.dim,
+            &spec.dtype,
+            &spec.init,
+            spec.init_std,
+            spec.seed,
+            spec.first_row,
+        )?;
+        let optimizer = spec.optimizer.build()?;
         let inner = detached(py, || {
             embedding::EmbeddingTable::create_with(
                 &dir,
                 header,
                 optimizer,
-                allow_non_finite,
-                row_checksums,
+                spec.allow_non_finite,
+                spec.row_checksums,
             )
         })?;
         Ok(EmbeddingTable { inner })
     }
 
+    /// The table in `dir`, trained as `spec` says, its step count at `step`.
     #[staticmethod]
-    #[pyo3(signature = (
-        dir, optimizer, lr, eps, beta1, beta2, initial_accumulator_value, allow_non_finite, step
-    ))]
-    #[allow(clippy::too_many_arguments)]
-    fn open(
-        py: Python<'_>,
-        dir: PathBuf,
-        optimizer: &str,
-        lr: f32,
-        eps: f32,
-        beta1: f32,
-        beta2: f32,
-        initial_accumulator_value: f32,
-        allow_non_finite: bool,
-        step: u64,
-    ) -> PyResult<Self> {
-        let optimizer = Optimizer::new(optimizer, lr, eps, beta1, beta2, initial_accumulator_value)
-            .map_err(to_py_err)?;
+    fn open(py: Python<'_>, dir: PathBuf, spec: TableSpecArgs, step: u64) -> PyResult<Self> {
+        let optimizer = spec.optimizer.build()?;
+        let allow_non_finite = spec.allow_non_finite;
         let inner = detached(py, || {
             embedding::EmbeddingTable::open(&dir, optimizer, allow_non_finite, step)
         })?;

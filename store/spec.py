@@ -1,0 +1,162 @@
+"""The one typed description of a table and its optimizer, shared by the command line, the
+client, the server and the Rust binding (which reads these objects' attributes).
+
+Every option's name and default is spelled here once; `check()` validates a spec at the
+door with errors naming the field.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from dataclasses import dataclass, field
+
+import numpy as np
+import numpy.typing as npt
+
+from store.errors import InvalidArgumentError
+
+OPTIMIZERS = ("sgd", "adagrad", "rowwise_adagrad", "adam")
+ROW_DTYPES = ("float32", "bfloat16", "float16")
+INITS = ("normal", "zeros")
+TABLE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
+# The published configurations use 3-grams (4 at most) and 8 heads; these bound what a
+# table spec may ask of the hashing kernel.
+MAX_NGRAM_SIZE = 16
+MAX_HEADS_PER_NGRAM = 256
+
+
+def check_table_name(name: str) -> str:
+    if not TABLE_NAME.fullmatch(name):
+        raise InvalidArgumentError(
+            f"table name must be 1-128 letters, digits, '_', '.' or '-' starting with a "
+            f"letter or digit, got {name!r}"
+        )
+    return name
+
+
+@dataclass(frozen=True)
+class OptimizerSpec:
+    """A server-side optimizer. Hyper-parameters left at 0 take PyTorch's defaults (Adagrad
+    and row-wise Adagrad eps 1e-10; SparseAdam betas (0.9, 0.999), eps 1e-8): see
+    `resolved`."""
+
+    name: str = "sgd"
+    lr: float = 0.01
+    eps: float = 0.0
+    beta1: float = 0.0
+    beta2: float = 0.0
+    initial_accumulator_value: float = 0.0
+
+    def check(self) -> OptimizerSpec:
+        if self.name not in OPTIMIZERS:
+            raise InvalidArgumentError(f"optimizer must be one of {OPTIMIZERS}, got {self.name!r}")
+        return self
+
+    def resolved(self) -> OptimizerSpec:
+        """This optimizer with PyTorch's defaults in place of zeros."""
+        self.check()
+        if self.name in ("adagrad", "rowwise_adagrad"):
+            return dataclasses.replace(self, eps=self.eps or 1e-10)
+        if self.name == "adam":
+            return dataclasses.replace(
+                self,
+                eps=self.eps or 1e-8,
+                beta1=self.beta1 or 0.9,
+                beta2=self.beta2 or 0.999,
+            )
+        return self
+
+
+@dataclass(frozen=True)
+class HashSpec:
+    """One Engram layer's hashing, resolved (`NgramHashMapping.hash_config`): a table with
+    one hashes raw token ids itself (`LookupTokens`)."""
+
+    max_ngram_size: int
+    n_head_per_ngram: int
+    pad_id: int
+    layer_id: int
+    # One multiplier per n-gram position, and each head's prime table size, in order.
+    multipliers: tuple[int, ...]
+    table_sizes: tuple[int, ...]
+    # Raw token id -> compressed id.
+    lookup_table: npt.NDArray[np.int64] = field(compare=False, repr=False)
+
+    @property
+    def heads(self) -> int:
+        return (self.max_ngram_size - 1) * self.n_head_per_ngram
+
+    def check(self) -> HashSpec:
+        if not 2 <= self.max_ngram_size <= MAX_NGRAM_SIZE:
+            raise InvalidArgumentError(
+                f"hash_config.max_ngram_size must be 2..{MAX_NGRAM_SIZE}, got {self.max_ngram_size}"
+            )
+        if not 1 <= self.n_head_per_ngram <= MAX_HEADS_PER_NGRAM:
+            raise InvalidArgumentError(
+                f"hash_config.n_head_per_ngram must be 1..{MAX_HEADS_PER_NGRAM}, got "
+                f"{self.n_head_per_ngram}"
+            )
+        if self.pad_id < 0:
+            raise InvalidArgumentError(
+                f"hash_config.pad_id must not be negative, got {self.pad_id}"
+            )
+        if len(self.multipliers) != self.max_ngram_size:
+            raise InvalidArgumentError(
+                f"hash_config.multipliers has {len(self.multipliers)} entries, expected "
+                f"max_ngram_size = {self.max_ngram_size}"
+            )
+        if len(self.table_sizes) != self.heads:
+            raise InvalidArgumentError(
+                f"hash_config.table_sizes has {len(self.table_sizes)} entries, expected "
+                f"{self.heads}"
+            )
+        if self.lookup_table.ndim != 1:
+            raise InvalidArgumentError("hash_config.lookup_table must be 1-D")
+        return self
+
+
+@dataclass(frozen=True)
+class TableSpec:
+    """A table: its name, shape and storage, how never-written rows start, its optimizer,
+    and where it sits in a table sharded over several daemons (`first_row`)."""
+
+    name: str
+    num_rows: int
+    dim: int
+    dtype: str = "float32"
+    init: str = "normal"
+    init_std: float = 0.02
+    seed: int = 0
+    optimizer: OptimizerSpec = field(default_factory=OptimizerSpec)
+    # Accept gradients that are NaN or infinite (refused by default).
+    allow_non_finite: bool = False
+    # The global row of this shard's row 0.
+    first_row: int = 0
+    # Keep per-block row checksums for `verify` (each push pays two hashes of each row).
+    row_checksums: bool = True
+    hash_config: HashSpec | None = None
+
+    def check(self) -> TableSpec:
+        """This spec, after checking every field the engine does not."""
+        check_table_name(self.name)
+        if self.num_rows <= 0 or self.dim <= 0:
+            raise InvalidArgumentError(
+                f"num_rows and dim must be positive, got {self.num_rows} and {self.dim}"
+            )
+        if self.dtype not in ROW_DTYPES:
+            raise InvalidArgumentError(f"dtype must be one of {ROW_DTYPES}, got {self.dtype!r}")
+        if self.init not in INITS:
+            raise InvalidArgumentError(f"init must be one of {INITS}, got {self.init!r}")
+        self.optimizer.check()
+        if self.hash_config is not None:
+            hashed_rows = int(sum(self.hash_config.check().table_sizes))
+            if hashed_rows > self.num_rows:
+                raise InvalidArgumentError(
+                    f"hash config addresses {hashed_rows} rows but the table has {self.num_rows}"
+                )
+        return self
+
+    def resolved(self) -> TableSpec:
+        """This spec with its optimizer's defaults filled in (what the engine is given)."""
+        return dataclasses.replace(self, optimizer=self.optimizer.resolved())
