@@ -16,8 +16,8 @@ import numpy.typing as npt
 
 from store import _native
 from store._arrays import as_keys, as_rows
+from store.spec import ROW_DTYPES
 
-DTYPES = ("float32", "bfloat16", "float16")
 # numpy has no bfloat16: those rows travel as their uint16 bit patterns
 # (`torch.from_numpy(rows).view(torch.bfloat16)` reads them).
 _NUMPY_DTYPE = {"float32": np.float32, "float16": np.float16, "bfloat16": np.uint16}
@@ -105,8 +105,8 @@ class Table:
         is filled in place and returned (C-contiguous, matching shape and dtype). Every key is
         checked first: an out-of-range key raises IndexError and nothing is written.
         """
-        if dtype not in DTYPES:
-            raise ValueError(f"dtype must be one of {DTYPES}, got {dtype!r}")
+        if dtype not in ROW_DTYPES:
+            raise ValueError(f"dtype must be one of {ROW_DTYPES}, got {dtype!r}")
         shape = (*np.shape(keys), self.dim)
         flat_keys = as_keys(keys)
         if out is None:
