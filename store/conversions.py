@@ -5,10 +5,24 @@ and the client call these, and nothing else builds or reads those messages' fiel
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 
 import numpy as np
 
 from store._proto.engram.store.v1 import store_pb2 as pb
+from store.requests import (
+    BatchOutcome,
+    Lookup,
+    Packed,
+    Push,
+    PushOutcome,
+    RowChunk,
+    SharedRange,
+    StatsResult,
+    TableStatus,
+    TokenLookup,
+    VerifyResult,
+)
 from store.spec import HashSpec, OptimizerSpec, TableSpec
 from store.wire import check_array
 
@@ -118,3 +132,147 @@ def table_spec_bytes(spec: TableSpec) -> bytes:
 
 def table_spec_of_bytes(data: bytes) -> TableSpec:
     return table_spec_from_proto(pb.TableSpec.FromString(data))
+
+
+# requests ------------------------------------------------------------------------------
+
+
+def _range(buffer: pb.SharedBuffer) -> SharedRange:
+    return SharedRange(buffer.path, buffer.offset, buffer.token)
+
+
+def packed(array: pb.Array, buffer: pb.SharedBuffer | None = None) -> Packed:
+    """An array of a request, with its bytes in the message or (when given) in `buffer`."""
+    return Packed(
+        array.dtype,
+        tuple(array.shape),
+        array.data,
+        _range(buffer) if buffer is not None else None,
+    )
+
+
+def lookup_from_proto(request: pb.LookupRequest) -> Lookup:
+    keys_buffer = request.keys_buffer if request.HasField("keys_buffer") else None
+    return Lookup(
+        request.table,
+        packed(request.keys, keys_buffer),
+        request.dtype,
+        request.rows_per_chunk,
+        _range(request.out) if request.HasField("out") else None,
+    )
+
+
+def token_lookup_from_proto(request: pb.LookupTokensRequest) -> TokenLookup:
+    return TokenLookup(
+        request.table,
+        packed(request.token_ids),
+        request.hash_fingerprint,
+        request.dtype,
+        request.rows_per_chunk,
+        _range(request.out) if request.HasField("out") else None,
+    )
+
+
+def push_from_proto(request: pb.PushRequest) -> Push:
+    keys_buffer = request.keys_buffer if request.HasField("keys_buffer") else None
+    grads_buffer = request.grads_buffer if request.HasField("grads_buffer") else None
+    return Push(
+        request.table,
+        packed(request.keys, keys_buffer),
+        packed(request.grads, grads_buffer),
+        request.step,
+        request.client_id,
+        request.sequence,
+        request.return_rows,
+    )
+
+
+# answers -------------------------------------------------------------------------------
+
+
+def _array(array: Packed) -> pb.Array:
+    return pb.Array(dtype=array.dtype, shape=list(array.shape), data=array.data)
+
+
+def chunk_to_proto(chunk: RowChunk) -> pb.LookupResponse:
+    return pb.LookupResponse(
+        offset=chunk.offset,
+        total_rows=chunk.total_rows,
+        rows=_array(chunk.rows),
+        result_shape=list(chunk.result_shape),
+        in_shared_buffer=chunk.in_shared_buffer,
+    )
+
+
+def push_outcome_to_proto(outcome: PushOutcome) -> pb.PushResponse:
+    response = pb.PushResponse(rows=outcome.rows, step=outcome.step, duplicate=outcome.duplicate)
+    if outcome.updated_rows is not None:
+        response.updated_rows.CopyFrom(_array(outcome.updated_rows))
+    return response
+
+
+def batch_to_proto(outcome: BatchOutcome) -> pb.BatchResponse:
+    return pb.BatchResponse(
+        pushes=[push_outcome_to_proto(p) for p in outcome.pushes],
+        lookups=[chunk_to_proto(c) for c in outcome.lookups],
+    )
+
+
+def table_status_to_proto(status: TableStatus) -> pb.TableInfo:
+    return pb.TableInfo(
+        spec=table_spec_to_proto(status.spec),
+        step=status.step,
+        written_rows=status.written_rows,
+        hash_fingerprint=status.hash_fingerprint,
+        state_dim=status.state_dim,
+    )
+
+
+def verify_to_proto(result: VerifyResult) -> pb.VerifyResponse:
+    return pb.VerifyResponse(
+        tables=result.tables,
+        written_rows=result.written_rows,
+        damaged=[
+            pb.DamagedBlock(table=b.table, file=b.file, first_row=b.first_row)
+            for b in result.damaged
+        ],
+        unchecked=result.unchecked,
+    )
+
+
+def stats_to_proto(result: StatsResult) -> pb.StatsResponse:
+    return pb.StatsResponse(
+        uptime_s=result.uptime_s,
+        checkpoints=result.checkpoints,
+        tables=[
+            pb.TableStats(
+                name=t.name,
+                lookups=t.lookups,
+                rows_looked_up=t.rows_looked_up,
+                pushes=t.pushes,
+                rows_pushed=t.rows_pushed,
+                duplicate_pushes=t.duplicate_pushes,
+            )
+            for t in result.tables
+        ],
+    )
+
+
+def checkpoint_to_proto(manifest: dict[str, Any]) -> pb.CheckpointInfo:
+    """A checkpoint's manifest as the wire describes it."""
+    return pb.CheckpointInfo(
+        id=manifest["id"],
+        parent=manifest["parent"],
+        created_unix=manifest["created_unix"],
+        tables=[
+            pb.CheckpointTable(
+                name=t["name"],
+                file=t["file"],
+                rows=t["rows"],
+                step=t["step"],
+                bytes=t["bytes"],
+                crc32=t["crc32"],
+            )
+            for t in manifest["tables"]
+        ],
+    )

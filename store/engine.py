@@ -1,11 +1,13 @@
 """The store service's logic, independent of gRPC: tables, lookups, pushes, checkpoints.
 
-The gRPC servicer translates protobuf to these calls; lookups, pushes and hashing run in
+It takes and answers the typed objects of `store.requests` and `store.spec`, never protobuf
+(the servicer translates, through `store.conversions`); lookups, pushes and hashing run in
 the Rust engine with the GIL released, so concurrent requests use every core.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import os
@@ -13,11 +15,10 @@ import shutil
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 from store import _native, restore
-from store._proto.engram.store.v1 import store_pb2 as pb
 from store.catalog import Catalog
 from store.checkpoints import (
     published_ids,
@@ -38,6 +39,20 @@ from store.errors import (
 )
 from store.gate import Gate
 from store.idempotency import ClientWindows
+from store.requests import (
+    BatchOutcome,
+    DamagedBlock,
+    Lookup,
+    Packed,
+    Push,
+    PushOutcome,
+    RowChunk,
+    SharedRange,
+    StatsResult,
+    TableStatus,
+    TokenLookup,
+    VerifyResult,
+)
 from store.shared_buffers import RequestBuffers
 from store.spec import ROW_DTYPES, TableSpec
 from store.table_handle import TableHandle, table_directory
@@ -187,7 +202,7 @@ class StoreEngine:
             raise NotFoundError(f"table {name!r} does not exist")
         return table
 
-    def create_table(self, spec: TableSpec) -> pb.TableInfo:
+    def create_table(self, spec: TableSpec) -> TableStatus:
         spec.check()
         # Exclusive: a restore swapping the tables directory meanwhile would lose the table.
         with self._gate.exclusive(), self._tables_lock:
@@ -206,7 +221,7 @@ class StoreEngine:
             spec.dim,
             spec.dtype,
         )
-        return table.info()
+        return table.status()
 
     def drop_table(self, name: str) -> None:
         with self._gate.exclusive():
@@ -221,24 +236,23 @@ class StoreEngine:
             self._flush_unlocked()
         log.info("dropped table %s", name)
 
-    def list_tables(self) -> list[pb.TableInfo]:
+    def list_tables(self) -> list[TableStatus]:
         with self._tables_lock:
             tables = sorted(self._tables.values(), key=lambda t: t.name)
-        return [t.info() for t in tables]
+        return [t.status() for t in tables]
 
     # lookups ---------------------------------------------------------------------------
 
-    def lookup(self, request: pb.LookupRequest) -> Iterator[pb.LookupResponse]:
+    def lookup(self, request: Lookup) -> Iterator[RowChunk]:
         table = self.table(request.table)
         with RequestBuffers(self.shared_buffer_dir) as buffers:
             data = self._keys(request, self.max_lookup_rows, buffers)
             return self._answer(table, data, list(request.keys.shape), request, buffers)
 
-    def _keys(
-        self, request: pb.LookupRequest | pb.PushRequest, limit: int, buffers: RequestBuffers
-    ) -> bytes:
+    def _keys(self, request: Lookup | Push, limit: int, buffers: RequestBuffers) -> bytes:
         """The request's keys as packed LE uint64 bytes, from the message or its buffer."""
-        if not request.HasField("keys_buffer"):
+        at = request.keys.buffer
+        if at is None:
             return key_bytes(request.keys)
         if request.keys.data:
             raise InvalidArgumentError("keys carry data and a keys_buffer: send one of them")
@@ -248,11 +262,10 @@ class StoreEngine:
             raise ResourceExhaustedError(
                 f"a request of {count} keys exceeds the server's limit of {limit}"
             )
-        at = request.keys_buffer
         data = _native.read_shared(buffers.fd(at), at.path, at.offset, count * 8)
         return non_negative_keys(request.keys.dtype, data)
 
-    def lookup_tokens(self, request: pb.LookupTokensRequest) -> Iterator[pb.LookupResponse]:
+    def lookup_tokens(self, request: TokenLookup) -> Iterator[RowChunk]:
         table = self.table(request.table)
         keys = table.token_keys(request.token_ids, request.hash_fingerprint, self.max_lookup_rows)
         with RequestBuffers(self.shared_buffer_dir) as buffers:
@@ -263,10 +276,10 @@ class StoreEngine:
         table: TableHandle,
         keys: bytes,
         shape: list[int],
-        request: pb.LookupRequest | pb.LookupTokensRequest,
+        request: Lookup | TokenLookup,
         buffers: RequestBuffers,
-    ) -> Iterator[pb.LookupResponse]:
-        if request.HasField("out"):
+    ) -> Iterator[RowChunk]:
+        if request.out is not None:
             answer = self._rows_to_buffer(table, keys, shape, request.dtype, request.out, buffers)
             return iter([answer])
         return self._stream_rows(table, keys, shape, request.dtype, request.rows_per_chunk)
@@ -289,24 +302,26 @@ class StoreEngine:
         keys: bytes,
         shape: list[int],
         dtype: str,
-        out: pb.SharedBuffer,
+        out: SharedRange,
         buffers: RequestBuffers,
-    ) -> pb.LookupResponse:
+    ) -> RowChunk:
         dtype = self._check_lookup(table, keys, dtype)
         # Checks every key before writing any row.
         table.native.lookup_into_fd(keys, buffers.fd(out), out.path, out.offset, dtype)
         total = len(keys) // 8
         table.counters.add(lookups=1, rows_looked_up=total)
-        return pb.LookupResponse(
+        return RowChunk(
+            offset=0,
             total_rows=total,
-            rows=pb.Array(dtype=dtype, shape=[total, table.spec.dim]),
-            result_shape=[*shape, table.spec.dim],
+            rows=Packed(dtype, (total, table.spec.dim)),
+            result_shape=(*shape, table.spec.dim),
             in_shared_buffer=True,
         )
 
     def _check_reply_size(
         self,
-        request: pb.BatchRequest,
+        pushes: Sequence[Push],
+        lookups: Sequence[Lookup],
         lookup_tables: list[TableHandle],
         lookup_keys: list[bytes],
         dtypes: list[str],
@@ -315,15 +330,15 @@ class StoreEngine:
         in_message = sum(
             len(k) // 8 * table.spec.dim * ITEM_SIZES[dtype]
             for table, k, lookup, dtype in zip(
-                lookup_tables, lookup_keys, request.lookups, dtypes, strict=True
+                lookup_tables, lookup_keys, lookups, dtypes, strict=True
             )
-            if not lookup.HasField("out")
+            if lookup.out is None
         )
         # Pushes that return their rows in the message return as many bytes as they sent.
         in_message += sum(
             len(push.grads.data)
-            for push in request.pushes
-            if push.return_rows and not push.HasField("grads_buffer")
+            for push in pushes
+            if push.return_rows and push.grads.buffer is None
         )
         # Room for the framing and the rest of the answer beside the rows.
         limit = self.max_message_bytes - REPLY_HEADROOM_BYTES
@@ -335,24 +350,19 @@ class StoreEngine:
             )
 
     @staticmethod
-    def _rows_in_message(
-        table: TableHandle, keys: bytes, shape: list[int], dtype: str
-    ) -> pb.LookupResponse:
+    def _rows_in_message(table: TableHandle, keys: bytes, shape: list[int], dtype: str) -> RowChunk:
         total = len(keys) // 8
         table.counters.add(lookups=1, rows_looked_up=total)
-        return pb.LookupResponse(
+        return RowChunk(
+            offset=0,
             total_rows=total,
-            rows=pb.Array(
-                dtype=dtype,
-                shape=[total, table.spec.dim],
-                data=table.native.lookup_bytes(keys, dtype),
-            ),
-            result_shape=[*shape, table.spec.dim],
+            rows=Packed(dtype, (total, table.spec.dim), table.native.lookup_bytes(keys, dtype)),
+            result_shape=(*shape, table.spec.dim),
         )
 
     def _stream_rows(
         self, table: TableHandle, keys: bytes, shape: list[int], dtype: str, rows_per_chunk: int
-    ) -> Iterator[pb.LookupResponse]:
+    ) -> Iterator[RowChunk]:
         dtype = self._check_lookup(table, keys, dtype)
         # Every key is checked before the first chunk leaves: nothing is sent partially.
         table.native.check_keys_bytes(keys)
@@ -366,21 +376,21 @@ class StoreEngine:
     @staticmethod
     def _chunks(
         table: TableHandle, keys: bytes, shape: list[int], dtype: str, chunk: int, total: int
-    ) -> Iterator[pb.LookupResponse]:
-        result_shape = [*shape, table.spec.dim]
+    ) -> Iterator[RowChunk]:
+        result_shape = (*shape, table.spec.dim)
         for offset in range(0, max(total, 1), chunk):
             count = min(chunk, total - offset)
             rows = table.native.lookup_bytes(keys[offset * 8 : (offset + count) * 8], dtype)
-            yield pb.LookupResponse(
+            yield RowChunk(
                 offset=offset,
                 total_rows=total,
-                rows=pb.Array(dtype=dtype, shape=[count, table.spec.dim], data=rows),
-                result_shape=result_shape if offset == 0 else [],
+                rows=Packed(dtype, (count, table.spec.dim), rows),
+                result_shape=result_shape if offset == 0 else (),
             )
 
     # pushes ----------------------------------------------------------------------------
 
-    def push(self, request: pb.PushRequest) -> pb.PushResponse:
+    def push(self, request: Push) -> PushOutcome:
         # The table is found inside the gate: a restore or drop in between replaces it, and
         # a push applied to the replaced table would be acknowledged and lost.
         with RequestBuffers(self.shared_buffer_dir) as buffers, self._gate.shared():
@@ -388,13 +398,13 @@ class StoreEngine:
             keys = self._keys(request, self.max_lookup_rows, buffers)
             return self._apply_once(table, keys, request, buffers)
 
-    def _check_push(self, request: pb.PushRequest) -> TableHandle:
+    def _check_push(self, request: Push) -> TableHandle:
         """The push's table, after checking the request's shapes, dtypes and client id."""
         check_client_id(request.client_id)
         table = self.table(request.table)
         if len(request.keys.shape) != 1:
             raise InvalidArgumentError(f"keys must be 1-D, got shape {list(request.keys.shape)}")
-        in_buffer = request.HasField("grads_buffer")
+        in_buffer = request.grads.buffer is not None
         if in_buffer and request.grads.data:
             raise InvalidArgumentError("grads carry data and a grads_buffer: send one of them")
         check_array(request.grads, "grads", ROW_DTYPES, 2, data_elsewhere=in_buffer)
@@ -406,8 +416,8 @@ class StoreEngine:
         return table
 
     def _apply_once(
-        self, table: TableHandle, keys: bytes, request: pb.PushRequest, buffers: RequestBuffers
-    ) -> pb.PushResponse:
+        self, table: TableHandle, keys: bytes, request: Push, buffers: RequestBuffers
+    ) -> PushOutcome:
         """Applies the push unless its (client_id, sequence) was applied before."""
         if not request.client_id:
             return self._apply(table, keys, request, buffers)
@@ -420,47 +430,45 @@ class StoreEngine:
             window.record(request.sequence)
             return response
 
-    def batch(self, request: pb.BatchRequest) -> pb.BatchResponse:
-        """Every push in order, then every lookup (each answered in one response). All keys,
+    def batch(self, pushes: Sequence[Push], lookups: Sequence[Lookup]) -> BatchOutcome:
+        """Every push in order, then every lookup (each answered in one chunk). All keys,
         shapes and dtypes are checked before anything is applied."""
-        response = pb.BatchResponse()
+        outcome = BatchOutcome([], [])
         with RequestBuffers(self.shared_buffer_dir) as buffers, self._gate.shared():
-            push_tables = [self._check_push(push) for push in request.pushes]
-            lookup_tables = [self.table(lookup.table) for lookup in request.lookups]
-            push_keys = [self._keys(p, self.max_lookup_rows, buffers) for p in request.pushes]
-            lookup_keys = [self._keys(q, self.max_lookup_rows, buffers) for q in request.lookups]
+            push_tables = [self._check_push(push) for push in pushes]
+            lookup_tables = [self.table(lookup.table) for lookup in lookups]
+            push_keys = [self._keys(p, self.max_lookup_rows, buffers) for p in pushes]
+            lookup_keys = [self._keys(q, self.max_lookup_rows, buffers) for q in lookups]
             for table, keys in zip(push_tables, push_keys, strict=True):
                 table.native.check_keys_bytes(keys)
             dtypes = [
                 self._check_lookup(table, keys, lookup.dtype)
-                for table, keys, lookup in zip(
-                    lookup_tables, lookup_keys, request.lookups, strict=True
-                )
+                for table, keys, lookup in zip(lookup_tables, lookup_keys, lookups, strict=True)
             ]
             for table, keys in zip(lookup_tables, lookup_keys, strict=True):
                 table.native.check_keys_bytes(keys)
-            self._check_reply_size(request, lookup_tables, lookup_keys, dtypes)
-            for table, keys, push in zip(push_tables, push_keys, request.pushes, strict=True):
-                response.pushes.append(self._apply_once(table, keys, push, buffers))
+            self._check_reply_size(pushes, lookups, lookup_tables, lookup_keys, dtypes)
+            for table, keys, push in zip(push_tables, push_keys, pushes, strict=True):
+                outcome.pushes.append(self._apply_once(table, keys, push, buffers))
             for table, keys, lookup, dtype in zip(
-                lookup_tables, lookup_keys, request.lookups, dtypes, strict=True
+                lookup_tables, lookup_keys, lookups, dtypes, strict=True
             ):
                 shape = list(lookup.keys.shape)
-                if lookup.HasField("out"):
+                if lookup.out is not None:
                     answer = self._rows_to_buffer(table, keys, shape, dtype, lookup.out, buffers)
                 else:
                     answer = self._rows_in_message(table, keys, shape, dtype)
-                response.lookups.append(answer)
-        return response
+                outcome.lookups.append(answer)
+        return outcome
 
     def _apply(
-        self, table: TableHandle, keys: bytes, request: pb.PushRequest, buffers: RequestBuffers
-    ) -> pb.PushResponse:
+        self, table: TableHandle, keys: bytes, request: Push, buffers: RequestBuffers
+    ) -> PushOutcome:
         step = request.step or None
         grads = request.grads
-        response = pb.PushResponse()
-        if request.HasField("grads_buffer"):
-            at = request.grads_buffer
+        updated = None
+        if grads.buffer is not None:
+            at = grads.buffer
             rows, applied = table.native.push_from_fd(
                 keys,
                 buffers.fd(at),
@@ -473,40 +481,31 @@ class StoreEngine:
                 request.sequence,
             )
         elif request.return_rows:
-            rows, applied, updated = table.native.push_bytes_returning_rows(
+            rows, applied, data = table.native.push_bytes_returning_rows(
                 keys, grads.data, grads.dtype, step, request.client_id, request.sequence
             )
-            response.updated_rows.CopyFrom(
-                pb.Array(dtype=grads.dtype, shape=list(grads.shape), data=updated)
-            )
+            updated = Packed(grads.dtype, grads.shape, data)
         else:
             rows, applied = table.native.push_bytes(
                 keys, grads.data, grads.dtype, step, request.client_id, request.sequence
             )
         table.counters.add(pushes=1, rows_pushed=rows)
-        response.rows, response.step = rows, applied
-        return response
+        return PushOutcome(rows, applied, updated_rows=updated)
 
     def _current_rows(
-        self, table: TableHandle, keys: bytes, request: pb.PushRequest, buffers: RequestBuffers
-    ) -> pb.PushResponse:
+        self, table: TableHandle, keys: bytes, request: Push, buffers: RequestBuffers
+    ) -> PushOutcome:
         """A duplicate push's answer: no change, and the rows as they are now if asked."""
-        response = pb.PushResponse(duplicate=True, step=table.native.step)
+        step = table.native.step
         if not request.return_rows:
-            return response
+            return PushOutcome(0, step, duplicate=True)
         grads = request.grads
-        if request.HasField("grads_buffer"):
-            at = request.grads_buffer
+        if grads.buffer is not None:
+            at = grads.buffer
             table.native.lookup_into_fd(keys, buffers.fd(at), at.path, at.offset, grads.dtype)
-        else:
-            response.updated_rows.CopyFrom(
-                pb.Array(
-                    dtype=grads.dtype,
-                    shape=list(grads.shape),
-                    data=table.native.lookup_bytes(keys, grads.dtype),
-                )
-            )
-        return response
+            return PushOutcome(0, step, duplicate=True)
+        rows = Packed(grads.dtype, grads.shape, table.native.lookup_bytes(keys, grads.dtype))
+        return PushOutcome(0, step, duplicate=True, updated_rows=rows)
 
     # durability ------------------------------------------------------------------------
 
@@ -588,43 +587,32 @@ class StoreEngine:
         log.info("restored checkpoint %d (%d tables)", target_id, len(target["tables"]))
         return target
 
-    def verify(self, name: str) -> pb.VerifyResponse:
+    def verify(self, name: str) -> VerifyResult:
         """Checks the rows of table `name` (every table when empty) against their checksums."""
         if name:
             tables = [self.table(name)]
         else:
             with self._tables_lock:
                 tables = sorted(self._tables.values(), key=lambda t: t.name)
-        response = pb.VerifyResponse(tables=len(tables))
+        result = VerifyResult(tables=len(tables))
+        written = 0
         for table in tables:
-            response.written_rows += table.native.written_count()
+            written += table.native.written_count()
             if not table.native.row_checksums:
-                response.unchecked.append(table.name)
+                result.unchecked.append(table.name)
             for file, first_row in table.native.verify():
-                response.damaged.add(table=table.name, file=file, first_row=first_row)
-        if response.damaged:
-            log.error(
-                "verify: %d damaged blocks, first %s", len(response.damaged), response.damaged[0]
-            )
-        return response
+                result.damaged.append(DamagedBlock(table.name, file, first_row))
+        if result.damaged:
+            log.error("verify: %d damaged blocks, first %s", len(result.damaged), result.damaged[0])
+        return dataclasses.replace(result, written_rows=written)
 
-    def stats(self) -> pb.StatsResponse:
+    def stats(self) -> StatsResult:
         with self._tables_lock:
             tables = sorted(self._tables.values(), key=lambda t: t.name)
-        return pb.StatsResponse(
+        return StatsResult(
             uptime_s=time.monotonic() - self._started,
             checkpoints=len(self.catalog.checkpoints()),
-            tables=[
-                pb.TableStats(
-                    name=t.name,
-                    lookups=t.counters.lookups,
-                    rows_looked_up=t.counters.rows_looked_up,
-                    pushes=t.counters.pushes,
-                    rows_pushed=t.counters.rows_pushed,
-                    duplicate_pushes=t.counters.duplicate_pushes,
-                )
-                for t in tables
-            ],
+            tables=[t.counters.snapshot(t.name) for t in tables],
         )
 
     def close(self) -> None:

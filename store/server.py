@@ -25,7 +25,19 @@ from store import _native
 from store._proto.engram.store.v1 import store_pb2 as pb
 from store._proto.engram.store.v1 import store_pb2_grpc as pb_grpc
 from store.config import ServeConfig
-from store.conversions import table_spec_from_proto
+from store.conversions import (
+    batch_to_proto,
+    checkpoint_to_proto,
+    chunk_to_proto,
+    lookup_from_proto,
+    push_from_proto,
+    push_outcome_to_proto,
+    stats_to_proto,
+    table_spec_from_proto,
+    table_status_to_proto,
+    token_lookup_from_proto,
+    verify_to_proto,
+)
 from store.engine import StoreEngine
 from store.errors import status_of
 
@@ -118,32 +130,13 @@ def _streaming(method: Callable[..., Iterator[T]]) -> Callable[..., Iterator[T]]
     return wrapper
 
 
-def _checkpoint_info(manifest: dict[str, Any]) -> pb.CheckpointInfo:
-    return pb.CheckpointInfo(
-        id=manifest["id"],
-        parent=manifest["parent"],
-        created_unix=manifest["created_unix"],
-        tables=[
-            pb.CheckpointTable(
-                name=t["name"],
-                file=t["file"],
-                rows=t["rows"],
-                step=t["step"],
-                bytes=t["bytes"],
-                crc32=t["crc32"],
-            )
-            for t in manifest["tables"]
-        ],
-    )
-
-
 class Servicer(pb_grpc.EngramStoreServicer):
     def __init__(self, engine: StoreEngine) -> None:
         self.engine = engine
 
     @_unary
     def CreateTable(self, request: pb.CreateTableRequest, context: Any) -> pb.TableInfo:
-        return self.engine.create_table(table_spec_from_proto(request.spec))
+        return table_status_to_proto(self.engine.create_table(table_spec_from_proto(request.spec)))
 
     @_unary
     def DropTable(self, request: pb.DropTableRequest, context: Any) -> pb.DropTableResponse:
@@ -152,53 +145,57 @@ class Servicer(pb_grpc.EngramStoreServicer):
 
     @_unary
     def ListTables(self, request: pb.ListTablesRequest, context: Any) -> pb.ListTablesResponse:
-        return pb.ListTablesResponse(tables=self.engine.list_tables())
+        return pb.ListTablesResponse(
+            tables=[table_status_to_proto(t) for t in self.engine.list_tables()]
+        )
 
     @_unary
     def DescribeTable(self, request: pb.DescribeTableRequest, context: Any) -> pb.TableInfo:
-        return self.engine.table(request.name).info()
+        return table_status_to_proto(self.engine.table(request.name).status())
 
     @_streaming
     def Lookup(self, request: pb.LookupRequest, context: Any) -> Iterator[pb.LookupResponse]:
-        return self.engine.lookup(request)
+        return map(chunk_to_proto, self.engine.lookup(lookup_from_proto(request)))
 
     @_streaming
     def LookupTokens(
         self, request: pb.LookupTokensRequest, context: Any
     ) -> Iterator[pb.LookupResponse]:
-        return self.engine.lookup_tokens(request)
+        return map(chunk_to_proto, self.engine.lookup_tokens(token_lookup_from_proto(request)))
 
     @_unary
     def Push(self, request: pb.PushRequest, context: Any) -> pb.PushResponse:
-        return self.engine.push(request)
+        return push_outcome_to_proto(self.engine.push(push_from_proto(request)))
 
     @_unary
     def Batch(self, request: pb.BatchRequest, context: Any) -> pb.BatchResponse:
-        return self.engine.batch(request)
+        pushes = [push_from_proto(p) for p in request.pushes]
+        lookups = [lookup_from_proto(q) for q in request.lookups]
+        return batch_to_proto(self.engine.batch(pushes, lookups))
 
     @_unary
     def Checkpoint(self, request: pb.CheckpointRequest, context: Any) -> pb.CheckpointInfo:
-        return _checkpoint_info(self.engine.checkpoint(request.full))
+        return checkpoint_to_proto(self.engine.checkpoint(request.full))
 
     @_unary
     def ListCheckpoints(
         self, request: pb.ListCheckpointsRequest, context: Any
     ) -> pb.ListCheckpointsResponse:
         return pb.ListCheckpointsResponse(
-            checkpoints=[_checkpoint_info(m) for m in self.engine.checkpoints()]
+            checkpoints=[checkpoint_to_proto(m) for m in self.engine.checkpoints()]
         )
 
     @_unary
     def Restore(self, request: pb.RestoreRequest, context: Any) -> pb.RestoreResponse:
-        return pb.RestoreResponse(checkpoint=_checkpoint_info(self.engine.restore(request.id)))
+        return pb.RestoreResponse(checkpoint=checkpoint_to_proto(self.engine.restore(request.id)))
 
     @_unary
     def Stats(self, request: pb.StatsRequest, context: Any) -> pb.StatsResponse:
-        return self.engine.stats()
+        return stats_to_proto(self.engine.stats())
 
     @_unary
     def Verify(self, request: pb.VerifyRequest, context: Any) -> pb.VerifyResponse:
-        return self.engine.verify(request.table)
+        return verify_to_proto(self.engine.verify(request.table))
 
 
 class StartupError(RuntimeError):

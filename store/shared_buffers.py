@@ -24,8 +24,8 @@ from contextlib import ExitStack, contextmanager
 from types import TracebackType
 
 from store import _native
-from store._proto.engram.store.v1 import store_pb2 as pb
 from store.errors import FailedPreconditionError, InvalidArgumentError
+from store.requests import SharedRange
 
 PREFIX = "engram-"
 # The header (magic, token, padding to a cache line); requests name bytes after it.
@@ -35,7 +35,7 @@ HEADER_BYTES = _native.BUFFER_HEADER_BYTES
 
 
 @contextmanager
-def open_buffer(buffer: pb.SharedBuffer, root: str | None) -> Iterator[int]:
+def open_buffer(buffer: SharedRange, root: str | None) -> Iterator[int]:
     """Yields a read-write file descriptor of the checked buffer, closed afterwards (the
     engine keeps one mapping per buffer for both directions)."""
     if not root:
@@ -94,7 +94,7 @@ class RequestBuffers:
         # Keyed by path and token: each naming of a file proves its own token.
         self._fds: dict[tuple[str, bytes], int] = {}
 
-    def fd(self, buffer: pb.SharedBuffer) -> int:
+    def fd(self, buffer: SharedRange) -> int:
         if buffer.offset < HEADER_BYTES:
             raise InvalidArgumentError(
                 f"shared buffer ranges start after its {HEADER_BYTES}-byte header, got offset "

@@ -11,9 +11,8 @@ import numpy as np
 import numpy.typing as npt
 
 from store import _native
-from store._proto.engram.store.v1 import store_pb2 as pb
-from store.conversions import table_spec_to_proto
 from store.errors import InvalidArgumentError, ResourceExhaustedError
+from store.requests import Packed, TableCountersSnapshot, TableStatus
 from store.spec import HashSpec, TableSpec
 from store.wire import check_array
 
@@ -31,6 +30,17 @@ class TableCounters:
         with self.lock:
             for name, value in increments.items():
                 setattr(self, name, getattr(self, name) + value)
+
+    def snapshot(self, table: str) -> TableCountersSnapshot:
+        with self.lock:
+            return TableCountersSnapshot(
+                table,
+                self.lookups,
+                self.rows_looked_up,
+                self.pushes,
+                self.rows_pushed,
+                self.duplicate_pushes,
+            )
 
 
 class TableHandle:
@@ -59,9 +69,9 @@ class TableHandle:
         native = _native.EmbeddingTable.open(directory, spec.resolved(), step)
         return TableHandle(spec, native, incarnation)
 
-    def info(self) -> pb.TableInfo:
-        return pb.TableInfo(
-            spec=table_spec_to_proto(self.spec),
+    def status(self) -> TableStatus:
+        return TableStatus(
+            spec=self.spec,
             step=self.native.step,
             written_rows=self.native.written_count(),
             hash_fingerprint=self.hasher.fingerprint if self.hasher else 0,
@@ -69,7 +79,7 @@ class TableHandle:
         )
 
     def token_keys(
-        self, token_ids: pb.Array, fingerprint: int, max_rows: int
+        self, token_ids: Packed, fingerprint: int, max_rows: int
     ) -> npt.NDArray[np.uint64]:
         """Row keys `[B, T, heads]` of raw token ids, hashed as the table's config says."""
         if self.hasher is None or self.head_offsets is None:

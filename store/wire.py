@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
+from typing import Protocol
 
 import numpy as np
 import numpy.typing as npt
@@ -14,6 +16,7 @@ from store.spec import ROW_DTYPES
 __all__ = [
     "ITEM_SIZES",
     "ROW_DTYPES",
+    "PackedArray",
     "check_array",
     "check_client_id",
     "key_bytes",
@@ -38,8 +41,19 @@ def check_client_id(client_id: str) -> str:
     return client_id
 
 
+class PackedArray(Protocol):
+    """An array's wire form: a protocol `Array` or a `store.requests.Packed`."""
+
+    @property
+    def dtype(self) -> str: ...
+    @property
+    def shape(self) -> Sequence[int]: ...
+    @property
+    def data(self) -> bytes: ...
+
+
 def check_array(
-    array: pb.Array,
+    array: PackedArray,
     name: str,
     dtypes: tuple[str, ...],
     ndim: int | None,
@@ -65,7 +79,7 @@ def check_array(
         )
 
 
-def key_bytes(array: pb.Array, name: str = "keys") -> bytes:
+def key_bytes(array: PackedArray, name: str = "keys") -> bytes:
     """Keys (uint64, or non-negative int64) of any shape as packed LE uint64 bytes."""
     check_array(array, name, ("uint64", "int64"), None)
     return non_negative_keys(array.dtype, array.data, name)

@@ -9,7 +9,8 @@ import numpy as np
 import numpy.typing as npt
 
 from store._proto.engram.store.v1 import store_pb2 as pb
-from store.conversions import table_spec_from_proto
+from store.conversions import push_from_proto, table_spec_from_proto
+from store.requests import Push
 from store.spec import TableSpec
 from store.wire import numpy_array
 
@@ -17,6 +18,11 @@ from store.wire import numpy_array
 def table_spec(name: str = "t", **fields: Any) -> TableSpec:
     """`spec(...)` as the engine takes it."""
     return table_spec_from_proto(spec(name, **fields))
+
+
+def push_command(table: str, keys_: Iterable[int], grads: Any, **fields: Any) -> Push:
+    """`push(...)` as the engine takes it."""
+    return push_from_proto(push(table, keys_, grads, **fields))
 
 
 def spec(

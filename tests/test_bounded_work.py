@@ -12,23 +12,23 @@ SCRIPT = """
 import json, sys
 import numpy as np
 sys.path.insert(0, "tests")
-from store_helpers import push, table_spec
+from store_helpers import push_command, table_spec
 from store._proto.engram.store.v1 import store_pb2 as pb
 from store.engine import StoreEngine
 
 engine = StoreEngine(sys.argv[1])
 engine.create_table(table_spec("huge", num_rows=10**10, dim=1, optimizer="adam"))
-engine.push(push("huge", [5, 9_999_999_999], np.ones((2, 1), np.float32)))
-info = engine.table("huge").info()
+engine.push(push_command("huge", [5, 9_999_999_999], np.ones((2, 1), np.float32)))
+info = engine.table("huge").status()
 engine.list_tables()
 engine.checkpoint(full=False)
-engine.push(push("huge", [7], np.ones((1, 1), np.float32)))
+engine.push(push_command("huge", [7], np.ones((1, 1), np.float32)))
 engine.checkpoint(full=False)
 engine.checkpoint(full=True)
 engine.restore(2)
 engine.close()
 engine = StoreEngine(sys.argv[1])
-after = engine.table("huge").info()
+after = engine.table("huge").status()
 engine.close()
 print(json.dumps({
     "written": [info.written_rows, after.written_rows],

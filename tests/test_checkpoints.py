@@ -16,7 +16,7 @@ import grpc
 import numpy as np
 import pytest
 from daemon import daemon_process, daemon_thread
-from store_helpers import keys, push, raw_rows, rows_of, spec, table_spec
+from store_helpers import keys, push, push_command, raw_rows, rows_of, spec, table_spec
 
 from store._proto.engram.store.v1 import store_pb2 as pb
 from store._proto.engram.store.v1 import store_pb2_grpc as pb_grpc
@@ -98,9 +98,9 @@ def test_a_failed_checkpoint_leaves_the_previous_one_intact(tmp_path: Path) -> N
     engine = StoreEngine(str(data))
     engine.create_table(table_spec("a", num_rows=100, dim=4))
     engine.create_table(table_spec("b", num_rows=100, dim=4))
-    engine.push(push("a", [1], np.ones((1, 4), np.float32)))
+    engine.push(push_command("a", [1], np.ones((1, 4), np.float32)))
     first = engine.checkpoint(full=False)
-    engine.push(push("a", [2], np.ones((1, 4), np.float32)))
+    engine.push(push_command("a", [2], np.ones((1, 4), np.float32)))
     table_b = engine.table("b")
     table_b.native = FailingPacks(table_b.native)  # type: ignore[assignment]
     with pytest.raises(OSError, match="No space left"):

@@ -1,0 +1,147 @@
+"""What the engine is asked and what it answers, as plain typed objects: the server builds
+them from protobuf (`store.conversions`), the engine never sees a message.
+
+Arrays travel as `Packed`: little-endian values of a dtype and shape whose bytes are in
+`data`, or in a same-machine client's shared buffer (`buffer`), untouched until the Rust
+engine reads or writes them there.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from store.spec import TableSpec
+
+
+@dataclass(frozen=True)
+class SharedRange:
+    """Bytes from `offset` of a shared buffer file, which its creator proves it may name
+    with the `token` in the file's header."""
+
+    path: str
+    offset: int
+    token: bytes
+
+
+@dataclass(frozen=True)
+class Packed:
+    """An array: `dtype` values of `shape`, packed in `data` unless they are in `buffer`."""
+
+    dtype: str
+    shape: tuple[int, ...]
+    data: bytes = b""
+    buffer: SharedRange | None = None
+
+
+@dataclass(frozen=True)
+class Lookup:
+    """Rows of `keys` (any shape) as `dtype`, streamed in chunks of `rows_per_chunk` rows
+    (0: about 1 MiB), or written whole into `out`."""
+
+    table: str
+    keys: Packed
+    dtype: str = "float32"
+    rows_per_chunk: int = 0
+    out: SharedRange | None = None
+
+
+@dataclass(frozen=True)
+class TokenLookup:
+    """Rows of raw token ids `[batch, seq]`, hashed by the table's hash config, which must
+    have `hash_fingerprint`."""
+
+    table: str
+    token_ids: Packed
+    hash_fingerprint: int
+    dtype: str = "float32"
+    rows_per_chunk: int = 0
+    out: SharedRange | None = None
+
+
+@dataclass(frozen=True)
+class Push:
+    """Gradients `[len(keys), dim]` for the table's optimizer, applied once per
+    (`client_id`, `sequence`) when a client id is given; with `return_rows`, the rows the
+    push leaves come back (over the gradients when they came in a buffer)."""
+
+    table: str
+    keys: Packed
+    grads: Packed
+    step: int = 0
+    client_id: str = ""
+    sequence: int = 0
+    return_rows: bool = False
+
+
+@dataclass(frozen=True)
+class RowChunk:
+    """Rows `[offset, offset + shape[0])` of a lookup's `total_rows`; the first chunk also
+    carries the whole answer's shape. Rows written into a shared buffer come as one chunk
+    with no data."""
+
+    offset: int
+    total_rows: int
+    rows: Packed
+    result_shape: tuple[int, ...] = ()
+    in_shared_buffer: bool = False
+
+
+@dataclass(frozen=True)
+class PushOutcome:
+    """Distinct rows changed, the table's step after the push, whether it was a repeat of
+    one applied before, and (with `return_rows`, gradients in the message) the rows."""
+
+    rows: int
+    step: int
+    duplicate: bool = False
+    updated_rows: Packed | None = None
+
+
+@dataclass(frozen=True)
+class BatchOutcome:
+    pushes: list[PushOutcome]
+    lookups: list[RowChunk]
+
+
+@dataclass(frozen=True)
+class TableStatus:
+    """A served table: its spec, step, written rows, hashing fingerprint (0: no hash config)
+    and optimizer state width (float32 values per row)."""
+
+    spec: TableSpec
+    step: int
+    written_rows: int
+    hash_fingerprint: int
+    state_dim: int
+
+
+@dataclass(frozen=True)
+class DamagedBlock:
+    table: str
+    file: str
+    first_row: int
+
+
+@dataclass(frozen=True)
+class VerifyResult:
+    tables: int
+    written_rows: int = 0
+    damaged: list[DamagedBlock] = field(default_factory=list)
+    unchecked: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class TableCountersSnapshot:
+    name: str
+    lookups: int
+    rows_looked_up: int
+    pushes: int
+    rows_pushed: int
+    duplicate_pushes: int
+
+
+@dataclass(frozen=True)
+class StatsResult:
+    uptime_s: float
+    checkpoints: int
+    tables: list[TableCountersSnapshot]
