@@ -15,13 +15,13 @@ __all__ = [
     "TABLE_FORMAT_VERSION",
     "EmbeddingTable",
     "Journal",
+    "Keys",
     "NgramHasher",
     "StoreError",
     "Table",
     "TableFormatError",
     "compress_ids",
     "keys_from_int64",
-    "read_shared",
     "set_thread_count",
     "table_sizes",
     "verify_pack",
@@ -98,6 +98,18 @@ class Table:
     def flush(self) -> None: ...
 
 @final
+class Keys:
+    @staticmethod
+    def from_bytes(data: bytes, dtype: str) -> Keys: ...
+    @staticmethod
+    def from_shared(
+        fd: int, path: str | os.PathLike[str], offset: int, count: int, dtype: str
+    ) -> Keys: ...
+    @staticmethod
+    def from_array(keys: npt.NDArray[np.uint64]) -> Keys: ...
+    def __len__(self) -> int: ...
+
+@final
 class EmbeddingTable:
     @staticmethod
     def create(dir: str | os.PathLike[str], spec: TableSpec) -> EmbeddingTable: ...
@@ -114,14 +126,16 @@ class EmbeddingTable:
     @property
     def state_dim(self) -> int: ...
     def written_count(self) -> int: ...
-    def lookup_bytes(self, keys: bytes, dtype: str) -> bytes: ...
-    def check_keys_bytes(self, keys: bytes) -> None: ...
+    def lookup_bytes(
+        self, keys: Keys, dtype: str, start: int = 0, end: int | None = None
+    ) -> bytes: ...
+    def check_keys(self, keys: Keys) -> None: ...
     def lookup_into_fd(
-        self, keys: bytes, fd: int, path: str | os.PathLike[str], offset: int, dtype: str
+        self, keys: Keys, fd: int, path: str | os.PathLike[str], offset: int, dtype: str
     ) -> None: ...
     def push_from_fd(
         self,
-        keys: bytes,
+        keys: Keys,
         fd: int,
         path: str | os.PathLike[str],
         offset: int,
@@ -134,7 +148,7 @@ class EmbeddingTable:
     def gather_into(self, keys: npt.NDArray[np.uint64], out: npt.NDArray[np.float32]) -> None: ...
     def push_bytes(
         self,
-        keys: bytes,
+        keys: Keys,
         grads: bytes,
         grads_dtype: str,
         step: int | None = None,
@@ -143,7 +157,7 @@ class EmbeddingTable:
     ) -> tuple[int, int]: ...
     def push_bytes_returning_rows(
         self,
-        keys: bytes,
+        keys: Keys,
         grads: bytes,
         grads_dtype: str,
         step: int | None = None,
@@ -180,7 +194,6 @@ class Journal:
     def reset(self) -> None: ...
 
 def set_thread_count(threads: int) -> None: ...
-def read_shared(fd: int, path: str | os.PathLike[str], offset: int, len: int) -> bytes: ...
 def verify_pack(path: str | os.PathLike[str]) -> tuple[int, int, int, int]: ...
 def table_sizes(
     vocab_sizes: list[int], n_head_per_ngram: int, n_layers: int

@@ -60,8 +60,6 @@ from store.wire import (
     ITEM_SIZES,
     check_array,
     check_client_id,
-    key_bytes,
-    non_negative_keys,
 )
 
 log = logging.getLogger(__name__)
@@ -249,11 +247,14 @@ class StoreEngine:
             data = self._keys(request, self.max_lookup_rows, buffers)
             return self._answer(table, data, list(request.keys.shape), request, buffers)
 
-    def _keys(self, request: Lookup | Push, limit: int, buffers: RequestBuffers) -> bytes:
-        """The request's keys as packed LE uint64 bytes, from the message or its buffer."""
+    def _keys(self, request: Lookup | Push, limit: int, buffers: RequestBuffers) -> _native.Keys:
+        """The request's keys, decoded once (every later call of the request takes them as
+        they are). From a shared buffer they are copied twice end to end: by the client into
+        the buffer, and by `Keys.from_shared` out of its mapping into the engine's memory."""
         at = request.keys.buffer
         if at is None:
-            return key_bytes(request.keys)
+            check_array(request.keys, "keys", ("uint64", "int64"), None)
+            return _native.Keys.from_bytes(request.keys.data, request.keys.dtype)
         if request.keys.data:
             raise InvalidArgumentError("keys carry data and a keys_buffer: send one of them")
         check_array(request.keys, "keys", ("uint64", "int64"), None, data_elsewhere=True)
@@ -262,19 +263,21 @@ class StoreEngine:
             raise ResourceExhaustedError(
                 f"a request of {count} keys exceeds the server's limit of {limit}"
             )
-        data = _native.read_shared(buffers.fd(at), at.path, at.offset, count * 8)
-        return non_negative_keys(request.keys.dtype, data)
+        return _native.Keys.from_shared(
+            buffers.fd(at), at.path, at.offset, count, request.keys.dtype
+        )
 
     def lookup_tokens(self, request: TokenLookup) -> Iterator[RowChunk]:
         table = self.table(request.table)
         keys = table.token_keys(request.token_ids, request.hash_fingerprint, self.max_lookup_rows)
         with RequestBuffers(self.shared_buffer_dir) as buffers:
-            return self._answer(table, keys.tobytes(), list(keys.shape), request, buffers)
+            hashed = _native.Keys.from_array(keys.reshape(-1))
+            return self._answer(table, hashed, list(keys.shape), request, buffers)
 
     def _answer(
         self,
         table: TableHandle,
-        keys: bytes,
+        keys: _native.Keys,
         shape: list[int],
         request: Lookup | TokenLookup,
         buffers: RequestBuffers,
@@ -284,12 +287,12 @@ class StoreEngine:
             return iter([answer])
         return self._stream_rows(table, keys, shape, request.dtype, request.rows_per_chunk)
 
-    def _check_lookup(self, table: TableHandle, keys: bytes, dtype: str) -> str:
+    def _check_lookup(self, table: TableHandle, keys: _native.Keys, dtype: str) -> str:
         """The row dtype, after checking it and the size."""
         dtype = dtype or "float32"
         if dtype not in ROW_DTYPES:
             raise InvalidArgumentError(f"dtype must be one of {ROW_DTYPES}, got {dtype!r}")
-        total = len(keys) // 8
+        total = len(keys)
         if total > self.max_lookup_rows:
             raise ResourceExhaustedError(
                 f"lookup of {total} rows exceeds the server's limit of {self.max_lookup_rows}"
@@ -299,7 +302,7 @@ class StoreEngine:
     def _rows_to_buffer(
         self,
         table: TableHandle,
-        keys: bytes,
+        keys: _native.Keys,
         shape: list[int],
         dtype: str,
         out: SharedRange,
@@ -308,7 +311,7 @@ class StoreEngine:
         dtype = self._check_lookup(table, keys, dtype)
         # Checks every key before writing any row.
         table.native.lookup_into_fd(keys, buffers.fd(out), out.path, out.offset, dtype)
-        total = len(keys) // 8
+        total = len(keys)
         table.counters.add(lookups=1, rows_looked_up=total)
         return RowChunk(
             offset=0,
@@ -323,12 +326,12 @@ class StoreEngine:
         pushes: Sequence[Push],
         lookups: Sequence[Lookup],
         lookup_tables: list[TableHandle],
-        lookup_keys: list[bytes],
+        lookup_keys: list[_native.Keys],
         dtypes: list[str],
     ) -> None:
         """Refuses a batch whose in-message rows could not be sent back."""
         in_message = sum(
-            len(k) // 8 * table.spec.dim * ITEM_SIZES[dtype]
+            len(k) * table.spec.dim * ITEM_SIZES[dtype]
             for table, k, lookup, dtype in zip(
                 lookup_tables, lookup_keys, lookups, dtypes, strict=True
             )
@@ -350,8 +353,10 @@ class StoreEngine:
             )
 
     @staticmethod
-    def _rows_in_message(table: TableHandle, keys: bytes, shape: list[int], dtype: str) -> RowChunk:
-        total = len(keys) // 8
+    def _rows_in_message(
+        table: TableHandle, keys: _native.Keys, shape: list[int], dtype: str
+    ) -> RowChunk:
+        total = len(keys)
         table.counters.add(lookups=1, rows_looked_up=total)
         return RowChunk(
             offset=0,
@@ -361,26 +366,31 @@ class StoreEngine:
         )
 
     def _stream_rows(
-        self, table: TableHandle, keys: bytes, shape: list[int], dtype: str, rows_per_chunk: int
+        self,
+        table: TableHandle,
+        keys: _native.Keys,
+        shape: list[int],
+        dtype: str,
+        rows_per_chunk: int,
     ) -> Iterator[RowChunk]:
         dtype = self._check_lookup(table, keys, dtype)
         # Every key is checked before the first chunk leaves: nothing is sent partially.
-        table.native.check_keys_bytes(keys)
-        table.counters.add(lookups=1, rows_looked_up=len(keys) // 8)
+        table.native.check_keys(keys)
+        table.counters.add(lookups=1, rows_looked_up=len(keys))
         row_bytes = table.spec.dim * ITEM_SIZES[dtype]
         # A chunk is one message: never more than a message may carry, whatever was asked.
         fits = max(1, (self.max_message_bytes - REPLY_HEADROOM_BYTES) // row_bytes)
         chunk = min(rows_per_chunk or max(1, DEFAULT_CHUNK_BYTES // row_bytes), fits)
-        return self._chunks(table, keys, shape, dtype, chunk, len(keys) // 8)
+        return self._chunks(table, keys, shape, dtype, chunk, len(keys))
 
     @staticmethod
     def _chunks(
-        table: TableHandle, keys: bytes, shape: list[int], dtype: str, chunk: int, total: int
+        table: TableHandle, keys: _native.Keys, shape: list[int], dtype: str, chunk: int, total: int
     ) -> Iterator[RowChunk]:
         result_shape = (*shape, table.spec.dim)
         for offset in range(0, max(total, 1), chunk):
             count = min(chunk, total - offset)
-            rows = table.native.lookup_bytes(keys[offset * 8 : (offset + count) * 8], dtype)
+            rows = table.native.lookup_bytes(keys, dtype, offset, offset + count)
             yield RowChunk(
                 offset=offset,
                 total_rows=total,
@@ -416,7 +426,7 @@ class StoreEngine:
         return table
 
     def _apply_once(
-        self, table: TableHandle, keys: bytes, request: Push, buffers: RequestBuffers
+        self, table: TableHandle, keys: _native.Keys, request: Push, buffers: RequestBuffers
     ) -> PushOutcome:
         """Applies the push unless its (client_id, sequence) was applied before."""
         if not request.client_id:
@@ -440,13 +450,13 @@ class StoreEngine:
             push_keys = [self._keys(p, self.max_lookup_rows, buffers) for p in pushes]
             lookup_keys = [self._keys(q, self.max_lookup_rows, buffers) for q in lookups]
             for table, keys in zip(push_tables, push_keys, strict=True):
-                table.native.check_keys_bytes(keys)
+                table.native.check_keys(keys)
             dtypes = [
                 self._check_lookup(table, keys, lookup.dtype)
                 for table, keys, lookup in zip(lookup_tables, lookup_keys, lookups, strict=True)
             ]
             for table, keys in zip(lookup_tables, lookup_keys, strict=True):
-                table.native.check_keys_bytes(keys)
+                table.native.check_keys(keys)
             self._check_reply_size(pushes, lookups, lookup_tables, lookup_keys, dtypes)
             for table, keys, push in zip(push_tables, push_keys, pushes, strict=True):
                 outcome.pushes.append(self._apply_once(table, keys, push, buffers))
@@ -462,7 +472,7 @@ class StoreEngine:
         return outcome
 
     def _apply(
-        self, table: TableHandle, keys: bytes, request: Push, buffers: RequestBuffers
+        self, table: TableHandle, keys: _native.Keys, request: Push, buffers: RequestBuffers
     ) -> PushOutcome:
         step = request.step or None
         grads = request.grads
@@ -493,7 +503,7 @@ class StoreEngine:
         return PushOutcome(rows, applied, updated_rows=updated)
 
     def _current_rows(
-        self, table: TableHandle, keys: bytes, request: Push, buffers: RequestBuffers
+        self, table: TableHandle, keys: _native.Keys, request: Push, buffers: RequestBuffers
     ) -> PushOutcome:
         """A duplicate push's answer: no change, and the rows as they are now if asked."""
         step = table.native.step

@@ -19,8 +19,6 @@ __all__ = [
     "PackedArray",
     "check_array",
     "check_client_id",
-    "key_bytes",
-    "non_negative_keys",
     "numpy_array",
 ]
 
@@ -77,22 +75,6 @@ def check_array(
             f"{name} of shape {list(array.shape)} and dtype {array.dtype} needs {expected} "
             f"bytes, got {len(array.data)}"
         )
-
-
-def key_bytes(array: PackedArray, name: str = "keys") -> bytes:
-    """Keys (uint64, or non-negative int64) of any shape as packed LE uint64 bytes."""
-    check_array(array, name, ("uint64", "int64"), None)
-    return non_negative_keys(array.dtype, array.data, name)
-
-
-def non_negative_keys(dtype: str, data: bytes, name: str = "keys") -> bytes:
-    """`data` (packed keys of `dtype`), after checking that int64 keys are not negative."""
-    if dtype == "int64" and data:
-        signed = np.frombuffer(data, dtype="<i8")
-        if (signed < 0).any():
-            first = int(np.argmax(signed < 0))
-            raise InvalidArgumentError(f"{name}[{first}] = {signed[first]} is negative")
-    return data
 
 
 def numpy_array(values: npt.NDArray[np.generic]) -> pb.Array:

@@ -133,9 +133,38 @@ pub fn decode_keys(bytes: &[u8], name: &str) -> Result<Vec<u64>> {
         .collect())
 }
 
+/// Row keys packed little-endian as `dtype`: "uint64", or "int64" (the type numpy and torch
+/// index with), whose values must not be negative.
+pub fn decode_keys_of(bytes: &[u8], dtype: &str) -> Result<Vec<u64>> {
+    let keys = decode_keys(bytes, "keys")?;
+    match dtype {
+        "uint64" => Ok(keys),
+        "int64" => match keys.iter().position(|&k| (k as i64) < 0) {
+            None => Ok(keys),
+            Some(i) => Err(Error::invalid(format!(
+                "keys[{i}] = {} is negative",
+                keys[i] as i64
+            ))),
+        },
+        other => Err(Error::invalid(format!(
+            "keys must have dtype uint64 or int64, got {other:?}"
+        ))),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn signed_keys_must_not_be_negative() {
+        let bytes: Vec<u8> = [3i64, -5].iter().flat_map(|k| k.to_le_bytes()).collect();
+        assert_eq!(decode_keys_of(&bytes[..8], "int64").unwrap(), vec![3]);
+        let error = decode_keys_of(&bytes, "int64").unwrap_err().to_string();
+        assert!(error.contains("keys[1] = -5 is negative"), "{error}");
+        assert_eq!(decode_keys_of(&bytes, "uint64").unwrap()[1], (-5i64) as u64);
+        assert!(decode_keys_of(&bytes, "float32").is_err());
+    }
 
     #[test]
     fn keys_decode_or_name_the_bad_length() {

@@ -1,10 +1,11 @@
 //! Bindings of trainable tables and checkpoint row packs.
 
+use super::keys::Keys;
 use super::{
     bytes_mut, detached, file_of_fd, owned, owned_rows, parse_dtype, parse_header, to_py_err,
 };
 use crate::checkpoint::{self, PackSummary};
-use crate::codec::{self, DType};
+use crate::codec::DType;
 use crate::embedding::{self, Origin};
 use crate::journal;
 use crate::optim::Optimizer;
@@ -132,29 +133,32 @@ impl EmbeddingTable {
 
     /// Rows of the LE uint64 `keys` payload as a new bytes object of `dtype` values,
     /// gathered straight into the bytes' buffer.
+    #[pyo3(signature = (keys, dtype, start=0, end=None))]
     fn lookup_bytes<'py>(
         &self,
         py: Python<'py>,
-        keys: &[u8],
+        keys: PyRef<'_, Keys>,
         dtype: &str,
+        start: usize,
+        end: Option<usize>,
     ) -> PyResult<Bound<'py, PyBytes>> {
         let dtype = parse_dtype(dtype)?;
-        let keys = codec::decode_keys(keys, "keys").map_err(to_py_err)?;
+        let all = &keys.values;
+        let end = end.unwrap_or(all.len()).min(all.len());
+        let keys = &all[start.min(end)..end];
         let params = self.inner.params();
-        params.check_keys(&keys).map_err(to_py_err)?;
+        params.check_keys(keys).map_err(to_py_err)?;
         let len = keys.len() * params.dim() * dtype.size();
+        // The rows are written once, straight into the bytes object that is sent.
         PyBytes::new_with(py, len, |out| {
-            detached(py, || params.gather_into(&keys, dtype, out))
+            detached(py, || params.gather_into(keys, dtype, out))
         })
     }
 
-    /// Fails naming the first key of the LE uint64 payload outside the table.
-    fn check_keys_bytes(&self, py: Python<'_>, keys: &[u8]) -> PyResult<()> {
-        detached(py, || {
-            self.inner
-                .params()
-                .check_keys(&codec::decode_keys(keys, "keys")?)
-        })
+    /// Fails naming the first key outside the table.
+    fn check_keys(&self, py: Python<'_>, keys: PyRef<'_, Keys>) -> PyResult<()> {
+        let keys: &[u64] = &keys.values;
+        detached(py, || self.inner.params().check_keys(keys))
     }
 
     /// Gathers rows into a caller's array (see `Table.gather_into`).
@@ -179,7 +183,7 @@ impl EmbeddingTable {
     fn push_bytes(
         &self,
         py: Python<'_>,
-        keys: &[u8],
+        keys: PyRef<'_, Keys>,
         grads: &[u8],
         grads_dtype: &str,
         step: Option<u64>,
@@ -191,11 +195,11 @@ impl EmbeddingTable {
             client_id,
             sequence,
         };
+        let keys: &[u64] = &keys.values;
         detached(py, || {
-            let keys = codec::decode_keys(keys, "keys")?;
             let outcome = self
                 .inner
-                .push_encoded(&keys, grads_dtype, grads, step, origin)?;
+                .push_encoded(keys, grads_dtype, grads, step, origin)?;
             Ok((outcome.rows, outcome.step))
         })
     }
@@ -207,7 +211,7 @@ impl EmbeddingTable {
     fn push_bytes_returning_rows<'py>(
         &self,
         py: Python<'py>,
-        keys: &[u8],
+        keys: PyRef<'_, Keys>,
         grads: &[u8],
         grads_dtype: &str,
         step: Option<u64>,
@@ -220,10 +224,10 @@ impl EmbeddingTable {
             sequence,
         };
         let mut buffer = grads.to_vec();
+        let keys: &[u64] = &keys.values;
         let outcome = detached(py, || {
-            let keys = codec::decode_keys(keys, "keys")?;
             self.inner
-                .push_returning_rows(&keys, dtype, &mut buffer, step, origin)
+                .push_returning_rows(keys, dtype, &mut buffer, step, origin)
         })?;
         Ok((outcome.rows, outcome.step, PyBytes::new(py, &buffer)))
     }
@@ -233,7 +237,7 @@ impl EmbeddingTable {
     fn lookup_into_fd(
         &self,
         py: Python<'_>,
-        keys: &[u8],
+        keys: PyRef<'_, Keys>,
         fd: i32,
         path: PathBuf,
         offset: u64,
@@ -242,12 +246,12 @@ impl EmbeddingTable {
         let dtype = parse_dtype(dtype)?;
         let file = file_of_fd(fd)?;
         let params = self.inner.params();
+        let keys: &[u64] = &keys.values;
         detached(py, || {
-            let keys = codec::decode_keys(keys, "keys")?;
-            params.check_keys(&keys)?;
+            params.check_keys(keys)?;
             let len = keys.len() * params.dim() * dtype.size();
             region::with_region_mut(&file, &path, offset, len, |out| {
-                params.gather_into(&keys, dtype, out)
+                params.gather_into(keys, dtype, out)
             })
         })
     }
@@ -263,7 +267,7 @@ impl EmbeddingTable {
     fn push_from_fd(
         &self,
         py: Python<'_>,
-        keys: &[u8],
+        keys: PyRef<'_, Keys>,
         fd: i32,
         path: PathBuf,
         offset: u64,
@@ -280,16 +284,16 @@ impl EmbeddingTable {
         };
         let file = file_of_fd(fd)?;
         let dim = self.inner.params().dim();
+        let keys: &[u64] = &keys.values;
         detached(py, || {
-            let keys = codec::decode_keys(keys, "keys")?;
             let len = keys.len() * dim * grads_dtype.size();
             let outcome = region::with_region_mut(&file, &path, offset, len, |buffer| {
                 if return_rows {
                     self.inner
-                        .push_returning_rows(&keys, grads_dtype, buffer, step, origin)
+                        .push_returning_rows(keys, grads_dtype, buffer, step, origin)
                 } else {
                     self.inner
-                        .push_encoded(&keys, grads_dtype, buffer, step, origin)
+                        .push_encoded(keys, grads_dtype, buffer, step, origin)
                 }
             })?;
             Ok((outcome.rows, outcome.step))

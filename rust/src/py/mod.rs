@@ -6,6 +6,7 @@
 
 mod embedding;
 mod hashing;
+mod keys;
 mod table;
 
 use crate::codec::DType;
@@ -18,7 +19,6 @@ use pyo3::create_exception;
 use pyo3::exceptions::{PyException, PyIndexError, PyOSError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::PyBytes;
-use std::path::PathBuf;
 
 create_exception!(
     _native,
@@ -115,23 +115,6 @@ pub(crate) fn bytes_mut<T: numpy::Element>(values: &mut [T]) -> &mut [u8] {
     unsafe { std::slice::from_raw_parts_mut(values.as_mut_ptr().cast(), len) }
 }
 
-/// A copy of `len` bytes at `offset` of the shared buffer open as `fd` (see `region`); the
-/// range is checked against the file before anything is allocated.
-#[pyfunction]
-fn read_shared<'py>(
-    py: Python<'py>,
-    fd: i32,
-    path: PathBuf,
-    offset: u64,
-    len: usize,
-) -> PyResult<Bound<'py, PyBytes>> {
-    let file = file_of_fd(fd)?;
-    region::with_region(&file, &path, offset, len, |bytes| {
-        Ok(PyBytes::new(py, bytes))
-    })
-    .map_err(to_py_err)
-}
-
 /// Sizes the engine's thread pool; only possible before its first parallel call.
 #[pyfunction]
 fn set_thread_count(threads: usize) -> PyResult<()> {
@@ -157,10 +140,10 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<hashing::NgramHasher>()?;
     m.add_class::<table::Table>()?;
     m.add_class::<embedding::EmbeddingTable>()?;
+    m.add_class::<keys::Keys>()?;
     m.add_class::<embedding::Journal>()?;
     m.add_function(wrap_pyfunction!(embedding::verify_pack, m)?)?;
     m.add_function(wrap_pyfunction!(set_thread_count, m)?)?;
-    m.add_function(wrap_pyfunction!(read_shared, m)?)?;
     m.add_function(wrap_pyfunction!(hashing::table_sizes, m)?)?;
     m.add_function(wrap_pyfunction!(hashing::compress_ids, m)?)?;
     m.add_function(wrap_pyfunction!(table::keys_from_int64, m)?)?;
