@@ -20,13 +20,26 @@ import threading
 from collections.abc import Callable
 from functools import partial
 
+import grpc
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(__file__))
 from _common import best_interleaved, report
 
-from client.connection import open_channel
 from client.shared_memory import SharedBuffer
+
+try:
+    from client.connection import open_channel
+except ImportError:  # an older tree, run by bench/compare_builds.py
+
+    def open_channel(address: str) -> grpc.Channel:
+        limit = 512 << 20
+        options = [("grpc.max_receive_message_length", limit)]
+        return grpc.insecure_channel(
+            address, options=[*options, ("grpc.max_send_message_length", limit)]
+        )
+
+
 from store import Table
 from store._proto.engram.store.v1 import store_pb2 as pb
 from store._proto.engram.store.v1 import store_pb2_grpc as pb_grpc

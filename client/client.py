@@ -37,8 +37,8 @@ from client.results import (
     VerifyReport,
 )
 from client.shared_memory import DEFAULT_DIRECTORY, SharedBufferPool, aligned, is_local
-from store._arrays import as_keys, as_rows
 from store._proto.engram.store.v1 import store_pb2 as pb
+from store.arrays import as_keys, as_rows
 from store.conversions import hash_from_proto, table_spec_to_proto
 from store.spec import HashSpec, OptimizerSpec, TableSpec
 

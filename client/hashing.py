@@ -17,8 +17,8 @@ import numpy.typing as npt
 from tokenizers import Regex, Tokenizer, normalizers
 
 from store import _native
-from store._arrays import as_int64_array
 from store._proto.engram.store.v1 import store_pb2 as pb
+from store.arrays import as_int64_array
 
 TokenizerLike = Union[str, "os.PathLike[str]", Tokenizer, Any]
 

@@ -15,7 +15,7 @@ import numpy as np
 import numpy.typing as npt
 
 from store import _native
-from store._arrays import as_keys, as_rows
+from store.arrays import as_keys, as_rows
 from store.spec import ROW_DTYPES
 
 # numpy has no bfloat16: those rows travel as their uint16 bit patterns

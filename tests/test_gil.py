@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from store import Table
-from store._arrays import as_keys
+from store.arrays import as_keys
 
 
 def test_python_threads_run_during_a_long_gather(tmp_path: Path) -> None:

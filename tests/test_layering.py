@@ -34,6 +34,19 @@ def test_store_never_imports_the_client_or_the_command_line() -> None:
         assert not any(n.split(".")[0] in ("client", "engram_cli") for n in names), module
 
 
+# What the client may use of the store package: the extension, the generated protocol, and
+# the vocabulary both sides of the wire share.
+CLIENT_MAY_IMPORT = ("store._native", "store._proto", "store.spec", "store.errors",
+                     "store.conversions", "store.arrays")  # fmt: skip
+
+
+def test_the_client_uses_only_the_stores_shared_vocabulary() -> None:
+    for module, names in imports("client").items():
+        for name in names:
+            if name.split(".")[0] == "store" and name != "store":
+                assert name.startswith(CLIENT_MAY_IMPORT), f"{module} imports {name}"
+
+
 def test_only_client_torch_imports_torch() -> None:
     for module, names in imports("client").items():
         if not module.startswith("client/torch/"):

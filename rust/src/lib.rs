@@ -7,9 +7,14 @@
 //! - [`table`]: memory-mapped embedding tables, their file format and row checksums;
 //! - [`embedding`]: trainable tables (rows, optimizer state, undo log) and pushes;
 //! - [`journal`]: the push journal that commits pushes through a crash;
-//! - [`checkpoint`]: row packs; [`disk`]: reserving disk before writing through a mapping.
+//! - [`optim`]: the server-side optimizers (SGD, Adagrad, row-wise Adagrad, Adam);
+//! - [`checkpoint`]: row packs; [`disk`]: reserving disk before writing through a mapping;
+//! - [`region`]: same-machine clients' shared buffers, mapped once and checked;
+//! - [`crash_points`]: named points where tests kill the process; [`parallel`]: when a
+//!   loop goes to the thread pool; [`error`]: the one error type.
 //!
-//! The `python` feature adds the PyO3 binding (`store._native`), which only converts types,
+//! The `python` feature adds the PyO3 binding (`store._native`, in `py/`: tables, trainable
+//! tables, hashing, and `Keys`, a request's keys decoded once), which only converts types,
 //! releases the GIL around kernels and maps errors.
 
 #[cfg(target_endian = "big")]
