@@ -129,6 +129,16 @@ class EmbeddingTable:
     def lookup_bytes(
         self, keys: Keys, dtype: str, start: int = 0, end: int | None = None
     ) -> bytes: ...
+    def lookup_message(
+        self,
+        keys: Keys,
+        dtype: str,
+        start: int,
+        end: int,
+        offset: int,
+        total_rows: int,
+        result_shape: list[int],
+    ) -> bytes: ...
     def check_keys(self, keys: Keys) -> None: ...
     def lookup_into_fd(
         self, keys: Keys, fd: int, path: str | os.PathLike[str], offset: int, dtype: str

@@ -204,6 +204,23 @@ def chunk_to_proto(chunk: RowChunk) -> pb.LookupResponse:
     )
 
 
+def chunk_bytes(chunk: RowChunk) -> bytes:
+    """A chunk as a serialised `LookupResponse`; rows still pending are gathered once,
+    straight into those bytes (by the engine's wire encoder)."""
+    pending = chunk.pending
+    if pending is None:
+        return chunk_to_proto(chunk).SerializeToString()
+    return pending.table.lookup_message(
+        pending.keys,
+        chunk.rows.dtype,
+        pending.start,
+        pending.end,
+        chunk.offset,
+        chunk.total_rows,
+        list(chunk.result_shape),
+    )
+
+
 def push_outcome_to_proto(outcome: PushOutcome) -> pb.PushResponse:
     response = pb.PushResponse(rows=outcome.rows, step=outcome.step, duplicate=outcome.duplicate)
     if outcome.updated_rows is not None:

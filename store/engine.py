@@ -44,6 +44,7 @@ from store.requests import (
     DamagedBlock,
     Lookup,
     Packed,
+    PendingRows,
     Push,
     PushOutcome,
     RowChunk,
@@ -390,12 +391,12 @@ class StoreEngine:
         result_shape = (*shape, table.spec.dim)
         for offset in range(0, max(total, 1), chunk):
             count = min(chunk, total - offset)
-            rows = table.native.lookup_bytes(keys, dtype, offset, offset + count)
             yield RowChunk(
                 offset=offset,
                 total_rows=total,
-                rows=Packed(dtype, (count, table.spec.dim), rows),
+                rows=Packed(dtype, (count, table.spec.dim)),
                 result_shape=result_shape if offset == 0 else (),
+                pending=PendingRows(table.native, keys, offset, offset + count),
             )
 
     # pushes ----------------------------------------------------------------------------

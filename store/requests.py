@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from store import _native
 from store.spec import TableSpec
 
 
@@ -74,16 +75,28 @@ class Push:
 
 
 @dataclass(frozen=True)
+class PendingRows:
+    """Rows checked but not gathered yet: `keys[start:end]` of `table`, to be written once,
+    straight into wherever they go (a message's bytes)."""
+
+    table: _native.EmbeddingTable
+    keys: _native.Keys
+    start: int
+    end: int
+
+
+@dataclass(frozen=True)
 class RowChunk:
     """Rows `[offset, offset + shape[0])` of a lookup's `total_rows`; the first chunk also
     carries the whole answer's shape. Rows written into a shared buffer come as one chunk
-    with no data."""
+    with no data; rows still `pending` have no data yet either."""
 
     offset: int
     total_rows: int
     rows: Packed
     result_shape: tuple[int, ...] = ()
     in_shared_buffer: bool = False
+    pending: PendingRows | None = None
 
 
 @dataclass(frozen=True)

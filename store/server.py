@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import grpc
-from google.protobuf.message import DecodeError
+from google.protobuf.message import DecodeError, Message
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
@@ -28,7 +28,7 @@ from store.config import ServeConfig
 from store.conversions import (
     batch_to_proto,
     checkpoint_to_proto,
-    chunk_to_proto,
+    chunk_bytes,
     lookup_from_proto,
     push_from_proto,
     push_outcome_to_proto,
@@ -81,7 +81,6 @@ def add_servicer(servicer: Servicer, server: grpc.Server) -> None:
     handlers = {}
     for method in pb.DESCRIPTOR.services_by_name["EngramStore"].methods:
         request_type = getattr(pb, method.input_type.name)
-        response_type = getattr(pb, method.output_type.name)
         make = (
             grpc.unary_stream_rpc_method_handler
             if method.server_streaming
@@ -90,10 +89,16 @@ def add_servicer(servicer: Servicer, server: grpc.Server) -> None:
         handlers[method.name] = make(
             getattr(servicer, method.name),
             request_deserializer=_decoder(request_type),
-            response_serializer=response_type.SerializeToString,
+            response_serializer=_serialize,
         )
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE_NAME, handlers),))
     server.add_registered_method_handlers(SERVICE_NAME, handlers)
+
+
+def _serialize(response: Message | bytes) -> bytes:
+    """A response, unless it comes serialised already (lookups write their rows once,
+    straight into the message's bytes)."""
+    return response if isinstance(response, bytes) else response.SerializeToString()
 
 
 def _abort(context: grpc.ServicerContext, error: BaseException, method: str) -> None:
@@ -154,14 +159,12 @@ class Servicer(pb_grpc.EngramStoreServicer):
         return table_status_to_proto(self.engine.table(request.name).status())
 
     @_streaming
-    def Lookup(self, request: pb.LookupRequest, context: Any) -> Iterator[pb.LookupResponse]:
-        return map(chunk_to_proto, self.engine.lookup(lookup_from_proto(request)))
+    def Lookup(self, request: pb.LookupRequest, context: Any) -> Iterator[bytes]:
+        return map(chunk_bytes, self.engine.lookup(lookup_from_proto(request)))
 
     @_streaming
-    def LookupTokens(
-        self, request: pb.LookupTokensRequest, context: Any
-    ) -> Iterator[pb.LookupResponse]:
-        return map(chunk_to_proto, self.engine.lookup_tokens(token_lookup_from_proto(request)))
+    def LookupTokens(self, request: pb.LookupTokensRequest, context: Any) -> Iterator[bytes]:
+        return map(chunk_bytes, self.engine.lookup_tokens(token_lookup_from_proto(request)))
 
     @_unary
     def Push(self, request: pb.PushRequest, context: Any) -> pb.PushResponse:

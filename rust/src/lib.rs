@@ -10,6 +10,7 @@
 //! - [`optim`]: the server-side optimizers (SGD, Adagrad, row-wise Adagrad, Adam);
 //! - [`checkpoint`]: row packs; [`disk`]: reserving disk before writing through a mapping;
 //! - [`region`]: same-machine clients' shared buffers, mapped once and checked;
+//! - [`wire`]: a lookup's answer written in the protocol's wire format, rows gathered once;
 //! - [`crash_points`]: named points where tests kill the process; [`parallel`]: when a
 //!   loop goes to the thread pool; [`error`]: the one error type.
 //!
@@ -33,6 +34,7 @@ pub mod optim;
 pub mod parallel;
 pub mod region;
 pub mod table;
+pub mod wire;
 
 #[cfg(feature = "python")]
 mod py;

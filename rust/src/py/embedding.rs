@@ -10,6 +10,7 @@ use crate::embedding::{self, Origin};
 use crate::journal;
 use crate::optim::Optimizer;
 use crate::region;
+use crate::wire;
 use numpy::{PyReadonlyArray1, PyReadonlyArray2, PyReadwriteArray2};
 use pyo3::prelude::*;
 use pyo3::types::PyBytes;
@@ -152,6 +153,42 @@ impl EmbeddingTable {
         // The rows are written once, straight into the bytes object that is sent.
         PyBytes::new_with(py, len, |out| {
             detached(py, || params.gather_into(keys, dtype, out))
+        })
+    }
+
+    /// One chunk of a lookup's answer as a serialised `LookupResponse`: the rows of
+    /// `keys[start..end]` are gathered once, straight into the bytes that are sent.
+    #[allow(clippy::too_many_arguments)]
+    fn lookup_message<'py>(
+        &self,
+        py: Python<'py>,
+        keys: PyRef<'_, Keys>,
+        dtype: &str,
+        start: usize,
+        end: usize,
+        offset: u64,
+        total_rows: u64,
+        result_shape: Vec<i64>,
+    ) -> PyResult<Bound<'py, PyBytes>> {
+        let parsed = parse_dtype(dtype)?;
+        let all = &keys.values;
+        let end = end.min(all.len());
+        let keys = &all[start.min(end)..end];
+        let params = self.inner.params();
+        params.check_keys(keys).map_err(to_py_err)?;
+        let data_len = keys.len() * params.dim() * parsed.size();
+        let prefix = wire::LookupChunk {
+            offset,
+            total_rows,
+            dtype,
+            shape: [keys.len() as u64, params.dim() as u64],
+            result_shape: &result_shape,
+        }
+        .prefix(data_len);
+        PyBytes::new_with(py, prefix.len() + data_len, |out| {
+            let (head, rows) = out.split_at_mut(prefix.len());
+            head.copy_from_slice(&prefix);
+            detached(py, || params.gather_into(keys, parsed, rows))
         })
     }
 
