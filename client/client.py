@@ -267,7 +267,7 @@ class EngramClient:
                     out[positions[offset : offset + len(rows)]] = rows
 
             def through_messages(timeout: float) -> None:
-                for chunk in shard.stub.Lookup(request, timeout=timeout):
+                for chunk in shard.lookup(request, timeout=timeout):
                     rows = np.frombuffer(chunk.rows.data, out.dtype)
                     place(chunk.offset, rows.reshape(chunk.rows.shape[0], layout.dim))
 
@@ -280,7 +280,7 @@ class EngramClient:
                     buffer.view(np.dtype("<u8"), local.shape)[:] = local
                     request.keys_buffer.CopyFrom(buffer.message())
                     request.out.CopyFrom(buffer.message(rows_at))
-                    replies = shard.call(lambda t: list(shard.stub.Lookup(request, timeout=t)))
+                    replies = shard.call(lambda t: list(shard.lookup(request, timeout=t)))
                     if not replies[0].in_shared_buffer:
                         raise EngramClientError(
                             "the daemon ignored the shared buffer", shard.address
@@ -585,7 +585,7 @@ class EngramClient:
             hash_fingerprint=info.hash_fingerprint,
             dtype=dtype,
         )
-        chunks = shard.call(lambda t: list(shard.stub.LookupTokens(request, timeout=t)))
+        chunks = shard.call(lambda t: list(shard.lookup_tokens(request, timeout=t)))
         rows = np.concatenate([np.frombuffer(c.rows.data, _NUMPY_ROWS[dtype]) for c in chunks])
         return rows.reshape(list(chunks[0].result_shape))
 

@@ -17,6 +17,8 @@ from typing import TypeVar
 import grpc
 
 from client.errors import ShardUnavailableError, from_rpc_error
+from store import _native
+from store._proto.engram.store.v1 import store_pb2 as pb
 from store._proto.engram.store.v1 import store_pb2_grpc as pb_grpc
 
 MAX_MESSAGE_BYTES = 512 << 20
@@ -49,6 +51,36 @@ def open_channel(address: str) -> grpc.Channel:
     )
 
 
+@dataclass(frozen=True)
+class RowsView:
+    """A lookup chunk's rows: `data` views them inside the received message (no copy)."""
+
+    dtype: str
+    shape: list[int]
+    data: memoryview
+
+
+@dataclass(frozen=True)
+class LookupChunk:
+    """A `LookupResponse` as the client reads it: its fields, and its rows left in place."""
+
+    offset: int
+    total_rows: int
+    rows: RowsView
+    result_shape: list[int]
+    in_shared_buffer: bool
+
+
+def read_lookup_chunk(message: bytes) -> LookupChunk:
+    """Decodes a serialised `LookupResponse` without copying its rows (protobuf's decoder
+    would copy them into the message, and again into a `bytes` on access)."""
+    offset, total, dtype, shape, result_shape, shared, start, end = _native.parse_lookup_chunk(
+        message
+    )
+    rows = RowsView(dtype, shape, memoryview(message)[start:end])
+    return LookupChunk(offset, total, rows, result_shape, shared)
+
+
 class Shard:
     """One daemon: its channel, stub and address."""
 
@@ -67,6 +99,18 @@ class Shard:
             grpc.intercept_channel(self.channel, *interceptors) if interceptors else self.channel
         )
         self.stub = pb_grpc.EngramStoreStub(channel)
+        # The streamed lookups, answered with rows read in place (see `read_lookup_chunk`).
+        service = pb.DESCRIPTOR.services_by_name["EngramStore"].full_name
+        self.lookup = channel.unary_stream(
+            f"/{service}/Lookup",
+            request_serializer=pb.LookupRequest.SerializeToString,
+            response_deserializer=read_lookup_chunk,
+        )
+        self.lookup_tokens = channel.unary_stream(
+            f"/{service}/LookupTokens",
+            request_serializer=pb.LookupTokensRequest.SerializeToString,
+            response_deserializer=read_lookup_chunk,
+        )
 
     def call(self, attempt: Callable[[float], T]) -> T:
         """Runs `attempt(timeout)` until it succeeds, fails for good, or the deadline passes."""

@@ -22,6 +22,7 @@ __all__ = [
     "TableFormatError",
     "compress_ids",
     "keys_from_int64",
+    "parse_lookup_chunk",
     "set_thread_count",
     "table_sizes",
     "verify_pack",
@@ -204,6 +205,9 @@ class Journal:
     def reset(self) -> None: ...
 
 def set_thread_count(threads: int) -> None: ...
+def parse_lookup_chunk(
+    data: bytes,
+) -> tuple[int, int, str, list[int], list[int], bool, int, int]: ...
 def verify_pack(path: str | os.PathLike[str]) -> tuple[int, int, int, int]: ...
 def table_sizes(
     vocab_sizes: list[int], n_head_per_ngram: int, n_layers: int

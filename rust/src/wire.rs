@@ -14,6 +14,8 @@ const ARRAY_DTYPE: u32 = 1;
 const ARRAY_SHAPE: u32 = 2;
 const ARRAY_DATA: u32 = 3;
 
+use crate::error::{Error, Result};
+
 const VARINT: u32 = 0;
 const LENGTH_DELIMITED: u32 = 2;
 
@@ -84,6 +86,130 @@ impl LookupChunk<'_> {
     }
 }
 
+/// A `LookupResponse` read back, its rows left where they are: `data` is the byte range of
+/// the rows in the message (so a client can view them without copying).
+#[derive(Debug, Default, PartialEq)]
+pub struct ParsedChunk {
+    pub offset: u64,
+    pub total_rows: u64,
+    pub dtype: String,
+    pub shape: Vec<u64>,
+    pub result_shape: Vec<i64>,
+    pub in_shared_buffer: bool,
+    pub data: std::ops::Range<usize>,
+}
+
+struct Reader<'a> {
+    bytes: &'a [u8],
+    at: usize,
+}
+
+impl<'a> Reader<'a> {
+    fn varint(&mut self) -> Result<u64> {
+        let mut value = 0u64;
+        for shift in (0..64).step_by(7) {
+            let byte = *self.bytes.get(self.at).ok_or_else(truncated)?;
+            self.at += 1;
+            value |= u64::from(byte & 0x7F) << shift;
+            if byte < 0x80 {
+                return Ok(value);
+            }
+        }
+        Err(Error::invalid("a varint longer than 10 bytes"))
+    }
+
+    fn slice(&mut self) -> Result<std::ops::Range<usize>> {
+        let len = usize::try_from(self.varint()?).map_err(|_| truncated())?;
+        let end = self.at.checked_add(len).ok_or_else(truncated)?;
+        if end > self.bytes.len() {
+            return Err(truncated());
+        }
+        let range = self.at..end;
+        self.at = end;
+        Ok(range)
+    }
+
+    /// Each field as (number, wire type, value: a varint or a byte range).
+    fn fields(
+        mut self,
+        mut each: impl FnMut(u32, u64, std::ops::Range<usize>) -> Result<()>,
+    ) -> Result<()> {
+        while self.at < self.bytes.len() {
+            let key = self.varint()?;
+            let (field, wire_type) = ((key >> 3) as u32, (key & 7) as u32);
+            match wire_type {
+                VARINT => each(field, self.varint()?, 0..0)?,
+                LENGTH_DELIMITED => {
+                    let range = self.slice()?;
+                    each(field, 0, range)?
+                }
+                1 | 5 => {
+                    let width = if wire_type == 1 { 8 } else { 4 };
+                    self.at += width;
+                    if self.at > self.bytes.len() {
+                        return Err(truncated());
+                    }
+                }
+                other => return Err(Error::invalid(format!("unsupported wire type {other}"))),
+            }
+        }
+        Ok(())
+    }
+}
+
+fn truncated() -> Error {
+    Error::invalid("a truncated LookupResponse")
+}
+
+fn packed_varints(bytes: &[u8]) -> Result<Vec<u64>> {
+    let mut reader = Reader { bytes, at: 0 };
+    let mut out = Vec::new();
+    while reader.at < bytes.len() {
+        out.push(reader.varint()?);
+    }
+    Ok(out)
+}
+
+/// Reads a `LookupResponse`, leaving its rows in place.
+pub fn parse_lookup_chunk(bytes: &[u8]) -> Result<ParsedChunk> {
+    let mut chunk = ParsedChunk::default();
+    Reader { bytes, at: 0 }.fields(|field, value, range| {
+        match field {
+            OFFSET => chunk.offset = value,
+            TOTAL_ROWS => chunk.total_rows = value,
+            RESULT_SHAPE => {
+                chunk.result_shape = packed_varints(&bytes[range])?
+                    .into_iter()
+                    .map(|v| v as i64)
+                    .collect()
+            }
+            5 => chunk.in_shared_buffer = value != 0,
+            ROWS => {
+                let base = range.start;
+                Reader {
+                    bytes: &bytes[range],
+                    at: 0,
+                }
+                .fields(|field, _, inner| {
+                    let inner = inner.start + base..inner.end + base;
+                    match field {
+                        ARRAY_DTYPE => {
+                            chunk.dtype = String::from_utf8_lossy(&bytes[inner]).into_owned()
+                        }
+                        ARRAY_SHAPE => chunk.shape = packed_varints(&bytes[inner])?,
+                        ARRAY_DATA => chunk.data = inner,
+                        _ => {}
+                    }
+                    Ok(())
+                })?
+            }
+            _ => {}
+        }
+        Ok(())
+    })?;
+    Ok(chunk)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -117,5 +243,27 @@ mod tests {
         assert_eq!(&prefix[prefix.len() - 2..], &[0x1A, 24]);
         let array_len = prefix.len() - 8 + 24;
         assert_eq!(prefix[7] as usize, array_len);
+    }
+
+    #[test]
+    fn an_encoded_chunk_parses_back_with_its_rows_in_place() {
+        let chunk = LookupChunk {
+            offset: 300,
+            total_rows: 1000,
+            dtype: "bfloat16",
+            shape: [2, 3],
+            result_shape: &[10, 100, 3],
+        };
+        let rows: Vec<u8> = (0..12).collect();
+        let mut message = chunk.prefix(rows.len());
+        message.extend_from_slice(&rows);
+        let parsed = parse_lookup_chunk(&message).unwrap();
+        assert_eq!(parsed.offset, 300);
+        assert_eq!(parsed.total_rows, 1000);
+        assert_eq!(parsed.dtype, "bfloat16");
+        assert_eq!(parsed.shape, vec![2, 3]);
+        assert_eq!(parsed.result_shape, vec![10, 100, 3]);
+        assert_eq!(&message[parsed.data], &rows[..]);
+        assert!(parse_lookup_chunk(&message[..message.len() - 1]).is_err());
     }
 }

@@ -115,6 +115,25 @@ pub(crate) fn bytes_mut<T: numpy::Element>(values: &mut [T]) -> &mut [u8] {
     unsafe { std::slice::from_raw_parts_mut(values.as_mut_ptr().cast(), len) }
 }
 
+/// The fields of one serialised `LookupResponse` and where its rows' bytes are in it:
+/// `(offset, total_rows, dtype, shape, result_shape, in_shared_buffer, start, end)`.
+type ParsedChunkTuple = (u64, u64, String, Vec<u64>, Vec<i64>, bool, usize, usize);
+
+#[pyfunction]
+fn parse_lookup_chunk(data: &[u8]) -> PyResult<ParsedChunkTuple> {
+    let c = crate::wire::parse_lookup_chunk(data).map_err(to_py_err)?;
+    Ok((
+        c.offset,
+        c.total_rows,
+        c.dtype,
+        c.shape,
+        c.result_shape,
+        c.in_shared_buffer,
+        c.data.start,
+        c.data.end,
+    ))
+}
+
 /// Sizes the engine's thread pool; only possible before its first parallel call.
 #[pyfunction]
 fn set_thread_count(threads: usize) -> PyResult<()> {
@@ -144,6 +163,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<embedding::Journal>()?;
     m.add_function(wrap_pyfunction!(embedding::verify_pack, m)?)?;
     m.add_function(wrap_pyfunction!(set_thread_count, m)?)?;
+    m.add_function(wrap_pyfunction!(parse_lookup_chunk, m)?)?;
     m.add_function(wrap_pyfunction!(hashing::table_sizes, m)?)?;
     m.add_function(wrap_pyfunction!(hashing::compress_ids, m)?)?;
     m.add_function(wrap_pyfunction!(table::keys_from_int64, m)?)?;
