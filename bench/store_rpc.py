@@ -19,6 +19,7 @@ import tempfile
 import threading
 from collections.abc import Callable
 from functools import partial
+from typing import Any
 
 import grpc
 import numpy as np
@@ -44,6 +45,13 @@ from store import Table
 from store._proto.engram.store.v1 import store_pb2 as pb
 from store._proto.engram.store.v1 import store_pb2_grpc as pb_grpc
 from store.local import LocalDaemon
+
+read_chunk: Callable[[bytes], Any]
+try:
+    from client.connection import read_lookup_chunk as read_chunk
+except ImportError:  # an older tree, run by bench/compare_builds.py
+    read_chunk = pb.LookupResponse.FromString
+
 
 OPTIMIZERS = ("sgd", "adam", "rowwise_adagrad")
 
@@ -108,8 +116,15 @@ def main() -> None:
                 local = Table.open(os.path.join(tmp, "store", "tables", "sgd", "params.engram"))
                 out = np.empty((args.batch, args.dim), np.float32)
 
+                # As the client reads answers: rows in place where the build can.
+                lookup_call = channel.unary_stream(
+                    "/engram.store.v1.EngramStore/Lookup",
+                    request_serializer=pb.LookupRequest.SerializeToString,
+                    response_deserializer=read_chunk,
+                )
+
                 def remote_lookup() -> None:
-                    for chunk in stub.Lookup(pb.LookupRequest(table="sgd", keys=key_array)):
+                    for chunk in lookup_call(pb.LookupRequest(table="sgd", keys=key_array)):
                         n = chunk.rows.shape[0]
                         out[chunk.offset : chunk.offset + n] = np.frombuffer(
                             chunk.rows.data, np.float32
