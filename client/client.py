@@ -84,6 +84,8 @@ class EngramClient:
         self._sequence = itertools.count(1)
         self._sequence_lock = threading.Lock()
         self._layouts: dict[str, TableLayout] = {}
+        # Server-side hashing fingerprints of the tables looked up by token ids.
+        self._fingerprints: dict[str, int] = {}
         # Per-shard calls of one request, and whole requests run in the background: separate
         # pools, so background requests waiting on their shards cannot starve them.
         self._fanout = ThreadPoolExecutor(max_workers=max(2, 2 * len(self.shards)))
@@ -181,6 +183,7 @@ class EngramClient:
 
         infos = self._each_shard(create)
         self._layouts[spec.name] = TableLayout(np.array(bounds, dtype=np.uint64), spec.dim)
+        self._fingerprints.pop(spec.name, None)
         return TableInfo.of_shards(infos)
 
     def describe(self, name: str) -> TableInfo:
@@ -238,6 +241,7 @@ class EngramClient:
 
         self._each_shard(drop)
         self._layouts.pop(name, None)
+        self._fingerprints.pop(name, None)
 
     # rows -----------------------------------------------------------------------------
 
@@ -524,6 +528,7 @@ class EngramClient:
 
         restored = self._each_shard(restore)
         self._layouts.clear()
+        self._fingerprints.clear()
         return restored
 
     def stats(self) -> list[DaemonStats]:
@@ -572,8 +577,10 @@ class EngramClient:
         if len(self.shards) > 1:
             raise InvalidRequestError("lookup_tokens needs a table on one daemon (hash locally)")
         shard = self.shards[0]
-        info = self.describe(table)
-        if not info.hash_fingerprint:
+        fingerprint = self._fingerprints.get(table)
+        if fingerprint is None:
+            fingerprint = self._fingerprints[table] = self.describe(table).hash_fingerprint
+        if not fingerprint:
             raise InvalidRequestError(
                 f"table {table!r} was created without a hash config; use lookup", shard.address
             )
@@ -582,7 +589,7 @@ class EngramClient:
             token_ids=pb.Array(
                 dtype="int64", shape=list(ids.shape), data=ids.astype("<i8").tobytes()
             ),
-            hash_fingerprint=info.hash_fingerprint,
+            hash_fingerprint=fingerprint,
             dtype=dtype,
         )
         chunks = shard.call(lambda t: list(shard.lookup_tokens(request, timeout=t)))

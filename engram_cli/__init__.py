@@ -12,7 +12,7 @@ from collections.abc import Sequence
 
 import grpc
 
-from client.errors import EngramClientError, ShardUnavailableError
+from client.errors import ShardUnavailableError
 from engram_cli import daemon_verbs, row_verbs, state_verbs, table_verbs
 from engram_cli.exit_codes import (
     EXIT_FAILURE,
@@ -64,7 +64,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return EXIT_NO_DAEMON
         print(f"engram-store: {error} (--timeout is {args.timeout} s)", file=sys.stderr)
         return EXIT_FAILURE
-    except (EngramClientError, StoreError, OSError, ValueError) as error:
+    except (StoreError, OSError, ValueError) as error:  # client errors are StoreErrors
         print(f"engram-store: {error}", file=sys.stderr)
         return EXIT_FAILURE
     return code

@@ -7,7 +7,6 @@ the Rust engine with the GIL released, so concurrent requests use every core.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import math
 import os
@@ -605,17 +604,17 @@ class StoreEngine:
         else:
             with self._tables_lock:
                 tables = sorted(self._tables.values(), key=lambda t: t.name)
-        result = VerifyResult(tables=len(tables))
-        written = 0
+        damaged: list[DamagedBlock] = []
         for table in tables:
-            written += table.native.written_count()
-            if not table.native.row_checksums:
-                result.unchecked.append(table.name)
-            for file, first_row in table.native.verify():
-                result.damaged.append(DamagedBlock(table.name, file, first_row))
-        if result.damaged:
-            log.error("verify: %d damaged blocks, first %s", len(result.damaged), result.damaged[0])
-        return dataclasses.replace(result, written_rows=written)
+            damaged += [DamagedBlock(table.name, f, row) for f, row in table.native.verify()]
+        if damaged:
+            log.error("verify: %d damaged blocks, first %s", len(damaged), damaged[0])
+        return VerifyResult(
+            tables=len(tables),
+            written_rows=sum(t.native.written_count() for t in tables),
+            damaged=damaged,
+            unchecked=[t.name for t in tables if not t.native.row_checksums],
+        )
 
     def stats(self) -> StatsResult:
         with self._tables_lock:

@@ -105,7 +105,6 @@ class TableHandle:
 
 
 def _hasher(config: HashSpec) -> _native.NgramHasher:
-    config.check()
     return _native.NgramHasher(
         config.max_ngram_size,
         config.n_head_per_ngram,

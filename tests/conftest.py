@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -9,6 +10,30 @@ import pytest
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 REFERENCE_DIR = Path(os.environ.get("ENGRAM_REFERENCE_DIR", REPO_ROOT / "data" / "engram-hash"))
+
+
+# Build outputs, environments and caches: not part of the repository's sources.
+NOT_SOURCES = {".git", ".venv", "target", "out", "__pycache__", ".pytest_cache", ".mypy_cache",
+               ".ruff_cache"}  # fmt: skip
+
+
+def source_files() -> list[str]:
+    """The repository's files (relative paths): git's list in a checkout (tracked, and new
+    files not ignored), else every file outside build outputs and caches."""
+    try:
+        listed = subprocess.run(
+            ["git", "ls-files", "--cached", "--others", "--exclude-standard"],
+            cwd=REPO_ROOT,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.splitlines()
+    except (OSError, subprocess.CalledProcessError):
+        listed = []
+        for directory, subdirectories, files in os.walk(REPO_ROOT):
+            subdirectories[:] = [d for d in subdirectories if d not in NOT_SOURCES]
+            listed += [os.path.relpath(os.path.join(directory, f), REPO_ROOT) for f in files]
+    return sorted(f for f in listed if (REPO_ROOT / f).is_file())
 
 
 @pytest.fixture

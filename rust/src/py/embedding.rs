@@ -132,25 +132,19 @@ impl EmbeddingTable {
         py.detach(|| self.inner.params().written_count())
     }
 
-    /// Rows of the LE uint64 `keys` payload as a new bytes object of `dtype` values,
-    /// gathered straight into the bytes' buffer.
-    #[pyo3(signature = (keys, dtype, start=0, end=None))]
+    /// Rows of `keys` as a new bytes object of `dtype` values, gathered straight into the
+    /// bytes' buffer.
     fn lookup_bytes<'py>(
         &self,
         py: Python<'py>,
         keys: PyRef<'_, Keys>,
         dtype: &str,
-        start: usize,
-        end: Option<usize>,
     ) -> PyResult<Bound<'py, PyBytes>> {
         let dtype = parse_dtype(dtype)?;
-        let all = &keys.values;
-        let end = end.unwrap_or(all.len()).min(all.len());
-        let keys = &all[start.min(end)..end];
+        let keys: &[u64] = &keys.values;
         let params = self.inner.params();
         params.check_keys(keys).map_err(to_py_err)?;
         let len = keys.len() * params.dim() * dtype.size();
-        // The rows are written once, straight into the bytes object that is sent.
         PyBytes::new_with(py, len, |out| {
             detached(py, || params.gather_into(keys, dtype, out))
         })
