@@ -55,10 +55,10 @@ def _create(
         row_checksums=checksums,
     )
     try:
-        return native.EmbeddingTable.create(path, spec)
+        return native.TrainableTable.create(path, spec)
     except TypeError:  # an older build
         extra = {} if checksums else {"row_checksums": False}
-        return native.EmbeddingTable.create(
+        return native.TrainableTable.create(
             path, ROWS, DIM, "float32", "normal", 0.02, 1, optimizer, *args, False, **extra
         )
 

@@ -1,6 +1,6 @@
 """Training steps/s of the example language model (`examples/tiny_engram_lm.py`) with
 Engram rows in a store daemon on this machine, with and without prefetching, against rows in
-process (`LocalTable`).
+process (`LocalEmbedding`).
 
 The three trainers are built once and take turns: each round, every one trains
 `--segment` steps (waiting for its pushes at the end), in a rotating order. Turns of well

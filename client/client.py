@@ -14,7 +14,7 @@ import logging
 import os
 import threading
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from types import TracebackType
 from typing import Any
@@ -25,7 +25,7 @@ import numpy.typing as npt
 
 from client.batch import ShardBatch, split_by_shard
 from client.connection import RetryPolicy, Shard
-from client.errors import EngramClientError, InvalidRequestError
+from client.errors import InvalidRequestError
 from client.layout import TableLayout
 from client.results import (
     BatchResult,
@@ -36,13 +36,13 @@ from client.results import (
     TableInfo,
     VerifyReport,
 )
-from client.shared_memory import DEFAULT_DIRECTORY, SharedBufferPool, aligned, is_local
+from client.shared_memory import DEFAULT_DIRECTORY, SharedBufferPool, is_local
+from client.transfer import RowTransfer
 from store._proto.engram.store.v1 import store_pb2 as pb
-from store.arrays import as_keys, as_rows
+from store.arrays import as_keys, as_rows, numpy_row_type
 from store.conversions import hash_from_proto, table_spec_to_proto
 from store.spec import HashSpec, OptimizerSpec, TableSpec
 
-_NUMPY_ROWS = {"float32": np.float32, "float16": np.float16, "bfloat16": np.uint16}
 log = logging.getLogger(__name__)
 
 
@@ -75,11 +75,15 @@ class EngramClient:
             raise ValueError("addresses must name at least one daemon")
         self.shards = [Shard(a, timeout_s, retry or RetryPolicy(), interceptors) for a in addresses]
         usable = os.path.isdir(shared_memory_dir) and os.access(shared_memory_dir, os.W_OK)
-        # Per shard; turned off for good when its daemon refuses the buffers.
-        self._shared_memory = [
-            usable and (is_local(a) if shared_memory is None else shared_memory) for a in addresses
-        ]
         self._buffers = SharedBufferPool(shared_memory_dir)
+        self._transfers = [
+            RowTransfer(
+                shard,
+                self._buffers,
+                usable and (is_local(shard.address) if shared_memory is None else shared_memory),
+            )
+            for shard in self.shards
+        ]
         self.client_id = client_id or uuid.uuid4().hex
         self._sequence = itertools.count(1)
         self._sequence_lock = threading.Lock()
@@ -248,20 +252,14 @@ class EngramClient:
     def lookup(self, table: str, keys: Any, dtype: str = "float32") -> npt.NDArray[Any]:
         """Rows of `keys` (any shape) as an array of shape `keys.shape + (dim,)`; bfloat16
         rows come as their uint16 bits."""
-        if dtype not in _NUMPY_ROWS:
-            raise ValueError(f"dtype must be one of {tuple(_NUMPY_ROWS)}, got {dtype!r}")
+        row_type = numpy_row_type(dtype)
         shape = np.shape(keys)
         flat = as_keys(keys)
         layout = self._layout(table)
-        out = np.empty((len(flat), layout.dim), _NUMPY_ROWS[dtype])
+        out = np.empty((len(flat), layout.dim), row_type)
         parts = layout.split(flat)
 
         def fetch(shard_index: int, positions: npt.NDArray[np.intp]) -> None:
-            shard = self.shards[shard_index]
-            local = flat[positions] - layout.bounds[shard_index]
-            request = pb.LookupRequest(
-                table=table, keys=pb.Array(dtype="uint64", shape=[len(local)]), dtype=dtype
-            )
             whole = len(parts) == 1
 
             def place(offset: int, rows: npt.NDArray[Any]) -> None:
@@ -270,32 +268,8 @@ class EngramClient:
                 else:
                     out[positions[offset : offset + len(rows)]] = rows
 
-            def through_messages(timeout: float) -> None:
-                for chunk in shard.lookup(request, timeout=timeout):
-                    rows = np.frombuffer(chunk.rows.data, out.dtype)
-                    place(chunk.offset, rows.reshape(chunk.rows.shape[0], layout.dim))
-
-            def through_shared_memory() -> None:
-                # Keys first, the rows after them.
-                rows_at = aligned(local.nbytes)
-                with self._buffers.lease(
-                    rows_at + len(local) * layout.dim * out.itemsize
-                ) as buffer:
-                    buffer.view(np.dtype("<u8"), local.shape)[:] = local
-                    request.keys_buffer.CopyFrom(buffer.message())
-                    request.out.CopyFrom(buffer.message(rows_at))
-                    replies = shard.call(lambda t: list(shard.lookup(request, timeout=t)))
-                    if not replies[0].in_shared_buffer:
-                        raise EngramClientError(
-                            "the daemon ignored the shared buffer", shard.address
-                        )
-                    place(0, buffer.view(out.dtype, (len(local), layout.dim), rows_at))
-
-            if not self._shared(shard_index, through_shared_memory):
-                request.ClearField("keys_buffer")
-                request.ClearField("out")
-                request.keys.data = local.astype("<u8", copy=False).tobytes()
-                shard.call(through_messages)
+            local = flat[positions] - layout.bounds[shard_index]
+            self._transfers[shard_index].lookup(table, local, dtype, layout.dim, place)
 
         if len(parts) == 1:
             fetch(*parts[0])
@@ -333,10 +307,8 @@ class EngramClient:
         updated = np.empty_like(values) if return_rows else None
 
         def send(shard_index: int, positions: npt.NDArray[np.intp]) -> pb.PushResponse:
-            shard = self.shards[shard_index]
             local = flat[positions] - layout.bounds[shard_index]
-            whole = len(positions) == len(flat)
-            rows = values if whole else values[positions]
+            rows = values if len(positions) == len(flat) else values[positions]
             request = pb.PushRequest(
                 table=table,
                 keys=pb.Array(dtype="uint64", shape=[len(local)]),
@@ -346,35 +318,14 @@ class EngramClient:
                 sequence=sequence,
                 return_rows=return_rows,
             )
-            replies: list[pb.PushResponse] = []
 
             def keep(returned: npt.NDArray[np.float32]) -> None:
                 if updated is not None:
                     updated[positions] = returned
 
-            def through_shared_memory() -> None:
-                # Keys first, the gradients after them (and the rows over the gradients).
-                grads_at = aligned(local.nbytes)
-                with self._buffers.lease(grads_at + rows.size * 4) as buffer:
-                    buffer.view(np.dtype("<u8"), local.shape)[:] = local
-                    in_buffer = buffer.view(np.dtype("<f4"), rows.shape, grads_at)
-                    in_buffer[:] = rows
-                    request.keys_buffer.CopyFrom(buffer.message())
-                    request.grads_buffer.CopyFrom(buffer.message(grads_at))
-                    replies.append(shard.call(lambda t: shard.stub.Push(request, timeout=t)))
-                    keep(in_buffer)
-
-            if not self._shared(shard_index, through_shared_memory):
-                # Same sequence: a push the daemon refused was not applied.
-                request.ClearField("keys_buffer")
-                request.ClearField("grads_buffer")
-                request.keys.data = local.astype("<u8", copy=False).tobytes()
-                request.grads.data = rows.astype("<f4", copy=False).tobytes()
-                replies.append(shard.call(lambda t: shard.stub.Push(request, timeout=t)))
-                if return_rows:
-                    returned = replies[0].updated_rows.data
-                    keep(np.frombuffer(returned, "<f4").reshape(rows.shape))
-            return replies[0]
+            return self._transfers[shard_index].push(
+                request, local, rows, keep if return_rows else None
+            )
 
         parts = layout.split(flat)
         if len(parts) == 1:
@@ -432,21 +383,7 @@ class EngramClient:
         )
 
         def send(shard_index: int, batch: ShardBatch) -> pb.BatchResponse:
-            shard = self.shards[shard_index]
-            replies: list[pb.BatchResponse] = []
-
-            def through_shared_memory() -> None:
-                with self._buffers.lease(batch.buffer_bytes()) as buffer:
-                    request = batch.in_buffer(buffer)
-                    replies.append(shard.call(lambda t: shard.stub.Batch(request, timeout=t)))
-                    batch.take_from_buffer(buffer)
-
-            if not self._shared(shard_index, through_shared_memory):
-                # Same sequences: pushes the daemon refused were not applied.
-                request = batch.in_messages()
-                replies.append(shard.call(lambda t: shard.stub.Batch(request, timeout=t)))
-                batch.take_from_messages(replies[0])
-            return replies[0]
+            return self._transfers[shard_index].batch(batch)
 
         if len(parts) == 1:
             replies = {s: send(s, b) for s, b in parts.items()}
@@ -462,24 +399,6 @@ class EngramClient:
             for sequence, rows in zip(sequences, updated, strict=True)
         ]
         return BatchResult(results, outs)
-
-    def _shared(self, shard_index: int, call: Callable[[], None]) -> bool:
-        """Runs `call` (a transfer through shared memory) if the shard takes them; False when
-        it does not, now or any more."""
-        if not self._shared_memory[shard_index]:
-            return False
-        try:
-            call()
-            return True
-        except EngramClientError as error:
-            if error.code != grpc.StatusCode.FAILED_PRECONDITION:
-                raise
-            reason = str(error)
-        except OSError as error:  # no room for a buffer (a full /dev/shm)
-            reason = f"cannot make a shared buffer: {error}"
-        self._shared_memory[shard_index] = False
-        log.info("%s; sending rows in messages from now on", reason)
-        return False
 
     def checkpoint(self, full: bool = False) -> list[CheckpointInfo]:
         """A checkpoint on every daemon (each consistent on its own), by shard; pass them to
@@ -569,8 +488,7 @@ class EngramClient:
         """Rows for raw token ids `[batch, seq]`, hashed by the daemon with the table's hash
         config (a table created with `hash_config`, on one daemon): shape
         `[batch, seq, heads, dim]`; bfloat16 rows come as their uint16 bits."""
-        if dtype not in _NUMPY_ROWS:
-            raise ValueError(f"dtype must be one of {tuple(_NUMPY_ROWS)}, got {dtype!r}")
+        row_type = numpy_row_type(dtype)
         ids = np.asarray(token_ids)
         if ids.ndim != 2 or not np.issubdtype(ids.dtype, np.integer):
             raise ValueError(f"token_ids must be integers of shape [batch, seq], got {ids.shape}")
@@ -593,7 +511,7 @@ class EngramClient:
             dtype=dtype,
         )
         chunks = shard.call(lambda t: list(shard.lookup_tokens(request, timeout=t)))
-        rows = np.concatenate([np.frombuffer(c.rows.data, _NUMPY_ROWS[dtype]) for c in chunks])
+        rows = np.concatenate([np.frombuffer(c.rows.data, row_type) for c in chunks])
         return rows.reshape(list(chunks[0].result_shape))
 
     def _shard(self, index: int) -> Shard:

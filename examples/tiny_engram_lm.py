@@ -35,7 +35,7 @@ from torch import nn
 from client import EngramClient
 from client.config import EngramConfig
 from client.engram_tables import create_engram_tables, hash_mapping, plan_engram_tables
-from client.torch import Engram, LocalTable, PushGroup, StoreTable
+from client.torch import Engram, LocalEmbedding, StoreEmbedding, TrainPipeline
 from client.torch.prefetch import Prefetcher
 from store.local import LocalDaemon
 
@@ -151,8 +151,8 @@ class Trainer:
         tokenizer = Tokenizer.from_file(econf.tokenizer_name_or_path)
         self.ids = corpus_ids(tokenizer, max_files)
         self.mapping = hash_mapping(econf)
-        self.tables: dict[int, StoreTable] = {}
-        embeddings: dict[int, LocalTable | StoreTable] = {}
+        self.tables: dict[int, StoreEmbedding] = {}
+        embeddings: dict[int, LocalEmbedding | StoreEmbedding] = {}
         with ExitStack() as stack:
             if backend == "store":
                 own_daemon = address is None
@@ -163,8 +163,8 @@ class Trainer:
                     address = stack.enter_context(daemon).address
                 client = stack.enter_context(EngramClient(address))
                 # Every layer's pushes of a backward pass (and the next batch's rows) in one call.
-                group = PushGroup(client)
-                stack.callback(group.close)
+                pipeline = TrainPipeline(client)
+                stack.callback(pipeline.close)
                 if tables is None or own_daemon:
                     tables = tables or f"tiny-lm-{os.getpid()}-{time.monotonic_ns()}-L"
                     create_engram_tables(client, econf, tables, optimizer="adam", lr=1e-3)
@@ -181,12 +181,12 @@ class Trainer:
                             f"table {plan.name} is {info.num_rows} x {info.dim}, this model's "
                             f"config needs {plan.num_rows} x {plan.dim}"
                         )
-                    self.tables[plan.layer] = embeddings[plan.layer] = StoreTable(
-                        plan.head_sizes, plan.dim, client, plan.name, group=group
+                    self.tables[plan.layer] = embeddings[plan.layer] = StoreEmbedding(
+                        plan.head_sizes, plan.dim, client, plan.name, pipeline=pipeline
                     )
             else:
                 for layer in self.cfg.engram_layers:
-                    embeddings[layer] = LocalTable(
+                    embeddings[layer] = LocalEmbedding(
                         self.mapping.table_sizes(layer), econf.embed_dim_per_head
                     )
             torch.manual_seed(seed)
@@ -199,7 +199,7 @@ class Trainer:
             self.optimizers: list[torch.optim.Optimizer] = [torch.optim.AdamW(dense, lr=3e-3)]
             if backend == "local":
                 sparse = [
-                    e.embedding.weight for e in embeddings.values() if isinstance(e, LocalTable)
+                    e.embedding.weight for e in embeddings.values() if isinstance(e, LocalEmbedding)
                 ]
                 self.optimizers.append(torch.optim.SparseAdam(sparse, lr=1e-3))
             # Built: from here on, leaving the trainer closes what it holds.

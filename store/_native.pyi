@@ -13,13 +13,13 @@ __all__ = [
     "BUFFER_TOKEN_BYTES",
     "PUSH_CRASH_POINTS",
     "TABLE_FORMAT_VERSION",
-    "EmbeddingTable",
     "Journal",
     "Keys",
     "NgramHasher",
     "StoreError",
     "Table",
     "TableFormatError",
+    "TrainableTable",
     "compress_ids",
     "keys_from_int64",
     "parse_lookup_chunk",
@@ -111,11 +111,11 @@ class Keys:
     def __len__(self) -> int: ...
 
 @final
-class EmbeddingTable:
+class TrainableTable:
     @staticmethod
-    def create(dir: str | os.PathLike[str], spec: TableSpec) -> EmbeddingTable: ...
+    def create(dir: str | os.PathLike[str], spec: TableSpec) -> TrainableTable: ...
     @staticmethod
-    def open(dir: str | os.PathLike[str], spec: TableSpec, step: int) -> EmbeddingTable: ...
+    def open(dir: str | os.PathLike[str], spec: TableSpec, step: int) -> TrainableTable: ...
     @property
     def num_rows(self) -> int: ...
     @property

@@ -12,6 +12,21 @@ import numpy.typing as npt
 
 from store import _native
 
+# numpy has no bfloat16: those rows travel as their uint16 bit patterns
+# (`torch.from_numpy(rows).view(torch.bfloat16)` reads them).
+NUMPY_ROW_TYPES: dict[str, type[np.generic]] = {
+    "float32": np.float32,
+    "float16": np.float16,
+    "bfloat16": np.uint16,
+}
+
+
+def numpy_row_type(dtype: str) -> np.dtype[Any]:
+    """The numpy type holding rows of the row dtype `dtype`."""
+    if dtype not in NUMPY_ROW_TYPES:
+        raise ValueError(f"dtype must be one of {tuple(NUMPY_ROW_TYPES)}, got {dtype!r}")
+    return np.dtype(NUMPY_ROW_TYPES[dtype])
+
 
 def as_int64_array(values: Any, name: str) -> npt.NDArray[np.int64]:
     """Any integer array-like as a C-contiguous int64 array (shape kept)."""

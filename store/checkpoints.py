@@ -24,8 +24,8 @@ from store.conversions import table_spec_bytes, table_spec_of_bytes
 from store.crash_points import crash_point
 from store.data_dir import fsync_dir
 from store.errors import NotFoundError
+from store.served_table import ServedTable
 from store.spec import TableSpec
-from store.table_handle import TableHandle
 
 MANIFEST = "manifest.json"
 
@@ -43,7 +43,7 @@ def write_checkpoint(
     data_dir: str,
     checkpoint_id: int,
     parent: dict[str, Any] | None,
-    tables: list[TableHandle],
+    tables: list[ServedTable],
     clients: dict[str, Any],
     full: bool,
 ) -> dict[str, Any]:
@@ -140,7 +140,7 @@ def spec_of(entry: dict[str, Any]) -> TableSpec:
     return table_spec_of_bytes(base64.b64decode(entry["spec"]))
 
 
-def restore_table(data_dir: str, target: dict[str, Any], name: str, directory: str) -> TableHandle:
+def restore_table(data_dir: str, target: dict[str, Any], name: str, directory: str) -> ServedTable:
     """Rebuilds table `name` of checkpoint `target` in the new `directory` by applying its
     chain of packs, each checked against the size and CRC-32 its manifest recorded."""
     chain: list[tuple[int, dict[str, Any]]] = []
@@ -152,7 +152,7 @@ def restore_table(data_dir: str, target: dict[str, Any], name: str, directory: s
             break
         manifest = read_manifest(data_dir, manifest["parent"])
     final = chain[0][1]
-    table = TableHandle.create(directory, spec_of(final), final["incarnation"])
+    table = ServedTable.create(directory, spec_of(final), final["incarnation"])
     for checkpoint_id, entry in reversed(chain):
         path = os.path.join(checkpoints_dir(data_dir), str(checkpoint_id), entry["file"])
         rows, step, size, crc = _native.verify_pack(path)

@@ -53,9 +53,9 @@ from store.requests import (
     TokenLookup,
     VerifyResult,
 )
+from store.served_table import ServedTable, table_directory
 from store.shared_buffers import RequestBuffers
 from store.spec import ROW_DTYPES, TableSpec
-from store.table_handle import TableHandle, table_directory
 from store.wire import (
     ITEM_SIZES,
     check_array,
@@ -115,7 +115,7 @@ class StoreEngine:
                 )
             self.catalog.put_meta("created", str(time.time()))
         self._started = time.monotonic()
-        self._tables: dict[str, TableHandle] = {}
+        self._tables: dict[str, ServedTable] = {}
         self._tables_lock = threading.Lock()
         # Pushes hold it shared; checkpoints, restores, drops and flushes exclusively.
         self._gate = Gate()
@@ -175,7 +175,7 @@ class StoreEngine:
             shutil.rmtree(table_directory(self.data_dir, name), ignore_errors=True)
         for spec, step, incarnation in catalogued:
             directory = table_directory(self.data_dir, spec.name)
-            table = TableHandle.open(
+            table = ServedTable.open(
                 directory, spec, max(step, steps.get(spec.name, 0)), incarnation
             )
             undone = table.native.recover(committed, fenced)
@@ -193,7 +193,7 @@ class StoreEngine:
 
     # tables ----------------------------------------------------------------------------
 
-    def table(self, name: str) -> TableHandle:
+    def table(self, name: str) -> ServedTable:
         with self._tables_lock:
             table = self._tables.get(name)
         if table is None:
@@ -208,7 +208,7 @@ class StoreEngine:
                 raise AlreadyExistsError(f"table {spec.name!r} already exists")
             directory = table_directory(self.data_dir, spec.name)
             shutil.rmtree(directory, ignore_errors=True)  # what a crashed create left
-            table = TableHandle.create(directory, spec, uuid.uuid4().hex)
+            table = ServedTable.create(directory, spec, uuid.uuid4().hex)
             table.native.attach_journal(self.journal)
             self.catalog.put_table(spec, 0, table.incarnation)
             self._tables[spec.name] = table
@@ -276,7 +276,7 @@ class StoreEngine:
 
     def _answer(
         self,
-        table: TableHandle,
+        table: ServedTable,
         keys: _native.Keys,
         shape: list[int],
         request: Lookup | TokenLookup,
@@ -287,7 +287,7 @@ class StoreEngine:
             return iter([answer])
         return self._stream_rows(table, keys, shape, request.dtype, request.rows_per_chunk)
 
-    def _check_lookup(self, table: TableHandle, keys: _native.Keys, dtype: str) -> str:
+    def _check_lookup(self, table: ServedTable, keys: _native.Keys, dtype: str) -> str:
         """The row dtype, after checking it and the size."""
         dtype = dtype or "float32"
         if dtype not in ROW_DTYPES:
@@ -301,7 +301,7 @@ class StoreEngine:
 
     def _rows_to_buffer(
         self,
-        table: TableHandle,
+        table: ServedTable,
         keys: _native.Keys,
         shape: list[int],
         dtype: str,
@@ -325,7 +325,7 @@ class StoreEngine:
         self,
         pushes: Sequence[Push],
         lookups: Sequence[Lookup],
-        lookup_tables: list[TableHandle],
+        lookup_tables: list[ServedTable],
         lookup_keys: list[_native.Keys],
         dtypes: list[str],
     ) -> None:
@@ -354,7 +354,7 @@ class StoreEngine:
 
     @staticmethod
     def _rows_in_message(
-        table: TableHandle, keys: _native.Keys, shape: list[int], dtype: str
+        table: ServedTable, keys: _native.Keys, shape: list[int], dtype: str
     ) -> RowChunk:
         total = len(keys)
         table.counters.add(lookups=1, rows_looked_up=total)
@@ -367,7 +367,7 @@ class StoreEngine:
 
     def _stream_rows(
         self,
-        table: TableHandle,
+        table: ServedTable,
         keys: _native.Keys,
         shape: list[int],
         dtype: str,
@@ -385,7 +385,7 @@ class StoreEngine:
 
     @staticmethod
     def _chunks(
-        table: TableHandle, keys: _native.Keys, shape: list[int], dtype: str, chunk: int, total: int
+        table: ServedTable, keys: _native.Keys, shape: list[int], dtype: str, chunk: int, total: int
     ) -> Iterator[RowChunk]:
         result_shape = (*shape, table.spec.dim)
         for offset in range(0, max(total, 1), chunk):
@@ -408,7 +408,7 @@ class StoreEngine:
             keys = self._keys(request, self.max_lookup_rows, buffers)
             return self._apply_once(table, keys, request, buffers)
 
-    def _check_push(self, request: Push) -> TableHandle:
+    def _check_push(self, request: Push) -> ServedTable:
         """The push's table, after checking the request's shapes, dtypes and client id."""
         check_client_id(request.client_id)
         table = self.table(request.table)
@@ -426,7 +426,7 @@ class StoreEngine:
         return table
 
     def _apply_once(
-        self, table: TableHandle, keys: _native.Keys, request: Push, buffers: RequestBuffers
+        self, table: ServedTable, keys: _native.Keys, request: Push, buffers: RequestBuffers
     ) -> PushOutcome:
         """Applies the push unless its (client_id, sequence) was applied before."""
         if not request.client_id:
@@ -472,7 +472,7 @@ class StoreEngine:
         return outcome
 
     def _apply(
-        self, table: TableHandle, keys: _native.Keys, request: Push, buffers: RequestBuffers
+        self, table: ServedTable, keys: _native.Keys, request: Push, buffers: RequestBuffers
     ) -> PushOutcome:
         step = request.step or None
         grads = request.grads
@@ -503,7 +503,7 @@ class StoreEngine:
         return PushOutcome(rows, applied, updated_rows=updated)
 
     def _current_rows(
-        self, table: TableHandle, keys: _native.Keys, request: Push, buffers: RequestBuffers
+        self, table: ServedTable, keys: _native.Keys, request: Push, buffers: RequestBuffers
     ) -> PushOutcome:
         """A duplicate push's answer: no change, and the rows as they are now if asked."""
         step = table.native.step

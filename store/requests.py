@@ -79,7 +79,7 @@ class PendingRows:
     """Rows checked but not gathered yet: `keys[start:end]` of `table`, to be written once,
     straight into wherever they go (a message's bytes)."""
 
-    table: _native.EmbeddingTable
+    table: _native.TrainableTable
     keys: _native.Keys
     start: int
     end: int

@@ -15,12 +15,8 @@ import numpy as np
 import numpy.typing as npt
 
 from store import _native
-from store.arrays import as_keys, as_rows
+from store.arrays import NUMPY_ROW_TYPES, as_keys, as_rows
 from store.spec import ROW_DTYPES
-
-# numpy has no bfloat16: those rows travel as their uint16 bit patterns
-# (`torch.from_numpy(rows).view(torch.bfloat16)` reads them).
-_NUMPY_DTYPE = {"float32": np.float32, "float16": np.float16, "bfloat16": np.uint16}
 
 
 class Table:
@@ -110,11 +106,11 @@ class Table:
         shape = (*np.shape(keys), self.dim)
         flat_keys = as_keys(keys)
         if out is None:
-            out = np.empty(shape, dtype=_NUMPY_DTYPE[dtype])
-        elif out.shape != shape or out.dtype != _NUMPY_DTYPE[dtype]:
+            out = np.empty(shape, dtype=NUMPY_ROW_TYPES[dtype])
+        elif out.shape != shape or out.dtype != NUMPY_ROW_TYPES[dtype]:
             raise ValueError(
                 f"out has shape {out.shape} and dtype {out.dtype}, "
-                f"expected {shape} and {np.dtype(_NUMPY_DTYPE[dtype])}"
+                f"expected {shape} and {np.dtype(NUMPY_ROW_TYPES[dtype])}"
             )
         elif not out.flags.c_contiguous or not out.flags.writeable:
             raise ValueError("out must be a writeable C-contiguous array")

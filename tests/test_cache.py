@@ -11,7 +11,7 @@ from daemon import daemon_thread
 
 from client import EngramClient
 from client.cache import RowCache
-from client.torch import StoreTable, device_row_cache
+from client.torch import StoreEmbedding, device_row_cache
 
 ROWS, DIM = 10_000, 8
 TABLE = np.random.default_rng(0).standard_normal((ROWS, DIM)).astype(np.float32)
@@ -71,7 +71,7 @@ def test_store_table_cache_follows_pushes(tmp_path: Path) -> None:
     ):
         client.create_table("t", 100, 4, lr=1.0, init="zeros")
         cache = RowCache(capacity_bytes=1 << 20, admit_after=1, max_staleness=2)
-        table = StoreTable([100], 4, client, "t", cache=cache)
+        table = StoreEmbedding([100], 4, client, "t", cache=cache)
         keys = np.array([5, 6])
         np.testing.assert_array_equal(table.fetch(keys), np.zeros((2, 4)))
         # This table's own push invalidates the cached rows at once.

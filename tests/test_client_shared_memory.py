@@ -70,7 +70,7 @@ def test_a_daemon_that_cannot_share_memory_gets_messages(
     with (
         daemon_thread(tmp_path / "data", shared_buffer_dir=daemon_dir) as d,
         EngramClient(d.address, shared_memory=True, shared_memory_dir=str(shm)) as client,
-        caplog.at_level(logging.INFO, logger="client.client"),
+        caplog.at_level(logging.INFO, logger="client.transfer"),
     ):
         client.create_table("t", ROWS, DIM, optimizer="sgd", lr=1.0)
         before = client.lookup("t", [7])
@@ -143,7 +143,7 @@ def test_no_room_for_a_buffer_means_messages(
     with (
         daemon_thread(tmp_path / "data", shared_buffer_dir=str(shm)) as d,
         EngramClient(d.address, shared_memory=True, shared_memory_dir=str(shm)) as client,
-        caplog.at_level(logging.INFO, logger="client.client"),
+        caplog.at_level(logging.INFO, logger="client.transfer"),
     ):
         client.create_table("t", ROWS, DIM, optimizer="sgd", lr=1.0)
         before = client.lookup("t", [1, 2])

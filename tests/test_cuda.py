@@ -11,7 +11,7 @@ from daemon import daemon_thread
 
 from client import EngramClient, NgramHashMapping
 from client.config import EngramConfig
-from client.torch import Engram, StoreTable, device_row_cache
+from client.torch import Engram, StoreEmbedding, device_row_cache
 from client.torch.prefetch import Prefetcher
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
@@ -26,7 +26,7 @@ def test_store_table_and_prefetcher_on_cuda(
     with daemon_thread(tmp_path / "data") as daemon, EngramClient(daemon.address) as client:
         client.create_table("t", sum(sizes), config.embed_dim_per_head, lr=0.1)
         cache = device_row_cache(1 << 20, device, admit_after=1)
-        table = StoreTable(sizes, config.embed_dim_per_head, client, "t", cache=cache)
+        table = StoreEmbedding(sizes, config.embed_dim_per_head, client, "t", cache=cache)
         engram = Engram(1, config, 16, 2, mapping, table).to(device)
         batches = [np.random.default_rng(i).integers(0, 8192, (2, 8)) for i in range(3)]
         for batch, rows in Prefetcher(batches, mapping, {1: table}, device=device):

@@ -15,8 +15,8 @@ from store.spec import OptimizerSpec, TableSpec
 ROWS, DIM, STEPS = 200, 16, 50
 
 
-def make_table(path: Path, optimizer: str, lr: float, **hyper: float) -> _native.EmbeddingTable:
-    return _native.EmbeddingTable.create(
+def make_table(path: Path, optimizer: str, lr: float, **hyper: float) -> _native.TrainableTable:
+    return _native.TrainableTable.create(
         str(path),
         TableSpec(
             "t", ROWS, DIM, init_std=0.5, seed=7, optimizer=OptimizerSpec(optimizer, lr, **hyper)
@@ -24,7 +24,7 @@ def make_table(path: Path, optimizer: str, lr: float, **hyper: float) -> _native
     )
 
 
-def all_rows(table: _native.EmbeddingTable) -> np.ndarray:
+def all_rows(table: _native.TrainableTable) -> np.ndarray:
     out = np.empty((ROWS, DIM), np.float32)
     table.gather_into(np.arange(ROWS, dtype=np.uint64), out)
     return out
@@ -58,7 +58,7 @@ def torch_run(
     return embedding.weight.detach().numpy()
 
 
-def store_run(table: _native.EmbeddingTable) -> np.ndarray:
+def store_run(table: _native.TrainableTable) -> np.ndarray:
     for keys, grads in batches():
         table.push(keys, grads)
     return all_rows(table)

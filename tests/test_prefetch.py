@@ -14,9 +14,9 @@ import torch
 from daemon import daemon_thread
 
 from client import EngramClient, NgramHashMapping
-from client.torch import StoreTable
+from client.torch import StoreEmbedding
+from client.torch.pipeline import TrainPipeline
 from client.torch.prefetch import Prefetcher
-from client.torch.push_group import PushGroup
 
 LAYER, DIM = 1, 4
 
@@ -24,12 +24,12 @@ LAYER, DIM = 1, 4
 @pytest.fixture
 def setup(
     tmp_path: Path, tokenizer_path: Path
-) -> Iterator[tuple[EngramClient, NgramHashMapping, StoreTable]]:
+) -> Iterator[tuple[EngramClient, NgramHashMapping, StoreEmbedding]]:
     with daemon_thread(tmp_path / "data") as daemon, EngramClient(daemon.address) as client:
         mapping = NgramHashMapping([31, 37], 3, 8, 2, [LAYER], tokenizer_path, 0, 0)
         sizes = mapping.table_sizes(LAYER)
         client.create_table("t", sum(sizes), DIM, lr=1.0)
-        yield client, mapping, StoreTable(sizes, DIM, client, "t")
+        yield client, mapping, StoreEmbedding(sizes, DIM, client, "t")
 
 
 def batches(n: int) -> list[np.ndarray]:
@@ -45,7 +45,7 @@ def wait_until_full(prefetcher: Prefetcher) -> None:
 
 
 def rows_are_current(
-    client: EngramClient, table: StoreTable, rows: dict[int, tuple[torch.Tensor, torch.Tensor]]
+    client: EngramClient, table: StoreEmbedding, rows: dict[int, tuple[torch.Tensor, torch.Tensor]]
 ) -> torch.Tensor:
     """Checks a batch's rows against the store's, every push applied; its hash ids."""
     hash_ids, fetched = rows[LAYER]
@@ -55,21 +55,21 @@ def rows_are_current(
     return hash_ids
 
 
-def train_step(table: StoreTable, hash_ids: torch.Tensor) -> None:
+def train_step(table: StoreEmbedding, hash_ids: torch.Tensor) -> None:
     keys = hash_ids + table.offsets
     table.push_gradient(keys, torch.ones((*keys.shape, DIM)))
 
 
 @pytest.mark.parametrize("read_with_pushes", [True, False])
 def test_synchronous_mode_sees_every_earlier_push(
-    setup: tuple[EngramClient, NgramHashMapping, StoreTable], read_with_pushes: bool
+    setup: tuple[EngramClient, NgramHashMapping, StoreEmbedding], read_with_pushes: bool
 ) -> None:
     client, mapping, table = setup
     prefetcher = Prefetcher(
         batches(8), mapping, {LAYER: table}, depth=3, read_with_pushes=read_with_pushes
     )
     wait_until_full(prefetcher)
-    calls = table.group.calls
+    calls = table.pipeline.calls
     steps = 0
     for batch, rows in prefetcher:
         assert rows[LAYER][1].shape == (2, 10, 4, DIM)
@@ -83,7 +83,7 @@ def test_synchronous_mode_sees_every_earlier_push(
         # Each batch after the first came with the push of the step before it.
         assert prefetcher.rows_refreshed == 0
         assert prefetcher.batches_read_with_pushes == 7
-        assert table.group.calls - calls == 8
+        assert table.pipeline.calls - calls == 8
     else:
         assert prefetcher.rows_refreshed > 0, "rows read ahead of pushes must be refreshed"
         assert prefetcher.batches_read_with_pushes == 0
@@ -95,7 +95,7 @@ def test_synchronous_mode_sees_every_earlier_push(
 
 
 def test_max_staleness_bounds_how_far_behind_rows_may_be(
-    setup: tuple[EngramClient, NgramHashMapping, StoreTable],
+    setup: tuple[EngramClient, NgramHashMapping, StoreEmbedding],
 ) -> None:
     client, mapping, table = setup
     every_row = np.arange(table.num_rows)
@@ -120,7 +120,7 @@ def test_max_staleness_bounds_how_far_behind_rows_may_be(
 
 
 def test_pushes_issued_before_the_prefetcher_are_caught_by_reading_again(
-    setup: tuple[EngramClient, NgramHashMapping, StoreTable],
+    setup: tuple[EngramClient, NgramHashMapping, StoreEmbedding],
 ) -> None:
     client, mapping, table = setup
     # A push issued before the prefetcher existed (so its rows were not kept), still in
@@ -142,22 +142,22 @@ def test_pushes_issued_before_the_prefetcher_are_caught_by_reading_again(
     assert prefetcher.rows_refreshed > 0
 
 
-def test_a_group_sends_a_backward_pass_and_the_next_rows_in_one_call(
+def test_a_pipeline_sends_a_backward_pass_and_the_next_rows_in_one_call(
     tmp_path: Path, tokenizer_path: Path
 ) -> None:
     layers = [1, 2]
     with daemon_thread(tmp_path / "data") as daemon, EngramClient(daemon.address) as client:
         mapping = NgramHashMapping([31, 37], 3, 8, 2, layers, tokenizer_path, 0, 0)
-        group = PushGroup(client)
+        pipeline = TrainPipeline(client)
         tables = {}
         for layer in layers:
             sizes = mapping.table_sizes(layer)
             client.create_table(f"t{layer}", sum(sizes), DIM, optimizer="adam", lr=0.1)
-            tables[layer] = StoreTable(sizes, DIM, client, f"t{layer}", group=group)
+            tables[layer] = StoreEmbedding(sizes, DIM, client, f"t{layer}", pipeline=pipeline)
         prefetcher = Prefetcher(batches(6), mapping, tables, depth=2)
         weight = torch.linspace(-1, 1, DIM)
         for step, (_, rows) in enumerate(prefetcher):
-            calls = group.calls
+            calls = pipeline.calls
             loss = torch.zeros(())
             for layer, table in tables.items():
                 hash_ids, fetched = rows[layer]
@@ -170,16 +170,16 @@ def test_a_group_sends_a_backward_pass_and_the_next_rows_in_one_call(
             for table in tables.values():
                 table.wait_for_pushes()
             # Both tables' pushes (and the next batch's rows) went in one call.
-            assert group.calls == calls + 1, f"step {step}"
+            assert pipeline.calls == calls + 1, f"step {step}"
             assert all(t.pushes_issued == step + 1 for t in tables.values())
         prefetcher.close()
-        group.close()
+        pipeline.close()
         assert prefetcher.rows_refreshed == 0
         assert prefetcher.batches_read_with_pushes == 5
 
 
 def test_rows_sent_with_pushes_follow_the_last_send_before_their_batch(
-    setup: tuple[EngramClient, NgramHashMapping, StoreTable],
+    setup: tuple[EngramClient, NgramHashMapping, StoreEmbedding],
 ) -> None:
     client, mapping, table = setup
     prefetcher = Prefetcher(batches(6), mapping, {LAYER: table}, depth=2)

@@ -12,7 +12,7 @@ from torch import nn
 
 from client import EngramClient, NgramHashMapping
 from client.config import EngramConfig
-from client.torch import Engram, LocalTable, StoreTable
+from client.torch import Engram, LocalEmbedding, StoreEmbedding
 
 HIDDEN, HC, STEPS = 16, 2, 20
 
@@ -83,10 +83,10 @@ def test_store_table_trains_like_a_local_table(
             **store_args,  # type: ignore[arg-type]
         )
         initial = client.lookup(f"parity-{optimizer}", np.arange(sum(sizes)))
-        local = LocalTable(sizes, config.embed_dim_per_head)
+        local = LocalEmbedding(sizes, config.embed_dim_per_head)
         with torch.no_grad():
             local.embedding.weight.copy_(torch.from_numpy(initial))
-        store = StoreTable(sizes, config.embed_dim_per_head, client, f"parity-{optimizer}")
+        store = StoreEmbedding(sizes, config.embed_dim_per_head, client, f"parity-{optimizer}")
         local_model = build(config, mapping, local)
         store_model = build(config, mapping, store)
 

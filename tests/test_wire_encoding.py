@@ -18,7 +18,7 @@ from store.spec import TableSpec
 def test_an_encoded_chunk_decodes_to_the_same_message(
     tmp_path: Path, dtype: str, offset: int, result_shape: list[int]
 ) -> None:
-    table = _native.EmbeddingTable.create(str(tmp_path / "t"), TableSpec("t", 1000, 5).resolved())
+    table = _native.TrainableTable.create(str(tmp_path / "t"), TableSpec("t", 1000, 5).resolved())
     values = np.array([3, 999, 0, 3, 17, 500], np.uint64)
     keys = _native.Keys.from_array(values)
     encoded = table.lookup_message(keys, dtype, 1, 4, offset, 6, result_shape)
@@ -36,7 +36,7 @@ def test_an_encoded_chunk_decodes_to_the_same_message(
 
 
 def test_an_encoded_chunk_checks_its_keys(tmp_path: Path) -> None:
-    table = _native.EmbeddingTable.create(str(tmp_path / "t"), TableSpec("t", 10, 2).resolved())
+    table = _native.TrainableTable.create(str(tmp_path / "t"), TableSpec("t", 10, 2).resolved())
     keys = _native.Keys.from_array(np.array([1, 10], np.uint64))
     with pytest.raises(IndexError, match=r"keys\[1\] = 10"):
         table.lookup_message(keys, "float32", 0, 2, 0, 2, [2, 2])

@@ -2,19 +2,19 @@
 client that imports torch."""
 
 from client.torch.device_cache import device_row_cache
+from client.torch.embeddings import LocalEmbedding, StoreEmbedding
 from client.torch.engram import Engram, ShortConv
+from client.torch.pipeline import TrainPipeline
 from client.torch.prefetch import Prefetcher
-from client.torch.push_group import PushGroup
 from client.torch.push_log import PushLog
-from client.torch.tables import LocalTable, StoreTable
 
 __all__ = [
     "Engram",
-    "LocalTable",
+    "LocalEmbedding",
     "Prefetcher",
-    "PushGroup",
     "PushLog",
     "ShortConv",
-    "StoreTable",
+    "StoreEmbedding",
+    "TrainPipeline",
     "device_row_cache",
 ]

@@ -3,7 +3,7 @@
 gated against the hidden state through RMSNorms, a value projection, and a depthwise causal
 short convolution with dilation = max n-gram order over `hc_mult` branches.
 
-The embedding is a backend (`LocalTable` or `StoreTable`), so the same module trains with
+The embedding is a backend (`LocalEmbedding` or `StoreEmbedding`), so the same module trains with
 rows in process or in a store daemon.
 """
 
@@ -16,7 +16,7 @@ from torch import nn
 
 from client.config import EngramConfig
 from client.hashing import NgramHashMapping
-from client.torch.tables import LocalTable, StoreTable
+from client.torch.embeddings import LocalEmbedding, StoreEmbedding
 
 
 class ShortConv(nn.Module):
@@ -58,7 +58,7 @@ class ShortConv(nn.Module):
 
 
 class Engram(nn.Module):
-    """One Engram layer. `embedding` defaults to a `LocalTable` of the layer's heads."""
+    """One Engram layer. `embedding` defaults to a `LocalEmbedding` of the layer's heads."""
 
     def __init__(
         self,
@@ -67,7 +67,7 @@ class Engram(nn.Module):
         hidden_size: int,
         hc_mult: int = 4,
         hash_mapping: NgramHashMapping | None = None,
-        embedding: LocalTable | StoreTable | None = None,
+        embedding: LocalEmbedding | StoreEmbedding | None = None,
     ) -> None:
         super().__init__()
         self.layer_id = layer_id
@@ -83,7 +83,7 @@ class Engram(nn.Module):
             pad_id=config.pad_id,
             seed=config.seed,
         )
-        self.multi_head_embedding = embedding or LocalTable(
+        self.multi_head_embedding = embedding or LocalEmbedding(
             self.hash_mapping.table_sizes(layer_id), config.embed_dim_per_head
         )
         self.short_conv = ShortConv(

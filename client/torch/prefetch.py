@@ -7,13 +7,14 @@ every Engram layer `depth` batches ahead (and reads its rows, see below); iterat
 device is given).
 
 Training consistency: in the default synchronous mode (`max_staleness=0`) every step sees
-every update of the steps before it. When the tables push through one `PushGroup` (and
+every update of the steps before it. When the embeddings push through one `TrainPipeline` (and
 `read_with_pushes`, and no table has a cache, whose hot rows are read through it), a
 batch's rows are read in the same call that carries the pushes of the step before it,
-after them: one round trip per step, and nothing to bring up to date (the thread only
-hashes ahead). Otherwise rows are read ahead, and those of a batch that a later push
-touched are brought up to date once the push is applied, from the rows each push returned
-(pushes of a table apply in order, so the last push of a key left its latest row).
+after them (`TrainPipeline.queue_read`): one round trip per step, and nothing to bring up
+to date (the thread only hashes ahead). Otherwise rows are read ahead, and those of a
+batch that a later push touched are brought up to date once the push is applied, from the
+rows each push returned (pushes of a table apply in order, so the last push of a key left
+its latest row).
 `max_staleness=k` reads ahead and accepts rows that miss at most the last k pushes.
 """
 
@@ -21,7 +22,6 @@ from __future__ import annotations
 
 import queue
 import threading
-from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -30,9 +30,9 @@ import numpy as np
 import torch
 
 from client.hashing import NgramHashMapping
-from client.torch.push_group import PushGroup, RowsRequest
+from client.torch.embeddings import StoreEmbedding
+from client.torch.pipeline import QueuedRead
 from client.torch.push_log import PUSH_LOG_LENGTH
-from client.torch.tables import StoreTable
 
 
 @dataclass
@@ -44,8 +44,8 @@ class _Pending:
     pushes_seen: dict[int, int]
     # Sorted when rows are read ahead (off the training thread), else only if needed.
     sorted_keys: dict[int, _SortedKeys]
-    # The lookups sent with pushes, when the rows come that way.
-    read: RowsRequest | None = field(default=None)
+    # The lookups queued to go with the pipeline's pushes, when the rows come that way.
+    read: QueuedRead | None = field(default=None)
 
     def sorted(self, layer: int) -> _SortedKeys:
         if layer not in self.sorted_keys:
@@ -95,7 +95,7 @@ class Prefetcher:
         self,
         batches: Iterable[Any],
         mapping: NgramHashMapping,
-        tables: dict[int, StoreTable],
+        embeddings: dict[int, StoreEmbedding],
         depth: int = 2,
         max_staleness: int = 0,
         device: torch.device | str | None = None,
@@ -106,11 +106,13 @@ class Prefetcher:
             raise ValueError(f"depth must be between 1 and {PUSH_LOG_LENGTH // 2}, got {depth}")
         if max_staleness < 0:
             raise ValueError(f"max_staleness must be non-negative, got {max_staleness}")
-        missing = set(tables) - set(mapping.layer_ids)
+        missing = set(embeddings) - set(mapping.layer_ids)
         if missing:
-            raise ValueError(f"tables for layers {sorted(missing)} that the mapping does not hash")
+            raise ValueError(
+                f"embeddings for layers {sorted(missing)} that the mapping does not hash"
+            )
         self.mapping = mapping
-        self.tables = tables
+        self.embeddings = embeddings
         self.max_staleness = max_staleness
         self.device = torch.device(device) if device is not None else None
         self.token_ids = token_ids
@@ -119,23 +121,21 @@ class Prefetcher:
         self._stop = threading.Event()
         self.rows_refreshed = 0
         self.batches_read_with_pushes = 0
-        # Batches hashed but not yet handed out, oldest first: the next one's rows can go
-        # with the pushes of the step now running.
-        self._unconsumed: deque[_Pending] = deque()
-        self._unconsumed_lock = threading.Lock()
         # Tables with a cache read through it; with max_staleness rows are read ahead.
         with_pushes = (
-            read_with_pushes and not max_staleness and all(t.cache is None for t in tables.values())
+            read_with_pushes
+            and not max_staleness
+            and all(t.cache is None for t in embeddings.values())
         )
-        groups = {t.group for t in tables.values()}
-        # One group for every table: the next batch's rows can ride with its pushes.
-        self._group = groups.pop() if with_pushes and len(groups) == 1 else None
-        if self._group is not None:
-            self._group.set_reader(self._rows_to_send)
+        pipelines = {t.pipeline for t in embeddings.values()}
+        # One pipeline for every embedding: the next batch's rows can ride with its pushes.
+        self._pipeline = pipelines.pop() if with_pushes and len(pipelines) == 1 else None
+        if self._pipeline is not None:
+            self._pipeline.start_reads()
         else:
             # Rows read ahead are brought up to date from the rows later pushes return.
-            for table in tables.values():
-                table.keep_updated_rows()
+            for embedding in embeddings.values():
+                embedding.keep_updated_rows()
         self._thread.start()
 
     def _fill(self, batches: Iterator[Any]) -> None:
@@ -144,18 +144,20 @@ class Prefetcher:
                 ids = np.asarray(self.token_ids(batch), dtype=np.int64)
                 hashes = self.mapping.hash(ids)
                 pending = _Pending(batch, {}, {}, {}, {}, {})
-                for layer, table in self.tables.items():
-                    keys = hashes[layer] + table.offsets.numpy()
+                for layer, embedding in self.embeddings.items():
+                    keys = hashes[layer] + embedding.offsets.numpy()
                     pending.hash_ids[layer] = hashes[layer]
                     pending.keys[layer] = keys
-                    if self._group is None:
+                    if self._pipeline is None:
                         pending.sorted(layer)
                         # Pushes applied before the lookup runs are in its rows; later ones
                         # are checked when the batch is consumed.
-                        pending.pushes_seen[layer] = table.pushes_applied()
-                        pending.rows[layer] = table.fetch(keys)
-                with self._unconsumed_lock:
-                    self._unconsumed.append(pending)
+                        pending.pushes_seen[layer] = embedding.pushes_applied()
+                        pending.rows[layer] = embedding.fetch(keys)
+                if self._pipeline is not None:
+                    pending.read = self._pipeline.queue_read(
+                        (t.push_log, pending.keys[layer]) for layer, t in self.embeddings.items()
+                    )
                 while not self._stop.is_set():
                     try:
                         self._queue.put(pending, timeout=0.1)
@@ -176,52 +178,28 @@ class Prefetcher:
                 return
             if isinstance(item, BaseException):
                 raise item
-            with self._unconsumed_lock:
-                self._unconsumed.popleft()
-            if self._group is not None:
-                self._read(item, self._group)
-            yield item.batch, {layer: self._ready(item, layer) for layer in self.tables}
+            if item.read is not None:
+                self._read(item, item.read)
+            yield item.batch, {layer: self._ready(item, layer) for layer in self.embeddings}
 
-    def _rows_to_send(self) -> RowsRequest | None:
-        """The next batch's lookups, to go with the pushes being sent (the group asks, holding
-        its lock: every push issued so far is applied before these lookups run)."""
-        with self._unconsumed_lock:
-            if not self._unconsumed:
-                return None
-            item = self._unconsumed[0]
-            # A later send (another backward pass before this batch) replaces an earlier one.
-            item.read = RowsRequest(self._lookups(item))
-            item.pushes_seen = self._pushes_issued()
-            return item.read
-
-    def _lookups(self, item: _Pending) -> list[tuple[str, np.ndarray]]:
-        return [(t.table, item.keys[layer]) for layer, t in self.tables.items()]
-
-    def _pushes_issued(self) -> dict[int, int]:
-        return {layer: t.pushes_issued for layer, t in self.tables.items()}
-
-    def _read(self, item: _Pending, group: PushGroup) -> None:
-        """The rows of a batch whose lookups were not read ahead: those sent with the last
-        pushes before it, or (no push since it was hashed) read now, in one call."""
-        if item.read is not None:
-            rows = item.read.rows.result()
-            self.batches_read_with_pushes += 1
-        else:
-            for table in self.tables.values():
-                table.wait_for_pushes()
-            item.pushes_seen = self._pushes_issued()
-            rows = group.client.batch(lookups=self._lookups(item)).lookups
-        item.rows = {layer: torch.from_numpy(r) for layer, r in zip(self.tables, rows, strict=True)}
+    def _read(self, item: _Pending, read: QueuedRead) -> None:
+        assert self._pipeline is not None
+        rows, with_pushes = self._pipeline.take_read(read)
+        self.batches_read_with_pushes += with_pushes
+        item.pushes_seen = dict(zip(self.embeddings, read.pushes_seen, strict=True))
+        item.rows = {
+            layer: torch.from_numpy(r) for layer, r in zip(self.embeddings, rows, strict=True)
+        }
 
     def _ready(self, item: _Pending, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
-        table = self.tables[layer]
+        embedding = self.embeddings[layer]
         rows = item.rows[layer]
         seen = item.pushes_seen[layer]
-        if table.pushes_issued - seen > self.max_staleness:
+        if embedding.pushes_issued - seen > self.max_staleness:
             # Only rows that a later push touched can be out of date.
-            table.wait_for_pushes()
-            numbers = range(seen + 1, table.pushes_issued + 1)
-            updates = table.updated_rows(numbers)
+            embedding.wait_for_pushes()
+            numbers = range(seen + 1, embedding.pushes_issued + 1)
+            updates = embedding.updated_rows(numbers)
             flat_keys = item.keys[layer].reshape(-1)
             flat_rows = rows.view(-1, rows.shape[-1])
             if updates is not None:
@@ -231,17 +209,17 @@ class Prefetcher:
                         flat_rows, pushed_keys, pushed_rows
                     )
             else:
-                pushed = np.unique(table.keys_pushed_since(seen))
+                pushed = np.unique(embedding.keys_pushed_since(seen))
                 positions, _ = item.sorted(layer).find(pushed)
                 if len(positions):
                     # Straight from the store: a cache could hold the rows from before the push.
-                    fresh = table.client.lookup(table.table, flat_keys[positions])
+                    fresh = embedding.client.lookup(embedding.table, flat_keys[positions])
                     flat_rows[torch.from_numpy(positions).to(rows.device)] = torch.from_numpy(
                         fresh
                     ).to(rows.device)
                     self.rows_refreshed += len(positions)
         # Batches still ahead were read after this one: they need no older pushes' rows.
-        table.forget_updated_rows(through=seen)
+        embedding.forget_updated_rows(through=seen)
         hash_ids = torch.from_numpy(item.hash_ids[layer])
         if self.device is not None and self.device.type != "cpu":
             if rows.device != self.device:
@@ -252,8 +230,8 @@ class Prefetcher:
     def close(self) -> None:
         self._stop.set()
         self._thread.join(timeout=10)
-        if self._group is not None:
-            self._group.set_reader(None)
+        if self._pipeline is not None:
+            self._pipeline.stop_reads()
         else:
-            for table in self.tables.values():
-                table.keep_updated_rows(False)
+            for embedding in self.embeddings.values():
+                embedding.keep_updated_rows(False)

@@ -1,6 +1,6 @@
 """A table's record of its pushes: their numbers (1, 2, ...), which are still in flight, the
 keys each changed and, on request, the rows each left. Readers that fetched rows ahead of
-some pushes ask it what those pushes changed; `PushGroup` reports each push's end to it."""
+some pushes ask it what those pushes changed; `TrainPipeline` reports each push's end to it."""
 
 from __future__ import annotations
 

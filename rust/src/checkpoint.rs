@@ -14,8 +14,8 @@
 //! refused before anything is applied.
 
 use crate::codec::DType;
-use crate::embedding::EmbeddingTable;
 use crate::error::{Error, Result};
+use crate::trainable::TrainableTable;
 use std::fs::File;
 use std::io::{BufReader, BufWriter, Read, Write};
 use std::path::Path;
@@ -56,9 +56,9 @@ impl<W: Write> Write for Checksummed<W> {
 
 /// Packs a table with its pushes paused: every stored row (`incremental == false`) or the
 /// rows changed since the dirty marks were last cleared. Clearing them once the checkpoint
-/// is published is the caller's part ([`EmbeddingTable::clear_dirty`]), and no push may
+/// is published is the caller's part ([`TrainableTable::clear_dirty`]), and no push may
 /// land in between.
-pub fn pack_table(path: &Path, table: &EmbeddingTable, incremental: bool) -> Result<PackSummary> {
+pub fn pack_table(path: &Path, table: &TrainableTable, incremental: bool) -> Result<PackSummary> {
     let _paused = table.pause_pushes();
     let keys = if incremental {
         table.dirty_keys()
@@ -70,7 +70,7 @@ pub fn pack_table(path: &Path, table: &EmbeddingTable, incremental: bool) -> Res
 
 /// Writes the rows `keys` (ascending, in range) of `table` to a new pack at `path`, durably
 /// (fsync). The caller keeps pushes paused so that rows, state and step agree.
-pub fn write_pack(path: &Path, table: &EmbeddingTable, keys: &[u64]) -> Result<PackSummary> {
+pub fn write_pack(path: &Path, table: &TrainableTable, keys: &[u64]) -> Result<PackSummary> {
     let io = |e| Error::io(path, e);
     let params = table.params();
     let state_dim = table.state().map_or(0, |s| s.dim());
@@ -122,7 +122,7 @@ pub fn write_pack(path: &Path, table: &EmbeddingTable, keys: &[u64]) -> Result<P
 
 /// Checks a pack's checksum and its fit to `table`, then stores its rows and state rows
 /// exactly and sets the table's step. Returns what the pack held.
-pub fn apply_pack(path: &Path, table: &EmbeddingTable) -> Result<PackSummary> {
+pub fn apply_pack(path: &Path, table: &TrainableTable) -> Result<PackSummary> {
     let summary = verify_pack(path)?;
     let io = |e| Error::io(path, e);
     let bad = |reason: String| Error::format(path, reason);
@@ -227,7 +227,7 @@ mod tests {
     use crate::optim::Optimizer;
     use crate::table::format::Header;
 
-    fn table(dir: &Path, name: &str) -> EmbeddingTable {
+    fn table(dir: &Path, name: &str) -> TrainableTable {
         let header = Header {
             dtype: DType::BF16,
             num_rows: 500,
@@ -236,10 +236,10 @@ mod tests {
             first_row: 0,
         };
         let adam = Optimizer::new("adam", 0.01, 1e-8, 0.9, 0.999, 0.0).unwrap();
-        EmbeddingTable::create(dir.join(name), header, adam, false).unwrap()
+        TrainableTable::create(dir.join(name), header, adam, false).unwrap()
     }
 
-    fn snapshot(t: &EmbeddingTable) -> (Vec<u8>, Vec<u8>) {
+    fn snapshot(t: &TrainableTable) -> (Vec<u8>, Vec<u8>) {
         let all: Vec<u64> = (0..500).collect();
         (
             t.params().read_raw_rows(&all).unwrap(),
@@ -292,7 +292,7 @@ mod tests {
         assert!(err.contains("checksum mismatch"), "{err}");
         assert_eq!(dst.params().written_count(), 0);
 
-        let other = EmbeddingTable::create(
+        let other = TrainableTable::create(
             dir.path().join("other"),
             Header {
                 dtype: DType::F32,

@@ -4,7 +4,7 @@
 //! of the daemon's process in the page cache. What the rows alone cannot tell after such a
 //! crash is which pushes they hold: the table's step and the clients' idempotency windows.
 //! So a push, holding its table's push lock, (1) saves the rows it will change in the
-//! table's undo log (see [`crate::embedding`]), (2) changes them, (3) appends its record
+//! table's undo log (see [`crate::trainable`]), (2) changes them, (3) appends its record
 //! here, and only then is acknowledged. On restart a push whose record is here is applied
 //! (its step and `(client_id, sequence)` are replayed); one whose record is missing is
 //! rolled back from the undo log. Records reach the page cache with one `write` each, which

@@ -5,7 +5,7 @@
 //! - [`codec`]: row dtypes (float32, bfloat16, float16) and conversions between them;
 //! - [`init`]: the counter-based initializer that gives never-written rows their values;
 //! - [`table`]: memory-mapped embedding tables, their file format and row checksums;
-//! - [`embedding`]: trainable tables (rows, optimizer state, undo log) and pushes;
+//! - [`trainable`]: trainable tables (rows, optimizer state, undo log) and pushes;
 //! - [`journal`]: the push journal that commits pushes through a crash;
 //! - [`optim`]: the server-side optimizers (SGD, Adagrad, row-wise Adagrad, Adam);
 //! - [`checkpoint`]: row packs; [`disk`]: reserving disk before writing through a mapping;
@@ -25,7 +25,6 @@ pub mod checkpoint;
 pub mod codec;
 pub mod crash_points;
 pub mod disk;
-pub mod embedding;
 pub mod error;
 pub mod hash;
 pub mod init;
@@ -34,6 +33,7 @@ pub mod optim;
 pub mod parallel;
 pub mod region;
 pub mod table;
+pub mod trainable;
 pub mod wire;
 
 #[cfg(feature = "python")]

@@ -4,10 +4,10 @@
 //! mutated by another Python thread meanwhile); outputs are either numpy arrays handed over
 //! without copying or caller-provided arrays written in place.
 
-mod embedding;
 mod hashing;
 mod keys;
 mod table;
+mod trainable;
 
 use crate::codec::DType;
 use crate::error::Error;
@@ -158,10 +158,10 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("BUFFER_HEADER_BYTES", region::BUFFER_HEADER_BYTES)?;
     m.add_class::<hashing::NgramHasher>()?;
     m.add_class::<table::Table>()?;
-    m.add_class::<embedding::EmbeddingTable>()?;
+    m.add_class::<trainable::TrainableTable>()?;
     m.add_class::<keys::Keys>()?;
-    m.add_class::<embedding::Journal>()?;
-    m.add_function(wrap_pyfunction!(embedding::verify_pack, m)?)?;
+    m.add_class::<trainable::Journal>()?;
+    m.add_function(wrap_pyfunction!(trainable::verify_pack, m)?)?;
     m.add_function(wrap_pyfunction!(set_thread_count, m)?)?;
     m.add_function(wrap_pyfunction!(parse_lookup_chunk, m)?)?;
     m.add_function(wrap_pyfunction!(hashing::table_sizes, m)?)?;

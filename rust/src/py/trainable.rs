@@ -6,10 +6,10 @@ use super::{
 };
 use crate::checkpoint::{self, PackSummary};
 use crate::codec::DType;
-use crate::embedding::{self, Origin};
 use crate::journal;
 use crate::optim::Optimizer;
 use crate::region;
+use crate::trainable::{self, Origin};
 use crate::wire;
 use numpy::{PyReadonlyArray1, PyReadonlyArray2, PyReadwriteArray2};
 use pyo3::prelude::*;
@@ -65,12 +65,12 @@ pub(crate) struct TableSpecArgs {
 
 /// A trainable table: rows, optimizer state and step count, in the files of one directory.
 #[pyclass(frozen, module = "store._native")]
-pub(crate) struct EmbeddingTable {
-    inner: embedding::EmbeddingTable,
+pub(crate) struct TrainableTable {
+    inner: trainable::TrainableTable,
 }
 
 #[pymethods]
-impl EmbeddingTable {
+impl TrainableTable {
     /// A table made as `spec` (a `store.spec.TableSpec`, its optimizer resolved) says.
     #[staticmethod]
     fn create(py: Python<'_>, dir: PathBuf, spec: TableSpecArgs) -> PyResult<Self> {
@@ -85,7 +85,7 @@ impl EmbeddingTable {
         )?;
         let optimizer = spec.optimizer.build()?;
         let inner = detached(py, || {
-            embedding::EmbeddingTable::create_with(
+            trainable::TrainableTable::create_with(
                 &dir,
                 header,
                 optimizer,
@@ -93,7 +93,7 @@ impl EmbeddingTable {
                 spec.row_checksums,
             )
         })?;
-        Ok(EmbeddingTable { inner })
+        Ok(TrainableTable { inner })
     }
 
     /// The table in `dir`, trained as `spec` says, its step count at `step`.
@@ -102,9 +102,9 @@ impl EmbeddingTable {
         let optimizer = spec.optimizer.build()?;
         let allow_non_finite = spec.allow_non_finite;
         let inner = detached(py, || {
-            embedding::EmbeddingTable::open(&dir, optimizer, allow_non_finite, step)
+            trainable::TrainableTable::open(&dir, optimizer, allow_non_finite, step)
         })?;
-        Ok(EmbeddingTable { inner })
+        Ok(TrainableTable { inner })
     }
 
     #[getter]

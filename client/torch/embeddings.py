@@ -1,8 +1,8 @@
 """Where an Engram layer's embedding rows come from: one interface, two backends.
 
-- `LocalTable`: an in-process `nn.Embedding` (the reference's `MultiHeadEmbedding`), for
+- `LocalEmbedding`: an in-process `nn.Embedding` (the reference's `MultiHeadEmbedding`), for
   small models and as the baseline of tests;
-- `StoreTable`: rows from a store daemon; backward sums the gradient of each distinct row
+- `StoreEmbedding`: rows from a store daemon; backward sums the gradient of each distinct row
   (in the background) and pushes it, so the daemon's optimizer trains the table.
 
 Both take hash ids `[B, T, heads]` (per-head, as `NgramHashMapping.hash` returns them), add
@@ -20,8 +20,7 @@ from torch import nn
 
 from client.cache import RowCache
 from client.client import EngramClient
-from client.torch.push_group import PushGroup
-from client.torch.push_log import PushLog
+from client.torch.pipeline import TrainPipeline
 
 
 def _offsets(list_of_n: Sequence[int]) -> torch.Tensor:
@@ -29,7 +28,7 @@ def _offsets(list_of_n: Sequence[int]) -> torch.Tensor:
     return torch.cat([torch.zeros(1, dtype=torch.long), torch.cumsum(sizes, 0)[:-1]])
 
 
-class LocalTable(nn.Module):
+class LocalEmbedding(nn.Module):
     """The reference's MultiHeadEmbedding: every head's table in one `nn.Embedding`."""
 
     offsets: torch.Tensor
@@ -63,16 +62,16 @@ class _PushOnBackward(torch.autograd.Function):
         return None, None, None, None
 
 
-class StoreTable(nn.Module):
+class StoreEmbedding(nn.Module):
     """An Engram layer's rows held by a store daemon (or shards of one).
 
     Forward fetches the rows (or takes rows the caller prefetched); backward hands their
     gradient over to be summed per distinct row and pushed in the background, with at most
-    `max_pushes_in_flight` pushes outstanding, applied in the order they were issued. Tables
-    sharing a `group` send the pushes of one backward pass together, in one call (by default
-    a table is a group of its own). Before fetching, forward waits for earlier pushes, so a
-    step always sees every update of the steps before it. With a `cache`, hot rows are served
-    from host memory; this table's pushes invalidate theirs.
+    `max_pushes_in_flight` pushes outstanding, applied in the order they were issued.
+    Embeddings sharing a `pipeline` send the pushes of one backward pass together, in one
+    call (by default an embedding has a pipeline of its own). Before fetching, forward waits
+    for earlier pushes, so a step always sees every update of the steps before it. With a
+    `cache`, hot rows are served from host memory; this table's pushes invalidate theirs.
     """
 
     offsets: torch.Tensor
@@ -85,11 +84,11 @@ class StoreTable(nn.Module):
         table: str,
         max_pushes_in_flight: int = 2,
         cache: RowCache | None = None,
-        group: PushGroup | None = None,
+        pipeline: TrainPipeline | None = None,
     ) -> None:
         super().__init__()
-        if group is not None and group.client is not client:
-            raise ValueError("group must push through the same client as the table")
+        if pipeline is not None and pipeline.client is not client:
+            raise ValueError("pipeline must push through the same client as the table")
         self.num_heads = len(list_of_N)
         self.embedding_dim = D
         self.num_rows = int(sum(list_of_N))
@@ -97,8 +96,8 @@ class StoreTable(nn.Module):
         self.client = client
         self.table = table
         self.cache = cache
-        self.group = group if group is not None else PushGroup(client)
-        self.push_log = PushLog(table, max_pushes_in_flight, cache)
+        self.pipeline = pipeline if pipeline is not None else TrainPipeline(client)
+        self.push_log = self.pipeline.push_log(table, max_pushes_in_flight, cache)
         # Gives the rows a place in the autograd graph without being a trainable parameter.
         self._anchor = torch.zeros((), requires_grad=True)
 
@@ -149,16 +148,16 @@ class StoreTable(nn.Module):
 
     def push_gradient(self, keys: torch.Tensor, grad: torch.Tensor) -> None:
         """Pushes `grad` (one row per key) without blocking the backward pass (beyond the
-        bound on pushes in flight). The rows of repeated keys are summed on the group's
+        bound on pushes in flight). The rows of repeated keys are summed on the pipeline's
         thread, off the training thread, before they are sent."""
         flat_keys = keys.reshape(-1).cpu().numpy().astype(np.uint64)
         # A copy: autograd owns the gradient's memory once backward moves on.
         rows = grad.reshape(-1, self.embedding_dim).to("cpu", torch.float32, copy=True).numpy()
         if not self.push_log.try_reserve():
             # The pushes holding the slots may still wait for the end of this backward pass.
-            self.group.flush()
+            self.pipeline.flush()
             self.push_log.reserve()
-        self.group.push(self.push_log, flat_keys, rows)
+        self.pipeline.push(self.push_log, flat_keys, rows)
 
     def keys_pushed_since(self, push_number: int) -> np.ndarray:
         """Keys of the pushes issued after push `push_number`, repeats included (the last
@@ -172,5 +171,5 @@ class StoreTable(nn.Module):
 
     def wait_for_pushes(self) -> None:
         """Blocks until every push issued so far has been applied (raising its error)."""
-        self.group.flush()
+        self.pipeline.flush()
         self.push_log.wait()

@@ -20,7 +20,7 @@ fn sgd(lr: f32) -> Optimizer {
 #[test]
 fn sgd_push_sums_duplicates_and_counts_steps() {
     let dir = tempfile::tempdir().unwrap();
-    let t = EmbeddingTable::create(dir.path().join("t"), header(100, 3), sgd(0.5), false).unwrap();
+    let t = TrainableTable::create(dir.path().join("t"), header(100, 3), sgd(0.5), false).unwrap();
     let before = t.params().gather(&[4, 9]).unwrap();
     let outcome = t
         .push(
@@ -46,7 +46,7 @@ fn sgd_push_sums_duplicates_and_counts_steps() {
 fn bad_pushes_change_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let opt = Optimizer::new("adam", 0.1, 1e-8, 0.9, 0.999, 0.0).unwrap();
-    let t = EmbeddingTable::create(dir.path().join("t"), header(10, 2), opt, false).unwrap();
+    let t = TrainableTable::create(dir.path().join("t"), header(10, 2), opt, false).unwrap();
     let msg = |r: Result<PushOutcome>| r.unwrap_err().to_string();
     assert!(msg(t.push(&[1, 2], &[0.0; 3], None)).contains("expected 2 keys x dim 2"));
     assert!(msg(t.push(&[], &[], None)).contains("no keys"));
@@ -58,7 +58,7 @@ fn bad_pushes_change_nothing() {
     assert!(t.dirty_keys().is_empty());
 
     let lenient =
-        EmbeddingTable::create(dir.path().join("u"), header(10, 2), sgd(1.0), true).unwrap();
+        TrainableTable::create(dir.path().join("u"), header(10, 2), sgd(1.0), true).unwrap();
     lenient.push(&[3], &[f32::INFINITY, 0.0], None).unwrap();
     assert_eq!(lenient.params().gather(&[3]).unwrap()[0], f32::NEG_INFINITY);
 }
@@ -68,7 +68,7 @@ fn optimizer_state_lives_beside_the_rows_and_survives_reopening() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("t");
     let opt = Optimizer::new("adagrad", 0.1, 1e-10, 0.0, 0.0, 0.5).unwrap();
-    let t = EmbeddingTable::create(&path, header(50, 4), opt, false).unwrap();
+    let t = TrainableTable::create(&path, header(50, 4), opt, false).unwrap();
     assert_eq!(t.state().unwrap().gather(&[7]).unwrap(), vec![0.5; 4]);
     t.push(&[7, 8], &[1.0; 8], None).unwrap();
     assert_eq!(t.state().unwrap().gather(&[7]).unwrap(), vec![1.5; 4]);
@@ -79,18 +79,18 @@ fn optimizer_state_lives_beside_the_rows_and_survives_reopening() {
     let rows = t.params().gather(&[7, 8]).unwrap();
     t.flush().unwrap();
     drop(t);
-    let reopened = EmbeddingTable::open(&path, opt, false, 1).unwrap();
+    let reopened = TrainableTable::open(&path, opt, false, 1).unwrap();
     assert_eq!(reopened.params().gather(&[7, 8]).unwrap(), rows);
     assert_eq!(reopened.step(), 1);
     let adam = Optimizer::new("adam", 0.1, 1e-8, 0.9, 0.999, 0.0).unwrap();
-    assert!(EmbeddingTable::open(&path, adam, false, 1).is_err());
+    assert!(TrainableTable::open(&path, adam, false, 1).is_err());
 }
 
 #[test]
 fn concurrent_pushes_lose_no_update() {
     let dir = tempfile::tempdir().unwrap();
     let t =
-        EmbeddingTable::create(dir.path().join("t"), header(1000, 8), sgd(0.01), false).unwrap();
+        TrainableTable::create(dir.path().join("t"), header(1000, 8), sgd(0.01), false).unwrap();
     let initial = t.params().gather(&(0..1000).collect::<Vec<_>>()).unwrap();
     let threads = 4;
     let pushes = 25;
@@ -128,7 +128,7 @@ fn concurrent_pushes_lose_no_update() {
 #[test]
 fn encoded_half_precision_pushes_sum_repeats_in_order() {
     let dir = tempfile::tempdir().unwrap();
-    let t = EmbeddingTable::create(dir.path().join("t"), header(20, 2), sgd(1.0), false).unwrap();
+    let t = TrainableTable::create(dir.path().join("t"), header(20, 2), sgd(1.0), false).unwrap();
     let before = t.params().gather(&[3, 5]).unwrap();
     let grads = [1.0f32, 2.0, 0.5, 0.5, 0.25, -1.0];
     let mut encoded = vec![0u8; 12];
@@ -162,8 +162,8 @@ fn a_push_can_return_the_rows_it_left() {
     let dir = tempfile::tempdir().unwrap();
     let adam = Optimizer::new("adam", 0.1, 1e-8, 0.9, 0.999, 0.0).unwrap();
     let returning =
-        EmbeddingTable::create(dir.path().join("a"), header(50, 4), adam, false).unwrap();
-    let plain = EmbeddingTable::create(dir.path().join("b"), header(50, 4), adam, false).unwrap();
+        TrainableTable::create(dir.path().join("a"), header(50, 4), adam, false).unwrap();
+    let plain = TrainableTable::create(dir.path().join("b"), header(50, 4), adam, false).unwrap();
     let keys = [7, 3, 7, 49];
     let grads: Vec<f32> = (0..16).map(|i| i as f32 - 5.0).collect();
     let mut buffer = vec![0u8; 64];
@@ -197,7 +197,7 @@ fn an_uncommitted_push_is_undone_exactly_and_a_committed_one_kept() {
     let (journal, _) = Journal::open(dir.path().join("journal")).unwrap();
     let journal = Arc::new(journal);
     let adam = Optimizer::new("adam", 0.1, 1e-8, 0.9, 0.999, 0.0).unwrap();
-    let t = EmbeddingTable::create(dir.path().join("t"), header(100, 4), adam, false).unwrap();
+    let t = TrainableTable::create(dir.path().join("t"), header(100, 4), adam, false).unwrap();
     t.attach_journal(journal.clone()).unwrap();
     let origin = Origin {
         client_id: "c",
@@ -260,14 +260,14 @@ fn the_undo_log_survives_reopening_the_table() {
     let before;
     let token;
     {
-        let t = EmbeddingTable::create(&path, header(1000, 8), sgd(1.0), false).unwrap();
+        let t = TrainableTable::create(&path, header(1000, 8), sgd(1.0), false).unwrap();
         t.attach_journal(Arc::new(journal)).unwrap();
         before = t.params().gather(&[10, 900]).unwrap();
         t.push(&[10, 900], &[0.5; 16], None).unwrap();
         token = t.last_push_token();
         t.flush().unwrap();
     }
-    let t = EmbeddingTable::open(&path, sgd(1.0), false, 1).unwrap();
+    let t = TrainableTable::open(&path, sgd(1.0), false, 1).unwrap();
     assert_eq!(t.last_push_token(), token);
     assert!(t.recover(|_| false).unwrap().is_some());
     assert_eq!(t.params().gather(&[10, 900]).unwrap(), before);

@@ -22,7 +22,7 @@ pub const PARAMS_FILE: &str = "params.engram";
 pub const STATE_FILE: &str = "state.engram";
 
 #[derive(Debug)]
-pub struct EmbeddingTable {
+pub struct TrainableTable {
     dir: PathBuf,
     params: Table,
     state: Option<Table>,
@@ -61,7 +61,7 @@ pub struct PushOutcome {
     pub step: u64,
 }
 
-impl EmbeddingTable {
+impl TrainableTable {
     /// Creates the table's files in `dir` (which must not exist yet), with row checksums.
     pub fn create(
         dir: impl AsRef<Path>,
@@ -72,7 +72,7 @@ impl EmbeddingTable {
         Self::create_with(dir, header, optimizer, allow_non_finite, true)
     }
 
-    /// [`EmbeddingTable::create`], with row checksums on rows and state or without.
+    /// [`TrainableTable::create`], with row checksums on rows and state or without.
     pub fn create_with(
         dir: impl AsRef<Path>,
         header: Header,
@@ -146,7 +146,7 @@ impl EmbeddingTable {
         if let Some(state) = &state {
             state.set_access(Access::Sparse);
         }
-        Ok(EmbeddingTable {
+        Ok(TrainableTable {
             dir: dir.to_path_buf(),
             params,
             state,
@@ -231,7 +231,7 @@ impl EmbeddingTable {
         self.step.store(step, Ordering::Release);
     }
 
-    /// Applies float32 `grads` (`keys.len() x dim`); see [`EmbeddingTable::push_encoded`].
+    /// Applies float32 `grads` (`keys.len() x dim`); see [`TrainableTable::push_encoded`].
     pub fn push(&self, keys: &[u64], grads: &[f32], step: Option<u64>) -> Result<PushOutcome> {
         // SAFETY: any f32 is plain bytes; tables only build on little-endian targets.
         let bytes = unsafe {
@@ -257,7 +257,7 @@ impl EmbeddingTable {
         self.apply_push(&mut undo, &groups, grads, step, origin)
     }
 
-    /// [`EmbeddingTable::push_encoded`], then overwrites `buffer` (which held the gradients)
+    /// [`TrainableTable::push_encoded`], then overwrites `buffer` (which held the gradients)
     /// with the rows of `keys` as this push left them, in the same dtype, before any other
     /// push can change them: a client learns the rows its push produced without reading
     /// them again.
@@ -319,7 +319,7 @@ impl EmbeddingTable {
         Ok((grads, groups?))
     }
 
-    /// Applies a prepared push; the caller holds [`EmbeddingTable::pause_pushes`]. Disk for
+    /// Applies a prepared push; the caller holds [`TrainableTable::pause_pushes`]. Disk for
     /// new rows is reserved first (a full disk fails the push). With a journal, every row
     /// is saved in the undo log before it
     /// changes, and the push is committed by its journal record (or undone, if the record

@@ -43,8 +43,8 @@ class TableCounters:
             )
 
 
-class TableHandle:
-    def __init__(self, spec: TableSpec, native: _native.EmbeddingTable, incarnation: str) -> None:
+class ServedTable:
+    def __init__(self, spec: TableSpec, native: _native.TrainableTable, incarnation: str) -> None:
         self.spec = spec
         self.native = native
         self.incarnation = incarnation
@@ -60,14 +60,14 @@ class TableHandle:
         return self.spec.name
 
     @staticmethod
-    def create(directory: str, spec: TableSpec, incarnation: str) -> TableHandle:
-        native = _native.EmbeddingTable.create(directory, spec.check().resolved())
-        return TableHandle(spec, native, incarnation)
+    def create(directory: str, spec: TableSpec, incarnation: str) -> ServedTable:
+        native = _native.TrainableTable.create(directory, spec.check().resolved())
+        return ServedTable(spec, native, incarnation)
 
     @staticmethod
-    def open(directory: str, spec: TableSpec, step: int, incarnation: str) -> TableHandle:
-        native = _native.EmbeddingTable.open(directory, spec.resolved(), step)
-        return TableHandle(spec, native, incarnation)
+    def open(directory: str, spec: TableSpec, step: int, incarnation: str) -> ServedTable:
+        native = _native.TrainableTable.open(directory, spec.resolved(), step)
+        return ServedTable(spec, native, incarnation)
 
     def status(self) -> TableStatus:
         return TableStatus(

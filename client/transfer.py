@@ -1,0 +1,150 @@
+"""How keys, rows and gradients travel between the client and one daemon.
+
+With a daemon on this machine they go through a shared buffer (a file both sides map: the
+client writes keys and gradients into it and reads rows in place); with others, in the
+messages. The choice is made here and nowhere else, and turned off for good for a daemon
+that refuses buffers or when no buffer can be made (a full /dev/shm).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import grpc
+import numpy as np
+import numpy.typing as npt
+
+from client.batch import ShardBatch
+from client.connection import Shard
+from client.errors import EngramClientError
+from client.shared_memory import SharedBufferPool, aligned
+from store._proto.engram.store.v1 import store_pb2 as pb
+from store.arrays import numpy_row_type
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+# Where rows `[offset, offset + len(rows))` of a lookup's answer go.
+RowPlacer = Callable[[int, npt.NDArray[Any]], None]
+
+
+class RowTransfer:
+    """The row traffic of one shard: lookups, pushes and batches, each sent once through a
+    shared buffer or in messages."""
+
+    def __init__(self, shard: Shard, buffers: SharedBufferPool, shared_memory: bool) -> None:
+        self.shard = shard
+        self.shared_memory = shared_memory
+        self._buffers = buffers
+
+    def lookup(
+        self, table: str, keys: npt.NDArray[np.uint64], dtype: str, dim: int, place: RowPlacer
+    ) -> None:
+        """Gives `place` the rows of `keys` (local to the shard) as `dtype` values."""
+        shard = self.shard
+        row_type = numpy_row_type(dtype)
+        request = pb.LookupRequest(
+            table=table, keys=pb.Array(dtype="uint64", shape=[len(keys)]), dtype=dtype
+        )
+
+        def through_shared_memory() -> None:
+            # Keys first, the rows after them.
+            rows_at = aligned(keys.nbytes)
+            with self._buffers.lease(rows_at + len(keys) * dim * row_type.itemsize) as buffer:
+                buffer.view(np.dtype("<u8"), keys.shape)[:] = keys
+                request.keys_buffer.CopyFrom(buffer.message())
+                request.out.CopyFrom(buffer.message(rows_at))
+                replies = shard.call(lambda t: list(shard.lookup(request, timeout=t)))
+                if not replies[0].in_shared_buffer:
+                    raise EngramClientError("the daemon ignored the shared buffer", shard.address)
+                place(0, buffer.view(row_type, (len(keys), dim), rows_at))
+
+        def through_messages() -> None:
+            request.ClearField("keys_buffer")
+            request.ClearField("out")
+            request.keys.data = keys.astype("<u8", copy=False).tobytes()
+
+            def attempt(timeout: float) -> None:
+                for chunk in shard.lookup(request, timeout=timeout):
+                    rows = np.frombuffer(chunk.rows.data, row_type)
+                    place(chunk.offset, rows.reshape(chunk.rows.shape[0], dim))
+
+            shard.call(attempt)
+
+        self._either(through_shared_memory, through_messages)
+
+    def push(
+        self,
+        request: pb.PushRequest,
+        keys: npt.NDArray[np.uint64],
+        grads: npt.NDArray[np.float32],
+        keep_rows: Callable[[npt.NDArray[np.float32]], None] | None,
+    ) -> pb.PushResponse:
+        """Sends `request` with `keys` and float32 `grads`; `keep_rows` gets the rows the push
+        left when the request asks for them."""
+        shard = self.shard
+
+        def through_shared_memory() -> pb.PushResponse:
+            # Keys first, the gradients after them (and the rows over the gradients).
+            grads_at = aligned(keys.nbytes)
+            with self._buffers.lease(grads_at + grads.size * 4) as buffer:
+                buffer.view(np.dtype("<u8"), keys.shape)[:] = keys
+                in_buffer = buffer.view(np.dtype("<f4"), grads.shape, grads_at)
+                in_buffer[:] = grads
+                request.keys_buffer.CopyFrom(buffer.message())
+                request.grads_buffer.CopyFrom(buffer.message(grads_at))
+                reply: pb.PushResponse = shard.call(lambda t: shard.stub.Push(request, timeout=t))
+                if keep_rows is not None:
+                    keep_rows(in_buffer)
+                return reply
+
+        def through_messages() -> pb.PushResponse:
+            # Same sequence: a push the daemon refused was not applied.
+            request.ClearField("keys_buffer")
+            request.ClearField("grads_buffer")
+            request.keys.data = keys.astype("<u8", copy=False).tobytes()
+            request.grads.data = grads.astype("<f4", copy=False).tobytes()
+            reply: pb.PushResponse = shard.call(lambda t: shard.stub.Push(request, timeout=t))
+            if keep_rows is not None:
+                keep_rows(np.frombuffer(reply.updated_rows.data, "<f4").reshape(grads.shape))
+            return reply
+
+        return self._either(through_shared_memory, through_messages)
+
+    def batch(self, batch: ShardBatch) -> pb.BatchResponse:
+        """Sends the shard's part of a batch and places its answers."""
+        shard = self.shard
+
+        def through_shared_memory() -> pb.BatchResponse:
+            with self._buffers.lease(batch.buffer_bytes()) as buffer:
+                request = batch.in_buffer(buffer)
+                reply: pb.BatchResponse = shard.call(lambda t: shard.stub.Batch(request, timeout=t))
+                batch.take_from_buffer(buffer)
+                return reply
+
+        def through_messages() -> pb.BatchResponse:
+            # Same sequences: pushes the daemon refused were not applied.
+            request = batch.in_messages()
+            reply: pb.BatchResponse = shard.call(lambda t: shard.stub.Batch(request, timeout=t))
+            batch.take_from_messages(reply)
+            return reply
+
+        return self._either(through_shared_memory, through_messages)
+
+    def _either(
+        self, through_shared_memory: Callable[[], T], through_messages: Callable[[], T]
+    ) -> T:
+        if self.shared_memory:
+            try:
+                return through_shared_memory()
+            except EngramClientError as error:
+                if error.code != grpc.StatusCode.FAILED_PRECONDITION:
+                    raise
+                reason = str(error)
+            except OSError as error:
+                reason = f"cannot make a shared buffer: {error}"
+            self.shared_memory = False
+            log.info("%s; sending rows in messages from now on", reason)
+        return through_messages()
