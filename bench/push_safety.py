@@ -54,11 +54,13 @@ def _create(
         first_row=0,
         row_checksums=checksums,
     )
+    # Older builds, run by bench/compare_builds.py, named it EmbeddingTable.
+    trainable = getattr(native, "TrainableTable", None) or native.EmbeddingTable
     try:
-        return native.TrainableTable.create(path, spec)
+        return trainable.create(path, spec)
     except TypeError:  # an older build
         extra = {} if checksums else {"row_checksums": False}
-        return native.TrainableTable.create(
+        return trainable.create(
             path, ROWS, DIM, "float32", "normal", 0.02, 1, optimizer, *args, False, **extra
         )
 
@@ -102,7 +104,10 @@ def _worker(directory: str) -> None:
         gather_table = tables["sgd_journal" if journal else "sgd_plain"]
         start = time.perf_counter()
         for keys in key_sets:
-            gather_table.gather_into(keys, out)
+            if hasattr(gather_table, "gather_into"):  # an older build
+                gather_table.gather_into(keys, out)
+            else:
+                gather_table.lookup(keys, "float32", into=out)
         times["gather"] = (time.perf_counter() - start) / BATCHES
         if hasattr(gather_table, "verify"):
             start = time.perf_counter()

@@ -50,7 +50,9 @@ class RowTransfer:
         )
 
         def through_shared_memory() -> None:
-            # Keys first, the rows after them.
+            # Keys first, the rows after them. Writing the keys here is their first copy;
+            # the daemon's decode out of its mapping (`Keys.from_shared`) is the second
+            # and last.
             rows_at = aligned(keys.nbytes)
             with self._buffers.lease(rows_at + len(keys) * dim * row_type.itemsize) as buffer:
                 buffer.view(np.dtype("<u8"), keys.shape)[:] = keys

@@ -1,6 +1,6 @@
 # Type stubs of the Rust extension (rust/src/py/); kept honest by mypy.stubtest.
 import os
-from typing import Any, final
+from typing import Any, final, overload
 
 import numpy as np
 import numpy.typing as npt
@@ -16,6 +16,7 @@ __all__ = [
     "Journal",
     "Keys",
     "NgramHasher",
+    "SharedRegion",
     "StoreError",
     "Table",
     "TableFormatError",
@@ -99,13 +100,15 @@ class Table:
     def flush(self) -> None: ...
 
 @final
+class SharedRegion:
+    def __new__(cls, fd: int, path: str | os.PathLike[str], offset: int) -> SharedRegion: ...
+
+@final
 class Keys:
     @staticmethod
     def from_bytes(data: bytes, dtype: str) -> Keys: ...
     @staticmethod
-    def from_shared(
-        fd: int, path: str | os.PathLike[str], offset: int, count: int, dtype: str
-    ) -> Keys: ...
+    def from_shared(region: SharedRegion, count: int, dtype: str) -> Keys: ...
     @staticmethod
     def from_array(keys: npt.NDArray[np.uint64]) -> Keys: ...
     def __len__(self) -> int: ...
@@ -127,8 +130,18 @@ class TrainableTable:
     @property
     def state_dim(self) -> int: ...
     def written_count(self) -> int: ...
-    def lookup_bytes(self, keys: Keys, dtype: str) -> bytes: ...
-    def lookup_message(
+    @overload
+    def lookup(
+        self, keys: Keys | npt.NDArray[np.uint64], dtype: str, into: None = None
+    ) -> bytes: ...
+    @overload
+    def lookup(
+        self,
+        keys: Keys | npt.NDArray[np.uint64],
+        dtype: str,
+        into: SharedRegion | npt.NDArray[np.float32],
+    ) -> None: ...
+    def lookup_chunk(
         self,
         keys: Keys,
         dtype: str,
@@ -139,46 +152,16 @@ class TrainableTable:
         result_shape: list[int],
     ) -> bytes: ...
     def check_keys(self, keys: Keys) -> None: ...
-    def lookup_into_fd(
-        self, keys: Keys, fd: int, path: str | os.PathLike[str], offset: int, dtype: str
-    ) -> None: ...
-    def push_from_fd(
+    def push(
         self,
-        keys: Keys,
-        fd: int,
-        path: str | os.PathLike[str],
-        offset: int,
-        grads_dtype: str,
+        keys: Keys | npt.NDArray[np.uint64],
+        grads: SharedRegion | bytes | npt.NDArray[np.float32],
+        grads_dtype: str = "float32",
         step: int | None = None,
         return_rows: bool = False,
         client_id: str = "",
         sequence: int = 0,
-    ) -> tuple[int, int]: ...
-    def gather_into(self, keys: npt.NDArray[np.uint64], out: npt.NDArray[np.float32]) -> None: ...
-    def push_bytes(
-        self,
-        keys: Keys,
-        grads: bytes,
-        grads_dtype: str,
-        step: int | None = None,
-        client_id: str = "",
-        sequence: int = 0,
-    ) -> tuple[int, int]: ...
-    def push_bytes_returning_rows(
-        self,
-        keys: Keys,
-        grads: bytes,
-        grads_dtype: str,
-        step: int | None = None,
-        client_id: str = "",
-        sequence: int = 0,
-    ) -> tuple[int, int, bytes]: ...
-    def push(
-        self,
-        keys: npt.NDArray[np.uint64],
-        grads: npt.NDArray[np.float32],
-        step: int | None = None,
-    ) -> tuple[int, int]: ...
+    ) -> tuple[int, int, bytes | None]: ...
     def write_pack(
         self, path: str | os.PathLike[str], incremental: bool
     ) -> tuple[int, int, int, int]: ...

@@ -210,7 +210,7 @@ def chunk_bytes(chunk: RowChunk) -> bytes:
     pending = chunk.pending
     if pending is None:
         return chunk_to_proto(chunk).SerializeToString()
-    return pending.table.lookup_message(
+    return pending.table.lookup_chunk(
         pending.keys,
         chunk.rows.dtype,
         pending.start,

@@ -249,8 +249,9 @@ class StoreEngine:
 
     def _keys(self, request: Lookup | Push, limit: int, buffers: RequestBuffers) -> _native.Keys:
         """The request's keys, decoded once (every later call of the request takes them as
-        they are). From a shared buffer they are copied twice end to end: by the client into
-        the buffer, and by `Keys.from_shared` out of its mapping into the engine's memory."""
+        they are, and checks them against a table in constant time). From a shared buffer
+        they are copied twice end to end: by the client into the buffer, and by
+        `Keys.from_shared` out of its mapping into the engine's memory."""
         at = request.keys.buffer
         if at is None:
             check_array(request.keys, "keys", ("uint64", "int64"), None)
@@ -263,9 +264,7 @@ class StoreEngine:
             raise ResourceExhaustedError(
                 f"a request of {count} keys exceeds the server's limit of {limit}"
             )
-        return _native.Keys.from_shared(
-            buffers.fd(at), at.path, at.offset, count, request.keys.dtype
-        )
+        return _native.Keys.from_shared(buffers.region(at), count, request.keys.dtype)
 
     def lookup_tokens(self, request: TokenLookup) -> Iterator[RowChunk]:
         table = self.table(request.table)
@@ -310,7 +309,7 @@ class StoreEngine:
     ) -> RowChunk:
         dtype = self._check_lookup(table, keys, dtype)
         # Checks every key before writing any row.
-        table.native.lookup_into_fd(keys, buffers.fd(out), out.path, out.offset, dtype)
+        table.native.lookup(keys, dtype, into=buffers.region(out))
         total = len(keys)
         table.counters.add(lookups=1, rows_looked_up=total)
         return RowChunk(
@@ -361,7 +360,7 @@ class StoreEngine:
         return RowChunk(
             offset=0,
             total_rows=total,
-            rows=Packed(dtype, (total, table.spec.dim), table.native.lookup_bytes(keys, dtype)),
+            rows=Packed(dtype, (total, table.spec.dim), table.native.lookup(keys, dtype)),
             result_shape=(*shape, table.spec.dim),
         )
 
@@ -474,31 +473,17 @@ class StoreEngine:
     def _apply(
         self, table: ServedTable, keys: _native.Keys, request: Push, buffers: RequestBuffers
     ) -> PushOutcome:
-        step = request.step or None
         grads = request.grads
-        updated = None
-        if grads.buffer is not None:
-            at = grads.buffer
-            rows, applied = table.native.push_from_fd(
-                keys,
-                buffers.fd(at),
-                at.path,
-                at.offset,
-                grads.dtype,
-                step,
-                request.return_rows,
-                request.client_id,
-                request.sequence,
-            )
-        elif request.return_rows:
-            rows, applied, data = table.native.push_bytes_returning_rows(
-                keys, grads.data, grads.dtype, step, request.client_id, request.sequence
-            )
-            updated = Packed(grads.dtype, grads.shape, data)
-        else:
-            rows, applied = table.native.push_bytes(
-                keys, grads.data, grads.dtype, step, request.client_id, request.sequence
-            )
+        rows, applied, returned = table.native.push(
+            keys,
+            buffers.region(grads.buffer) if grads.buffer is not None else grads.data,
+            grads.dtype,
+            request.step or None,
+            request.return_rows,
+            request.client_id,
+            request.sequence,
+        )
+        updated = Packed(grads.dtype, grads.shape, returned) if returned is not None else None
         table.counters.add(pushes=1, rows_pushed=rows)
         return PushOutcome(rows, applied, updated_rows=updated)
 
@@ -511,10 +496,9 @@ class StoreEngine:
             return PushOutcome(0, step, duplicate=True)
         grads = request.grads
         if grads.buffer is not None:
-            at = grads.buffer
-            table.native.lookup_into_fd(keys, buffers.fd(at), at.path, at.offset, grads.dtype)
+            table.native.lookup(keys, grads.dtype, into=buffers.region(grads.buffer))
             return PushOutcome(0, step, duplicate=True)
-        rows = Packed(grads.dtype, grads.shape, table.native.lookup_bytes(keys, grads.dtype))
+        rows = Packed(grads.dtype, grads.shape, table.native.lookup(keys, grads.dtype))
         return PushOutcome(0, step, duplicate=True, updated_rows=rows)
 
     # durability ------------------------------------------------------------------------

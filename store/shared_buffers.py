@@ -94,7 +94,11 @@ class RequestBuffers:
         # Keyed by path and token: each naming of a file proves its own token.
         self._fds: dict[tuple[str, bytes], int] = {}
 
-    def fd(self, buffer: SharedRange) -> int:
+    def region(self, buffer: SharedRange) -> _native.SharedRegion:
+        """The range `buffer` names, checked, for the engine to read or write in place."""
+        return _native.SharedRegion(self._fd(buffer), buffer.path, buffer.offset)
+
+    def _fd(self, buffer: SharedRange) -> int:
         if buffer.offset < HEADER_BYTES:
             raise InvalidArgumentError(
                 f"shared buffer ranges start after its {HEADER_BYTES}-byte header, got offset "

@@ -26,7 +26,7 @@ def make_table(path: Path, optimizer: str, lr: float, **hyper: float) -> _native
 
 def all_rows(table: _native.TrainableTable) -> np.ndarray:
     out = np.empty((ROWS, DIM), np.float32)
-    table.gather_into(np.arange(ROWS, dtype=np.uint64), out)
+    table.lookup(np.arange(ROWS, dtype=np.uint64), "float32", into=out)
     return out
 
 

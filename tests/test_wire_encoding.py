@@ -21,14 +21,14 @@ def test_an_encoded_chunk_decodes_to_the_same_message(
     table = _native.TrainableTable.create(str(tmp_path / "t"), TableSpec("t", 1000, 5).resolved())
     values = np.array([3, 999, 0, 3, 17, 500], np.uint64)
     keys = _native.Keys.from_array(values)
-    encoded = table.lookup_message(keys, dtype, 1, 4, offset, 6, result_shape)
+    encoded = table.lookup_chunk(keys, dtype, 1, 4, offset, 6, result_shape)
     expected = pb.LookupResponse(
         offset=offset,
         total_rows=6,
         rows=pb.Array(
             dtype=dtype,
             shape=[3, 5],
-            data=table.lookup_bytes(_native.Keys.from_array(values[1:4]), dtype),
+            data=table.lookup(_native.Keys.from_array(values[1:4]), dtype),
         ),
         result_shape=result_shape,
     )
@@ -39,7 +39,7 @@ def test_an_encoded_chunk_checks_its_keys(tmp_path: Path) -> None:
     table = _native.TrainableTable.create(str(tmp_path / "t"), TableSpec("t", 10, 2).resolved())
     keys = _native.Keys.from_array(np.array([1, 10], np.uint64))
     with pytest.raises(IndexError, match=r"keys\[1\] = 10"):
-        table.lookup_message(keys, "float32", 0, 2, 0, 2, [2, 2])
+        table.lookup_chunk(keys, "float32", 0, 2, 0, 2, [2, 2])
 
 
 @pytest.mark.parametrize(

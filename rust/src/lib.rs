@@ -6,6 +6,7 @@
 //! - [`init`]: the counter-based initializer that gives never-written rows their values;
 //! - [`table`]: memory-mapped embedding tables, their file format and row checksums;
 //! - [`trainable`]: trainable tables (rows, optimizer state, undo log) and pushes;
+//! - [`keys`]: a request's keys, decoded once and checked against a table in constant time;
 //! - [`journal`]: the push journal that commits pushes through a crash;
 //! - [`optim`]: the server-side optimizers (SGD, Adagrad, row-wise Adagrad, Adam);
 //! - [`checkpoint`]: row packs; [`disk`]: reserving disk before writing through a mapping;
@@ -29,6 +30,7 @@ pub mod error;
 pub mod hash;
 pub mod init;
 pub mod journal;
+pub mod keys;
 pub mod optim;
 pub mod parallel;
 pub mod region;

@@ -6,6 +6,7 @@
 
 mod hashing;
 mod keys;
+mod shared_region;
 mod table;
 mod trainable;
 
@@ -160,6 +161,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<table::Table>()?;
     m.add_class::<trainable::TrainableTable>()?;
     m.add_class::<keys::Keys>()?;
+    m.add_class::<shared_region::SharedRegion>()?;
     m.add_class::<trainable::Journal>()?;
     m.add_function(wrap_pyfunction!(trainable::verify_pack, m)?)?;
     m.add_function(wrap_pyfunction!(set_thread_count, m)?)?;

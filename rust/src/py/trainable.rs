@@ -1,17 +1,17 @@
 //! Bindings of trainable tables and checkpoint row packs.
 
 use super::keys::Keys;
-use super::{
-    bytes_mut, detached, file_of_fd, owned, owned_rows, parse_dtype, parse_header, to_py_err,
-};
+use super::shared_region::SharedRegion;
+use super::{bytes_mut, detached, owned, owned_rows, parse_dtype, parse_header, to_py_err};
 use crate::checkpoint::{self, PackSummary};
 use crate::codec::DType;
 use crate::journal;
+use crate::keys;
 use crate::optim::Optimizer;
-use crate::region;
 use crate::trainable::{self, Origin};
 use crate::wire;
 use numpy::{PyReadonlyArray1, PyReadonlyArray2, PyReadwriteArray2};
+use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 use pyo3::types::PyBytes;
 use std::path::PathBuf;
@@ -61,6 +61,44 @@ pub(crate) struct TableSpecArgs {
     allow_non_finite: bool,
     first_row: u64,
     row_checksums: bool,
+}
+
+/// Where a call's keys come from: decoded once for a request, or a uint64 array.
+#[derive(FromPyObject)]
+pub(crate) enum KeySource<'py> {
+    Decoded(PyRef<'py, Keys>),
+    Array(PyReadonlyArray1<'py, u64>),
+}
+
+impl KeySource<'_> {
+    fn with<T>(&self, f: impl FnOnce(&Keys) -> T) -> T {
+        match self {
+            KeySource::Decoded(keys) => f(keys),
+            KeySource::Array(array) => f(&Keys::new(keys::Keys::new(owned(array)))),
+        }
+    }
+}
+
+/// Where a lookup writes its rows, when not into new bytes.
+#[derive(FromPyObject)]
+pub(crate) enum RowSink<'py> {
+    Shared(PyRef<'py, SharedRegion>),
+    Array(PyReadwriteArray2<'py, f32>),
+}
+
+/// Where a push's gradients come from.
+#[derive(FromPyObject)]
+pub(crate) enum GradsSource<'py> {
+    Shared(PyRef<'py, SharedRegion>),
+    Bytes(Bound<'py, PyBytes>),
+    Array(PyReadonlyArray2<'py, f32>),
+}
+
+/// The bytes of `keys` rows of `dim` values of `dtype`.
+fn rows_bytes(keys: usize, dim: usize, dtype: DType) -> PyResult<usize> {
+    keys.checked_mul(dim)
+        .and_then(|n| n.checked_mul(dtype.size()))
+        .ok_or_else(|| PyValueError::new_err("the rows of so many keys do not fit in memory"))
 }
 
 /// A trainable table: rows, optimizer state and step count, in the files of one directory.
@@ -132,28 +170,47 @@ impl TrainableTable {
         py.detach(|| self.inner.params().written_count())
     }
 
-    /// Rows of `keys` as a new bytes object of `dtype` values, gathered straight into the
-    /// bytes' buffer.
-    fn lookup_bytes<'py>(
+    /// The rows of `keys` as `dtype` values, written once, straight where they go: into the
+    /// shared region or (float32) array `into`, returning None, or into new bytes, returned.
+    /// Every key is checked before any row is written.
+    #[pyo3(signature = (keys, dtype, into=None))]
+    fn lookup<'py>(
         &self,
         py: Python<'py>,
-        keys: PyRef<'_, Keys>,
+        keys: KeySource<'_>,
         dtype: &str,
-    ) -> PyResult<Bound<'py, PyBytes>> {
+        into: Option<RowSink<'_>>,
+    ) -> PyResult<Option<Bound<'py, PyBytes>>> {
         let dtype = parse_dtype(dtype)?;
-        let keys: &[u64] = &keys.values;
         let params = self.inner.params();
-        params.check_keys(keys).map_err(to_py_err)?;
-        let len = keys.len() * params.dim() * dtype.size();
-        PyBytes::new_with(py, len, |out| {
-            detached(py, || params.gather_into(keys, dtype, out))
+        keys.with(|keys| {
+            keys.check(params).map_err(to_py_err)?;
+            let values: &[u64] = keys.values();
+            let len = rows_bytes(values.len(), params.dim(), dtype)?;
+            let gather = |out: &mut [u8]| params.gather_into(values, dtype, out);
+            match into {
+                None => PyBytes::new_with(py, len, |out| detached(py, || gather(out))).map(Some),
+                Some(RowSink::Shared(region)) => {
+                    let region: &SharedRegion = &region;
+                    detached(py, || region.with_bytes(len, gather)).map(|()| None)
+                }
+                Some(RowSink::Array(mut array)) => {
+                    if dtype != DType::F32 {
+                        return Err(PyValueError::new_err(
+                            "an array `into` takes float32 rows; pass dtype='float32'",
+                        ));
+                    }
+                    let out = bytes_mut(array.as_slice_mut()?);
+                    detached(py, || gather(out)).map(|()| None)
+                }
+            }
         })
     }
 
-    /// One chunk of a lookup's answer as a serialised `LookupResponse`: the rows of
-    /// `keys[start..end]` are gathered once, straight into the bytes that are sent.
+    /// One chunk of a streamed lookup's answer, as a serialised `LookupResponse`: the rows
+    /// of `keys[start..end]` are gathered once, straight into the bytes that are sent.
     #[allow(clippy::too_many_arguments)]
-    fn lookup_message<'py>(
+    fn lookup_chunk<'py>(
         &self,
         py: Python<'py>,
         keys: PyRef<'_, Keys>,
@@ -165,12 +222,12 @@ impl TrainableTable {
         result_shape: Vec<i64>,
     ) -> PyResult<Bound<'py, PyBytes>> {
         let parsed = parse_dtype(dtype)?;
-        let all = &keys.values;
+        let all = keys.values();
         let end = end.min(all.len());
         let keys = &all[start.min(end)..end];
         let params = self.inner.params();
         params.check_keys(keys).map_err(to_py_err)?;
-        let data_len = keys.len() * params.dim() * parsed.size();
+        let data_len = rows_bytes(keys.len(), params.dim(), parsed)?;
         let prefix = wire::LookupChunk {
             offset,
             total_rows,
@@ -187,163 +244,81 @@ impl TrainableTable {
     }
 
     /// Fails naming the first key outside the table.
-    fn check_keys(&self, py: Python<'_>, keys: PyRef<'_, Keys>) -> PyResult<()> {
-        let keys: &[u64] = &keys.values;
-        detached(py, || self.inner.params().check_keys(keys))
+    fn check_keys(&self, keys: PyRef<'_, Keys>) -> PyResult<()> {
+        keys.check(self.inner.params()).map_err(to_py_err)
     }
 
-    /// Gathers rows into a caller's array (see `Table.gather_into`).
-    fn gather_into(
-        &self,
-        py: Python<'_>,
-        keys: PyReadonlyArray1<'_, u64>,
-        out: PyReadwriteArray2<'_, f32>,
-    ) -> PyResult<()> {
-        let keys = owned(&keys);
-        let mut out = out;
-        let bytes = bytes_mut(out.as_slice_mut()?);
-        detached(py, || {
-            self.inner.params().gather_into(&keys, DType::F32, bytes)
-        })
-    }
-
-    /// Applies a push given as wire payloads: LE uint64 keys and `grads_dtype` gradients.
-    /// Returns `(distinct rows, step applied)`.
-    #[pyo3(signature = (keys, grads, grads_dtype, step=None, client_id="", sequence=0))]
-    #[allow(clippy::too_many_arguments)]
-    fn push_bytes(
-        &self,
-        py: Python<'_>,
-        keys: PyRef<'_, Keys>,
-        grads: &[u8],
-        grads_dtype: &str,
-        step: Option<u64>,
-        client_id: &str,
-        sequence: u64,
-    ) -> PyResult<(usize, u64)> {
-        let grads_dtype = parse_dtype(grads_dtype)?;
-        let origin = Origin {
-            client_id,
-            sequence,
-        };
-        let keys: &[u64] = &keys.values;
-        detached(py, || {
-            let outcome = self
-                .inner
-                .push_encoded(keys, grads_dtype, grads, step, origin)?;
-            Ok((outcome.rows, outcome.step))
-        })
-    }
-
-    /// `push_bytes`, also returning the rows of `keys` as the push left them (packed like
-    /// the gradients): `(distinct rows, step applied, rows)`.
-    #[pyo3(signature = (keys, grads, grads_dtype, step=None, client_id="", sequence=0))]
-    #[allow(clippy::too_many_arguments)]
-    fn push_bytes_returning_rows<'py>(
-        &self,
-        py: Python<'py>,
-        keys: PyRef<'_, Keys>,
-        grads: &[u8],
-        grads_dtype: &str,
-        step: Option<u64>,
-        client_id: &str,
-        sequence: u64,
-    ) -> PyResult<(usize, u64, Bound<'py, PyBytes>)> {
-        let dtype = parse_dtype(grads_dtype)?;
-        let origin = Origin {
-            client_id,
-            sequence,
-        };
-        let mut buffer = grads.to_vec();
-        let keys: &[u64] = &keys.values;
-        let outcome = detached(py, || {
-            self.inner
-                .push_returning_rows(keys, dtype, &mut buffer, step, origin)
-        })?;
-        Ok((outcome.rows, outcome.step, PyBytes::new(py, &buffer)))
-    }
-
-    /// Gathers the rows of the LE uint64 `keys` payload as `dtype` values into the shared
-    /// buffer open as `fd`, at `offset` (see `region`). Every key is checked first.
-    fn lookup_into_fd(
-        &self,
-        py: Python<'_>,
-        keys: PyRef<'_, Keys>,
-        fd: i32,
-        path: PathBuf,
-        offset: u64,
-        dtype: &str,
-    ) -> PyResult<()> {
-        let dtype = parse_dtype(dtype)?;
-        let file = file_of_fd(fd)?;
-        let params = self.inner.params();
-        let keys: &[u64] = &keys.values;
-        detached(py, || {
-            params.check_keys(keys)?;
-            let len = keys.len() * params.dim() * dtype.size();
-            region::with_region_mut(&file, &path, offset, len, |out| {
-                params.gather_into(keys, dtype, out)
-            })
-        })
-    }
-
-    /// Applies a push whose `grads_dtype` gradients lie in the shared buffer open as `fd`, at
-    /// `offset`; with `return_rows`, then writes the rows of `keys` as the push left them over
-    /// the gradients. Returns `(distinct rows, step applied)`.
+    /// Applies a push of `grads` (one row of `grads_dtype` values per key, repeated keys
+    /// summed): from bytes, a shared region or a float32 array. With `return_rows`, the
+    /// rows of `keys` as the push left them are written over the gradients in a shared
+    /// region, or returned as bytes. Returns `(distinct rows, step applied, rows or None)`.
     #[pyo3(signature = (
-        keys, fd, path, offset, grads_dtype, step=None, return_rows=false, client_id="",
+        keys, grads, grads_dtype="float32", step=None, return_rows=false, client_id="",
         sequence=0
     ))]
     #[allow(clippy::too_many_arguments)]
-    fn push_from_fd(
+    fn push<'py>(
         &self,
-        py: Python<'_>,
-        keys: PyRef<'_, Keys>,
-        fd: i32,
-        path: PathBuf,
-        offset: u64,
+        py: Python<'py>,
+        keys: KeySource<'_>,
+        grads: GradsSource<'py>,
         grads_dtype: &str,
         step: Option<u64>,
         return_rows: bool,
         client_id: &str,
         sequence: u64,
-    ) -> PyResult<(usize, u64)> {
-        let grads_dtype = parse_dtype(grads_dtype)?;
+    ) -> PyResult<(usize, u64, Option<Bound<'py, PyBytes>>)> {
+        let dtype = parse_dtype(grads_dtype)?;
         let origin = Origin {
             client_id,
             sequence,
         };
-        let file = file_of_fd(fd)?;
-        let dim = self.inner.params().dim();
-        let keys: &[u64] = &keys.values;
-        detached(py, || {
-            let len = keys.len() * dim * grads_dtype.size();
-            let outcome = region::with_region_mut(&file, &path, offset, len, |buffer| {
-                if return_rows {
-                    self.inner
-                        .push_returning_rows(keys, grads_dtype, buffer, step, origin)
-                } else {
-                    self.inner
-                        .push_encoded(keys, grads_dtype, buffer, step, origin)
+        let table = &self.inner;
+        let apply = |keys: &[u64], buffer: &mut [u8]| {
+            if return_rows {
+                table.push_returning_rows(keys, dtype, buffer, step, origin)
+            } else {
+                table.push_encoded(keys, dtype, buffer, step, origin)
+            }
+        };
+        keys.with(|keys| {
+            let values: &[u64] = keys.values();
+            match grads {
+                GradsSource::Shared(region) => {
+                    let region: &SharedRegion = &region;
+                    let len = rows_bytes(values.len(), table.params().dim(), dtype)?;
+                    let outcome = detached(py, || region.with_bytes(len, |b| apply(values, b)))?;
+                    Ok((outcome.rows, outcome.step, None))
                 }
-            })?;
-            Ok((outcome.rows, outcome.step))
+                GradsSource::Bytes(bytes) if !return_rows => {
+                    let bytes = bytes.as_bytes();
+                    let outcome = detached(py, || {
+                        table.push_encoded(values, dtype, bytes, step, origin)
+                    })?;
+                    Ok((outcome.rows, outcome.step, None))
+                }
+                GradsSource::Bytes(bytes) => {
+                    let mut buffer = bytes.as_bytes().to_vec();
+                    let outcome = detached(py, || apply(values, &mut buffer))?;
+                    let rows = PyBytes::new(py, &buffer);
+                    Ok((outcome.rows, outcome.step, Some(rows)))
+                }
+                GradsSource::Array(array) => {
+                    if dtype != DType::F32 {
+                        return Err(PyValueError::new_err(
+                            "an array of gradients is float32; pass grads_dtype='float32'",
+                        ));
+                    }
+                    let mut buffer: Vec<u8> = owned_rows(&array)
+                        .iter()
+                        .flat_map(|g| g.to_le_bytes())
+                        .collect();
+                    let outcome = detached(py, || apply(values, &mut buffer))?;
+                    let rows = return_rows.then(|| PyBytes::new(py, &buffer));
+                    Ok((outcome.rows, outcome.step, rows))
+                }
+            }
         })
-    }
-
-    /// Applies a push of numpy arrays. Returns `(distinct rows, step applied)`.
-    #[pyo3(signature = (keys, grads, step=None))]
-    fn push(
-        &self,
-        py: Python<'_>,
-        keys: PyReadonlyArray1<'_, u64>,
-        grads: PyReadonlyArray2<'_, f32>,
-        step: Option<u64>,
-    ) -> PyResult<(usize, u64)> {
-        let keys = owned(&keys);
-        let grads = owned_rows(&grads);
-        let outcome = detached(py, || self.inner.push(&keys, &grads, step))?;
-        Ok((outcome.rows, outcome.step))
     }
 
     /// Writes a checkpoint row pack; returns `(rows, step, bytes, crc32)`.
