@@ -155,7 +155,7 @@ pub fn apply_pack(path: &Path, table: &TrainableTable) -> Result<PackSummary> {
     params
         .check_keys(&keys)
         .map_err(|e| bad(format!("bad key: {e}")))?;
-    let row_bytes = params.dim() * params.dtype().size();
+    let row_bytes = params.dtype().row_bytes(params.dim());
     let mut rows = Vec::new();
     for batch in keys.chunks(ROWS_PER_BATCH) {
         rows.resize(batch.len() * row_bytes, 0);

@@ -1,8 +1,12 @@
-//! Row element types and conversions. Rows are stored little-endian; float32 is the
-//! arithmetic type (optimizers and initializers work in it), bfloat16 and float16 halve the
-//! storage. Conversions round to nearest even, as PyTorch and numpy do.
+//! Row dtypes and conversions. Rows are stored little-endian; float32 is the arithmetic
+//! type (optimizers and initializers work in it), bfloat16 and float16 halve the storage,
+//! and the quantized dtypes (`fp8_e4m3`, `int8`: see [`crate::quant`]) serve imported
+//! tables in a quarter of it. Conversions round to nearest even, as PyTorch and numpy do.
+//! Float dtypes convert any run of values; a quantized row carries its group scales after
+//! its values, so quantized conversions take one whole row at a time.
 
 use crate::error::{Error, Result};
+use crate::quant;
 use half::{bf16, f16};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -10,16 +14,54 @@ pub enum DType {
     F32,
     BF16,
     F16,
+    Fp8E4M3,
+    Int8,
 }
 
 impl DType {
-    pub const ALL: [DType; 3] = [DType::F32, DType::BF16, DType::F16];
+    pub const ALL: [DType; 5] = [
+        DType::F32,
+        DType::BF16,
+        DType::F16,
+        DType::Fp8E4M3,
+        DType::Int8,
+    ];
+    pub const FLOATS: [DType; 3] = [DType::F32, DType::BF16, DType::F16];
 
-    pub fn size(self) -> usize {
+    pub fn is_quantized(self) -> bool {
+        matches!(self, DType::Fp8E4M3 | DType::Int8)
+    }
+
+    /// Bytes of one row of `dim` values (for quantized dtypes, values then group scales).
+    pub fn row_bytes(self, dim: usize) -> usize {
         match self {
-            DType::F32 => 4,
-            DType::BF16 | DType::F16 => 2,
+            DType::F32 => dim * 4,
+            DType::BF16 | DType::F16 => dim * 2,
+            DType::Fp8E4M3 => quant::packed_bytes(dim, 1),
+            DType::Int8 => quant::packed_bytes(dim, 4),
         }
+    }
+
+    /// Values per scale: 0 for float dtypes.
+    pub fn group_size(self) -> usize {
+        if self.is_quantized() {
+            quant::GROUP
+        } else {
+            0
+        }
+    }
+
+    /// Fails unless rows of `dim` values can have this dtype (whole groups when quantized).
+    pub fn check_dim(self, dim: u64) -> Result<()> {
+        let group = self.group_size() as u64;
+        if group != 0 && !dim.is_multiple_of(group) {
+            return Err(Error::invalid(format!(
+                "{} rows hold whole groups of {group} values: dim must be a multiple of \
+                 {group}, got {dim}",
+                self.name()
+            )));
+        }
+        Ok(())
     }
 
     pub fn name(self) -> &'static str {
@@ -27,11 +69,26 @@ impl DType {
             DType::F32 => "float32",
             DType::BF16 => "bfloat16",
             DType::F16 => "float16",
+            DType::Fp8E4M3 => "fp8_e4m3",
+            DType::Int8 => "int8",
         }
     }
 
     pub fn parse(name: &str) -> Result<Self> {
         DType::ALL
+            .into_iter()
+            .find(|d| d.name() == name)
+            .ok_or_else(|| {
+                Error::invalid(format!(
+                    "dtype must be one of float32, bfloat16, float16, fp8_e4m3, int8; got \
+                     {name:?}"
+                ))
+            })
+    }
+
+    /// A float dtype (what gradients travel as).
+    pub fn parse_float(name: &str) -> Result<Self> {
+        DType::FLOATS
             .into_iter()
             .find(|d| d.name() == name)
             .ok_or_else(|| {
@@ -47,6 +104,8 @@ impl DType {
             DType::F32 => 1,
             DType::BF16 => 2,
             DType::F16 => 3,
+            DType::Fp8E4M3 => 4,
+            DType::Int8 => 5,
         }
     }
 
@@ -55,9 +114,10 @@ impl DType {
     }
 }
 
-/// Encodes float32 values as `dtype` bytes; `dst.len()` must be `src.len() * dtype.size()`.
+/// Encodes float32 values as `dtype` bytes (`dst.len() == dtype.row_bytes(src.len())`);
+/// a quantized dtype takes exactly one row.
 pub fn encode_f32(dtype: DType, src: &[f32], dst: &mut [u8]) {
-    debug_assert_eq!(dst.len(), src.len() * dtype.size());
+    debug_assert_eq!(dst.len(), dtype.row_bytes(src.len()));
     match dtype {
         DType::F32 => {
             for (d, s) in dst.chunks_exact_mut(4).zip(src) {
@@ -74,12 +134,15 @@ pub fn encode_f32(dtype: DType, src: &[f32], dst: &mut [u8]) {
                 d.copy_from_slice(&f16::from_f32(*s).to_le_bytes());
             }
         }
+        DType::Fp8E4M3 => quant::f32_to_fp8_row(src, dst),
+        DType::Int8 => quant::f32_to_int8_row(src, dst),
     }
 }
 
-/// Decodes `dtype` bytes into float32 values; `src.len()` must be `dst.len() * dtype.size()`.
+/// Decodes `dtype` bytes into float32 values (`src.len() == dtype.row_bytes(dst.len())`);
+/// a quantized dtype takes exactly one row.
 pub fn decode_to_f32(dtype: DType, src: &[u8], dst: &mut [f32]) {
-    debug_assert_eq!(src.len(), dst.len() * dtype.size());
+    debug_assert_eq!(src.len(), dtype.row_bytes(dst.len()));
     match dtype {
         DType::F32 => {
             for (d, s) in dst.iter_mut().zip(src.chunks_exact(4)) {
@@ -96,27 +159,26 @@ pub fn decode_to_f32(dtype: DType, src: &[u8], dst: &mut [f32]) {
                 *d = f16::from_le_bytes([s[0], s[1]]).to_f32();
             }
         }
+        DType::Fp8E4M3 => quant::fp8_row_to_f32(src, dst),
+        DType::Int8 => quant::int8_row_to_f32(src, dst),
     }
 }
 
-/// Converts one row between dtypes; a plain copy when they agree. Half-to-half conversions
-/// go through float32, which represents every bfloat16 and float16 value exactly.
-pub fn convert(src_dtype: DType, src: &[u8], dst_dtype: DType, dst: &mut [u8]) {
+/// Converts one row between dtypes through `scratch` (one float32 per value); a plain copy
+/// when they agree. Every float dtype and quantized value is exact in float32.
+pub fn convert_row(
+    src_dtype: DType,
+    src: &[u8],
+    dst_dtype: DType,
+    dst: &mut [u8],
+    scratch: &mut [f32],
+) {
     if src_dtype == dst_dtype {
         dst.copy_from_slice(src);
         return;
     }
-    let n = src.len() / src_dtype.size();
-    debug_assert_eq!(dst.len(), n * dst_dtype.size());
-    let mut buf = [0f32; 256];
-    for (src_part, dst_part) in src
-        .chunks(buf.len() * src_dtype.size())
-        .zip(dst.chunks_mut(buf.len() * dst_dtype.size()))
-    {
-        let values = &mut buf[..src_part.len() / src_dtype.size()];
-        decode_to_f32(src_dtype, src_part, values);
-        encode_f32(dst_dtype, values, dst_part);
-    }
+    decode_to_f32(src_dtype, src, scratch);
+    encode_f32(dst_dtype, scratch, dst);
 }
 
 /// Unsigned 64-bit keys packed little-endian in `bytes` (a wire payload).
@@ -215,17 +277,24 @@ mod tests {
 
     #[test]
     fn convert_between_every_pair_agrees_with_float32_path() {
-        let values: Vec<f32> = (0..600).map(|i| (i as f32 - 300.0) * 0.37).collect();
+        let values: Vec<f32> = (0..608).map(|i| (i as f32 - 300.0) * 0.37).collect();
+        let mut scratch = vec![0f32; values.len()];
         for src in DType::ALL {
-            let mut src_bytes = vec![0u8; values.len() * src.size()];
+            let mut src_bytes = vec![0u8; src.row_bytes(values.len())];
             encode_f32(src, &values, &mut src_bytes);
             let mut exact = vec![0f32; values.len()];
             decode_to_f32(src, &src_bytes, &mut exact);
             for dst in DType::ALL {
-                let mut dst_bytes = vec![0u8; values.len() * dst.size()];
-                convert(src, &src_bytes, dst, &mut dst_bytes);
-                let mut expected = vec![0u8; values.len() * dst.size()];
-                encode_f32(dst, &exact, &mut expected);
+                let mut dst_bytes = vec![0u8; dst.row_bytes(values.len())];
+                convert_row(src, &src_bytes, dst, &mut dst_bytes, &mut scratch);
+                let mut expected = vec![0u8; dst.row_bytes(values.len())];
+                if src == dst {
+                    // Stored rows are copied, never requantized (requantizing dequantized
+                    // values may pick a finer scale).
+                    expected.copy_from_slice(&src_bytes);
+                } else {
+                    encode_f32(dst, &exact, &mut expected);
+                }
                 assert_eq!(dst_bytes, expected, "{src:?} -> {dst:?}");
             }
         }

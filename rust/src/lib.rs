@@ -2,7 +2,8 @@
 //!
 //! Pure-Rust modules, each usable and tested without Python:
 //! - [`hash`]: bit-exact Engram n-gram hashing (the published reference's multiplicative-XOR heads);
-//! - [`codec`]: row dtypes (float32, bfloat16, float16) and conversions between them;
+//! - [`codec`]: row dtypes (float32, bfloat16, float16, fp8_e4m3, int8) and conversions;
+//! - [`quant`]: quantized rows (FP8 E4M3 with E8M0 scales, int8 with float32 scales);
 //! - [`init`]: the counter-based initializer that gives never-written rows their values;
 //! - [`table`]: memory-mapped embedding tables, their file format and row checksums;
 //! - [`trainable`]: trainable tables (rows, optimizer state, undo log) and pushes;
@@ -33,6 +34,7 @@ pub mod journal;
 pub mod keys;
 pub mod optim;
 pub mod parallel;
+pub mod quant;
 pub mod region;
 pub mod table;
 pub mod trainable;

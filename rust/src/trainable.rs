@@ -139,8 +139,8 @@ impl TrainableTable {
         allow_non_finite: bool,
         step: u64,
     ) -> Result<Self> {
-        let state_bytes = state.as_ref().map_or(0, |s| s.dim() * s.dtype().size());
-        let undo = UndoLog::open(dir, params.dim() * params.dtype().size(), state_bytes)?;
+        let state_bytes = state.as_ref().map_or(0, |s| s.dtype().row_bytes(s.dim()));
+        let undo = UndoLog::open(dir, params.dtype().row_bytes(params.dim()), state_bytes)?;
         // Pushes write rows here and there.
         params.set_access(Access::Sparse);
         if let Some(state) = &state {
@@ -192,7 +192,11 @@ impl TrainableTable {
     }
 
     fn state_header(params: &Header, optimizer: &Optimizer) -> Option<Header> {
-        let state_dim = optimizer.state_dim(params.dim as usize);
+        // Quantized tables serve and are never pushed to: no state to keep.
+        let state_dim = match params.dtype.is_quantized() {
+            true => 0,
+            false => optimizer.state_dim(params.dim as usize),
+        };
         (state_dim > 0).then(|| Header {
             dtype: crate::codec::DType::F32,
             num_rows: params.num_rows,
@@ -288,8 +292,22 @@ impl TrainableTable {
         grads: &'a [u8],
         step: Option<u64>,
     ) -> Result<(Gradients<'a>, KeyGroups)> {
+        let stored = self.params.dtype();
+        if stored.is_quantized() {
+            return Err(Error::invalid(format!(
+                "this table stores {} rows, which are for serving: pushes are refused (import \
+                 its checkpoint into a float32 table to train it)",
+                stored.name()
+            )));
+        }
+        if grads_dtype.is_quantized() {
+            return Err(Error::invalid(format!(
+                "gradients travel as float32, bfloat16 or float16, not {}",
+                grads_dtype.name()
+            )));
+        }
         let dim = self.params.dim();
-        let row_bytes = dim * grads_dtype.size();
+        let row_bytes = grads_dtype.row_bytes(dim);
         if grads.len() != keys.len() * row_bytes {
             return Err(Error::invalid(format!(
                 "gradients hold {} bytes, expected {} keys x dim {dim} x {}",
@@ -493,7 +511,7 @@ impl<'a> Gradients<'a> {
         Gradients {
             dtype,
             bytes,
-            row_bytes: dim * dtype.size(),
+            row_bytes: dtype.row_bytes(dim),
             f32_values: (dtype == DType::F32 && aligned).then_some(values),
         }
     }
@@ -509,7 +527,7 @@ impl<'a> Gradients<'a> {
         let mut decoded = [0f32; 64];
         for &member in rest {
             let row = self.row(member as usize);
-            let width = decoded.len() * self.dtype.size();
+            let width = self.dtype.row_bytes(decoded.len());
             for (part, acc) in row.chunks(width).zip(sum.chunks_mut(decoded.len())) {
                 let values = &mut decoded[..acc.len()];
                 codec::decode_to_f32(self.dtype, part, values);
@@ -541,6 +559,8 @@ impl<'a> Gradients<'a> {
                     .chunks_exact(2)
                     .map(|v| u32::from(u16::from_le_bytes([v[0], v[1]]) & 0x7c00 == 0x7c00))
                     .fold(0, |a, b| a | b),
+                // Refused by `prepare_push` before any check.
+                DType::Fp8E4M3 | DType::Int8 => 0,
             };
             found != 0
         };

@@ -94,10 +94,18 @@ pub(crate) enum GradsSource<'py> {
     Array(PyReadonlyArray2<'py, f32>),
 }
 
+/// The last dimension of rows on the wire: values, or bytes for packed quantized rows.
+fn row_width(dim: usize, dtype: DType) -> usize {
+    if dtype.is_quantized() {
+        dtype.row_bytes(dim)
+    } else {
+        dim
+    }
+}
+
 /// The bytes of `keys` rows of `dim` values of `dtype`.
 fn rows_bytes(keys: usize, dim: usize, dtype: DType) -> PyResult<usize> {
-    keys.checked_mul(dim)
-        .and_then(|n| n.checked_mul(dtype.size()))
+    keys.checked_mul(dtype.row_bytes(dim))
         .ok_or_else(|| PyValueError::new_err("the rows of so many keys do not fit in memory"))
 }
 
@@ -232,7 +240,7 @@ impl TrainableTable {
             offset,
             total_rows,
             dtype,
-            shape: [keys.len() as u64, params.dim() as u64],
+            shape: [keys.len() as u64, row_width(params.dim(), parsed) as u64],
             result_shape: &result_shape,
         }
         .prefix(data_len);

@@ -7,10 +7,14 @@
 //! dirty_off    dirty bitmap, same shape: set when row r is stored, cleared by checkpoints
 //! ```
 //! Header fields, little-endian: magic `ENGRMTBL` (8 bytes), format version u32, dtype code
-//! u32, num_rows u64, dim u64, initializer code u32, 4 reserved bytes, initializer parameter
+//! u32, num_rows u64, dim u64, initializer code u32, group size u32, initializer parameter
 //! f64 (normal: std; constant: the value), init seed u64, data_offset u64, bitmap_offset u64,
 //! file length u64, dirty_offset u64, first_row u64, then the CRC-32 of all of the above
 //! (u32).
+//! Dtype codes: 1 float32, 2 bfloat16, 3 float16 (row = dim values), 4 fp8_e4m3, 5 int8
+//! (quantized: row = dim one-byte values, then one scale per group of `group size` values,
+//! an E8M0 byte or a float32; see `quant.rs`). The group size is 0 for float dtypes and 32
+//! for quantized ones; a row's size in bytes follows from dtype, dim and group size.
 //! Data and bitmap start on page boundaries. The file is created sparse, so neither time nor
 //! disk grows with the table size until rows are written. A row whose bit is clear has never
 //! been stored and reads as its initializer's value.
@@ -72,9 +76,10 @@ impl Header {
                 self.dtype.name()
             ))
         };
-        let row_bytes = self
-            .dim
-            .checked_mul(self.dtype.size() as u64)
+        let dim = usize::try_from(self.dim).map_err(|_| overflow())?;
+        let row_bytes = dim
+            .checked_mul(4)
+            .map(|_| self.dtype.row_bytes(dim) as u64)
             .ok_or_else(overflow)?;
         let data_bytes = self.num_rows.checked_mul(row_bytes).ok_or_else(overflow)?;
         let bitmap_offset = HEADER_LEN
@@ -102,6 +107,7 @@ impl Header {
         if self.dim == 0 {
             return Err(Error::invalid("dim must be positive, got 0"));
         }
+        self.dtype.check_dim(self.dim)?;
         self.layout()
     }
 
@@ -121,7 +127,7 @@ impl Header {
         buf.extend_from_slice(&self.num_rows.to_le_bytes());
         buf.extend_from_slice(&self.dim.to_le_bytes());
         buf.extend_from_slice(&init_kind.to_le_bytes());
-        buf.extend_from_slice(&[0u8; 4]);
+        buf.extend_from_slice(&(self.dtype.group_size() as u32).to_le_bytes());
         buf.extend_from_slice(&param.to_le_bytes());
         buf.extend_from_slice(&seed.to_le_bytes());
         buf.extend_from_slice(&layout.data_offset.to_le_bytes());
@@ -165,6 +171,14 @@ impl Header {
         }
         let dtype = DType::from_code(u32_at(12))
             .ok_or_else(|| bad(format!("unknown dtype code {}", u32_at(12))))?;
+        if u32_at(36) as usize != dtype.group_size() {
+            return Err(bad(format!(
+                "group size {} does not match dtype {} (expected {})",
+                u32_at(36),
+                dtype.name(),
+                dtype.group_size()
+            )));
+        }
         let param = f64::from_le_bytes(bytes[40..48].try_into().unwrap());
         let init = match u32_at(32) {
             INIT_ZEROS => Initializer::Zeros,

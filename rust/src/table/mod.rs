@@ -287,7 +287,16 @@ impl Table {
     /// Gathers `keys` into `out` (`keys.len() x dim` elements of `out_dtype`, as bytes).
     /// Validates every key first: on error nothing is written.
     pub fn gather_into(&self, keys: &[u64], out_dtype: DType, out: &mut [u8]) -> Result<()> {
-        let out_row = self.dim() * out_dtype.size();
+        if out_dtype.is_quantized() && self.header.dtype.is_quantized() {
+            if out_dtype != self.header.dtype {
+                return Err(Error::invalid(format!(
+                    "rows stored as {} are read as stored or as a float dtype, not as {}",
+                    self.header.dtype.name(),
+                    out_dtype.name()
+                )));
+            }
+        }
+        let out_row = out_dtype.row_bytes(self.dim());
         if out.len() != keys.len() * out_row {
             return Err(Error::invalid(format!(
                 "out holds {} bytes, expected {} keys x {} x {} = {}",
@@ -367,7 +376,8 @@ impl Table {
         dst: &mut [u8],
     ) {
         if self.is_written_in(map, key) {
-            codec::convert(self.header.dtype, &map[self.row_range(key)], out_dtype, dst);
+            let stored = &map[self.row_range(key)];
+            codec::convert_row(self.header.dtype, stored, out_dtype, dst, scratch);
         } else {
             self.initial_row(key, scratch);
             codec::encode_f32(out_dtype, scratch, dst);
@@ -379,7 +389,7 @@ impl Table {
     fn initial_row(&self, key: u64, row: &mut [f32]) {
         self.header.init.fill_row(self.header.first_row + key, row);
         if self.header.dtype != DType::F32 {
-            let mut stored = vec![0u8; row.len() * self.header.dtype.size()];
+            let mut stored = vec![0u8; self.header.dtype.row_bytes(row.len())];
             codec::encode_f32(self.header.dtype, row, &mut stored);
             codec::decode_to_f32(self.header.dtype, &stored, row);
         }
