@@ -41,7 +41,7 @@ from client.transfer import RowTransfer
 from store._proto.engram.store.v1 import store_pb2 as pb
 from store.arrays import as_keys, as_rows, numpy_row_type
 from store.conversions import hash_from_proto, table_spec_to_proto
-from store.spec import HashSpec, OptimizerSpec, TableSpec
+from store.spec import HashSpec, OptimizerSpec, TableSpec, row_width
 
 log = logging.getLogger(__name__)
 
@@ -251,12 +251,14 @@ class EngramClient:
 
     def lookup(self, table: str, keys: Any, dtype: str = "float32") -> npt.NDArray[Any]:
         """Rows of `keys` (any shape) as an array of shape `keys.shape + (dim,)`; bfloat16
-        rows come as their uint16 bits."""
+        rows come as their uint16 bits. For a quantized table, `dtype` may also be the
+        stored dtype: rows packed as stored, uint8 of shape `keys.shape + (row bytes,)`."""
         row_type = numpy_row_type(dtype)
         shape = np.shape(keys)
         flat = as_keys(keys)
         layout = self._layout(table)
-        out = np.empty((len(flat), layout.dim), row_type)
+        width = row_width(dtype, layout.dim)
+        out = np.empty((len(flat), width), row_type)
         parts = layout.split(flat)
 
         def fetch(shard_index: int, positions: npt.NDArray[np.intp]) -> None:
@@ -269,14 +271,14 @@ class EngramClient:
                     out[positions[offset : offset + len(rows)]] = rows
 
             local = flat[positions] - layout.bounds[shard_index]
-            self._transfers[shard_index].lookup(table, local, dtype, layout.dim, place)
+            self._transfers[shard_index].lookup(table, local, dtype, width, place)
 
         if len(parts) == 1:
             fetch(*parts[0])
         else:
             for future in [self._fanout.submit(fetch, s, p) for s, p in parts]:
                 future.result()
-        return out.reshape((*shape, layout.dim))
+        return out.reshape((*shape, width))
 
     def lookup_async(
         self, table: str, keys: Any, dtype: str = "float32"

@@ -40,9 +40,10 @@ class RowTransfer:
         self._buffers = buffers
 
     def lookup(
-        self, table: str, keys: npt.NDArray[np.uint64], dtype: str, dim: int, place: RowPlacer
+        self, table: str, keys: npt.NDArray[np.uint64], dtype: str, width: int, place: RowPlacer
     ) -> None:
-        """Gives `place` the rows of `keys` (local to the shard) as `dtype` values."""
+        """Gives `place` the rows of `keys` (local to the shard) as `dtype` values, `width`
+        of them a row (bytes of a packed quantized row)."""
         shard = self.shard
         row_type = numpy_row_type(dtype)
         request = pb.LookupRequest(
@@ -54,14 +55,14 @@ class RowTransfer:
             # the daemon's decode out of its mapping (`Keys.from_shared`) is the second
             # and last.
             rows_at = aligned(keys.nbytes)
-            with self._buffers.lease(rows_at + len(keys) * dim * row_type.itemsize) as buffer:
+            with self._buffers.lease(rows_at + len(keys) * width * row_type.itemsize) as buffer:
                 buffer.view(np.dtype("<u8"), keys.shape)[:] = keys
                 request.keys_buffer.CopyFrom(buffer.message())
                 request.out.CopyFrom(buffer.message(rows_at))
                 replies = shard.call(lambda t: list(shard.lookup(request, timeout=t)))
                 if not replies[0].in_shared_buffer:
                     raise EngramClientError("the daemon ignored the shared buffer", shard.address)
-                place(0, buffer.view(row_type, (len(keys), dim), rows_at))
+                place(0, buffer.view(row_type, (len(keys), width), rows_at))
 
         def through_messages() -> None:
             request.ClearField("keys_buffer")
@@ -71,7 +72,7 @@ class RowTransfer:
             def attempt(timeout: float) -> None:
                 for chunk in shard.lookup(request, timeout=timeout):
                     rows = np.frombuffer(chunk.rows.data, row_type)
-                    place(chunk.offset, rows.reshape(chunk.rows.shape[0], dim))
+                    place(chunk.offset, rows.reshape(chunk.rows.shape[0], width))
 
             shard.call(attempt)
 

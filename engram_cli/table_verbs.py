@@ -12,7 +12,7 @@ from client.results import TableInfo
 from engram_cli.exit_codes import EXIT_DECLINED, EXIT_USAGE
 from engram_cli.output import emit
 from engram_cli.parsing import Verbs, connect
-from store.spec import INITS, OPTIMIZERS, ROW_DTYPES
+from store.spec import INITS, OPTIMIZERS, TABLE_DTYPES
 
 
 def describe(info: TableInfo) -> str:
@@ -103,8 +103,9 @@ def _add_table_options(verb: argparse.ArgumentParser) -> None:
     verb.add_argument(
         "--dtype",
         default="float32",
-        choices=ROW_DTYPES,
-        help="how rows are stored (lookups can return any of these)",
+        choices=TABLE_DTYPES,
+        help="how rows are stored: a float dtype, or fp8_e4m3/int8 for serving (dim a "
+        "multiple of 32; no pushes); lookups return float dtypes or the stored packing",
     )
     verb.add_argument(
         "--init",

@@ -18,6 +18,9 @@ NUMPY_ROW_TYPES: dict[str, type[np.generic]] = {
     "float32": np.float32,
     "float16": np.float16,
     "bfloat16": np.uint16,
+    # Packed quantized rows: their bytes.
+    "fp8_e4m3": np.uint8,
+    "int8": np.uint8,
 }
 
 

@@ -55,12 +55,15 @@ from store.requests import (
 )
 from store.served_table import ServedTable, table_directory
 from store.shared_buffers import RequestBuffers
-from store.spec import ROW_DTYPES, TableSpec
-from store.wire import (
-    ITEM_SIZES,
-    check_array,
-    check_client_id,
+from store.spec import (
+    FLOAT_DTYPES,
+    QUANTIZED_DTYPES,
+    TABLE_DTYPES,
+    TableSpec,
+    row_bytes,
+    row_width,
 )
+from store.wire import check_array, check_client_id
 
 log = logging.getLogger(__name__)
 
@@ -289,8 +292,14 @@ class StoreEngine:
     def _check_lookup(self, table: ServedTable, keys: _native.Keys, dtype: str) -> str:
         """The row dtype, after checking it and the size."""
         dtype = dtype or "float32"
-        if dtype not in ROW_DTYPES:
-            raise InvalidArgumentError(f"dtype must be one of {ROW_DTYPES}, got {dtype!r}")
+        if dtype not in TABLE_DTYPES:
+            raise InvalidArgumentError(f"dtype must be one of {TABLE_DTYPES}, got {dtype!r}")
+        stored = table.spec.dtype
+        if dtype in QUANTIZED_DTYPES and stored in QUANTIZED_DTYPES and dtype != stored:
+            raise InvalidArgumentError(
+                f"table {table.name!r} stores {stored} rows: read them as {stored} (packed) or "
+                f"as one of {FLOAT_DTYPES}, not as {dtype}"
+            )
         total = len(keys)
         if total > self.max_lookup_rows:
             raise ResourceExhaustedError(
@@ -315,8 +324,8 @@ class StoreEngine:
         return RowChunk(
             offset=0,
             total_rows=total,
-            rows=Packed(dtype, (total, table.spec.dim)),
-            result_shape=(*shape, table.spec.dim),
+            rows=Packed(dtype, (total, row_width(dtype, table.spec.dim))),
+            result_shape=(*shape, row_width(dtype, table.spec.dim)),
             in_shared_buffer=True,
         )
 
@@ -330,7 +339,7 @@ class StoreEngine:
     ) -> None:
         """Refuses a batch whose in-message rows could not be sent back."""
         in_message = sum(
-            len(k) * table.spec.dim * ITEM_SIZES[dtype]
+            len(k) * row_bytes(dtype, table.spec.dim)
             for table, k, lookup, dtype in zip(
                 lookup_tables, lookup_keys, lookups, dtypes, strict=True
             )
@@ -357,11 +366,12 @@ class StoreEngine:
     ) -> RowChunk:
         total = len(keys)
         table.counters.add(lookups=1, rows_looked_up=total)
+        width = row_width(dtype, table.spec.dim)
         return RowChunk(
             offset=0,
             total_rows=total,
-            rows=Packed(dtype, (total, table.spec.dim), table.native.lookup(keys, dtype)),
-            result_shape=(*shape, table.spec.dim),
+            rows=Packed(dtype, (total, width), table.native.lookup(keys, dtype)),
+            result_shape=(*shape, width),
         )
 
     def _stream_rows(
@@ -376,23 +386,24 @@ class StoreEngine:
         # Every key is checked before the first chunk leaves: nothing is sent partially.
         table.native.check_keys(keys)
         table.counters.add(lookups=1, rows_looked_up=len(keys))
-        row_bytes = table.spec.dim * ITEM_SIZES[dtype]
+        size = row_bytes(dtype, table.spec.dim)
         # A chunk is one message: never more than a message may carry, whatever was asked.
-        fits = max(1, (self.max_message_bytes - REPLY_HEADROOM_BYTES) // row_bytes)
-        chunk = min(rows_per_chunk or max(1, DEFAULT_CHUNK_BYTES // row_bytes), fits)
+        fits = max(1, (self.max_message_bytes - REPLY_HEADROOM_BYTES) // size)
+        chunk = min(rows_per_chunk or max(1, DEFAULT_CHUNK_BYTES // size), fits)
         return self._chunks(table, keys, shape, dtype, chunk, len(keys))
 
     @staticmethod
     def _chunks(
         table: ServedTable, keys: _native.Keys, shape: list[int], dtype: str, chunk: int, total: int
     ) -> Iterator[RowChunk]:
-        result_shape = (*shape, table.spec.dim)
+        width = row_width(dtype, table.spec.dim)
+        result_shape = (*shape, width)
         for offset in range(0, max(total, 1), chunk):
             count = min(chunk, total - offset)
             yield RowChunk(
                 offset=offset,
                 total_rows=total,
-                rows=Packed(dtype, (count, table.spec.dim)),
+                rows=Packed(dtype, (count, width)),
                 result_shape=result_shape if offset == 0 else (),
                 pending=PendingRows(table.native, keys, offset, offset + count),
             )
@@ -411,12 +422,17 @@ class StoreEngine:
         """The push's table, after checking the request's shapes, dtypes and client id."""
         check_client_id(request.client_id)
         table = self.table(request.table)
+        if table.spec.dtype in QUANTIZED_DTYPES:
+            raise InvalidArgumentError(
+                f"table {table.name!r} stores {table.spec.dtype} rows, which are for serving: "
+                "pushes are refused (import its checkpoint into a float32 table to train it)"
+            )
         if len(request.keys.shape) != 1:
             raise InvalidArgumentError(f"keys must be 1-D, got shape {list(request.keys.shape)}")
         in_buffer = request.grads.buffer is not None
         if in_buffer and request.grads.data:
             raise InvalidArgumentError("grads carry data and a grads_buffer: send one of them")
-        check_array(request.grads, "grads", ROW_DTYPES, 2, data_elsewhere=in_buffer)
+        check_array(request.grads, "grads", FLOAT_DTYPES, 2, data_elsewhere=in_buffer)
         n = request.keys.shape[0]
         if list(request.grads.shape) != [n, table.spec.dim]:
             raise InvalidArgumentError(

@@ -17,13 +17,34 @@ import numpy.typing as npt
 from store.errors import InvalidArgumentError
 
 OPTIMIZERS = ("sgd", "adagrad", "rowwise_adagrad", "adam")
-ROW_DTYPES = ("float32", "bfloat16", "float16")
+# What rows and gradients travel as, and what float tables store.
+FLOAT_DTYPES = ("float32", "bfloat16", "float16")
+# Stored by serving tables (see rust/src/quant.rs): each row holds its values, one byte
+# each, then one scale per QUANT_GROUP values; read packed as stored or dequantized.
+QUANTIZED_DTYPES = ("fp8_e4m3", "int8")
+TABLE_DTYPES = FLOAT_DTYPES + QUANTIZED_DTYPES
+QUANT_GROUP = 32
+_SCALE_BYTES = {"fp8_e4m3": 1, "int8": 4}
+_ELEMENT_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
 INITS = ("normal", "zeros")
 TABLE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
 # The published configurations use 3-grams (4 at most) and 8 heads; these bound what a
 # table spec may ask of the hashing kernel.
 MAX_NGRAM_SIZE = 16
 MAX_HEADS_PER_NGRAM = 256
+
+
+def row_bytes(dtype: str, dim: int) -> int:
+    """Bytes of one row of `dim` values stored or sent as `dtype`."""
+    if dtype in _SCALE_BYTES:
+        return dim + dim // QUANT_GROUP * _SCALE_BYTES[dtype]
+    return dim * _ELEMENT_BYTES[dtype]
+
+
+def row_width(dtype: str, dim: int) -> int:
+    """The last dimension of rows as arrays: their values, or the bytes of a packed
+    quantized row."""
+    return row_bytes(dtype, dim) if dtype in QUANTIZED_DTYPES else dim
 
 
 def check_table_name(name: str) -> str:
@@ -144,8 +165,15 @@ class TableSpec:
             raise InvalidArgumentError(
                 f"num_rows and dim must be positive, got {self.num_rows} and {self.dim}"
             )
-        if self.dtype not in ROW_DTYPES:
-            raise InvalidArgumentError(f"dtype must be one of {ROW_DTYPES}, got {self.dtype!r}")
+        if self.dtype not in TABLE_DTYPES:
+            raise InvalidArgumentError(
+                f"dtype must be one of {TABLE_DTYPES}, got {self.dtype!r}"
+            )
+        if self.dtype in QUANTIZED_DTYPES and self.dim % QUANT_GROUP:
+            raise InvalidArgumentError(
+                f"{self.dtype} rows hold whole groups of {QUANT_GROUP} values: dim must be a "
+                f"multiple of {QUANT_GROUP}, got {self.dim}"
+            )
         if self.init not in INITS:
             raise InvalidArgumentError(f"init must be one of {INITS}, got {self.init!r}")
         self.optimizer.check()

@@ -16,7 +16,7 @@ import numpy.typing as npt
 
 from store import _native
 from store.arrays import NUMPY_ROW_TYPES, as_keys, as_rows
-from store.spec import ROW_DTYPES
+from store.spec import TABLE_DTYPES, row_bytes, row_width
 
 
 class Table:
@@ -97,13 +97,15 @@ class Table:
     ) -> npt.NDArray[Any]:
         """Rows for `keys` (any shape) as an array of shape `keys.shape + (dim,)`.
 
-        `dtype` picks the output element type whatever the storage type; `out`, when given,
+        `dtype` picks the output element type whatever the storage type (a quantized dtype:
+        packed rows as uint8, `keys.shape + (row bytes,)`); `out`, when given,
         is filled in place and returned (C-contiguous, matching shape and dtype). Every key is
         checked first: an out-of-range key raises IndexError and nothing is written.
         """
-        if dtype not in ROW_DTYPES:
-            raise ValueError(f"dtype must be one of {ROW_DTYPES}, got {dtype!r}")
-        shape = (*np.shape(keys), self.dim)
+        if dtype not in TABLE_DTYPES:
+            raise ValueError(f"dtype must be one of {TABLE_DTYPES}, got {dtype!r}")
+        width = row_width(dtype, self.dim)
+        shape = (*np.shape(keys), width)
         flat_keys = as_keys(keys)
         if out is None:
             out = np.empty(shape, dtype=NUMPY_ROW_TYPES[dtype])
@@ -114,8 +116,8 @@ class Table:
             )
         elif not out.flags.c_contiguous or not out.flags.writeable:
             raise ValueError("out must be a writeable C-contiguous array")
-        rows = out.reshape(len(flat_keys), self.dim)
-        if dtype != "float32":
+        rows = out.reshape(len(flat_keys), width)
+        if dtype in ("bfloat16", "float16"):
             rows = rows.view(np.uint16)
         self._native.gather_into(flat_keys, rows, dtype)
         return out
@@ -129,6 +131,19 @@ class Table:
         """Overwrites the rows with `values`; for a repeated key the last one wins."""
         flat_keys = as_keys(keys)
         self._native.write_rows(flat_keys, as_rows(values, len(flat_keys), self.dim))
+
+    def write_packed(self, keys: Any, rows: Any) -> None:
+        """Stores rows given packed as the table stores them: uint8 of shape
+        `[len(keys), row bytes]` (quantized rows: values then scales; float rows: their
+        little-endian bytes), exactly; for a repeated key the last one wins."""
+        flat_keys = as_keys(keys)
+        packed = np.ascontiguousarray(rows)
+        expected = (len(flat_keys), row_bytes(self.dtype, self.dim))
+        if packed.dtype != np.uint8 or packed.shape != expected:
+            raise ValueError(
+                f"rows must be uint8 of shape {expected}, got {packed.dtype} {packed.shape}"
+            )
+        self._native.write_packed(flat_keys, packed)
 
     def written(self, keys: Any) -> npt.NDArray[np.bool_]:
         """Whether each key's row has been stored (rather than reading its initial value)."""

@@ -11,18 +11,24 @@ import numpy.typing as npt
 
 from store._proto.engram.store.v1 import store_pb2 as pb
 from store.errors import InvalidArgumentError
-from store.spec import ROW_DTYPES
-
 __all__ = [
     "ITEM_SIZES",
-    "ROW_DTYPES",
     "PackedArray",
     "check_array",
     "check_client_id",
     "numpy_array",
 ]
 
-ITEM_SIZES = {"uint64": 8, "int64": 8, "float32": 4, "bfloat16": 2, "float16": 2}
+# Packed quantized rows travel as their bytes: `[rows, row bytes]` of one-byte items.
+ITEM_SIZES = {
+    "uint64": 8,
+    "int64": 8,
+    "float32": 4,
+    "bfloat16": 2,
+    "float16": 2,
+    "fp8_e4m3": 1,
+    "int8": 1,
+}
 # A client id is a key of the catalog (LMDB keys hold at most 511 bytes) and of every
 # checkpoint's manifest: bounded here, at the door, so that no push can make a later
 # checkpoint or flush fail.

@@ -90,8 +90,8 @@ impl Table {
         self.inner.header().first_row
     }
 
-    /// Gathers rows into `out`, a C-contiguous `[len(keys), dim]` array of float32 (for
-    /// `dtype="float32"`) or uint16 holding float16 / bfloat16 bits.
+    /// Gathers rows into `out`, a C-contiguous array of float32 (for `dtype="float32"`),
+    /// uint16 holding float16 / bfloat16 bits, or uint8 holding packed quantized rows.
     fn gather_into(
         &self,
         py: Python<'_>,
@@ -104,6 +104,10 @@ impl Table {
         if dtype == DType::F32 {
             let mut out: PyReadwriteArray2<'_, f32> = out.extract()?;
             let bytes = bytes_mut(out.as_slice_mut()?);
+            detached(py, || self.inner.gather_into(&keys, dtype, bytes))
+        } else if dtype.is_quantized() {
+            let mut out: PyReadwriteArray2<'_, u8> = out.extract()?;
+            let bytes = out.as_slice_mut()?;
             detached(py, || self.inner.gather_into(&keys, dtype, bytes))
         } else {
             let mut out: PyReadwriteArray2<'_, u16> = out.extract()?;
@@ -130,6 +134,17 @@ impl Table {
     ) -> PyResult<()> {
         let (keys, values) = (owned(&keys), owned_rows(&values));
         detached(py, || self.inner.write_rows(&keys, &values))
+    }
+
+    /// Stores rows packed as the table stores them (`[len(keys), row bytes]` uint8).
+    fn write_packed(
+        &self,
+        py: Python<'_>,
+        keys: PyReadonlyArray1<'_, u64>,
+        rows: PyReadonlyArray2<'_, u8>,
+    ) -> PyResult<()> {
+        let (keys, rows) = (owned(&keys), rows.as_array().iter().copied().collect::<Vec<u8>>());
+        detached(py, || self.inner.write_raw_rows(&keys, &rows))
     }
 
     fn written<'py>(
