@@ -166,9 +166,7 @@ class TableSpec:
                 f"num_rows and dim must be positive, got {self.num_rows} and {self.dim}"
             )
         if self.dtype not in TABLE_DTYPES:
-            raise InvalidArgumentError(
-                f"dtype must be one of {TABLE_DTYPES}, got {self.dtype!r}"
-            )
+            raise InvalidArgumentError(f"dtype must be one of {TABLE_DTYPES}, got {self.dtype!r}")
         if self.dtype in QUANTIZED_DTYPES and self.dim % QUANT_GROUP:
             raise InvalidArgumentError(
                 f"{self.dtype} rows hold whole groups of {QUANT_GROUP} values: dim must be a "

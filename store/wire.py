@@ -11,6 +11,7 @@ import numpy.typing as npt
 
 from store._proto.engram.store.v1 import store_pb2 as pb
 from store.errors import InvalidArgumentError
+
 __all__ = [
     "ITEM_SIZES",
     "PackedArray",
