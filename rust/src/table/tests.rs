@@ -48,8 +48,11 @@ fn virtual_rows_read_their_initial_value_in_every_dtype() {
     for (i, dtype) in DType::ALL.into_iter().enumerate() {
         // Quantized rows hold whole groups of 32 values.
         let dim = if dtype.is_quantized() { 64 } else { 7 };
-        let t = Table::create(dir.path().join(format!("{i}")), header(dtype, 100, dim as u64))
-            .unwrap();
+        let t = Table::create(
+            dir.path().join(format!("{i}")),
+            header(dtype, 100, dim as u64),
+        )
+        .unwrap();
         let got = t.gather(&[3, 99, 3]).unwrap();
         let mut expected = vec![0f32; dim];
         t.initial_row(3, &mut expected);
