@@ -287,14 +287,13 @@ impl Table {
     /// Gathers `keys` into `out` (`keys.len() x dim` elements of `out_dtype`, as bytes).
     /// Validates every key first: on error nothing is written.
     pub fn gather_into(&self, keys: &[u64], out_dtype: DType, out: &mut [u8]) -> Result<()> {
-        if out_dtype.is_quantized() && self.header.dtype.is_quantized() {
-            if out_dtype != self.header.dtype {
-                return Err(Error::invalid(format!(
-                    "rows stored as {} are read as stored or as a float dtype, not as {}",
-                    self.header.dtype.name(),
-                    out_dtype.name()
-                )));
-            }
+        let stored = self.header.dtype;
+        if out_dtype.is_quantized() && stored.is_quantized() && out_dtype != stored {
+            return Err(Error::invalid(format!(
+                "rows stored as {} are read as stored or as a float dtype, not as {}",
+                stored.name(),
+                out_dtype.name()
+            )));
         }
         let out_row = out_dtype.row_bytes(self.dim());
         if out.len() != keys.len() * out_row {
