@@ -168,8 +168,9 @@ class EngramClient:
         )
         return self.create(spec)
 
-    def create(self, spec: TableSpec) -> TableInfo:
-        """Creates the table `spec` describes, cut into one row range per shard."""
+    def create(self, spec: TableSpec, importing: bool = False) -> TableInfo:
+        """Creates the table `spec` describes, cut into one row range per shard; with
+        `importing`, hidden until `finish_import` (replacing an unfinished import)."""
         shards = len(self.shards)
         if spec.num_rows < shards:
             raise ValueError(f"num_rows {spec.num_rows} is below the {shards} shards")
@@ -181,7 +182,7 @@ class EngramClient:
             part = dataclasses.replace(
                 spec, num_rows=bounds[i + 1] - bounds[i], first_row=bounds[i]
             )
-            request = pb.CreateTableRequest(spec=table_spec_to_proto(part))
+            request = pb.CreateTableRequest(spec=table_spec_to_proto(part), importing=importing)
             info: pb.TableInfo = shard.call(lambda t: shard.stub.CreateTable(request, timeout=t))
             return info
 
@@ -189,6 +190,39 @@ class EngramClient:
         self._layouts[spec.name] = TableLayout(np.array(bounds, dtype=np.uint64), spec.dim)
         self._fingerprints.pop(spec.name, None)
         return TableInfo.of_shards(infos)
+
+    def write_rows(self, table: str, first_row: int, rows: Any, dtype: str) -> None:
+        """Stores `rows` as global rows `[first_row, first_row + len(rows))` of a table being
+        imported, exactly: packed as the table stores them (`dtype`, its dtype; bfloat16 as
+        uint16 bits, quantized rows as bytes, `[n, row bytes]`)."""
+        packed = np.ascontiguousarray(rows)
+        layout = self._layout(table)
+        stop = first_row + len(packed)
+
+        def write(i: int, shard: Shard) -> None:
+            begin, end = (int(b) for b in layout.bounds[i : i + 2])
+            lo, hi = max(first_row, begin), min(stop, end)
+            if lo >= hi:
+                return
+            part = packed[lo - first_row : hi - first_row]
+            request = pb.WriteRowsRequest(
+                table=table,
+                first_row=lo - begin,
+                rows=pb.Array(dtype=dtype, shape=list(part.shape), data=part.tobytes()),
+            )
+            shard.call(lambda t: shard.stub.WriteRows(request, timeout=t))
+
+        self._each_shard(write)
+
+    def finish_import(self, table: str) -> TableInfo:
+        """Makes an imported table durable on every shard, then visible."""
+
+        def finish(i: int, shard: Shard) -> pb.TableInfo:
+            request = pb.FinishImportRequest(table=table)
+            info: pb.TableInfo = shard.call(lambda t: shard.stub.FinishImport(request, timeout=t))
+            return info
+
+        return TableInfo.of_shards(self._each_shard(finish))
 
     def describe(self, name: str) -> TableInfo:
         return TableInfo.of_shards(self._describe_shards(name))

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 import grpc
 
 from client.errors import ShardUnavailableError
-from engram_cli import daemon_verbs, row_verbs, state_verbs, table_verbs
+from engram_cli import daemon_verbs, file_verbs, row_verbs, state_verbs, table_verbs
 from engram_cli.exit_codes import (
     EXIT_FAILURE,
     EXIT_NO_DAEMON,
@@ -42,6 +42,7 @@ def build_parser() -> Verbs:
     table_verbs.register(verbs)
     row_verbs.register(verbs)
     state_verbs.register(verbs)
+    file_verbs.register(verbs)
     return verbs
 
 

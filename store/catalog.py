@@ -15,7 +15,16 @@ import lmdb
 from store.conversions import table_spec_bytes, table_spec_of_bytes
 from store.spec import TableSpec
 
-_DATABASES = (b"tables", b"steps", b"incarnations", b"checkpoints", b"clients", b"meta")
+# "importing" names the tables whose import is unfinished: hidden until it is.
+_DATABASES = (
+    b"tables",
+    b"steps",
+    b"incarnations",
+    b"checkpoints",
+    b"clients",
+    b"meta",
+    b"importing",
+)
 
 
 class Catalog:
@@ -36,9 +45,22 @@ class Catalog:
 
     # tables -------------------------------------------------------------------------
 
-    def put_table(self, spec: TableSpec, step: int, incarnation: str) -> None:
+    def put_table(
+        self, spec: TableSpec, step: int, incarnation: str, importing: bool = False
+    ) -> None:
         with self._env.begin(write=True) as txn:
             self._put_table(txn, spec, step, incarnation)
+            if importing:
+                txn.put(spec.name.encode(), b"1", db=self._db["importing"])
+
+    def finish_import(self, name: str) -> None:
+        with self._env.begin(write=True) as txn:
+            txn.delete(name.encode(), db=self._db["importing"])
+
+    def importing(self) -> set[str]:
+        """The tables whose import is unfinished."""
+        with self._env.begin() as txn:
+            return {k.decode() for k, _ in txn.cursor(db=self._db["importing"])}
 
     def _put_table(self, txn: Any, spec: TableSpec, step: int, incarnation: str) -> None:
         key = spec.name.encode()
@@ -66,7 +88,7 @@ class Catalog:
         """One transaction: the tables of a restored checkpoint replace every table, its
         windows every window, and it becomes the basis of the next checkpoint."""
         with self._env.begin(write=True) as txn:
-            for db in ("tables", "steps", "incarnations", "clients"):
+            for db in ("tables", "steps", "incarnations", "clients", "importing"):
                 txn.drop(self._db[db], delete=False)
             for spec, step, incarnation in tables:
                 self._put_table(txn, spec, step, incarnation)
@@ -75,7 +97,7 @@ class Catalog:
 
     def delete_table(self, name: str) -> None:
         with self._env.begin(write=True) as txn:
-            for db in ("tables", "steps", "incarnations"):
+            for db in ("tables", "steps", "incarnations", "importing"):
                 txn.delete(name.encode(), db=self._db[db])
 
     def tables(self) -> list[tuple[TableSpec, int, str]]:

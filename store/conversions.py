@@ -17,6 +17,7 @@ from store.requests import (
     Push,
     PushOutcome,
     RowChunk,
+    RowsWrite,
     SharedRange,
     StatsResult,
     TableStatus,
@@ -185,6 +186,11 @@ def push_from_proto(request: pb.PushRequest) -> Push:
         request.sequence,
         request.return_rows,
     )
+
+
+def rows_write_from_proto(request: pb.WriteRowsRequest) -> RowsWrite:
+    rows_buffer = request.rows_buffer if request.HasField("rows_buffer") else None
+    return RowsWrite(request.table, request.first_row, packed(request.rows, rows_buffer))
 
 
 # answers -------------------------------------------------------------------------------

@@ -47,6 +47,7 @@ from store.requests import (
     Push,
     PushOutcome,
     RowChunk,
+    RowsWrite,
     SharedRange,
     StatsResult,
     TableStatus,
@@ -172,6 +173,7 @@ class StoreEngine:
                 self._clients.window(client_id).record(sequence)
         highest = max([fenced, *committed])
         catalogued = self.catalog.tables()
+        importing = self.catalog.importing()
         known = {spec.name for spec, _, _ in catalogued}
         for name in sorted(set(os.listdir(os.path.join(self.data_dir, TABLES))) - known):
             log.warning("removing tables/%s, which a crash left while it was being created", name)
@@ -191,29 +193,50 @@ class StoreEngine:
                 )
             highest = max(highest, table.native.last_push_token())
             table.native.attach_journal(self.journal)
+            table.importing = spec.name in importing
             self._tables[spec.name] = table
         self.journal.tokens_after(highest)
 
     # tables ----------------------------------------------------------------------------
 
     def table(self, name: str) -> ServedTable:
+        """A visible table (not one being imported)."""
+        table = self._any_table(name)
+        if table.importing:
+            raise NotFoundError(f"table {name!r} does not exist yet: its import is unfinished")
+        return table
+
+    def _any_table(self, name: str) -> ServedTable:
         with self._tables_lock:
             table = self._tables.get(name)
         if table is None:
             raise NotFoundError(f"table {name!r} does not exist")
         return table
 
-    def create_table(self, spec: TableSpec) -> TableStatus:
+    def _visible(self) -> list[ServedTable]:
+        with self._tables_lock:
+            tables = [t for t in self._tables.values() if not t.importing]
+        return sorted(tables, key=lambda t: t.name)
+
+    def create_table(self, spec: TableSpec, importing: bool = False) -> TableStatus:
+        """Creates a table; `importing` creates it hidden (see `write_rows`), replacing an
+        unfinished import of the same name."""
         spec.check()
         # Exclusive: a restore swapping the tables directory meanwhile would lose the table.
         with self._gate.exclusive(), self._tables_lock:
-            if spec.name in self._tables:
+            existing = self._tables.get(spec.name)
+            if existing is not None and not (importing and existing.importing):
                 raise AlreadyExistsError(f"table {spec.name!r} already exists")
+            if existing is not None:
+                log.info("dropping the unfinished import of %s to import it again", spec.name)
+                del self._tables[spec.name]
+                self.catalog.delete_table(spec.name)
             directory = table_directory(self.data_dir, spec.name)
             shutil.rmtree(directory, ignore_errors=True)  # what a crashed create left
             table = ServedTable.create(directory, spec, uuid.uuid4().hex)
             table.native.attach_journal(self.journal)
-            self.catalog.put_table(spec, 0, table.incarnation)
+            table.importing = importing
+            self.catalog.put_table(spec, 0, table.incarnation, importing=importing)
             self._tables[spec.name] = table
         log.info(
             "created table %s (%d x %d %s)",
@@ -238,9 +261,52 @@ class StoreEngine:
         log.info("dropped table %s", name)
 
     def list_tables(self) -> list[TableStatus]:
-        with self._tables_lock:
-            tables = sorted(self._tables.values(), key=lambda t: t.name)
-        return [t.status() for t in tables]
+        return [t.status() for t in self._visible()]
+
+    # imports ---------------------------------------------------------------------------
+
+    def write_rows(self, request: RowsWrite) -> int:
+        """Stores rows of a table being imported exactly as given (no optimizer, no journal:
+        an import is durable when `finish_import` acknowledges it)."""
+        table = self._any_table(request.table)
+        if not table.importing:
+            raise FailedPreconditionError(
+                f"table {request.table!r} is not being imported: WriteRows only fills tables "
+                "created with importing=true"
+            )
+        rows = request.rows
+        stored, width = table.spec.dtype, row_width(table.spec.dtype, table.spec.dim)
+        in_buffer = rows.buffer is not None
+        if in_buffer and rows.data:
+            raise InvalidArgumentError("rows carry data and a rows_buffer: send one of them")
+        check_array(rows, "rows", (stored,), 2, data_elsewhere=in_buffer)
+        if rows.shape[1] != width:
+            raise InvalidArgumentError(
+                f"rows must have shape [n, {width}] ({stored} rows of dim {table.spec.dim}), "
+                f"got {list(rows.shape)}"
+            )
+        count = rows.shape[0]
+        if count > self.max_lookup_rows:
+            raise ResourceExhaustedError(
+                f"a write of {count} rows exceeds the server's limit of {self.max_lookup_rows}"
+            )
+        with RequestBuffers(self.shared_buffer_dir) as buffers:
+            source = buffers.region(rows.buffer) if rows.buffer is not None else rows.data
+            table.native.write_packed(request.first_row, count, source)
+        return count
+
+    def finish_import(self, name: str) -> TableStatus:
+        """Makes an imported table's rows durable, then the table visible."""
+        table = self._any_table(name)
+        if not table.importing:
+            raise FailedPreconditionError(f"table {name!r} is not being imported")
+        with self._gate.exclusive():
+            table.native.flush()
+            self.catalog.finish_import(name)
+            self.catalog.sync()
+            table.importing = False
+        log.info("import of table %s finished (%d rows)", name, table.native.written_count())
+        return table.status()
 
     # lookups ---------------------------------------------------------------------------
 
@@ -546,8 +612,7 @@ class StoreEngine:
             checkpoint_id = (history[-1]["id"] + 1) if history else 1
             basis = int(self.catalog.get_meta("basis", "0"))
             parent = next((m for m in history if m["id"] == basis), None)
-            with self._tables_lock:
-                tables = sorted(self._tables.values(), key=lambda t: t.name)
+            tables = self._visible()
             manifest = write_checkpoint(
                 self.data_dir,
                 checkpoint_id,
@@ -599,11 +664,7 @@ class StoreEngine:
 
     def verify(self, name: str) -> VerifyResult:
         """Checks the rows of table `name` (every table when empty) against their checksums."""
-        if name:
-            tables = [self.table(name)]
-        else:
-            with self._tables_lock:
-                tables = sorted(self._tables.values(), key=lambda t: t.name)
+        tables = [self.table(name)] if name else self._visible()
         damaged: list[DamagedBlock] = []
         for table in tables:
             damaged += [DamagedBlock(table.name, f, row) for f, row in table.native.verify()]
@@ -617,8 +678,7 @@ class StoreEngine:
         )
 
     def stats(self) -> StatsResult:
-        with self._tables_lock:
-            tables = sorted(self._tables.values(), key=lambda t: t.name)
+        tables = self._visible()
         return StatsResult(
             uptime_s=time.monotonic() - self._started,
             checkpoints=len(self.catalog.checkpoints()),

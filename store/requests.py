@@ -86,6 +86,16 @@ class PendingRows:
 
 
 @dataclass(frozen=True)
+class RowsWrite:
+    """Rows `[first_row, first_row + n)` of a table being imported, packed as it stores
+    them, in `rows.data` or in the shared buffer `rows.buffer`."""
+
+    table: str
+    first_row: int
+    rows: Packed
+
+
+@dataclass(frozen=True)
 class RowChunk:
     """Rows `[offset, offset + shape[0])` of a lookup's `total_rows`; the first chunk also
     carries the whole answer's shape. Rows written into a shared buffer come as one chunk

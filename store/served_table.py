@@ -48,6 +48,8 @@ class ServedTable:
         self.spec = spec
         self.native = native
         self.incarnation = incarnation
+        # Hidden while its import is unfinished: only WriteRows reach it.
+        self.importing = False
         self.counters = TableCounters()
         self.hasher = _hasher(spec.hash_config) if spec.hash_config is not None else None
         self.head_offsets: npt.NDArray[np.uint64] | None = None

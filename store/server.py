@@ -32,6 +32,7 @@ from store.conversions import (
     lookup_from_proto,
     push_from_proto,
     push_outcome_to_proto,
+    rows_write_from_proto,
     stats_to_proto,
     table_spec_from_proto,
     table_status_to_proto,
@@ -141,7 +142,8 @@ class Servicer(pb_grpc.EngramStoreServicer):
 
     @_unary
     def CreateTable(self, request: pb.CreateTableRequest, context: Any) -> pb.TableInfo:
-        return table_status_to_proto(self.engine.create_table(table_spec_from_proto(request.spec)))
+        spec = table_spec_from_proto(request.spec)
+        return table_status_to_proto(self.engine.create_table(spec, request.importing))
 
     @_unary
     def DropTable(self, request: pb.DropTableRequest, context: Any) -> pb.DropTableResponse:
@@ -195,6 +197,14 @@ class Servicer(pb_grpc.EngramStoreServicer):
     @_unary
     def Stats(self, request: pb.StatsRequest, context: Any) -> pb.StatsResponse:
         return stats_to_proto(self.engine.stats())
+
+    @_unary
+    def WriteRows(self, request: pb.WriteRowsRequest, context: Any) -> pb.WriteRowsResponse:
+        return pb.WriteRowsResponse(rows=self.engine.write_rows(rows_write_from_proto(request)))
+
+    @_unary
+    def FinishImport(self, request: pb.FinishImportRequest, context: Any) -> pb.TableInfo:
+        return table_status_to_proto(self.engine.finish_import(request.table))
 
     @_unary
     def Verify(self, request: pb.VerifyRequest, context: Any) -> pb.VerifyResponse:

@@ -86,6 +86,13 @@ pub(crate) enum RowSink<'py> {
     Array(PyReadwriteArray2<'py, f32>),
 }
 
+/// Where an import's packed rows come from.
+#[derive(FromPyObject)]
+pub(crate) enum PackedRows<'py> {
+    Shared(PyRef<'py, SharedRegion>),
+    Bytes(Bound<'py, PyBytes>),
+}
+
 /// Where a push's gradients come from.
 #[derive(FromPyObject)]
 pub(crate) enum GradsSource<'py> {
@@ -327,6 +334,41 @@ impl TrainableTable {
                 }
             }
         })
+    }
+
+    /// Stores `count` rows from local row `first_row` on, packed as the table stores them,
+    /// from bytes or a shared region, exactly and without the optimizer (imports).
+    fn write_packed(
+        &self,
+        py: Python<'_>,
+        first_row: u64,
+        count: usize,
+        rows: PackedRows<'_>,
+    ) -> PyResult<()> {
+        let params = self.inner.params();
+        let end = first_row
+            .checked_add(count as u64)
+            .filter(|&end| end <= params.num_rows())
+            .ok_or_else(|| {
+                PyValueError::new_err(format!(
+                    "rows [{first_row}, {first_row} + {count}) fall outside the table's {} rows",
+                    params.num_rows()
+                ))
+            })?;
+        let keys: Vec<u64> = (first_row..end).collect();
+        let len = rows_bytes(count, params.dim(), params.dtype())?;
+        match rows {
+            PackedRows::Shared(region) => {
+                let region: &SharedRegion = &region;
+                detached(py, || {
+                    region.with_bytes(len, |bytes| params.write_raw_rows(&keys, bytes))
+                })
+            }
+            PackedRows::Bytes(bytes) => {
+                let bytes = bytes.as_bytes();
+                detached(py, || params.write_raw_rows(&keys, bytes))
+            }
+        }
     }
 
     /// Writes a checkpoint row pack; returns `(rows, step, bytes, crc32)`.

@@ -129,10 +129,36 @@ class TableInfo(_message.Message):
     def __init__(self, spec: _Optional[_Union[TableSpec, _Mapping]] = ..., step: _Optional[int] = ..., written_rows: _Optional[int] = ..., hash_fingerprint: _Optional[int] = ..., state_dim: _Optional[int] = ...) -> None: ...
 
 class CreateTableRequest(_message.Message):
-    __slots__ = ("spec",)
+    __slots__ = ("spec", "importing")
     SPEC_FIELD_NUMBER: _ClassVar[int]
+    IMPORTING_FIELD_NUMBER: _ClassVar[int]
     spec: TableSpec
-    def __init__(self, spec: _Optional[_Union[TableSpec, _Mapping]] = ...) -> None: ...
+    importing: bool
+    def __init__(self, spec: _Optional[_Union[TableSpec, _Mapping]] = ..., importing: _Optional[bool] = ...) -> None: ...
+
+class WriteRowsRequest(_message.Message):
+    __slots__ = ("table", "first_row", "rows", "rows_buffer")
+    TABLE_FIELD_NUMBER: _ClassVar[int]
+    FIRST_ROW_FIELD_NUMBER: _ClassVar[int]
+    ROWS_FIELD_NUMBER: _ClassVar[int]
+    ROWS_BUFFER_FIELD_NUMBER: _ClassVar[int]
+    table: str
+    first_row: int
+    rows: Array
+    rows_buffer: SharedBuffer
+    def __init__(self, table: _Optional[str] = ..., first_row: _Optional[int] = ..., rows: _Optional[_Union[Array, _Mapping]] = ..., rows_buffer: _Optional[_Union[SharedBuffer, _Mapping]] = ...) -> None: ...
+
+class WriteRowsResponse(_message.Message):
+    __slots__ = ("rows",)
+    ROWS_FIELD_NUMBER: _ClassVar[int]
+    rows: int
+    def __init__(self, rows: _Optional[int] = ...) -> None: ...
+
+class FinishImportRequest(_message.Message):
+    __slots__ = ("table",)
+    TABLE_FIELD_NUMBER: _ClassVar[int]
+    table: str
+    def __init__(self, table: _Optional[str] = ...) -> None: ...
 
 class DropTableRequest(_message.Message):
     __slots__ = ("name",)

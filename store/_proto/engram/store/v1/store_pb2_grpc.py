@@ -99,6 +99,16 @@ class EngramStoreStub:
                 request_serializer=engram_dot_store_dot_v1_dot_store__pb2.VerifyRequest.SerializeToString,
                 response_deserializer=engram_dot_store_dot_v1_dot_store__pb2.VerifyResponse.FromString,
                 _registered_method=True)
+        self.WriteRows = channel.unary_unary(
+                '/engram.store.v1.EngramStore/WriteRows',
+                request_serializer=engram_dot_store_dot_v1_dot_store__pb2.WriteRowsRequest.SerializeToString,
+                response_deserializer=engram_dot_store_dot_v1_dot_store__pb2.WriteRowsResponse.FromString,
+                _registered_method=True)
+        self.FinishImport = channel.unary_unary(
+                '/engram.store.v1.EngramStore/FinishImport',
+                request_serializer=engram_dot_store_dot_v1_dot_store__pb2.FinishImportRequest.SerializeToString,
+                response_deserializer=engram_dot_store_dot_v1_dot_store__pb2.TableInfo.FromString,
+                _registered_method=True)
 
 
 class EngramStoreServicer:
@@ -182,6 +192,18 @@ class EngramStoreServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def WriteRows(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def FinishImport(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_EngramStoreServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -249,6 +271,16 @@ def add_EngramStoreServicer_to_server(servicer, server):
                     servicer.Verify,
                     request_deserializer=engram_dot_store_dot_v1_dot_store__pb2.VerifyRequest.FromString,
                     response_serializer=engram_dot_store_dot_v1_dot_store__pb2.VerifyResponse.SerializeToString,
+            ),
+            'WriteRows': grpc.unary_unary_rpc_method_handler(
+                    servicer.WriteRows,
+                    request_deserializer=engram_dot_store_dot_v1_dot_store__pb2.WriteRowsRequest.FromString,
+                    response_serializer=engram_dot_store_dot_v1_dot_store__pb2.WriteRowsResponse.SerializeToString,
+            ),
+            'FinishImport': grpc.unary_unary_rpc_method_handler(
+                    servicer.FinishImport,
+                    request_deserializer=engram_dot_store_dot_v1_dot_store__pb2.FinishImportRequest.FromString,
+                    response_serializer=engram_dot_store_dot_v1_dot_store__pb2.TableInfo.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -602,6 +634,60 @@ class EngramStore:
             '/engram.store.v1.EngramStore/Verify',
             engram_dot_store_dot_v1_dot_store__pb2.VerifyRequest.SerializeToString,
             engram_dot_store_dot_v1_dot_store__pb2.VerifyResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WriteRows(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/engram.store.v1.EngramStore/WriteRows',
+            engram_dot_store_dot_v1_dot_store__pb2.WriteRowsRequest.SerializeToString,
+            engram_dot_store_dot_v1_dot_store__pb2.WriteRowsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def FinishImport(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/engram.store.v1.EngramStore/FinishImport',
+            engram_dot_store_dot_v1_dot_store__pb2.FinishImportRequest.SerializeToString,
+            engram_dot_store_dot_v1_dot_store__pb2.TableInfo.FromString,
             options,
             channel_credentials,
             insecure,

@@ -1,0 +1,308 @@
+"""Tables from safetensors checkpoints, and tables back into safetensors files.
+
+Which tensor fills which table is declared in a mapping file (JSON), never guessed:
+
+    {"tables": [{"tensor": "<regex over tensor names>",
+                 "table": "<table name; {layer} and {head} are the regex's groups>",
+                 "scales": "<optional: the scale tensor's name; {name} is the values'>",
+                 "dtype": "<optional: the table's dtype, else the tensor's>"}]}
+
+A tensor is matched against each rule in order; the first whose `tensor` pattern matches
+the whole name wins. Tensors matching a rule with a `head` group are one head each: a
+table's heads are stacked in head order. Quantized values (F8_E4M3 or I8) need their scale
+tensor (one scale per 32 values of a row): the two are interleaved into the table's rows on
+import, and split again on export. An import creates each table hidden, fills it a slice
+at a time, and makes it visible only once it is complete and durable: interrupted, it
+leaves no half table under that name, and running it again starts that table over.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from client.results import TableInfo
+from client.tensor_files import Checkpoint, SafetensorsWriter, TensorSpec, row_ranges
+from store.spec import FLOAT_DTYPES, QUANT_GROUP, TableSpec, row_bytes
+
+# safetensors dtype of a table dtype's values, and of its scales (quantized only).
+VALUE_TENSOR_DTYPES = {
+    "float32": "F32",
+    "bfloat16": "BF16",
+    "float16": "F16",
+    "fp8_e4m3": "F8_E4M3",
+    "int8": "I8",
+}
+SCALE_TENSOR_DTYPES = {"fp8_e4m3": "F8_E8M0", "int8": "F32"}
+TABLE_DTYPE_OF = {tensor: table for table, tensor in VALUE_TENSOR_DTYPES.items()}
+# How many bytes of rows travel in one WriteRows or one lookup of an export.
+CHUNK_BYTES = 4 << 20
+
+Progress = Callable[[str, int, int], None]
+
+
+class MappingError(ValueError):
+    """A mapping file, or a checkpoint that does not fit it."""
+
+
+@dataclass(frozen=True)
+class MappingRule:
+    tensor: re.Pattern[str]
+    table: str
+    scales: str | None = None
+    dtype: str | None = None
+
+
+def load_mapping(path: str | os.PathLike[str]) -> list[MappingRule]:
+    with open(path) as f:
+        document = json.load(f)
+    return mapping_rules(document, os.fspath(path))
+
+
+def mapping_rules(document: Any, source: str = "mapping") -> list[MappingRule]:
+    if not isinstance(document, dict) or not isinstance(document.get("tables"), list):
+        raise MappingError(f"{source}: expected {{'tables': [rules]}}")
+    rules = []
+    for i, rule in enumerate(document["tables"]):
+        unknown = set(rule) - {"tensor", "table", "scales", "dtype", "comment"}
+        if unknown or "tensor" not in rule or "table" not in rule:
+            raise MappingError(
+                f"{source}: rule {i} needs 'tensor' and 'table' (and may have 'scales', "
+                f"'dtype', 'comment'); got {sorted(rule)}"
+            )
+        try:
+            pattern = re.compile(rule["tensor"])
+        except re.error as error:
+            raise MappingError(f"{source}: rule {i}: bad tensor pattern: {error}") from None
+        dtype = rule.get("dtype")
+        if dtype is not None and dtype not in VALUE_TENSOR_DTYPES:
+            raise MappingError(
+                f"{source}: rule {i}: dtype must be one of {list(VALUE_TENSOR_DTYPES)}"
+            )
+        rules.append(MappingRule(pattern, rule["table"], rule.get("scales"), dtype))
+    return rules
+
+
+@dataclass
+class TablePart:
+    """Tensor rows that fill the table's rows from `first_row` on."""
+
+    tensor: str
+    scales: str | None
+    first_row: int
+    rows: int
+
+
+@dataclass
+class ImportPlan:
+    table: str
+    dtype: str
+    dim: int
+    parts: list[TablePart] = field(default_factory=list)
+
+    @property
+    def num_rows(self) -> int:
+        return sum(p.rows for p in self.parts)
+
+
+def plan_import(
+    checkpoint: Checkpoint, rules: list[MappingRule]
+) -> tuple[list[ImportPlan], list[str]]:
+    """The tables a checkpoint fills under `rules`, and the tensors no rule took."""
+    matched: dict[str, list[tuple[int, str, str | None, str | None]]] = {}
+    scale_names: set[str] = set()
+    for name in checkpoint.names():
+        for rule in rules:
+            found = rule.tensor.fullmatch(name)
+            if found is None:
+                continue
+            groups = {k: v for k, v in found.groupdict().items() if v is not None}
+            table = rule.table.format(**groups)
+            scales = rule.scales.format(name=name, **groups) if rule.scales else None
+            if scales is not None:
+                scale_names.add(scales)
+            head = int(groups.get("head", 0))
+            matched.setdefault(table, []).append((head, name, scales, rule.dtype))
+            break
+    plans = []
+    for table, parts in sorted(matched.items()):
+        parts = [p for p in parts if p[1] not in scale_names]
+        if not parts:
+            continue
+        parts.sort()
+        if len({head for head, *_ in parts}) != len(parts):
+            raise MappingError(f"table {table}: several tensors map to the same head: {parts}")
+        plans.append(_plan_table(checkpoint, table, parts))
+    taken = {p.tensor for plan in plans for p in plan.parts} | scale_names
+    return plans, [n for n in checkpoint.names() if n not in taken]
+
+
+def _plan_table(
+    checkpoint: Checkpoint, table: str, parts: list[tuple[int, str, str | None, str | None]]
+) -> ImportPlan:
+    plan: ImportPlan | None = None
+    for _, name, scales, wanted in parts:
+        info = checkpoint.info(name)
+        if len(info.shape) != 2 or info.dtype not in TABLE_DTYPE_OF:
+            raise MappingError(
+                f"tensor {name}: a table's rows are a 2-D tensor of "
+                f"{sorted(TABLE_DTYPE_OF)}, got {info.dtype} {list(info.shape)}"
+            )
+        source = TABLE_DTYPE_OF[info.dtype]
+        dtype = wanted or source
+        if source in FLOAT_DTYPES and dtype not in FLOAT_DTYPES:
+            raise MappingError(f"tensor {name}: float rows import into a float table, not {dtype}")
+        if source not in FLOAT_DTYPES and dtype != source:
+            raise MappingError(f"tensor {name}: {source} rows import as {source}, not {dtype}")
+        rows, dim = info.shape
+        if source not in FLOAT_DTYPES:
+            _check_scales(checkpoint, name, scales, source, rows, dim)
+        if plan is None:
+            plan = ImportPlan(table, dtype, dim)
+        elif (plan.dim, plan.dtype) != (dim, dtype):
+            raise MappingError(f"table {table}: heads disagree on dim or dtype ({name})")
+        plan.parts.append(TablePart(name, scales, plan.num_rows, rows))
+    assert plan is not None
+    return plan
+
+
+def _check_scales(
+    checkpoint: Checkpoint, name: str, scales: str | None, dtype: str, rows: int, dim: int
+) -> None:
+    if scales is None or scales not in checkpoint.names():
+        raise MappingError(
+            f"tensor {name} holds {dtype} values: its rule must name their scale tensor "
+            f"('scales'), which the checkpoint must hold (looked for {scales!r})"
+        )
+    info = checkpoint.info(scales)
+    allowed = ("F8_E8M0", "U8", "F32") if dtype == "fp8_e4m3" else ("F32",)
+    if info.shape != (rows, dim // QUANT_GROUP) or info.dtype not in allowed:
+        raise MappingError(
+            f"scale tensor {scales}: expected {allowed} of shape [{rows}, {dim // QUANT_GROUP}] "
+            f"(one per {QUANT_GROUP} values), got {info.dtype} {list(info.shape)}"
+        )
+
+
+def packed_rows(
+    checkpoint: Checkpoint, part: TablePart, dtype: str, start: int, stop: int
+) -> npt.NDArray[Any]:
+    """Rows `[start, stop)` of a part as the table stores them: float rows in `dtype`
+    (uint16 bits for bfloat16), quantized rows as bytes, values then scales."""
+    values = checkpoint.rows(part.tensor, start, stop)
+    source = TABLE_DTYPE_OF[checkpoint.info(part.tensor).dtype]
+    if dtype in FLOAT_DTYPES:
+        return _float_rows(values, source, dtype)
+    assert part.scales is not None
+    scales = checkpoint.rows(part.scales, start, stop)
+    scale_dtype = checkpoint.info(part.scales).dtype
+    if dtype == "fp8_e4m3" and scale_dtype == "F32":
+        scales = _e8m0_codes(scales, part.scales)
+    return np.concatenate([values.view(np.uint8), scales.view(np.uint8)], axis=1)
+
+
+def _float_rows(values: npt.NDArray[Any], source: str, dtype: str) -> npt.NDArray[Any]:
+    if source == dtype:
+        return values
+    if dtype != "float32":
+        raise MappingError(f"{source} rows import into a {source} or float32 table, not {dtype}")
+    if source == "bfloat16":
+        return (values.astype(np.uint32) << 16).view(np.float32)
+    return values.astype(np.float32)
+
+
+def _e8m0_codes(scales: npt.NDArray[np.float32], name: str) -> npt.NDArray[np.uint8]:
+    """Float32 scales that are powers of two as E8M0 codes (2^-127 is a subnormal)."""
+    bits = np.ascontiguousarray(scales).view(np.uint32)
+    exponent = (bits >> 23) & 0xFF
+    normal = ((bits & 0x807F_FFFF) == 0) & (exponent > 0) & (exponent < 255)
+    smallest = bits == 0x0040_0000
+    if not (normal | smallest).all():
+        raise MappingError(f"scale tensor {name}: FP8 scales must be powers of two (E8M0)")
+    return np.where(smallest, 0, exponent).astype(np.uint8)
+
+
+def import_checkpoint(
+    client: Any,
+    path: str | os.PathLike[str],
+    rules: list[MappingRule],
+    progress: Progress | None = None,
+) -> list[TableInfo]:
+    """Imports every table the mapping finds in the checkpoint at `path` (a safetensors
+    file or an index.json); returns the tables, visible and durable."""
+    imported = []
+    with Checkpoint(path) as checkpoint:
+        plans, _ = plan_import(checkpoint, rules)
+        if not plans:
+            raise MappingError(f"no tensor of {os.fspath(path)} matches the mapping")
+        for plan in plans:
+            spec = TableSpec(plan.table, plan.num_rows, plan.dim, dtype=plan.dtype, init="zeros")
+            client.create(spec, importing=True)
+            step = max(1, CHUNK_BYTES // row_bytes(plan.dtype, plan.dim))
+            done = 0
+            for part in plan.parts:
+                for start, stop in row_ranges(part.rows, step):
+                    rows = packed_rows(checkpoint, part, plan.dtype, start, stop)
+                    client.write_rows(plan.table, part.first_row + start, rows, plan.dtype)
+                    done += stop - start
+                    if progress is not None:
+                        progress(plan.table, done, plan.num_rows)
+            imported.append(client.finish_import(plan.table))
+    return imported
+
+
+def export_tables(
+    client: Any,
+    tables: Iterable[str],
+    path: str | os.PathLike[str],
+    dtype: str | None = None,
+    scale_suffix: str = "_scale",
+    progress: Progress | None = None,
+) -> list[TensorSpec]:
+    """Writes each table as a tensor named after it (quantized: values, plus scales named
+    `table + scale_suffix`), in `dtype` (default: as stored; a float table can be written
+    quantized). Returns the tensors written."""
+    infos = [client.describe(name) for name in tables]
+    tensors: list[TensorSpec] = []
+    for info in infos:
+        out = dtype or info.dtype
+        tensors.append(TensorSpec(info.name, VALUE_TENSOR_DTYPES[out], (info.num_rows, info.dim)))
+        if out in SCALE_TENSOR_DTYPES:
+            groups = info.dim // QUANT_GROUP
+            shape = (info.num_rows, groups)
+            tensors.append(TensorSpec(info.name + scale_suffix, SCALE_TENSOR_DTYPES[out], shape))
+    writer = SafetensorsWriter(path, tensors)
+    try:
+        for info in infos:
+            _export_table(client, writer, info, dtype or info.dtype, scale_suffix, progress)
+    except BaseException:
+        writer.abort()
+        raise
+    writer.close()
+    return tensors
+
+
+def _export_table(
+    client: Any,
+    writer: SafetensorsWriter,
+    info: TableInfo,
+    dtype: str,
+    scale_suffix: str,
+    progress: Progress | None,
+) -> None:
+    step = max(1, CHUNK_BYTES // row_bytes(dtype, info.dim))
+    for start, stop in row_ranges(info.num_rows, step):
+        rows = client.lookup(info.name, np.arange(start, stop, dtype=np.uint64), dtype=dtype)
+        if dtype in FLOAT_DTYPES:
+            writer.write_rows(info.name, start, rows)
+        else:
+            writer.write_rows(info.name, start, rows[:, : info.dim])
+            writer.write_rows(info.name + scale_suffix, start, rows[:, info.dim :])
+        if progress is not None:
+            progress(info.name, stop, info.num_rows)

@@ -1,0 +1,115 @@
+"""Verbs that move tables between daemons and safetensors files: import, export."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+from client.imports import export_tables, import_checkpoint, load_mapping
+from engram_cli.output import emit
+from engram_cli.parsing import Verbs, connect
+from engram_cli.table_verbs import describe
+from store.spec import TABLE_DTYPES
+
+MAPPING_HELP = """\
+A mapping is a JSON file: {"tables": [{"tensor": REGEX, "table": NAME, "scales": NAME,
+"dtype": DTYPE}, ...]}. Each tensor takes the first rule whose REGEX matches its whole
+name; NAME may use the regex's named groups ({layer}, {head}); tensors with a `head` group
+are stacked by head into one table. Quantized values (F8_E4M3, I8) need `scales`, the
+name of their scale tensor ({name} is the values' name), one scale per 32 values.
+examples/mappings/engram_demo_v1.json maps the reference demo's state_dict."""
+
+
+class ProgressLine:
+    """One stderr line per table, rewritten at most twice a second: rows, rows/s, ETA."""
+
+    def __init__(self, quiet: bool) -> None:
+        self.quiet = quiet
+        self._table = ""
+        self._started = self._shown = 0.0
+
+    def __call__(self, table: str, done: int, total: int) -> None:
+        if self.quiet:
+            return
+        now = time.monotonic()
+        if table != self._table:
+            if self._table:
+                print(file=sys.stderr)
+            self._table, self._started, self._shown = table, now, 0.0
+        if now - self._shown < 0.5 and done < total:
+            return
+        self._shown = now
+        rate = done / max(now - self._started, 1e-9)
+        eta = (total - done) / rate if rate else 0.0
+        print(
+            f"\r{table}: {done}/{total} rows, {rate:,.0f} rows/s, ETA {eta:.0f} s",
+            end="" if done < total else "\n",
+            file=sys.stderr,
+            flush=True,
+        )
+
+
+def _import(args: argparse.Namespace) -> int:
+    rules = load_mapping(args.mapping)
+    with connect(args) as client:
+        infos = import_checkpoint(client, args.checkpoint, rules, ProgressLine(args.quiet))
+    emit(args.json, {"tables": infos}, "\n".join(describe(i) for i in infos))
+    return 0
+
+
+def _export(args: argparse.Namespace) -> int:
+    with connect(args) as client:
+        tensors = export_tables(
+            client, args.tables, args.out, args.dtype, args.scale_suffix, ProgressLine(args.quiet)
+        )
+    emit(
+        args.json,
+        {"file": args.out, "tensors": tensors},
+        "\n".join(f"{t.name}: {t.dtype} {list(t.shape)}" for t in tensors),
+    )
+    return 0
+
+
+def register(verbs: Verbs) -> None:
+    load = verbs.add_client(
+        "import",
+        "create tables from a safetensors checkpoint, as a mapping file says",
+        _import,
+        "engram-store import model.safetensors --mapping examples/mappings/engram_demo_v1.json\n"
+        "engram-store import ckpt/model.safetensors.index.json --mapping engram.json",
+        MAPPING_HELP + "\n\nEach table is filled hidden and becomes visible only once complete and"
+        "\ndurable; an interrupted import leaves no half table, and rerunning it starts over.",
+    )
+    load.add_argument("checkpoint", help="a .safetensors file or a sharded checkpoint's index.json")
+    load.add_argument(
+        "--mapping", metavar="FILE", required=True, help="JSON file: which tensor fills which table"
+    )
+    load.add_argument("--quiet", action="store_true", help="no progress line on stderr")
+
+    save = verbs.add_client(
+        "export",
+        "write tables to a safetensors file",
+        _export,
+        "engram-store export engram-L1 engram-L15 --out engram.safetensors\n"
+        "engram-store export engram-L1 --out engram-fp8.safetensors --dtype fp8_e4m3",
+        "Each table becomes a tensor of its name, [rows, dim]; quantized rows become their values\n"
+        "(F8_E4M3 or I8) and their scales (F8_E8M0 or F32, [rows, dim / 32], named with\n"
+        "--scale-suffix). A float table written as fp8_e4m3 is quantized with per-32 power-of-two\n"
+        "scales (the UE8M0 rule) and round-to-nearest-even values.",
+    )
+    save.add_argument("tables", nargs="+", help="names of the tables to write")
+    save.add_argument("--out", metavar="FILE", required=True, help="the .safetensors file to write")
+    save.add_argument(
+        "--dtype",
+        choices=TABLE_DTYPES,
+        default=None,
+        help="how rows are written (default: as each table stores them)",
+    )
+    save.add_argument(
+        "--scale-suffix",
+        metavar="TEXT",
+        default="_scale",
+        help="appended to a table's name to name its scale tensor",
+    )
+    save.add_argument("--quiet", action="store_true", help="no progress line on stderr")

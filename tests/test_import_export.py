@@ -1,0 +1,192 @@
+"""Import from and export to safetensors checkpoints, checked with the reference
+implementation of the format (the `safetensors` package) and bit for bit."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import REPO_ROOT
+from daemon import daemon_thread
+from safetensors.torch import load_file, save_file
+
+from client import EngramClient, TableNotFoundError
+from client.imports import MappingError, export_tables, import_checkpoint, load_mapping
+
+DEMO_MAPPING = REPO_ROOT / "examples" / "mappings" / "engram_demo_v1.json"
+DIM = 64
+
+
+def reference_demo_state(rows: int) -> dict[str, torch.Tensor]:
+    """Tensors named as the reference demo's model names them, plus dense weights."""
+    generator = torch.Generator().manual_seed(0)
+    return {
+        f"{layer}.engram.multi_head_embedding.embedding.weight": torch.randn(
+            rows + layer, DIM, generator=generator
+        )
+        for layer in (1, 15)
+    } | {"1.engram.value_proj.weight": torch.randn(8, 8, generator=generator)}
+
+
+def bits(tensor: torch.Tensor) -> np.ndarray:
+    return tensor.contiguous().view(torch.uint8).numpy()
+
+
+@pytest.fixture
+def daemons(tmp_path: Path):  # type: ignore[no-untyped-def]
+    with daemon_thread(tmp_path / "a") as a, daemon_thread(tmp_path / "b") as b:
+        yield a.address, b.address
+
+
+def test_a_reference_demo_state_dict_round_trips_bit_for_bit(
+    tmp_path: Path, daemons: tuple[str, str]
+) -> None:
+    state = reference_demo_state(1000)
+    save_file(state, tmp_path / "model.safetensors")
+    seen: list[tuple[str, int, int]] = []
+    # Two daemons: each table's rows are split between them.
+    with EngramClient(list(daemons)) as client:
+        infos = import_checkpoint(
+            client,
+            tmp_path / "model.safetensors",
+            load_mapping(DEMO_MAPPING),
+            lambda *p: seen.append(p),
+        )
+        assert [(i.name, i.num_rows, i.shards) for i in infos] == [
+            ("engram-L1", 1001, 2),
+            ("engram-L15", 1015, 2),
+        ]
+        assert seen[-1] == ("engram-L15", 1015, 1015)
+        weight = state["15.engram.multi_head_embedding.embedding.weight"]
+        keys = np.array([[0, 1014], [507, 508]])
+        np.testing.assert_array_equal(client.lookup("engram-L15", keys), weight.numpy()[keys])
+        export_tables(client, ["engram-L1", "engram-L15"], tmp_path / "out.safetensors")
+    back = load_file(tmp_path / "out.safetensors")
+    for layer in (1, 15):
+        original = state[f"{layer}.engram.multi_head_embedding.embedding.weight"]
+        np.testing.assert_array_equal(bits(back[f"engram-L{layer}"]), bits(original))
+
+
+def fp8_layer(rows: int, dim: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """FP8 values and E8M0 scales shaped like a V4.1 Engram layer (fewer rows)."""
+    generator = torch.Generator().manual_seed(seed)
+    codes = torch.randint(0, 256, (rows, dim), generator=generator, dtype=torch.uint8)
+    scales = torch.randint(100, 140, (rows, dim // 32), generator=generator, dtype=torch.uint8)
+    return codes.view(torch.float8_e4m3fn), scales.view(torch.float8_e8m0fnu)
+
+
+def test_a_sharded_fp8_checkpoint_imports_and_exports_bit_for_bit(
+    tmp_path: Path, daemons: tuple[str, str]
+) -> None:
+    # Two layers in two files of a sharded checkpoint, values and scales as two tensors.
+    tensors = {}
+    weight_map = {}
+    for file, layer in (("model-00001-of-00002.safetensors", 2), ("model-00002.safetensors", 9)):
+        values, scales = fp8_layer(700, 256, layer)
+        names = (f"layers.{layer}.engram.table.weight", f"layers.{layer}.engram.table.scale")
+        tensors[names[0]], tensors[names[1]] = values, scales
+        save_file(dict(zip(names, (values, scales), strict=True)), tmp_path / file)
+        weight_map |= dict.fromkeys(names, file)
+    index = tmp_path / "model.safetensors.index.json"
+    index.write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
+    mapping = tmp_path / "mapping.json"
+    mapping.write_text(
+        json.dumps(
+            {
+                "tables": [
+                    {
+                        "tensor": r"layers\.(?P<layer>\d+)\.engram\.table\.weight",
+                        "scales": "layers.{layer}.engram.table.scale",
+                        "table": "v4-L{layer}",
+                    }
+                ]
+            }
+        )
+    )
+    with EngramClient(list(daemons)) as client:
+        infos = import_checkpoint(client, index, load_mapping(mapping))
+        assert [(i.name, i.dtype, i.dim) for i in infos] == [
+            ("v4-L2", "fp8_e4m3", 256),
+            ("v4-L9", "fp8_e4m3", 256),
+        ]
+        keys = np.array([0, 349, 350, 699])
+        packed = client.lookup("v4-L9", keys, dtype="fp8_e4m3")
+        values = tensors["layers.9.engram.table.weight"]
+        scales = tensors["layers.9.engram.table.scale"]
+        np.testing.assert_array_equal(packed[:, :256], bits(values)[keys])
+        np.testing.assert_array_equal(packed[:, 256:], bits(scales)[keys])
+        # Dequantized: the values times 2^(scale - 127), as torch computes them.
+        expected = values.float().reshape(700, 8, 32) * torch.exp2(
+            scales.view(torch.uint8).float() - 127
+        ).reshape(700, 8, 1)
+        np.testing.assert_array_equal(
+            client.lookup("v4-L9", keys), expected.reshape(700, 256).numpy()[keys]
+        )
+        export_tables(client, ["v4-L2", "v4-L9"], tmp_path / "out.safetensors")
+    back = load_file(tmp_path / "out.safetensors")
+    for layer in (2, 9):
+        assert back[f"v4-L{layer}"].dtype == torch.float8_e4m3fn
+        assert back[f"v4-L{layer}_scale"].dtype == torch.float8_e8m0fnu
+        np.testing.assert_array_equal(
+            bits(back[f"v4-L{layer}"]), bits(tensors[f"layers.{layer}.engram.table.weight"])
+        )
+        np.testing.assert_array_equal(
+            bits(back[f"v4-L{layer}_scale"]), bits(tensors[f"layers.{layer}.engram.table.scale"])
+        )
+
+
+def test_an_interrupted_import_leaves_no_table_and_reruns(
+    tmp_path: Path, daemons: tuple[str, str]
+) -> None:
+    save_file(reference_demo_state(200_000), tmp_path / "model.safetensors")
+    rules = load_mapping(DEMO_MAPPING)
+
+    def interrupt(table: str, done: int, total: int) -> None:
+        if done < total:
+            raise KeyboardInterrupt
+
+    with EngramClient(daemons[0]) as client:
+        with pytest.raises(KeyboardInterrupt):
+            import_checkpoint(client, tmp_path / "model.safetensors", rules, interrupt)
+        assert client.tables() == []
+        with pytest.raises(TableNotFoundError, match="its import is unfinished"):
+            client.lookup("engram-L1", [0])
+        infos = import_checkpoint(client, tmp_path / "model.safetensors", rules)
+        assert [i.written_rows for i in infos] == [200_001, 200_015]
+        assert client.tables() == ["engram-L1", "engram-L15"]
+
+
+def test_a_float_table_exports_quantized_and_imports_as_fp8(
+    tmp_path: Path, daemons: tuple[str, str]
+) -> None:
+    save_file(reference_demo_state(300), tmp_path / "model.safetensors")
+    with EngramClient(daemons[0]) as client:
+        import_checkpoint(client, tmp_path / "model.safetensors", load_mapping(DEMO_MAPPING))
+        export_tables(client, ["engram-L1"], tmp_path / "fp8.safetensors", dtype="fp8_e4m3")
+        quantized = client.lookup("engram-L1", np.arange(301), dtype="fp8_e4m3")
+        client.drop_table("engram-L1")
+        mapping = tmp_path / "fp8.json"
+        mapping.write_text(
+            json.dumps(
+                {"tables": [{"tensor": "engram-L1", "scales": "{name}_scale", "table": "q"}]}
+            )
+        )
+        import_checkpoint(client, tmp_path / "fp8.safetensors", load_mapping(mapping))
+        np.testing.assert_array_equal(
+            client.lookup("q", np.arange(301), dtype="fp8_e4m3"), quantized
+        )
+
+
+def test_mappings_that_do_not_fit_are_refused(tmp_path: Path) -> None:
+    values, _ = fp8_layer(10, 64, 0)
+    save_file({"t": values}, tmp_path / "m.safetensors")
+    mapping = tmp_path / "m.json"
+    mapping.write_text(json.dumps({"tables": [{"tensor": "t", "table": "t"}]}))
+    with EngramClient("127.0.0.1:1") as client, pytest.raises(MappingError, match="scale tensor"):
+        import_checkpoint(client, tmp_path / "m.safetensors", load_mapping(mapping))
+    mapping.write_text(json.dumps({"tables": [{"pattern": "t"}]}))
+    with pytest.raises(MappingError, match="needs 'tensor' and 'table'"):
+        load_mapping(mapping)
