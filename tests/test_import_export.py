@@ -82,8 +82,8 @@ def test_a_sharded_fp8_checkpoint_imports_and_exports_bit_for_bit(
     tmp_path: Path, daemons: tuple[str, str]
 ) -> None:
     # Two layers in two files of a sharded checkpoint, values and scales as two tensors.
-    tensors = {}
-    weight_map = {}
+    tensors: dict[str, torch.Tensor] = {}
+    weight_map: dict[str, str] = {}
     for file, layer in (("model-00001-of-00002.safetensors", 2), ("model-00002.safetensors", 9)):
         values, scales = fp8_layer(700, 256, layer)
         names = (f"layers.{layer}.engram.table.weight", f"layers.{layer}.engram.table.scale")
