@@ -9,6 +9,8 @@ calls) a cached row may outlive other clients' pushes.
 
 The slab lives in host memory by default; `client.torch.device_row_cache` puts it in GPU
 memory, so hits never cross the PCIe bus. Both index the same way, so one policy serves.
+Rows keep the dtype they are fetched in: float rows, or a quantized table's packed rows
+(uint8, a quarter of float32's bytes for FP8), which then take a quarter of the memory.
 """
 
 from __future__ import annotations
@@ -21,14 +23,15 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-# (rows, dim) -> an empty float32 2-D array-like (numpy array or torch tensor).
-Slab = Callable[[int, int], Any]
+# (rows, width, numpy dtype of the fetched rows) -> an empty 2-D array-like of that dtype
+# (numpy array or torch tensor).
+Slab = Callable[[int, int, np.dtype[Any]], Any]
 # Rows fetched from the store (numpy) -> the slab's kind of array.
-Convert = Callable[[npt.NDArray[np.float32]], Any]
+Convert = Callable[[npt.NDArray[Any]], Any]
 
 
-def host_slab(rows: int, dim: int) -> npt.NDArray[np.float32]:
-    return np.empty((rows, dim), np.float32)
+def host_slab(rows: int, width: int, dtype: np.dtype[Any]) -> npt.NDArray[Any]:
+    return np.empty((rows, width), dtype)
 
 
 @dataclass
@@ -63,8 +66,10 @@ class RowCache:
         self.stats = CacheStats()
         self._new_slab = slab
         self._convert = convert
-        self._slab: Any = None  # allocated at the first admission, when the width is known
-        self._dim = 0
+        # Allocated at the first admission, when the rows' width and dtype are known.
+        self._slab: Any = None
+        self._row_bytes = 0
+        self._dtype: np.dtype[Any] = np.dtype(np.float32)
         self._slot_of: dict[tuple[str, int], int] = {}
         self._entry_of_slot: dict[int, tuple[str, int]] = {}
         self._stamp: npt.NDArray[np.int64] = np.zeros(0, np.int64)
@@ -75,7 +80,7 @@ class RowCache:
 
     @property
     def bytes_used(self) -> int:
-        return len(self._slot_of) * self._dim * 4
+        return len(self._slot_of) * self._row_bytes
 
     def advance(self) -> None:
         """One training step has passed (for the `max_staleness` bound)."""
@@ -98,10 +103,11 @@ class RowCache:
         self,
         table: str,
         keys: npt.NDArray[np.uint64],
-        fetch: Callable[[npt.NDArray[np.uint64]], npt.NDArray[np.float32]],
+        fetch: Callable[[npt.NDArray[np.uint64]], npt.NDArray[Any]],
     ) -> Any:
-        """Rows `[len(keys), dim]` (of the slab's kind): cached ones gathered from the slab,
-        the rest read once each through `fetch(distinct missing keys)`."""
+        """Rows `[len(keys), width]` (of the slab's kind): cached ones gathered from the slab,
+        the rest read once each through `fetch(distinct missing keys)`, which must return
+        rows of the same width and dtype at every call."""
         flat = keys.reshape(-1)
         unique, inverse = np.unique(flat, return_inverse=True)
         hit_slots = np.full(len(unique), -1, dtype=np.intp)
@@ -120,24 +126,35 @@ class RowCache:
             # Copied out under the lock: an admission may overwrite these slots next.
             cached = self._slab[hit_slots[hits]] if len(hits) else None
         missing = np.flatnonzero(~is_hit)
-        fetched = fetch(unique[missing]) if len(missing) else None
-        some_rows: Any = fetched if fetched is not None else cached
-        dim = int(some_rows.shape[1])
-        rows = self._new_slab(len(unique), dim)
+        # With no keys at all, the store's empty answer gives the rows' width and dtype.
+        fetched = fetch(unique[missing]) if len(missing) or cached is None else None
+        if fetched is not None:
+            width, dtype = int(fetched.shape[1]), fetched.dtype
+        else:
+            assert cached is not None
+            width, dtype = int(cached.shape[1]), self._dtype
+        rows = self._new_slab(len(unique), width, dtype)
         if cached is not None:
             rows[hits] = cached
         with self._lock:
             hit_count = int(is_hit[inverse].sum())
             self.stats.hits += hit_count
             self.stats.misses += len(flat) - hit_count
-            self.stats.bytes_saved += hit_count * dim * 4
+            self.stats.bytes_saved += hit_count * width * dtype.itemsize
             if fetched is not None:
                 converted = self._convert(fetched)
                 rows[missing] = converted
-                self._admit(table, unique[missing], converted, dim)
+                self._admit(table, unique[missing], converted, width, dtype)
         return rows[inverse]
 
-    def _admit(self, table: str, keys: npt.NDArray[np.uint64], rows: Any, dim: int) -> None:
+    def _admit(
+        self,
+        table: str,
+        keys: npt.NDArray[np.uint64],
+        rows: Any,
+        width: int,
+        dtype: np.dtype[Any],
+    ) -> None:
         admitted = [
             i
             for i, key in enumerate(keys.tolist())
@@ -146,9 +163,10 @@ class RowCache:
         if not admitted:
             return
         if self._slab is None:
-            capacity = max(1, self.capacity_bytes // (dim * 4))
-            self._slab = self._new_slab(capacity, dim)
-            self._dim = dim
+            self._row_bytes = width * dtype.itemsize
+            self._dtype = dtype
+            capacity = max(1, self.capacity_bytes // self._row_bytes)
+            self._slab = self._new_slab(capacity, width, dtype)
             self._stamp = np.zeros(capacity, np.int64)
             self._free = list(range(capacity - 1, -1, -1))
         admitted = admitted[: len(self._stamp)]

@@ -283,26 +283,47 @@ class EngramClient:
 
     # rows -----------------------------------------------------------------------------
 
-    def lookup(self, table: str, keys: Any, dtype: str = "float32") -> npt.NDArray[Any]:
+    def lookup(
+        self,
+        table: str,
+        keys: Any,
+        dtype: str = "float32",
+        out: npt.NDArray[Any] | None = None,
+    ) -> npt.NDArray[Any]:
         """Rows of `keys` (any shape) as an array of shape `keys.shape + (dim,)`; bfloat16
         rows come as their uint16 bits. For a quantized table, `dtype` may also be the
-        stored dtype: rows packed as stored, uint8 of shape `keys.shape + (row bytes,)`."""
+        stored dtype: rows packed as stored, uint8 of shape `keys.shape + (row bytes,)`.
+        With `out` (C-contiguous, writeable, that shape and numpy type), the rows are
+        written straight into it, and it is returned."""
         row_type = numpy_row_type(dtype)
         shape = np.shape(keys)
         flat = as_keys(keys)
         layout = self._layout(table)
         width = row_width(dtype, layout.dim)
-        out = np.empty((len(flat), width), row_type)
+        if out is None:
+            rows = np.empty((len(flat), width), row_type)
+        elif (
+            out.shape != (*shape, width)
+            or out.dtype != row_type
+            or not out.flags.c_contiguous
+            or not out.flags.writeable
+        ):
+            raise ValueError(
+                f"out must be a writeable C-contiguous {row_type} array of shape "
+                f"{(*shape, width)}, got {out.dtype} {out.shape}"
+            )
+        else:
+            rows = out.reshape(len(flat), width)
         parts = layout.split(flat)
 
         def fetch(shard_index: int, positions: npt.NDArray[np.intp]) -> None:
             whole = len(parts) == 1
 
-            def place(offset: int, rows: npt.NDArray[Any]) -> None:
+            def place(offset: int, got: npt.NDArray[Any]) -> None:
                 if whole:
-                    out[offset : offset + len(rows)] = rows
+                    rows[offset : offset + len(got)] = got
                 else:
-                    out[positions[offset : offset + len(rows)]] = rows
+                    rows[positions[offset : offset + len(got)]] = got
 
             local = flat[positions] - layout.bounds[shard_index]
             self._transfers[shard_index].lookup(table, local, dtype, width, place)
@@ -312,7 +333,7 @@ class EngramClient:
         else:
             for future in [self._fanout.submit(fetch, s, p) for s, p in parts]:
                 future.result()
-        return out.reshape((*shape, width))
+        return rows.reshape((*shape, width))
 
     def lookup_async(
         self, table: str, keys: Any, dtype: str = "float32"

@@ -139,15 +139,19 @@ class RowTransfer:
     def _either(
         self, through_shared_memory: Callable[[], T], through_messages: Callable[[], T]
     ) -> T:
-        if self.shared_memory:
-            try:
-                return through_shared_memory()
-            except EngramClientError as error:
-                if error.code != grpc.StatusCode.FAILED_PRECONDITION:
-                    raise
-                reason = str(error)
-            except OSError as error:
-                reason = f"cannot make a shared buffer: {error}"
-            self.shared_memory = False
-            log.info("%s; sending rows in messages from now on", reason)
-        return through_messages()
+        if not self.shared_memory:
+            return through_messages()
+        try:
+            return through_shared_memory()
+        except EngramClientError as error:
+            if error.code != grpc.StatusCode.FAILED_PRECONDITION:
+                raise
+            reason = str(error)
+        except OSError as error:
+            reason = f"cannot make a shared buffer: {error}"
+        # The same call in messages; if the daemon refuses that too, the refusal was the
+        # call's own (a read-only daemon), not the buffer's, and buffers stay in use.
+        result = through_messages()
+        self.shared_memory = False
+        log.info("%s; sending rows in messages from now on", reason)
+        return result

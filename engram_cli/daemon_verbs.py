@@ -29,6 +29,7 @@ def _serve(args: argparse.Namespace) -> int:
         flush_interval_s=args.flush_interval,
         shared_buffer_dir=args.shared_buffer_dir,
         threads=args.threads,
+        read_only=args.read_only,
     )
     try:
         serve(config)
@@ -128,6 +129,11 @@ def register(verbs: Verbs) -> None:
         type=float,
         default=30.0,
         help="seconds between flushes of changed rows to disk (bounds the journal's length)",
+    )
+    serve.add_argument(
+        "--read-only",
+        action="store_true",
+        help="serve lookups only: refuse pushes, creates, drops, imports, checkpoints, restores",
     )
     serve.add_argument(
         "--shared-buffer-dir",

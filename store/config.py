@@ -31,6 +31,9 @@ class ServeConfig:
     # own gRPC thread). A daemon sharing a small machine with a trainer should leave the
     # cores to it.
     threads: int = 0
+    # Serve lookups only: every call that would change a table or the data directory is
+    # refused (FAILED_PRECONDITION), for tables imported to serve a model.
+    read_only: bool = False
 
     @property
     def address(self) -> str:

@@ -79,6 +79,7 @@ class StoreEngine:
         max_lookup_rows: int = 1 << 26,
         shared_buffer_dir: str | None = "/dev/shm",
         max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+        read_only: bool = False,
     ) -> None:
         """Opens (or creates) the data directory and recovers from a crash of the daemon:
         a committed restore is finished, a push cut short is undone, and the steps and
@@ -89,6 +90,7 @@ class StoreEngine:
         self.max_lookup_rows = max_lookup_rows
         self.max_message_bytes = max_message_bytes
         self.shared_buffer_dir = shared_buffer_dir
+        self.read_only = read_only
         os.makedirs(self.data_dir, exist_ok=True)
         self._lock_file = data_dir_lock(self.data_dir)
         try:
@@ -218,9 +220,16 @@ class StoreEngine:
             tables = [t for t in self._tables.values() if not t.importing]
         return sorted(tables, key=lambda t: t.name)
 
+    def _writable(self, action: str) -> None:
+        if self.read_only:
+            raise FailedPreconditionError(
+                f"this daemon serves read-only (serve --read-only): it does not {action}"
+            )
+
     def create_table(self, spec: TableSpec, importing: bool = False) -> TableStatus:
         """Creates a table; `importing` creates it hidden (see `write_rows`), replacing an
         unfinished import of the same name."""
+        self._writable("create tables")
         spec.check()
         # Exclusive: a restore swapping the tables directory meanwhile would lose the table.
         with self._gate.exclusive(), self._tables_lock:
@@ -248,6 +257,7 @@ class StoreEngine:
         return table.status()
 
     def drop_table(self, name: str) -> None:
+        self._writable("drop tables")
         with self._gate.exclusive():
             with self._tables_lock:
                 if self._tables.pop(name, None) is None:
@@ -268,6 +278,7 @@ class StoreEngine:
     def write_rows(self, request: RowsWrite) -> int:
         """Stores rows of a table being imported exactly as given (no optimizer, no journal:
         an import is durable when `finish_import` acknowledges it)."""
+        self._writable("import rows")
         table = self._any_table(request.table)
         if not table.importing:
             raise FailedPreconditionError(
@@ -297,6 +308,7 @@ class StoreEngine:
 
     def finish_import(self, name: str) -> TableStatus:
         """Makes an imported table's rows durable, then the table visible."""
+        self._writable("import tables")
         table = self._any_table(name)
         if not table.importing:
             raise FailedPreconditionError(f"table {name!r} is not being imported")
@@ -486,6 +498,7 @@ class StoreEngine:
 
     def _check_push(self, request: Push) -> ServedTable:
         """The push's table, after checking the request's shapes, dtypes and client id."""
+        self._writable("apply pushes")
         check_client_id(request.client_id)
         table = self.table(request.table)
         if table.spec.dtype in QUANTIZED_DTYPES:
@@ -607,6 +620,7 @@ class StoreEngine:
         self.journal.reset()
 
     def checkpoint(self, full: bool) -> dict[str, Any]:
+        self._writable("write checkpoints")
         with self._gate.exclusive():
             history = self.catalog.checkpoints()
             checkpoint_id = (history[-1]["id"] + 1) if history else 1
@@ -642,6 +656,7 @@ class StoreEngine:
         """Brings every table back to checkpoint `checkpoint_id` (0: the latest), bit for bit;
         tables created since are dropped. Crash-atomic (see store/restore.py): a failure
         before the commit changes nothing, a crash after it is finished on start-up."""
+        self._writable("restore checkpoints")
         with self._gate.exclusive():
             history = self.catalog.checkpoints()
             if not history:

@@ -228,6 +228,7 @@ def serve(config: ServeConfig, stop_event: threading.Event | None = None) -> Non
             max_lookup_rows=config.max_lookup_rows,
             max_message_bytes=config.max_message_bytes,
             shared_buffer_dir=config.shared_buffer_dir or None,
+            read_only=config.read_only,
         )
     except Exception as error:
         raise StartupError(f"cannot open data directory {config.data_dir}: {error}") from error

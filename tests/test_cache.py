@@ -56,6 +56,20 @@ def test_rows_seen_once_are_not_admitted() -> None:
     assert cache.stats.hits == 2 and store.rows_fetched == 4
 
 
+def test_packed_quantized_rows_are_cached_as_they_are(tmp_path: Path) -> None:
+    # 264-byte FP8 rows of 256 values: a cache of 1000 such rows holds 1000, not 258.
+    packed = np.random.default_rng(2).integers(0, 256, (ROWS, 264), dtype=np.uint8)
+    cache = RowCache(capacity_bytes=1000 * 264, admit_after=1)
+    keys = np.arange(1000, dtype=np.uint64)
+    got = cache.lookup("q", keys, lambda k: packed[k.astype(np.int64)])
+    assert got.dtype == np.uint8
+    np.testing.assert_array_equal(got, packed[:1000])
+    assert cache.bytes_used == 1000 * 264
+    np.testing.assert_array_equal(cache.lookup("q", keys, lambda k: packed[:0]), packed[:1000])
+    assert cache.stats.hits == 1000
+    assert cache.stats.bytes_saved == 1000 * 264
+
+
 def test_bad_arguments() -> None:
     with pytest.raises(ValueError, match="capacity_bytes must be positive"):
         RowCache(0)

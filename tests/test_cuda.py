@@ -11,7 +11,7 @@ from daemon import daemon_thread
 
 from client import EngramClient, NgramHashMapping
 from client.config import EngramConfig
-from client.torch import Engram, StoreEmbedding, device_row_cache
+from client.torch import Engram, RowWriter, StoreEmbedding, device_row_cache
 from client.torch.prefetch import Prefetcher
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
@@ -39,3 +39,19 @@ def test_store_table_and_prefetcher_on_cuda(
         table.wait_for_pushes()
         assert client.describe("t").step == 3
         assert cache.stats.hits > 0
+
+
+def test_rows_written_into_a_device_tensor(tmp_path: Path) -> None:
+    with daemon_thread(tmp_path / "data") as daemon, EngramClient(daemon.address) as client:
+        client.create_table("q", 100, 64, dtype="fp8_e4m3", init_std=0.5)
+        writer = RowWriter(client)
+        keys = np.array([[1, 2, 3], [4, 5, 99]])
+        for dtype in (torch.bfloat16, torch.float32):
+            out = torch.empty((2, 3, 64), dtype=dtype, device="cuda")
+            for _ in range(3):  # the pinned staging buffer is reused
+                writer.lookup_into("q", keys, out)
+            torch.cuda.synchronize()
+            expected = client.lookup("q", keys)
+            np.testing.assert_array_equal(
+                out.float().cpu().numpy(), torch.from_numpy(expected).to(dtype).float().numpy()
+            )

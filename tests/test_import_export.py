@@ -4,6 +4,8 @@ implementation of the format (the `safetensors` package) and bit for bit."""
 from __future__ import annotations
 
 import json
+import logging
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +15,7 @@ from conftest import REPO_ROOT
 from daemon import daemon_thread
 from safetensors.torch import load_file, save_file
 
-from client import EngramClient, TableNotFoundError
+from client import EngramClient, PreconditionFailedError, TableNotFoundError
 from client.imports import MappingError, export_tables, import_checkpoint, load_mapping
 
 DEMO_MAPPING = REPO_ROOT / "examples" / "mappings" / "engram_demo_v1.json"
@@ -190,3 +192,32 @@ def test_mappings_that_do_not_fit_are_refused(tmp_path: Path) -> None:
     mapping.write_text(json.dumps({"tables": [{"pattern": "t"}]}))
     with pytest.raises(MappingError, match="needs 'tensor' and 'table'"):
         load_mapping(mapping)
+
+
+def test_a_read_only_daemon_serves_imported_tables_and_changes_nothing(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    state = reference_demo_state(100)
+    save_file(state, tmp_path / "model.safetensors")
+    with daemon_thread(tmp_path / "data") as d, EngramClient(d.address) as client:
+        import_checkpoint(client, tmp_path / "model.safetensors", load_mapping(DEMO_MAPPING))
+    with (
+        daemon_thread(tmp_path / "data", read_only=True) as d,
+        EngramClient(d.address) as client,
+        caplog.at_level(logging.INFO, logger="client.transfer"),
+    ):
+        weight = state["1.engram.multi_head_embedding.embedding.weight"].numpy()
+        np.testing.assert_array_equal(client.lookup("engram-L1", [3, 100]), weight[[3, 100]])
+        refusals: dict[str, Callable[[], object]] = {
+            "apply pushes": lambda: client.push("engram-L1", [3], np.ones((1, DIM), np.float32)),
+            "create tables": lambda: client.create_table("new", 10, 4),
+            "drop tables": lambda: client.drop_table("engram-L1"),
+            "write checkpoints": client.checkpoint,
+            "restore checkpoints": client.restore,
+        }
+        for action, call in refusals.items():
+            with pytest.raises(PreconditionFailedError, match=f"read-only.*{action}"):
+                call()
+        assert client.describe("engram-L1").step == 0
+        # Refusals of the calls themselves do not turn this client's shared buffers off.
+        assert "sending rows in messages" not in caplog.text

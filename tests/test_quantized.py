@@ -12,6 +12,7 @@ import torch
 from daemon import daemon_thread
 
 from client import EngramClient, InvalidRequestError
+from client.torch import RowWriter
 from store import Table
 
 GROUP = 32
@@ -160,3 +161,22 @@ def test_a_daemon_serves_quantized_rows_and_refuses_pushes(tmp_path: Path) -> No
         with pytest.raises(InvalidRequestError, match="multiple of 32"):
             messages.create_table("odd", 100, 48, dtype="int8")
         assert messages.describe("q").step == 0
+
+
+def test_rows_are_written_into_an_engines_tensors(tmp_path: Path) -> None:
+    keys = np.array([[1, 2, 3], [4, 5, 99]])
+    with daemon_thread(tmp_path / "data") as d, EngramClient(d.address) as client:
+        client.create_table("q", 100, 64, dtype="fp8_e4m3", init_std=0.5)
+        writer = RowWriter(client)
+        expected = client.lookup("q", keys)
+        for dtype in (torch.float32, torch.bfloat16, torch.float16):
+            out = torch.full((2, 3, 64), 7.0, dtype=dtype)
+            assert writer.lookup_into("q", keys, out) is out
+            same_bits(out, torch.from_numpy(expected).to(dtype))
+        packed = torch.zeros((2, 3, 66), dtype=torch.uint8)
+        writer.lookup_into("q", keys, packed, dtype="fp8_e4m3")
+        np.testing.assert_array_equal(packed.numpy(), client.lookup("q", keys, dtype="fp8_e4m3"))
+        with pytest.raises(ValueError, match="needs dtype="):
+            writer.lookup_into("q", keys, packed)
+        with pytest.raises(ValueError, match="out must be a writeable C-contiguous"):
+            writer.lookup_into("q", keys, torch.empty((2, 3, 32)))

@@ -4,6 +4,7 @@ client that imports torch."""
 from client.torch.device_cache import device_row_cache
 from client.torch.embeddings import LocalEmbedding, StoreEmbedding
 from client.torch.engram import Engram, ShortConv
+from client.torch.inference import RowWriter
 from client.torch.pipeline import TrainPipeline
 from client.torch.prefetch import Prefetcher
 from client.torch.push_log import PushLog
@@ -13,6 +14,7 @@ __all__ = [
     "LocalEmbedding",
     "Prefetcher",
     "PushLog",
+    "RowWriter",
     "ShortConv",
     "StoreEmbedding",
     "TrainPipeline",

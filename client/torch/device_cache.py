@@ -17,8 +17,10 @@ def device_row_cache(
 ) -> RowCache:
     device = torch.device(device)
 
-    def slab(rows: int, dim: int) -> torch.Tensor:
-        return torch.empty((rows, dim), dtype=torch.float32, device=device)
+    def slab(rows: int, width: int, dtype: np.dtype) -> torch.Tensor:
+        # numpy's dtype of the fetched rows (uint16 holds bfloat16/float16 bits).
+        like = torch.from_numpy(np.empty(0, dtype))
+        return torch.empty((rows, width), dtype=like.dtype, device=device)
 
     def convert(rows: np.ndarray) -> torch.Tensor:
         return torch.from_numpy(np.ascontiguousarray(rows)).to(device)
