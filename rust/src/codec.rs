@@ -177,6 +177,11 @@ pub fn convert_row(
         dst.copy_from_slice(src);
         return;
     }
+    if (src_dtype, dst_dtype) == (DType::Fp8E4M3, DType::BF16) {
+        // What serving engines read: one pass, no float32 row in between.
+        quant::fp8_row_to_bf16(src, dst);
+        return;
+    }
     decode_to_f32(src_dtype, src, scratch);
     encode_f32(dst_dtype, scratch, dst);
 }

@@ -142,6 +142,35 @@ pub fn fp8_row_to_f32(row: &[u8], out: &mut [f32]) {
     }
 }
 
+/// Dequantizes one FP8 row into bfloat16 `out` (little-endian, 2 bytes a value), equal to
+/// rounding [`fp8_row_to_f32`]'s values to nearest even. With a scale between 2^-100 and
+/// 2^100 every product is a normal float32 of at most 4 significant bits, so its bfloat16
+/// is its top 16 bits, exactly; other groups take the rounding path.
+pub fn fp8_row_to_bf16(row: &[u8], out: &mut [u8]) {
+    let dim = out.len() / 2;
+    let (codes, scales) = row.split_at(dim);
+    let mut group = [0f32; GROUP];
+    for ((out, codes), &scale_code) in out
+        .chunks_exact_mut(2 * GROUP)
+        .zip(codes.chunks_exact(GROUP))
+        .zip(scales)
+    {
+        let scale = e8m0_to_f32(scale_code);
+        for (value, &code) in group.iter_mut().zip(codes) {
+            *value = e4m3_to_f32(code) * scale;
+        }
+        if (127 - 100..=127 + 100).contains(&scale_code) {
+            for (dst, value) in out.chunks_exact_mut(2).zip(&group) {
+                dst.copy_from_slice(&((value.to_bits() >> 16) as u16).to_le_bytes());
+            }
+        } else {
+            for (dst, value) in out.chunks_exact_mut(2).zip(&group) {
+                dst.copy_from_slice(&half::bf16::from_f32(*value).to_le_bytes());
+            }
+        }
+    }
+}
+
 /// Quantizes float32 `values` into one FP8 row (`values.len()` codes then the scales).
 pub fn f32_to_fp8_row(values: &[f32], row: &mut [u8]) {
     let dim = values.len();
@@ -281,6 +310,27 @@ mod tests {
         for (a, b) in values.iter().zip(&back) {
             // Three mantissa bits: within 1/16 relative, or a subnormal step.
             assert!((a - b).abs() <= a.abs() / 16.0 + 1e-3, "{a} -> {b}");
+        }
+    }
+
+    #[test]
+    fn bfloat16_rows_equal_rounded_float32_rows_at_every_code_and_scale() {
+        for scale in 0..=255u8 {
+            let mut row: Vec<u8> = (0..=255u8).collect();
+            row.extend(std::iter::repeat_n(scale, 256 / GROUP));
+            let mut exact = vec![0f32; 256];
+            fp8_row_to_f32(&row, &mut exact);
+            let mut fast = vec![0u8; 512];
+            fp8_row_to_bf16(&row, &mut fast);
+            for (value, bits) in exact.iter().zip(fast.chunks_exact(2)) {
+                let got = half::bf16::from_le_bytes([bits[0], bits[1]]);
+                let expected = half::bf16::from_f32(*value);
+                if value.is_nan() {
+                    assert!(got.is_nan());
+                } else {
+                    assert_eq!(got.to_bits(), expected.to_bits(), "scale {scale}: {value}");
+                }
+            }
         }
     }
 

@@ -1,0 +1,212 @@
+"""Serving a quantized model's Engram tables: what an inference engine pays per decode step.
+
+Rows as DeepSeek-V4.1-Flash ships them (256 values, FP8 E4M3 with an E8M0 scale per 32:
+264 bytes a row), scaled down in rows. Measured in one run:
+
+1. Dequantizing gather: FP8 rows read as bfloat16, against the plain gather of the same
+   rows from a bfloat16 table (rows/s and bytes read/s of both; target ratio >= 0.8).
+2. Decode-shaped lookups (64 sequences, one new token each, 48 rows a token): p50 and p99
+   latency in process (a `Table` opened read-only), through shared buffers (a daemon on
+   this machine), and through the messages (the path of a remote daemon); `LookupTokens`
+   (the engine sends token ids, the daemon hashes) beside them. Target: shared-buffer p50
+   within 5x of in process. Then 4 concurrent readers of one daemon.
+3. Import: a safetensors checkpoint of one such layer imported into the daemon, against
+   writing (and syncing) the same bytes sequentially to the same disk (target >= 0.5x).
+
+Prints one JSON line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors.torch import save_file
+
+sys.path.insert(0, os.path.dirname(__file__))
+from _common import best_interleaved, report
+
+from client import EngramClient
+from client.imports import import_checkpoint, mapping_rules
+from store import Table
+from store.local import LocalDaemon
+
+DIM, SEQUENCES, ROWS_PER_TOKEN = 256, 64, 48
+DECODE_KEYS = SEQUENCES * ROWS_PER_TOKEN
+
+
+def fp8_layer(rows: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Random finite FP8 codes and scales near 1 (what a trained table's look like)."""
+    rng = np.random.default_rng(0)
+    codes = rng.integers(0, 0x7E, (rows, DIM), dtype=np.uint8) | (
+        rng.integers(0, 2, (rows, DIM), dtype=np.uint8) << 7
+    )
+    scales = rng.integers(120, 130, (rows, DIM // 32), dtype=np.uint8)
+    return (
+        torch.from_numpy(codes).view(torch.float8_e4m3fn),
+        torch.from_numpy(scales).view(torch.float8_e8m0fnu),
+    )
+
+
+def latencies(call: Callable[[], Any], steps: int) -> tuple[float, float]:
+    """p50 and p99 of `steps` calls (after 5 warm-up calls), in microseconds."""
+    for _ in range(5):
+        call()
+    times = []
+    for _ in range(steps):
+        start = time.perf_counter()
+        call()
+        times.append(time.perf_counter() - start)
+    p50, p99 = np.percentile(times, [50, 99]) * 1e6
+    return float(p50), float(p99)
+
+
+def sequential_write(path: str, nbytes: int) -> None:
+    block = np.random.default_rng(1).integers(0, 256, 1 << 22, dtype=np.uint8).tobytes()
+    with open(path, "wb") as f:
+        for _ in range(0, nbytes, len(block)):
+            f.write(block)
+        f.flush()
+        os.fsync(f.fileno())
+    os.unlink(path)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--rows", type=int, default=2_000_000, help="rows of the FP8 layer")
+    parser.add_argument("--steps", type=int, default=500, help="decode steps per transport")
+    parser.add_argument("--repeats", type=int, default=5)
+    args = parser.parse_args()
+    rng = np.random.default_rng(2)
+    result: dict[str, Any] = {"benchmark": "serving", "rows": args.rows, "row_bytes": 264}
+
+    with tempfile.TemporaryDirectory(dir=os.environ.get("ENGRAM_BENCH_DIR")) as tmp:
+        values, scales = fp8_layer(args.rows)
+        checkpoint = os.path.join(tmp, "layer.safetensors")
+        save_file({"engram.weight": values, "engram.scale": scales}, checkpoint)
+        packed = np.concatenate(
+            [values.view(torch.uint8).numpy(), scales.view(torch.uint8).numpy()], axis=1
+        )
+        fp8 = Table.create(os.path.join(tmp, "fp8.engram"), args.rows, DIM, dtype="fp8_e4m3")
+        bf16 = Table.create(os.path.join(tmp, "bf16.engram"), args.rows, DIM, dtype="bfloat16")
+        chunk = 1 << 16
+        for start in range(0, args.rows, chunk):
+            stop = min(args.rows, start + chunk)
+            fp8.write_packed(np.arange(start, stop), packed[start:stop])
+            bf16.write_rows(np.arange(start, stop), np.zeros((stop - start, DIM), np.float32))
+        del packed
+
+        # 1. dequantizing gather against the plain bfloat16 gather of the same rows.
+        keys = rng.integers(0, args.rows, 65_536, dtype=np.uint64)
+        out = np.empty((len(keys), DIM), np.uint16)
+        seconds = best_interleaved(
+            {
+                "fp8": lambda: fp8.gather(keys, out=out, dtype="bfloat16"),
+                "bf16": lambda: bf16.gather(keys, out=out, dtype="bfloat16"),
+            },
+            args.repeats,
+        )
+        result |= {
+            "fp8_to_bf16_rows_per_s": len(keys) / seconds["fp8"],
+            "bf16_gather_rows_per_s": len(keys) / seconds["bf16"],
+            "fp8_read_bytes_per_s": len(keys) * 264 / seconds["fp8"],
+            "bf16_read_bytes_per_s": len(keys) * DIM * 2 / seconds["bf16"],
+            "fp8_dequant_vs_bf16_gather": seconds["bf16"] / seconds["fp8"],
+        }
+
+        # 3. import against a sequential write of the same bytes (before the daemon's
+        # page cache holds the rows, so both write to the disk alike).
+        with LocalDaemon(os.path.join(tmp, "store"), log_level="WARNING") as daemon:
+            rules = mapping_rules(
+                {"tables": [{"tensor": "engram.weight", "scales": "engram.scale", "table": "L"}]}
+            )
+            nbytes = args.rows * 264
+            with EngramClient(daemon.address) as client:
+                start = time.perf_counter()
+                import_checkpoint(client, checkpoint, rules)
+                import_s = time.perf_counter() - start
+                start = time.perf_counter()
+                sequential_write(os.path.join(tmp, "sequential"), nbytes)
+                write_s = time.perf_counter() - start
+                result |= {
+                    "import_bytes_per_s": nbytes / import_s,
+                    "sequential_write_bytes_per_s": nbytes / write_s,
+                    "import_vs_sequential_write": write_s / import_s,
+                }
+
+                # 2. decode-shaped lookups.
+                step_keys = [
+                    rng.integers(0, args.rows, (SEQUENCES, ROWS_PER_TOKEN), dtype=np.uint64)
+                    for _ in range(64)
+                ]
+                step = iter(range(1 << 62))
+                out16 = np.empty((SEQUENCES, ROWS_PER_TOKEN, DIM), np.uint16)
+                served = Table.open(os.path.join(tmp, "store", "tables", "L", "params.engram"))
+
+                def keys_now() -> np.ndarray:
+                    return step_keys[next(step) % len(step_keys)]
+
+                with EngramClient(daemon.address, shared_memory=False) as remote:
+                    transports: dict[str, Callable[[], Any]] = {
+                        "in_process": lambda: served.gather(
+                            keys_now(), out=out16, dtype="bfloat16"
+                        ),
+                        "shared_buffers": lambda: client.lookup(
+                            "L", keys_now(), "bfloat16", out=out16
+                        ),
+                        "messages": lambda: remote.lookup("L", keys_now(), "bfloat16", out=out16),
+                        "messages_packed": lambda: remote.lookup("L", keys_now(), "fp8_e4m3"),
+                    }
+                    for name, call in transports.items():
+                        p50, p99 = latencies(call, args.steps)
+                        result[f"decode_{name}_p50_us"] = p50
+                        result[f"decode_{name}_p99_us"] = p99
+                result["shared_buffers_p50_vs_in_process"] = (
+                    result["decode_shared_buffers_p50_us"] / result["decode_in_process_p50_us"]
+                )
+                result |= concurrent_readers(daemon.address, step_keys, args.steps)
+    report(result)
+
+
+def concurrent_readers(address: str, step_keys: list[np.ndarray], steps: int) -> dict[str, Any]:
+    """Decode steps/s of 4 threads, each with its own client, against one."""
+
+    def run(readers: int) -> float:
+        clients = [EngramClient(address) for _ in range(readers)]
+        start = threading.Barrier(readers + 1)
+
+        def reader(client: EngramClient) -> None:
+            start.wait()
+            for i in range(steps):
+                client.lookup("L", step_keys[i % len(step_keys)], "bfloat16")
+
+        threads = [threading.Thread(target=reader, args=(c,)) for c in clients]
+        for thread in threads:
+            thread.start()
+        start.wait()
+        began = time.perf_counter()
+        for thread in threads:
+            thread.join()
+        elapsed = time.perf_counter() - began
+        for client in clients:
+            client.close()
+        return readers * steps / elapsed
+
+    one, four = run(1), run(4)
+    return {
+        "decode_steps_per_s_1_reader": one,
+        "decode_steps_per_s_4_readers": four,
+        "four_readers_vs_one": four / one,
+    }
+
+
+if __name__ == "__main__":
+    main()
