@@ -130,12 +130,12 @@ def main() -> None:
             )
             nbytes = args.rows * 264
             with EngramClient(daemon.address) as client:
-                start = time.perf_counter()
+                began = time.perf_counter()
                 import_checkpoint(client, checkpoint, rules)
-                import_s = time.perf_counter() - start
-                start = time.perf_counter()
+                import_s = time.perf_counter() - began
+                began = time.perf_counter()
                 sequential_write(os.path.join(tmp, "sequential"), nbytes)
-                write_s = time.perf_counter() - start
+                write_s = time.perf_counter() - began
                 result |= {
                     "import_bytes_per_s": nbytes / import_s,
                     "sequential_write_bytes_per_s": nbytes / write_s,

@@ -208,9 +208,9 @@ class EngramClient:
             request = pb.WriteRowsRequest(
                 table=table,
                 first_row=lo - begin,
-                rows=pb.Array(dtype=dtype, shape=list(part.shape), data=part.tobytes()),
+                rows=pb.Array(dtype=dtype, shape=list(part.shape)),
             )
-            shard.call(lambda t: shard.stub.WriteRows(request, timeout=t))
+            self._transfers[i].write_rows(request, part)
 
         self._each_shard(write)
 

@@ -22,6 +22,7 @@ import json
 import os
 import re
 from collections.abc import Callable, Iterable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -237,7 +238,9 @@ def import_checkpoint(
     """Imports every table the mapping finds in the checkpoint at `path` (a safetensors
     file or an index.json); returns the tables, visible and durable."""
     imported = []
-    with Checkpoint(path) as checkpoint:
+    # Slices are read and packed while the one before travels: disk, CPU and daemon busy
+    # at once.
+    with Checkpoint(path) as checkpoint, ThreadPoolExecutor(1) as sender:
         plans, _ = plan_import(checkpoint, rules)
         if not plans:
             raise MappingError(f"no tensor of {os.fspath(path)} matches the mapping")
@@ -246,13 +249,20 @@ def import_checkpoint(
             client.create(spec, importing=True)
             step = max(1, CHUNK_BYTES // row_bytes(plan.dtype, plan.dim))
             done = 0
+            sending: Future[None] | None = None
             for part in plan.parts:
                 for start, stop in row_ranges(part.rows, step):
                     rows = packed_rows(checkpoint, part, plan.dtype, start, stop)
-                    client.write_rows(plan.table, part.first_row + start, rows, plan.dtype)
+                    if sending is not None:
+                        sending.result()
+                    sending = sender.submit(
+                        client.write_rows, plan.table, part.first_row + start, rows, plan.dtype
+                    )
                     done += stop - start
                     if progress is not None:
                         progress(plan.table, done, plan.num_rows)
+            if sending is not None:
+                sending.result()
             imported.append(client.finish_import(plan.table))
     return imported
 

@@ -118,6 +118,23 @@ class RowTransfer:
 
         return self._either(through_shared_memory, through_messages)
 
+    def write_rows(self, request: pb.WriteRowsRequest, rows: npt.NDArray[Any]) -> None:
+        """Sends `request` with `rows` (C-contiguous, packed as the table stores them)."""
+        shard = self.shard
+
+        def through_shared_memory() -> None:
+            with self._buffers.lease(rows.nbytes) as buffer:
+                buffer.view(rows.dtype, rows.shape)[:] = rows
+                request.rows_buffer.CopyFrom(buffer.message())
+                shard.call(lambda t: shard.stub.WriteRows(request, timeout=t))
+
+        def through_messages() -> None:
+            request.ClearField("rows_buffer")
+            request.rows.data = rows.tobytes()
+            shard.call(lambda t: shard.stub.WriteRows(request, timeout=t))
+
+        self._either(through_shared_memory, through_messages)
+
     def batch(self, batch: ShardBatch) -> pb.BatchResponse:
         """Sends the shard's part of a batch and places its answers."""
         shard = self.shard
