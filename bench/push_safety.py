@@ -26,17 +26,17 @@ from typing import Any
 
 import numpy as np
 
-ROWS, DIM, BATCH, BATCHES = 1_000_000, 64, 65_536, 8
+DIM, BATCHES = 64, 8
 
 
 def _create(
-    native: Any, path: str, optimizer: str, args: tuple[float, ...], checksums: bool
+    native: Any, path: str, rows: int, optimizer: str, args: tuple[float, ...], checksums: bool
 ) -> Any:
     """A table in `path`, through whichever binding this process has: a spec object (read by
     attribute) since the typed specs, positional arguments before them."""
     lr, eps, beta1, beta2, accumulator = args
     spec = SimpleNamespace(
-        num_rows=ROWS,
+        num_rows=rows,
         dim=DIM,
         dtype="float32",
         init="normal",
@@ -61,17 +61,17 @@ def _create(
     except TypeError:  # an older build
         extra = {} if checksums else {"row_checksums": False}
         return trainable.create(
-            path, ROWS, DIM, "float32", "normal", 0.02, 1, optimizer, *args, False, **extra
+            path, rows, DIM, "float32", "normal", 0.02, 1, optimizer, *args, False, **extra
         )
 
 
-def _worker(directory: str) -> None:
+def _worker(directory: str, rows: int, batch: int) -> None:
     """Builds the tables, then answers each line on stdin with one round's best times."""
     from store import _native
 
     rng = np.random.default_rng(0)
-    key_sets = [rng.integers(0, ROWS, BATCH).astype(np.uint64) for _ in range(BATCHES)]
-    grads = rng.standard_normal((BATCH, DIM)).astype(np.float32)
+    key_sets = [rng.integers(0, rows, batch).astype(np.uint64) for _ in range(BATCHES)]
+    grads = rng.standard_normal((batch, DIM)).astype(np.float32)
     journal = None
     if hasattr(_native, "Journal"):
         journal, _ = _native.Journal.open(os.path.join(directory, "journal"))
@@ -86,13 +86,13 @@ def _worker(directory: str) -> None:
         for variant in variants:
             checksums = variant not in ("unchecked", "bare")
             path = os.path.join(directory, f"{name}-{variant}")
-            table = _create(_native, path, optimizer, args, checksums)
+            table = _create(_native, path, rows, optimizer, args, checksums)
             if variant in ("journal", "unchecked") and journal is not None:
                 table.attach_journal(journal)
             for keys in key_sets:  # every row written once: rounds measure updates
                 table.push(keys, grads)
             tables[f"{name}_{variant}"] = table
-    out = np.empty((BATCH, DIM), np.float32)
+    out = np.empty((batch, DIM), np.float32)
     print("ready", flush=True)
     for _ in sys.stdin:
         times: dict[str, float] = {}
@@ -120,9 +120,9 @@ def _worker(directory: str) -> None:
 
 
 class Worker:
-    def __init__(self, python: str, directory: str) -> None:
+    def __init__(self, python: str, directory: str, rows: int, batch: int) -> None:
         self.process = subprocess.Popen(
-            [python, __file__, "--worker", directory],
+            [python, __file__, "--worker", directory, "--rows", str(rows), "--batch", str(batch)],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             text=True,
@@ -150,17 +150,20 @@ def main() -> None:
     parser.add_argument("--baseline-python", help="interpreter of an older build")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--dir", default=None, help="where the tables go (default: a temp dir)")
+    parser.add_argument("--rows", type=int, default=1_000_000, help="rows of each table")
+    parser.add_argument("--batch", type=int, default=65_536, help="keys of each push")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
-        _worker(args.worker)
+        _worker(args.worker, args.rows, args.batch)
         return
     with tempfile.TemporaryDirectory(dir=args.dir) as root:
         os.makedirs(os.path.join(root, "new"))
-        workers = {"new": Worker(sys.executable, os.path.join(root, "new"))}
+        sizes = (args.rows, args.batch)
+        workers = {"new": Worker(sys.executable, os.path.join(root, "new"), *sizes)}
         if args.baseline_python:
             os.makedirs(os.path.join(root, "old"))
-            workers["old"] = Worker(args.baseline_python, os.path.join(root, "old"))
+            workers["old"] = Worker(args.baseline_python, os.path.join(root, "old"), *sizes)
         best: dict[str, dict[str, float]] = {name: {} for name in workers}
         for _ in range(args.rounds):
             for name, worker in workers.items():
@@ -171,14 +174,14 @@ def main() -> None:
     new = best["new"]
     result: dict[str, Any] = {
         "benchmark": "push_safety",
-        "batch_rows": BATCH,
+        "batch_rows": args.batch,
         "dim": DIM,
         "journal_over_plain_sgd": new["push_sgd_plain"] / new["push_sgd_journal"],
         "journal_over_plain_adam": new["push_adam_plain"] / new["push_adam_journal"],
         "checksums_over_unchecked_sgd": new["push_sgd_unchecked"] / new["push_sgd_journal"],
         "checksums_over_unchecked_adam": new["push_adam_unchecked"] / new["push_adam_journal"],
         "verify_rows_per_s_over_gather": (new["written_rows"] / new["verify"])
-        / (BATCH / new["gather"]),
+        / (args.batch / new["gather"]),
         "seconds": best,
     }
     for name in ("sgd", "adam"):
