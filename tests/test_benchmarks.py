@@ -18,6 +18,7 @@ TINY = {
     "push_safety.py": ["--rounds", "1", "--rows", "20000", "--batch", "2048"],
     "train_steps.py": ["--segment", "1", "--rounds", "1", "--batch", "2"],
     "serving.py": ["--rows", "20000", "--steps", "10", "--repeats", "1"],
+    "beyond_ram.py": ["--rows", "50000", "--steps", "5"],
 }
 EXPECTED_FIELDS = {
     "serving.py": [
@@ -28,6 +29,7 @@ EXPECTED_FIELDS = {
         "four_readers_vs_one",
     ],
     "store_rpc.py": ["grpc_lookup_rows_per_s", "socket_copy_rows_per_s"],
+    "beyond_ram.py": ["cold_steps_per_s", "warm_steps_per_s", "cached_vs_in_ram"],
 }
 
 

@@ -1,0 +1,188 @@
+"""A table larger than this machine's memory, served: decode-shaped lookups cold, warm, and
+with the hot-row cache, against a table that fits in memory.
+
+- The table: FP8 rows of 256 values (264 bytes, as DeepSeek-V4.1-Flash ships them), at
+  least `--ram-multiple` (1.5) times this machine's RAM, every row written (materialized on
+  disk, flushed a slice at a time). Where the disk lacks the room, the benchmark says so
+  and reports nothing else.
+- The keys: the standard library's sources, tokenized with the reference tokenizer and
+  hashed by an Engram config of 2/3/4-grams x 8 heads (24 rows a token) whose head tables
+  together span the table: the n-gram stream of a real corpus, hot rows and a long tail.
+- A decode step reads 128 tokens' rows (3072 keys: 64 sequences at 48 rows a token) as
+  bfloat16, in process, through the page cache.
+- cold: the table's pages dropped from the page cache first (posix_fadvise DONTNEED);
+  warm: the same steps again; cached: a hot-row cache (`client.cache.RowCache`) of 1% of
+  the rows in front of the warm table; in RAM: the same stream on a table of 10% of RAM
+  hashed alike, fully cached. Target: cached at least 0.5x in RAM.
+
+Prints one JSON line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import json
+import os
+import shutil
+import sys
+import sysconfig
+import tempfile
+import time
+from typing import Any
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(__file__))
+from _common import REFERENCE_DIR, report
+
+from client.cache import RowCache
+from client.hashing import NgramHashMapping
+from store import Table
+
+DIM, ROW_BYTES, ROWS_PER_TOKEN, TOKENS_PER_STEP = 256, 264, 24, 128
+
+
+def ram_bytes() -> int:
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+def corpus_ids(tokens: int) -> np.ndarray:
+    from tokenizers import Tokenizer
+
+    tokenizer = Tokenizer.from_file(os.path.join(REFERENCE_DIR, "tokenizer.json"))
+    ids: list[np.ndarray] = []
+    got = 0
+    for path in sorted(glob.glob(os.path.join(sysconfig.get_paths()["stdlib"], "*.py"))):
+        with open(path, encoding="utf-8", errors="replace") as f:
+            encoded = tokenizer.encode(f.read(), add_special_tokens=False).ids
+        ids.append(np.array(encoded, dtype=np.int64))
+        got += len(encoded)
+        if got >= tokens:
+            break
+    return np.concatenate(ids)[:tokens]
+
+
+def key_stream(rows: int, ids: np.ndarray) -> np.ndarray:
+    """Row keys `[tokens, 24]` of `ids` under an Engram config whose heads span `rows`."""
+    vocab = max(rows // ROWS_PER_TOKEN - 64, 64)
+    while True:
+        mapping = NgramHashMapping(
+            [vocab] * 3, 4, 8 * DIM, 8, [1], os.path.join(REFERENCE_DIR, "tokenizer.json"), 2, 0
+        )
+        if mapping.layer_table_rows(1) <= rows:
+            break
+        vocab -= max(vocab // 1000, 1)
+    keys: np.ndarray = mapping.row_keys(ids[None, :])[1][0]
+    return keys.astype(np.uint64)
+
+
+def materialize(path: str, rows: int) -> Table:
+    table = Table.create(path, rows, DIM, dtype="fp8_e4m3", init="zeros")
+    rng = np.random.default_rng(0)
+    slice_rows = 1 << 16
+    codes = rng.integers(0, 0x7E, (slice_rows, DIM), dtype=np.uint8)
+    scales = rng.integers(120, 134, (slice_rows, DIM // 32), dtype=np.uint8)
+    packed = np.concatenate([codes, scales], axis=1)
+    flushed = 0
+    for start in range(0, rows, slice_rows):
+        stop = min(rows, start + slice_rows)
+        table.write_packed(np.arange(start, stop), packed[: stop - start])
+        if (stop - flushed) * ROW_BYTES >= 1 << 30 or stop == rows:
+            table.flush()  # dirty pages never pile up in memory
+            drop_cached_pages(path)
+            flushed = stop
+    return table
+
+
+def drop_cached_pages(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    finally:
+        os.close(fd)
+
+
+def steps_per_s(read: Any, steps: list[np.ndarray]) -> float:
+    began = time.perf_counter()
+    for keys in steps:
+        read(keys)
+    return len(steps) / (time.perf_counter() - began)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--ram-multiple", type=float, default=1.5)
+    parser.add_argument("--rows", type=int, help="table rows instead of --ram-multiple x RAM")
+    parser.add_argument("--steps", type=int, default=400, help="decode steps per measurement")
+    parser.add_argument("--dir", help="where the table goes (default: a temporary directory)")
+    args = parser.parse_args()
+    ram = ram_bytes()
+    rows = args.rows or int(args.ram_multiple * ram / ROW_BYTES) + 1
+    directory = args.dir or tempfile.gettempdir()
+    free = shutil.disk_usage(directory).free
+    result: dict[str, Any] = {
+        "benchmark": "beyond_ram",
+        "ram_bytes": ram,
+        "table_rows": rows,
+        "table_bytes": rows * ROW_BYTES,
+        "table_over_ram": rows * ROW_BYTES / ram,
+    }
+    if rows * ROW_BYTES * 1.05 > free:
+        result["skipped"] = (
+            f"{directory} has {free / 2**30:.1f} GiB free; the table needs "
+            f"{rows * ROW_BYTES / 2**30:.1f} GiB (pass --dir elsewhere or fewer --rows)"
+        )
+        print(result["skipped"], file=sys.stderr)
+        print(json.dumps(result))
+        return
+    ids = corpus_ids(args.steps * TOKENS_PER_STEP + 8)
+    with tempfile.TemporaryDirectory(dir=directory) as tmp:
+        began = time.perf_counter()
+        big_path = os.path.join(tmp, "big.engram")
+        big = materialize(big_path, rows)
+        result["materialize_s"] = time.perf_counter() - began
+        small_rows = max(min(rows, int(0.1 * ram / ROW_BYTES)), 10_000)
+        small = materialize(os.path.join(tmp, "small.engram"), small_rows)
+
+        def steps_of(keys: np.ndarray) -> list[np.ndarray]:
+            return [
+                keys[i : i + TOKENS_PER_STEP]
+                for i in range(0, len(keys) - TOKENS_PER_STEP + 1, TOKENS_PER_STEP)
+            ]
+
+        big_steps = steps_of(key_stream(rows, ids))
+        small_steps = steps_of(key_stream(small_rows, ids))
+        out = np.empty((TOKENS_PER_STEP, ROWS_PER_TOKEN, DIM), np.uint16)
+
+        def read_big(keys: np.ndarray) -> None:
+            big.gather(keys, out=out, dtype="bfloat16")
+
+        def read_small(keys: np.ndarray) -> None:
+            small.gather(keys, out=out, dtype="bfloat16")
+
+        drop_cached_pages(big_path)
+        result["cold_steps_per_s"] = steps_per_s(read_big, big_steps)
+        result["warm_steps_per_s"] = steps_per_s(read_big, big_steps)
+        cache = RowCache(capacity_bytes=max(rows // 100, 1) * DIM * 2)
+
+        def fetch(keys: np.ndarray) -> np.ndarray:
+            rows_read: np.ndarray = big.gather(keys, dtype="bfloat16")
+            return rows_read
+
+        def read_cached(keys: np.ndarray) -> None:
+            cache.lookup("big", keys.reshape(-1), fetch)
+
+        steps_per_s(read_cached, big_steps)  # the cache learns the hot rows
+        result["cached_steps_per_s"] = steps_per_s(read_cached, big_steps)
+        result["cache_hit_rate"] = cache.stats.hit_rate
+        steps_per_s(read_small, small_steps)
+        result["in_ram_steps_per_s"] = steps_per_s(read_small, small_steps)
+        result["cached_vs_in_ram"] = result["cached_steps_per_s"] / result["in_ram_steps_per_s"]
+        result["warm_vs_in_ram"] = result["warm_steps_per_s"] / result["in_ram_steps_per_s"]
+        result["cold_vs_in_ram"] = result["cold_steps_per_s"] / result["in_ram_steps_per_s"]
+    report(result)
+
+
+if __name__ == "__main__":
+    main()
