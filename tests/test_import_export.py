@@ -221,3 +221,23 @@ def test_a_read_only_daemon_serves_imported_tables_and_changes_nothing(
         assert client.describe("engram-L1").step == 0
         # Refusals of the calls themselves do not turn this client's shared buffers off.
         assert "sending rows in messages" not in caplog.text
+
+
+def test_int8_values_with_float32_scales_round_trip(tmp_path: Path) -> None:
+    generator = torch.Generator().manual_seed(3)
+    values = torch.randint(-128, 128, (500, 64), generator=generator, dtype=torch.int8)
+    scales = torch.rand((500, 2), generator=generator) * 0.01
+    save_file({"emb": values, "emb.scales": scales}, tmp_path / "int8.safetensors")
+    mapping = tmp_path / "int8.json"
+    mapping.write_text(
+        json.dumps({"tables": [{"tensor": "emb", "scales": "{name}.scales", "table": "q8"}]})
+    )
+    with daemon_thread(tmp_path / "data") as d, EngramClient(d.address) as client:
+        (info,) = import_checkpoint(client, tmp_path / "int8.safetensors", load_mapping(mapping))
+        assert (info.dtype, info.num_rows, info.dim) == ("int8", 500, 64)
+        expected = (values.float().reshape(500, 2, 32) * scales[:, :, None]).reshape(500, 64)
+        np.testing.assert_array_equal(client.lookup("q8", np.arange(500)), expected.numpy())
+        export_tables(client, ["q8"], tmp_path / "back.safetensors", scale_suffix=".scales")
+    back = load_file(tmp_path / "back.safetensors")
+    np.testing.assert_array_equal(bits(back["q8"]), bits(values))
+    np.testing.assert_array_equal(bits(back["q8.scales"]), bits(scales))
