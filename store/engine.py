@@ -312,8 +312,14 @@ class StoreEngine:
         table = self._any_table(name)
         if not table.importing:
             raise FailedPreconditionError(f"table {name!r} is not being imported")
+        # Hidden, the table takes no pushes: its rows go to disk without holding others up.
+        table.native.flush()
         with self._gate.exclusive():
-            table.native.flush()
+            with self._tables_lock:
+                if self._tables.get(name) is not table:
+                    raise FailedPreconditionError(
+                        f"the import of table {name!r} was dropped or started over meanwhile"
+                    )
             self.catalog.finish_import(name)
             self.catalog.sync()
             table.importing = False

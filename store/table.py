@@ -153,6 +153,12 @@ class Table:
         """Number of stored rows."""
         return self._native.written_count()
 
+    def set_access(self, access: str) -> None:
+        """How rows will be read: "dense" (huge pages and read-ahead: a table that fits in
+        memory, the default when it fits in half of it) or "sparse" (small pages, no
+        read-ahead: a table larger than memory, whose rows each cost a disk read)."""
+        self._native.set_access(access)
+
     def flush(self) -> None:
         """Makes every written row durable (msync)."""
         self._native.flush()

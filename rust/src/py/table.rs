@@ -164,6 +164,22 @@ impl Table {
         py.detach(|| self.inner.written_count())
     }
 
+    /// How the rows will be read: "dense" (huge pages, read-ahead) or "sparse" (small pages,
+    /// no read-ahead: for tables larger than memory). Opening picks by the file's size.
+    fn set_access(&self, access: &str) -> PyResult<()> {
+        let access = match access {
+            "dense" => table::Access::Dense,
+            "sparse" => table::Access::Sparse,
+            other => {
+                return Err(pyo3::exceptions::PyValueError::new_err(format!(
+                    "access must be 'dense' or 'sparse', got {other:?}"
+                )))
+            }
+        };
+        self.inner.set_access(access);
+        Ok(())
+    }
+
     fn flush(&self, py: Python<'_>) -> PyResult<()> {
         detached(py, || self.inner.flush())
     }

@@ -37,13 +37,34 @@ const PARALLEL_UPDATE_MIN_ROWS: usize = 4096;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Access {
     /// Most rows are read, often (a table read whole, or served frozen): huge pages where the
-    /// kernel offers them, so that random reads miss the TLB less. The default.
+    /// kernel offers them, so that random reads miss the TLB less. The default for tables
+    /// that fit in half of this machine's memory.
     Dense,
-    /// Rows are read and written here and there (a table under training): small pages and no
-    /// read-ahead, so that page cache and writeback stay near the rows touched. With huge
-    /// pages every row written dirties 2 MiB, and on a sparse file every first touch
-    /// zero-fills as much.
+    /// Rows are read and written here and there (a table under training, or one larger than
+    /// memory): small pages and no read-ahead, so that page cache and writeback stay near the
+    /// rows touched. With huge pages every row written dirties 2 MiB, and on a sparse file
+    /// every first touch zero-fills as much; a table beyond memory read through huge pages
+    /// reads megabytes from disk for each row.
     Sparse,
+}
+
+impl Access {
+    /// Dense for a file that fits in half of this machine's memory, else Sparse.
+    pub fn for_file_of(len: u64) -> Access {
+        // SAFETY: sysconf only reads system configuration.
+        let (pages, page) = unsafe {
+            (
+                libc::sysconf(libc::_SC_PHYS_PAGES),
+                libc::sysconf(libc::_SC_PAGESIZE),
+            )
+        };
+        let memory = (pages.max(0) as u64).saturating_mul(page.max(0) as u64);
+        if memory == 0 || len <= memory / 2 {
+            Access::Dense
+        } else {
+            Access::Sparse
+        }
+    }
 }
 
 pub struct Table {
@@ -170,7 +191,7 @@ impl Table {
                 .collect(),
             sums,
         };
-        table.set_access(Access::Dense);
+        table.set_access(Access::for_file_of(table.layout.file_len));
         table.count_bitmaps();
         Ok(table)
     }

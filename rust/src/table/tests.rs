@@ -378,3 +378,9 @@ fn a_table_can_be_kept_without_checksums() {
     assert!(!t.has_row_checksums());
     assert_eq!(t.gather(&[250]).unwrap(), vec![2.0; 2]);
 }
+
+#[test]
+fn tables_beyond_memory_are_read_sparsely() {
+    assert_eq!(Access::for_file_of(4096), Access::Dense);
+    assert_eq!(Access::for_file_of(u64::MAX), Access::Sparse);
+}
