@@ -158,8 +158,11 @@ def _plan_table(
             )
         source = TABLE_DTYPE_OF[info.dtype]
         dtype = wanted or source
-        if source in FLOAT_DTYPES and dtype not in FLOAT_DTYPES:
-            raise MappingError(f"tensor {name}: float rows import into a float table, not {dtype}")
+        if source in FLOAT_DTYPES and dtype not in (source, "float32"):
+            raise MappingError(
+                f"tensor {name}: {source} rows import into a {source} or float32 table (exactly), "
+                f"not {dtype}"
+            )
         if source not in FLOAT_DTYPES and dtype != source:
             raise MappingError(f"tensor {name}: {source} rows import as {source}, not {dtype}")
         rows, dim = info.shape
@@ -209,10 +212,9 @@ def packed_rows(
 
 
 def _float_rows(values: npt.NDArray[Any], source: str, dtype: str) -> npt.NDArray[Any]:
+    """Float rows in the table's dtype: their own, or float32 (which holds them exactly)."""
     if source == dtype:
         return values
-    if dtype != "float32":
-        raise MappingError(f"{source} rows import into a {source} or float32 table, not {dtype}")
     if source == "bfloat16":
         return (values.astype(np.uint32) << 16).view(np.float32)
     return values.astype(np.float32)

@@ -241,3 +241,29 @@ def test_int8_values_with_float32_scales_round_trip(tmp_path: Path) -> None:
     back = load_file(tmp_path / "back.safetensors")
     np.testing.assert_array_equal(bits(back["q8"]), bits(values))
     np.testing.assert_array_equal(bits(back["q8.scales"]), bits(scales))
+
+
+def test_bfloat16_rows_import_into_float32_exactly_and_nothing_narrower(tmp_path: Path) -> None:
+    weights = torch.randn(100, 32, dtype=torch.bfloat16)
+    save_file({"w": weights, "f": torch.randn(4, 32)}, tmp_path / "m.safetensors")
+    mapping = tmp_path / "m.json"
+    mapping.write_text(
+        json.dumps(
+            {
+                "tables": [
+                    {"tensor": "w", "table": "wide", "dtype": "float32"},
+                    {"tensor": "f", "table": "narrow", "dtype": "bfloat16"},
+                ]
+            }
+        )
+    )
+    with daemon_thread(tmp_path / "data") as d, EngramClient(d.address) as client:
+        with pytest.raises(MappingError, match="float32 rows import into a float32"):
+            import_checkpoint(client, tmp_path / "m.safetensors", load_mapping(mapping))
+        mapping.write_text(
+            json.dumps({"tables": [{"tensor": "w", "table": "wide", "dtype": "float32"}]})
+        )
+        import_checkpoint(client, tmp_path / "m.safetensors", load_mapping(mapping))
+        np.testing.assert_array_equal(
+            client.lookup("wide", np.arange(100)), weights.float().numpy()
+        )
