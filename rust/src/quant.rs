@@ -145,8 +145,9 @@ pub fn fp8_row_to_f32(row: &[u8], out: &mut [f32]) {
 /// Dequantizes one FP8 row into bfloat16 `out` (little-endian, 2 bytes a value), equal to
 /// rounding [`fp8_row_to_f32`]'s values to nearest even. Every nonzero finite E4M3 value is
 /// a normal float32 of at most 4 significant bits, and so is its product by a scale between
-/// 2^-100 and 2^100: its bfloat16 is exact, the code's bfloat16 bits with the scale's
-/// exponent added (one table read and one add a value). Other groups take the rounding path.
+/// 2^-100 and 2^100: its bfloat16 is exact, the product's top 16 bits (a group is computed
+/// into a small buffer and copied out whole, which the compiler vectorises). Other groups
+/// take the rounding path.
 pub fn fp8_row_to_bf16(row: &[u8], out: &mut [u8]) {
     let dim = out.len() / 2;
     let (codes, scales) = row.split_at(dim);
@@ -156,17 +157,12 @@ pub fn fp8_row_to_bf16(row: &[u8], out: &mut [u8]) {
         .zip(scales)
     {
         if (127 - 100..=127 + 100).contains(&scale_code) {
-            let shift = (i32::from(scale_code) - 127) << 7;
-            for (dst, &code) in out.chunks_exact_mut(2).zip(codes) {
-                let bits = E4M3_BF16_BITS[code as usize];
-                // Zero and NaN keep their bits; everything else moves by the exponent.
-                let scaled = if code & 0x7F == 0 || code & 0x7F == 0x7F {
-                    bits
-                } else {
-                    (i32::from(bits) + shift) as u16
-                };
-                dst.copy_from_slice(&scaled.to_le_bytes());
+            let scale = e8m0_to_f32(scale_code);
+            let mut values = [0u16; GROUP];
+            for (value, &code) in values.iter_mut().zip(codes) {
+                *value = ((e4m3_to_f32(code) * scale).to_bits() >> 16) as u16;
             }
+            out.copy_from_slice(le_bytes_of(&values));
         } else {
             let scale = e8m0_to_f32(scale_code);
             for (dst, &code) in out.chunks_exact_mut(2).zip(codes) {
@@ -177,18 +173,12 @@ pub fn fp8_row_to_bf16(row: &[u8], out: &mut [u8]) {
     }
 }
 
-const fn e4m3_bf16_table() -> [u16; 256] {
-    let mut table = [0u16; 256];
-    let mut code = 0;
-    while code < 256 {
-        table[code] = (e4m3_bits(code as u8) >> 16) as u16;
-        code += 1;
-    }
-    table
+/// The bytes of `values` as stored little-endian (this crate builds only for little-endian
+/// targets: see lib.rs), viewed in place.
+fn le_bytes_of(values: &[u16; GROUP]) -> &[u8] {
+    // SAFETY: u16s are plain bytes, u8 has no alignment, and the length is exact.
+    unsafe { std::slice::from_raw_parts(values.as_ptr().cast::<u8>(), 2 * GROUP) }
 }
-
-/// The bfloat16 bits of every E4M3 code (each exact: at most 4 significant bits).
-static E4M3_BF16_BITS: [u16; 256] = e4m3_bf16_table();
 
 /// Quantizes float32 `values` into one FP8 row (`values.len()` codes then the scales).
 pub fn f32_to_fp8_row(values: &[f32], row: &mut [u8]) {
