@@ -198,6 +198,11 @@ class EngramClient:
         packed = np.ascontiguousarray(rows)
         layout = self._layout(table)
         stop = first_row + len(packed)
+        if first_row < 0 or stop > int(layout.bounds[-1]):
+            raise ValueError(
+                f"rows [{first_row}, {stop}) fall outside table {table!r}'s "
+                f"{int(layout.bounds[-1])} rows"
+            )
 
         def write(i: int, shard: Shard) -> None:
             begin, end = (int(b) for b in layout.bounds[i : i + 2])

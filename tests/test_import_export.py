@@ -15,8 +15,14 @@ from conftest import REPO_ROOT
 from daemon import daemon_thread
 from safetensors.torch import load_file, save_file
 
-from client import EngramClient, PreconditionFailedError, TableNotFoundError
+from client import (
+    EngramClient,
+    PreconditionFailedError,
+    TableExistsError,
+    TableNotFoundError,
+)
 from client.imports import MappingError, export_tables, import_checkpoint, load_mapping
+from store.spec import TableSpec
 
 DEMO_MAPPING = REPO_ROOT / "examples" / "mappings" / "engram_demo_v1.json"
 DIM = 64
@@ -267,3 +273,26 @@ def test_bfloat16_rows_import_into_float32_exactly_and_nothing_narrower(tmp_path
         np.testing.assert_array_equal(
             client.lookup("wide", np.arange(100)), weights.float().numpy()
         )
+
+
+def test_bad_writes_are_refused_and_change_nothing(tmp_path: Path) -> None:
+    with daemon_thread(tmp_path / "data") as d, EngramClient(d.address) as client:
+        client.create_table("live", 10, 32)
+        with pytest.raises(PreconditionFailedError, match="not being imported"):
+            client.write_rows("live", 0, np.zeros((1, 32), np.float32), "float32")
+        client.create(TableSpec("new", 10, 32, dtype="fp8_e4m3"), importing=True)
+        bad = {
+            "fall outside table": (9, np.zeros((2, 33), np.uint8), "fp8_e4m3"),
+            r"shape \[n, 33\]": (0, np.zeros((2, 32), np.uint8), "fp8_e4m3"),
+            "rows must have dtype fp8_e4m3": (0, np.zeros((2, 33), np.uint8), "int8"),
+        }
+        for message, (first_row, rows, dtype) in bad.items():
+            # InvalidRequestError (the daemon's refusal) is a ValueError too.
+            with pytest.raises(ValueError, match=message):
+                client.write_rows("new", first_row, rows, dtype)
+        client.write_rows("new", 0, np.full((10, 33), 0x38, np.uint8), "fp8_e4m3")
+        assert client.finish_import("new").written_rows == 10
+        with pytest.raises(PreconditionFailedError, match="not being imported"):
+            client.finish_import("new")
+        with pytest.raises(TableExistsError):
+            client.create(TableSpec("new", 10, 32, dtype="fp8_e4m3"), importing=True)
