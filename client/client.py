@@ -140,13 +140,14 @@ class EngramClient:
         allow_non_finite: bool = False,
         hash_config: HashSpec | pb.HashConfig | None = None,
         row_checksums: bool = True,
+        read_only: bool = False,
     ) -> TableInfo:
         """Creates a table, split over every shard. `optimizer` is a name (with `lr`, `eps`,
         `betas`, `initial_accumulator_value`) or an `OptimizerSpec`; hyper-parameters left at
         0 take PyTorch's defaults (Adagrad eps 1e-10; SparseAdam betas (0.9, 0.999), eps
         1e-8). `hash_config` enables server-side token hashing, for single-daemon tables
         only. `row_checksums=False` makes pushes cheaper, and the daemon's `verify` blind to
-        it."""
+        it. `read_only` tables serve lookups and refuse pushes."""
         if not isinstance(optimizer, OptimizerSpec):
             optimizer = OptimizerSpec(
                 optimizer, lr, eps, betas[0], betas[1], initial_accumulator_value
@@ -164,6 +165,7 @@ class EngramClient:
             optimizer=optimizer.check(),
             allow_non_finite=allow_non_finite,
             row_checksums=row_checksums,
+            read_only=read_only,
             hash_config=hash_config,
         )
         return self.create(spec)

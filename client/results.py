@@ -25,6 +25,7 @@ class TableInfo:
     hash_fingerprint: int
     row_checksums: bool
     shards: int
+    read_only: bool = False
 
     @staticmethod
     def of_shards(infos: list[pb.TableInfo]) -> TableInfo:
@@ -41,6 +42,7 @@ class TableInfo:
             hash_fingerprint=infos[0].hash_fingerprint,
             row_checksums=not spec.skip_row_checksums,
             shards=len(infos),
+            read_only=spec.read_only,
         )
 
 

@@ -32,6 +32,7 @@ def _table_options(args: argparse.Namespace) -> dict[str, Any]:
         "optimizer": args.optimizer,
         "lr": args.lr,
         "row_checksums": not args.skip_row_checksums,
+        "read_only": args.read_only,
     }
 
 
@@ -123,6 +124,11 @@ def _add_table_options(verb: argparse.ArgumentParser) -> None:
         help="server-side optimizer applied to pushed gradients (hyper-parameters: PyTorch's)",
     )
     verb.add_argument("--lr", metavar="RATE", type=float, default=0.01, help="learning rate")
+    verb.add_argument(
+        "--read-only",
+        action="store_true",
+        help="serve lookups only: pushes into the table are refused",
+    )
     verb.add_argument(
         "--skip-row-checksums",
         action="store_true",

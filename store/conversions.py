@@ -103,6 +103,7 @@ def table_spec_from_proto(spec: pb.TableSpec) -> TableSpec:
         allow_non_finite=spec.allow_non_finite,
         first_row=spec.first_row,
         row_checksums=not spec.skip_row_checksums,
+        read_only=spec.read_only,
         hash_config=hash_from_proto(spec.hash_config) if spec.HasField("hash_config") else None,
     )
 
@@ -120,6 +121,7 @@ def table_spec_to_proto(spec: TableSpec) -> pb.TableSpec:
         allow_non_finite=spec.allow_non_finite,
         first_row=spec.first_row,
         skip_row_checksums=not spec.row_checksums,
+        read_only=spec.read_only,
     )
     if spec.hash_config is not None:
         message.hash_config.CopyFrom(hash_to_proto(spec.hash_config))

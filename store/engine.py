@@ -507,6 +507,10 @@ class StoreEngine:
         self._writable("apply pushes")
         check_client_id(request.client_id)
         table = self.table(request.table)
+        if table.spec.read_only:
+            raise FailedPreconditionError(
+                f"table {table.name!r} is read-only (created with read_only): pushes are refused"
+            )
         if table.spec.dtype in QUANTIZED_DTYPES:
             raise InvalidArgumentError(
                 f"table {table.name!r} stores {table.spec.dtype} rows, which are for serving: "

@@ -156,6 +156,8 @@ class TableSpec:
     first_row: int = 0
     # Keep per-block row checksums for `verify` (each push pays two hashes of each row).
     row_checksums: bool = True
+    # Serve lookups only: pushes are refused.
+    read_only: bool = False
     hash_config: HashSpec | None = None
 
     def check(self) -> TableSpec:

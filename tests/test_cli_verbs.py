@@ -69,6 +69,7 @@ def test_json_is_plain_with_every_field_present(
         "hash_fingerprint": 0,
         "row_checksums": True,
         "shards": 1,
+        "read_only": False,
     }
     assert as_json(capsys, "tables", *address) == {"tables": [info]}
     stats = as_json(capsys, "stats", *address)["shards"]

@@ -296,3 +296,17 @@ def test_bad_writes_are_refused_and_change_nothing(tmp_path: Path) -> None:
             client.finish_import("new")
         with pytest.raises(TableExistsError):
             client.create(TableSpec("new", 10, 32, dtype="fp8_e4m3"), importing=True)
+
+
+def test_a_read_only_table_refuses_pushes_and_serves(tmp_path: Path) -> None:
+    with daemon_thread(tmp_path / "data") as d, EngramClient(d.address) as client:
+        info = client.create_table("frozen", 100, 8, read_only=True)
+        assert info.read_only and client.describe("frozen").read_only
+        client.create_table("live", 100, 8)
+        with pytest.raises(PreconditionFailedError, match="read-only"):
+            client.push("frozen", [1], np.ones((1, 8), np.float32))
+        with pytest.raises(PreconditionFailedError, match="read-only"):
+            client.batch([("live", [1], np.ones((1, 8), np.float32)),
+                          ("frozen", [1], np.ones((1, 8), np.float32))])  # fmt: skip
+        assert client.describe("live").step == 0  # the batch changed nothing
+        assert client.lookup("frozen", [1, 2]).shape == (2, 8)

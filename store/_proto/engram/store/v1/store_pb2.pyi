@@ -87,7 +87,7 @@ class HashConfig(_message.Message):
     def __init__(self, max_ngram_size: _Optional[int] = ..., n_head_per_ngram: _Optional[int] = ..., pad_id: _Optional[int] = ..., layer_id: _Optional[int] = ..., multipliers: _Optional[_Iterable[int]] = ..., table_sizes: _Optional[_Iterable[int]] = ..., lookup_table: _Optional[_Union[Array, _Mapping]] = ...) -> None: ...
 
 class TableSpec(_message.Message):
-    __slots__ = ("name", "num_rows", "dim", "dtype", "init", "init_std", "seed", "optimizer", "hash_config", "allow_non_finite", "first_row", "skip_row_checksums")
+    __slots__ = ("name", "num_rows", "dim", "dtype", "init", "init_std", "seed", "optimizer", "hash_config", "allow_non_finite", "first_row", "skip_row_checksums", "read_only")
     NAME_FIELD_NUMBER: _ClassVar[int]
     NUM_ROWS_FIELD_NUMBER: _ClassVar[int]
     DIM_FIELD_NUMBER: _ClassVar[int]
@@ -100,6 +100,7 @@ class TableSpec(_message.Message):
     ALLOW_NON_FINITE_FIELD_NUMBER: _ClassVar[int]
     FIRST_ROW_FIELD_NUMBER: _ClassVar[int]
     SKIP_ROW_CHECKSUMS_FIELD_NUMBER: _ClassVar[int]
+    READ_ONLY_FIELD_NUMBER: _ClassVar[int]
     name: str
     num_rows: int
     dim: int
@@ -112,7 +113,8 @@ class TableSpec(_message.Message):
     allow_non_finite: bool
     first_row: int
     skip_row_checksums: bool
-    def __init__(self, name: _Optional[str] = ..., num_rows: _Optional[int] = ..., dim: _Optional[int] = ..., dtype: _Optional[str] = ..., init: _Optional[str] = ..., init_std: _Optional[float] = ..., seed: _Optional[int] = ..., optimizer: _Optional[_Union[OptimizerConfig, _Mapping]] = ..., hash_config: _Optional[_Union[HashConfig, _Mapping]] = ..., allow_non_finite: _Optional[bool] = ..., first_row: _Optional[int] = ..., skip_row_checksums: _Optional[bool] = ...) -> None: ...
+    read_only: bool
+    def __init__(self, name: _Optional[str] = ..., num_rows: _Optional[int] = ..., dim: _Optional[int] = ..., dtype: _Optional[str] = ..., init: _Optional[str] = ..., init_std: _Optional[float] = ..., seed: _Optional[int] = ..., optimizer: _Optional[_Union[OptimizerConfig, _Mapping]] = ..., hash_config: _Optional[_Union[HashConfig, _Mapping]] = ..., allow_non_finite: _Optional[bool] = ..., first_row: _Optional[int] = ..., skip_row_checksums: _Optional[bool] = ..., read_only: _Optional[bool] = ...) -> None: ...
 
 class TableInfo(_message.Message):
     __slots__ = ("spec", "step", "written_rows", "hash_fingerprint", "state_dim")
