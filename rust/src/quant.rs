@@ -121,6 +121,11 @@ pub fn e8m0_scale_for(amax: f32) -> u8 {
     (ceiling + 127).clamp(0, 254) as u8
 }
 
+/// The largest magnitude of a group (0 for an empty one).
+fn amax_of(values: &[f32]) -> f32 {
+    values.iter().fold(0f32, |m, v| m.max(v.abs()))
+}
+
 /// Bytes of a quantized run of `values` values with `scale_bytes` per group.
 pub const fn packed_bytes(values: usize, scale_bytes: usize) -> usize {
     values + values / GROUP * scale_bytes
@@ -189,8 +194,7 @@ pub fn f32_to_fp8_row(values: &[f32], row: &mut [u8]) {
         .zip(codes.chunks_exact_mut(GROUP))
         .zip(scales.iter_mut())
     {
-        let amax = values.iter().fold(0f32, |m, v| m.max(v.abs()));
-        *scale_code = e8m0_scale_for(amax);
+        *scale_code = e8m0_scale_for(amax_of(values));
         let scale = e8m0_to_f32(*scale_code);
         for (code, &value) in codes.iter_mut().zip(values) {
             *code = f32_to_e4m3(value / scale);
@@ -223,7 +227,7 @@ pub fn f32_to_int8_row(values: &[f32], row: &mut [u8]) {
         .zip(codes.chunks_exact_mut(GROUP))
         .zip(scales.chunks_exact_mut(4))
     {
-        let amax = values.iter().fold(0f32, |m, v| m.max(v.abs()));
+        let amax = amax_of(values);
         let scale = if amax > 0.0 && amax.is_finite() {
             amax / INT8_MAX
         } else {

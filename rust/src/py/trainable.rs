@@ -199,7 +199,7 @@ impl TrainableTable {
         let dtype = parse_dtype(dtype)?;
         let params = self.inner.params();
         keys.with(|keys| {
-            keys.check(params).map_err(to_py_err)?;
+            // `gather_into` checks every key before writing any row.
             let values: &[u64] = keys.values();
             let len = rows_bytes(values.len(), params.dim(), dtype)?;
             let gather = |out: &mut [u8]| params.gather_into(values, dtype, out);
@@ -241,7 +241,7 @@ impl TrainableTable {
         let end = end.min(all.len());
         let keys = &all[start.min(end)..end];
         let params = self.inner.params();
-        params.check_keys(keys).map_err(to_py_err)?;
+        // Checked whole by the engine before the first chunk; `gather_into` checks again.
         let data_len = rows_bytes(keys.len(), params.dim(), parsed)?;
         let prefix = wire::LookupChunk {
             offset,
