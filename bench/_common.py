@@ -8,10 +8,27 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import numpy as np
+
 REFERENCE_DIR = os.environ.get(
     "ENGRAM_REFERENCE_DIR",
     os.path.join(os.path.dirname(__file__), "..", "data", "engram-hash"),
 )
+
+
+def trained_fp8_rows(directory: str, rows: int, dim: int, seed: int = 0) -> np.ndarray:
+    """`[rows, dim + dim / 32]` packed FP8 rows (codes then E8M0 scales) quantized as
+    `export` does from normally distributed values, as a trained table's roughly are: codes
+    cluster near the group's largest value, and few are subnormal (uniformly random codes
+    would make one in eighteen subnormal)."""
+    from store import Table
+
+    path = os.path.join(directory, f"to-quantize-{seed}.engram")
+    table = Table.create(path, rows, dim, init="normal", std=0.02, seed=seed)
+    packed = table.gather(np.arange(rows, dtype=np.uint64), dtype="fp8_e4m3")
+    del table
+    os.unlink(path)
+    return packed
 
 
 def best_seconds(fn: Callable[[], Any], repeats: int) -> float:

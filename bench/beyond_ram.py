@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(__file__))
-from _common import REFERENCE_DIR, report
+from _common import REFERENCE_DIR, report, trained_fp8_rows
 
 from client.cache import RowCache
 from client.hashing import NgramHashMapping
@@ -81,11 +81,8 @@ def materialize(path: str, rows: int) -> Table:
     """The table written whole, then opened afresh with none of it in the page cache (pages
     the writing mapping held cannot be dropped while it lives)."""
     table = Table.create(path, rows, DIM, dtype="fp8_e4m3", init="zeros")
-    rng = np.random.default_rng(0)
     slice_rows = 1 << 16
-    codes = rng.integers(0, 0x7E, (slice_rows, DIM), dtype=np.uint8)
-    scales = rng.integers(120, 134, (slice_rows, DIM // 32), dtype=np.uint8)
-    packed = np.concatenate([codes, scales], axis=1)
+    packed = trained_fp8_rows(os.path.dirname(path), slice_rows, DIM)
     flushed = 0
     for start in range(0, rows, slice_rows):
         stop = min(rows, start + slice_rows)

@@ -32,7 +32,7 @@ import torch
 from safetensors.torch import save_file
 
 sys.path.insert(0, os.path.dirname(__file__))
-from _common import best_interleaved, report
+from _common import best_interleaved, report, trained_fp8_rows
 
 from client import EngramClient
 from client.imports import import_checkpoint, mapping_rules
@@ -43,16 +43,14 @@ DIM, SEQUENCES, ROWS_PER_TOKEN = 256, 64, 48
 DECODE_KEYS = SEQUENCES * ROWS_PER_TOKEN
 
 
-def fp8_layer(rows: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Random finite FP8 codes and scales near 1 (what a trained table's look like)."""
-    rng = np.random.default_rng(0)
-    codes = rng.integers(0, 0x7E, (rows, DIM), dtype=np.uint8) | (
-        rng.integers(0, 2, (rows, DIM), dtype=np.uint8) << 7
-    )
-    scales = rng.integers(120, 130, (rows, DIM // 32), dtype=np.uint8)
-    return (
-        torch.from_numpy(codes).view(torch.float8_e4m3fn),
-        torch.from_numpy(scales).view(torch.float8_e8m0fnu),
+def fp8_layer(directory: str, rows: int) -> np.ndarray:
+    """Packed FP8 rows of a trained-looking layer, made a slice at a time."""
+    slice_rows = 1 << 18
+    return np.concatenate(
+        [
+            trained_fp8_rows(directory, min(slice_rows, rows - start), DIM, seed=start)
+            for start in range(0, rows, slice_rows)
+        ]
     )
 
 
@@ -89,12 +87,12 @@ def main() -> None:
     result: dict[str, Any] = {"benchmark": "serving", "rows": args.rows, "row_bytes": 264}
 
     with tempfile.TemporaryDirectory(dir=os.environ.get("ENGRAM_BENCH_DIR")) as tmp:
-        values, scales = fp8_layer(args.rows)
+        packed = fp8_layer(tmp, args.rows)
         checkpoint = os.path.join(tmp, "layer.safetensors")
-        save_file({"engram.weight": values, "engram.scale": scales}, checkpoint)
-        packed = np.concatenate(
-            [values.view(torch.uint8).numpy(), scales.view(torch.uint8).numpy()], axis=1
-        )
+        values = torch.from_numpy(packed[:, :DIM]).view(torch.float8_e4m3fn)
+        scales = torch.from_numpy(packed[:, DIM:]).view(torch.float8_e8m0fnu)
+        save_file({"engram.weight": values.contiguous(), "engram.scale": scales.contiguous()}, checkpoint)
+        del values, scales
         fp8 = Table.create(os.path.join(tmp, "fp8.engram"), args.rows, DIM, dtype="fp8_e4m3")
         bf16 = Table.create(os.path.join(tmp, "bf16.engram"), args.rows, DIM, dtype="bfloat16")
         chunk = 1 << 16
