@@ -7,9 +7,11 @@ Rows as DeepSeek-V4.1-Flash ships them (256 values, FP8 E4M3 with an E8M0 scale 
    rows from a bfloat16 table (rows/s and bytes read/s of both; target ratio >= 0.8).
 2. Decode-shaped lookups (64 sequences, one new token each, 48 rows a token): p50 and p99
    latency in process (a `Table` opened read-only), through shared buffers (a daemon on
-   this machine), and through the messages (the path of a remote daemon); `LookupTokens`
-   (the engine sends token ids, the daemon hashes) beside them. Target: shared-buffer p50
-   within 5x of in process. Then 4 concurrent readers of one daemon.
+   this machine), and through the messages (the path of a remote daemon). Target:
+   shared-buffer p50 within 5x of in process. For one layer (24 rows a token),
+   `LookupTokens` (the engine sends each sequence's last 4 token ids, the daemon hashes)
+   beside hashing in the engine and sending the keys, with the request bytes per token of
+   each. Then 4 concurrent readers of one daemon.
 3. Import: a safetensors checkpoint of one such layer imported into the daemon, against
    writing (and syncing) the same bytes sequentially to the same disk (target >= 0.5x).
 
@@ -32,12 +34,16 @@ import torch
 from safetensors.torch import save_file
 
 sys.path.insert(0, os.path.dirname(__file__))
-from _common import best_interleaved, report, trained_fp8_rows
+from _common import REFERENCE_DIR, best_interleaved, report, trained_fp8_rows
 
 from client import EngramClient
+from client.hashing import NgramHashMapping
 from client.imports import import_checkpoint, mapping_rules
 from store import Table
+from store._proto.engram.store.v1 import store_pb2 as pb
+from store.conversions import hash_from_proto
 from store.local import LocalDaemon
+from store.spec import TableSpec
 
 DIM, SEQUENCES, ROWS_PER_TOKEN = 256, 64, 48
 DECODE_KEYS = SEQUENCES * ROWS_PER_TOKEN
@@ -91,7 +97,9 @@ def main() -> None:
         checkpoint = os.path.join(tmp, "layer.safetensors")
         values = torch.from_numpy(packed[:, :DIM]).view(torch.float8_e4m3fn)
         scales = torch.from_numpy(packed[:, DIM:]).view(torch.float8_e8m0fnu)
-        save_file({"engram.weight": values.contiguous(), "engram.scale": scales.contiguous()}, checkpoint)
+        save_file(
+            {"engram.weight": values.contiguous(), "engram.scale": scales.contiguous()}, checkpoint
+        )
         del values, scales
         fp8 = Table.create(os.path.join(tmp, "fp8.engram"), args.rows, DIM, dtype="fp8_e4m3")
         bf16 = Table.create(os.path.join(tmp, "bf16.engram"), args.rows, DIM, dtype="bfloat16")
@@ -167,11 +175,84 @@ def main() -> None:
                         p50, p99 = latencies(call, args.steps)
                         result[f"decode_{name}_p50_us"] = p50
                         result[f"decode_{name}_p99_us"] = p99
+                    result |= token_lookups(client, remote, fp8, args.steps)
                 result["shared_buffers_p50_vs_in_process"] = (
                     result["decode_shared_buffers_p50_us"] / result["decode_in_process_p50_us"]
                 )
                 result |= concurrent_readers(daemon.address, step_keys, args.steps)
     report(result)
+
+
+def token_lookups(
+    client: EngramClient, remote: EngramClient, fp8: Table, steps: int
+) -> dict[str, Any]:
+    """Decode steps of one layer (2/3/4-grams x 8 heads: 24 rows a token) over the messages:
+    `LookupTokens` (each sequence's last 4 token ids sent, the daemon hashes) beside hashing
+    here and sending the 24 keys a token (`Lookup`), with the bytes each request carries."""
+    mapping = layer_hashing(fp8.num_rows)
+    rows = mapping.layer_table_rows(1)
+    client.create(
+        TableSpec(
+            "T", rows, DIM, dtype="fp8_e4m3", hash_config=hash_from_proto(mapping.hash_config(1))
+        ),
+        importing=True,
+    )
+    chunk = 1 << 16
+    for start in range(0, rows, chunk):
+        keys = np.arange(start, min(rows, start + chunk), dtype=np.uint64)
+        client.write_rows("T", start, fp8.gather(keys, dtype="fp8_e4m3"), "fp8_e4m3")
+    client.finish_import("T")
+    vocab = mapping.compressed_tokenizer.vocab_size
+    rng = np.random.default_rng(3)
+    windows = [rng.integers(0, vocab, (SEQUENCES, 4)) for _ in range(64)]
+    step = iter(range(1 << 62))
+
+    def window_now() -> np.ndarray:
+        return windows[next(step) % len(windows)]
+
+    def hashed_here() -> Any:
+        keys = mapping.row_keys(window_now())[1][:, -1:]
+        return remote.lookup("T", keys.astype(np.uint64), "bfloat16")
+
+    result: dict[str, Any] = {}
+    for name, call in {
+        "lookup_tokens": lambda: remote.lookup_tokens(
+            "T", window_now(), "bfloat16", last_position_only=True
+        ),
+        "hash_here_then_lookup": hashed_here,
+    }.items():
+        p50, p99 = latencies(call, steps)
+        result[f"decode_layer_{name}_p50_us"] = p50
+        result[f"decode_layer_{name}_p99_us"] = p99
+    window = windows[0]
+    keys = mapping.row_keys(window)[1][:, -1:].astype(np.uint64)
+    tokens_request = pb.LookupTokensRequest(
+        table="T",
+        token_ids=pb.Array(dtype="int64", shape=list(window.shape), data=window.tobytes()),
+        hash_fingerprint=mapping.fingerprint(1),
+        dtype="bfloat16",
+        last_position_only=True,
+    )
+    keys_request = pb.LookupRequest(
+        table="T",
+        keys=pb.Array(dtype="uint64", shape=list(keys.shape), data=keys.tobytes()),
+        dtype="bfloat16",
+    )
+    result["lookup_tokens_request_bytes_per_token"] = tokens_request.ByteSize() / SEQUENCES
+    result["lookup_request_bytes_per_token"] = keys_request.ByteSize() / SEQUENCES
+    return result
+
+
+def layer_hashing(max_rows: int) -> NgramHashMapping:
+    """2/3/4-grams x 8 heads over the reference tokenizer, the vocabulary sized so that the
+    layer's table fits in `max_rows` rows."""
+    vocab = max(max_rows // 24 - 64, 64)
+    tokenizer = os.path.join(REFERENCE_DIR, "tokenizer.json")
+    while True:
+        mapping = NgramHashMapping([vocab] * 3, 4, 8 * DIM, 8, [1], tokenizer, 2, 0)
+        if mapping.layer_table_rows(1) <= max_rows:
+            return mapping
+        vocab -= max(vocab // 1000, 1)
 
 
 def concurrent_readers(address: str, step_keys: list[np.ndarray], steps: int) -> dict[str, Any]:

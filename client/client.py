@@ -548,10 +548,18 @@ class EngramClient:
             unchecked=sorted({name for r in replies for name in r.unchecked}),
         )
 
-    def lookup_tokens(self, table: str, token_ids: Any, dtype: str = "float32") -> npt.NDArray[Any]:
+    def lookup_tokens(
+        self,
+        table: str,
+        token_ids: Any,
+        dtype: str = "float32",
+        last_position_only: bool = False,
+    ) -> npt.NDArray[Any]:
         """Rows for raw token ids `[batch, seq]`, hashed by the daemon with the table's hash
         config (a table created with `hash_config`, on one daemon): shape
-        `[batch, seq, heads, dim]`; bfloat16 rows come as their uint16 bits."""
+        `[batch, seq, heads, dim]`; bfloat16 rows come as their uint16 bits. For a decode
+        step, send each sequence's last `max_ngram_size` tokens with `last_position_only`:
+        the answer is the new token's rows, `[batch, 1, heads, dim]`."""
         row_type = numpy_row_type(dtype)
         ids = np.asarray(token_ids)
         if ids.ndim != 2 or not np.issubdtype(ids.dtype, np.integer):
@@ -573,6 +581,7 @@ class EngramClient:
             ),
             hash_fingerprint=fingerprint,
             dtype=dtype,
+            last_position_only=last_position_only,
         )
         chunks = shard.call(lambda t: list(shard.lookup_tokens(request, timeout=t)))
         rows = np.concatenate([np.frombuffer(c.rows.data, row_type) for c in chunks])

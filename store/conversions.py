@@ -173,6 +173,7 @@ def token_lookup_from_proto(request: pb.LookupTokensRequest) -> TokenLookup:
         request.dtype,
         request.rows_per_chunk,
         _range(request.out) if request.HasField("out") else None,
+        request.last_position_only,
     )
 
 

@@ -355,7 +355,12 @@ class StoreEngine:
 
     def lookup_tokens(self, request: TokenLookup) -> Iterator[RowChunk]:
         table = self.table(request.table)
-        keys = table.token_keys(request.token_ids, request.hash_fingerprint, self.max_lookup_rows)
+        keys = table.token_keys(
+            request.token_ids,
+            request.hash_fingerprint,
+            self.max_lookup_rows,
+            request.last_position_only,
+        )
         with RequestBuffers(self.shared_buffer_dir) as buffers:
             hashed = _native.Keys.from_array(keys.reshape(-1))
             return self._answer(table, hashed, list(keys.shape), request, buffers)

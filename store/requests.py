@@ -49,7 +49,7 @@ class Lookup:
 @dataclass(frozen=True)
 class TokenLookup:
     """Rows of raw token ids `[batch, seq]`, hashed by the table's hash config, which must
-    have `hash_fingerprint`."""
+    have `hash_fingerprint`; with `last_position_only`, of each sequence's last token only."""
 
     table: str
     token_ids: Packed
@@ -57,6 +57,7 @@ class TokenLookup:
     dtype: str = "float32"
     rows_per_chunk: int = 0
     out: SharedRange | None = None
+    last_position_only: bool = False
 
 
 @dataclass(frozen=True)

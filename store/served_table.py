@@ -81,9 +81,10 @@ class ServedTable:
         )
 
     def token_keys(
-        self, token_ids: Packed, fingerprint: int, max_rows: int
+        self, token_ids: Packed, fingerprint: int, max_rows: int, last_position_only: bool = False
     ) -> npt.NDArray[np.uint64]:
-        """Row keys `[B, T, heads]` of raw token ids, hashed as the table's config says."""
+        """Row keys `[B, T, heads]` of raw token ids, hashed as the table's config says
+        (`[B, 1, heads]`, the last position's, with `last_position_only`)."""
         if self.hasher is None or self.head_offsets is None:
             raise InvalidArgumentError(f"table {self.name!r} has no hash config")
         if fingerprint != self.hasher.fingerprint:
@@ -102,6 +103,8 @@ class ServedTable:
         batch, seq = ids.shape
         hashes = np.empty((1, batch, seq, self.hasher.heads_per_layer), np.int64)
         self.hasher.hash_into(np.ascontiguousarray(ids, dtype=np.int64), hashes)
+        if last_position_only:
+            hashes = hashes[:, :, -1:]
         keys: npt.NDArray[np.uint64] = hashes[0].astype(np.uint64) + self.head_offsets
         return keys
 

@@ -1,6 +1,7 @@
 """Memory-mapped embedding tables, the storage of the store daemon.
 
-A table is `num_rows x dim` of float32, bfloat16 or float16 in one sparse file. Creating one
+A table is `num_rows x dim` of float32, bfloat16, float16, or quantized rows (FP8 E4M3 or
+int8 with a scale per 32 values) in one sparse file. Creating one
 takes constant time and disk however large it is; a row that was never written reads as its
 deterministic initial value (normal with the table's `std`, or zeros), the same on every
 machine.
@@ -16,6 +17,7 @@ import numpy.typing as npt
 
 from store import _native
 from store.arrays import NUMPY_ROW_TYPES, as_keys, as_rows
+from store.hot_rows import HotRowCache
 from store.spec import TABLE_DTYPES, row_bytes, row_width
 
 
@@ -93,15 +95,23 @@ class Table:
         return self._native.file_len
 
     def gather(
-        self, keys: Any, out: npt.NDArray[Any] | None = None, dtype: str = "float32"
+        self,
+        keys: Any,
+        out: npt.NDArray[Any] | None = None,
+        dtype: str = "float32",
+        cache: HotRowCache | None = None,
     ) -> npt.NDArray[Any]:
         """Rows for `keys` (any shape) as an array of shape `keys.shape + (dim,)`.
 
         `dtype` picks the output element type whatever the storage type (a quantized dtype:
         packed rows as uint8, `keys.shape + (row bytes,)`); `out`, when given,
         is filled in place and returned (C-contiguous, matching shape and dtype). Every key is
-        checked first: an out-of-range key raises IndexError and nothing is written.
+        checked first: an out-of-range key raises IndexError and nothing is written. With a
+        `cache` (see `store.hot_rows`), hot rows are read from it: same answers, fewer reads
+        of the file.
         """
+        if cache is not None and not isinstance(cache, HotRowCache):
+            raise TypeError(f"cache must be a store.HotRowCache, got {type(cache).__name__}")
         if dtype not in TABLE_DTYPES:
             raise ValueError(f"dtype must be one of {TABLE_DTYPES}, got {dtype!r}")
         width = row_width(dtype, self.dim)
@@ -119,7 +129,7 @@ class Table:
         rows = out.reshape(len(flat_keys), width)
         if dtype in ("bfloat16", "float16"):
             rows = rows.view(np.uint16)
-        self._native.gather_into(flat_keys, rows, dtype)
+        self._native.gather_into(flat_keys, rows, dtype, cache.native if cache else None)
         return out
 
     def scatter_add(self, keys: Any, values: Any) -> None:

@@ -102,6 +102,19 @@ def test_lookup_tokens_hashes_like_the_client(daemon: Daemon, tokenizer_path: Pa
         daemon.stub.Lookup(pb.LookupRequest(table="L7", keys=keys(mapping.row_keys(ids)[layer])))
     )
     np.testing.assert_array_equal(by_tokens, by_keys)
+    # A decode step: each sequence's last max_ngram_size (3) tokens, the last position's rows.
+    last = rows_of(
+        daemon.stub.LookupTokens(
+            pb.LookupTokensRequest(
+                table="L7",
+                token_ids=numpy_array(np.ascontiguousarray(ids[:, -3:])),
+                hash_fingerprint=info.hash_fingerprint,
+                last_position_only=True,
+            )
+        )
+    )
+    assert last.shape == (2, 1, 8, 4)
+    np.testing.assert_array_equal(last, by_tokens[:, -1:])
     with pytest.raises(grpc.RpcError) as wrong:
         list(
             daemon.stub.LookupTokens(

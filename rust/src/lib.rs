@@ -5,7 +5,8 @@
 //! - [`codec`]: row dtypes (float32, bfloat16, float16, fp8_e4m3, int8) and conversions;
 //! - [`quant`]: quantized rows (FP8 E4M3 with E8M0 scales, int8 with float32 scales);
 //! - [`init`]: the counter-based initializer that gives never-written rows their values;
-//! - [`table`]: memory-mapped embedding tables, their file format and row checksums;
+//! - [`table`]: memory-mapped embedding tables, their file format, row checksums and the
+//!   hot-row cache that serves a table larger than memory;
 //! - [`trainable`]: trainable tables (rows, optimizer state, undo log) and pushes;
 //! - [`keys`]: a request's keys, decoded once and checked against a table in constant time;
 //! - [`journal`]: the push journal that commits pushes through a crash;

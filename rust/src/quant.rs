@@ -179,7 +179,10 @@ fn fp8_row_to_bf16_portable(row: &[u8], out: &mut [u8]) {
     {
         let codes: &[u8; GROUP] = codes.try_into().expect("a group is GROUP codes");
         if (127 - 100..=127 + 100).contains(&scale_code) {
-            let values = if codes.iter().fold(false, |any, &code| any | is_subnormal(code)) {
+            let values = if codes
+                .iter()
+                .fold(false, |any, &code| any | is_subnormal(code))
+            {
                 fp8_group_to_bf16_exactly(codes, scale_code)
             } else {
                 fp8_normal_group_to_bf16(codes, scale_code)

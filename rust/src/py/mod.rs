@@ -5,6 +5,7 @@
 //! without copying or caller-provided arrays written in place.
 
 mod hashing;
+mod hot_rows;
 mod keys;
 mod shared_region;
 mod table;
@@ -159,6 +160,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("BUFFER_HEADER_BYTES", region::BUFFER_HEADER_BYTES)?;
     m.add_class::<hashing::NgramHasher>()?;
     m.add_class::<table::Table>()?;
+    m.add_class::<hot_rows::HotRowCache>()?;
     m.add_class::<trainable::TrainableTable>()?;
     m.add_class::<keys::Keys>()?;
     m.add_class::<shared_region::SharedRegion>()?;

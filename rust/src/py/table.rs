@@ -1,5 +1,6 @@
 //! Bindings of memory-mapped tables.
 
+use super::hot_rows::HotRowCache;
 use super::{bytes_mut, detached, owned, owned_rows, parse_dtype, parse_header};
 use crate::codec::DType;
 use crate::init::Initializer;
@@ -91,28 +92,36 @@ impl Table {
     }
 
     /// Gathers rows into `out`, a C-contiguous array of float32 (for `dtype="float32"`),
-    /// uint16 holding float16 / bfloat16 bits, or uint8 holding packed quantized rows.
+    /// uint16 holding float16 / bfloat16 bits, or uint8 holding packed quantized rows;
+    /// through `cache` when given.
+    #[pyo3(signature = (keys, out, dtype, cache=None))]
     fn gather_into(
         &self,
         py: Python<'_>,
         keys: PyReadonlyArray1<'_, u64>,
         out: &Bound<'_, PyAny>,
         dtype: &str,
+        cache: Option<PyRef<'_, HotRowCache>>,
     ) -> PyResult<()> {
         let dtype = parse_dtype(dtype)?;
         let keys = owned(&keys);
+        let cache = cache.as_deref().map(|cache| &cache.inner);
+        let gather = |bytes: &mut [u8]| match cache {
+            Some(cache) => self.inner.gather_cached(&keys, dtype, bytes, cache),
+            None => self.inner.gather_into(&keys, dtype, bytes),
+        };
         if dtype == DType::F32 {
             let mut out: PyReadwriteArray2<'_, f32> = out.extract()?;
             let bytes = bytes_mut(out.as_slice_mut()?);
-            detached(py, || self.inner.gather_into(&keys, dtype, bytes))
+            detached(py, || gather(bytes))
         } else if dtype.is_quantized() {
             let mut out: PyReadwriteArray2<'_, u8> = out.extract()?;
             let bytes = out.as_slice_mut()?;
-            detached(py, || self.inner.gather_into(&keys, dtype, bytes))
+            detached(py, || gather(bytes))
         } else {
             let mut out: PyReadwriteArray2<'_, u16> = out.extract()?;
             let bytes = bytes_mut(out.as_slice_mut()?);
-            detached(py, || self.inner.gather_into(&keys, dtype, bytes))
+            detached(py, || gather(bytes))
         }
     }
 

@@ -8,6 +8,7 @@
 pub mod checksums;
 pub mod format;
 mod groups;
+pub mod hot_rows;
 
 pub use groups::KeyGroups;
 
@@ -82,7 +83,16 @@ pub struct Table {
     /// Per-block checksums of the written rows, kept as rows change (see [`checksums`]);
     /// `None` for a table created without them (or before them).
     sums: Option<BlockSums>,
+    /// Unique among the tables this process opens, so that a [`hot_rows::HotRowCache`]
+    /// knows whose rows it holds.
+    id: u64,
+    /// Counts the times the mapping was taken for writing: a cache of rows read before a
+    /// change sees it move.
+    write_generation: AtomicU64,
 }
+
+/// The next [`Table`]'s `id`.
+static NEXT_TABLE_ID: AtomicU64 = AtomicU64::new(0);
 
 /// Rows covered by one page of a bitmap.
 const ROWS_PER_BITMAP_PAGE: u64 = crate::disk::PAGE * 8;
@@ -190,6 +200,8 @@ impl Table {
                 .map(|_| AtomicU64::new(0))
                 .collect(),
             sums,
+            id: NEXT_TABLE_ID.fetch_add(1, Ordering::Relaxed),
+            write_generation: AtomicU64::new(0),
         };
         table.set_access(Access::for_file_of(table.layout.file_len));
         table.count_bitmaps();
@@ -291,7 +303,10 @@ impl Table {
     }
 
     fn write_map(&self) -> RwLockWriteGuard<'_, MmapMut> {
-        self.map.write().unwrap_or_else(|e| e.into_inner())
+        let guard = self.map.write().unwrap_or_else(|e| e.into_inner());
+        // Under the write lock: a reader holding the read lock sees a stable generation.
+        self.write_generation.fetch_add(1, Ordering::Relaxed);
+        guard
     }
 
     /// Fails naming the first key that is not a row of this table.
@@ -308,26 +323,7 @@ impl Table {
     /// Gathers `keys` into `out` (`keys.len() x dim` elements of `out_dtype`, as bytes).
     /// Validates every key first: on error nothing is written.
     pub fn gather_into(&self, keys: &[u64], out_dtype: DType, out: &mut [u8]) -> Result<()> {
-        let stored = self.header.dtype;
-        if out_dtype.is_quantized() && stored.is_quantized() && out_dtype != stored {
-            return Err(Error::invalid(format!(
-                "rows stored as {} are read as stored or as a float dtype, not as {}",
-                stored.name(),
-                out_dtype.name()
-            )));
-        }
-        let out_row = out_dtype.row_bytes(self.dim());
-        if out.len() != keys.len() * out_row {
-            return Err(Error::invalid(format!(
-                "out holds {} bytes, expected {} keys x {} x {} = {}",
-                out.len(),
-                keys.len(),
-                self.dim(),
-                out_dtype.name(),
-                keys.len() * out_row
-            )));
-        }
-        self.check_keys(keys)?;
+        let out_row = self.check_gather(keys, out_dtype, out.len())?;
         if keys.is_empty() {
             return Ok(());
         }
@@ -353,13 +349,36 @@ impl Table {
         Ok(())
     }
 
+    /// Checks a gather's keys, output dtype and output size; returns the bytes of an
+    /// output row.
+    fn check_gather(&self, keys: &[u64], out_dtype: DType, out_len: usize) -> Result<usize> {
+        let stored = self.header.dtype;
+        if out_dtype.is_quantized() && stored.is_quantized() && out_dtype != stored {
+            return Err(Error::invalid(format!(
+                "rows stored as {} are read as stored or as a float dtype, not as {}",
+                stored.name(),
+                out_dtype.name()
+            )));
+        }
+        let out_row = out_dtype.row_bytes(self.dim());
+        if out_len != keys.len() * out_row {
+            return Err(Error::invalid(format!(
+                "out holds {out_len} bytes, expected {} keys x {} x {} = {}",
+                keys.len(),
+                self.dim(),
+                out_dtype.name(),
+                keys.len() * out_row
+            )));
+        }
+        self.check_keys(keys)?;
+        Ok(out_row)
+    }
+
     fn prefetch_row(&self, map: &[u8], key: u64) {
         let range = self.row_range(key);
         let (bit_byte, _) = self.bit_position(key);
         prefetch(&map[bit_byte]);
-        for line in map[range].chunks(64).take(MAX_PREFETCH_LINES) {
-            prefetch(&line[0]);
-        }
+        prefetch_lines(&map[range]);
     }
 
     /// Gathers `keys` as float32 values.
@@ -976,6 +995,13 @@ impl RowWriter<'_> {
 #[inline(always)]
 fn prefetch(byte: &u8) {
     prefetch_ptr(byte);
+}
+
+/// Prefetches the first cache lines of `row` (at most [`MAX_PREFETCH_LINES`]).
+fn prefetch_lines(row: &[u8]) {
+    for line in row.chunks(64).take(MAX_PREFETCH_LINES) {
+        prefetch(&line[0]);
+    }
 }
 
 /// A hint to start loading the cache line of `ptr`; it never faults.

@@ -205,20 +205,22 @@ class LookupRequest(_message.Message):
     def __init__(self, table: _Optional[str] = ..., keys: _Optional[_Union[Array, _Mapping]] = ..., dtype: _Optional[str] = ..., rows_per_chunk: _Optional[int] = ..., out: _Optional[_Union[SharedBuffer, _Mapping]] = ..., keys_buffer: _Optional[_Union[SharedBuffer, _Mapping]] = ...) -> None: ...
 
 class LookupTokensRequest(_message.Message):
-    __slots__ = ("table", "token_ids", "hash_fingerprint", "dtype", "rows_per_chunk", "out")
+    __slots__ = ("table", "token_ids", "hash_fingerprint", "dtype", "rows_per_chunk", "out", "last_position_only")
     TABLE_FIELD_NUMBER: _ClassVar[int]
     TOKEN_IDS_FIELD_NUMBER: _ClassVar[int]
     HASH_FINGERPRINT_FIELD_NUMBER: _ClassVar[int]
     DTYPE_FIELD_NUMBER: _ClassVar[int]
     ROWS_PER_CHUNK_FIELD_NUMBER: _ClassVar[int]
     OUT_FIELD_NUMBER: _ClassVar[int]
+    LAST_POSITION_ONLY_FIELD_NUMBER: _ClassVar[int]
     table: str
     token_ids: Array
     hash_fingerprint: int
     dtype: str
     rows_per_chunk: int
     out: SharedBuffer
-    def __init__(self, table: _Optional[str] = ..., token_ids: _Optional[_Union[Array, _Mapping]] = ..., hash_fingerprint: _Optional[int] = ..., dtype: _Optional[str] = ..., rows_per_chunk: _Optional[int] = ..., out: _Optional[_Union[SharedBuffer, _Mapping]] = ...) -> None: ...
+    last_position_only: bool
+    def __init__(self, table: _Optional[str] = ..., token_ids: _Optional[_Union[Array, _Mapping]] = ..., hash_fingerprint: _Optional[int] = ..., dtype: _Optional[str] = ..., rows_per_chunk: _Optional[int] = ..., out: _Optional[_Union[SharedBuffer, _Mapping]] = ..., last_position_only: _Optional[bool] = ...) -> None: ...
 
 class LookupResponse(_message.Message):
     __slots__ = ("offset", "total_rows", "rows", "result_shape", "in_shared_buffer")
