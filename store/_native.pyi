@@ -13,6 +13,7 @@ __all__ = [
     "BUFFER_TOKEN_BYTES",
     "PUSH_CRASH_POINTS",
     "TABLE_FORMAT_VERSION",
+    "HotRowCache",
     "Journal",
     "Keys",
     "NgramHasher",
