@@ -76,6 +76,8 @@ class Block(nn.Module):
     def __init__(self, cfg: ModelConfig, engram: Engram | None) -> None:
         super().__init__()
         self.engram = engram
+        # Off: Engram's output is left out (an ablation of a trained model).
+        self.engram_enabled = True
         self.norm1 = nn.RMSNorm(cfg.hidden)
         self.attn = nn.MultiheadAttention(cfg.hidden, cfg.heads, batch_first=True)
         self.norm2 = nn.RMSNorm(cfg.hidden)
@@ -90,7 +92,7 @@ class Block(nn.Module):
         engram_inputs: tuple[torch.Tensor, torch.Tensor] | None,
     ) -> torch.Tensor:
         """streams: [B, T, hc_mult, D], the hyper-connection branches of the residual."""
-        if self.engram is not None:
+        if self.engram is not None and self.engram_enabled:
             hash_ids, rows = engram_inputs if engram_inputs is not None else (None, None)
             streams = streams + self.engram(streams, ids, hash_ids, rows)
         x = streams.mean(dim=2)
@@ -142,19 +144,29 @@ class Trainer:
         max_files: int = 40,
         seed: int = 0,
         tables: str | None = None,
+        *,
+        engram: bool = True,
+        hidden: int = ModelConfig.hidden,
+        dense_lr: float = 3e-3,
+        table_lr: float = 1e-3,
+        corpus: np.ndarray | None = None,
     ) -> None:
+        """`engram=False` builds the same model without Engram layers; `corpus` (token ids)
+        replaces the first `max_files` standard-library modules."""
         if backend not in ("store", "local"):
             raise ValueError(f"backend must be 'store' or 'local', got {backend!r}")
         self.prefetch = prefetch
+        self.engram = engram
         econf = EngramConfig.from_json(engram_config)
-        self.cfg = ModelConfig(engram_layers=tuple(econf.layer_ids))
+        layers = tuple(econf.layer_ids) if engram else ()
+        self.cfg = ModelConfig(hidden=hidden, engram_layers=layers)
         tokenizer = Tokenizer.from_file(econf.tokenizer_name_or_path)
-        self.ids = corpus_ids(tokenizer, max_files)
+        self.ids = corpus if corpus is not None else corpus_ids(tokenizer, max_files)
         self.mapping = hash_mapping(econf)
         self.tables: dict[int, StoreEmbedding] = {}
         embeddings: dict[int, LocalEmbedding | StoreEmbedding] = {}
         with ExitStack() as stack:
-            if backend == "store":
+            if backend == "store" and engram:
                 own_daemon = address is None
                 if address is None:
                     data_dir = stack.enter_context(tempfile.TemporaryDirectory())
@@ -167,7 +179,7 @@ class Trainer:
                 stack.callback(pipeline.close)
                 if tables is None or own_daemon:
                     tables = tables or f"tiny-lm-{os.getpid()}-{time.monotonic_ns()}-L"
-                    create_engram_tables(client, econf, tables, optimizer="adam", lr=1e-3)
+                    create_engram_tables(client, econf, tables, optimizer="adam", lr=table_lr)
                 for plan in plan_engram_tables(econf, tables, self.mapping):
                     if plan.name not in client.tables():
                         raise ValueError(
@@ -184,7 +196,7 @@ class Trainer:
                     self.tables[plan.layer] = embeddings[plan.layer] = StoreEmbedding(
                         plan.head_sizes, plan.dim, client, plan.name, pipeline=pipeline
                     )
-            else:
+            elif engram:
                 for layer in self.cfg.engram_layers:
                     embeddings[layer] = LocalEmbedding(
                         self.mapping.table_sizes(layer), econf.embed_dim_per_head
@@ -196,12 +208,12 @@ class Trainer:
             }
             self.model = TinyEngramLM(self.cfg, engrams)
             dense = [p for n, p in self.model.named_parameters() if "multi_head_embedding" not in n]
-            self.optimizers: list[torch.optim.Optimizer] = [torch.optim.AdamW(dense, lr=3e-3)]
-            if backend == "local":
+            self.optimizers: list[torch.optim.Optimizer] = [torch.optim.AdamW(dense, lr=dense_lr)]
+            if backend == "local" and engram:
                 sparse = [
                     e.embedding.weight for e in embeddings.values() if isinstance(e, LocalEmbedding)
                 ]
-                self.optimizers.append(torch.optim.SparseAdam(sparse, lr=1e-3))
+                self.optimizers.append(torch.optim.SparseAdam(sparse, lr=table_lr))
             # Built: from here on, leaving the trainer closes what it holds.
             self._stack = stack.pop_all()
 

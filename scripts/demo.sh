@@ -1,9 +1,13 @@
 #!/usr/bin/env bash
 # The main job end to end on an embedded default: a local store daemon serving Engram
 # tables (token lookups over gRPC, Adam pushes, a checkpoint; examples/quickstart.py), then
-# a small language model with Engram layers trained against a local daemon for 60 steps
-# (examples/tiny_engram_lm.py). Extra arguments go to the quickstart.
+# the same small language model trained twice on the standard library's sources, without
+# Engram and with Engram rows in a local daemon, ending with their losses on held-out files
+# (examples/evidence.py --quick; its figures go to a temporary directory). Extra arguments
+# go to the quickstart.
 set -euo pipefail
 source "$(dirname "$0")/setup.sh"
 python examples/quickstart.py "$@"
-python examples/tiny_engram_lm.py --steps 60
+out="$(mktemp -d)"
+trap 'rm -rf "$out"' EXIT
+python examples/evidence.py --quick --models baseline engram --out "$out"

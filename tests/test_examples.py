@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -58,3 +59,35 @@ def test_tiny_language_model_trains_with_both_backends() -> None:
         result = module.train(backend, steps=8, batch=4, max_files=5, progress=False)
         assert result["last_loss"] < result["first_loss"], backend
         assert result["tokens_per_s"] > 0
+
+
+def test_the_evidence_experiment_reports_every_model_and_the_ablation(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [
+            sys.executable,
+            str(REPO_ROOT / "examples" / "evidence.py"),
+            *("--steps", "4", "--eval-every", "2", "--seeds", "2", "--max-files", "40"),
+            *("--out", str(tmp_path)),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert result.returncode == 0, result.stderr
+    record = json.loads((tmp_path / "results.json").read_text())
+    runs = record["runs"]
+    assert sorted((r["model"], r["seed"]) for r in runs) == [
+        (model, seed) for model in ("baseline", "engram", "wide") for seed in (0, 1)
+    ]
+    for run in runs:
+        assert [step for step, _ in run["curve"]] == [0, 2, 4]
+        assert all(np.isfinite(loss) for _, loss in run["curve"])
+    engram = [r for r in runs if r["model"] == "engram"]
+    assert all("final_loss_engram_zeroed" in r for r in engram)
+    # The wide baseline matches the Engram model's parameters (tables included) within 1%.
+    wide = next(r for r in runs if r["model"] == "wide")
+    assert abs(wide["parameters"] - engram[0]["parameters"]) < 0.01 * engram[0]["parameters"]
+    summary = record["summary"]
+    assert summary["gain_over_baseline"]["n"] == 2 and summary["gain_over_wide"]["n"] == 2
+    assert (tmp_path / "curves.png").stat().st_size > 0
+    assert "against baseline (the same model)" in result.stdout
