@@ -24,14 +24,12 @@ steps/s) and `curves.png`; a summary is printed, whatever the result.
 from __future__ import annotations
 
 import argparse
-import glob
 import json
 import os
 import platform
 import statistics
 import subprocess
 import sys
-import sysconfig
 import time
 from typing import Any
 
@@ -41,7 +39,16 @@ from tokenizers import Tokenizer
 from torch import nn
 
 sys.path.insert(0, os.path.dirname(__file__))
-from tiny_engram_lm import ENGRAM_CONFIG, Block, ModelConfig, TinyEngramLM, Trainer, batches
+from tiny_engram_lm import (
+    ENGRAM_CONFIG,
+    Block,
+    ModelConfig,
+    TinyEngramLM,
+    Trainer,
+    batches,
+    stdlib_files,
+    tokenize_files,
+)
 
 from client.config import EngramConfig
 
@@ -56,19 +63,10 @@ EVAL_WINDOWS = 64
 def split_corpus(tokenizer: Tokenizer, max_files: int) -> tuple[np.ndarray, np.ndarray]:
     """Token ids of the training files and of the held-out ones (every 20th file, sorted by
     name), from the standard library's modules; at most `max_files` files in all."""
-    files = sorted(glob.glob(os.path.join(sysconfig.get_paths()["stdlib"], "*.py")))[:max_files]
+    files = stdlib_files(max_files)
     held_out = [f for i, f in enumerate(files) if i % HELD_OUT_EVERY == HELD_OUT_EVERY - 1]
     train = [f for f in files if f not in held_out]
-
-    def ids(paths: list[str]) -> np.ndarray:
-        texts = []
-        for path in paths:
-            with open(path, encoding="utf-8", errors="replace") as f:
-                texts.append(f.read())
-        encoded = tokenizer.encode_batch(texts, add_special_tokens=False)
-        return np.concatenate([np.array(e.ids, dtype=np.int64) for e in encoded])
-
-    return ids(train), ids(held_out)
+    return tokenize_files(tokenizer, train), tokenize_files(tokenizer, held_out)
 
 
 def held_out_windows(ids: np.ndarray, seq: int) -> np.ndarray:

@@ -53,15 +53,24 @@ class ModelConfig:
     engram_layers: tuple[int, ...] = (0, 1)
 
 
-def corpus_ids(tokenizer: Tokenizer, max_files: int) -> np.ndarray:
-    """Token ids of the standard library's modules, in a fixed order."""
-    files = sorted(glob.glob(os.path.join(sysconfig.get_paths()["stdlib"], "*.py")))[:max_files]
+def stdlib_files(max_files: int) -> list[str]:
+    """The standard library's top-level modules sorted by name, at most `max_files`."""
+    return sorted(glob.glob(os.path.join(sysconfig.get_paths()["stdlib"], "*.py")))[:max_files]
+
+
+def tokenize_files(tokenizer: Tokenizer, paths: list[str]) -> np.ndarray:
+    """The token ids of the files, one after the other."""
     texts = []
-    for path in files:
+    for path in paths:
         with open(path, encoding="utf-8", errors="replace") as f:
             texts.append(f.read())
     encoded = tokenizer.encode_batch(texts, add_special_tokens=False)
     return np.concatenate([np.array(e.ids, dtype=np.int64) for e in encoded])
+
+
+def corpus_ids(tokenizer: Tokenizer, max_files: int) -> np.ndarray:
+    """Token ids of the standard library's modules, in a fixed order."""
+    return tokenize_files(tokenizer, stdlib_files(max_files))
 
 
 def batches(ids: np.ndarray, batch: int, seq: int, steps: int, seed: int) -> Iterator[np.ndarray]:
