@@ -2,7 +2,7 @@
 the same steps on the same tokens of the Python standard library's sources, with and without
 Engram, and validated on files it never saw.
 
-    python examples/evidence.py             # 3 seeds, all three models (about 15 minutes)
+    python examples/evidence.py             # 3 seeds, all three models (about 10 minutes)
     python examples/evidence.py --quick     # 1 seed, fewer steps (under 3 minutes)
 
 The models (`examples/tiny_engram_lm.py`: 2 blocks, hidden 64, 64-token windows, batches of
