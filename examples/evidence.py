@@ -101,9 +101,9 @@ def parameter_count(trainer: Trainer) -> int:
     dense = sum(
         p.numel() for n, p in trainer.model.named_parameters() if "embedding.weight" not in n
     )
-    econf = EngramConfig.from_json(ENGRAM_CONFIG)
-    rows = sum(sum(trainer.mapping.table_sizes(layer)) for layer in trainer.cfg.engram_layers)
-    return dense + (rows * econf.embed_dim_per_head if trainer.engram else 0)
+    mapping = trainer.mapping
+    rows = sum(sum(mapping.table_sizes(layer)) for layer in trainer.cfg.engram_layers)
+    return dense + rows * (mapping.n_embed_per_ngram // mapping.n_head_per_ngram)
 
 
 def width_matching(parameters: int, heads: int) -> int:

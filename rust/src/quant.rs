@@ -165,9 +165,9 @@ unsafe fn fp8_row_to_bf16_avx2(row: &[u8], out: &mut [u8]) {
     fp8_row_to_bf16_portable(row, out);
 }
 
-/// A group whose scale keeps every product a normal number takes an integer path (a shorter
-/// one where it has no subnormal code, as almost every group of a trained table); any other
-/// computes each float32 product and rounds it.
+/// A group whose scale keeps every product a normal number takes the integer path
+/// ([`fp8_group_to_bf16`], shorter where the group has no subnormal code, as almost every
+/// group of a trained table); any other computes each float32 product and rounds it.
 #[inline(always)]
 fn fp8_row_to_bf16_portable(row: &[u8], out: &mut [u8]) {
     let dim = out.len() / 2;
@@ -183,9 +183,9 @@ fn fp8_row_to_bf16_portable(row: &[u8], out: &mut [u8]) {
                 .iter()
                 .fold(false, |any, &code| any | is_subnormal(code))
             {
-                fp8_group_to_bf16_exactly(codes, scale_code)
+                fp8_group_to_bf16::<true>(codes, scale_code)
             } else {
-                fp8_normal_group_to_bf16(codes, scale_code)
+                fp8_group_to_bf16::<false>(codes, scale_code)
             };
             out.copy_from_slice(le_bytes_of(&values));
         } else {
@@ -204,31 +204,16 @@ fn is_subnormal(code: u8) -> bool {
     (code & 0x7F).wrapping_sub(1) < 7
 }
 
-/// [`fp8_group_to_bf16_exactly`] for a group without subnormal codes.
-#[inline(always)]
-fn fp8_normal_group_to_bf16(codes: &[u8; GROUP], scale_code: u8) -> [u16; GROUP] {
-    let mask = |condition: bool| 0u16.wrapping_sub(u16::from(condition));
-    let exponent_shift = (u16::from(scale_code) - 7) << 7;
-    let mut out = [0u16; GROUP];
-    for (value, &code) in out.iter_mut().zip(codes) {
-        let code = u16::from(code);
-        let magnitude = code & 0x7F;
-        let normal = ((magnitude << 4) + exponent_shift) & !mask(magnitude == 0);
-        let is_nan = mask(magnitude == 0x7F);
-        *value = (normal & !is_nan | 0x7FC0 & is_nan) | (code & 0x80) << 8;
-    }
-    out
-}
-
 /// One group's bfloat16 bits, for a scale within 2^+-100. Every E4M3 value times such a
 /// scale is a normal bfloat16, exact, and its bits come from integer arithmetic alone: a
 /// normal code's magnitude bits moved into bfloat16's places, its exponent raised by the
 /// bias difference and the scale's exponent (7 is E4M3's bias); a subnormal code's
-/// mantissa m (worth m x 2^-9) normalised by its leading bit. Written branch-free, with
-/// masks, over 16-bit lanes so that the compiler vectorises it: this loop is most of what
-/// an FP8 serving lookup costs.
+/// mantissa m (worth m x 2^-9) normalised by its leading bit, work compiled in only where
+/// `SUBNORMALS` says the group may hold one. Written branch-free, with masks, over 16-bit
+/// lanes so that the compiler vectorises it: this loop is most of what an FP8 serving
+/// lookup costs.
 #[inline(always)]
-fn fp8_group_to_bf16_exactly(codes: &[u8; GROUP], scale_code: u8) -> [u16; GROUP] {
+fn fp8_group_to_bf16<const SUBNORMALS: bool>(codes: &[u8; GROUP], scale_code: u8) -> [u16; GROUP] {
     let mask = |condition: bool| 0u16.wrapping_sub(u16::from(condition));
     let scale_exponent = u16::from(scale_code);
     let mut out = [0u16; GROUP];
@@ -236,20 +221,22 @@ fn fp8_group_to_bf16_exactly(codes: &[u8; GROUP], scale_code: u8) -> [u16; GROUP
         let code = u16::from(code);
         let magnitude = code & 0x7F;
         let sign = (code & 0x80) << 8;
-        let normal = (magnitude << 4) + ((scale_exponent - 7) << 7);
-        // m x 2^(s - 136), m in 1..=7: exponent field s - 9 + lead, where lead is m's
-        // leading bit; shifting that bit to bit 7 adds the one that the field needs.
-        let at_least_2 = mask(magnitude >= 2);
-        let at_least_4 = mask(magnitude >= 4);
-        let lead = (at_least_2 & 1) + (at_least_4 & 1);
-        let normalised = (magnitude << 7) & !at_least_2
-            | (magnitude << 6) & at_least_2 & !at_least_4
-            | (magnitude << 5) & at_least_4;
-        let subnormal = normalised + ((scale_exponent + lead - 10) << 7);
-        let is_subnormal = mask(magnitude < 8);
-        let is_zero = mask(magnitude == 0);
+        let mut bits = (magnitude << 4) + ((scale_exponent - 7) << 7);
+        if SUBNORMALS {
+            // m x 2^(s - 136), m in 1..=7: exponent field s - 9 + lead, where lead is m's
+            // leading bit; shifting that bit to bit 7 adds the one that the field needs.
+            let at_least_2 = mask(magnitude >= 2);
+            let at_least_4 = mask(magnitude >= 4);
+            let lead = (at_least_2 & 1) + (at_least_4 & 1);
+            let normalised = (magnitude << 7) & !at_least_2
+                | (magnitude << 6) & at_least_2 & !at_least_4
+                | (magnitude << 5) & at_least_4;
+            let subnormal = normalised + ((scale_exponent + lead - 10) << 7);
+            let is_subnormal = mask(magnitude < 8);
+            bits = subnormal & is_subnormal | bits & !is_subnormal;
+        }
+        bits &= !mask(magnitude == 0);
         let is_nan = mask(magnitude == 0x7F);
-        let bits = (subnormal & is_subnormal | normal & !is_subnormal) & !is_zero;
         *value = (bits & !is_nan | 0x7FC0 & is_nan) | sign;
     }
     out
