@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import glob
 import json
 import os
+import sysconfig
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from client.hashing import NgramHashMapping
 
 REFERENCE_DIR = os.environ.get(
     "ENGRAM_REFERENCE_DIR",
@@ -29,6 +34,78 @@ def trained_fp8_rows(directory: str, rows: int, dim: int, seed: int = 0) -> np.n
     del table
     os.unlink(path)
     return packed
+
+
+def corpus_ids(tokens: int) -> np.ndarray:
+    """The first `tokens` token ids of the standard library's top-level modules (in name
+    order) under the reference tokenizer: a real corpus's n-gram stream, hot and long-tailed."""
+    from tokenizers import Tokenizer
+
+    tokenizer = Tokenizer.from_file(os.path.join(REFERENCE_DIR, "tokenizer.json"))
+    ids: list[np.ndarray] = []
+    got = 0
+    for path in sorted(glob.glob(os.path.join(sysconfig.get_paths()["stdlib"], "*.py"))):
+        with open(path, encoding="utf-8", errors="replace") as f:
+            encoded = tokenizer.encode(f.read(), add_special_tokens=False).ids
+        ids.append(np.array(encoded, dtype=np.int64))
+        got += len(encoded)
+        if got >= tokens:
+            break
+    return np.concatenate(ids)[:tokens]
+
+
+def layer_hashing(
+    max_rows: int, max_ngram_size: int = 4, heads: int = 8, dim: int = 256
+) -> NgramHashMapping:
+    """Engram hashing of one layer (2- to `max_ngram_size`-grams x `heads` heads of `dim`
+    values; the defaults are DeepSeek-V4.1-Flash's shape) over the reference tokenizer, its
+    vocabulary sized so that the layer's head tables together fit in `max_rows` rows."""
+    from client.hashing import NgramHashMapping
+
+    orders = max_ngram_size - 1
+    vocab = max(max_rows // (orders * heads) - 64, 64)
+    tokenizer = os.path.join(REFERENCE_DIR, "tokenizer.json")
+    while True:
+        mapping = NgramHashMapping(
+            [vocab] * orders, max_ngram_size, heads * dim, heads, [1], tokenizer, 2, 0
+        )
+        if mapping.layer_table_rows(1) <= max_rows:
+            return mapping
+        vocab -= max(vocab // 1000, 1)
+
+
+def compared(
+    name: str,
+    value: float,
+    unit: str,
+    baseline: str,
+    baseline_value: float,
+    *,
+    x: float | None = None,
+    series: str | None = None,
+    target: float | None = None,
+    higher_is_better: bool = True,
+) -> dict[str, Any]:
+    """One result for `bench/results/`: a measured value beside its baseline's, measured in
+    the same run. `ratio` is value / baseline_value; `higher_is_better` says which way is
+    good (False for latencies), and `target`, where the project set one, is the ratio to reach
+    (at least, or at most for latencies). `x` places the result on a sweep (rows, tokens,
+    cache size) as a point of the line `series` in the charts."""
+    result: dict[str, Any] = {
+        "name": name,
+        "value": value,
+        "unit": unit,
+        "baseline": baseline,
+        "baseline_value": baseline_value,
+        "ratio": value / baseline_value if baseline_value else float("nan"),
+        "higher_is_better": higher_is_better,
+    }
+    if x is not None:
+        result["x"] = x
+        result["series"] = series or name
+    if target is not None:
+        result["target"] = target
+    return result
 
 
 def best_seconds(fn: Callable[[], Any], repeats: int) -> float:

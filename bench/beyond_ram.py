@@ -25,12 +25,10 @@ Prints one JSON line.
 from __future__ import annotations
 
 import argparse
-import glob
 import json
 import os
 import shutil
 import sys
-import sysconfig
 import tempfile
 import time
 from typing import Any
@@ -38,9 +36,8 @@ from typing import Any
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(__file__))
-from _common import REFERENCE_DIR, report, trained_fp8_rows
+from _common import compared, corpus_ids, layer_hashing, report, trained_fp8_rows
 
-from client.hashing import NgramHashMapping
 from store import HotRowCache, Table
 
 DIM, ROW_BYTES, ROWS_PER_TOKEN, TOKENS_PER_STEP = 256, 264, 24, 128
@@ -50,33 +47,9 @@ def ram_bytes() -> int:
     return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
 
 
-def corpus_ids(tokens: int) -> np.ndarray:
-    from tokenizers import Tokenizer
-
-    tokenizer = Tokenizer.from_file(os.path.join(REFERENCE_DIR, "tokenizer.json"))
-    ids: list[np.ndarray] = []
-    got = 0
-    for path in sorted(glob.glob(os.path.join(sysconfig.get_paths()["stdlib"], "*.py"))):
-        with open(path, encoding="utf-8", errors="replace") as f:
-            encoded = tokenizer.encode(f.read(), add_special_tokens=False).ids
-        ids.append(np.array(encoded, dtype=np.int64))
-        got += len(encoded)
-        if got >= tokens:
-            break
-    return np.concatenate(ids)[:tokens]
-
-
 def key_stream(rows: int, ids: np.ndarray) -> np.ndarray:
     """Row keys `[tokens, 24]` of `ids` under an Engram config whose heads span `rows`."""
-    vocab = max(rows // ROWS_PER_TOKEN - 64, 64)
-    while True:
-        mapping = NgramHashMapping(
-            [vocab] * 3, 4, 8 * DIM, 8, [1], os.path.join(REFERENCE_DIR, "tokenizer.json"), 2, 0
-        )
-        if mapping.layer_table_rows(1) <= rows:
-            break
-        vocab -= max(vocab // 1000, 1)
-    keys: np.ndarray = mapping.row_keys(ids[None, :])[1][0]
+    keys: np.ndarray = layer_hashing(rows).row_keys(ids[None, :])[1][0]
     return keys.astype(np.uint64)
 
 
@@ -201,6 +174,24 @@ def main() -> None:
         result["cold_vs_in_ram"] = result["cold_steps_per_s"] / in_ram
         result["cached_fresh_vs_in_ram"] = result["cached_fresh_steps_per_s"] / in_ram_fresh
         result["warm_fresh_vs_in_ram"] = result["warm_fresh_steps_per_s"] / in_ram_fresh
+        result["results"] = [
+            compared(
+                name, result[f"{way}_steps_per_s"], "decode steps/s", baseline, base, target=target
+            )
+            for name, way, baseline, base, target in (
+                ("cold (first read from disk)", "cold", "in RAM", in_ram, None),
+                ("warm", "warm", "in RAM", in_ram, None),
+                ("HotRowCache of 1% of rows", "cached", "in RAM", in_ram, 0.5),
+                ("warm, fresh steps", "warm_fresh", "in RAM, fresh steps", in_ram_fresh, None),
+                (
+                    "HotRowCache, fresh steps",
+                    "cached_fresh",
+                    "in RAM, fresh steps",
+                    in_ram_fresh,
+                    None,
+                ),
+            )
+        ]
     report(result)
 
 

@@ -3,7 +3,7 @@
 compiled extension, so this machine's drift falls on both alike. Prints one JSON line: each
 throughput figure's median on both and the ratio new / old.
 
-    python bench/compare_builds.py 9320eda store_rpc --runs 4 -- --rows 1000000
+    python bench/compare_builds.py 9320eda gather --runs 4 -- --rows 1000000
     python bench/compare_builds.py 9320eda train_steps --runs 2 --script each
 
 `--script new` runs this checkout's benchmark script on both trees (for a script that was

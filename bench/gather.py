@@ -13,7 +13,7 @@ import tempfile
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(__file__))
-from _common import best_seconds, report
+from _common import best_seconds, compared, report
 
 from store import Table
 from store._native import TABLE_FORMAT_VERSION
@@ -71,6 +71,29 @@ def main() -> None:
             "gather_gb_per_s": args.keys * row_bytes / gather_out_s / 1e9,
             "sequential_copy_gb_per_s": args.keys * row_bytes / copy_s / 1e9,
             "threads": os.cpu_count(),
+            "results": [
+                compared(
+                    "gather, new array",
+                    args.keys / gather_s,
+                    "rows/s",
+                    "numpy fancy index on np.memmap",
+                    args.keys / memmap_s,
+                ),
+                compared(
+                    "gather into out",
+                    args.keys / gather_out_s,
+                    "rows/s",
+                    "numpy fancy index on np.memmap",
+                    args.keys / memmap_s,
+                ),
+                compared(
+                    "gather into out",
+                    args.keys * row_bytes / gather_out_s / 1e9,
+                    "GB/s",
+                    "sequential copy",
+                    args.keys * row_bytes / copy_s / 1e9,
+                ),
+            ],
         },
         args.png,
     )

@@ -1,7 +1,9 @@
 """Hashing throughput: the Rust kernel against the reference's numpy formulation.
 
 The baseline is `NgramHashMapping._get_ngram_hashes` of the published reference, restated
-here so both run on the same ids in the same process. Prints one JSON line.
+here so both run on the same ids in the same process, for id arrays from 1 x 128 to
+64 x 4096 (3-grams, 8 heads per order), the kernel writing into fresh arrays and into a
+reused buffer. Prints one JSON line.
 """
 
 from __future__ import annotations
@@ -9,12 +11,14 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from collections.abc import Callable
+from functools import partial
 
 import numpy as np
 import numpy.typing as npt
 
 sys.path.insert(0, os.path.dirname(__file__))
-from _common import REFERENCE_DIR, best_seconds, report
+from _common import REFERENCE_DIR, best_interleaved, compared, report
 
 from client import NgramHashMapping
 
@@ -42,8 +46,9 @@ def reference_numpy_hashes(
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--batch", type=int, default=64)
-    parser.add_argument("--seq", type=int, default=4096)
+    parser.add_argument(
+        "--shapes", default="1x128,1x4096,8x512,64x4096", help="BATCHxSEQ id arrays to hash"
+    )
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--png", help="also draw the result as a bar chart")
     args = parser.parse_args()
@@ -59,28 +64,47 @@ def main() -> None:
         seed=0,
     )
     rng = np.random.default_rng(0)
-    ids = rng.integers(0, mapping.compressed_tokenizer.vocab_size, (args.batch, args.seq))
-    if not np.array_equal(mapping.hash(ids)[1], reference_numpy_hashes(mapping, ids, 1)):
-        raise SystemExit("kernel and numpy formulation disagree")
-
-    tokens = args.batch * args.seq
-    reused = np.empty(mapping.output_shape(args.batch, args.seq), np.int64)
-    numpy_s = best_seconds(lambda: reference_numpy_hashes(mapping, ids, 1), args.repeats)
-    fresh_s = best_seconds(lambda: mapping.hash(ids), args.repeats)
-    reused_s = best_seconds(lambda: mapping.hash_into(ids, reused), args.repeats)
+    results = []
+    raw: dict[str, float] = {}
+    for shape in args.shapes.split(","):
+        batch, seq = (int(n) for n in shape.split("x"))
+        ids = rng.integers(0, mapping.compressed_tokenizer.vocab_size, (batch, seq))
+        if not np.array_equal(mapping.hash(ids)[1], reference_numpy_hashes(mapping, ids, 1)):
+            raise SystemExit("kernel and numpy formulation disagree")
+        tokens = batch * seq
+        # Small arrays take microseconds: repeat them more, so the best time is a real one.
+        repeats = args.repeats * max(1, 4096 // tokens)
+        reused = np.empty(mapping.output_shape(batch, seq), np.int64)
+        runs: dict[str, Callable[[], object]] = {
+            "numpy": partial(reference_numpy_hashes, mapping, ids, 1),
+            # `hash` returns a fresh array: the kernel faults in new memory every call.
+            "fresh": partial(mapping.hash, ids),
+            # `hash_into` a reused buffer: how a prefetcher hashing batch after batch runs.
+            "reused": partial(mapping.hash_into, ids, reused),
+        }
+        seconds = best_interleaved(runs, repeats)
+        numpy_rate = tokens / seconds["numpy"]
+        raw[f"numpy_{shape}_tokens_per_s"] = numpy_rate
+        for name, label in (("fresh", "fresh output"), ("reused", "reused output")):
+            raw[f"kernel_{name}_{shape}_tokens_per_s"] = tokens / seconds[name]
+            results.append(
+                compared(
+                    f"kernel, {label}, {shape}",
+                    tokens / seconds[name],
+                    "tokens/s",
+                    "reference numpy",
+                    numpy_rate,
+                    x=tokens,
+                    series=f"kernel, {label}",
+                )
+            )
     report(
         {
             "benchmark": "hashing",
-            "shape": [args.batch, args.seq],
             "heads_per_layer": mapping.heads_per_layer,
-            "numpy_tokens_per_s": tokens / numpy_s,
-            # `hash` returns a fresh array: the kernel must fault in new memory every call.
-            "kernel_fresh_output_tokens_per_s": tokens / fresh_s,
-            # `hash_into` a reused buffer: how a prefetcher hashing batch after batch runs.
-            "kernel_reused_output_tokens_per_s": tokens / reused_s,
-            "speedup_fresh_output": numpy_s / fresh_s,
-            "speedup_reused_output": numpy_s / reused_s,
             "threads": os.cpu_count(),
+            **raw,
+            "results": results,
         },
         args.png,
     )

@@ -26,6 +26,9 @@ from typing import Any
 
 import numpy as np
 
+sys.path.insert(0, os.path.dirname(__file__))
+from _common import compared, report
+
 DIM, BATCHES = 64, 8
 
 
@@ -195,7 +198,44 @@ def main() -> None:
         result["new_over_old_sgd"] = old["push_sgd_plain"] / new["push_sgd_journal"]
         result["new_over_old_adam"] = old["push_adam_plain"] / new["push_adam_journal"]
         result["new_over_old_gather"] = old["gather"] / new["gather"]
-    print(json.dumps(result))
+    rate = {key: 1 / seconds for key, seconds in new.items() if key.startswith("push_")}
+    results = [
+        compared(
+            f"{name} push, {what}",
+            rate[f"push_{name}_journal"],
+            "pushes/s",
+            baseline,
+            rate[f"push_{name}_{variant}"],
+        )
+        for name in ("sgd", "adam")
+        for what, baseline, variant in (
+            ("journal", "no journal", "plain"),
+            ("row checksums", "no row checksums", "unchecked"),
+            ("journal and row checksums", "neither", "bare"),
+        )
+    ]
+    results.append(
+        compared(
+            "verify (scrub)",
+            new["written_rows"] / new["verify"],
+            "rows/s",
+            "gather",
+            args.batch / new["gather"],
+        )
+    )
+    if "old" in best:
+        old = best["old"]
+        results += [
+            compared(
+                f"{name} push",
+                1 / new[f"push_{name}_journal"],
+                "pushes/s",
+                "older build",
+                1 / old[f"push_{name}_plain"],
+            )
+            for name in ("sgd", "adam")
+        ]
+    report({**result, "results": results})
 
 
 if __name__ == "__main__":

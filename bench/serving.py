@@ -34,10 +34,9 @@ import torch
 from safetensors.torch import save_file
 
 sys.path.insert(0, os.path.dirname(__file__))
-from _common import REFERENCE_DIR, best_interleaved, report, trained_fp8_rows
+from _common import best_interleaved, compared, layer_hashing, report, trained_fp8_rows
 
 from client import EngramClient
-from client.hashing import NgramHashMapping
 from client.imports import import_checkpoint, mapping_rules
 from store import Table
 from store._proto.engram.store.v1 import store_pb2 as pb
@@ -180,7 +179,43 @@ def main() -> None:
                     result["decode_shared_buffers_p50_us"] / result["decode_in_process_p50_us"]
                 )
                 result |= concurrent_readers(daemon.address, step_keys, args.steps)
+    result["results"] = serving_results(result)
     report(result)
+
+
+def serving_results(r: dict[str, Any]) -> list[dict[str, Any]]:
+    """(name, value's field, unit, baseline, baseline's field, target) of each result; latencies
+    (p50 us) are better lower."""
+    table = (
+        ("FP8 rows gathered as bfloat16", "fp8_to_bf16_rows_per_s", "rows/s",
+         "bfloat16 rows gathered", "bf16_gather_rows_per_s", 0.8),
+        ("decode step, shared buffers", "decode_shared_buffers_p50_us", "p50 us",
+         "in process", "decode_in_process_p50_us", 5),
+        ("decode step, messages", "decode_messages_p50_us", "p50 us",
+         "in process", "decode_in_process_p50_us", None),
+        ("decode step, messages, rows packed FP8", "decode_messages_packed_p50_us", "p50 us",
+         "messages, bfloat16", "decode_messages_p50_us", None),
+        ("one layer's decode step, LookupTokens", "decode_layer_lookup_tokens_p50_us", "p50 us",
+         "hash here, then Lookup", "decode_layer_hash_here_then_lookup_p50_us", None),
+        ("LookupTokens request, decode", "lookup_tokens_request_bytes_per_token", "bytes/token",
+         "Lookup request", "lookup_request_bytes_per_token", None),
+        ("4 concurrent readers", "decode_steps_per_s_4_readers", "steps/s",
+         "1 reader", "decode_steps_per_s_1_reader", None),
+        ("import of a safetensors layer", "import_bytes_per_s", "bytes/s",
+         "sequential write", "sequential_write_bytes_per_s", 0.5),
+    )  # fmt: skip
+    return [
+        compared(
+            name,
+            r[field],
+            unit,
+            baseline,
+            r[base_field],
+            target=target,
+            higher_is_better=unit not in ("p50 us", "bytes/token"),
+        )
+        for name, field, unit, baseline, base_field, target in table
+    ]
 
 
 def token_lookups(
@@ -241,18 +276,6 @@ def token_lookups(
     result["lookup_tokens_request_bytes_per_token"] = tokens_request.ByteSize() / SEQUENCES
     result["lookup_request_bytes_per_token"] = keys_request.ByteSize() / SEQUENCES
     return result
-
-
-def layer_hashing(max_rows: int) -> NgramHashMapping:
-    """2/3/4-grams x 8 heads over the reference tokenizer, the vocabulary sized so that the
-    layer's table fits in `max_rows` rows."""
-    vocab = max(max_rows // 24 - 64, 64)
-    tokenizer = os.path.join(REFERENCE_DIR, "tokenizer.json")
-    while True:
-        mapping = NgramHashMapping([vocab] * 3, 4, 8 * DIM, 8, [1], tokenizer, 2, 0)
-        if mapping.layer_table_rows(1) <= max_rows:
-            return mapping
-        vocab -= max(vocab // 1000, 1)
 
 
 def concurrent_readers(address: str, step_keys: list[np.ndarray], steps: int) -> dict[str, Any]:

@@ -19,7 +19,7 @@ from itertools import islice
 
 sys.path.insert(0, os.path.dirname(__file__))
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "examples"))
-from _common import report
+from _common import compared, report
 from tiny_engram_lm import Trainer, batches
 
 
@@ -64,6 +64,23 @@ def main() -> None:
             "store_no_prefetch_steps_per_s": rate["unprefetched"],
             "store_prefetch_vs_local": rate["prefetched"] / rate["local"],
             "store_no_prefetch_vs_local": rate["unprefetched"] / rate["local"],
+            "results": [
+                compared(
+                    "StoreEmbedding, prefetch",
+                    rate["prefetched"],
+                    "steps/s",
+                    "LocalEmbedding",
+                    rate["local"],
+                    target=0.9,
+                ),
+                compared(
+                    "StoreEmbedding, no prefetch",
+                    rate["unprefetched"],
+                    "steps/s",
+                    "LocalEmbedding",
+                    rate["local"],
+                ),
+            ],
         },
         args.png,
     )

@@ -1,55 +1,92 @@
-"""Every benchmark runs end to end in a tiny configuration, so none can rot unnoticed. The
-numbers of such runs mean nothing; that each prints its JSON line with its fields does."""
+"""The benchmark suite runs every benchmark end to end in its tiny mode, so none can rot
+unnoticed: each writes a record with its machine, date, commit and results (value, baseline,
+ratio), a chart, and README's results section from the records. The numbers of such runs
+mean nothing; that they are produced and well formed does."""
 
 from __future__ import annotations
 
 import json
+import math
 import os
+import shutil
 import subprocess
 import sys
+from pathlib import Path
+from typing import Any
 
 import pytest
 from conftest import REPO_ROOT
 
-TINY = {
-    "gather.py": ["--rows", "20000", "--keys", "5000", "--repeats", "1"],
-    "hashing.py": ["--batch", "2", "--seq", "64", "--repeats", "1"],
-    "store_rpc.py": ["--rows", "20000", "--batch", "2048", "--repeats", "1"],
-    "push_safety.py": ["--rounds", "1", "--rows", "20000", "--batch", "2048"],
-    "train_steps.py": ["--segment", "1", "--rounds", "1", "--batch", "2"],
-    "serving.py": ["--rows", "20000", "--steps", "10", "--repeats", "1"],
-    "beyond_ram.py": ["--rows", "50000", "--steps", "5"],
-}
-EXPECTED_FIELDS = {
-    "serving.py": [
-        "fp8_dequant_vs_bf16_gather",
-        "import_vs_sequential_write",
-        "decode_shared_buffers_p50_us",
-        "shared_buffers_p50_vs_in_process",
-        "four_readers_vs_one",
-    ],
-    "store_rpc.py": ["grpc_lookup_rows_per_s", "socket_copy_rows_per_s"],
-    "beyond_ram.py": ["cold_steps_per_s", "warm_steps_per_s", "cached_vs_in_ram"],
-}
+sys.path.insert(0, str(REPO_ROOT / "bench"))
+from _plan import BENCHMARKS
+
+pytestmark = pytest.mark.slow
+NOT_BENCHMARKS = {"compare_builds.py", "suite.py"}
 
 
-def test_every_benchmark_has_a_tiny_run() -> None:
+@pytest.fixture(scope="module")
+def tiny_suite(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, str]:
+    """Runs `bench/suite.py --mode tiny` once into a temporary results directory and a copy
+    of README (the evidence record copied beside, as in bench/results)."""
+    root = tmp_path_factory.mktemp("suite")
+    results = root / "results"
+    shutil.copytree(REPO_ROOT / "bench" / "results" / "evidence", results / "evidence")
+    readme = root / "README.md"
+    shutil.copy(REPO_ROOT / "README.md", readme)
+    done = subprocess.run(
+        [sys.executable, str(REPO_ROOT / "bench" / "suite.py"), "--mode", "tiny",
+         "--results-dir", str(results), "--readme", str(readme)],
+        capture_output=True, text=True, timeout=1200, cwd=REPO_ROOT,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-5000:]
+    return results, readme, done.stderr
+
+
+def record(results: Path, name: str) -> dict[str, Any]:
+    loaded: dict[str, Any] = json.loads((results / f"{name}.json").read_text())
+    return loaded
+
+
+def test_every_benchmark_script_is_in_the_suite() -> None:
     scripts = {p.name for p in (REPO_ROOT / "bench").glob("*.py") if not p.name.startswith("_")}
-    assert scripts - {"compare_builds.py"} == set(TINY)
+    assert scripts - NOT_BENCHMARKS == {f"{b.name}.py" for b in BENCHMARKS}
+    assert all("tiny" in b.args for b in BENCHMARKS)
 
 
-@pytest.mark.parametrize("script", sorted(TINY))
-def test_a_benchmark_runs_and_reports(script: str) -> None:
-    result = subprocess.run(
-        [sys.executable, str(REPO_ROOT / "bench" / script), *TINY[script]],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        cwd=REPO_ROOT,
-        env={**os.environ, "PYTHONPATH": str(REPO_ROOT)},
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    line = [x for x in result.stdout.splitlines() if x.startswith("{")][-1]
-    report = json.loads(line)
-    for field in EXPECTED_FIELDS.get(script, []):
-        assert report[field] > 0, field
+@pytest.mark.parametrize("name", [b.name for b in BENCHMARKS])
+def test_a_benchmark_writes_a_record_and_a_chart(
+    tiny_suite: tuple[Path, Path, str], name: str
+) -> None:
+    results, _, _ = tiny_suite
+    written = record(results, name)
+    assert written["benchmark"] == name and written["mode"] == "tiny"
+    assert written["machine"]["cores"] == os.cpu_count()
+    assert written["date"][:4].isdigit() and written["commit"]
+    assert written["results"]
+    for result in written["results"]:
+        assert result["value"] >= 0 and result["baseline_value"] > 0, result
+        assert math.isclose(result["ratio"], result["value"] / result["baseline_value"])
+    assert (results / f"{name}.png").stat().st_size > 1000
+
+
+def test_the_readme_copy_gets_every_record(tiny_suite: tuple[Path, Path, str]) -> None:
+    results, readme, _ = tiny_suite
+    text = readme.read_text()
+    for benchmark in BENCHMARKS:
+        assert benchmark.title in text
+        for result in record(results, benchmark.name)["results"]:
+            assert f"| {result['name']} |" in text
+    assert "Engram's gain over baseline" in text
+
+
+@pytest.mark.skipif(
+    shutil.which("redis-server") is None,
+    reason="redis-server is not installed (apt-get install redis-server; .ci/run installs it)",
+)
+def test_lookups_are_measured_against_redis(tiny_suite: tuple[Path, Path, str]) -> None:
+    results, _, _ = tiny_suite
+    lookups = record(results, "lookups")
+    assert lookups["details"]["redis"].startswith("redis-server")
+    names = [r["name"] for r in lookups["results"]]
+    assert any(n.startswith("Redis MGET") for n in names)
+    assert any(n.startswith("gRPC messages vs Redis") for n in names)

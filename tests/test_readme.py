@@ -3,6 +3,7 @@ repository's root as a user would, leaving nothing behind."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -15,9 +16,14 @@ from conftest import REPO_ROOT
 README = (REPO_ROOT / "README.md").read_text()
 BLOCKS = re.findall(r"```(python|bash)\n(.*?)```", README, flags=re.DOTALL)
 # The first screen's two commands are this test run itself (`./scripts/test.sh`) and the
-# examples that tests/test_examples.py runs (`./scripts/demo.sh`).
-FIRST_SCREEN = "./scripts/demo.sh"
-RUNNABLE = [(i, kind, code) for i, (kind, code) in enumerate(BLOCKS) if FIRST_SCREEN not in code]
+# examples that tests/test_examples.py runs (`./scripts/demo.sh`); the benchmark suite's
+# commands take minutes, and tests/test_benchmarks.py runs the suite in its tiny mode.
+RUN_ELSEWHERE = ("./scripts/demo.sh", "bench/suite.py")
+RUNNABLE = [
+    (i, kind, code)
+    for i, (kind, code) in enumerate(BLOCKS)
+    if not any(command in code for command in RUN_ELSEWHERE)
+]
 SCRATCH = {".git", ".venv", "target", ".pytest_cache", ".mypy_cache", ".ruff_cache", "bench"}
 
 
@@ -57,3 +63,22 @@ def test_a_readme_block_runs_alone_twice_and_leaves_nothing(
             f"README block {index} ({kind}), run {attempt}:\n{result.stdout}\n{result.stderr}"
         )
     assert repository_files() == before, "the block left files in the repository"
+
+
+def test_the_results_in_the_readme_are_those_of_the_records() -> None:
+    """README's results sections are written from bench/results by the suite, never by
+    hand: they must equal what the committed records give."""
+    sys.path.insert(0, str(REPO_ROOT / "bench"))
+    try:
+        import _readme
+        import _records
+    finally:
+        sys.path.remove(str(REPO_ROOT / "bench"))
+    records = _records.read_all(_records.RESULTS_DIR)
+    evidence = json.loads(
+        (REPO_ROOT / "bench" / "results" / "evidence" / "results.json").read_text()
+    )
+    assert records, "bench/results holds no benchmark records"
+    assert _readme.regenerate(README, records, evidence) == README, (
+        "README's results differ from bench/results: run python bench/suite.py --render-only"
+    )

@@ -1,0 +1,125 @@
+"""README's results, written from the JSON records (never typed by hand): the benchmark
+tables between the `benchmarks` markers and the evidence experiment's between the
+`evidence` markers. `tests/test_readme.py` checks that README holds exactly this."""
+
+from __future__ import annotations
+
+import math
+import re
+from typing import Any
+
+from _plan import BENCHMARKS
+
+
+def begin_marker(section: str) -> str:
+    return f"<!-- generated from bench/results by bench/suite.py: {section} -->"
+
+
+END_MARKER = "<!-- end of generated section -->"
+
+
+def number(value: float) -> str:
+    """Three significant figures, with k/M/G for large values."""
+    if not math.isfinite(value):
+        return str(value)
+    for scale, suffix in ((1e9, " G"), (1e6, " M"), (1e3, " k")):
+        if abs(value) >= scale:
+            return f"{value / scale:.3g}{suffix}"
+    return f"{value:.3g}"
+
+
+def target_cell(result: dict[str, Any]) -> str:
+    if "target" not in result:
+        return ""
+    at_least = result["higher_is_better"]
+    met = result["ratio"] >= result["target"] if at_least else result["ratio"] <= result["target"]
+    return f"{'>=' if at_least else '<='} {result['target']:g}: {'met' if met else 'not met'}"
+
+
+def machine_line(record: dict[str, Any]) -> str:
+    m = record["machine"]
+    return (
+        f"{record['date'][:10]}, commit {record['commit']}, {m['cpu']}, {m['cores']} cores, "
+        f"{m['memory_gib']} GiB; {record['mode']} mode, {record['seconds']:.0f} s"
+    )
+
+
+def benchmark_tables(records: list[dict[str, Any]]) -> str:
+    by_name = {r["benchmark"]: r for r in records}
+    parts = []
+    for benchmark in BENCHMARKS:
+        record = by_name.get(benchmark.name)
+        if record is None:
+            continue
+        command = " ".join(["python", benchmark.script, *record["command"]])
+        lines = [
+            f"**{benchmark.title}** (`{command}`; {machine_line(record)}; "
+            f"[chart](bench/results/{benchmark.name}.png))",
+            "",
+            "| result | value | baseline | ratio | target |",
+            "| --- | --- | --- | --- | --- |",
+        ]
+        for r in record["results"]:
+            lines.append(
+                f"| {r['name']} | {number(r['value'])} {r['unit']} | {r['baseline']}: "
+                f"{number(r['baseline_value'])} {r['unit']} | {r['ratio']:.2f} | "
+                f"{target_cell(r)} |"
+            )
+        parts.append("\n".join(lines))
+    return "\n\n".join(parts)
+
+
+def evidence_table(evidence: dict[str, Any]) -> str:
+    summary = evidence["summary"]
+    runs = evidence["runs"]
+
+    def loss(key: str) -> str:
+        s = summary[key]
+        return f"{s['mean']:.3f} +- {s['stdev']:.3f}"
+
+    rows = [
+        "| model | parameters | held-out loss | steps/s (slowest-fastest seed) |",
+        "| --- | --- | --- | --- |",
+    ]
+    for model in ("baseline", "engram", "wide"):
+        mine = [run for run in runs if run["model"] == model]
+        if f"{model}_final_loss" in summary and mine:
+            rates = [run["steps_per_s"] for run in mine]
+            rows.append(
+                f"| {model} | {mine[0]['parameters'] / 1e6:.2f} M | "
+                f"{loss(f'{model}_final_loss')} | {min(rates):.1f}-{max(rates):.1f} |"
+            )
+        if model == "engram" and "engram_zeroed_final_loss" in summary:
+            rows.append(
+                f"| engram, Engram's output zeroed | | {loss('engram_zeroed_final_loss')} | |"
+            )
+    text = [
+        f"Held-out loss (cross-entropy, nats per token) after {evidence['steps']} steps, mean "
+        f"+- standard deviation over {evidence['seeds']} seeds; {evidence['train_tokens']} "
+        f"tokens to train on, {evidence['held_out_tokens']} held out ({evidence['date']}, "
+        f"commit {evidence['commit']}, {evidence['machine']}, "
+        f"{evidence['seconds'] / 60:.0f} minutes):",
+        "",
+        *rows,
+    ]
+    for key, against in (("gain_over_baseline", "baseline"), ("gain_over_wide", "wide")):
+        if key in summary:
+            text += [
+                "",
+                f"Engram's gain over {against} (their loss minus Engram's, per seed): {loss(key)}",
+            ]
+    return "\n".join(text)
+
+
+def replace_section(readme: str, section: str, body: str) -> str:
+    pattern = re.compile(re.escape(begin_marker(section)) + r"\n.*?" + re.escape(END_MARKER), re.S)
+    if not pattern.search(readme):
+        raise ValueError(f"README has no {section!r} section markers")
+    return pattern.sub(lambda _: f"{begin_marker(section)}\n{body}\n{END_MARKER}", readme)
+
+
+def regenerate(readme: str, records: list[dict[str, Any]], evidence: dict[str, Any] | None) -> str:
+    readme = replace_section(readme, "benchmarks", benchmark_tables(records))
+    if evidence is not None:
+        readme = replace_section(readme, "evidence", evidence_table(evidence))
+    return readme
