@@ -43,7 +43,7 @@ BENCHMARKS = [
         {
             "tiny": ["--rows", "20000", "--keys", "5000", "--repeats", "1"],
             "quick": ["--rows", "500000", "--keys", "200000", "--repeats", "3"],
-            "default": ["--rows", "4000000", "--keys", "1000000", "--repeats", "5"],
+            "default": [],
             "full": [],
         },
     ),
@@ -91,7 +91,7 @@ BENCHMARKS = [
         {
             "tiny": ["--segment", "1", "--rounds", "1", "--batch", "2"],
             "quick": ["--segment", "5", "--rounds", "3"],
-            "default": ["--segment", "10", "--rounds", "10"],
+            "default": [],
             "full": [],
         },
     ),
@@ -111,7 +111,7 @@ BENCHMARKS = [
         {
             "tiny": ["--rows", "20000", "--steps", "10", "--repeats", "1"],
             "quick": ["--rows", "100000", "--steps", "50", "--repeats", "2"],
-            "default": ["--rows", "1000000", "--steps", "300"],
+            "default": [],
             "full": [],
         },
     ),

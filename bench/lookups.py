@@ -12,8 +12,8 @@ falls on all alike), the best time of:
   rows in a shared-memory buffer, only control data on the socket;
 - `Redis MGET`: the same rows in a `redis-server` on loopback, read by pipelined `MGET`
   (what users would otherwise reach for; `--skip-redis` where it is not installed);
-- `socket copy`: the rows' bytes through a fresh loopback TCP connection and nothing else
-  (no protocol, one Python thread each side: what moving the bytes through a socket costs).
+- `socket copy`: the rows' bytes through an open loopback TCP connection into a buffer
+  allocated once, and nothing else: what moving them through a socket costs, with no protocol.
 Then `LookupTokens` (raw token ids sent, the daemon hashes) against `Lookup` (hashed here,
 the keys sent) for a batch of the corpus's tokens, over the messages: request bytes per
 token and end-to-end time. Prints one JSON line.
@@ -46,24 +46,28 @@ from store.spec import TableSpec
 ROWS_PER_SECOND = "rows/s"
 
 
-def loopback_transfer(nbytes: int) -> None:
-    """Sends `nbytes` over a fresh TCP loopback connection into a preallocated buffer."""
-    with socket.create_server(("127.0.0.1", 0)) as server:
-        payload = bytes(nbytes)
+class LoopbackCopy:
+    """The rows' bytes sent through one open loopback TCP connection into a buffer allocated
+    once: what moving them through a socket costs here, with no protocol and no allocation."""
 
-        def send() -> None:
-            connection, _ = server.accept()
-            with connection:
-                connection.sendall(payload)
+    def __init__(self, nbytes: int) -> None:
+        with socket.create_server(("127.0.0.1", 0)) as server:
+            self.receiver = socket.create_connection(server.getsockname())
+            self.sender, _ = server.accept()
+        self.payload = bytes(nbytes)
+        self.received = memoryview(bytearray(nbytes))
 
-        sender = threading.Thread(target=send)
-        sender.start()
-        received = memoryview(bytearray(nbytes))
-        with socket.create_connection(server.getsockname()) as client:
-            got = 0
-            while got < nbytes:
-                got += client.recv_into(received[got:])
-        sender.join()
+    def __call__(self) -> None:
+        sending = threading.Thread(target=self.sender.sendall, args=(self.payload,))
+        sending.start()
+        got = 0
+        while got < len(self.received):
+            got += self.receiver.recv_into(self.received[got:])
+        sending.join()
+
+    def close(self) -> None:
+        self.sender.close()
+        self.receiver.close()
 
 
 def write_rows(client: EngramClient, spec: TableSpec, rows_at: Callable[[int, int], Any]) -> None:
@@ -86,11 +90,12 @@ def size_sweep(
         keys = rng.integers(0, args.rows, size, dtype=np.uint64)
         out = np.empty((size, args.dim), np.float32)
         expected = table.gather(keys)
+        copy = LoopbackCopy(out.nbytes)
         runs: dict[str, Callable[[], Any]] = {
             "in process": partial(table.gather, keys, out=out),
             "gRPC messages": partial(remote.lookup, "E", keys, out=out),
             "gRPC shared buffers": partial(client.lookup, "E", keys, out=out),
-            "socket copy": partial(loopback_transfer, out.nbytes),
+            "socket copy": copy,
         }
         if redis is not None:
             runs["Redis MGET"] = partial(redis.lookup, keys, out)
@@ -102,6 +107,7 @@ def size_sweep(
                     raise SystemExit(f"{name} answered other rows than the table holds")
         repeats = max(3, min(args.repeats, args.repeats * 10_000 // size))
         seconds = best_interleaved(runs, repeats)
+        copy.close()
         base = size / seconds["in process"]
         for name, s in seconds.items():
             raw[f"{name.replace(' ', '_')}_{size}_rows_per_s"] = size / s
@@ -117,6 +123,15 @@ def size_sweep(
                         series=name,
                     )
                 )
+        results.append(
+            compared(
+                f"gRPC messages vs socket copy, {size} rows",
+                size / seconds["gRPC messages"],
+                ROWS_PER_SECOND,
+                "socket copy",
+                size / seconds["socket copy"],
+            )
+        )
         if redis is not None:
             results.append(
                 compared(
@@ -188,7 +203,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--rows", type=int, default=1_000_000, help="rows of the table")
     parser.add_argument("--dim", type=int, default=64)
-    parser.add_argument("--sizes", default="1000,10000,100000,1000000", help="rows per lookup")
+    parser.add_argument(
+        "--sizes", default="1000,10000,65536,100000,1000000", help="rows per lookup"
+    )
     parser.add_argument(
         "--token-batch", type=lambda s: tuple(int(x) for x in s.split("x")), default=(8, 512),
         help="BATCHxSEQ tokens of the LookupTokens comparison",
