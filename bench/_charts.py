@@ -17,7 +17,10 @@ def draw(record: dict[str, Any], path: str) -> None:
     panels = [p for p in (sweep, single) if p]
     height = 1.2 + 0.32 * len(single)
     fig, axes = plt.subplots(
-        len(panels), 1, figsize=(8, sum(4 if p is sweep else height for p in panels)), squeeze=False
+        len(panels),
+        1,
+        figsize=(10, sum(4 if p is sweep else height for p in panels)),
+        squeeze=False,
     )
     for ax, panel in zip(axes[:, 0], panels, strict=True):
         if panel is sweep:
@@ -49,13 +52,18 @@ def draw_sweep(ax: Any, results: list[dict[str, Any]]) -> None:
         ax.set_yscale("log")
     ax.set_xscale("log")
     ax.set_ylabel(results[0]["unit"])
+    ax.set_xlabel(results[0].get("x_unit", ""))
     ax.legend(fontsize=7)
     ax.grid(alpha=0.3)
 
 
 def draw_ratios(ax: Any, results: list[dict[str, Any]]) -> None:
-    labels = [f"{r['name']} / {r['baseline']}" for r in results]
+    labels = [
+        r["name"] if " vs " in r["name"] else f"{r['name']} / {r['baseline']}" for r in results
+    ]
     ratios = [r["ratio"] for r in results]
+    if min(ratios) > 0 and max(ratios) / min(ratios) > 30:
+        ax.set_xscale("log")
     ax.barh(labels, ratios, color=["C0" if r["higher_is_better"] else "C1" for r in results])
     ax.axvline(1, color="k", lw=0.8)
     for i, r in enumerate(results):

@@ -83,6 +83,7 @@ def compared(
     *,
     x: float | None = None,
     series: str | None = None,
+    x_unit: str | None = None,
     target: float | None = None,
     higher_is_better: bool = True,
 ) -> dict[str, Any]:
@@ -90,7 +91,7 @@ def compared(
     the same run. `ratio` is value / baseline_value; `higher_is_better` says which way is
     good (False for latencies), and `target`, where the project set one, is the ratio to reach
     (at least, or at most for latencies). `x` places the result on a sweep (rows, tokens,
-    cache size) as a point of the line `series` in the charts."""
+    cache size; in `x_unit`) as a point of the line `series` in the charts."""
     result: dict[str, Any] = {
         "name": name,
         "value": value,
@@ -103,6 +104,7 @@ def compared(
     if x is not None:
         result["x"] = x
         result["series"] = series or name
+        result["x_unit"] = x_unit or ""
     if target is not None:
         result["target"] = target
     return result

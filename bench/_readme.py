@@ -62,7 +62,7 @@ def benchmark_tables(records: list[dict[str, Any]]) -> str:
         for r in record["results"]:
             lines.append(
                 f"| {r['name']} | {number(r['value'])} {r['unit']} | {r['baseline']}: "
-                f"{number(r['baseline_value'])} {r['unit']} | {r['ratio']:.2f} | "
+                f"{number(r['baseline_value'])} {r['unit']} | {r['ratio']:.3g} | "
                 f"{target_cell(r)} |"
             )
         parts.append("\n".join(lines))

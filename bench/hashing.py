@@ -96,6 +96,7 @@ def main() -> None:
                     numpy_rate,
                     x=tokens,
                     series=f"kernel, {label}",
+                    x_unit="tokens per call",
                 )
             )
     report(

@@ -91,6 +91,7 @@ def main() -> None:
                     oracle,
                     x=percent,
                     series="HotRowCache",
+                    x_unit="cache size, % of the table's rows",
                     target=0.9 if percent == 1 else None,
                 )
             )

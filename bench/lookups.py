@@ -121,6 +121,7 @@ def size_sweep(
                         base,
                         x=size,
                         series=name,
+                        x_unit="rows per lookup",
                     )
                 )
         results.append(
