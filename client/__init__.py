@@ -3,6 +3,7 @@
 from client.client import EngramClient
 from client.connection import RetryPolicy
 from client.errors import (
+    DataParallelStepError,
     EngramClientError,
     InvalidRequestError,
     KeyOutOfRangeError,
@@ -22,12 +23,14 @@ from client.results import (
     VerifyReport,
 )
 from store.errors import StoreError
+from store.spec import SyncStep
 
 __all__ = [
     "BatchResult",
     "CheckpointInfo",
     "CompressedTokenizer",
     "DaemonStats",
+    "DataParallelStepError",
     "EngramClient",
     "EngramClientError",
     "InvalidRequestError",
@@ -39,6 +42,7 @@ __all__ = [
     "RetryPolicy",
     "ShardUnavailableError",
     "StoreError",
+    "SyncStep",
     "TableExistsError",
     "TableInfo",
     "TableNotFoundError",

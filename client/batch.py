@@ -12,6 +12,7 @@ import numpy.typing as npt
 from client.layout import TableLayout
 from client.shared_memory import SharedBuffer, aligned
 from store._proto.engram.store.v1 import store_pb2 as pb
+from store.spec import step_timeout
 
 
 @dataclass
@@ -38,10 +39,18 @@ class LookupPart:
 class ShardBatch:
     """The parts of a batch bound for one daemon (complete before it is laid out)."""
 
-    def __init__(self, client_id: str, pushes: list[PushPart], lookups: list[LookupPart]):
+    def __init__(
+        self,
+        client_id: str,
+        pushes: list[PushPart],
+        lookups: list[LookupPart],
+        sync: pb.SyncStep | None = None,
+    ):
         self.client_id = client_id
         self.pushes = pushes
         self.lookups = lookups
+        # Every push's share of a data-parallel step, when the pushes are one.
+        self.sync = sync
 
     def _request(self) -> pb.BatchRequest:
         return pb.BatchRequest(
@@ -53,6 +62,7 @@ class ShardBatch:
                     client_id=self.client_id,
                     sequence=p.sequence,
                     return_rows=p.updated is not None,
+                    sync=self.sync,
                 )
                 for p in self.pushes
             ],
@@ -79,6 +89,13 @@ class ShardBatch:
         for rows_answer, q in zip(reply.lookups, self.lookups, strict=True):
             rows = np.frombuffer(rows_answer.rows.data, "<f4").reshape(len(q.keys), q.out.shape[1])
             _place(q, rows)
+
+    @property
+    def waits_s(self) -> float:
+        """How long the daemon may hold the call: the step's timeout, for a step's pushes."""
+        if self.sync is None or not self.pushes:
+            return 0.0
+        return step_timeout(self.sync.timeout_s)
 
     def buffer_bytes(self) -> int:
         return self._offsets[-1]
@@ -138,17 +155,20 @@ def split_by_shard(
         ]
     ],
     lookups: list[tuple[str, npt.NDArray[np.uint64], npt.NDArray[np.float32], TableLayout]],
+    sync: pb.SyncStep | None = None,
 ) -> dict[int, ShardBatch]:
     """Each daemon's share of a batch, by shard index. `pushes`: (table, keys, grads,
     sequence, array for the updated rows or None, table layout); `lookups`: (table, keys,
-    array for the rows, of any shape ending in dim, table layout)."""
+    array for the rows, of any shape ending in dim, table layout). With `sync` (the pushes
+    are a data-parallel step), every shard of a pushed table gets its part, if empty: each
+    shard waits for every rank's."""
     parts: dict[int, ShardBatch] = {}
 
     def of(shard: int) -> ShardBatch:
-        return parts.setdefault(shard, ShardBatch(client_id, [], []))
+        return parts.setdefault(shard, ShardBatch(client_id, [], [], sync))
 
     for table, keys, grads, sequence, updated, layout in pushes:
-        for shard, positions in layout.split(keys):
+        for shard, positions in layout.split(keys, every_shard=sync is not None):
             local = keys[positions] - layout.bounds[shard]
             part_grads = grads if len(positions) == len(keys) else grads[positions]
             of(shard).pushes.append(

@@ -40,8 +40,8 @@ from client.shared_memory import DEFAULT_DIRECTORY, SharedBufferPool, is_local
 from client.transfer import RowTransfer
 from store._proto.engram.store.v1 import store_pb2 as pb
 from store.arrays import as_keys, as_rows, numpy_row_type
-from store.conversions import hash_from_proto, table_spec_to_proto
-from store.spec import HashSpec, OptimizerSpec, TableSpec, row_width
+from store.conversions import hash_from_proto, sync_to_proto, table_spec_to_proto
+from store.spec import HashSpec, OptimizerSpec, SyncStep, TableSpec, row_width
 
 log = logging.getLogger(__name__)
 
@@ -356,15 +356,25 @@ class EngramClient:
         grads: Any,
         step: int | None = None,
         return_rows: bool = False,
+        sync: SyncStep | None = None,
     ) -> PushResult:
         """Applies `grads` (`[len(keys), dim]`) with the table's optimizer; repeated keys are
         summed by the daemon. Exactly once, even when retried. With `return_rows`, the result
         carries each key's row as this push left it (a retried push that was already applied
-        carries the rows as they are now)."""
+        carries the rows as they are now).
+
+        With `sync`, the push is this rank's share of step `sync.step` of a data-parallel job:
+        it returns once every rank has pushed and the step is applied (their gradients
+        reduced as DDP reduces them), or raises `StepFailedError` naming the ranks that did
+        not push in time. Its keys may then be empty (`step` and `return_rows` are unused)."""
         flat = as_keys(keys)
         layout = self._layout(table)
         values = as_rows(grads, len(flat), layout.dim, "grads")
-        if not len(flat):
+        if sync is not None:
+            sync.check()
+            if return_rows:
+                raise ValueError("return_rows is not available with sync: read the rows after")
+        elif not len(flat):
             raise ValueError("push has no keys")
         with self._sequence_lock:
             sequence = next(self._sequence)
@@ -381,6 +391,7 @@ class EngramClient:
                 client_id=self.client_id,
                 sequence=sequence,
                 return_rows=return_rows,
+                sync=sync_to_proto(sync) if sync is not None else None,
             )
 
             def keep(returned: npt.NDArray[np.float32]) -> None:
@@ -391,7 +402,7 @@ class EngramClient:
                 request, local, rows, keep if return_rows else None
             )
 
-        parts = layout.split(flat)
+        parts = layout.split(flat, every_shard=sync is not None)
         if len(parts) == 1:
             replies = [send(*parts[0])]
         else:
@@ -415,15 +426,24 @@ class EngramClient:
         pushes: Sequence[tuple[str, Any, Any]] = (),
         lookups: Sequence[tuple[str, Any]] = (),
         return_rows: bool = False,
+        sync: SyncStep | None = None,
     ) -> BatchResult:
         """Pushes `(table, keys, grads)` in order, then looks up `(table, keys)` (seeing those
         pushes): one call to each daemon involved, where separate calls would take one each.
         Pushes are exactly once, as with `push`; rows are float32. Lookups answered in
-        messages must fit in one (shared memory has no such limit)."""
+        messages must fit in one (shared memory has no such limit). With `sync`, every push
+        is this rank's share of step `sync.step` of its table (see `push`), and the lookups
+        see the whole step."""
+        if sync is not None:
+            sync.check()
+            if return_rows:
+                raise ValueError("return_rows is not available with sync: read the rows after")
+            if len({table for table, _, _ in pushes}) != len(pushes):
+                raise ValueError("with sync, a batch holds one push per table (one step each)")
         flat_pushes = []
         for table, keys, grads in pushes:
             flat = as_keys(keys)
-            if not len(flat):
+            if not len(flat) and sync is None:
                 raise ValueError(f"a push to {table!r} has no keys")
             layout = self._layout(table)
             flat_pushes.append((table, flat, as_rows(grads, len(flat), layout.dim, "grads")))
@@ -444,6 +464,7 @@ class EngramClient:
                 (t, as_keys(keys), out, self._layout(t))
                 for (t, keys), out in zip(lookups, outs, strict=True)
             ],
+            sync_to_proto(sync) if sync is not None else None,
         )
 
         def send(shard_index: int, batch: ShardBatch) -> pb.BatchResponse:

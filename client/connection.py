@@ -112,9 +112,11 @@ class Shard:
             response_deserializer=read_lookup_chunk,
         )
 
-    def call(self, attempt: Callable[[float], T]) -> T:
-        """Runs `attempt(timeout)` until it succeeds, fails for good, or the deadline passes."""
-        deadline = time.monotonic() + self.timeout_s
+    def call(self, attempt: Callable[[float], T], waits_s: float = 0.0) -> T:
+        """Runs `attempt(timeout)` until it succeeds, fails for good, or the deadline passes:
+        the shard's timeout, plus `waits_s` for a call that waits on others by design (a
+        data-parallel step waiting for its ranks)."""
+        deadline = time.monotonic() + self.timeout_s + waits_s
         backoff = self.retry.initial_backoff_s
         for number in range(1, self.retry.max_attempts + 1):
             remaining = deadline - time.monotonic()

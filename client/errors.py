@@ -13,6 +13,7 @@ from store.errors import (
     NotFoundError,
     OutOfRangeError,
     ResourceExhaustedError,
+    StepFailedError,
     StoreError,
     UnavailableError,
     kind_of,
@@ -56,6 +57,10 @@ class PreconditionFailedError(EngramClientError, FailedPreconditionError):
     """The request cannot apply to the daemon's state now (e.g. a shared buffer it refuses)."""
 
 
+class DataParallelStepError(EngramClientError, StepFailedError):
+    """A data-parallel step failed: not every rank pushed it in time; nothing was applied."""
+
+
 # Each store kind's client kind (its second base).
 _CLIENT_KIND: dict[type[StoreError], type[EngramClientError]] = {
     kind.__bases__[1]: kind
@@ -67,6 +72,7 @@ _CLIENT_KIND: dict[type[StoreError], type[EngramClientError]] = {
         KeyOutOfRangeError,
         RequestTooLargeError,
         PreconditionFailedError,
+        DataParallelStepError,
     )
 }
 

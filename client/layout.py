@@ -15,12 +15,19 @@ class TableLayout:
     bounds: npt.NDArray[np.uint64]
     dim: int
 
-    def split(self, keys: npt.NDArray[np.uint64]) -> list[tuple[int, npt.NDArray[np.intp]]]:
-        """For each shard with keys: (shard, positions of its keys), in key order."""
+    def split(
+        self, keys: npt.NDArray[np.uint64], every_shard: bool = False
+    ) -> list[tuple[int, npt.NDArray[np.intp]]]:
+        """For each shard with keys (or each shard, with `every_shard`): (shard, positions of
+        its keys), in key order."""
         if len(self.bounds) == 2:
             return [(0, np.arange(len(keys)))]
         shard_of = np.searchsorted(self.bounds, keys, side="right") - 1
         order = np.argsort(shard_of, kind="stable")
         counts = np.bincount(shard_of, minlength=len(self.bounds) - 1)
         starts = np.concatenate([[0], np.cumsum(counts)])
-        return [(s, order[starts[s] : starts[s + 1]]) for s in range(len(counts)) if counts[s]]
+        return [
+            (s, order[starts[s] : starts[s + 1]])
+            for s in range(len(counts))
+            if counts[s] or every_shard
+        ]

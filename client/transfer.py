@@ -22,12 +22,18 @@ from client.errors import EngramClientError
 from client.shared_memory import SharedBufferPool, aligned
 from store._proto.engram.store.v1 import store_pb2 as pb
 from store.arrays import numpy_row_type
+from store.spec import step_timeout
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 # Where rows `[offset, offset + len(rows))` of a lookup's answer go.
 RowPlacer = Callable[[int, npt.NDArray[Any]], None]
+
+
+def step_wait(request: pb.PushRequest) -> float:
+    """How long the daemon may hold a push that is a rank's share of a step."""
+    return step_timeout(request.sync.timeout_s) if request.HasField("sync") else 0.0
 
 
 class RowTransfer:
@@ -100,7 +106,9 @@ class RowTransfer:
                 in_buffer[:] = grads
                 request.keys_buffer.CopyFrom(buffer.message())
                 request.grads_buffer.CopyFrom(buffer.message(grads_at))
-                reply: pb.PushResponse = shard.call(lambda t: shard.stub.Push(request, timeout=t))
+                reply: pb.PushResponse = shard.call(
+                    lambda t: shard.stub.Push(request, timeout=t), step_wait(request)
+                )
                 if keep_rows is not None:
                     keep_rows(in_buffer)
                 return reply
@@ -111,7 +119,9 @@ class RowTransfer:
             request.ClearField("grads_buffer")
             request.keys.data = keys.astype("<u8", copy=False).tobytes()
             request.grads.data = grads.astype("<f4", copy=False).tobytes()
-            reply: pb.PushResponse = shard.call(lambda t: shard.stub.Push(request, timeout=t))
+            reply: pb.PushResponse = shard.call(
+                lambda t: shard.stub.Push(request, timeout=t), step_wait(request)
+            )
             if keep_rows is not None:
                 keep_rows(np.frombuffer(reply.updated_rows.data, "<f4").reshape(grads.shape))
             return reply
@@ -142,14 +152,18 @@ class RowTransfer:
         def through_shared_memory() -> pb.BatchResponse:
             with self._buffers.lease(batch.buffer_bytes()) as buffer:
                 request = batch.in_buffer(buffer)
-                reply: pb.BatchResponse = shard.call(lambda t: shard.stub.Batch(request, timeout=t))
+                reply: pb.BatchResponse = shard.call(
+                    lambda t: shard.stub.Batch(request, timeout=t), batch.waits_s
+                )
                 batch.take_from_buffer(buffer)
                 return reply
 
         def through_messages() -> pb.BatchResponse:
             # Same sequences: pushes the daemon refused were not applied.
             request = batch.in_messages()
-            reply: pb.BatchResponse = shard.call(lambda t: shard.stub.Batch(request, timeout=t))
+            reply: pb.BatchResponse = shard.call(
+                lambda t: shard.stub.Batch(request, timeout=t), batch.waits_s
+            )
             batch.take_from_messages(reply)
             return reply
 

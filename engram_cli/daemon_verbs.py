@@ -24,6 +24,7 @@ def _serve(args: argparse.Namespace) -> int:
         port_file=args.port_file,
         workers=args.workers,
         max_message_bytes=args.max_message_bytes,
+        max_pending_step_bytes=args.max_pending_step_bytes,
         restore=args.restore,
         grace_s=args.grace,
         flush_interval_s=args.flush_interval,
@@ -95,7 +96,22 @@ def register(verbs: Verbs) -> None:
     serve.add_argument(
         "--port-file", metavar="FILE", help="file to write the bound port to once listening"
     )
-    serve.add_argument("--workers", metavar="N", type=int, default=16, help="gRPC request threads")
+    serve.add_argument(
+        "--workers",
+        metavar="N",
+        type=int,
+        default=16,
+        help="gRPC request threads; a step-synchronous push holds one per rank while its step "
+        "waits, so steps of at most N - 2 ranks are served",
+    )
+    serve.add_argument(
+        "--max-pending-step-bytes",
+        metavar="BYTES",
+        type=int,
+        default=ServeConfig.max_pending_step_bytes,
+        help="gradients that step-synchronous pushes may hold while their steps wait for "
+        "every rank, in bytes (over it a push is refused: RESOURCE_EXHAUSTED)",
+    )
     serve.add_argument(
         "--threads",
         metavar="N",

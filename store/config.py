@@ -20,6 +20,8 @@ class ServeConfig:
     workers: int = 16
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
     max_lookup_rows: int = 1 << 26
+    # Gradients that step-synchronous pushes may hold while their steps wait for ranks.
+    max_pending_step_bytes: int = 1 << 30
     # "latest", a checkpoint id, or None.
     restore: str | None = None
     grace_s: float = 10.0

@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 
 from store._proto.engram.store.v1 import store_pb2 as pb
+from store.errors import InvalidArgumentError
 from store.requests import (
     BatchOutcome,
     Lookup,
@@ -24,7 +25,7 @@ from store.requests import (
     TokenLookup,
     VerifyResult,
 )
-from store.spec import HashSpec, OptimizerSpec, TableSpec
+from store.spec import REDUCTIONS, HashSpec, OptimizerSpec, SyncStep, TableSpec
 from store.wire import check_array
 
 
@@ -188,6 +189,31 @@ def push_from_proto(request: pb.PushRequest) -> Push:
         request.client_id,
         request.sequence,
         request.return_rows,
+        sync_from_proto(request.sync) if request.HasField("sync") else None,
+    )
+
+
+def sync_from_proto(sync: pb.SyncStep) -> SyncStep:
+    if sync.reduction not in pb.SyncStep.Reduction.values():
+        raise InvalidArgumentError(
+            f"sync.reduction must be one of {REDUCTIONS}, got the number {sync.reduction}"
+        )
+    return SyncStep(
+        sync.step,
+        sync.rank,
+        sync.world_size,
+        pb.SyncStep.Reduction.Name(sync.reduction).lower(),
+        sync.timeout_s,
+    )
+
+
+def sync_to_proto(sync: SyncStep) -> pb.SyncStep:
+    return pb.SyncStep(
+        step=sync.step,
+        rank=sync.rank,
+        world_size=sync.world_size,
+        reduction=sync.reduction.upper(),
+        timeout_s=sync.timeout_s,
     )
 
 

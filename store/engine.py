@@ -17,6 +17,9 @@ import uuid
 from collections.abc import Iterator, Sequence
 from typing import Any
 
+import numpy as np
+import numpy.typing as npt
+
 from store import _native, restore
 from store.catalog import Catalog
 from store.checkpoints import (
@@ -64,6 +67,7 @@ from store.spec import (
     row_bytes,
     row_width,
 )
+from store.step_sync import StepBarrier, StepShare, gradient_arrays
 from store.wire import check_array, check_client_id
 
 log = logging.getLogger(__name__)
@@ -80,6 +84,8 @@ class StoreEngine:
         shared_buffer_dir: str | None = "/dev/shm",
         max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
         read_only: bool = False,
+        max_sync_world_size: int = 14,
+        max_pending_step_bytes: int = 1 << 30,
     ) -> None:
         """Opens (or creates) the data directory and recovers from a crash of the daemon:
         a committed restore is finished, a push cut short is undone, and the steps and
@@ -91,6 +97,9 @@ class StoreEngine:
         self.max_message_bytes = max_message_bytes
         self.shared_buffer_dir = shared_buffer_dir
         self.read_only = read_only
+        # Each rank of a step waits on a request thread of its own (see server.py).
+        self.max_sync_world_size = max_sync_world_size
+        self._steps = StepBarrier(max_pending_step_bytes)
         os.makedirs(self.data_dir, exist_ok=True)
         self._lock_file = data_dir_lock(self.data_dir)
         try:
@@ -500,12 +509,59 @@ class StoreEngine:
     # pushes ----------------------------------------------------------------------------
 
     def push(self, request: Push) -> PushOutcome:
+        if request.sync is not None:
+            return self._push_step_share(request)
         # The table is found inside the gate: a restore or drop in between replaces it, and
         # a push applied to the replaced table would be acknowledged and lost.
         with RequestBuffers(self.shared_buffer_dir) as buffers, self._gate.shared():
             table = self._check_push(request)
             keys = self._keys(request, self.max_lookup_rows, buffers)
             return self._apply_once(table, keys, request, buffers)
+
+    def _push_step_share(self, request: Push) -> PushOutcome:
+        """One rank's share of a data-parallel step (store/step_sync.py): held until every
+        rank has pushed, then applied once."""
+        with RequestBuffers(self.shared_buffer_dir) as buffers, self._gate.shared():
+            share = self._step_share(request, buffers)
+        return self._join_step(share)
+
+    def _step_share(self, request: Push, buffers: RequestBuffers) -> StepShare:
+        """A rank's share of a step, checked and copied out of its request."""
+        assert request.sync is not None
+        sync = request.sync.check()
+        if sync.world_size > self.max_sync_world_size:
+            raise ResourceExhaustedError(
+                f"a step of {sync.world_size} ranks needs a request thread for each while they "
+                f"wait: this daemon serves steps of at most {self.max_sync_world_size} ranks "
+                "(serve --workers)"
+            )
+        table = self._check_push(request)
+        keys, grads = gradient_arrays(request, buffers, table.spec.dim)
+        table.native.check_keys(_native.Keys.from_array(keys))
+        return StepShare(table, sync, keys, grads, table.native.step)
+
+    def _join_step(self, share: StepShare) -> PushOutcome:
+        """Holds `share` until its step is applied or fails; no lock is held meanwhile."""
+        table, sync = share.table, share.sync
+
+        def apply(keys: npt.NDArray[np.uint64], grads: npt.NDArray[np.float32]) -> PushOutcome:
+            with self._gate.shared():
+                live = self.table(table.name)
+                if live is not table or live.native.step != sync.step - 1:
+                    raise FailedPreconditionError(
+                        f"table {table.name!r} was replaced or moved to step "
+                        f"{live.native.step} while step {sync.step} waited for its ranks: "
+                        "nothing of the step was applied"
+                    )
+                rows, step, _ = table.native.push(
+                    _native.Keys.from_array(keys), grads, "float32", sync.step, False, "", 0
+                )
+                table.counters.add(pushes=1, rows_pushed=rows)
+                return PushOutcome(rows, step)
+
+        return self._steps.push(
+            table.name, share.applied_step, sync, share.keys, share.grads, apply
+        )
 
     def _check_push(self, request: Push) -> ServedTable:
         """The push's table, after checking the request's shapes, dtypes and client id."""
@@ -552,21 +608,20 @@ class StoreEngine:
     def batch(self, pushes: Sequence[Push], lookups: Sequence[Lookup]) -> BatchOutcome:
         """Every push in order, then every lookup (each answered in one chunk). All keys,
         shapes and dtypes are checked before anything is applied."""
+        shares = [push.sync for push in pushes if push.sync is not None]
+        if shares:
+            if len(shares) != len(pushes):
+                raise InvalidArgumentError(
+                    "a batch's pushes are all shares of a data-parallel step (sync), or none"
+                )
+            return self._batch_of_step_shares(pushes, lookups)
         outcome = BatchOutcome([], [])
         with RequestBuffers(self.shared_buffer_dir) as buffers, self._gate.shared():
             push_tables = [self._check_push(push) for push in pushes]
-            lookup_tables = [self.table(lookup.table) for lookup in lookups]
             push_keys = [self._keys(p, self.max_lookup_rows, buffers) for p in pushes]
-            lookup_keys = [self._keys(q, self.max_lookup_rows, buffers) for q in lookups]
             for table, keys in zip(push_tables, push_keys, strict=True):
                 table.native.check_keys(keys)
-            dtypes = [
-                self._check_lookup(table, keys, lookup.dtype)
-                for table, keys, lookup in zip(lookup_tables, lookup_keys, lookups, strict=True)
-            ]
-            for table, keys in zip(lookup_tables, lookup_keys, strict=True):
-                table.native.check_keys(keys)
-            self._check_reply_size(pushes, lookups, lookup_tables, lookup_keys, dtypes)
+            lookup_tables, lookup_keys, dtypes = self._checked_lookups(pushes, lookups, buffers)
             for table, keys, push in zip(push_tables, push_keys, pushes, strict=True):
                 outcome.pushes.append(self._apply_once(table, keys, push, buffers))
             for table, keys, lookup, dtype in zip(
@@ -579,6 +634,33 @@ class StoreEngine:
                     answer = self._rows_in_message(table, keys, shape, dtype)
                 outcome.lookups.append(answer)
         return outcome
+
+    def _checked_lookups(
+        self, pushes: Sequence[Push], lookups: Sequence[Lookup], buffers: RequestBuffers
+    ) -> tuple[list[ServedTable], list[_native.Keys], list[str]]:
+        """A batch's lookups checked: their tables, keys (decoded) and row dtypes."""
+        tables = [self.table(lookup.table) for lookup in lookups]
+        keys = [self._keys(q, self.max_lookup_rows, buffers) for q in lookups]
+        dtypes = [
+            self._check_lookup(table, k, lookup.dtype)
+            for table, k, lookup in zip(tables, keys, lookups, strict=True)
+        ]
+        for table, k in zip(tables, keys, strict=True):
+            table.native.check_keys(k)
+        self._check_reply_size(pushes, lookups, tables, keys, dtypes)
+        return tables, keys, dtypes
+
+    def _batch_of_step_shares(
+        self, pushes: Sequence[Push], lookups: Sequence[Lookup]
+    ) -> BatchOutcome:
+        """A rank's shares of a data-parallel step (one per table), then lookups that see the
+        whole step: everything is checked first, then each share waits for its step (in the
+        order sent: every rank sends its tables in one order), then the lookups are read."""
+        with RequestBuffers(self.shared_buffer_dir) as buffers, self._gate.shared():
+            shares = [self._step_share(push, buffers) for push in pushes]
+            self._checked_lookups(pushes, lookups, buffers)
+        outcomes = [self._join_step(share) for share in shares]
+        return BatchOutcome(outcomes, self.batch([], lookups).lookups if lookups else [])
 
     def _apply(
         self, table: ServedTable, keys: _native.Keys, request: Push, buffers: RequestBuffers

@@ -43,6 +43,11 @@ class FailedPreconditionError(StoreError):
     """A request that cannot apply to the current state (FAILED_PRECONDITION)."""
 
 
+class StepFailedError(StoreError):
+    """A step-synchronous push whose step failed: not every rank pushed it in time, and
+    nothing of it was applied (ABORTED)."""
+
+
 class UnavailableError(StoreError):
     """No answer from a daemon in time (UNAVAILABLE, DEADLINE_EXCEEDED)."""
 
@@ -55,6 +60,7 @@ __all__ = [
     "NotFoundError",
     "OutOfRangeError",
     "ResourceExhaustedError",
+    "StepFailedError",
     "StoreError",
     "TableFormatError",
     "UnavailableError",
@@ -70,6 +76,7 @@ STATUS_OF_KIND: list[tuple[type[BaseException], str]] = [
     (InvalidArgumentError, "INVALID_ARGUMENT"),
     (ResourceExhaustedError, "RESOURCE_EXHAUSTED"),
     (FailedPreconditionError, "FAILED_PRECONDITION"),
+    (StepFailedError, "ABORTED"),
     (UnavailableError, "UNAVAILABLE"),
     (TableFormatError, "DATA_LOSS"),
     # Builtins the engine raises for bad input, answered as their store kinds are.

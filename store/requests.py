@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from store import _native
-from store.spec import TableSpec
+from store.spec import SyncStep, TableSpec
 
 
 @dataclass(frozen=True)
@@ -73,6 +73,8 @@ class Push:
     client_id: str = ""
     sequence: int = 0
     return_rows: bool = False
+    # One rank's share of a data-parallel step (store/step_sync.py), or None.
+    sync: SyncStep | None = None
 
 
 @dataclass(frozen=True)

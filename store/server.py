@@ -229,6 +229,10 @@ def serve(config: ServeConfig, stop_event: threading.Event | None = None) -> Non
             max_message_bytes=config.max_message_bytes,
             shared_buffer_dir=config.shared_buffer_dir or None,
             read_only=config.read_only,
+            # Every rank of a step holds a request thread while it waits for the others:
+            # leave two for everything else.
+            max_sync_world_size=max(config.workers - 2, 1),
+            max_pending_step_bytes=config.max_pending_step_bytes,
         )
     except Exception as error:
         raise StartupError(f"cannot open data directory {config.data_dir}: {error}") from error

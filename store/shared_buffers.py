@@ -98,6 +98,10 @@ class RequestBuffers:
         """The range `buffer` names, checked, for the engine to read or write in place."""
         return _native.SharedRegion(self._fd(buffer), buffer.path, buffer.offset)
 
+    def read(self, buffer: SharedRange, nbytes: int) -> bytes:
+        """`nbytes` of the range `buffer` names, checked (fewer where the file ends first)."""
+        return os.pread(self._fd(buffer), nbytes, buffer.offset)
+
     def _fd(self, buffer: SharedRange) -> int:
         if buffer.offset < HEADER_BYTES:
             raise InvalidArgumentError(

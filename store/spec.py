@@ -188,3 +188,55 @@ class TableSpec:
     def resolved(self) -> TableSpec:
         """This spec with its optimizer's defaults filled in (what the engine is given)."""
         return dataclasses.replace(self, optimizer=self.optimizer.resolved())
+
+
+# Bounds of a step-synchronous push (`SyncStep`).
+REDUCTIONS = ("mean", "sum")
+MAX_WORLD_SIZE = 65536
+DEFAULT_STEP_TIMEOUT_S = 300.0
+MAX_STEP_TIMEOUT_S = 86400.0
+
+
+@dataclass(frozen=True)
+class SyncStep:
+    """One rank's share of step `step` of a table in a data-parallel job of `world_size`
+    ranks: the daemon applies the step once every rank has pushed it, with the `reduction`
+    of the ranks' gradients DDP uses (`mean`, or `sum`), and fails it for every rank when
+    they have not all pushed within `timeout_s` (0: `DEFAULT_STEP_TIMEOUT_S`)."""
+
+    step: int
+    rank: int
+    world_size: int
+    reduction: str = "mean"
+    timeout_s: float = 0.0
+
+    def check(self) -> SyncStep:
+        if self.step < 1:
+            raise InvalidArgumentError(f"a synchronous push needs a step >= 1, got {self.step}")
+        if not 1 <= self.world_size <= MAX_WORLD_SIZE:
+            raise InvalidArgumentError(
+                f"world_size must be in 1..{MAX_WORLD_SIZE}, got {self.world_size}"
+            )
+        if not 0 <= self.rank < self.world_size:
+            raise InvalidArgumentError(
+                f"rank must be in 0..{self.world_size - 1} (world size {self.world_size}), "
+                f"got {self.rank}"
+            )
+        if self.reduction not in REDUCTIONS:
+            raise InvalidArgumentError(
+                f"reduction must be one of {REDUCTIONS}, got {self.reduction!r}"
+            )
+        if not 0 <= self.timeout_s <= MAX_STEP_TIMEOUT_S:
+            raise InvalidArgumentError(
+                f"timeout_s must be in 0..{MAX_STEP_TIMEOUT_S:g} seconds, got {self.timeout_s}"
+            )
+        return self
+
+    @property
+    def timeout(self) -> float:
+        return step_timeout(self.timeout_s)
+
+
+def step_timeout(timeout_s: float) -> float:
+    """Seconds a step waits for its ranks, from a request's `timeout_s` (0: the default)."""
+    return timeout_s or DEFAULT_STEP_TIMEOUT_S

@@ -1,4 +1,5 @@
 from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from collections.abc import Iterable as _Iterable, Mapping as _Mapping
@@ -237,7 +238,7 @@ class LookupResponse(_message.Message):
     def __init__(self, offset: _Optional[int] = ..., total_rows: _Optional[int] = ..., rows: _Optional[_Union[Array, _Mapping]] = ..., result_shape: _Optional[_Iterable[int]] = ..., in_shared_buffer: _Optional[bool] = ...) -> None: ...
 
 class PushRequest(_message.Message):
-    __slots__ = ("table", "keys", "grads", "step", "client_id", "sequence", "grads_buffer", "keys_buffer", "return_rows")
+    __slots__ = ("table", "keys", "grads", "step", "client_id", "sequence", "grads_buffer", "keys_buffer", "return_rows", "sync")
     TABLE_FIELD_NUMBER: _ClassVar[int]
     KEYS_FIELD_NUMBER: _ClassVar[int]
     GRADS_FIELD_NUMBER: _ClassVar[int]
@@ -247,6 +248,7 @@ class PushRequest(_message.Message):
     GRADS_BUFFER_FIELD_NUMBER: _ClassVar[int]
     KEYS_BUFFER_FIELD_NUMBER: _ClassVar[int]
     RETURN_ROWS_FIELD_NUMBER: _ClassVar[int]
+    SYNC_FIELD_NUMBER: _ClassVar[int]
     table: str
     keys: Array
     grads: Array
@@ -256,7 +258,28 @@ class PushRequest(_message.Message):
     grads_buffer: SharedBuffer
     keys_buffer: SharedBuffer
     return_rows: bool
-    def __init__(self, table: _Optional[str] = ..., keys: _Optional[_Union[Array, _Mapping]] = ..., grads: _Optional[_Union[Array, _Mapping]] = ..., step: _Optional[int] = ..., client_id: _Optional[str] = ..., sequence: _Optional[int] = ..., grads_buffer: _Optional[_Union[SharedBuffer, _Mapping]] = ..., keys_buffer: _Optional[_Union[SharedBuffer, _Mapping]] = ..., return_rows: _Optional[bool] = ...) -> None: ...
+    sync: SyncStep
+    def __init__(self, table: _Optional[str] = ..., keys: _Optional[_Union[Array, _Mapping]] = ..., grads: _Optional[_Union[Array, _Mapping]] = ..., step: _Optional[int] = ..., client_id: _Optional[str] = ..., sequence: _Optional[int] = ..., grads_buffer: _Optional[_Union[SharedBuffer, _Mapping]] = ..., keys_buffer: _Optional[_Union[SharedBuffer, _Mapping]] = ..., return_rows: _Optional[bool] = ..., sync: _Optional[_Union[SyncStep, _Mapping]] = ...) -> None: ...
+
+class SyncStep(_message.Message):
+    __slots__ = ("step", "rank", "world_size", "reduction", "timeout_s")
+    class Reduction(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+        __slots__ = ()
+        MEAN: _ClassVar[SyncStep.Reduction]
+        SUM: _ClassVar[SyncStep.Reduction]
+    MEAN: SyncStep.Reduction
+    SUM: SyncStep.Reduction
+    STEP_FIELD_NUMBER: _ClassVar[int]
+    RANK_FIELD_NUMBER: _ClassVar[int]
+    WORLD_SIZE_FIELD_NUMBER: _ClassVar[int]
+    REDUCTION_FIELD_NUMBER: _ClassVar[int]
+    TIMEOUT_S_FIELD_NUMBER: _ClassVar[int]
+    step: int
+    rank: int
+    world_size: int
+    reduction: SyncStep.Reduction
+    timeout_s: float
+    def __init__(self, step: _Optional[int] = ..., rank: _Optional[int] = ..., world_size: _Optional[int] = ..., reduction: _Optional[_Union[SyncStep.Reduction, str]] = ..., timeout_s: _Optional[float] = ...) -> None: ...
 
 class PushResponse(_message.Message):
     __slots__ = ("rows", "step", "duplicate", "updated_rows")
