@@ -26,6 +26,8 @@ class PushPart:
     grads: npt.NDArray[np.float32]
     # Where the rows the push left go, at `positions` (with return_rows).
     updated: npt.NDArray[np.float32] | None
+    # The rank's share of a data-parallel step this push is, if it is one.
+    sync: pb.SyncStep | None = None
 
 
 @dataclass
@@ -39,18 +41,10 @@ class LookupPart:
 class ShardBatch:
     """The parts of a batch bound for one daemon (complete before it is laid out)."""
 
-    def __init__(
-        self,
-        client_id: str,
-        pushes: list[PushPart],
-        lookups: list[LookupPart],
-        sync: pb.SyncStep | None = None,
-    ):
+    def __init__(self, client_id: str, pushes: list[PushPart], lookups: list[LookupPart]):
         self.client_id = client_id
         self.pushes = pushes
         self.lookups = lookups
-        # Every push's share of a data-parallel step, when the pushes are one.
-        self.sync = sync
 
     def _request(self) -> pb.BatchRequest:
         return pb.BatchRequest(
@@ -62,7 +56,7 @@ class ShardBatch:
                     client_id=self.client_id,
                     sequence=p.sequence,
                     return_rows=p.updated is not None,
-                    sync=self.sync,
+                    sync=p.sync,
                 )
                 for p in self.pushes
             ],
@@ -92,10 +86,8 @@ class ShardBatch:
 
     @property
     def waits_s(self) -> float:
-        """How long the daemon may hold the call: the step's timeout, for a step's pushes."""
-        if self.sync is None or not self.pushes:
-            return 0.0
-        return step_timeout(self.sync.timeout_s)
+        """How long the daemon may hold the call: its steps' timeouts, one after the other."""
+        return sum(step_timeout(p.sync.timeout_s) for p in self.pushes if p.sync is not None)
 
     def buffer_bytes(self) -> int:
         return self._offsets[-1]
@@ -152,27 +144,27 @@ def split_by_shard(
             int,
             npt.NDArray[np.float32] | None,
             TableLayout,
+            pb.SyncStep | None,
         ]
     ],
     lookups: list[tuple[str, npt.NDArray[np.uint64], npt.NDArray[np.float32], TableLayout]],
-    sync: pb.SyncStep | None = None,
 ) -> dict[int, ShardBatch]:
     """Each daemon's share of a batch, by shard index. `pushes`: (table, keys, grads,
-    sequence, array for the updated rows or None, table layout); `lookups`: (table, keys,
-    array for the rows, of any shape ending in dim, table layout). With `sync` (the pushes
-    are a data-parallel step), every shard of a pushed table gets its part, if empty: each
-    shard waits for every rank's."""
+    sequence, array for the updated rows or None, table layout, share of a data-parallel
+    step or None); `lookups`: (table, keys, array for the rows, of any shape ending in dim,
+    table layout). A step's share goes to every shard of its table, if empty: each shard
+    waits for every rank's."""
     parts: dict[int, ShardBatch] = {}
 
     def of(shard: int) -> ShardBatch:
-        return parts.setdefault(shard, ShardBatch(client_id, [], [], sync))
+        return parts.setdefault(shard, ShardBatch(client_id, [], []))
 
-    for table, keys, grads, sequence, updated, layout in pushes:
+    for table, keys, grads, sequence, updated, layout, sync in pushes:
         for shard, positions in layout.split(keys, every_shard=sync is not None):
             local = keys[positions] - layout.bounds[shard]
             part_grads = grads if len(positions) == len(keys) else grads[positions]
             of(shard).pushes.append(
-                PushPart(table, sequence, positions, local, part_grads, updated)
+                PushPart(table, sequence, positions, local, part_grads, updated, sync)
             )
     for table, keys, out, layout in lookups:
         rows = out.reshape(len(keys), layout.dim)

@@ -426,16 +426,19 @@ class EngramClient:
         pushes: Sequence[tuple[str, Any, Any]] = (),
         lookups: Sequence[tuple[str, Any]] = (),
         return_rows: bool = False,
-        sync: SyncStep | None = None,
+        sync: Sequence[SyncStep] | None = None,
     ) -> BatchResult:
         """Pushes `(table, keys, grads)` in order, then looks up `(table, keys)` (seeing those
         pushes): one call to each daemon involved, where separate calls would take one each.
         Pushes are exactly once, as with `push`; rows are float32. Lookups answered in
-        messages must fit in one (shared memory has no such limit). With `sync`, every push
-        is this rank's share of step `sync.step` of its table (see `push`), and the lookups
-        see the whole step."""
+        messages must fit in one (shared memory has no such limit). With `sync` (one per push),
+        every push is this rank's share of a step of its table (see `push`), and the lookups
+        see the whole steps."""
         if sync is not None:
-            sync.check()
+            if len(sync) != len(pushes):
+                raise ValueError(f"sync has {len(sync)} steps for {len(pushes)} pushes")
+            for share in sync:
+                share.check()
             if return_rows:
                 raise ValueError("return_rows is not available with sync: read the rows after")
             if len({table for table, _, _ in pushes}) != len(pushes):
@@ -454,17 +457,19 @@ class EngramClient:
             np.empty((*np.shape(keys), self._layout(table).dim), np.float32)
             for table, keys in lookups
         ]
+        shares = [sync_to_proto(s) for s in sync] if sync is not None else [None] * len(pushes)
         parts = split_by_shard(
             self.client_id,
             [
-                (t, flat, g, s, rows, self._layout(t))
-                for (t, flat, g), s, rows in zip(flat_pushes, sequences, updated, strict=True)
+                (t, flat, g, s, rows, self._layout(t), share)
+                for (t, flat, g), s, rows, share in zip(
+                    flat_pushes, sequences, updated, shares, strict=True
+                )
             ],
             [
                 (t, as_keys(keys), out, self._layout(t))
                 for (t, keys), out in zip(lookups, outs, strict=True)
             ],
-            sync_to_proto(sync) if sync is not None else None,
         )
 
         def send(shard_index: int, batch: ShardBatch) -> pb.BatchResponse:

@@ -35,7 +35,7 @@ from torch import nn
 from client import EngramClient
 from client.config import EngramConfig
 from client.engram_tables import create_engram_tables, hash_mapping, plan_engram_tables
-from client.torch import Engram, LocalEmbedding, StoreEmbedding, TrainPipeline
+from client.torch import Engram, LocalEmbedding, StepSync, StoreEmbedding, TrainPipeline
 from client.torch.prefetch import Prefetcher
 from store.local import LocalDaemon
 
@@ -158,10 +158,15 @@ class Trainer:
         hidden: int = ModelConfig.hidden,
         dense_lr: float = 3e-3,
         table_lr: float = 1e-3,
+        table_optimizer: str = "adam",
+        dense_optimizer: str = "adamw",
         corpus: np.ndarray | None = None,
+        data_parallel: bool = False,
     ) -> None:
         """`engram=False` builds the same model without Engram layers; `corpus` (token ids)
-        replaces the first `max_files` standard-library modules."""
+        replaces the first `max_files` standard-library modules. `data_parallel` (inside a
+        torch.distributed job) trains the dense weights through DDP and pushes the rows as
+        this rank's shares of each step (`StepSync`)."""
         if backend not in ("store", "local"):
             raise ValueError(f"backend must be 'store' or 'local', got {backend!r}")
         self.prefetch = prefetch
@@ -184,11 +189,14 @@ class Trainer:
                     address = stack.enter_context(daemon).address
                 client = stack.enter_context(EngramClient(address))
                 # Every layer's pushes of a backward pass (and the next batch's rows) in one call.
-                pipeline = TrainPipeline(client)
+                step_sync = StepSync.from_process_group() if data_parallel else None
+                pipeline = TrainPipeline(client, step_sync=step_sync)
                 stack.callback(pipeline.close)
                 if tables is None or own_daemon:
                     tables = tables or f"tiny-lm-{os.getpid()}-{time.monotonic_ns()}-L"
-                    create_engram_tables(client, econf, tables, optimizer="adam", lr=table_lr)
+                    create_engram_tables(
+                        client, econf, tables, optimizer=table_optimizer, lr=table_lr
+                    )
                 for plan in plan_engram_tables(econf, tables, self.mapping):
                     if plan.name not in client.tables():
                         raise ValueError(
@@ -217,7 +225,12 @@ class Trainer:
             }
             self.model = TinyEngramLM(self.cfg, engrams)
             dense = [p for n, p in self.model.named_parameters() if "multi_head_embedding" not in n]
-            self.optimizers: list[torch.optim.Optimizer] = [torch.optim.AdamW(dense, lr=dense_lr)]
+            # Dense gradients all-reduced by DDP; Engram rows reduced by the store.
+            self.forward: nn.Module = (
+                nn.parallel.DistributedDataParallel(self.model) if data_parallel else self.model
+            )
+            optimizer_class = {"adamw": torch.optim.AdamW, "sgd": torch.optim.SGD}[dense_optimizer]
+            self.optimizers: list[torch.optim.Optimizer] = [optimizer_class(dense, lr=dense_lr)]
             if backend == "local" and engram:
                 sparse = [
                     e.embedding.weight for e in embeddings.values() if isinstance(e, LocalEmbedding)
@@ -268,7 +281,7 @@ class Trainer:
         for opt in self.optimizers:
             opt.zero_grad()
         with torch.sparse.check_sparse_tensor_invariants(enable=True):  # type: ignore[no-untyped-call]
-            logits = self.model(inputs, rows)
+            logits = self.forward(inputs, rows)
             loss: torch.Tensor = nn.functional.cross_entropy(
                 logits.reshape(-1, self.cfg.vocab_size), targets.reshape(-1)
             )

@@ -185,7 +185,7 @@ def test_a_batch_of_steps_reads_rows_after_the_whole_step(address: str) -> None:
             return lambda c: c.batch(
                 [("a", KEYS[r], GRADS[r]), ("b", KEYS[r], GRADS[r])],
                 [("a", np.array([1, 2, 3], np.uint64))],
-                sync=share(r, 2),
+                sync=[share(r, 2), share(r, 2)],
             )
 
         results = ranks_push(address, [rank(0), rank(1)])

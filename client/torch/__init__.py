@@ -1,6 +1,7 @@
 """PyTorch integration: the Engram layer and its embedding backends. The only part of the
 client that imports torch."""
 
+from client.torch.data_parallel import StepSync
 from client.torch.device_cache import device_row_cache
 from client.torch.embeddings import LocalEmbedding, StoreEmbedding
 from client.torch.engram import Engram, ShortConv
@@ -16,6 +17,7 @@ __all__ = [
     "PushLog",
     "RowWriter",
     "ShortConv",
+    "StepSync",
     "StoreEmbedding",
     "TrainPipeline",
     "device_row_cache",

@@ -5,6 +5,10 @@ backward pass until it ends and sends them in one `EngramClient.batch` call, and
 lookups of the next batch in that same call, after the pushes (`reads`): with a
 `Prefetcher` hashing ahead, a training step costs one round trip and its rows see every
 update of the steps before it. Outside a backward pass a push is sent at once.
+
+With `step_sync` (a rank of a data-parallel job, see `data_parallel.py`), each send is this
+rank's share of one step of every table it pushes (a table's pushes of one backward pass are
+summed into one), and returns once every rank's share is applied.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ import torch
 from client.cache import RowCache
 from client.client import EngramClient
 from client.results import PushResult
+from client.torch.data_parallel import StepSync
 from client.torch.push_log import PushLog
 
 
@@ -57,8 +62,11 @@ class TrainPipeline:
     lookups sent with pushes see every push issued before them.
     """
 
-    def __init__(self, client: EngramClient) -> None:
+    def __init__(self, client: EngramClient, step_sync: StepSync | None = None) -> None:
         self.client = client
+        self.step_sync = step_sync
+        # With step_sync: each table's next step (from the daemon, at its first push).
+        self._next_step: dict[str, int] = {}
         self._sender = ThreadPoolExecutor(max_workers=1, thread_name_prefix="train-pipeline")
         self._lock = threading.Lock()
         self._waiting: list[_Push] = []
@@ -110,15 +118,38 @@ class TrainPipeline:
         lookups: Sequence[tuple[PushLog, np.ndarray]],
         rows: Future[list[np.ndarray]] | None,
     ) -> None:
-        keep = any(p.log.keeps_updated_rows for p in pushes)
         self.calls += 1
         try:
-            sent = [_sum_per_key(p.keys, p.grads) for p in pushes]
-            result = self.client.batch(
-                [(p.log.table, k, g) for p, (k, g) in zip(pushes, sent, strict=True)],
-                _named(lookups),
-                return_rows=keep,
-            )
+            if self.step_sync is None:
+                sent = [_sum_per_key(p.keys, p.grads) for p in pushes]
+                tables = [p.log.table for p in pushes]
+                result = self.client.batch(
+                    [(t, k, g) for t, (k, g) in zip(tables, sent, strict=True)],
+                    _named(lookups),
+                    return_rows=any(p.log.keeps_updated_rows for p in pushes),
+                )
+                outcomes = result.pushes
+                pushed_keys = [k for k, _ in sent]
+            else:
+                tables = list(dict.fromkeys(p.log.table for p in pushes))
+                sent = [
+                    _sum_per_key(
+                        np.concatenate([p.keys.reshape(-1) for p in pushes if p.log.table == t]),
+                        np.concatenate([p.grads for p in pushes if p.log.table == t]),
+                    )
+                    for t in tables
+                ]
+                steps = [self._step_of(t) for t in tables]
+                result = self.client.batch(
+                    [(t, k, g) for t, (k, g) in zip(tables, sent, strict=True)],
+                    _named(lookups),
+                    sync=[self.step_sync.share(s) for s in steps],
+                )
+                for t in tables:
+                    self._next_step[t] += 1
+                by_table = dict(zip(tables, zip(result.pushes, sent, strict=True), strict=True))
+                outcomes = [by_table[p.log.table][0] for p in pushes]
+                pushed_keys = [by_table[p.log.table][1][0] for p in pushes]
         except BaseException as error:
             for p in pushes:
                 p.log.ended(p.number, p.keys, None)
@@ -126,11 +157,18 @@ class TrainPipeline:
             if rows is not None:
                 rows.set_exception(error)
             return
-        for p, (keys, _), outcome in zip(pushes, sent, result.pushes, strict=True):
+        for p, keys, outcome in zip(pushes, pushed_keys, outcomes, strict=True):
             p.log.ended(p.number, keys, outcome.updated_rows)
             p.done.set_result(outcome)
         if rows is not None:
             rows.set_result(result.lookups)
+
+    def _step_of(self, table: str) -> int:
+        """The step of `table` this rank pushes next: the one after the daemon's, at first
+        (so a job restarted from a checkpoint goes on from the step it holds)."""
+        if table not in self._next_step:
+            self._next_step[table] = self.client.describe(table).step + 1
+        return self._next_step[table]
 
     # reads -----------------------------------------------------------------------------
 

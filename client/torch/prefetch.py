@@ -130,6 +130,13 @@ class Prefetcher:
         pipelines = {t.pipeline for t in embeddings.values()}
         # One pipeline for every embedding: the next batch's rows can ride with its pushes.
         self._pipeline = pipelines.pop() if with_pushes and len(pipelines) == 1 else None
+        if self._pipeline is None and any(t.pipeline.step_sync for t in embeddings.values()):
+            # Rows read ahead learn only this rank's pushes; the other ranks' would be missed.
+            raise ValueError(
+                "with step-synchronous pushes (TrainPipeline(step_sync=...)) rows read ahead "
+                "must ride with the pushes: one pipeline for every embedding, no cache, "
+                "max_staleness=0, read_with_pushes=True"
+            )
         if self._pipeline is not None:
             self._pipeline.start_reads()
         else:
