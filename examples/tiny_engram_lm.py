@@ -26,6 +26,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -162,11 +163,13 @@ class Trainer:
         dense_optimizer: str = "adamw",
         corpus: np.ndarray | None = None,
         data_parallel: bool = False,
+        step_timeout_s: float = 0.0,
     ) -> None:
         """`engram=False` builds the same model without Engram layers; `corpus` (token ids)
         replaces the first `max_files` standard-library modules. `data_parallel` (inside a
         torch.distributed job) trains the dense weights through DDP and pushes the rows as
-        this rank's shares of each step (`StepSync`)."""
+        this rank's shares of each step (`StepSync`), each waiting at most `step_timeout_s` for the
+        other ranks (0: the daemon's default)."""
         if backend not in ("store", "local"):
             raise ValueError(f"backend must be 'store' or 'local', got {backend!r}")
         self.prefetch = prefetch
@@ -189,7 +192,9 @@ class Trainer:
                     address = stack.enter_context(daemon).address
                 client = stack.enter_context(EngramClient(address))
                 # Every layer's pushes of a backward pass (and the next batch's rows) in one call.
-                step_sync = StepSync.from_process_group() if data_parallel else None
+                step_sync = (
+                    StepSync.from_process_group(timeout_s=step_timeout_s) if data_parallel else None
+                )
                 pipeline = TrainPipeline(client, step_sync=step_sync)
                 stack.callback(pipeline.close)
                 if tables is None or own_daemon:
@@ -238,6 +243,20 @@ class Trainer:
                 self.optimizers.append(torch.optim.SparseAdam(sparse, lr=table_lr))
             # Built: from here on, leaving the trainer closes what it holds.
             self._stack = stack.pop_all()
+
+    def dense_state(self) -> dict[str, Any]:
+        """The dense weights and their optimizers' state (the rows are the store's to keep)."""
+        return {
+            "model": {k: v for k, v in self.model.state_dict().items() if "multi_head" not in k},
+            "optimizers": [o.state_dict() for o in self.optimizers],
+        }
+
+    def load_dense(self, state: dict[str, Any]) -> None:
+        missing, unexpected = self.model.load_state_dict(state["model"], strict=False)
+        if unexpected or any("multi_head" not in key for key in missing):
+            raise ValueError(f"not this model's dense state: {unexpected or missing}")
+        for optimizer, saved in zip(self.optimizers, state["optimizers"], strict=True):
+            optimizer.load_state_dict(saved)
 
     def __enter__(self) -> Trainer:
         return self

@@ -9,6 +9,7 @@ import json
 import os
 import subprocess
 import sys
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -73,9 +74,21 @@ def one_process(address: str, prefix: str) -> list[float]:
         return trainer.run(windows)
 
 
-def ranks(address: str, prefix: str, world: int, tmp: Path) -> list[float]:
-    out = tmp / f"losses-{prefix}.json"
+def launch(
+    address: str,
+    prefix: str,
+    world: int,
+    run: Path,
+    per_rank: dict[int, list[str]] | None = None,
+    *extra: str,
+) -> list[tuple[int, str]]:
+    """Runs `world` ranks of tests/data_parallel_rank.py to their end: (exit code, output)
+    of each. Rank 0 writes `run/losses-{prefix}.json`."""
+    run.mkdir(parents=True, exist_ok=True)
+    rendezvous = run / f"rendezvous-{uuid.uuid4().hex}"
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
+    common = ["--steps", str(STEPS), "--batch", str(GLOBAL_BATCH), "--dense-optimizer",
+              DENSE[0], "--dense-lr", str(DENSE[1]), *extra]  # fmt: skip
     processes = [
         subprocess.Popen(
             [
@@ -85,16 +98,10 @@ def ranks(address: str, prefix: str, world: int, tmp: Path) -> list[float]:
                 prefix,
                 str(rank),
                 str(world),
-                str(tmp / f"rendezvous-{prefix}"),
-                str(out),
-                "--steps",
-                str(STEPS),
-                "--batch",
-                str(GLOBAL_BATCH),
-                "--dense-optimizer",
-                DENSE[0],
-                "--dense-lr",
-                str(DENSE[1]),
+                str(rendezvous),
+                str(run / f"losses-{prefix}.json"),
+                *common,
+                *(per_rank or {}).get(rank, []),
             ],
             env=env,
             stdout=subprocess.PIPE,
@@ -104,9 +111,21 @@ def ranks(address: str, prefix: str, world: int, tmp: Path) -> list[float]:
         for rank in range(world)
     ]
     outputs = [p.communicate(timeout=600)[0] for p in processes]
-    for rank, (process, output) in enumerate(zip(processes, outputs, strict=True)):
-        assert process.returncode == 0, f"rank {rank}:\n{output[-3000:]}"
-    losses: list[float] = json.loads(out.read_text())
+    return [(p.returncode, out) for p, out in zip(processes, outputs, strict=True)]
+
+
+def ranks(
+    address: str,
+    prefix: str,
+    world: int,
+    run: Path,
+    per_rank: dict[int, list[str]] | None = None,
+    *extra: str,
+) -> list[float]:
+    """The global losses of `world` ranks that all finish."""
+    for rank, (code, output) in enumerate(launch(address, prefix, world, run, per_rank, *extra)):
+        assert code == 0, f"rank {rank}:\n{output[-3000:]}"
+    losses: list[float] = json.loads((run / f"losses-{prefix}.json").read_text())
     return losses
 
 
@@ -125,3 +144,42 @@ def test_ranks_train_like_one_process_on_the_global_batch(
         np.testing.assert_allclose(mine, theirs, atol=1e-5, rtol=0)
     with EngramClient(address) as client:
         assert [client.describe(t).step for t in parallel] == [STEPS] * len(parallel)
+
+
+def test_a_rank_dying_mid_step_fails_the_step_and_the_job_resumes_from_its_checkpoint(
+    tmp_path: Path,
+) -> None:
+    """Rank 1 dies in step 15 after its backward pass (DDP's all-reduce done), before it
+    pushes: rank 0's push fails after the step's timeout, naming rank 1, and nothing of step
+    15 is applied. The job restarted from the checkpoint of step 10 (the store's, and the
+    dense weights) ends where an uninterrupted run ends."""
+    with daemon_thread(tmp_path / "whole") as whole:
+        make_tables(whole.address, "L", "adam")
+        expected = ranks(whole.address, "L", 2, tmp_path / "whole-run")
+        expected_rows = all_rows(whole.address, [f"L{layer}" for layer in (0, 1)])
+    with daemon_thread(tmp_path / "cut") as cut:
+        tables = make_tables(cut.address, "L", "adam")
+        run = tmp_path / "cut-run"
+        outputs = launch(
+            cut.address,
+            "L",
+            2,
+            run,
+            {1: ["--die-at", "15"]},
+            "--checkpoint-at",
+            "10",
+            "--step-timeout",
+            "3",
+        )
+        assert outputs[1][0] == 9, outputs[1][1][-2000:]
+        assert outputs[0][0] == 3, outputs[0][1][-2000:]
+        error = json.loads((run / "losses-L.json").read_text())["error"]
+        assert "step 15" in error and "rank(s) 1 of 2 did not push" in error
+        with EngramClient(cut.address) as client:
+            assert [client.describe(t).step for t in tables] == [14, 14]
+            client.restore()
+            assert [client.describe(t).step for t in tables] == [10, 10]
+        resumed = ranks(cut.address, "L", 2, run, {}, "--checkpoint-at", "10", "--resume")
+        np.testing.assert_allclose(resumed, expected[10:], atol=1e-6, rtol=0)
+        for mine, theirs in zip(all_rows(cut.address, tables), expected_rows, strict=True):
+            np.testing.assert_array_equal(mine, theirs)
