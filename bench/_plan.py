@@ -96,6 +96,16 @@ BENCHMARKS = [
         },
     ),
     Benchmark(
+        "data_parallel",
+        "Data-parallel training: 2 ranks, synchronous and asynchronous store against tables in DDP",
+        {
+            "tiny": ["--steps", "2", "--warmup", "1", "--rounds", "1", "--batch", "2"],
+            "quick": ["--steps", "10", "--rounds", "1"],
+            "default": [],
+            "full": [],
+        },
+    ),
+    Benchmark(
         "hot_rows",
         "Hot-row cache hit rate against the best static cache",
         {

@@ -164,12 +164,15 @@ class Trainer:
         corpus: np.ndarray | None = None,
         data_parallel: bool = False,
         step_timeout_s: float = 0.0,
+        asynchronous_rows: bool = False,
     ) -> None:
         """`engram=False` builds the same model without Engram layers; `corpus` (token ids)
         replaces the first `max_files` standard-library modules. `data_parallel` (inside a
         torch.distributed job) trains the dense weights through DDP and pushes the rows as
         this rank's shares of each step (`StepSync`), each waiting at most `step_timeout_s` for the
-        other ranks (0: the daemon's default)."""
+        other ranks (0: the daemon's default), or, with `asynchronous_rows`, as pushes of their
+        own, applied as they come (Hogwild). With the local backend, DDP all-reduces the
+        tables' sparse gradients too."""
         if backend not in ("store", "local"):
             raise ValueError(f"backend must be 'store' or 'local', got {backend!r}")
         self.prefetch = prefetch
@@ -193,7 +196,9 @@ class Trainer:
                 client = stack.enter_context(EngramClient(address))
                 # Every layer's pushes of a backward pass (and the next batch's rows) in one call.
                 step_sync = (
-                    StepSync.from_process_group(timeout_s=step_timeout_s) if data_parallel else None
+                    StepSync.from_process_group(timeout_s=step_timeout_s)
+                    if data_parallel and not asynchronous_rows
+                    else None
                 )
                 pipeline = TrainPipeline(client, step_sync=step_sync)
                 stack.callback(pipeline.close)
