@@ -40,7 +40,12 @@ from client.shared_memory import DEFAULT_DIRECTORY, SharedBufferPool, is_local
 from client.transfer import RowTransfer
 from store._proto.engram.store.v1 import store_pb2 as pb
 from store.arrays import as_keys, as_rows, numpy_row_type
-from store.conversions import hash_from_proto, sync_to_proto, table_spec_to_proto
+from store.conversions import (
+    hash_from_proto,
+    sync_to_proto,
+    table_spec_from_proto,
+    table_spec_to_proto,
+)
 from store.spec import HashSpec, OptimizerSpec, SyncStep, TableSpec, row_width
 
 log = logging.getLogger(__name__)
@@ -233,6 +238,32 @@ class EngramClient:
 
     def describe(self, name: str) -> TableInfo:
         return TableInfo.of_shards(self._describe_shards(name))
+
+    def spec(self, name: str) -> TableSpec:
+        """The whole table's spec (as `create` takes it), from its shards'."""
+        infos = self._describe_shards(name)
+        spec = table_spec_from_proto(infos[0].spec)
+        return dataclasses.replace(spec, num_rows=sum(i.spec.num_rows for i in infos), first_row=0)
+
+    def replace_rows(self, name: str, rows: Any, chunk_rows: int = 1 << 16) -> TableInfo:
+        """Makes `rows` the table's rows, packed as it stores them (`[num_rows, width]` of
+        its dtype, as `write_rows` takes them): the table is imported anew with the same spec,
+        so its optimizer starts afresh (step 0, no state), as a module's optimizer does after
+        `load_state_dict`. Not atomic: a failure before it returns leaves the table absent or
+        unfinished (replace or import it again)."""
+        spec = self.spec(name)
+        packed = np.ascontiguousarray(rows)
+        expected = (spec.num_rows, row_width(spec.dtype, spec.dim))
+        if packed.shape != expected or packed.dtype != numpy_row_type(spec.dtype):
+            raise ValueError(
+                f"rows must be {numpy_row_type(spec.dtype)} of shape {expected} for table "
+                f"{name!r} ({spec.dtype}), got {packed.dtype} {packed.shape}"
+            )
+        self.drop_table(name)
+        self.create(spec, importing=True)
+        for start in range(0, spec.num_rows, chunk_rows):
+            self.write_rows(name, start, packed[start : start + chunk_rows], spec.dtype)
+        return self.finish_import(name)
 
     def _describe_shards(self, name: str) -> list[pb.TableInfo]:
         def describe(i: int, shard: Shard) -> pb.TableInfo:

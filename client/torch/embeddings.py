@@ -37,7 +37,8 @@ class LocalEmbedding(nn.Module):
         super().__init__()
         self.num_heads = len(list_of_N)
         self.embedding_dim = D
-        self.register_buffer("offsets", _offsets(list_of_N), persistent=False)
+        # Saved, as the reference saves it: its state_dict loads strictly.
+        self.register_buffer("offsets", _offsets(list_of_N))
         self.embedding = nn.Embedding(int(sum(list_of_N)), D, sparse=sparse)
 
     def forward(self, input_ids: torch.Tensor, rows: torch.Tensor | None = None) -> torch.Tensor:
@@ -62,6 +63,10 @@ class _PushOnBackward(torch.autograd.Function):
         return None, None, None, None
 
 
+WIRE_DTYPES = {torch.float32: "float32", torch.bfloat16: "bfloat16", torch.float16: "float16"}
+TORCH_DTYPES = {name: dtype for dtype, name in WIRE_DTYPES.items()}
+
+
 class StoreEmbedding(nn.Module):
     """An Engram layer's rows held by a store daemon (or shards of one).
 
@@ -75,6 +80,7 @@ class StoreEmbedding(nn.Module):
     """
 
     offsets: torch.Tensor
+    row_type: torch.Tensor
 
     def __init__(
         self,
@@ -92,7 +98,8 @@ class StoreEmbedding(nn.Module):
         self.num_heads = len(list_of_N)
         self.embedding_dim = D
         self.num_rows = int(sum(list_of_N))
-        self.register_buffer("offsets", _offsets(list_of_N), persistent=False)
+        # Saved, as the reference saves it: its state_dict loads strictly.
+        self.register_buffer("offsets", _offsets(list_of_N))
         self.client = client
         self.table = table
         self.cache = cache
@@ -100,6 +107,56 @@ class StoreEmbedding(nn.Module):
         self.push_log = self.pipeline.push_log(table, max_pushes_in_flight, cache)
         # Gives the rows a place in the autograd graph without being a trainable parameter.
         self._anchor = torch.zeros((), requires_grad=True)
+        # Follows the module's dtype (`engram.to(torch.bfloat16)`): rows come in it.
+        self.register_buffer("row_type", torch.zeros(()), persistent=False)
+
+    def _save_to_state_dict(self, destination: Any, prefix: str, keep_vars: bool) -> None:
+        """As the reference's `MultiHeadEmbedding` saves: `offsets` and `embedding.weight`,
+        every row read from the store (in the module's dtype)."""
+        super()._save_to_state_dict(destination, prefix, keep_vars)
+        self.wait_for_pushes()
+        rows = self.client.lookup(self.table, np.arange(self.num_rows, dtype=np.uint64))
+        destination[prefix + "embedding.weight"] = torch.from_numpy(rows).to(self.row_type.dtype)
+
+    def _load_from_state_dict(
+        self,
+        state_dict: Any,
+        prefix: str,
+        local_metadata: Any,
+        strict: bool,
+        missing_keys: list[str],
+        unexpected_keys: list[str],
+        error_msgs: list[str],
+    ) -> None:
+        """Loads `offsets`, and `embedding.weight` into the store: the table's rows become the
+        loaded ones and its optimizer starts afresh (`EngramClient.replace_rows`)."""
+        super()._load_from_state_dict(
+            state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+        )
+        key = prefix + "embedding.weight"
+        if key in unexpected_keys:
+            unexpected_keys.remove(key)
+        if key not in state_dict:
+            missing_keys.append(key)
+            return
+        weight = state_dict[key].detach()
+        if tuple(weight.shape) != (self.num_rows, self.embedding_dim):
+            error_msgs.append(
+                f"size mismatch for {key}: copying a param with shape {tuple(weight.shape)}, "
+                f"the table holds {(self.num_rows, self.embedding_dim)}"
+            )
+            return
+        self.wait_for_pushes()
+        stored = self.client.spec(self.table).dtype
+        if stored not in WIRE_DTYPES.values():
+            error_msgs.append(f"{key}: table {self.table!r} stores {stored} rows, not trainable")
+            return
+        rows = weight.to("cpu", TORCH_DTYPES[stored]).contiguous()
+        packed = rows.view(torch.uint16) if stored == "bfloat16" else rows
+        self.client.replace_rows(self.table, packed.numpy())
+        if self.cache is not None:
+            self.cache.invalidate(self.table, np.arange(self.num_rows, dtype=np.uint64))
+        self.pipeline.table_replaced(self.table)
 
     @property
     def pushes_issued(self) -> int:
@@ -114,6 +171,8 @@ class StoreEmbedding(nn.Module):
         if rows is None:
             self.wait_for_pushes()
             rows = self.fetch(keys.detach().cpu().numpy()).to(input_ids.device)
+        # Rows read ahead may come as float32, whatever the module's dtype.
+        rows = rows.to(self.row_type.dtype)
         if not torch.is_grad_enabled():
             return rows
         out: torch.Tensor = _PushOnBackward.apply(self._anchor, rows, keys.detach(), self)
@@ -123,7 +182,10 @@ class StoreEmbedding(nn.Module):
         """Rows of global `keys` (any shape), through the cache when there is one: on the
         cache's device for a device cache, else in host memory."""
         if self.cache is None:
-            return torch.from_numpy(self.client.lookup(self.table, keys))
+            # In the module's dtype on the wire: bfloat16 rows are half float32's bytes.
+            wire = WIRE_DTYPES.get(self.row_type.dtype, "float32")
+            rows = torch.from_numpy(self.client.lookup(self.table, keys, wire))
+            return rows.view(torch.bfloat16) if wire == "bfloat16" else rows
         flat = keys.reshape(-1).astype(np.uint64)
         rows = self.cache.lookup(self.table, flat, lambda k: self.client.lookup(self.table, k))
         if isinstance(rows, np.ndarray):

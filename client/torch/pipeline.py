@@ -163,6 +163,10 @@ class TrainPipeline:
         if rows is not None:
             rows.set_result(result.lookups)
 
+    def table_replaced(self, table: str) -> None:
+        """`table` was made anew (its step is 0 again): its steps are numbered afresh."""
+        self._next_step.pop(table, None)
+
     def _step_of(self, table: str) -> int:
         """The step of `table` this rank pushes next: the one after the daemon's, at first
         (so a job restarted from a checkpoint goes on from the step it holds)."""

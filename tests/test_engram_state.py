@@ -1,0 +1,111 @@
+"""The Engram layer's state and dtype with rows in the store: its state_dict has the
+reference's keys (`multi_head_embedding.offsets` and `.embedding.weight` included) and loads
+strictly both ways between rows in process and rows in the store, the store's rows going to
+and from the daemon; a bfloat16 layer gets bfloat16 rows, over the wire too."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from conftest import REPO_ROOT
+from daemon import daemon_thread
+
+from client import EngramClient
+from client.config import EngramConfig
+from client.engram_tables import create_engram_tables, hash_mapping
+from client.torch import Engram, LocalEmbedding, StoreEmbedding
+
+CONFIG = EngramConfig.from_json(str(REPO_ROOT / "examples" / "tiny_engram_lm.engram.json"))
+MAPPING = hash_mapping(CONFIG)
+HIDDEN, HC, LAYER = 16, 2, 0
+
+
+@pytest.fixture
+def client(tmp_path: Path) -> Iterator[EngramClient]:
+    with daemon_thread(tmp_path / "data") as daemon, EngramClient(daemon.address) as c:
+        create_engram_tables(c, CONFIG, "L", optimizer="adam", lr=1e-2)
+        yield c
+
+
+def local_engram(seed: int) -> Engram:
+    torch.manual_seed(seed)
+    embedding = LocalEmbedding(MAPPING.table_sizes(LAYER), CONFIG.embed_dim_per_head)
+    return Engram(LAYER, CONFIG, HIDDEN, HC, MAPPING, embedding)
+
+
+def store_engram(client: EngramClient, seed: int) -> Engram:
+    torch.manual_seed(seed)
+    embedding = StoreEmbedding(
+        MAPPING.table_sizes(LAYER), CONFIG.embed_dim_per_head, client, f"L{LAYER}"
+    )
+    return Engram(LAYER, CONFIG, HIDDEN, HC, MAPPING, embedding)
+
+
+def assert_same_state(a: dict[str, Any], b: dict[str, Any]) -> None:
+    assert list(a) == list(b)
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=0, atol=0, msg=key)
+
+
+def test_a_local_layers_state_loads_strictly_into_the_store_and_back(
+    client: EngramClient,
+) -> None:
+    local = local_engram(seed=1)
+    state = local.state_dict()
+    assert "multi_head_embedding.offsets" in state
+    assert "multi_head_embedding.embedding.weight" in state
+    in_store = store_engram(client, seed=2)
+    in_store.load_state_dict(state, strict=True)
+    # The rows went to the daemon, and its table starts training afresh.
+    weight = state["multi_head_embedding.embedding.weight"]
+    keys = np.array([0, 7, weight.shape[0] - 1], np.uint64)
+    np.testing.assert_array_equal(client.lookup(f"L{LAYER}", keys), weight.numpy()[keys])
+    assert client.describe(f"L{LAYER}").step == 0
+    assert_same_state(in_store.state_dict(), state)
+    back = local_engram(seed=3)
+    back.load_state_dict(in_store.state_dict(), strict=True)
+    assert_same_state(back.state_dict(), state)
+
+
+def test_a_state_of_another_shape_is_refused(client: EngramClient) -> None:
+    state = local_engram(seed=1).state_dict()
+    weight = state["multi_head_embedding.embedding.weight"]
+    state["multi_head_embedding.embedding.weight"] = weight[:-1]
+    with pytest.raises(RuntimeError, match="size mismatch for multi_head_embedding"):
+        store_engram(client, seed=2).load_state_dict(state)
+    state.pop("multi_head_embedding.embedding.weight")
+    with pytest.raises(RuntimeError, match="Missing key"):
+        store_engram(client, seed=2).load_state_dict(state)
+
+
+def test_a_bfloat16_layer_reads_bfloat16_rows(
+    client: EngramClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    engram = store_engram(client, seed=1).to(torch.bfloat16)
+    asked: list[str] = []
+    lookup = client.lookup
+
+    def recording(table: str, keys: Any, dtype: str = "float32", out: Any = None) -> Any:
+        asked.append(dtype)
+        return lookup(table, keys, dtype, out)
+
+    monkeypatch.setattr(client, "lookup", recording)
+    ids = torch.randint(0, 5000, (2, 6))
+    hidden = torch.randn(2, 6, HC, HIDDEN, dtype=torch.bfloat16, requires_grad=True)
+    out = engram(hidden, ids)
+    assert out.dtype == torch.bfloat16
+    assert asked == ["bfloat16"]
+    embedding = engram.multi_head_embedding
+    assert isinstance(embedding, StoreEmbedding)
+    keys = MAPPING.hash(ids.numpy())[LAYER] + embedding.offsets.numpy()
+    rows = embedding(torch.from_numpy(MAPPING.hash(ids.numpy())[LAYER]))
+    stored = torch.from_numpy(lookup(f"L{LAYER}", keys.astype(np.uint64)))
+    torch.testing.assert_close(rows, stored.to(torch.bfloat16), rtol=0, atol=0)
+    out.float().sum().backward()
+    embedding.wait_for_pushes()
+    assert client.describe(f"L{LAYER}").step == 1
