@@ -52,6 +52,7 @@ def _create(
             beta1=beta1,
             beta2=beta2,
             initial_accumulator_value=accumulator,
+            weight_decay=0.0,
         ),
         allow_non_finite=False,
         first_row=0,

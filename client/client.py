@@ -142,20 +142,22 @@ class EngramClient:
         eps: float = 0.0,
         betas: tuple[float, float] = (0.0, 0.0),
         initial_accumulator_value: float = 0.0,
+        weight_decay: float = 0.0,
         allow_non_finite: bool = False,
         hash_config: HashSpec | pb.HashConfig | None = None,
         row_checksums: bool = True,
         read_only: bool = False,
     ) -> TableInfo:
         """Creates a table, split over every shard. `optimizer` is a name (with `lr`, `eps`,
-        `betas`, `initial_accumulator_value`) or an `OptimizerSpec`; hyper-parameters left at
-        0 take PyTorch's defaults (Adagrad eps 1e-10; SparseAdam betas (0.9, 0.999), eps
+        `betas`, `initial_accumulator_value`, `weight_decay`) or an `OptimizerSpec`; weight
+        decay is PyTorch's L2 form (`tune_table` changes it, and `lr`, later); hyper-parameters
+        left at 0 take PyTorch's defaults (Adagrad eps 1e-10; SparseAdam betas (0.9, 0.999), eps
         1e-8). `hash_config` enables server-side token hashing, for single-daemon tables
         only. `row_checksums=False` makes pushes cheaper, and the daemon's `verify` blind to
         it. `read_only` tables serve lookups and refuse pushes."""
         if not isinstance(optimizer, OptimizerSpec):
             optimizer = OptimizerSpec(
-                optimizer, lr, eps, betas[0], betas[1], initial_accumulator_value
+                optimizer, lr, eps, betas[0], betas[1], initial_accumulator_value, weight_decay
             )
         if isinstance(hash_config, pb.HashConfig):
             hash_config = hash_from_proto(hash_config)
@@ -238,6 +240,17 @@ class EngramClient:
 
     def describe(self, name: str) -> TableInfo:
         return TableInfo.of_shards(self._describe_shards(name))
+
+    def tune_table(self, name: str, lr: float, weight_decay: float = 0.0) -> TableInfo:
+        """Sets a live table's learning rate and weight decay for its later pushes, on every
+        shard (its optimizer's kind and state stay); later checkpoints record them."""
+
+        def tune(i: int, shard: Shard) -> pb.TableInfo:
+            request = pb.TuneTableRequest(name=name, lr=lr, weight_decay=weight_decay)
+            info: pb.TableInfo = shard.call(lambda t: shard.stub.TuneTable(request, timeout=t))
+            return info
+
+        return TableInfo.of_shards(self._each_shard(tune))
 
     def spec(self, name: str) -> TableSpec:
         """The whole table's spec (as `create` takes it), from its shards'."""

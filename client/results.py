@@ -26,6 +26,7 @@ class TableInfo:
     row_checksums: bool
     shards: int
     read_only: bool = False
+    weight_decay: float = 0.0
 
     @staticmethod
     def of_shards(infos: list[pb.TableInfo]) -> TableInfo:
@@ -43,6 +44,7 @@ class TableInfo:
             row_checksums=not spec.skip_row_checksums,
             shards=len(infos),
             read_only=spec.read_only,
+            weight_decay=spec.optimizer.weight_decay,
         )
 
 

@@ -19,7 +19,8 @@ def describe(info: TableInfo) -> str:
     shards = f", {info.shards} shards" if info.shards > 1 else ""
     hashing = ", hashes token ids" if info.hash_fingerprint else ""
     return (
-        f"{info.name}: {info.num_rows} x {info.dim} {info.dtype}, {info.optimizer} lr={info.lr:g}, "
+        f"{info.name}: {info.num_rows} x {info.dim} {info.dtype}, {info.optimizer} lr={info.lr:g}"
+        f"{f' weight_decay={info.weight_decay:g}' if info.weight_decay else ''}, "
         f"step {info.step}, {info.written_rows} rows written{shards}{hashing}"
     )
 
@@ -31,6 +32,7 @@ def _table_options(args: argparse.Namespace) -> dict[str, Any]:
         "init_std": args.std,
         "optimizer": args.optimizer,
         "lr": args.lr,
+        "weight_decay": args.weight_decay,
         "row_checksums": not args.skip_row_checksums,
         "read_only": args.read_only,
     }
@@ -75,6 +77,13 @@ def _tables(args: argparse.Namespace) -> int:
 def _describe(args: argparse.Namespace) -> int:
     with connect(args) as client:
         info = client.describe(args.name)
+    emit(args.json, info, describe(info))
+    return 0
+
+
+def _tune_table(args: argparse.Namespace) -> int:
+    with connect(args) as client:
+        info = client.tune_table(args.name, args.lr, args.weight_decay)
     emit(args.json, info, describe(info))
     return 0
 
@@ -124,6 +133,13 @@ def _add_table_options(verb: argparse.ArgumentParser) -> None:
         help="server-side optimizer applied to pushed gradients (hyper-parameters: PyTorch's)",
     )
     verb.add_argument("--lr", metavar="RATE", type=float, default=0.01, help="learning rate")
+    verb.add_argument(
+        "--weight-decay",
+        metavar="RATE",
+        type=float,
+        default=0.0,
+        help="PyTorch's (L2) weight decay on the rows a push touches",
+    )
     verb.add_argument(
         "--read-only",
         action="store_true",
@@ -184,6 +200,22 @@ def register(verbs: Verbs) -> None:
     verbs.add_client(
         "describe", "describe a table", _describe, "engram-store describe emb"
     ).add_argument("name", help="table name")
+
+    tune = verbs.add_client(
+        "tune-table",
+        "set a live table's learning rate and weight decay for its later pushes",
+        _tune_table,
+        "engram-store tune-table emb --lr 5e-3 --weight-decay 0",
+    )
+    tune.add_argument("name", help="table name")
+    tune.add_argument("--lr", metavar="RATE", type=float, required=True, help="learning rate")
+    tune.add_argument(
+        "--weight-decay",
+        metavar="RATE",
+        type=float,
+        default=0.0,
+        help="PyTorch's (L2) weight decay on the rows a push touches",
+    )
 
     drop = verbs.add_client(
         "drop-table",

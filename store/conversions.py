@@ -31,23 +31,29 @@ from store.wire import check_array
 
 def optimizer_from_proto(config: pb.OptimizerConfig) -> OptimizerSpec:
     kind = config.WhichOneof("kind") or "sgd"
+    decay = config.weight_decay
     if kind == "adagrad":
         return OptimizerSpec(
             "adagrad",
             config.lr,
             eps=config.adagrad.eps,
             initial_accumulator_value=config.adagrad.initial_accumulator_value,
+            weight_decay=decay,
         )
     if kind == "rowwise_adagrad":
-        return OptimizerSpec("rowwise_adagrad", config.lr, eps=config.rowwise_adagrad.eps)
+        return OptimizerSpec(
+            "rowwise_adagrad", config.lr, eps=config.rowwise_adagrad.eps, weight_decay=decay
+        )
     if kind == "adam":
         adam = config.adam
-        return OptimizerSpec("adam", config.lr, eps=adam.eps, beta1=adam.beta1, beta2=adam.beta2)
-    return OptimizerSpec("sgd", config.lr)
+        return OptimizerSpec(
+            "adam", config.lr, eps=adam.eps, beta1=adam.beta1, beta2=adam.beta2, weight_decay=decay
+        )
+    return OptimizerSpec("sgd", config.lr, weight_decay=decay)
 
 
 def optimizer_to_proto(spec: OptimizerSpec) -> pb.OptimizerConfig:
-    config = pb.OptimizerConfig(lr=spec.lr)
+    config = pb.OptimizerConfig(lr=spec.lr, weight_decay=spec.weight_decay)
     if spec.name == "adagrad":
         config.adagrad.eps = spec.eps
         config.adagrad.initial_accumulator_value = spec.initial_accumulator_value

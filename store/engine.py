@@ -7,6 +7,7 @@ the Rust engine with the GIL released, so concurrent requests use every core.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import os
@@ -263,6 +264,28 @@ class StoreEngine:
             spec.dim,
             spec.dtype,
         )
+        return table.status()
+
+    def tune_table(self, name: str, lr: float, weight_decay: float) -> TableStatus:
+        """Sets a live table's learning rate and weight decay for later pushes; its spec in
+        the catalog (and so in later checkpoints) says so from then on."""
+        self._writable("tune tables")
+        # Exclusive, after a flush: no push in flight, and the catalog's step for the table
+        # is the one its rows on disk hold when the new spec is recorded beside it.
+        with self._gate.exclusive():
+            table = self.table(name)
+            if table.spec.read_only or table.spec.dtype in QUANTIZED_DTYPES:
+                raise FailedPreconditionError(f"table {name!r} is not trained: nothing to tune")
+            optimizer = dataclasses.replace(
+                table.spec.optimizer, lr=lr, weight_decay=weight_decay
+            ).check()
+            spec = dataclasses.replace(table.spec, optimizer=optimizer)
+            self._flush_unlocked()
+            table.native.retune(lr, weight_decay)
+            self.catalog.put_table(spec, table.native.step, table.incarnation)
+            self.catalog.sync()
+            table.spec = spec
+        log.info("tuned table %s: lr %g, weight decay %g", name, lr, weight_decay)
         return table.status()
 
     def drop_table(self, name: str) -> None:

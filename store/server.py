@@ -146,6 +146,11 @@ class Servicer(pb_grpc.EngramStoreServicer):
         return table_status_to_proto(self.engine.create_table(spec, request.importing))
 
     @_unary
+    def TuneTable(self, request: pb.TuneTableRequest, context: Any) -> pb.TableInfo:
+        status = self.engine.tune_table(request.name, request.lr, request.weight_decay)
+        return table_status_to_proto(status)
+
+    @_unary
     def DropTable(self, request: pb.DropTableRequest, context: Any) -> pb.DropTableResponse:
         self.engine.drop_table(request.name)
         return pb.DropTableResponse()

@@ -8,6 +8,7 @@ door with errors naming the field.
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 from dataclasses import dataclass, field
 
@@ -68,10 +69,18 @@ class OptimizerSpec:
     beta1: float = 0.0
     beta2: float = 0.0
     initial_accumulator_value: float = 0.0
+    # PyTorch's (coupled, L2) weight decay on the rows a push touches.
+    weight_decay: float = 0.0
 
     def check(self) -> OptimizerSpec:
         if self.name not in OPTIMIZERS:
             raise InvalidArgumentError(f"optimizer must be one of {OPTIMIZERS}, got {self.name!r}")
+        if not (math.isfinite(self.lr) and self.lr > 0):
+            raise InvalidArgumentError(f"lr must be positive, got {self.lr}")
+        if not (math.isfinite(self.weight_decay) and self.weight_decay >= 0):
+            raise InvalidArgumentError(
+                f"weight_decay must be non-negative, got {self.weight_decay}"
+            )
         return self
 
     def resolved(self) -> OptimizerSpec:

@@ -70,6 +70,7 @@ def test_json_is_plain_with_every_field_present(
         "row_checksums": True,
         "shards": 1,
         "read_only": False,
+        "weight_decay": 0.0,
     }
     assert as_json(capsys, "tables", *address) == {"tables": [info]}
     stats = as_json(capsys, "stats", *address)["shards"]

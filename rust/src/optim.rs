@@ -4,6 +4,10 @@
 //! `nn.Embedding(sparse=True)`: `SGD`, `Adagrad` and `SparseAdam`. Row-wise Adagrad (one
 //! accumulator per row, FBGEMM's `rowwise_adagrad`) keeps the mean squared gradient of the
 //! row. State lives in a companion table of `state_dim` float32 columns per row.
+//!
+//! Weight decay is PyTorch's (coupled, L2) form: `grad + weight_decay * row` takes the
+//! gradient's place in the update, on the rows a push touches (as `torch.optim.SGD`,
+//! `Adagrad` and `Adam` apply it; PyTorch's `SparseAdam` has none).
 
 use crate::error::{Error, Result};
 use crate::init::Initializer;
@@ -12,6 +16,27 @@ use crate::init::Initializer;
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct StepConstants {
     adam_step_size: f32,
+    weight_decay: f32,
+}
+
+impl StepConstants {
+    /// These constants with `weight_decay` (see [`check_weight_decay`]).
+    pub fn with_weight_decay(self, weight_decay: f32) -> StepConstants {
+        StepConstants {
+            weight_decay,
+            ..self
+        }
+    }
+}
+
+/// A weight decay must be finite and non-negative.
+pub fn check_weight_decay(weight_decay: f32) -> Result<()> {
+    check(
+        "weight_decay",
+        weight_decay,
+        weight_decay >= 0.0,
+        "non-negative",
+    )
 }
 
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -94,6 +119,42 @@ impl Optimizer {
         Ok(optimizer)
     }
 
+    pub fn lr(&self) -> f32 {
+        match *self {
+            Optimizer::Sgd { lr }
+            | Optimizer::Adagrad { lr, .. }
+            | Optimizer::RowWiseAdagrad { lr, .. }
+            | Optimizer::Adam { lr, .. } => lr,
+        }
+    }
+
+    /// This optimizer with learning rate `lr` (its state stays valid: only the step size
+    /// changes).
+    pub fn with_lr(self, lr: f32) -> Result<Self> {
+        check("lr", lr, lr > 0.0, "positive")?;
+        Ok(match self {
+            Optimizer::Sgd { .. } => Optimizer::Sgd { lr },
+            Optimizer::Adagrad {
+                eps,
+                initial_accumulator_value,
+                ..
+            } => Optimizer::Adagrad {
+                lr,
+                eps,
+                initial_accumulator_value,
+            },
+            Optimizer::RowWiseAdagrad { eps, .. } => Optimizer::RowWiseAdagrad { lr, eps },
+            Optimizer::Adam {
+                beta1, beta2, eps, ..
+            } => Optimizer::Adam {
+                lr,
+                beta1,
+                beta2,
+                eps,
+            },
+        })
+    }
+
     pub fn name(&self) -> &'static str {
         match self {
             Optimizer::Sgd { .. } => "sgd",
@@ -144,7 +205,10 @@ impl Optimizer {
             }
             _ => 0.0,
         };
-        StepConstants { adam_step_size }
+        StepConstants {
+            adam_step_size,
+            weight_decay: 0.0,
+        }
     }
 
     /// [`Optimizer::apply`] with the step's constants already computed.
@@ -155,24 +219,47 @@ impl Optimizer {
         state: &mut [f32],
         grad: &[f32],
     ) {
+        // Without decay the gradient is used as it is (not `g + 0 * p`, which an infinite
+        // row would turn into NaN).
+        if constants.weight_decay == 0.0 {
+            self.update::<false>(constants, param, state, grad)
+        } else {
+            self.update::<true>(constants, param, state, grad)
+        }
+    }
+
+    fn update<const DECAY: bool>(
+        &self,
+        constants: &StepConstants,
+        param: &mut [f32],
+        state: &mut [f32],
+        grad: &[f32],
+    ) {
+        let wd = constants.weight_decay;
+        let decayed = |g: f32, p: f32| if DECAY { g + wd * p } else { g };
         match *self {
             Optimizer::Sgd { lr } => {
-                for (p, g) in param.iter_mut().zip(grad) {
-                    *p += -lr * g;
+                for (p, &g) in param.iter_mut().zip(grad) {
+                    *p += -lr * decayed(g, *p);
                 }
             }
             Optimizer::Adagrad { lr, eps, .. } => {
-                for ((p, s), g) in param.iter_mut().zip(state.iter_mut()).zip(grad) {
+                for ((p, s), &g) in param.iter_mut().zip(state.iter_mut()).zip(grad) {
+                    let g = decayed(g, *p);
                     *s += g * g;
                     *p += -lr * (g / (s.sqrt() + eps));
                 }
             }
             Optimizer::RowWiseAdagrad { lr, eps } => {
-                let mean_square = grad.iter().map(|g| g * g).sum::<f32>() / grad.len() as f32;
-                state[0] += mean_square;
+                let sum_square: f32 = param
+                    .iter()
+                    .zip(grad)
+                    .map(|(&p, &g)| decayed(g, p) * decayed(g, p))
+                    .sum();
+                state[0] += sum_square / grad.len() as f32;
                 let scale = -lr / (state[0].sqrt() + eps);
-                for (p, g) in param.iter_mut().zip(grad) {
-                    *p += scale * g;
+                for (p, &g) in param.iter_mut().zip(grad) {
+                    *p += scale * decayed(g, *p);
                 }
             }
             Optimizer::Adam {
@@ -180,12 +267,13 @@ impl Optimizer {
             } => {
                 let step_size = constants.adam_step_size;
                 let (exp_avg, exp_avg_sq) = state.split_at_mut(param.len());
-                for (((p, m), v), g) in param
+                for (((p, m), v), &g) in param
                     .iter_mut()
                     .zip(exp_avg.iter_mut())
                     .zip(exp_avg_sq.iter_mut())
                     .zip(grad)
                 {
+                    let g = decayed(g, *p);
                     let m_update = (g - *m) * (1.0 - beta1);
                     let v_update = (g * g - *v) * (1.0 - beta2);
                     let numer = m_update + *m;
@@ -257,5 +345,43 @@ mod tests {
             (s[0] - 0.2).abs() < 1e-6 && (s[2] - 0.004).abs() < 1e-6,
             "{s:?}"
         );
+    }
+
+    #[test]
+    fn weight_decay_adds_the_decayed_row_to_the_gradient() {
+        let decayed = |opt: Optimizer, p: f32, state: &mut [f32]| {
+            let mut row = [p];
+            let constants = opt.at_step(1).with_weight_decay(0.2);
+            opt.apply_at(&constants, &mut row, state, &[0.5]);
+            row[0]
+        };
+        let sgd = Optimizer::new("sgd", 0.1, 0.0, 0.0, 0.0, 0.0).unwrap();
+        assert_eq!(decayed(sgd, 1.0, &mut []), 1.0 - 0.1 * (0.5 + 0.2 * 1.0));
+        // Adagrad accumulates the decayed gradient's square.
+        let adagrad = Optimizer::new("adagrad", 0.1, 0.0, 0.0, 0.0, 0.0).unwrap();
+        let mut sum = [0.0f32];
+        let moved = decayed(adagrad, 1.0, &mut sum);
+        assert!((sum[0] - 0.49).abs() < 1e-6 && (moved - 0.9).abs() < 1e-6);
+        // Without decay an infinite row stays infinite (no 0 * inf).
+        let mut row = [f32::INFINITY];
+        sgd.apply(&mut row, &mut [], &[0.5], 1);
+        assert_eq!(row[0], f32::INFINITY);
+    }
+
+    #[test]
+    fn a_new_learning_rate_keeps_the_rest() {
+        let adam = Optimizer::new("adam", 0.1, 1e-8, 0.9, 0.999, 0.0).unwrap();
+        let faster = adam.with_lr(0.5).unwrap();
+        assert_eq!(faster.lr(), 0.5);
+        assert_eq!(
+            faster,
+            Optimizer::new("adam", 0.5, 1e-8, 0.9, 0.999, 0.0).unwrap()
+        );
+        assert!(adam
+            .with_lr(0.0)
+            .unwrap_err()
+            .to_string()
+            .contains("lr must be positive"));
+        assert!(check_weight_decay(-1.0).is_err() && check_weight_decay(f32::NAN).is_err());
     }
 }

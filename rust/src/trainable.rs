@@ -15,7 +15,7 @@ use rayon::prelude::*;
 use std::cell::RefCell;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, RwLock};
 pub use undo::{UndoLog, UNDO_FILE};
 
 pub const PARAMS_FILE: &str = "params.engram";
@@ -26,7 +26,9 @@ pub struct TrainableTable {
     dir: PathBuf,
     params: Table,
     state: Option<Table>,
-    optimizer: Optimizer,
+    /// The optimizer and weight decay; their learning rate and decay may change between
+    /// pushes ([`TrainableTable::retune`]), each push reads them once.
+    tuning: RwLock<Tuning>,
     allow_non_finite: bool,
     step: AtomicU64,
     /// Serialises pushes (and checkpoints) so that steps are applied in the order counted;
@@ -35,6 +37,13 @@ pub struct TrainableTable {
     /// Where pushes are committed; without one, a crash in the middle of a push leaves it
     /// half applied (tables used in process, not served).
     journal: OnceLock<Arc<Journal>>,
+}
+
+/// The hyper-parameters a table's pushes use.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Tuning {
+    pub optimizer: Optimizer,
+    pub weight_decay: f32,
 }
 
 /// Who sent a push: its idempotency key, recorded in the journal with it.
@@ -150,7 +159,10 @@ impl TrainableTable {
             dir: dir.to_path_buf(),
             params,
             state,
-            optimizer,
+            tuning: RwLock::new(Tuning {
+                optimizer,
+                weight_decay: 0.0,
+            }),
             allow_non_finite,
             step: AtomicU64::new(step),
             push_lock: Mutex::new(undo),
@@ -216,7 +228,22 @@ impl TrainableTable {
         self.state.as_ref()
     }
     pub fn optimizer(&self) -> Optimizer {
-        self.optimizer
+        self.tuning().optimizer
+    }
+    pub fn tuning(&self) -> Tuning {
+        *self.tuning.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Sets the learning rate and weight decay of later pushes (a push in progress keeps
+    /// those it started with); the optimizer's kind and state stay.
+    pub fn retune(&self, lr: f32, weight_decay: f32) -> Result<()> {
+        crate::optim::check_weight_decay(weight_decay)?;
+        let mut tuning = self.tuning.write().unwrap_or_else(|e| e.into_inner());
+        *tuning = Tuning {
+            optimizer: tuning.optimizer.with_lr(lr)?,
+            weight_decay,
+        };
+        Ok(())
     }
     pub fn allow_non_finite(&self) -> bool {
         self.allow_non_finite
@@ -363,9 +390,13 @@ impl TrainableTable {
             }
             None => self.step.fetch_add(1, Ordering::AcqRel) + 1,
         };
+        let tuning = self.tuning();
         let update = OptimizerStep {
-            optimizer: self.optimizer,
-            constants: self.optimizer.at_step(step),
+            optimizer: tuning.optimizer,
+            constants: tuning
+                .optimizer
+                .at_step(step)
+                .with_weight_decay(tuning.weight_decay),
             grads,
             dim: self.params.dim(),
         };

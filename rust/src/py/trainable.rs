@@ -32,6 +32,7 @@ pub(crate) struct OptimizerArgs {
     beta1: f32,
     beta2: f32,
     initial_accumulator_value: f32,
+    weight_decay: f32,
 }
 
 impl OptimizerArgs {
@@ -45,6 +46,11 @@ impl OptimizerArgs {
             self.initial_accumulator_value,
         )
         .map_err(to_py_err)
+    }
+
+    /// Sets the table's weight decay (the learning rate is the optimizer's already).
+    fn tune(&self, table: &trainable::TrainableTable) -> PyResult<()> {
+        table.retune(self.lr, self.weight_decay).map_err(to_py_err)
     }
 }
 
@@ -146,6 +152,7 @@ impl TrainableTable {
                 spec.row_checksums,
             )
         })?;
+        spec.optimizer.tune(&inner)?;
         Ok(TrainableTable { inner })
     }
 
@@ -157,7 +164,14 @@ impl TrainableTable {
         let inner = detached(py, || {
             trainable::TrainableTable::open(&dir, optimizer, allow_non_finite, step)
         })?;
+        spec.optimizer.tune(&inner)?;
         Ok(TrainableTable { inner })
+    }
+
+    /// Sets the learning rate and weight decay of later pushes; the optimizer's kind and
+    /// state stay.
+    fn retune(&self, lr: f32, weight_decay: f32) -> PyResult<()> {
+        self.inner.retune(lr, weight_decay).map_err(to_py_err)
     }
 
     #[getter]

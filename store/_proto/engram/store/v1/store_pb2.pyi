@@ -56,18 +56,30 @@ class AdamConfig(_message.Message):
     def __init__(self, beta1: _Optional[float] = ..., beta2: _Optional[float] = ..., eps: _Optional[float] = ...) -> None: ...
 
 class OptimizerConfig(_message.Message):
-    __slots__ = ("lr", "sgd", "adagrad", "rowwise_adagrad", "adam")
+    __slots__ = ("lr", "sgd", "adagrad", "rowwise_adagrad", "adam", "weight_decay")
     LR_FIELD_NUMBER: _ClassVar[int]
     SGD_FIELD_NUMBER: _ClassVar[int]
     ADAGRAD_FIELD_NUMBER: _ClassVar[int]
     ROWWISE_ADAGRAD_FIELD_NUMBER: _ClassVar[int]
     ADAM_FIELD_NUMBER: _ClassVar[int]
+    WEIGHT_DECAY_FIELD_NUMBER: _ClassVar[int]
     lr: float
     sgd: SgdConfig
     adagrad: AdagradConfig
     rowwise_adagrad: RowWiseAdagradConfig
     adam: AdamConfig
-    def __init__(self, lr: _Optional[float] = ..., sgd: _Optional[_Union[SgdConfig, _Mapping]] = ..., adagrad: _Optional[_Union[AdagradConfig, _Mapping]] = ..., rowwise_adagrad: _Optional[_Union[RowWiseAdagradConfig, _Mapping]] = ..., adam: _Optional[_Union[AdamConfig, _Mapping]] = ...) -> None: ...
+    weight_decay: float
+    def __init__(self, lr: _Optional[float] = ..., sgd: _Optional[_Union[SgdConfig, _Mapping]] = ..., adagrad: _Optional[_Union[AdagradConfig, _Mapping]] = ..., rowwise_adagrad: _Optional[_Union[RowWiseAdagradConfig, _Mapping]] = ..., adam: _Optional[_Union[AdamConfig, _Mapping]] = ..., weight_decay: _Optional[float] = ...) -> None: ...
+
+class TuneTableRequest(_message.Message):
+    __slots__ = ("name", "lr", "weight_decay")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    LR_FIELD_NUMBER: _ClassVar[int]
+    WEIGHT_DECAY_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    lr: float
+    weight_decay: float
+    def __init__(self, name: _Optional[str] = ..., lr: _Optional[float] = ..., weight_decay: _Optional[float] = ...) -> None: ...
 
 class HashConfig(_message.Message):
     __slots__ = ("max_ngram_size", "n_head_per_ngram", "pad_id", "layer_id", "multipliers", "table_sizes", "lookup_table")

@@ -109,6 +109,11 @@ class EngramStoreStub:
                 request_serializer=engram_dot_store_dot_v1_dot_store__pb2.FinishImportRequest.SerializeToString,
                 response_deserializer=engram_dot_store_dot_v1_dot_store__pb2.TableInfo.FromString,
                 _registered_method=True)
+        self.TuneTable = channel.unary_unary(
+                '/engram.store.v1.EngramStore/TuneTable',
+                request_serializer=engram_dot_store_dot_v1_dot_store__pb2.TuneTableRequest.SerializeToString,
+                response_deserializer=engram_dot_store_dot_v1_dot_store__pb2.TableInfo.FromString,
+                _registered_method=True)
 
 
 class EngramStoreServicer:
@@ -204,6 +209,12 @@ class EngramStoreServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def TuneTable(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_EngramStoreServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -280,6 +291,11 @@ def add_EngramStoreServicer_to_server(servicer, server):
             'FinishImport': grpc.unary_unary_rpc_method_handler(
                     servicer.FinishImport,
                     request_deserializer=engram_dot_store_dot_v1_dot_store__pb2.FinishImportRequest.FromString,
+                    response_serializer=engram_dot_store_dot_v1_dot_store__pb2.TableInfo.SerializeToString,
+            ),
+            'TuneTable': grpc.unary_unary_rpc_method_handler(
+                    servicer.TuneTable,
+                    request_deserializer=engram_dot_store_dot_v1_dot_store__pb2.TuneTableRequest.FromString,
                     response_serializer=engram_dot_store_dot_v1_dot_store__pb2.TableInfo.SerializeToString,
             ),
     }
@@ -687,6 +703,33 @@ class EngramStore:
             target,
             '/engram.store.v1.EngramStore/FinishImport',
             engram_dot_store_dot_v1_dot_store__pb2.FinishImportRequest.SerializeToString,
+            engram_dot_store_dot_v1_dot_store__pb2.TableInfo.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def TuneTable(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/engram.store.v1.EngramStore/TuneTable',
+            engram_dot_store_dot_v1_dot_store__pb2.TuneTableRequest.SerializeToString,
             engram_dot_store_dot_v1_dot_store__pb2.TableInfo.FromString,
             options,
             channel_credentials,
