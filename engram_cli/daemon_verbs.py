@@ -62,6 +62,25 @@ def _inspect(args: argparse.Namespace) -> int:
     return 0
 
 
+def _reshard(args: argparse.Namespace) -> int:
+    from store.reshard import reshard
+
+    def directories(text: str) -> list[str]:
+        return [d.strip() for d in text.split(",") if d.strip()]
+
+    tables = reshard(directories(args.sources), directories(args.targets), args.checkpoint)
+    emit(
+        args.json,
+        {"tables": tables},
+        "\n".join(
+            f"{t.name}: {t.num_rows} rows at step {t.step} -> rows stored per daemon "
+            f"{t.rows_per_target}"
+            for t in tables
+        ),
+    )
+    return 0
+
+
 def register(verbs: Verbs) -> None:
     serve = verbs.add(
         "serve",
@@ -157,6 +176,31 @@ def register(verbs: Verbs) -> None:
         default=ServeConfig.shared_buffer_dir,
         help="directory of same-machine clients' shared buffers ('' refuses them)",
     )
+
+    reshard = verbs.add(
+        "reshard",
+        "lay a checkpoint's tables out over another number of daemons (daemons stopped)",
+        _reshard,
+        "engram-store reshard --from data-a --to data-x,data-y,data-z\n"
+        "engram-store reshard --from data-x,data-y,data-z --to data-a --checkpoint 7",
+        "Each source data directory (in shard order) has its checkpoint's tables rebuilt; each\n"
+        "target (new or empty) gets each table's rows [i * rows // n, (i + 1) * rows // n), as\n"
+        "clients lay tables out over n daemons, with their optimizer state and step, and a\n"
+        "checkpoint of its own. Then serve each target and list the addresses in that order.",
+    )
+    reshard.add_argument(
+        "--from", dest="sources", metavar="DIR[,DIR...]", required=True,
+        help="data directories of the daemons holding the checkpoint, in shard order",
+    )  # fmt: skip
+    reshard.add_argument(
+        "--to", dest="targets", metavar="DIR[,DIR...]", required=True,
+        help="new data directories, one per daemon to come, in shard order",
+    )  # fmt: skip
+    reshard.add_argument(
+        "--checkpoint", metavar="ID", type=int, default=0,
+        help="the checkpoint id on every source (default: each one's latest)",
+    )  # fmt: skip
+    reshard.add_argument("--json", action="store_true", help="print one JSON document")
 
     inspect = verbs.add(
         "inspect",

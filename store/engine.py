@@ -576,6 +576,11 @@ class StoreEngine:
                         f"{live.native.step} while step {sync.step} waited for its ranks: "
                         "nothing of the step was applied"
                     )
+                if not len(keys):
+                    # No rank had rows here: only the step count moves (a crash before the
+                    # next record forgets it, and a retry takes it again, changing nothing).
+                    table.native.set_step(sync.step)
+                    return PushOutcome(0, sync.step)
                 rows, step, _ = table.native.push(
                     _native.Keys.from_array(keys), grads, "float32", sync.step, False, "", 0
                 )

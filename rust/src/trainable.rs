@@ -19,6 +19,8 @@ use std::sync::{Arc, Mutex, MutexGuard, OnceLock, RwLock};
 pub use undo::{UndoLog, UNDO_FILE};
 
 pub const PARAMS_FILE: &str = "params.engram";
+/// Rows copied at a time between shards, to bound memory.
+const ROWS_PER_COPY: usize = 65_536;
 pub const STATE_FILE: &str = "state.engram";
 
 #[derive(Debug)]
@@ -438,6 +440,37 @@ impl TrainableTable {
             self.params.dirty_keys(),
             self.state.as_ref().map(Table::dirty_keys),
         )
+    }
+
+    /// Copies, bit for bit, the stored rows of `source` (another shard of the same table:
+    /// same dtype, dim and optimizer state) whose global rows fall in this table's range,
+    /// with their optimizer state; the step is left to the caller. Returns the rows copied.
+    /// For resharding a table offline: neither table may be pushed meanwhile.
+    pub fn copy_rows_from(&self, source: &TrainableTable) -> Result<u64> {
+        let (from, to) = (source.params.header(), self.params.header());
+        let state_dim = |t: &TrainableTable| t.state.as_ref().map_or(0, Table::dim);
+        if (from.dtype, from.dim, state_dim(source)) != (to.dtype, to.dim, state_dim(self)) {
+            return Err(Error::invalid(format!(
+                "shards differ: (dtype, dim, state dim) {:?} against {:?}",
+                (from.dtype, from.dim, state_dim(source)),
+                (to.dtype, to.dim, state_dim(self))
+            )));
+        }
+        let (start, stop) = (to.first_row, to.first_row + to.num_rows);
+        let inside: Vec<u64> = source
+            .written_keys()
+            .into_iter()
+            .filter(|key| (start..stop).contains(&(from.first_row + key)))
+            .collect();
+        for batch in inside.chunks(ROWS_PER_COPY) {
+            let local: Vec<u64> = batch.iter().map(|k| from.first_row + k - start).collect();
+            self.params
+                .write_raw_rows(&local, &source.params.read_raw_rows(batch)?)?;
+            if let (Some(mine), Some(theirs)) = (&self.state, &source.state) {
+                mine.write_raw_rows(&local, &theirs.read_raw_rows(batch)?)?;
+            }
+        }
+        Ok(inside.len() as u64)
     }
 
     /// Keys of every stored row or state row.

@@ -168,6 +168,18 @@ impl TrainableTable {
         Ok(TrainableTable { inner })
     }
 
+    /// Copies the stored rows (and optimizer state) of `source`, another shard of the same
+    /// table, that fall in this table's row range; returns how many (see resharding).
+    fn copy_rows_from(&self, py: Python<'_>, source: &TrainableTable) -> PyResult<u64> {
+        py.detach(|| self.inner.copy_rows_from(&source.inner))
+            .map_err(to_py_err)
+    }
+
+    /// Sets the step count (a resharded table takes its source's).
+    fn set_step(&self, step: u64) {
+        self.inner.set_step(step);
+    }
+
     /// Sets the learning rate and weight decay of later pushes; the optimizer's kind and
     /// state stay.
     fn retune(&self, lr: f32, weight_decay: f32) -> PyResult<()> {

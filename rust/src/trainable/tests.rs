@@ -272,3 +272,43 @@ fn the_undo_log_survives_reopening_the_table() {
     assert!(t.recover(|_| false).unwrap().is_some());
     assert_eq!(t.params().gather(&[10, 900]).unwrap(), before);
 }
+
+#[test]
+fn shards_copy_their_rows_and_state_from_another_layout_bit_for_bit() {
+    let dir = tempfile::tempdir().unwrap();
+    let adam = Optimizer::new("adam", 0.1, 1e-8, 0.9, 0.999, 0.0).unwrap();
+    let whole =
+        TrainableTable::create(dir.path().join("whole"), header(100, 2), adam, false).unwrap();
+    whole.push(&[3, 49, 50, 97], &[1.0; 8], None).unwrap();
+    whole.push(&[3, 60], &[-2.0; 4], None).unwrap();
+    let shard = |name: &str, first_row: u64, rows: u64| {
+        let mut h = header(rows, 2);
+        h.first_row = first_row;
+        TrainableTable::create(dir.path().join(name), h, adam, false).unwrap()
+    };
+    let (low, high) = (shard("low", 0, 50), shard("high", 50, 50));
+    assert_eq!(low.copy_rows_from(&whole).unwrap(), 2);
+    assert_eq!(high.copy_rows_from(&whole).unwrap(), 3);
+    let raw = |t: &TrainableTable, keys: &[u64]| {
+        let state = t.state().unwrap().read_raw_rows(keys).unwrap();
+        (t.params().read_raw_rows(keys).unwrap(), state)
+    };
+    assert_eq!(raw(&low, &[3, 49, 10]), raw(&whole, &[3, 49, 10]));
+    assert_eq!(raw(&high, &[0, 10, 47, 5]), raw(&whole, &[50, 60, 97, 55]));
+    assert_eq!(high.params().written_count(), 3);
+    // And back into one table.
+    let again = shard("again", 0, 100);
+    assert_eq!(
+        again.copy_rows_from(&low).unwrap() + again.copy_rows_from(&high).unwrap(),
+        5
+    );
+    let all: Vec<u64> = (0..100).collect();
+    assert_eq!(raw(&again, &all), raw(&whole, &all));
+    let sgd_shard =
+        TrainableTable::create(dir.path().join("sgd"), header(50, 2), sgd(0.1), false).unwrap();
+    assert!(sgd_shard
+        .copy_rows_from(&whole)
+        .unwrap_err()
+        .to_string()
+        .contains("shards differ"));
+}
