@@ -103,7 +103,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=40)
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--batch", type=int, default=8, help="global batch (sequences)")
-    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--png")
     for hidden in ("--rank", "--way", "--address", "--tables", "--rendezvous"):
         parser.add_argument(hidden, help=argparse.SUPPRESS)
