@@ -561,7 +561,7 @@ class StoreEngine:
         table = self._check_push(request)
         keys, grads = gradient_arrays(request, buffers, table.spec.dim)
         table.native.check_keys(_native.Keys.from_array(keys))
-        return StepShare(table, sync, keys, grads, table.native.step)
+        return StepShare(table, sync, keys, grads)
 
     def _join_step(self, share: StepShare) -> PushOutcome:
         """Holds `share` until its step is applied or fails; no lock is held meanwhile."""
@@ -588,7 +588,7 @@ class StoreEngine:
                 return PushOutcome(rows, step)
 
         return self._steps.push(
-            table.name, share.applied_step, sync, share.keys, share.grads, apply
+            table.name, lambda: table.native.step, sync, share.keys, share.grads, apply
         )
 
     def _check_push(self, request: Push) -> ServedTable:

@@ -36,14 +36,12 @@ from store.spec import SyncStep
 
 @dataclass(frozen=True)
 class StepShare:
-    """One rank's share of a step of `table`, checked and copied out of its request, with
-    the table's step when it was checked."""
+    """One rank's share of a step of `table`, checked and copied out of its request."""
 
     table: ServedTable
     sync: SyncStep
     keys: np.ndarray
     grads: np.ndarray
-    applied_step: int
 
 
 @dataclass
@@ -91,7 +89,7 @@ class StepBarrier:
     def push(
         self,
         table: str,
-        applied_step: int,
+        applied_step: Callable[[], int],
         sync: SyncStep,
         keys: np.ndarray,
         grads: np.ndarray,
@@ -99,19 +97,22 @@ class StepBarrier:
     ) -> PushOutcome:
         """Adds one rank's gradients to `table`'s step `sync.step` and returns once the step is
         applied (by `apply`, on the thread of the rank that completed it) or has failed.
-        `applied_step` is the table's step now."""
+        `applied_step()` is the table's step now."""
         sync.check()
-        if sync.step <= applied_step:
-            return PushOutcome(0, applied_step, duplicate=True)
-        if sync.step != applied_step + 1:
-            raise FailedPreconditionError(
-                f"table {table!r} is at step {applied_step}: step {sync.step} cannot be pushed "
-                f"before step {applied_step + 1}"
-            )
         timeout = sync.timeout
         with self._lock:
             pending = self._pending.get(table)
             if pending is None or pending.step != sync.step:
+                # Read under the lock: a step applied meanwhile has left `_pending` only after
+                # the table's step moved, so a late retry is seen as the duplicate it is.
+                step_now = applied_step()
+                if sync.step <= step_now:
+                    return PushOutcome(0, step_now, duplicate=True)
+                if sync.step != step_now + 1:
+                    raise FailedPreconditionError(
+                        f"table {table!r} is at step {step_now}: step {sync.step} cannot be "
+                        f"pushed before step {step_now + 1}"
+                    )
                 if pending is not None:
                     raise FailedPreconditionError(
                         f"table {table!r} has step {pending.step} pending: step {sync.step} "
