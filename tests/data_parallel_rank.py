@@ -19,6 +19,7 @@ import datetime
 import json
 import os
 import sys
+import time
 from typing import Any
 
 import torch
@@ -38,6 +39,9 @@ def die_at(trainer: Trainer, step: int) -> None:
 
     def batch(*args: Any, **kwargs: Any) -> Any:
         if kwargs.get("sync") and next(sends) == step:
+            # After the other ranks' all-reduce of this step is over too (a rank gone during
+            # one fails it in gloo first): only the store then waits for this rank.
+            time.sleep(2)
             os._exit(9)
         return send(*args, **kwargs)
 

@@ -109,54 +109,11 @@ class StoreEmbedding(nn.Module):
         self._anchor = torch.zeros((), requires_grad=True)
         # Follows the module's dtype (`engram.to(torch.bfloat16)`): rows come in it.
         self.register_buffer("row_type", torch.zeros(()), persistent=False)
-
-    def _save_to_state_dict(self, destination: Any, prefix: str, keep_vars: bool) -> None:
-        """As the reference's `MultiHeadEmbedding` saves: `offsets` and `embedding.weight`,
-        every row read from the store (in the module's dtype)."""
-        super()._save_to_state_dict(destination, prefix, keep_vars)
-        self.wait_for_pushes()
-        rows = self.client.lookup(self.table, np.arange(self.num_rows, dtype=np.uint64))
-        destination[prefix + "embedding.weight"] = torch.from_numpy(rows).to(self.row_type.dtype)
-
-    def _load_from_state_dict(
-        self,
-        state_dict: Any,
-        prefix: str,
-        local_metadata: Any,
-        strict: bool,
-        missing_keys: list[str],
-        unexpected_keys: list[str],
-        error_msgs: list[str],
-    ) -> None:
-        """Loads `offsets`, and `embedding.weight` into the store: the table's rows become the
-        loaded ones and its optimizer starts afresh (`EngramClient.replace_rows`)."""
-        super()._load_from_state_dict(
-            state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
-        )
-        key = prefix + "embedding.weight"
-        if key in unexpected_keys:
-            unexpected_keys.remove(key)
-        if key not in state_dict:
-            missing_keys.append(key)
-            return
-        weight = state_dict[key].detach()
-        if tuple(weight.shape) != (self.num_rows, self.embedding_dim):
-            error_msgs.append(
-                f"size mismatch for {key}: copying a param with shape {tuple(weight.shape)}, "
-                f"the table holds {(self.num_rows, self.embedding_dim)}"
-            )
-            return
-        self.wait_for_pushes()
-        stored = self.client.spec(self.table).dtype
-        if stored not in WIRE_DTYPES.values():
-            error_msgs.append(f"{key}: table {self.table!r} stores {stored} rows, not trainable")
-            return
-        rows = weight.to("cpu", TORCH_DTYPES[stored]).contiguous()
-        packed = rows.view(torch.uint16) if stored == "bfloat16" else rows
-        self.client.replace_rows(self.table, packed.numpy())
-        if self.cache is not None:
-            self.cache.invalidate(self.table, np.arange(self.num_rows, dtype=np.uint64))
-        self.pipeline.table_replaced(self.table)
+        # The rows go to and come from the store in `state_dict` and `load_state_dict`.
+        self.loaded_rows_key = ""
+        self.register_state_dict_post_hook(_save_rows)  # type: ignore[no-untyped-call]
+        self.register_load_state_dict_pre_hook(_load_rows)  # type: ignore[no-untyped-call]
+        self.register_load_state_dict_post_hook(_rows_were_expected)  # type: ignore[no-untyped-call]
 
     @property
     def pushes_issued(self) -> int:
@@ -235,3 +192,56 @@ class StoreEmbedding(nn.Module):
         """Blocks until every push issued so far has been applied (raising its error)."""
         self.pipeline.flush()
         self.push_log.wait()
+
+
+def _save_rows(
+    module: StoreEmbedding, state_dict: dict[str, Any], prefix: str, metadata: Any
+) -> None:
+    """Saves as the reference's `MultiHeadEmbedding` does: `offsets` and
+    `embedding.weight`, every row read from the store (in the module's dtype)."""
+    module.wait_for_pushes()
+    rows = module.client.lookup(module.table, np.arange(module.num_rows, dtype=np.uint64))
+    state_dict[prefix + "embedding.weight"] = torch.from_numpy(rows).to(module.row_type.dtype)
+
+
+def _load_rows(
+    module: StoreEmbedding,
+    state_dict: dict[str, Any],
+    prefix: str,
+    metadata: Any,
+    strict: bool,
+    missing_keys: list[str],
+    unexpected_keys: list[str],
+    error_msgs: list[str],
+) -> None:
+    """Loads `embedding.weight` into the store: the table's rows become the loaded ones
+    and its optimizer starts afresh (`EngramClient.replace_rows`)."""
+    key = prefix + "embedding.weight"
+    module.loaded_rows_key = key
+    if key not in state_dict:
+        missing_keys.append(key)
+        return
+    weight = state_dict[key].detach()
+    if tuple(weight.shape) != (module.num_rows, module.embedding_dim):
+        error_msgs.append(
+            f"size mismatch for {key}: copying a param with shape {tuple(weight.shape)}, "
+            f"the table holds {(module.num_rows, module.embedding_dim)}"
+        )
+        return
+    module.wait_for_pushes()
+    stored = module.client.spec(module.table).dtype
+    if stored not in TORCH_DTYPES:
+        error_msgs.append(f"{key}: table {module.table!r} stores {stored} rows, not trainable")
+        return
+    rows = weight.to("cpu", TORCH_DTYPES[stored]).contiguous()
+    packed = rows.view(torch.uint16) if stored == "bfloat16" else rows
+    module.client.replace_rows(module.table, packed.numpy())
+    if module.cache is not None:
+        module.cache.invalidate(module.table, np.arange(module.num_rows, dtype=np.uint64))
+    module.pipeline.table_replaced(module.table)
+
+
+def _rows_were_expected(module: StoreEmbedding, incompatible: Any) -> None:
+    """`embedding.weight` is no parameter here: torch counts it unexpected."""
+    if module.loaded_rows_key in incompatible.unexpected_keys:
+        incompatible.unexpected_keys.remove(module.loaded_rows_key)
