@@ -7,11 +7,13 @@ from client.errors import (
     EngramClientError,
     InvalidRequestError,
     KeyOutOfRangeError,
+    NotPermittedError,
     PreconditionFailedError,
     RequestTooLargeError,
     ShardUnavailableError,
     TableExistsError,
     TableNotFoundError,
+    TokenRefusedError,
 )
 from client.hashing import CompressedTokenizer, NgramHashMapping
 from client.results import (
@@ -22,6 +24,7 @@ from client.results import (
     TableInfo,
     VerifyReport,
 )
+from client.security import Security
 from store.errors import StoreError
 from store.spec import SyncStep
 
@@ -36,15 +39,18 @@ __all__ = [
     "InvalidRequestError",
     "KeyOutOfRangeError",
     "NgramHashMapping",
+    "NotPermittedError",
     "PreconditionFailedError",
     "PushResult",
     "RequestTooLargeError",
     "RetryPolicy",
+    "Security",
     "ShardUnavailableError",
     "StoreError",
     "SyncStep",
     "TableExistsError",
     "TableInfo",
     "TableNotFoundError",
+    "TokenRefusedError",
     "VerifyReport",
 ]

@@ -36,6 +36,7 @@ from client.results import (
     TableInfo,
     VerifyReport,
 )
+from client.security import Security
 from client.shared_memory import DEFAULT_DIRECTORY, SharedBufferPool, is_local
 from client.transfer import RowTransfer
 from store._proto.engram.store.v1 import store_pb2 as pb
@@ -62,6 +63,9 @@ class EngramClient:
     daemons on this machine, by default (`shared_memory=None`) those at a loopback address;
     `True` tries it with every daemon, `False` never. A daemon that cannot use it gets the
     rows in messages instead.
+
+    `security` (a token, TLS files) defaults to `Security.from_environment()`
+    (`ENGRAM_STORE_TOKEN`, `ENGRAM_STORE_TLS_CA`, ...).
     """
 
     def __init__(
@@ -74,11 +78,15 @@ class EngramClient:
         interceptors: Sequence[grpc.UnaryUnaryClientInterceptor] = (),
         shared_memory: bool | None = None,
         shared_memory_dir: str = DEFAULT_DIRECTORY,
+        security: Security | None = None,
     ) -> None:
         addresses = [addresses] if isinstance(addresses, str) else list(addresses)
         if not addresses:
             raise ValueError("addresses must name at least one daemon")
-        self.shards = [Shard(a, timeout_s, retry or RetryPolicy(), interceptors) for a in addresses]
+        security = security if security is not None else Security.from_environment()
+        self.shards = [
+            Shard(a, timeout_s, retry or RetryPolicy(), interceptors, security) for a in addresses
+        ]
         usable = os.path.isdir(shared_memory_dir) and os.access(shared_memory_dir, os.W_OK)
         self._buffers = SharedBufferPool(shared_memory_dir)
         self._transfers = [

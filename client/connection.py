@@ -17,6 +17,7 @@ from typing import TypeVar
 import grpc
 
 from client.errors import ShardUnavailableError, from_rpc_error
+from client.security import Security
 from store import _native
 from store._proto.engram.store.v1 import store_pb2 as pb
 from store._proto.engram.store.v1 import store_pb2_grpc as pb_grpc
@@ -36,19 +37,21 @@ class RetryPolicy:
     max_backoff_s: float = 2.0
 
 
-def open_channel(address: str) -> grpc.Channel:
-    """A channel to one daemon, the same for every caller (the client, the CLI)."""
-    return grpc.insecure_channel(
-        address,
-        options=[
-            ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-            ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-            ("grpc.keepalive_time_ms", 30_000),
-            ("grpc.keepalive_timeout_ms", 10_000),
-            ("grpc.keepalive_permit_without_calls", 1),
-            ("grpc.enable_retries", 0),
-        ],
-    )
+def open_channel(address: str, security: Security | None = None) -> grpc.Channel:
+    """A channel to one daemon, the same for every caller (the client, the CLI): TLS when
+    `security` names a CA, plaintext otherwise (its token goes in through interceptors)."""
+    options = [
+        ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+        ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+        ("grpc.keepalive_time_ms", 30_000),
+        ("grpc.keepalive_timeout_ms", 10_000),
+        ("grpc.keepalive_permit_without_calls", 1),
+        ("grpc.enable_retries", 0),
+    ]
+    credentials = security.channel_credentials() if security is not None else None
+    if credentials is None:
+        return grpc.insecure_channel(address, options=options)
+    return grpc.secure_channel(address, credentials, options=options)
 
 
 @dataclass(frozen=True)
@@ -90,11 +93,13 @@ class Shard:
         timeout_s: float,
         retry: RetryPolicy,
         interceptors: Sequence[grpc.UnaryUnaryClientInterceptor] = (),
+        security: Security | None = None,
     ) -> None:
         self.address = address
         self.timeout_s = timeout_s
         self.retry = retry
-        self.channel = open_channel(address)
+        self.channel = open_channel(address, security)
+        interceptors = [*(security.interceptors() if security else []), *interceptors]
         channel = (
             grpc.intercept_channel(self.channel, *interceptors) if interceptors else self.channel
         )

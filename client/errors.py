@@ -12,9 +12,11 @@ from store.errors import (
     InvalidArgumentError,
     NotFoundError,
     OutOfRangeError,
+    PermissionDeniedError,
     ResourceExhaustedError,
     StepFailedError,
     StoreError,
+    UnauthenticatedError,
     UnavailableError,
     kind_of,
 )
@@ -61,6 +63,14 @@ class DataParallelStepError(EngramClientError, StepFailedError):
     """A data-parallel step failed: not every rank pushed it in time; nothing was applied."""
 
 
+class TokenRefusedError(EngramClientError, UnauthenticatedError):
+    """The daemon needs a valid token and this client sent none, or another."""
+
+
+class NotPermittedError(EngramClientError, PermissionDeniedError):
+    """The client's token does not allow the call (a change by a read-only token)."""
+
+
 # Each store kind's client kind (its second base).
 _CLIENT_KIND: dict[type[StoreError], type[EngramClientError]] = {
     kind.__bases__[1]: kind
@@ -73,6 +83,8 @@ _CLIENT_KIND: dict[type[StoreError], type[EngramClientError]] = {
         RequestTooLargeError,
         PreconditionFailedError,
         DataParallelStepError,
+        TokenRefusedError,
+        NotPermittedError,
     )
 }
 

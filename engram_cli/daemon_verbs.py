@@ -31,6 +31,11 @@ def _serve(args: argparse.Namespace) -> int:
         shared_buffer_dir=args.shared_buffer_dir,
         threads=args.threads,
         read_only=args.read_only,
+        auth_tokens_file=args.auth_tokens,
+        allow_unauthenticated=args.allow_unauthenticated,
+        tls_cert=args.tls_cert,
+        tls_key=args.tls_key,
+        tls_client_ca=args.tls_client_ca,
     )
     try:
         serve(config)
@@ -169,6 +174,24 @@ def register(verbs: Verbs) -> None:
         "--read-only",
         action="store_true",
         help="serve lookups only: refuse pushes, creates, drops, imports, checkpoints, restores",
+    )
+    serve.add_argument(
+        "--auth-tokens",
+        metavar="FILE",
+        help="bearer tokens and their roles, a `read-write TOKEN` or `read-only TOKEN` line "
+        "each (ENGRAM_STORE_SERVE_TOKENS may hold the same text instead)",
+    )
+    serve.add_argument(
+        "--allow-unauthenticated",
+        action="store_true",
+        help="serve a non-loopback --host without tokens (refused otherwise)",
+    )
+    serve.add_argument("--tls-cert", metavar="FILE", help="the daemon's TLS certificate (PEM)")
+    serve.add_argument("--tls-key", metavar="FILE", help="its private key (PEM)")
+    serve.add_argument(
+        "--tls-client-ca",
+        metavar="FILE",
+        help="require client certificates signed by this CA (mutual TLS)",
     )
     serve.add_argument(
         "--shared-buffer-dir",

@@ -9,7 +9,7 @@ from collections.abc import Callable
 from importlib import metadata
 from typing import Any
 
-from client import EngramClient, RetryPolicy
+from client import EngramClient, RetryPolicy, Security
 from store.config import DEFAULT_PORT
 
 DEFAULT_ADDRESS = f"127.0.0.1:{DEFAULT_PORT}"
@@ -119,6 +119,16 @@ class Verbs:
         verb.add_argument(
             "--json", action="store_true", help="print one JSON document (shapes in README)"
         )
+        verb.add_argument(
+            "--token", metavar="TOKEN", help="bearer token, for daemons that need one"
+        )
+        verb.add_argument(
+            "--tls-ca", metavar="FILE", help="CA of the daemons' TLS certificates (TLS on)"
+        )
+        verb.add_argument(
+            "--tls-client-cert", metavar="FILE", help="this client's certificate (mutual TLS)"
+        )
+        verb.add_argument("--tls-client-key", metavar="FILE", help="its key")
         return verb
 
 
@@ -129,6 +139,7 @@ def connect(args: argparse.Namespace) -> EngramClient:
         addresses,
         timeout_s=args.timeout,
         retry=RetryPolicy(max_attempts=3, initial_backoff_s=0.05, max_backoff_s=0.2),
+        security=Security(args.token, args.tls_ca, args.tls_client_cert, args.tls_client_key),
     )
 
 

@@ -36,6 +36,15 @@ class ServeConfig:
     # Serve lookups only: every call that would change a table or the data directory is
     # refused (FAILED_PRECONDITION), for tables imported to serve a model.
     read_only: bool = False
+    # Bearer tokens and their roles (store/auth.py); None: ENGRAM_STORE_SERVE_TOKENS, or none.
+    auth_tokens_file: str | None = None
+    # Serve a non-loopback address without tokens (refused otherwise).
+    allow_unauthenticated: bool = False
+    # TLS: the daemon's certificate chain and key (PEM files), and the CA that client
+    # certificates must be signed by (mutual TLS), if any.
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    tls_client_ca: str | None = None
 
     @property
     def address(self) -> str:

@@ -48,6 +48,15 @@ class StepFailedError(StoreError):
     nothing of it was applied (ABORTED)."""
 
 
+class UnauthenticatedError(StoreError):
+    """A call without a valid token, to a daemon that needs one (UNAUTHENTICATED)."""
+
+
+class PermissionDeniedError(StoreError):
+    """A call the caller's token does not allow: a change by a read-only token
+    (PERMISSION_DENIED)."""
+
+
 class UnavailableError(StoreError):
     """No answer from a daemon in time (UNAVAILABLE, DEADLINE_EXCEEDED)."""
 
@@ -59,10 +68,12 @@ __all__ = [
     "InvalidArgumentError",
     "NotFoundError",
     "OutOfRangeError",
+    "PermissionDeniedError",
     "ResourceExhaustedError",
     "StepFailedError",
     "StoreError",
     "TableFormatError",
+    "UnauthenticatedError",
     "UnavailableError",
     "kind_of",
     "status_of",
@@ -77,6 +88,8 @@ STATUS_OF_KIND: list[tuple[type[BaseException], str]] = [
     (ResourceExhaustedError, "RESOURCE_EXHAUSTED"),
     (FailedPreconditionError, "FAILED_PRECONDITION"),
     (StepFailedError, "ABORTED"),
+    (UnauthenticatedError, "UNAUTHENTICATED"),
+    (PermissionDeniedError, "PERMISSION_DENIED"),
     (UnavailableError, "UNAVAILABLE"),
     (TableFormatError, "DATA_LOSS"),
     # Builtins the engine raises for bad input, answered as their store kinds are.

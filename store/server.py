@@ -7,6 +7,7 @@ flushed before it returns.
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import os
 import signal
@@ -14,6 +15,7 @@ import threading
 from collections.abc import Callable, Iterator
 from concurrent import futures
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, TypeVar
 
 import grpc
@@ -24,6 +26,7 @@ from grpc_reflection.v1alpha import reflection
 from store import _native
 from store._proto.engram.store.v1 import store_pb2 as pb
 from store._proto.engram.store.v1 import store_pb2_grpc as pb_grpc
+from store.auth import TOKENS_VARIABLE, TokenInterceptor, Tokens
 from store.config import ServeConfig
 from store.conversions import (
     batch_to_proto,
@@ -40,7 +43,7 @@ from store.conversions import (
     verify_to_proto,
 )
 from store.engine import StoreEngine
-from store.errors import status_of
+from store.errors import InvalidArgumentError, status_of
 
 log = logging.getLogger(__name__)
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["EngramStore"].full_name
@@ -220,8 +223,65 @@ class StartupError(RuntimeError):
     """The daemon could not start (bad data directory, port in use, failed restore)."""
 
 
+def _tokens(config: ServeConfig) -> Tokens | None:
+    """The tokens the daemon accepts (None: every caller is let in)."""
+    try:
+        if config.auth_tokens_file:
+            with open(config.auth_tokens_file) as f:
+                return Tokens.parse(f.read(), config.auth_tokens_file)
+        text = os.environ.get(TOKENS_VARIABLE)
+        return Tokens.parse(text, TOKENS_VARIABLE) if text else None
+    except (OSError, InvalidArgumentError) as error:
+        raise StartupError(f"cannot read the tokens: {error}") from error
+
+
+def _credentials(config: ServeConfig) -> grpc.ServerCredentials | None:
+    """TLS credentials from the configured PEM files (None: plaintext)."""
+    if not (config.tls_cert or config.tls_key or config.tls_client_ca):
+        return None
+    if not (config.tls_cert and config.tls_key):
+        raise StartupError("TLS needs both --tls-cert and --tls-key")
+    try:
+        key, chain = Path(config.tls_key).read_bytes(), Path(config.tls_cert).read_bytes()
+        client_ca = Path(config.tls_client_ca).read_bytes() if config.tls_client_ca else None
+    except OSError as error:
+        raise StartupError(f"cannot read the TLS files: {error}") from error
+    return grpc.ssl_server_credentials(
+        [(key, chain)], root_certificates=client_ca, require_client_auth=bool(client_ca)
+    )
+
+
+def _check_exposure(config: ServeConfig, tokens: Tokens | None) -> None:
+    """Refuses to let anyone who reaches a non-loopback port drop tables, unless told to."""
+    if tokens is not None or is_loopback(config.host):
+        return
+    if not config.allow_unauthenticated:
+        raise StartupError(
+            f"refusing to serve {config.host} without tokens: anyone who reaches the port could "
+            "push, drop tables and restore old checkpoints. Give --auth-tokens FILE (or "
+            f"{TOKENS_VARIABLE}), or --allow-unauthenticated on a network you trust."
+        )
+    log.warning(
+        "SERVING %s WITHOUT AUTHENTICATION (--allow-unauthenticated): anyone who reaches the "
+        "port can change or delete every table",
+        config.host,
+    )
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
 def serve(config: ServeConfig, stop_event: threading.Event | None = None) -> None:
     """Runs the daemon until SIGTERM/SIGINT or `stop_event` is set."""
+    tokens = _tokens(config)
+    _check_exposure(config, tokens)
+    credentials = _credentials(config)
     if config.threads:
         try:
             _native.set_thread_count(config.threads)
@@ -257,7 +317,11 @@ def serve(config: ServeConfig, stop_event: threading.Event | None = None) -> Non
         # Another daemon on the same port must fail to start, not share the port.
         ("grpc.so_reuseport", 0),
     ]
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=config.workers), options=options)
+    server = grpc.server(
+        futures.ThreadPoolExecutor(max_workers=config.workers),
+        options=options,
+        interceptors=[TokenInterceptor(tokens, SERVICE_NAME)] if tokens else [],
+    )
     add_servicer(Servicer(engine), server)
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
@@ -265,7 +329,11 @@ def serve(config: ServeConfig, stop_event: threading.Event | None = None) -> Non
         (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server
     )
     try:
-        port = server.add_insecure_port(config.address)
+        port = (
+            server.add_secure_port(config.address, credentials)
+            if credentials is not None
+            else server.add_insecure_port(config.address)
+        )
     except RuntimeError as error:
         engine.close()
         raise StartupError(f"cannot listen on {config.address}: {error}") from error
@@ -275,7 +343,14 @@ def serve(config: ServeConfig, stop_event: threading.Event | None = None) -> Non
     server.start()
     for service in ("", SERVICE_NAME):
         health_servicer.set(service, health_pb2.HealthCheckResponse.SERVING)
-    log.info("engram-store listening on %s:%d (data in %s)", config.host, port, engine.data_dir)
+    log.info(
+        "engram-store listening on %s:%d (data in %s; %s, %s)",
+        config.host,
+        port,
+        engine.data_dir,
+        "TLS" if credentials is not None else "plaintext",
+        f"{len(tokens.entries)} tokens" if tokens else "no authentication",
+    )
     if config.port_file:
         tmp = f"{config.port_file}.tmp"
         with open(tmp, "w") as f:
