@@ -23,6 +23,7 @@ def _serve(args: argparse.Namespace) -> int:
         port=args.port,
         port_file=args.port_file,
         workers=args.workers,
+        max_concurrent_requests=args.max_concurrent_requests,
         max_message_bytes=args.max_message_bytes,
         max_pending_step_bytes=args.max_pending_step_bytes,
         restore=args.restore,
@@ -127,6 +128,14 @@ def register(verbs: Verbs) -> None:
         default=16,
         help="gRPC request threads; a step-synchronous push holds one per rank while its step "
         "waits, so steps of at most N - 2 ranks are served",
+    )
+    serve.add_argument(
+        "--max-concurrent-requests",
+        metavar="N",
+        type=int,
+        default=ServeConfig.max_concurrent_requests,
+        help="calls in progress or queued for a request thread; more are refused at once "
+        "(RESOURCE_EXHAUSTED)",
     )
     serve.add_argument(
         "--max-pending-step-bytes",

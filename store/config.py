@@ -18,6 +18,9 @@ class ServeConfig:
     # Where to write the bound port once listening (useful with port 0).
     port_file: str | None = None
     workers: int = 16
+    # Calls in progress or waiting for a request thread; beyond it a call is refused at once
+    # (RESOURCE_EXHAUSTED) rather than queued without bound.
+    max_concurrent_requests: int = 1024
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
     max_lookup_rows: int = 1 << 26
     # Gradients that step-synchronous pushes may hold while their steps wait for ranks.

@@ -320,6 +320,7 @@ def serve(config: ServeConfig, stop_event: threading.Event | None = None) -> Non
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=config.workers),
         options=options,
+        maximum_concurrent_rpcs=config.max_concurrent_requests,
         interceptors=[TokenInterceptor(tokens, SERVICE_NAME)] if tokens else [],
     )
     add_servicer(Servicer(engine), server)

@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import datetime
 import ipaddress
+import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import grpc
@@ -20,11 +22,14 @@ from daemon import daemon_thread
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from client import (
+    DataParallelStepError,
     EngramClient,
     NotPermittedError,
+    RequestTooLargeError,
     RetryPolicy,
     Security,
     ShardUnavailableError,
+    SyncStep,
     TokenRefusedError,
 )
 from engram_cli import main
@@ -202,3 +207,29 @@ def test_mutual_tls_refuses_clients_without_a_certificate(
             pytest.raises(ShardUnavailableError),
         ):
             stranger.tables()
+
+
+def test_calls_beyond_the_concurrency_limit_are_refused_at_once(tmp_path: Path) -> None:
+    """Two shares of a step wait for a third rank, holding two calls: a third call is
+    refused (RESOURCE_EXHAUSTED) instead of queued."""
+    with (
+        daemon_thread(tmp_path / "data", max_concurrent_requests=2) as daemon,
+        client(daemon.address, None) as admin,
+    ):
+        admin.create_table("t", 10, 4)
+        keys, grads = np.array([1], np.uint64), np.ones((1, 4), np.float32)
+        waiting = [client(daemon.address, None) for _ in range(2)]
+        with ThreadPoolExecutor(2) as pool:
+            shares = [
+                pool.submit(c.push, "t", keys, grads, sync=SyncStep(1, rank, 3, timeout_s=3))
+                for rank, c in enumerate(waiting)
+            ]
+            time.sleep(1)
+            with pytest.raises(RequestTooLargeError, match="RESOURCE_EXHAUSTED"):
+                admin.tables()
+            for share in shares:
+                with pytest.raises(DataParallelStepError):
+                    share.result()
+        for c in waiting:
+            c.close()
+        assert admin.tables() == ["t"]
