@@ -24,7 +24,7 @@ import torch
 
 from client.cache import RowCache
 from client.client import EngramClient
-from client.results import PushResult
+from client.results import BatchResult, PushResult
 from client.torch.data_parallel import StepSync
 from client.torch.push_log import PushLog
 
@@ -120,36 +120,8 @@ class TrainPipeline:
     ) -> None:
         self.calls += 1
         try:
-            if self.step_sync is None:
-                sent = [_sum_per_key(p.keys, p.grads) for p in pushes]
-                tables = [p.log.table for p in pushes]
-                result = self.client.batch(
-                    [(t, k, g) for t, (k, g) in zip(tables, sent, strict=True)],
-                    _named(lookups),
-                    return_rows=any(p.log.keeps_updated_rows for p in pushes),
-                )
-                outcomes = result.pushes
-                pushed_keys = [k for k, _ in sent]
-            else:
-                tables = list(dict.fromkeys(p.log.table for p in pushes))
-                sent = [
-                    _sum_per_key(
-                        np.concatenate([p.keys.reshape(-1) for p in pushes if p.log.table == t]),
-                        np.concatenate([p.grads for p in pushes if p.log.table == t]),
-                    )
-                    for t in tables
-                ]
-                steps = [self._step_of(t) for t in tables]
-                result = self.client.batch(
-                    [(t, k, g) for t, (k, g) in zip(tables, sent, strict=True)],
-                    _named(lookups),
-                    sync=[self.step_sync.share(s) for s in steps],
-                )
-                for t in tables:
-                    self._next_step[t] += 1
-                by_table = dict(zip(tables, zip(result.pushes, sent, strict=True), strict=True))
-                outcomes = [by_table[p.log.table][0] for p in pushes]
-                pushed_keys = [by_table[p.log.table][1][0] for p in pushes]
+            send = self._send_asynchronously if self.step_sync is None else self._send_step
+            result, pushed_keys = send(pushes, lookups)
         except BaseException as error:
             for p in pushes:
                 p.log.ended(p.number, p.keys, None)
@@ -157,11 +129,46 @@ class TrainPipeline:
             if rows is not None:
                 rows.set_exception(error)
             return
-        for p, keys, outcome in zip(pushes, pushed_keys, outcomes, strict=True):
+        for p, (keys, outcome) in zip(pushes, pushed_keys, strict=True):
             p.log.ended(p.number, keys, outcome.updated_rows)
             p.done.set_result(outcome)
         if rows is not None:
             rows.set_result(result.lookups)
+
+    def _send_asynchronously(
+        self, pushes: list[_Push], lookups: Sequence[tuple[PushLog, np.ndarray]]
+    ) -> tuple[BatchResult, list[tuple[np.ndarray, PushResult]]]:
+        """Each push applied on its own; (the keys it sent, its result) for each push."""
+        sent = [_sum_per_key(p.keys, p.grads) for p in pushes]
+        result = self.client.batch(
+            [(p.log.table, k, g) for p, (k, g) in zip(pushes, sent, strict=True)],
+            _named(lookups),
+            return_rows=any(p.log.keeps_updated_rows for p in pushes),
+        )
+        return result, [(k, r) for (k, _), r in zip(sent, result.pushes, strict=True)]
+
+    def _send_step(
+        self, pushes: list[_Push], lookups: Sequence[tuple[PushLog, np.ndarray]]
+    ) -> tuple[BatchResult, list[tuple[np.ndarray, PushResult]]]:
+        """This rank's share of the next step of each table pushed (its pushes summed)."""
+        assert self.step_sync is not None
+        tables = list(dict.fromkeys(p.log.table for p in pushes))
+        sent = {
+            t: _sum_per_key(
+                np.concatenate([p.keys.reshape(-1) for p in pushes if p.log.table == t]),
+                np.concatenate([p.grads for p in pushes if p.log.table == t]),
+            )
+            for t in tables
+        }
+        result = self.client.batch(
+            [(t, *sent[t]) for t in tables],
+            _named(lookups),
+            sync=[self.step_sync.share(self._step_of(t)) for t in tables],
+        )
+        for t in tables:
+            self._next_step[t] += 1
+        outcome = dict(zip(tables, result.pushes, strict=True))
+        return result, [(sent[p.log.table][0], outcome[p.log.table]) for p in pushes]
 
     def table_replaced(self, table: str) -> None:
         """`table` was made anew (its step is 0 again): its steps are numbered afresh."""
