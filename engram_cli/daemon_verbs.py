@@ -37,6 +37,7 @@ def _serve(args: argparse.Namespace) -> int:
         tls_cert=args.tls_cert,
         tls_key=args.tls_key,
         tls_client_ca=args.tls_client_ca,
+        metrics_port=args.metrics_port,
     )
     try:
         serve(config)
@@ -183,6 +184,12 @@ def register(verbs: Verbs) -> None:
         "--read-only",
         action="store_true",
         help="serve lookups only: refuse pushes, creates, drops, imports, checkpoints, restores",
+    )
+    serve.add_argument(
+        "--metrics-port",
+        metavar="PORT",
+        type=int,
+        help="serve Prometheus metrics at http://HOST:PORT/metrics (default: none)",
     )
     serve.add_argument(
         "--auth-tokens",

@@ -48,6 +48,10 @@ class ServeConfig:
     tls_cert: str | None = None
     tls_key: str | None = None
     tls_client_ca: str | None = None
+    # Prometheus metrics over HTTP at /metrics on this port (0: a free one), and where to
+    # write the port bound; None: no metrics.
+    metrics_port: int | None = None
+    metrics_port_file: str | None = None
 
     @property
     def address(self) -> str:

@@ -817,6 +817,10 @@ class StoreEngine:
             unchecked=[t.name for t in tables if not t.native.row_checksums],
         )
 
+    def pending_step_bytes(self) -> int:
+        """Gradient bytes held by data-parallel steps waiting for their ranks."""
+        return self._steps.pending_bytes()
+
     def stats(self) -> StatsResult:
         tables = self._visible()
         return StatsResult(

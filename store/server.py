@@ -22,6 +22,7 @@ import grpc
 from google.protobuf.message import DecodeError, Message
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
+from prometheus_client import CollectorRegistry, start_http_server
 
 from store import _native
 from store._proto.engram.store.v1 import store_pb2 as pb
@@ -44,6 +45,7 @@ from store.conversions import (
 )
 from store.engine import StoreEngine
 from store.errors import InvalidArgumentError, status_of
+from store.metrics import EngineCollector, RequestMetrics
 
 log = logging.getLogger(__name__)
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["EngramStore"].full_name
@@ -277,6 +279,12 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+def _write_port(path: str, port: int) -> None:
+    with open(f"{path}.tmp", "w") as f:
+        f.write(str(port))
+    os.replace(f"{path}.tmp", path)
+
+
 def serve(config: ServeConfig, stop_event: threading.Event | None = None) -> None:
     """Runs the daemon until SIGTERM/SIGINT or `stop_event` is set."""
     tokens = _tokens(config)
@@ -317,11 +325,18 @@ def serve(config: ServeConfig, stop_event: threading.Event | None = None) -> Non
         # Another daemon on the same port must fail to start, not share the port.
         ("grpc.so_reuseport", 0),
     ]
+    registry = CollectorRegistry() if config.metrics_port is not None else None
+    interceptors: list[grpc.ServerInterceptor] = []
+    if registry is not None:
+        interceptors.append(RequestMetrics(registry))
+        registry.register(EngineCollector(engine))
+    if tokens:
+        interceptors.append(TokenInterceptor(tokens, SERVICE_NAME))
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=config.workers),
         options=options,
         maximum_concurrent_rpcs=config.max_concurrent_requests,
-        interceptors=[TokenInterceptor(tokens, SERVICE_NAME)] if tokens else [],
+        interceptors=interceptors,
     )
     add_servicer(Servicer(engine), server)
     health_servicer = health.HealthServicer()
@@ -352,11 +367,22 @@ def serve(config: ServeConfig, stop_event: threading.Event | None = None) -> Non
         "TLS" if credentials is not None else "plaintext",
         f"{len(tokens.entries)} tokens" if tokens else "no authentication",
     )
+    metrics_http = None
+    if registry is not None:
+        assert config.metrics_port is not None
+        try:
+            metrics_http, _ = start_http_server(config.metrics_port, config.host, registry)
+        except OSError as error:
+            server.stop(0)
+            engine.close()
+            raise StartupError(
+                f"cannot serve metrics on port {config.metrics_port}: {error}"
+            ) from error
+        log.info("metrics at http://%s:%d/metrics", config.host, metrics_http.server_port)
+        if config.metrics_port_file:
+            _write_port(config.metrics_port_file, metrics_http.server_port)
     if config.port_file:
-        tmp = f"{config.port_file}.tmp"
-        with open(tmp, "w") as f:
-            f.write(str(port))
-        os.replace(tmp, config.port_file)
+        _write_port(config.port_file, port)
 
     stop = stop_event or threading.Event()
     if threading.current_thread() is threading.main_thread():
@@ -372,5 +398,8 @@ def serve(config: ServeConfig, stop_event: threading.Event | None = None) -> Non
     log.info("shutting down: finishing in-flight requests")
     health_servicer.enter_graceful_shutdown()
     server.stop(config.grace_s).wait()
+    if metrics_http is not None:
+        metrics_http.shutdown()
+        metrics_http.server_close()
     engine.close()
     log.info("stopped; tables flushed")

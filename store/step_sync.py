@@ -166,6 +166,10 @@ class StepBarrier:
         assert pending.outcome is not None
         return pending.outcome
 
+    def pending_bytes(self) -> int:
+        with self._lock:
+            return self._pending_bytes()
+
     def _pending_bytes(self) -> int:
         return sum(p.nbytes for p in self._pending.values())
 

@@ -1,0 +1,58 @@
+"""Prometheus metrics: a scrape of a daemon that served lookups, pushes and a checkpoint
+reports them, per RPC and per table."""
+
+from __future__ import annotations
+
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+from daemon import daemon_thread
+from prometheus_client.parser import text_string_to_metric_families
+
+from client import EngramClient, KeyOutOfRangeError
+
+
+def scrape(port_file: Path) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    url = f"http://127.0.0.1:{port_file.read_text()}/metrics"
+    with urllib.request.urlopen(url, timeout=10) as answer:
+        text = answer.read().decode()
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+
+
+def test_a_scrape_reports_calls_tables_and_checkpoints(tmp_path: Path) -> None:
+    port_file = tmp_path / "metrics-port"
+    with (
+        daemon_thread(tmp_path / "data", metrics_port=0, metrics_port_file=str(port_file)) as d,
+        EngramClient(d.address, shared_memory=False) as client,
+    ):
+        client.create_table("t", 1000, 8, optimizer="adam")
+        keys = np.arange(10, dtype=np.uint64)
+        for _ in range(3):
+            client.push("t", keys, np.ones((10, 8), np.float32))
+        client.lookup("t", np.arange(100, dtype=np.uint64))
+        with pytest.raises(KeyOutOfRangeError):
+            client.lookup("t", np.array([5000], np.uint64))
+        client.checkpoint()
+        metrics = scrape(port_file)
+    table = (("table", "t"),)
+    assert metrics["engram_table_pushes_total", table] == 3
+    assert metrics["engram_table_rows_pushed_total", table] == 30
+    assert metrics["engram_table_rows_looked_up_total", table] == 100
+    assert metrics["engram_table_step", table] == 3
+    assert metrics["engram_table_written_rows", table] == 10
+    assert metrics["engram_table_rows", table] == 1000
+    assert metrics["engram_table_row_bytes", table] == 32
+    assert metrics["engram_requests_total", (("code", "OK"), ("method", "Push"))] == 3
+    assert metrics["engram_requests_total", (("code", "OK"), ("method", "Lookup"))] == 1
+    assert metrics["engram_requests_total", (("code", "OUT_OF_RANGE"), ("method", "Lookup"))] == 1
+    assert metrics["engram_request_seconds_count", (("method", "Checkpoint"),)] == 1
+    assert metrics["engram_response_bytes_total", (("method", "Lookup"),)] >= 100 * 8 * 4
+    assert metrics["engram_checkpoints", ()] == 1
+    assert metrics["engram_last_checkpoint_bytes", ()] > 10 * 8 * 4
+    assert metrics["engram_pending_step_bytes", ()] == 0
