@@ -577,9 +577,13 @@ class StoreEngine:
                         "nothing of the step was applied"
                     )
                 if not len(keys):
-                    # No rank had rows here: only the step count moves (a crash before the
-                    # next record forgets it, and a retry takes it again, changing nothing).
+                    # No rank had rows here: only the step count moves, recorded in the
+                    # catalog (no journal record carries it) so that a restarted daemon
+                    # takes the next step. Rows are unchanged, so the catalog's promise that
+                    # its step's rows are on disk holds as before.
                     table.native.set_step(sync.step)
+                    self.catalog.put_table(table.spec, sync.step, table.incarnation)
+                    self.catalog.sync()
                     return PushOutcome(0, sync.step)
                 rows, step, _ = table.native.push(
                     _native.Keys.from_array(keys), grads, "float32", sync.step, False, "", 0

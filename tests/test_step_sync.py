@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from daemon import daemon_thread
+from daemon import daemon_process, daemon_thread
 
 from client import (
     DataParallelStepError,
@@ -226,3 +226,24 @@ def test_a_restarted_daemon_resumes_after_the_last_applied_step(tmp_path: Path) 
             assert client.push("t", KEYS[0], GRADS[0], sync=share(0, 2)).duplicate
             results = ranks_push(daemon.address, [pushing(r, 2, step=2) for r in range(2)])
             assert [r.step for r in results] == [2, 2]
+
+
+def test_a_step_with_no_rows_on_a_shard_survives_a_kill(tmp_path: Path) -> None:
+    """Both ranks' keys fall on the first shard: the second one's step moves with no row.
+    Killed (SIGKILL) right after, that daemon comes back at that step, and the ranks go on
+    with the next."""
+    dirs = [tmp_path / "one", tmp_path / "two"]
+    with daemon_process(dirs[0]) as (one, _), daemon_process(dirs[1]) as (two, second):
+        addresses = [one.address, two.address]
+        with EngramClient(addresses) as client:
+            new_table(client, "t", rows=100)
+        results = ranks_push(addresses, [pushing(r, 2) for r in range(2)])
+        assert [r.step for r in results] == [1, 1]
+        second.kill()
+        second.wait()
+    with daemon_process(dirs[0]) as (one, _), daemon_process(dirs[1]) as (two, _):
+        addresses = [one.address, two.address]
+        results = ranks_push(addresses, [pushing(r, 2, step=2) for r in range(2)])
+        assert [r.step for r in results] == [2, 2]
+        with EngramClient(addresses) as client:
+            assert client.describe("t").step == 2
