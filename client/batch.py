@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import cached_property
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -35,7 +36,8 @@ class LookupPart:
     table: str
     positions: npt.NDArray[np.intp]
     keys: npt.NDArray[np.uint64]  # local to the shard
-    out: npt.NDArray[np.float32]  # the whole lookup's rows; this part fills `positions`
+    out: npt.NDArray[Any]  # the whole lookup's rows; this part fills `positions`
+    dtype: str = "float32"  # of the rows asked for (`out` holds them)
 
 
 class ShardBatch:
@@ -61,7 +63,9 @@ class ShardBatch:
                 for p in self.pushes
             ],
             lookups=[
-                pb.LookupRequest(table=q.table, keys=pb.Array(dtype="uint64", shape=[len(q.keys)]))
+                pb.LookupRequest(
+                    table=q.table, keys=pb.Array(dtype="uint64", shape=[len(q.keys)]), dtype=q.dtype
+                )
                 for q in self.lookups
             ],
         )
@@ -81,7 +85,8 @@ class ShardBatch:
                 rows = np.frombuffer(answer.updated_rows.data, "<f4")
                 p.updated[p.positions] = rows.reshape(p.grads.shape)
         for rows_answer, q in zip(reply.lookups, self.lookups, strict=True):
-            rows = np.frombuffer(rows_answer.rows.data, "<f4").reshape(len(q.keys), q.out.shape[1])
+            rows = np.frombuffer(rows_answer.rows.data, q.out.dtype.newbyteorder("<"))
+            rows = rows.reshape(len(q.keys), q.out.shape[1])
             _place(q, rows)
 
     @property
@@ -131,7 +136,8 @@ class ShardBatch:
                 p.updated[p.positions] = buffer.view(np.dtype("<f4"), p.grads.shape, grads_at)
         for q in self.lookups:
             _, rows_at = next(at), next(at)
-            _place(q, buffer.view(np.dtype("<f4"), (len(q.keys), q.out.shape[1]), rows_at))
+            row_type = q.out.dtype.newbyteorder("<")
+            _place(q, buffer.view(row_type, (len(q.keys), q.out.shape[1]), rows_at))
 
 
 def split_by_shard(
@@ -147,13 +153,14 @@ def split_by_shard(
             pb.SyncStep | None,
         ]
     ],
-    lookups: list[tuple[str, npt.NDArray[np.uint64], npt.NDArray[np.float32], TableLayout]],
+    lookups: list[tuple[str, npt.NDArray[np.uint64], npt.NDArray[Any], TableLayout]],
+    lookup_dtype: str = "float32",
 ) -> dict[int, ShardBatch]:
     """Each daemon's share of a batch, by shard index. `pushes`: (table, keys, grads,
     sequence, array for the updated rows or None, table layout, share of a data-parallel
     step or None); `lookups`: (table, keys, array for the rows, of any shape ending in dim,
-    table layout). A step's share goes to every shard of its table, if empty: each shard
-    waits for every rank's."""
+    table layout), their rows as `lookup_dtype`. A step's share goes to every shard of its
+    table, if empty: each shard waits for every rank's."""
     parts: dict[int, ShardBatch] = {}
 
     def of(shard: int) -> ShardBatch:
@@ -170,11 +177,11 @@ def split_by_shard(
         rows = out.reshape(len(keys), layout.dim)
         for shard, positions in layout.split(keys):
             local = keys[positions] - layout.bounds[shard]
-            of(shard).lookups.append(LookupPart(table, positions, local, rows))
+            of(shard).lookups.append(LookupPart(table, positions, local, rows, lookup_dtype))
     return parts
 
 
-def _place(part: LookupPart, rows: npt.NDArray[np.float32]) -> None:
+def _place(part: LookupPart, rows: npt.NDArray[Any]) -> None:
     if len(part.positions) == len(part.out):
         part.out[:] = rows
     else:

@@ -47,7 +47,7 @@ from store.conversions import (
     table_spec_from_proto,
     table_spec_to_proto,
 )
-from store.spec import HashSpec, OptimizerSpec, SyncStep, TableSpec, row_width
+from store.spec import FLOAT_DTYPES, HashSpec, OptimizerSpec, SyncStep, TableSpec, row_width
 
 log = logging.getLogger(__name__)
 
@@ -479,13 +479,17 @@ class EngramClient:
         lookups: Sequence[tuple[str, Any]] = (),
         return_rows: bool = False,
         sync: Sequence[SyncStep] | None = None,
+        lookup_dtype: str = "float32",
     ) -> BatchResult:
         """Pushes `(table, keys, grads)` in order, then looks up `(table, keys)` (seeing those
         pushes): one call to each daemon involved, where separate calls would take one each.
         Pushes are exactly once, as with `push`; rows are float32. Lookups answered in
         messages must fit in one (shared memory has no such limit). With `sync` (one per push),
         every push is this rank's share of a step of its table (see `push`), and the lookups
-        see the whole steps."""
+        see the whole steps. Lookups return rows as `lookup_dtype` (a float dtype; bfloat16
+        as uint16 bits, half float32's bytes on the wire)."""
+        if lookup_dtype not in FLOAT_DTYPES:
+            raise ValueError(f"lookup_dtype must be one of {FLOAT_DTYPES}, got {lookup_dtype!r}")
         if sync is not None:
             if len(sync) != len(pushes):
                 raise ValueError(f"sync has {len(sync)} steps for {len(pushes)} pushes")
@@ -506,7 +510,7 @@ class EngramClient:
             sequences = [next(self._sequence) for _ in flat_pushes]
         updated = [np.empty_like(g) if return_rows else None for _, _, g in flat_pushes]
         outs = [
-            np.empty((*np.shape(keys), self._layout(table).dim), np.float32)
+            np.empty((*np.shape(keys), self._layout(table).dim), numpy_row_type(lookup_dtype))
             for table, keys in lookups
         ]
         shares = [sync_to_proto(s) for s in sync] if sync is not None else [None] * len(pushes)
@@ -522,6 +526,7 @@ class EngramClient:
                 (t, as_keys(keys), out, self._layout(t))
                 for (t, keys), out in zip(lookups, outs, strict=True)
             ],
+            lookup_dtype,
         )
 
         def send(shard_index: int, batch: ShardBatch) -> pb.BatchResponse:

@@ -18,7 +18,7 @@ from daemon import daemon_thread
 from client import EngramClient
 from client.config import EngramConfig
 from client.engram_tables import create_engram_tables, hash_mapping
-from client.torch import Engram, LocalEmbedding, StoreEmbedding
+from client.torch import Engram, LocalEmbedding, Prefetcher, StoreEmbedding, TrainPipeline
 
 CONFIG = EngramConfig.from_json(str(REPO_ROOT / "examples" / "tiny_engram_lm.engram.json"))
 MAPPING = hash_mapping(CONFIG)
@@ -109,3 +109,47 @@ def test_a_bfloat16_layer_reads_bfloat16_rows(
     out.float().sum().backward()
     embedding.wait_for_pushes()
     assert client.describe(f"L{LAYER}").step == 1
+
+
+def test_a_bfloat16_layer_reads_ahead_in_bfloat16(
+    client: EngramClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With a prefetcher reading rows with the pushes, those rows travel as bfloat16 too,
+    and a step sees the rows the steps before it left."""
+    pipeline = TrainPipeline(client)
+    embedding = StoreEmbedding(
+        MAPPING.table_sizes(LAYER),
+        CONFIG.embed_dim_per_head,
+        client,
+        f"L{LAYER}",
+        pipeline=pipeline,
+    )
+    torch.manual_seed(1)
+    engram = Engram(LAYER, CONFIG, HIDDEN, HC, MAPPING, embedding).to(torch.bfloat16)
+    asked: list[str] = []
+    batch = client.batch
+
+    def recording(*args: Any, **kwargs: Any) -> Any:
+        lookups = kwargs.get("lookups", args[1] if len(args) > 1 else ())
+        if lookups:
+            asked.append(kwargs.get("lookup_dtype", "float32"))
+        return batch(*args, **kwargs)
+
+    monkeypatch.setattr(client, "batch", recording)
+    windows = [torch.randint(0, 5000, (2, 6)).numpy() for _ in range(4)]
+    prefetcher = Prefetcher(windows, MAPPING, {LAYER: embedding}, depth=2)
+    try:
+        for ids, rows in prefetcher:
+            hash_ids, layer_rows = rows[LAYER]
+            assert layer_rows.dtype == torch.bfloat16
+            keys = hash_ids.numpy() + embedding.offsets.numpy()
+            stored = torch.from_numpy(client.lookup(f"L{LAYER}", keys.astype(np.uint64)))
+            torch.testing.assert_close(layer_rows, stored.to(torch.bfloat16), rtol=0, atol=0)
+            hidden = torch.randn(2, 6, HC, HIDDEN, dtype=torch.bfloat16)
+            out = engram(hidden, torch.from_numpy(ids), hash_ids, layer_rows)
+            out.float().sum().backward()
+    finally:
+        prefetcher.close()
+        pipeline.close()
+    assert asked and set(asked) == {"bfloat16"}
+    assert client.describe(f"L{LAYER}").step == 4

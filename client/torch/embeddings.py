@@ -116,6 +116,11 @@ class StoreEmbedding(nn.Module):
         self.register_load_state_dict_post_hook(_rows_were_expected)  # type: ignore[no-untyped-call]
 
     @property
+    def wire_dtype(self) -> str:
+        """The dtype rows are read in: the module's (bfloat16 rows are half the bytes)."""
+        return WIRE_DTYPES.get(self.row_type.dtype, "float32")
+
+    @property
     def pushes_issued(self) -> int:
         return self.push_log.issued
 
@@ -140,7 +145,7 @@ class StoreEmbedding(nn.Module):
         cache's device for a device cache, else in host memory."""
         if self.cache is None:
             # In the module's dtype on the wire: bfloat16 rows are half float32's bytes.
-            wire = WIRE_DTYPES.get(self.row_type.dtype, "float32")
+            wire = self.wire_dtype
             rows = torch.from_numpy(self.client.lookup(self.table, keys, wire))
             return rows.view(torch.bfloat16) if wire == "bfloat16" else rows
         flat = keys.reshape(-1).astype(np.uint64)

@@ -43,6 +43,8 @@ class QueuedRead:
     """A batch's lookups, `(log of the table, keys)`, waiting for the pipeline's next send."""
 
     lookups: Sequence[tuple[PushLog, np.ndarray]]
+    # The rows' dtype (a float dtype; bfloat16 as uint16 bits).
+    dtype: str = "float32"
     # Set by each send that carries the lookups (a later send replaces an earlier one):
     # their rows, and how many pushes of each table were issued before them.
     rows: Future[list[np.ndarray]] | None = None
@@ -108,20 +110,20 @@ class TrainPipeline:
             if read is not None:
                 read.rows = Future()
                 read.pushes_seen = [log.issued for log, _ in read.lookups]
-                self._sender.submit(self._send, pushes, read.lookups, read.rows)
+                self._sender.submit(self._send, pushes, read, read.rows)
             else:
-                self._sender.submit(self._send, pushes, (), None)
+                self._sender.submit(self._send, pushes, None, None)
 
     def _send(
         self,
         pushes: list[_Push],
-        lookups: Sequence[tuple[PushLog, np.ndarray]],
+        read: QueuedRead | None,
         rows: Future[list[np.ndarray]] | None,
     ) -> None:
         self.calls += 1
         try:
             send = self._send_asynchronously if self.step_sync is None else self._send_step
-            result, pushed_keys = send(pushes, lookups)
+            result, pushed_keys = send(pushes, read)
         except BaseException as error:
             for p in pushes:
                 p.log.ended(p.number, p.keys, None)
@@ -136,19 +138,20 @@ class TrainPipeline:
             rows.set_result(result.lookups)
 
     def _send_asynchronously(
-        self, pushes: list[_Push], lookups: Sequence[tuple[PushLog, np.ndarray]]
+        self, pushes: list[_Push], read: QueuedRead | None
     ) -> tuple[BatchResult, list[tuple[np.ndarray, PushResult]]]:
         """Each push applied on its own; (the keys it sent, its result) for each push."""
         sent = [_sum_per_key(p.keys, p.grads) for p in pushes]
         result = self.client.batch(
             [(p.log.table, k, g) for p, (k, g) in zip(pushes, sent, strict=True)],
-            _named(lookups),
+            _named(read.lookups if read else ()),
             return_rows=any(p.log.keeps_updated_rows for p in pushes),
+            lookup_dtype=read.dtype if read else "float32",
         )
         return result, [(k, r) for (k, _), r in zip(sent, result.pushes, strict=True)]
 
     def _send_step(
-        self, pushes: list[_Push], lookups: Sequence[tuple[PushLog, np.ndarray]]
+        self, pushes: list[_Push], read: QueuedRead | None
     ) -> tuple[BatchResult, list[tuple[np.ndarray, PushResult]]]:
         """This rank's share of the next step of each table pushed (its pushes summed)."""
         assert self.step_sync is not None
@@ -162,8 +165,9 @@ class TrainPipeline:
         }
         result = self.client.batch(
             [(t, *sent[t]) for t in tables],
-            _named(lookups),
+            _named(read.lookups if read else ()),
             sync=[self.step_sync.share(self._step_of(t)) for t in tables],
+            lookup_dtype=read.dtype if read else "float32",
         )
         for t in tables:
             self._next_step[t] += 1
@@ -194,9 +198,12 @@ class TrainPipeline:
         with self._lock:
             self._reads = None
 
-    def queue_read(self, lookups: Iterable[tuple[PushLog, np.ndarray]]) -> QueuedRead:
-        """Queues a batch's lookups; reads are taken in the order queued."""
-        read = QueuedRead(list(lookups))
+    def queue_read(
+        self, lookups: Iterable[tuple[PushLog, np.ndarray]], dtype: str = "float32"
+    ) -> QueuedRead:
+        """Queues a batch's lookups, their rows wanted as `dtype`; reads are taken in the
+        order queued."""
+        read = QueuedRead(list(lookups), dtype)
         with self._lock:
             if self._reads is None:
                 raise ValueError("queue_read before start_reads")
@@ -217,7 +224,8 @@ class TrainPipeline:
         for log, _ in read.lookups:
             log.wait()
         read.pushes_seen = [log.issued for log, _ in read.lookups]
-        return self.client.batch(lookups=_named(read.lookups)).lookups, False
+        batch = self.client.batch(lookups=_named(read.lookups), lookup_dtype=read.dtype)
+        return batch.lookups, False
 
     def close(self) -> None:
         self.flush()

@@ -130,6 +130,9 @@ class Prefetcher:
         pipelines = {t.pipeline for t in embeddings.values()}
         # One pipeline for every embedding: the next batch's rows can ride with its pushes.
         self._pipeline = pipelines.pop() if with_pushes and len(pipelines) == 1 else None
+        # Rows read with the pushes travel in the embeddings' dtype when they share one.
+        wire = {t.wire_dtype for t in embeddings.values()}
+        self._wire_dtype = wire.pop() if len(wire) == 1 else "float32"
         if self._pipeline is None and any(t.pipeline.step_sync for t in embeddings.values()):
             # Rows read ahead learn only this rank's pushes; the other ranks' would be missed.
             raise ValueError(
@@ -163,7 +166,8 @@ class Prefetcher:
                         pending.rows[layer] = embedding.fetch(keys)
                 if self._pipeline is not None:
                     pending.read = self._pipeline.queue_read(
-                        (t.push_log, pending.keys[layer]) for layer, t in self.embeddings.items()
+                        ((t.push_log, pending.keys[layer]) for layer, t in self.embeddings.items()),
+                        self._wire_dtype,
                     )
                 while not self._stop.is_set():
                     try:
@@ -195,7 +199,7 @@ class Prefetcher:
         self.batches_read_with_pushes += with_pushes
         item.pushes_seen = dict(zip(self.embeddings, read.pushes_seen, strict=True))
         item.rows = {
-            layer: torch.from_numpy(r) for layer, r in zip(self.embeddings, rows, strict=True)
+            layer: _as_tensor(r, read.dtype) for layer, r in zip(self.embeddings, rows, strict=True)
         }
 
     def _ready(self, item: _Pending, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -242,3 +246,9 @@ class Prefetcher:
         else:
             for embedding in self.embeddings.values():
                 embedding.keep_updated_rows(False)
+
+
+def _as_tensor(rows: np.ndarray, dtype: str) -> torch.Tensor:
+    """Rows read as `dtype` (bfloat16 comes as uint16 bits) as a tensor of that dtype."""
+    tensor = torch.from_numpy(rows)
+    return tensor.view(torch.bfloat16) if dtype == "bfloat16" else tensor
