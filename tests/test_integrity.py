@@ -1,5 +1,6 @@
 """Damage is found, not served silently: live tables are scrubbed against row checksums
-(`Verify`, `engram-store verify`), and an edited checkpoint manifest is refused."""
+(`Verify`, `engram-store verify`); a damaged table header stops the daemon naming the file;
+an edited checkpoint manifest or a damaged pack is refused, and nothing is restored."""
 
 from __future__ import annotations
 
@@ -104,3 +105,42 @@ def test_a_table_kept_without_row_checksums_is_reported_unchecked(tmp_path: Path
         assert list(reply.unchecked) == ["fast"] and not reply.damaged
         assert not (tmp_path / "data" / "tables" / "fast" / "params.engram.sums").exists()
         assert (tmp_path / "data" / "tables" / "t" / "params.engram.sums").exists()
+
+
+@pytest.mark.parametrize("file", ["params.engram", "state.engram"])
+def test_a_flipped_byte_in_a_table_files_header_stops_the_daemon_naming_the_file(
+    tmp_path: Path, file: str
+) -> None:
+    data = tmp_path / "data"
+    with daemon_process(data) as (d, _):
+        d.stub.CreateTable(
+            pb.CreateTableRequest(spec=spec("t", num_rows=ROWS, dim=DIM, optimizer="adam"))
+        )
+        d.stub.Push(push("t", [10, 20], np.ones((2, DIM), np.float32)))
+    flip_bit(data / "tables" / "t" / file, 20, 0x01)  # inside the checksummed header
+    started = subprocess.run(
+        serve_command(data, tmp_path / "port"), capture_output=True, text=True, timeout=60
+    )
+    assert started.returncode == 4, started.stderr
+    assert str(Path("t") / file) in started.stderr
+
+
+def test_a_flipped_byte_in_a_checkpoint_pack_fails_the_restore_naming_it(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    with daemon_process(data) as (d, _):
+        d.stub.CreateTable(
+            pb.CreateTableRequest(spec=spec("t", num_rows=ROWS, dim=DIM, optimizer="adam"))
+        )
+        d.stub.Push(push("t", [10, 20], np.ones((2, DIM), np.float32)))
+        checkpoint = d.stub.Checkpoint(pb.CheckpointRequest())
+        d.stub.Push(push("t", [30], np.ones((1, DIM), np.float32)))
+        lookup = pb.LookupRequest(table="t", keys=keys([10, 20, 30]))
+        before = rows_of(d.stub.Lookup(lookup))
+        pack = data / "checkpoints" / str(checkpoint.id) / "t.pack"
+        flip_bit(pack, pack.stat().st_size // 2, 0x04)
+        with pytest.raises(grpc.RpcError) as error:
+            d.stub.Restore(pb.RestoreRequest(id=checkpoint.id))
+        assert error.value.code() == grpc.StatusCode.DATA_LOSS
+        assert "t.pack" in (error.value.details() or "")
+        # Nothing was restored: the live table is as it was.
+        np.testing.assert_array_equal(rows_of(d.stub.Lookup(lookup)), before)
