@@ -130,6 +130,17 @@ class Catalog:
         with self._env.begin() as txn:
             return [json.loads(v) for _, v in txn.cursor(db=self._db["checkpoints"])]
 
+    def checkpoint_count(self) -> int:
+        with self._env.begin() as txn:
+            return int(txn.stat(self._db["checkpoints"])["entries"])
+
+    def latest_checkpoint(self) -> dict[str, Any] | None:
+        """The newest published checkpoint's manifest (ids are stored big-endian, so the
+        last key is the newest), read alone."""
+        with self._env.begin() as txn:
+            cursor = txn.cursor(db=self._db["checkpoints"])
+            return json.loads(cursor.value()) if cursor.last() else None
+
     # push idempotency and other counters ----------------------------------------------
 
     def _put_clients(self, txn: Any, windows: dict[str, dict[str, Any]]) -> None:

@@ -829,7 +829,7 @@ class StoreEngine:
         tables = self._visible()
         return StatsResult(
             uptime_s=time.monotonic() - self._started,
-            checkpoints=len(self.catalog.checkpoints()),
+            checkpoints=self.catalog.checkpoint_count(),
             tables=[t.counters.snapshot(t.name) for t in tables],
         )
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import grpc
@@ -70,39 +71,39 @@ class RequestMetrics(grpc.ServerInterceptor):  # type: ignore[misc]
 
     def _unary(self, behavior: Callable[..., Any], method: str) -> Callable[..., Any]:
         def measured(request: Any, context: grpc.ServicerContext) -> Any:
-            began, code = time.perf_counter(), "OK"
-            self.bytes_in.labels(method).inc(_size(request))
-            try:
+            with self._call(method, request, context) as sent:
                 response = behavior(request, context)
-                self.bytes_out.labels(method).inc(_size(response))
+                sent(response)
                 return response
-            except BaseException:
-                code = _code(context)
-                raise
-            finally:
-                self._done(method, code, began)
 
         return measured
 
     def _streaming(self, behavior: Callable[..., Any], method: str) -> Callable[..., Any]:
         def measured(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
-            began, code = time.perf_counter(), "OK"
-            self.bytes_in.labels(method).inc(_size(request))
-            try:
+            with self._call(method, request, context) as sent:
                 for response in behavior(request, context):
-                    self.bytes_out.labels(method).inc(_size(response))
+                    sent(response)
                     yield response
-            except BaseException:
-                code = _code(context)
-                raise
-            finally:
-                self._done(method, code, began)
 
         return measured
 
-    def _done(self, method: str, code: str, began: float) -> None:
-        self.calls.labels(method, code).inc()
-        self.seconds.labels(method).observe(time.perf_counter() - began)
+    @contextmanager
+    def _call(
+        self, method: str, request: Any, context: grpc.ServicerContext
+    ) -> Iterator[Callable[[Any], None]]:
+        """Counts one call of `method`: its request, each response passed to the function
+        it yields, its status code and its time."""
+        began, code = time.perf_counter(), "OK"
+        self.bytes_in.labels(method).inc(_size(request))
+        bytes_out = self.bytes_out.labels(method)
+        try:
+            yield lambda response: bytes_out.inc(_size(response))
+        except BaseException:
+            code = _code(context)
+            raise
+        finally:
+            self.calls.labels(method, code).inc()
+            self.seconds.labels(method).observe(time.perf_counter() - began)
 
 
 def _size(message: Any) -> int:
@@ -159,9 +160,9 @@ class EngineCollector(Collector):
             for name, gauge in gauges.items():
                 gauge.add_metric([spec.name], values[name])
         yield from gauges.values()
-        checkpoints = self.engine.catalog.checkpoints()
-        yield _gauge("engram_checkpoints", "Checkpoints kept", len(checkpoints))
-        last = sum(t["bytes"] for t in checkpoints[-1]["tables"]) if checkpoints else 0
+        yield _gauge("engram_checkpoints", "Checkpoints kept", stats.checkpoints)
+        latest = self.engine.catalog.latest_checkpoint()
+        last = sum(t["bytes"] for t in latest["tables"]) if latest else 0
         yield _gauge("engram_last_checkpoint_bytes", "Bytes of the latest checkpoint's packs", last)
         yield _gauge(
             "engram_pending_step_bytes",
