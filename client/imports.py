@@ -31,6 +31,7 @@ import numpy.typing as npt
 
 from client.results import TableInfo
 from client.tensor_files import Checkpoint, SafetensorsWriter, TensorSpec, row_ranges
+from store.arrays import bfloat16_to_float32
 from store.spec import FLOAT_DTYPES, QUANT_GROUP, TableSpec, row_bytes
 
 # safetensors dtype of a table dtype's values, and of its scales (quantized only).
@@ -216,7 +217,7 @@ def _float_rows(values: npt.NDArray[Any], source: str, dtype: str) -> npt.NDArra
     if source == dtype:
         return values
     if source == "bfloat16":
-        return (values.astype(np.uint32) << 16).view(np.float32)
+        return bfloat16_to_float32(values)
     return values.astype(np.float32)
 
 

@@ -24,6 +24,11 @@ NUMPY_ROW_TYPES: dict[str, type[np.generic]] = {
 }
 
 
+def bfloat16_to_float32(bits: npt.NDArray[np.uint16]) -> npt.NDArray[np.float32]:
+    """bfloat16 values (their uint16 bit patterns) as float32, exactly: the high halves."""
+    return (bits.astype(np.uint32) << 16).view(np.float32)
+
+
 def numpy_row_type(dtype: str) -> np.dtype[Any]:
     """The numpy type holding rows of the row dtype `dtype`."""
     if dtype not in NUMPY_ROW_TYPES:

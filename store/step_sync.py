@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from store.arrays import bfloat16_to_float32
 from store.errors import (
     FailedPreconditionError,
     InvalidArgumentError,
@@ -97,8 +98,7 @@ class StepBarrier:
     ) -> PushOutcome:
         """Adds one rank's gradients to `table`'s step `sync.step` and returns once the step is
         applied (by `apply`, on the thread of the rank that completed it) or has failed.
-        `applied_step()` is the table's step now."""
-        sync.check()
+        `applied_step()` is the table's step now; `sync` was checked with the share."""
         timeout = sync.timeout
         with self._lock:
             pending = self._pending.get(table)
@@ -193,7 +193,7 @@ def gradient_arrays(
     elif dtype == "float16":
         grads = np.frombuffer(raw, "<f2").astype(np.float32)
     else:  # bfloat16: the high half of a float32
-        grads = (np.frombuffer(raw, "<u2").astype(np.uint32) << 16).view(np.float32)
+        grads = bfloat16_to_float32(np.frombuffer(raw, "<u2"))
     return keys.astype(np.uint64), grads.reshape(count, dim)
 
 
