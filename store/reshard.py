@@ -51,29 +51,39 @@ def reshard(sources: list[str], targets: list[str], checkpoint_id: int = 0) -> l
         try:
             for target in targets:
                 engines.append(StoreEngine(target))
-            done = []
-            for name, (spec, step, bounds) in plans.items():
-                counts = []
-                for i, engine in enumerate(engines):
-                    engine.create_table(
-                        dataclasses.replace(
-                            spec,
-                            num_rows=bounds[i + 1] - bounds[i],
-                            first_row=bounds[i],
-                            # Token hashing knows the whole table: one daemon's only.
-                            hash_config=spec.hash_config if len(targets) == 1 else None,
-                        )
-                    )
-                    native = engine.table(name).native
-                    counts.append(sum(native.copy_rows_from(t.native) for t, _ in shards[name]))
-                    native.set_step(step)
-                done.append(ReshardedTable(name, bounds[-1], step, counts))
+            done = [_lay_out(engines, *plans[name], shards[name]) for name in plans]
             for engine in engines:
                 engine.checkpoint(full=True)
         finally:
             for engine in engines:
                 engine.close()
     return done
+
+
+def _lay_out(
+    engines: list[StoreEngine],
+    spec: TableSpec,
+    step: int,
+    bounds: list[int],
+    sources: list[tuple[ServedTable, int]],
+) -> ReshardedTable:
+    """One table created on every target engine, each its row range, copied from the
+    source shards, at the sources' step."""
+    counts = []
+    for i, engine in enumerate(engines):
+        engine.create_table(
+            dataclasses.replace(
+                spec,
+                num_rows=bounds[i + 1] - bounds[i],
+                first_row=bounds[i],
+                # Token hashing knows the whole table: one daemon's only.
+                hash_config=spec.hash_config if len(engines) == 1 else None,
+            )
+        )
+        native = engine.table(spec.name).native
+        counts.append(sum(native.copy_rows_from(source.native) for source, _ in sources))
+        native.set_step(step)
+    return ReshardedTable(spec.name, bounds[-1], step, counts)
 
 
 def _rebuilt_shards(
