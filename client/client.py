@@ -24,11 +24,13 @@ import numpy as np
 import numpy.typing as npt
 
 from client.batch import ShardBatch, split_by_shard
+from client.changes import read_changes
 from client.connection import RetryPolicy, Shard
 from client.errors import InvalidRequestError
 from client.layout import TableLayout
 from client.results import (
     BatchResult,
+    ChangedRows,
     CheckpointInfo,
     DaemonStats,
     DamagedBlock,
@@ -596,6 +598,23 @@ class EngramClient:
         self._layouts.clear()
         self._fingerprints.clear()
         return restored
+
+    def changed_rows(
+        self,
+        since_checkpoint: int = 0,
+        shard: int = 0,
+        save_to: str | os.PathLike[str] | None = None,
+        store_id: str = "",
+    ) -> ChangedRows:
+        """What changed on one daemon from its checkpoint `since_checkpoint` (0: everything)
+        to its latest, as checkpoint packs; `save_to` keeps them (see client.changes)."""
+        daemon = self._shard(shard)
+        request = pb.ChangedRowsRequest(since_checkpoint=since_checkpoint, store_id=store_id)
+        return daemon.call(
+            lambda t: read_changes(
+                since_checkpoint, daemon.stub.ChangedRows(request, timeout=t), save_to
+            )
+        )
 
     def stats(self) -> list[DaemonStats]:
         """Each daemon's request counters, by shard."""

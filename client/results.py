@@ -122,6 +122,12 @@ class DaemonStats:
     uptime_s: float
     checkpoints: int
     tables: list[TableStats]
+    store_id: str = ""
+    # A follower's leader, the leader's checkpoint it holds, and why catching up last
+    # failed ("" when it did not, and for a daemon that follows none).
+    follows: str = ""
+    followed_checkpoint: int = 0
+    follow_error: str = ""
 
     @staticmethod
     def of(address: str, reply: pb.StatsResponse) -> DaemonStats:
@@ -129,6 +135,10 @@ class DaemonStats:
             address=address,
             uptime_s=reply.uptime_s,
             checkpoints=reply.checkpoints,
+            store_id=reply.store_id,
+            follows=reply.follows,
+            followed_checkpoint=reply.followed_checkpoint,
+            follow_error=reply.follow_error,
             tables=[
                 TableStats(
                     t.name,
@@ -166,3 +176,25 @@ class VerifyReport:
     @property
     def ok(self) -> bool:
         return not self.damaged
+
+
+@dataclass(frozen=True)
+class ChangedPackInfo:
+    table: str
+    checkpoint: int
+    rows: int
+    bytes: int
+    # Where it was saved ("" when it was not).
+    path: str = ""
+
+
+@dataclass(frozen=True)
+class ChangedRows:
+    """What turns a daemon's checkpoint `since` into its latest, `checkpoint`: per table,
+    whether it is rebuilt from its packs (`reset`) and the packs (rows and bytes) that do it."""
+
+    store_id: str
+    since: int
+    checkpoint: int
+    reset: list[str]
+    packs: list[ChangedPackInfo]

@@ -38,6 +38,12 @@ def _serve(args: argparse.Namespace) -> int:
         tls_key=args.tls_key,
         tls_client_ca=args.tls_client_ca,
         metrics_port=args.metrics_port,
+        follow=args.follow,
+        follow_token=args.follow_token,
+        follow_tls_ca=args.follow_tls_ca,
+        follow_tls_cert=args.follow_tls_cert,
+        follow_tls_key=args.follow_tls_key,
+        follow_wait_s=args.follow_wait,
     )
     try:
         serve(config)
@@ -95,10 +101,12 @@ def register(verbs: Verbs) -> None:
         _serve,
         "engram-store serve\n"
         "engram-store serve --data-dir /srv/engram --host 10.0.0.5 --port 6000 --threads 8\n"
-        "engram-store serve --restore latest   # after the machine went down",
+        "engram-store serve --restore latest   # after the machine went down\n"
+        "engram-store serve --data-dir /srv/replica --follow trainer-0:50051   # a follower",
         "Serves the tables in --data-dir over gRPC. Only one daemon may use a data directory:\n"
-        f"a second one exits with status {EXIT_STARTUP_FAILURE}, naming the holder's pid. There "
-        "is no authentication\nyet: bind only to loopback or a private network.",
+        f"a second one exits with status {EXIT_STARTUP_FAILURE}, naming the holder's pid. A "
+        "non-loopback --host needs\n--auth-tokens (or --allow-unauthenticated); README's "
+        '"Running in production" has the rest.',
     )
     serve.add_argument(
         "--data-dir",
@@ -184,6 +192,31 @@ def register(verbs: Verbs) -> None:
         "--read-only",
         action="store_true",
         help="serve lookups only: refuse pushes, creates, drops, imports, checkpoints, restores",
+    )
+    serve.add_argument(
+        "--follow",
+        metavar="HOST:PORT",
+        help="follow the daemon there: serve a read-only copy of its tables as of its latest "
+        "checkpoint, caught up as it writes new ones",
+    )
+    serve.add_argument(
+        "--follow-token",
+        metavar="TOKEN",
+        help="bearer token for the leader (a read-only one suffices)",
+    )
+    serve.add_argument("--follow-tls-ca", metavar="FILE", help="CA of the leader's certificate")
+    serve.add_argument(
+        "--follow-tls-cert",
+        metavar="FILE",
+        help="this daemon's certificate, for a leader that verifies clients",
+    )
+    serve.add_argument("--follow-tls-key", metavar="FILE", help="its key")
+    serve.add_argument(
+        "--follow-wait",
+        metavar="SECONDS",
+        type=float,
+        default=ServeConfig.follow_wait_s,
+        help="seconds a request for changes waits at the leader for a new checkpoint",
     )
     serve.add_argument(
         "--metrics-port",

@@ -100,6 +100,20 @@ def _verify(args: argparse.Namespace) -> int:
     return 0 if report.ok else EXIT_FAILURE
 
 
+def _changed_rows(args: argparse.Namespace) -> int:
+    with connect(args) as client:
+        changes = client.changed_rows(args.since, save_to=args.save)
+    lines = [f"checkpoint {changes.checkpoint} since {changes.since}: {len(changes.packs)} packs"]
+    lines += [
+        f"  {p.table} @ {p.checkpoint}: {p.rows} rows, {p.bytes} bytes"
+        + (" (rebuilt from here)" if p.table in changes.reset else "")
+        + (f" -> {p.path}" if p.path else "")
+        for p in changes.packs
+    ]
+    emit(args.json, changes, "\n".join(lines))
+    return 0
+
+
 def register(verbs: Verbs) -> None:
     verbs.add_client(
         "checkpoint",
@@ -138,3 +152,18 @@ def register(verbs: Verbs) -> None:
         _verify,
         "engram-store verify\nengram-store verify emb --json",
     ).add_argument("name", nargs="?", default="", help="one table (default: every table)")
+    changed = verbs.add_client(
+        "changed-rows",
+        "what changed on a daemon since one of its checkpoints, as checkpoint packs",
+        _changed_rows,
+        "engram-store changed-rows --since 7\n"
+        "engram-store changed-rows --since 7 --save /backup/engram/8   # an incremental copy",
+        "Lists (and with --save keeps) the packs that turn the daemon's checkpoint --since\n"
+        "into its latest: for each table, the rows changed in each later checkpoint, or its\n"
+        "whole chain from a full pack when the table is new or was re-created since. Followers\n"
+        "(serve --follow) read the same answer.",
+    )
+    changed.add_argument(
+        "--since", metavar="ID", type=int, default=0, help="checkpoint held (0: none)"
+    )
+    changed.add_argument("--save", metavar="DIR", help="write the packs and changes.json here")

@@ -30,7 +30,16 @@ ROLES = ("read-write", "read-only")
 # The EngramStore methods a read-only token may call; and `Batch` without pushes (the
 # lookups of same-machine clients travel in one).
 READ_ONLY_METHODS = frozenset(
-    {"Lookup", "LookupTokens", "ListTables", "DescribeTable", "ListCheckpoints", "Stats", "Verify"}
+    {
+        "Lookup",
+        "LookupTokens",
+        "ListTables",
+        "DescribeTable",
+        "ListCheckpoints",
+        "Stats",
+        "Verify",
+        "ChangedRows",
+    }
 )
 LOOKUPS_ONLY_METHODS = frozenset({"Batch"})
 OPEN_SERVICES = frozenset({health.SERVICE_NAME})

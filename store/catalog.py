@@ -95,6 +95,26 @@ class Catalog:
             self._put_clients(txn, windows)
             txn.put(b"basis", str(checkpoint_id).encode(), db=self._db["meta"])
 
+    def record_followed(
+        self,
+        tables: list[tuple[TableSpec, int, str]],
+        windows: dict[str, dict[str, Any]],
+        store_id: str,
+        checkpoint_id: int,
+    ) -> None:
+        """One transaction: a follower's tables and windows become those of the leader's
+        checkpoint, which it now holds, and its catch-up is finished."""
+        with self._env.begin(write=True) as txn:
+            for db in ("tables", "steps", "incarnations", "clients", "importing"):
+                txn.drop(self._db[db], delete=False)
+            for spec, step, incarnation in tables:
+                self._put_table(txn, spec, step, incarnation)
+            self._put_clients(txn, windows)
+            meta = self._db["meta"]
+            txn.put(b"followed_store", store_id.encode(), db=meta)
+            txn.put(b"followed_checkpoint", str(checkpoint_id).encode(), db=meta)
+            txn.delete(b"follow_applying", db=meta)
+
     def delete_table(self, name: str) -> None:
         with self._env.begin(write=True) as txn:
             for db in ("tables", "steps", "incarnations", "importing"):

@@ -98,19 +98,26 @@ def write_checkpoint(
 def read_manifest(data_dir: str, checkpoint_id: int) -> dict[str, Any]:
     path = os.path.join(checkpoints_dir(data_dir), str(checkpoint_id), MANIFEST)
     try:
-        with open(path) as f:
-            manifest: dict[str, Any] = json.load(f)
+        with open(path, "rb") as f:
+            text = f.read()
     except FileNotFoundError:
         raise NotFoundError(f"checkpoint {checkpoint_id} does not exist") from None
+    return manifest_of_json(text, path)
+
+
+def manifest_of_json(text: bytes | str, where: str) -> dict[str, Any]:
+    """A manifest read from `where`, refused unless its checksum holds."""
+    try:
+        manifest: dict[str, Any] = json.loads(text)
     except (ValueError, UnicodeDecodeError) as error:
-        raise _native.TableFormatError(f"{path}: manifest is not JSON ({error})") from None
+        raise _native.TableFormatError(f"{where}: manifest is not JSON ({error})") from None
     if not isinstance(manifest, dict) or "crc32" not in manifest:
         raise _native.TableFormatError(
-            f"{path}: manifest has no checksum (damaged, or written before checksums)"
+            f"{where}: manifest has no checksum (damaged, or written before checksums)"
         )
     if manifest["crc32"] != _manifest_checksum(manifest):
         raise _native.TableFormatError(
-            f"{path}: manifest checksum mismatch (the manifest was changed or damaged)"
+            f"{where}: manifest checksum mismatch (the manifest was changed or damaged)"
         )
     return manifest
 
@@ -155,17 +162,19 @@ def restore_table(data_dir: str, target: dict[str, Any], name: str, directory: s
     table = ServedTable.create(directory, spec_of(final), final["incarnation"])
     for checkpoint_id, entry in reversed(chain):
         path = os.path.join(checkpoints_dir(data_dir), str(checkpoint_id), entry["file"])
-        rows, step, size, crc = _native.verify_pack(path)
-        if (rows, step, size, crc) != (
-            entry["rows"],
-            entry["step"],
-            entry["bytes"],
-            entry["crc32"],
-        ):
-            raise _native.TableFormatError(
-                f"{path}: pack does not match its manifest ({rows}, {step}, {size}, {crc:#x})"
-            )
+        check_pack(path, entry["rows"], entry["step"], entry["bytes"], entry["crc32"])
         table.native.apply_pack(path)
     table.native.clear_dirty()
     table.native.flush()
     return table
+
+
+def check_pack(path: str, rows: int, step: int, size: int, crc32: int) -> None:
+    """Refuses a pack that is damaged or not the one its manifest describes."""
+    found = _native.verify_pack(path)
+    if found != (rows, step, size, crc32):
+        raise _native.TableFormatError(
+            f"{path}: pack does not match its manifest (rows, step, bytes, crc32 "
+            f"{found[0]}, {found[1]}, {found[2]}, {found[3]:#x}; expected {rows}, {step}, "
+            f"{size}, {crc32:#x})"
+        )

@@ -52,6 +52,16 @@ class ServeConfig:
     # write the port bound; None: no metrics.
     metrics_port: int | None = None
     metrics_port_file: str | None = None
+    # Follow the daemon at this address (HOST:PORT): serve a read-only copy of its tables as
+    # of its latest checkpoint, kept up to date (store/follower.py). The token (a read-only
+    # one suffices) and TLS files for reaching it; seconds a request for changes waits at
+    # the leader for a new checkpoint.
+    follow: str | None = None
+    follow_token: str | None = None
+    follow_tls_ca: str | None = None
+    follow_tls_cert: str | None = None
+    follow_tls_key: str | None = None
+    follow_wait_s: float = 30.0
 
     @property
     def address(self) -> str:

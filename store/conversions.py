@@ -5,6 +5,7 @@ and the client call these, and nothing else builds or reads those messages' fiel
 from __future__ import annotations
 
 import dataclasses
+import json
 from typing import Any
 
 import numpy as np
@@ -13,6 +14,7 @@ from store._proto.engram.store.v1 import store_pb2 as pb
 from store.errors import InvalidArgumentError
 from store.requests import (
     BatchOutcome,
+    Changes,
     Lookup,
     Packed,
     Push,
@@ -302,6 +304,10 @@ def stats_to_proto(result: StatsResult) -> pb.StatsResponse:
     return pb.StatsResponse(
         uptime_s=result.uptime_s,
         checkpoints=result.checkpoints,
+        store_id=result.store_id,
+        follows=result.follow.leader,
+        followed_checkpoint=result.follow.checkpoint,
+        follow_error=result.follow.error,
         tables=[
             pb.TableStats(
                 name=t.name,
@@ -334,3 +340,35 @@ def checkpoint_to_proto(manifest: dict[str, Any]) -> pb.CheckpointInfo:
             for t in manifest["tables"]
         ],
     )
+
+
+def changes_header_to_proto(changes: Changes) -> pb.ChangedRowsResponse:
+    """The first message of a ChangedRows answer; the packs' bytes follow."""
+    return pb.ChangedRowsResponse(
+        header=pb.ChangedRowsHeader(
+            store_id=changes.store_id,
+            checkpoint=changes.checkpoint,
+            manifest_json=json.dumps(changes.manifest) if changes.manifest else "",
+            tables=[
+                pb.ChangedTable(
+                    name=t.name,
+                    reset=t.reset,
+                    packs=[
+                        pb.ChangedPack(
+                            checkpoint=p.checkpoint,
+                            rows=p.rows,
+                            step=p.step,
+                            bytes=p.bytes,
+                            crc32=p.crc32,
+                        )
+                        for p in t.packs
+                    ],
+                )
+                for t in changes.tables
+            ],
+        )
+    )
+
+
+def pack_chunk_to_proto(table: str, checkpoint: int, data: bytes) -> pb.ChangedRowsResponse:
+    return pb.ChangedRowsResponse(chunk=pb.PackChunk(table=table, checkpoint=checkpoint, data=data))

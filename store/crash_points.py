@@ -31,6 +31,10 @@ POINTS = (
     # flushes
     "flush:tables-synced",
     "flush:catalog-synced",
+    # a follower catching up
+    "follow:marked",
+    "follow:packs-applied",
+    "follow:recorded",
 )
 
 

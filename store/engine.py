@@ -24,9 +24,11 @@ import numpy.typing as npt
 from store import _native, restore
 from store.catalog import Catalog
 from store.checkpoints import (
+    check_pack,
     published_ids,
     read_manifest,
     remove_unpublished,
+    spec_of,
     write_checkpoint,
 )
 from store.config import DEFAULT_MAX_MESSAGE_BYTES
@@ -42,9 +44,13 @@ from store.errors import (
 )
 from store.gate import Gate
 from store.idempotency import ClientWindows
+from store.replication import plan_changes
 from store.requests import (
     BatchOutcome,
+    ChangedTable,
+    Changes,
     DamagedBlock,
+    FollowStatus,
     Lookup,
     Packed,
     PendingRows,
@@ -75,6 +81,8 @@ log = logging.getLogger(__name__)
 
 DEFAULT_CHUNK_BYTES = 1 << 20
 REPLY_HEADROOM_BYTES = 1 << 16
+# A follower waiting for a checkpoint holds a request thread: not for long.
+MAX_CHANGES_WAIT_S = 60.0
 
 
 class StoreEngine:
@@ -87,17 +95,25 @@ class StoreEngine:
         read_only: bool = False,
         max_sync_world_size: int = 14,
         max_pending_step_bytes: int = 1 << 30,
+        follows: str = "",
     ) -> None:
         """Opens (or creates) the data directory and recovers from a crash of the daemon:
         a committed restore is finished, a push cut short is undone, and the steps and
         idempotency windows of acknowledged pushes are replayed from the journal. After a
         crash of the machine the rows cannot be trusted: `needs_restore` says why, and the
-        daemon must restore a checkpoint before it serves."""
+        daemon must restore a checkpoint before it serves.
+
+        A follower (`follows`: the leader's address) takes no change from its callers, only
+        the leader's checkpoints (`apply_changes`); one whose last catch-up was cut short, or
+        whose machine went down, starts empty and catches up afresh."""
         self.data_dir = os.path.abspath(data_dir)
         self.max_lookup_rows = max_lookup_rows
         self.max_message_bytes = max_message_bytes
         self.shared_buffer_dir = shared_buffer_dir
-        self.read_only = read_only
+        self.follows = follows
+        self.read_only = read_only or bool(follows)
+        self.follow_error = ""
+        self._checkpoint_published = threading.Condition()
         # Each rank of a step waits on a request thread of its own (see server.py).
         self.max_sync_world_size = max_sync_world_size
         self._steps = StepBarrier(max_pending_step_bytes)
@@ -130,12 +146,22 @@ class StoreEngine:
                     "tables: the catalog was truncated or replaced"
                 )
             self.catalog.put_meta("created", str(time.time()))
+        if not self.catalog.get_meta("store_id"):
+            self.catalog.put_meta("store_id", uuid.uuid4().hex)
+        self.store_id = self.catalog.get_meta("store_id")
         self._started = time.monotonic()
         self._tables: dict[str, ServedTable] = {}
         self._tables_lock = threading.Lock()
         # Pushes hold it shared; checkpoints, restores, drops and flushes exclusively.
         self._gate = Gate()
         self.needs_restore = self._unclean_machine_crash()
+        if self.follows and (self.needs_restore or self.catalog.get_meta("follow_applying")):
+            log.warning("the last catch-up with the leader was cut short: starting afresh")
+            self.catalog.record_followed([], {}, "", 0)
+            self.catalog.sync()
+            shutil.rmtree(tables_dir)
+            os.makedirs(tables_dir)
+            self.needs_restore = ""
         self.journal, records = _native.Journal.open(os.path.join(self.data_dir, JOURNAL))
         pending = restore.pending(self.data_dir)
         if pending is not None:
@@ -231,6 +257,11 @@ class StoreEngine:
         return sorted(tables, key=lambda t: t.name)
 
     def _writable(self, action: str) -> None:
+        if self.follows:
+            raise FailedPreconditionError(
+                f"this daemon follows {self.follows} (serve --follow): it does not {action}; "
+                "ask the leader"
+            )
         if self.read_only:
             raise FailedPreconditionError(
                 f"this daemon serves read-only (serve --read-only): it does not {action}"
@@ -771,6 +802,8 @@ class StoreEngine:
             for table in tables:
                 table.native.clear_dirty()
             self._flush_unlocked()
+        with self._checkpoint_published:
+            self._checkpoint_published.notify_all()
         log.info(
             "checkpoint %d written (%s)",
             checkpoint_id,
@@ -831,7 +864,110 @@ class StoreEngine:
             uptime_s=time.monotonic() - self._started,
             checkpoints=self.catalog.checkpoint_count(),
             tables=[t.counters.snapshot(t.name) for t in tables],
+            store_id=self.store_id,
+            follow=self.follow_status(),
         )
+
+    # replication -----------------------------------------------------------------------
+
+    def changes_since(self, since: int, store_id: str, wait_s: float) -> Changes:
+        """What turns checkpoint `since` of store `store_id` (empty: this one) into this
+        store's latest checkpoint; with nothing newer, waits up to `wait_s` for one."""
+        if store_id and store_id != self.store_id:
+            since = 0  # another store's checkpoint ids say nothing of this one's
+        deadline = time.monotonic() + min(max(wait_s, 0.0), MAX_CHANGES_WAIT_S)
+        with self._checkpoint_published:
+            while True:
+                latest = self.catalog.latest_checkpoint()
+                if latest is not None and latest["id"] != since:
+                    break
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                self._checkpoint_published.wait(left)
+        return plan_changes(self.store_id, self.catalog.checkpoints(), since, self.data_dir)
+
+    def follow_status(self) -> FollowStatus:
+        if not self.follows:
+            return FollowStatus()
+        return FollowStatus(
+            self.follows, int(self.catalog.get_meta("followed_checkpoint", "0")), self.follow_error
+        )
+
+    def follow_position(self) -> tuple[str, int]:
+        """The leader's store id and the checkpoint of it this follower holds: ("", 0)
+        before the first catch-up, and (id, 0) after one that failed midway, so that the
+        next begins afresh."""
+        store_id = self.catalog.get_meta("followed_store")
+        if self.catalog.get_meta("follow_applying"):
+            return store_id, 0
+        return store_id, int(self.catalog.get_meta("followed_checkpoint", "0"))
+
+    def apply_changes(self, changes: Changes) -> None:
+        """Makes a follower's tables equal the leader's checkpoint `changes.checkpoint`,
+        from packs received into files (`ChangedPack.path`). A crash midway leaves a mark
+        that makes the next start begin afresh; lookups meanwhile see each table's rows
+        move from one checkpoint to the next."""
+        manifest = changes.manifest
+        if manifest is None:
+            return
+        entries = {e["name"]: e for e in manifest["tables"]}
+        if [t.name for t in changes.tables] != list(entries):
+            raise InvalidArgumentError("the changes do not list the tables of their manifest")
+        with self._gate.exclusive():
+            self.catalog.put_meta("follow_applying", str(changes.checkpoint))
+            self.catalog.sync()
+            crash_point("follow:marked")
+            with self._tables_lock:
+                gone = set(self._tables) - set(entries)
+                for name in gone:
+                    del self._tables[name]
+                    shutil.rmtree(table_directory(self.data_dir, name), ignore_errors=True)
+            updated = []
+            for change in changes.tables:
+                entry = entries[change.name]
+                updated.append(self._apply_table_change(change, entry))
+            with self._tables_lock:
+                self._tables.update({t.name: t for t in updated})
+            for table in updated:
+                table.native.flush()
+            crash_point("follow:packs-applied")
+            self.catalog.record_followed(
+                [(t.spec, t.native.step, t.incarnation) for t in updated],
+                manifest["clients"],
+                changes.store_id,
+                changes.checkpoint,
+            )
+            self.catalog.sync()
+            crash_point("follow:recorded")
+            self._clients = ClientWindows(manifest["clients"])
+        log.info(
+            "caught up with checkpoint %d of %s (%d packs)",
+            changes.checkpoint,
+            self.follows,
+            sum(len(t.packs) for t in changes.tables),
+        )
+
+    def _apply_table_change(self, change: ChangedTable, entry: dict[str, Any]) -> ServedTable:
+        spec = spec_of(entry)
+        with self._tables_lock:
+            table = self._tables.get(change.name)
+        if change.reset or table is None or table.incarnation != entry["incarnation"]:
+            if not change.reset:
+                raise FailedPreconditionError(
+                    f"table {change.name!r} changed on the leader from a copy this follower "
+                    "does not hold"
+                )
+            directory = table_directory(self.data_dir, change.name)
+            # In-flight lookups keep their mappings of the unlinked files.
+            shutil.rmtree(directory, ignore_errors=True)
+            table = ServedTable.create(directory, spec, entry["incarnation"])
+        for pack in change.packs:
+            check_pack(pack.path, pack.rows, pack.step, pack.bytes, pack.crc32)
+            table.native.apply_pack(pack.path)
+        table.native.clear_dirty()
+        table.spec = spec
+        return table
 
     def close(self) -> None:
         """Flushes everything and records a clean stop (the next start trusts the rows even

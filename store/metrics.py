@@ -170,6 +170,17 @@ class EngineCollector(Collector):
             self.engine.pending_step_bytes(),
         )
         yield _gauge("engram_uptime_seconds", "Seconds since the daemon started", stats.uptime_s)
+        if stats.follow.leader:
+            yield _gauge(
+                "engram_followed_checkpoint",
+                "The leader's checkpoint a follower's tables equal",
+                stats.follow.checkpoint,
+            )
+            yield _gauge(
+                "engram_follow_failing",
+                "1 while the follower cannot catch up with its leader",
+                1 if stats.follow.error else 0,
+            )
 
 
 def _gauge(name: str, help_text: str, value: float) -> GaugeMetricFamily:

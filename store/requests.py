@@ -9,6 +9,7 @@ engine reads or writes them there.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 from store import _native
 from store.spec import SyncStep, TableSpec
@@ -167,7 +168,53 @@ class TableCountersSnapshot:
 
 
 @dataclass(frozen=True)
+class FollowStatus:
+    """A follower's place: the leader it follows, the leader's checkpoint its tables equal,
+    and why catching up last failed ("" when it did not)."""
+
+    leader: str = ""
+    checkpoint: int = 0
+    error: str = ""
+
+
+@dataclass(frozen=True)
 class StatsResult:
     uptime_s: float
     checkpoints: int
     tables: list[TableCountersSnapshot]
+    store_id: str = ""
+    follow: FollowStatus = field(default_factory=FollowStatus)
+
+
+@dataclass(frozen=True)
+class ChangedPack:
+    """One checkpoint's pack of one table, with what its manifest says of it; `path` where
+    it lies (on the leader: in its checkpoint; on a follower: where it was received)."""
+
+    checkpoint: int
+    rows: int
+    step: int
+    bytes: int
+    crc32: int
+    path: str = ""
+
+
+@dataclass(frozen=True)
+class ChangedTable:
+    """How a table of the latest checkpoint differs from the caller's: built afresh from
+    `packs` (`reset`), or `packs` applied onto the caller's copy."""
+
+    name: str
+    reset: bool
+    packs: list[ChangedPack]
+
+
+@dataclass(frozen=True)
+class Changes:
+    """What turns a store's checkpoint `since` into its latest, `checkpoint`; `manifest`
+    is that checkpoint's (None when nothing changed)."""
+
+    store_id: str
+    checkpoint: int
+    manifest: dict[str, Any] | None
+    tables: list[ChangedTable]

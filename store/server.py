@@ -31,9 +31,11 @@ from store.auth import TOKENS_VARIABLE, TokenInterceptor, Tokens
 from store.config import ServeConfig
 from store.conversions import (
     batch_to_proto,
+    changes_header_to_proto,
     checkpoint_to_proto,
     chunk_bytes,
     lookup_from_proto,
+    pack_chunk_to_proto,
     push_from_proto,
     push_outcome_to_proto,
     rows_write_from_proto,
@@ -45,7 +47,9 @@ from store.conversions import (
 )
 from store.engine import StoreEngine
 from store.errors import InvalidArgumentError, status_of
+from store.follower import Follower, LeaderLink
 from store.metrics import EngineCollector, RequestMetrics
+from store.replication import pack_chunks
 
 log = logging.getLogger(__name__)
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["EngramStore"].full_name
@@ -220,6 +224,17 @@ class Servicer(pb_grpc.EngramStoreServicer):
     def Verify(self, request: pb.VerifyRequest, context: Any) -> pb.VerifyResponse:
         return verify_to_proto(self.engine.verify(request.table))
 
+    @_streaming
+    def ChangedRows(
+        self, request: pb.ChangedRowsRequest, context: Any
+    ) -> Iterator[pb.ChangedRowsResponse]:
+        changes = self.engine.changes_since(
+            request.since_checkpoint, request.store_id, request.wait_ms / 1000
+        )
+        yield changes_header_to_proto(changes)
+        for table, checkpoint, data in pack_chunks(changes):
+            yield pack_chunk_to_proto(table, checkpoint, data)
+
 
 class StartupError(RuntimeError):
     """The daemon could not start (bad data directory, port in use, failed restore)."""
@@ -306,9 +321,13 @@ def serve(config: ServeConfig, stop_event: threading.Event | None = None) -> Non
             # leave two for everything else.
             max_sync_world_size=max(config.workers - 2, 1),
             max_pending_step_bytes=config.max_pending_step_bytes,
+            follows=config.follow or "",
         )
     except Exception as error:
         raise StartupError(f"cannot open data directory {config.data_dir}: {error}") from error
+    if config.restore and config.follow:
+        engine.close()
+        raise StartupError("a follower takes its tables from its leader: drop --restore")
     if config.restore:
         try:
             engine.restore(0 if config.restore == "latest" else int(config.restore))
@@ -381,6 +400,22 @@ def serve(config: ServeConfig, stop_event: threading.Event | None = None) -> Non
         log.info("metrics at http://%s:%d/metrics", config.host, metrics_http.server_port)
         if config.metrics_port_file:
             _write_port(config.metrics_port_file, metrics_http.server_port)
+    follower = None
+    if config.follow:
+        follower = Follower(
+            engine,
+            LeaderLink(
+                config.follow,
+                config.follow_token,
+                config.follow_tls_ca,
+                config.follow_tls_cert,
+                config.follow_tls_key,
+                config.max_message_bytes,
+            ),
+            wait_s=config.follow_wait_s,
+        )
+        follower.start()
+        log.info("following %s from its checkpoint %d", config.follow, engine.follow_position()[1])
     if config.port_file:
         _write_port(config.port_file, port)
 
@@ -397,6 +432,8 @@ def serve(config: ServeConfig, stop_event: threading.Event | None = None) -> Non
             log.error("periodic flush failed, retrying in %s s: %s", config.flush_interval_s, error)
     log.info("shutting down: finishing in-flight requests")
     health_servicer.enter_graceful_shutdown()
+    if follower is not None:
+        follower.stop()
     server.stop(config.grace_s).wait()
     if metrics_http is not None:
         metrics_http.shutdown()

@@ -87,6 +87,7 @@ def test_every_verb_covers_every_rpc() -> None:
         "WriteRows": "import",
         "FinishImport": "import",
         "TuneTable": "tune-table",
+        "ChangedRows": "changed-rows",
     }
     rpcs = {m.name for m in pb.DESCRIPTOR.services_by_name["EngramStore"].methods}
     assert rpcs == set(by_rpc), "a new RPC needs a verb"

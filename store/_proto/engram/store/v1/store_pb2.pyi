@@ -426,11 +426,83 @@ class TableStats(_message.Message):
     def __init__(self, name: _Optional[str] = ..., lookups: _Optional[int] = ..., rows_looked_up: _Optional[int] = ..., pushes: _Optional[int] = ..., rows_pushed: _Optional[int] = ..., duplicate_pushes: _Optional[int] = ...) -> None: ...
 
 class StatsResponse(_message.Message):
-    __slots__ = ("uptime_s", "tables", "checkpoints")
+    __slots__ = ("uptime_s", "tables", "checkpoints", "store_id", "follows", "followed_checkpoint", "follow_error")
     UPTIME_S_FIELD_NUMBER: _ClassVar[int]
     TABLES_FIELD_NUMBER: _ClassVar[int]
     CHECKPOINTS_FIELD_NUMBER: _ClassVar[int]
+    STORE_ID_FIELD_NUMBER: _ClassVar[int]
+    FOLLOWS_FIELD_NUMBER: _ClassVar[int]
+    FOLLOWED_CHECKPOINT_FIELD_NUMBER: _ClassVar[int]
+    FOLLOW_ERROR_FIELD_NUMBER: _ClassVar[int]
     uptime_s: float
     tables: _containers.RepeatedCompositeFieldContainer[TableStats]
     checkpoints: int
-    def __init__(self, uptime_s: _Optional[float] = ..., tables: _Optional[_Iterable[_Union[TableStats, _Mapping]]] = ..., checkpoints: _Optional[int] = ...) -> None: ...
+    store_id: str
+    follows: str
+    followed_checkpoint: int
+    follow_error: str
+    def __init__(self, uptime_s: _Optional[float] = ..., tables: _Optional[_Iterable[_Union[TableStats, _Mapping]]] = ..., checkpoints: _Optional[int] = ..., store_id: _Optional[str] = ..., follows: _Optional[str] = ..., followed_checkpoint: _Optional[int] = ..., follow_error: _Optional[str] = ...) -> None: ...
+
+class ChangedRowsRequest(_message.Message):
+    __slots__ = ("since_checkpoint", "store_id", "wait_ms")
+    SINCE_CHECKPOINT_FIELD_NUMBER: _ClassVar[int]
+    STORE_ID_FIELD_NUMBER: _ClassVar[int]
+    WAIT_MS_FIELD_NUMBER: _ClassVar[int]
+    since_checkpoint: int
+    store_id: str
+    wait_ms: int
+    def __init__(self, since_checkpoint: _Optional[int] = ..., store_id: _Optional[str] = ..., wait_ms: _Optional[int] = ...) -> None: ...
+
+class ChangedPack(_message.Message):
+    __slots__ = ("checkpoint", "rows", "step", "bytes", "crc32")
+    CHECKPOINT_FIELD_NUMBER: _ClassVar[int]
+    ROWS_FIELD_NUMBER: _ClassVar[int]
+    STEP_FIELD_NUMBER: _ClassVar[int]
+    BYTES_FIELD_NUMBER: _ClassVar[int]
+    CRC32_FIELD_NUMBER: _ClassVar[int]
+    checkpoint: int
+    rows: int
+    step: int
+    bytes: int
+    crc32: int
+    def __init__(self, checkpoint: _Optional[int] = ..., rows: _Optional[int] = ..., step: _Optional[int] = ..., bytes: _Optional[int] = ..., crc32: _Optional[int] = ...) -> None: ...
+
+class ChangedTable(_message.Message):
+    __slots__ = ("name", "reset", "packs")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    RESET_FIELD_NUMBER: _ClassVar[int]
+    PACKS_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    reset: bool
+    packs: _containers.RepeatedCompositeFieldContainer[ChangedPack]
+    def __init__(self, name: _Optional[str] = ..., reset: _Optional[bool] = ..., packs: _Optional[_Iterable[_Union[ChangedPack, _Mapping]]] = ...) -> None: ...
+
+class ChangedRowsHeader(_message.Message):
+    __slots__ = ("store_id", "checkpoint", "manifest_json", "tables")
+    STORE_ID_FIELD_NUMBER: _ClassVar[int]
+    CHECKPOINT_FIELD_NUMBER: _ClassVar[int]
+    MANIFEST_JSON_FIELD_NUMBER: _ClassVar[int]
+    TABLES_FIELD_NUMBER: _ClassVar[int]
+    store_id: str
+    checkpoint: int
+    manifest_json: str
+    tables: _containers.RepeatedCompositeFieldContainer[ChangedTable]
+    def __init__(self, store_id: _Optional[str] = ..., checkpoint: _Optional[int] = ..., manifest_json: _Optional[str] = ..., tables: _Optional[_Iterable[_Union[ChangedTable, _Mapping]]] = ...) -> None: ...
+
+class PackChunk(_message.Message):
+    __slots__ = ("table", "checkpoint", "data")
+    TABLE_FIELD_NUMBER: _ClassVar[int]
+    CHECKPOINT_FIELD_NUMBER: _ClassVar[int]
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    table: str
+    checkpoint: int
+    data: bytes
+    def __init__(self, table: _Optional[str] = ..., checkpoint: _Optional[int] = ..., data: _Optional[bytes] = ...) -> None: ...
+
+class ChangedRowsResponse(_message.Message):
+    __slots__ = ("header", "chunk")
+    HEADER_FIELD_NUMBER: _ClassVar[int]
+    CHUNK_FIELD_NUMBER: _ClassVar[int]
+    header: ChangedRowsHeader
+    chunk: PackChunk
+    def __init__(self, header: _Optional[_Union[ChangedRowsHeader, _Mapping]] = ..., chunk: _Optional[_Union[PackChunk, _Mapping]] = ...) -> None: ...

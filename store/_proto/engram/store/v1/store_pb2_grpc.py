@@ -114,6 +114,11 @@ class EngramStoreStub:
                 request_serializer=engram_dot_store_dot_v1_dot_store__pb2.TuneTableRequest.SerializeToString,
                 response_deserializer=engram_dot_store_dot_v1_dot_store__pb2.TableInfo.FromString,
                 _registered_method=True)
+        self.ChangedRows = channel.unary_stream(
+                '/engram.store.v1.EngramStore/ChangedRows',
+                request_serializer=engram_dot_store_dot_v1_dot_store__pb2.ChangedRowsRequest.SerializeToString,
+                response_deserializer=engram_dot_store_dot_v1_dot_store__pb2.ChangedRowsResponse.FromString,
+                _registered_method=True)
 
 
 class EngramStoreServicer:
@@ -215,6 +220,12 @@ class EngramStoreServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ChangedRows(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_EngramStoreServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -297,6 +308,11 @@ def add_EngramStoreServicer_to_server(servicer, server):
                     servicer.TuneTable,
                     request_deserializer=engram_dot_store_dot_v1_dot_store__pb2.TuneTableRequest.FromString,
                     response_serializer=engram_dot_store_dot_v1_dot_store__pb2.TableInfo.SerializeToString,
+            ),
+            'ChangedRows': grpc.unary_stream_rpc_method_handler(
+                    servicer.ChangedRows,
+                    request_deserializer=engram_dot_store_dot_v1_dot_store__pb2.ChangedRowsRequest.FromString,
+                    response_serializer=engram_dot_store_dot_v1_dot_store__pb2.ChangedRowsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -731,6 +747,33 @@ class EngramStore:
             '/engram.store.v1.EngramStore/TuneTable',
             engram_dot_store_dot_v1_dot_store__pb2.TuneTableRequest.SerializeToString,
             engram_dot_store_dot_v1_dot_store__pb2.TableInfo.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ChangedRows(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/engram.store.v1.EngramStore/ChangedRows',
+            engram_dot_store_dot_v1_dot_store__pb2.ChangedRowsRequest.SerializeToString,
+            engram_dot_store_dot_v1_dot_store__pb2.ChangedRowsResponse.FromString,
             options,
             channel_credentials,
             insecure,

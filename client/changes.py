@@ -1,0 +1,71 @@
+"""Reading a daemon's ChangedRows answer: what turns one of its checkpoints into its latest,
+as checkpoint packs (the format of rust/src/checkpoint.rs), optionally kept on disk as an
+incremental copy: each pack at `<dir>/<checkpoint>/<table>.pack`, and the answer's header,
+with the latest checkpoint's manifest, at `<dir>/changes.json`."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import BinaryIO
+
+from google.protobuf import json_format
+
+from client.errors import ShardUnavailableError
+from client.results import ChangedPackInfo, ChangedRows
+from store._proto.engram.store.v1 import store_pb2 as pb
+
+
+def read_changes(
+    since: int,
+    stream: Iterator[pb.ChangedRowsResponse],
+    save_to: str | os.PathLike[str] | None,
+) -> ChangedRows:
+    header = next(stream).header
+    directory = Path(save_to) if save_to is not None else None
+    packs = [
+        ChangedPackInfo(
+            t.name,
+            p.checkpoint,
+            p.rows,
+            p.bytes,
+            str(directory / str(p.checkpoint) / f"{t.name}.pack") if directory else "",
+        )
+        for t in header.tables
+        for p in t.packs
+    ]
+    index, written, out = -1, 0, None
+    try:
+        for message in stream:
+            if index < 0 or written == packs[index].bytes:
+                index, written = index + 1, 0
+                out = _reopen(out, packs[index].path)
+            written += len(message.chunk.data)
+            if out is not None:
+                out.write(message.chunk.data)
+    finally:
+        if out is not None:
+            out.close()
+    if packs and (index != len(packs) - 1 or written != packs[-1].bytes):
+        raise ShardUnavailableError("the daemon's answer ended before its last pack")
+    if directory is not None:
+        directory.mkdir(parents=True, exist_ok=True)
+        text = json_format.MessageToJson(header, preserving_proto_field_name=True)
+        (directory / "changes.json").write_text(text)
+    return ChangedRows(
+        store_id=header.store_id,
+        since=since,
+        checkpoint=header.checkpoint,
+        reset=[t.name for t in header.tables if t.reset],
+        packs=packs,
+    )
+
+
+def _reopen(out: BinaryIO | None, path: str) -> BinaryIO | None:
+    if out is not None:
+        out.close()
+    if not path:
+        return None
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    return open(path, "wb")
