@@ -20,6 +20,7 @@ from daemon import Daemon, daemon_process
 from prometheus_client.parser import text_string_to_metric_families
 from store_helpers import keys, push, raw_rows, spec
 
+from client import EngramClient, Security
 from store._proto.engram.store.v1 import store_pb2 as pb
 from store.crash_points import ENV, POINTS
 
@@ -246,3 +247,27 @@ def test_the_changes_cli_verb_saves_an_incremental_copy(tmp_path: Path) -> None:
         assert f"checkpoint {second} since {first}" in done.stdout
         saved = sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file())
         assert saved == [f"{second}/adagrad.pack", f"{second}/adam.pack", "changes.json"]
+
+
+def test_a_follower_reaches_a_leader_with_tokens_using_a_read_only_one(tmp_path: Path) -> None:
+    port = free_port()
+    writer, reader = "w" * 32, "r" * 32
+    tokens = {"ENGRAM_STORE_SERVE_TOKENS": f"read-write {writer}\nread-only {reader}\n"}
+    with daemon_process(tmp_path / "leader", "--port", str(port), env=tokens):
+        with EngramClient(f"127.0.0.1:{port}", security=Security(token=writer)) as client:
+            client.create_table("emb", 100, 4, optimizer="adam")
+            client.push("emb", [1, 2], np.ones((2, 4), np.float32))
+            latest = client.checkpoint()[0].id
+            rows = client.lookup("emb", np.arange(100))
+        with follower_of(tmp_path / "refused", port) as (follower, _):
+            deadline = time.monotonic() + 30
+            while "UNAUTHENTICATED" not in follower.stub.Stats(pb.StatsRequest()).follow_error:
+                assert time.monotonic() < deadline, "no token, yet no refusal reported"
+                time.sleep(0.05)
+        with follower_of(tmp_path / "follower", port, None, "--follow-token", reader) as (
+            follower,
+            _,
+        ):
+            wait_for_checkpoint(follower, latest)
+            with EngramClient(follower.address) as client:
+                np.testing.assert_array_equal(client.lookup("emb", np.arange(100)), rows)
