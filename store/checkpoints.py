@@ -54,6 +54,27 @@ def write_checkpoint(
     tmp = os.path.join(root, f".tmp-{checkpoint_id}")
     shutil.rmtree(tmp, ignore_errors=True)
     os.makedirs(tmp)
+    try:
+        manifest = _write_unpublished(tmp, checkpoint_id, parent, tables, clients, full)
+    except BaseException:
+        # A full disk or a failed pack: nothing is published, and nothing is left taking room.
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    os.rename(tmp, os.path.join(root, str(checkpoint_id)))
+    fsync_dir(root)
+    crash_point("checkpoint:published")
+    return manifest
+
+
+def _write_unpublished(
+    tmp: str,
+    checkpoint_id: int,
+    parent: dict[str, Any] | None,
+    tables: list[ServedTable],
+    clients: dict[str, Any],
+    full: bool,
+) -> dict[str, Any]:
+    """Writes the packs and the manifest of a checkpoint into `tmp`, durably."""
     parent_incarnations = {t["name"]: t["incarnation"] for t in (parent or {}).get("tables", [])}
     entries = []
     for table in tables:
@@ -89,9 +110,6 @@ def write_checkpoint(
         os.fsync(f.fileno())
     fsync_dir(tmp)
     crash_point("checkpoint:manifest-synced")
-    os.rename(tmp, os.path.join(root, str(checkpoint_id)))
-    fsync_dir(root)
-    crash_point("checkpoint:published")
     return manifest
 
 

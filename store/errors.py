@@ -101,6 +101,9 @@ STATUS_OF_KIND: list[tuple[type[BaseException], str]] = [
 ]
 # Operating-system errors a request can meet that are no bug of the daemon's.
 _EXHAUSTED_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.ENOMEM, errno.EFBIG)
+# A data directory that cannot be written (a read-only mount, lost permissions): the
+# request cannot be served as things stand, and is refused with the operating system's words.
+_UNWRITABLE_ERRNOS = (errno.EROFS, errno.EACCES, errno.EPERM)
 
 
 def status_of(error: BaseException) -> str | None:
@@ -108,6 +111,8 @@ def status_of(error: BaseException) -> str | None:
     answered INTERNAL)."""
     if isinstance(error, OSError) and error.errno in _EXHAUSTED_ERRNOS:
         return "RESOURCE_EXHAUSTED"
+    if isinstance(error, OSError) and error.errno in _UNWRITABLE_ERRNOS:
+        return "FAILED_PRECONDITION"
     return next((code for kind, code in STATUS_OF_KIND if isinstance(error, kind)), None)
 
 

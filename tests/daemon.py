@@ -8,7 +8,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -110,14 +110,17 @@ def serve_command(data_dir: Path, port_file: Path, *extra: str) -> list[str]:
 
 @contextmanager
 def daemon_process(
-    data_dir: Path, *extra: str, env: dict[str, str] | None = None
+    data_dir: Path,
+    *extra: str,
+    env: dict[str, str] | None = None,
+    wrapper: Sequence[str] = (),
 ) -> Iterator[tuple[Daemon, subprocess.Popen[bytes]]]:
     """`engram-store serve` in a subprocess (killable); terminated on exit. `env` adds to
-    the environment."""
+    the environment; `wrapper` runs the command through another (e.g. setpriv)."""
     port_file = data_dir.parent / f"{data_dir.name}.port"
     port_file.unlink(missing_ok=True)
     process = subprocess.Popen(
-        serve_command(data_dir, port_file, *extra),
+        [*wrapper, *serve_command(data_dir, port_file, *extra)],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},

@@ -106,11 +106,10 @@ def test_a_failed_checkpoint_leaves_the_previous_one_intact(tmp_path: Path) -> N
     with pytest.raises(OSError, match="No space left"):
         engine.checkpoint(full=False)
     assert [m["id"] for m in engine.checkpoints()] == [first["id"]]
-    assert sorted(os.listdir(data / "checkpoints")) == [".tmp-2", "1"]
+    assert sorted(os.listdir(data / "checkpoints")) == ["1"], "the failure left nothing"
     engine.close()
 
-    engine = StoreEngine(str(data))  # a restart clears what the failure left
-    assert sorted(os.listdir(data / "checkpoints")) == ["1"]
+    engine = StoreEngine(str(data))
     second = engine.checkpoint(full=False)
     # Row 2 changed before the failed attempt and is still in the next checkpoint.
     assert {t["name"]: t["rows"] for t in second["tables"]} == {"a": 1, "b": 0}

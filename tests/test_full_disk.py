@@ -17,6 +17,7 @@ from daemon import Daemon, daemon_process, serve_command
 from store_helpers import keys, push, rows_of, spec
 
 from store._proto.engram.store.v1 import store_pb2 as pb
+from store.checkpoints import checkpoints_dir, published_ids, read_manifest, restore_table
 
 ROWS, DIM = 1_000_000, 64  # 256 MB of rows, on a 24 MB disk: only the written ones fit
 BATCH = 4096
@@ -105,3 +106,35 @@ def test_a_restore_that_does_not_fit_changes_nothing(small_disk: Path, tmp_path:
         np.testing.assert_array_equal(now, latest)
         d.stub.Restore(pb.RestoreRequest())
         assert d.stub.DescribeTable(pb.DescribeTableRequest(name="t")).step == 1
+
+
+def test_a_checkpoint_that_does_not_fit_fails_cleanly_and_the_next_holds_everything(
+    small_disk: Path, tmp_path: Path
+) -> None:
+    data = small_disk / "data"
+    filler = small_disk / "filler"
+    batch = np.arange(8192, dtype=np.uint64)
+    with daemon_process(data) as (d, process):
+        d.stub.CreateTable(pb.CreateTableRequest(spec=spec("t", num_rows=ROWS, dim=DIM)))
+        d.stub.Push(push("t", batch, np.ones((8192, DIM), np.float32)))
+        first = d.stub.Checkpoint(pb.CheckpointRequest()).id
+        d.stub.Push(push("t", batch, np.ones((8192, DIM), np.float32)))
+        latest = rows_of(d.stub.Lookup(pb.LookupRequest(table="t", keys=keys(batch))))
+        free = os.statvfs(small_disk).f_bavail * os.statvfs(small_disk).f_frsize
+        filler.write_bytes(b"\1" * (free - (256 << 10)))  # less than the 2 MB pack needs
+        with pytest.raises(grpc.RpcError) as error:
+            d.stub.Checkpoint(pb.CheckpointRequest())
+        assert error.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, error.value.details()
+        assert "No space left" in (error.value.details() or "")
+        assert process.poll() is None, "the daemon died"
+        assert published_ids(str(data)) == [first]
+        assert [n for n in os.listdir(checkpoints_dir(str(data))) if not n.isdigit()] == []
+        now = rows_of(d.stub.Lookup(pb.LookupRequest(table="t", keys=keys(batch))))
+        np.testing.assert_array_equal(now, latest)
+        filler.unlink()
+        second = d.stub.Checkpoint(pb.CheckpointRequest()).id
+    manifest = read_manifest(str(data), second)
+    assert manifest["tables"][0]["rows"] == 8192, "the rows the failed one missed"
+    table = restore_table(str(data), manifest, "t", str(tmp_path / "restored"))
+    got = np.frombuffer(table.native.lookup(batch, "float32"), np.float32).reshape(-1, DIM)
+    np.testing.assert_array_equal(got, latest)
