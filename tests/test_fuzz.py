@@ -79,6 +79,7 @@ def scalar(field: FieldDescriptor) -> st.SearchStrategy[Any]:
     if kind in (FieldDescriptor.TYPE_DOUBLE, FieldDescriptor.TYPE_FLOAT):
         return st.one_of(st.sampled_from([0.0, 1e-3, 1.0, -1.0, 1e300]), st.floats(width=32))
     if kind == FieldDescriptor.TYPE_ENUM:
+        assert field.enum_type is not None
         return st.sampled_from([v.number for v in field.enum_type.values] + [7])
     return integers(kind)
 
@@ -99,8 +100,8 @@ def array(draw: st.DrawFn, field: str) -> pb.Array:
         values = draw(st.lists(st.sampled_from([0, 1, 5, 99, 100, (1 << 64) - 1]), min_size=8))
         data = np.array(values, np.uint64).tobytes()[:size]
     else:
-        values = st.sampled_from([0.0, 0.5, -1.0, 1e30, float("nan"), float("inf")])
-        floats = draw(st.lists(values, min_size=size, max_size=size))
+        special = st.sampled_from([0.0, 0.5, -1.0, 1e30, float("nan"), float("inf")])
+        floats = draw(st.lists(special, min_size=size, max_size=size))
         data = np.array(floats, np.float32).tobytes()[:size]
     return pb.Array(dtype=dtype, shape=shape, data=data)
 
@@ -125,6 +126,7 @@ def message(draw: st.DrawFn, descriptor: Descriptor, depth: int = 0) -> Any:
                 continue
             count = draw(st.integers(0, 3)) if field.is_repeated else 1
             for _ in range(count):
+                assert field.message_type is not None
                 value = draw(message(field.message_type, depth + 1))
                 target = getattr(out, field.name)
                 (target.add() if field.is_repeated else target).CopyFrom(value)
@@ -189,7 +191,8 @@ def call(d: Daemon, method: str, request: bytes) -> grpc.StatusCode:
         else:
             d.channel.unary_unary(path)(request, timeout=30)
     except grpc.RpcError as error:
-        return error.code()  # type: ignore[no-any-return]
+        code: grpc.StatusCode = error.code()
+        return code
     return grpc.StatusCode.OK
 
 
