@@ -116,15 +116,18 @@ def daemon_process(
     wrapper: Sequence[str] = (),
 ) -> Iterator[tuple[Daemon, subprocess.Popen[bytes]]]:
     """`engram-store serve` in a subprocess (killable); terminated on exit. `env` adds to
-    the environment; `wrapper` runs the command through another (e.g. setpriv)."""
+    the environment; `wrapper` runs the command through another (e.g. setpriv). Its log
+    goes to `<data_dir>.log` beside the data directory (a pipe nobody reads would block a
+    daemon that logs much)."""
     port_file = data_dir.parent / f"{data_dir.name}.port"
     port_file.unlink(missing_ok=True)
-    process = subprocess.Popen(
-        [*wrapper, *serve_command(data_dir, port_file, *extra)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
-    )
+    with open(data_dir.parent / f"{data_dir.name}.log", "ab") as log:
+        process = subprocess.Popen(
+            [*wrapper, *serve_command(data_dir, port_file, *extra)],
+            stdout=subprocess.DEVNULL,
+            stderr=log,
+            env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
+        )
     try:
         d = _connect(_wait_for_port(port_file, lambda: process.poll() is None), data_dir)
         try:
@@ -139,5 +142,3 @@ def daemon_process(
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait()
-        if process.stderr:
-            process.stderr.close()
