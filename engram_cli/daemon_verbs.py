@@ -38,6 +38,7 @@ def _serve(args: argparse.Namespace) -> int:
         tls_key=args.tls_key,
         tls_client_ca=args.tls_client_ca,
         metrics_port=args.metrics_port,
+        overcommit_disk=args.overcommit_disk,
         follow=args.follow,
         follow_token=args.follow_token,
         follow_tls_ca=args.follow_tls_ca,
@@ -192,6 +193,12 @@ def register(verbs: Verbs) -> None:
         "--read-only",
         action="store_true",
         help="serve lookups only: refuse pushes, creates, drops, imports, checkpoints, restores",
+    )
+    serve.add_argument(
+        "--overcommit-disk",
+        action="store_true",
+        help="create tables larger than the disk's free room (rows take disk when first "
+        "written; those that do not fit are refused then)",
     )
     serve.add_argument(
         "--follow",

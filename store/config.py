@@ -52,6 +52,9 @@ class ServeConfig:
     # write the port bound; None: no metrics.
     metrics_port: int | None = None
     metrics_port_file: str | None = None
+    # Create tables that would not fit on the disk if every row were written (they are
+    # sparse: rows take disk when first written, and are refused then when it is full).
+    overcommit_disk: bool = False
     # Follow the daemon at this address (HOST:PORT): serve a read-only copy of its tables as
     # of its latest checkpoint, kept up to date (store/follower.py). The token (a read-only
     # one suffices) and TLS files for reaching it; seconds a request for changes waits at

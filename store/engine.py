@@ -96,6 +96,7 @@ class StoreEngine:
         max_sync_world_size: int = 14,
         max_pending_step_bytes: int = 1 << 30,
         follows: str = "",
+        overcommit_disk: bool = False,
     ) -> None:
         """Opens (or creates) the data directory and recovers from a crash of the daemon:
         a committed restore is finished, a push cut short is undone, and the steps and
@@ -111,6 +112,7 @@ class StoreEngine:
         self.max_message_bytes = max_message_bytes
         self.shared_buffer_dir = shared_buffer_dir
         self.follows = follows
+        self.overcommit_disk = overcommit_disk
         self.read_only = read_only or bool(follows)
         self.follow_error = ""
         self._checkpoint_published = threading.Condition()
@@ -281,6 +283,7 @@ class StoreEngine:
                 log.info("dropping the unfinished import of %s to import it again", spec.name)
                 del self._tables[spec.name]
                 self.catalog.delete_table(spec.name)
+            self._check_room(spec)
             directory = table_directory(self.data_dir, spec.name)
             shutil.rmtree(directory, ignore_errors=True)  # what a crashed create left
             table = ServedTable.create(directory, spec, uuid.uuid4().hex)
@@ -296,6 +299,29 @@ class StoreEngine:
             spec.dtype,
         )
         return table.status()
+
+    def _check_room(self, spec: TableSpec) -> None:
+        """Refuses a table that could not be written whole on the disk's free space, less
+        what the tables here may still take as their unwritten rows are written (rows take
+        disk when first written). `overcommit_disk` allows it: rows that do not fit are then
+        refused when pushed (RESOURCE_EXHAUSTED), as on a disk filled by something else."""
+        if self.overcommit_disk:
+            return
+        needed = spec.num_rows * spec.disk_bytes_per_row()
+        disk = os.statvfs(self.data_dir)
+        free = disk.f_bavail * disk.f_frsize
+        promised = sum(
+            (t.spec.num_rows - t.native.written_count()) * t.spec.disk_bytes_per_row()
+            for t in self._tables.values()
+        )
+        if needed > free - promised:
+            raise ResourceExhaustedError(
+                f"table {spec.name!r} takes {needed} bytes once every row is written "
+                f"({spec.num_rows} rows of {spec.disk_bytes_per_row()} bytes with optimizer "
+                f"state), but the disk of {self.data_dir} has {free} bytes free, "
+                f"{min(promised, free)} of them promised to the unwritten rows of tables "
+                "here; free room, use fewer rows, or serve with --overcommit-disk"
+            )
 
     def tune_table(self, name: str, lr: float, weight_decay: float) -> TableStatus:
         """Sets a live table's learning rate and weight decay for later pushes; its spec in

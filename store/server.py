@@ -322,6 +322,7 @@ def serve(config: ServeConfig, stop_event: threading.Event | None = None) -> Non
             max_sync_world_size=max(config.workers - 2, 1),
             max_pending_step_bytes=config.max_pending_step_bytes,
             follows=config.follow or "",
+            overcommit_disk=config.overcommit_disk,
         )
     except Exception as error:
         raise StartupError(f"cannot open data directory {config.data_dir}: {error}") from error

@@ -83,6 +83,10 @@ class OptimizerSpec:
             )
         return self
 
+    def state_dim(self, dim: int) -> int:
+        """Float32 state values per row of `dim` values (rust/src/optim.rs)."""
+        return {"sgd": 0, "adagrad": dim, "rowwise_adagrad": 1, "adam": 2 * dim}[self.name]
+
     def resolved(self) -> OptimizerSpec:
         """This optimizer with PyTorch's defaults in place of zeros."""
         self.check()
@@ -193,6 +197,11 @@ class TableSpec:
                     f"hash config addresses {hashed_rows} rows but the table has {self.num_rows}"
                 )
         return self
+
+    def disk_bytes_per_row(self) -> int:
+        """Disk a written row takes, with its optimizer state; rows never written take none."""
+        state = 0 if self.dtype in QUANTIZED_DTYPES else self.optimizer.state_dim(self.dim)
+        return row_bytes(self.dtype, self.dim) + 4 * state
 
     def resolved(self) -> TableSpec:
         """This spec with its optimizer's defaults filled in (what the engine is given)."""

@@ -20,6 +20,7 @@ from store._proto.engram.store.v1 import store_pb2 as pb
 from store.checkpoints import checkpoints_dir, published_ids, read_manifest, restore_table
 
 ROWS, DIM = 1_000_000, 64  # 256 MB of rows, on a 24 MB disk: only the written ones fit
+OVERCOMMIT = "--overcommit-disk"  # without it, such a table is refused at creation
 BATCH = 4096
 
 
@@ -53,7 +54,7 @@ def fill_until_refused(d: Daemon) -> tuple[int, grpc.RpcError]:
 
 
 def test_a_full_disk_refuses_new_rows_and_the_daemon_lives(small_disk: Path) -> None:
-    with daemon_process(small_disk / "data") as (d, process):
+    with daemon_process(small_disk / "data", OVERCOMMIT) as (d, process):
         d.stub.CreateTable(pb.CreateTableRequest(spec=spec("t", num_rows=ROWS, dim=DIM)))
         written, error = fill_until_refused(d)
         assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, error.details()
@@ -74,7 +75,7 @@ def test_a_full_disk_refuses_new_rows_and_the_daemon_lives(small_disk: Path) -> 
 def test_a_restore_that_does_not_fit_changes_nothing(small_disk: Path, tmp_path: Path) -> None:
     data = small_disk / "data"
     filler = small_disk / "filler"
-    with daemon_process(data) as (d, _):
+    with daemon_process(data, OVERCOMMIT) as (d, _):
         d.stub.CreateTable(pb.CreateTableRequest(spec=spec("t", num_rows=ROWS, dim=DIM)))
         d.stub.Push(push("t", np.arange(8192, dtype=np.uint64), np.ones((8192, DIM), np.float32)))
         d.stub.Checkpoint(pb.CheckpointRequest())
@@ -93,7 +94,7 @@ def test_a_restore_that_does_not_fit_changes_nothing(small_disk: Path, tmp_path:
 
     # At start-up too: the daemon does not start, and the data stays as it was.
     failed = subprocess.run(
-        serve_command(data, tmp_path / "port", "--restore", "latest"),
+        serve_command(data, tmp_path / "port", "--restore", "latest", OVERCOMMIT),
         capture_output=True,
         text=True,
         timeout=60,
@@ -101,7 +102,7 @@ def test_a_restore_that_does_not_fit_changes_nothing(small_disk: Path, tmp_path:
     assert failed.returncode == 4, failed.stderr
     assert failed.returncode != -signal.SIGBUS
     filler.unlink()
-    with daemon_process(data) as (d, _):
+    with daemon_process(data, OVERCOMMIT) as (d, _):
         now = rows_of(d.stub.Lookup(pb.LookupRequest(table="t", keys=keys(range(8192)))))
         np.testing.assert_array_equal(now, latest)
         d.stub.Restore(pb.RestoreRequest())
@@ -114,7 +115,7 @@ def test_a_checkpoint_that_does_not_fit_fails_cleanly_and_the_next_holds_everyth
     data = small_disk / "data"
     filler = small_disk / "filler"
     batch = np.arange(8192, dtype=np.uint64)
-    with daemon_process(data) as (d, process):
+    with daemon_process(data, OVERCOMMIT) as (d, process):
         d.stub.CreateTable(pb.CreateTableRequest(spec=spec("t", num_rows=ROWS, dim=DIM)))
         d.stub.Push(push("t", batch, np.ones((8192, DIM), np.float32)))
         first = d.stub.Checkpoint(pb.CheckpointRequest()).id
@@ -138,3 +139,25 @@ def test_a_checkpoint_that_does_not_fit_fails_cleanly_and_the_next_holds_everyth
     table = restore_table(str(data), manifest, "t", str(tmp_path / "restored"))
     got = np.frombuffer(table.native.lookup(batch, "float32"), np.float32).reshape(-1, DIM)
     np.testing.assert_array_equal(got, latest)
+
+
+def test_a_table_that_could_not_be_written_whole_is_refused_at_creation(small_disk: Path) -> None:
+    with daemon_process(small_disk / "data") as (d, process):
+        with pytest.raises(grpc.RpcError) as error:
+            d.stub.CreateTable(pb.CreateTableRequest(spec=spec("t", num_rows=ROWS, dim=DIM)))
+        assert error.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, error.value.details()
+        assert f"takes {ROWS * DIM * 4} bytes once every row is written" in (
+            error.value.details() or ""
+        )
+        assert not d.stub.ListTables(pb.ListTablesRequest()).tables
+        # Two tables that fit one by one but not together: the first one's unwritten rows
+        # are promised to it.
+        free = os.statvfs(small_disk).f_bavail * os.statvfs(small_disk).f_frsize
+        rows = int(free * 0.6) // (DIM * 4 * 2)  # Adam: rows and two state values per value
+        half = spec("a", num_rows=rows, dim=DIM, optimizer="adam")
+        d.stub.CreateTable(pb.CreateTableRequest(spec=half))
+        with pytest.raises(grpc.RpcError) as error:
+            d.stub.CreateTable(pb.CreateTableRequest(spec=spec("b", num_rows=rows, dim=DIM * 2)))
+        assert error.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert "promised to the unwritten rows" in (error.value.details() or "")
+        assert process.poll() is None
