@@ -283,10 +283,15 @@ class StoreEngine:
                 log.info("dropping the unfinished import of %s to import it again", spec.name)
                 del self._tables[spec.name]
                 self.catalog.delete_table(spec.name)
-            self._check_room(spec)
             directory = table_directory(self.data_dir, spec.name)
             shutil.rmtree(directory, ignore_errors=True)  # what a crashed create left
+            # Created first (in O(1)): a spec the engine cannot map is refused as such.
             table = ServedTable.create(directory, spec, uuid.uuid4().hex)
+            try:
+                self._check_room(spec)
+            except ResourceExhaustedError:
+                shutil.rmtree(directory, ignore_errors=True)
+                raise
             table.native.attach_journal(self.journal)
             table.importing = importing
             self.catalog.put_table(spec, 0, table.incarnation, importing=importing)

@@ -16,7 +16,7 @@ from store_helpers import push_command, table_spec
 from store._proto.engram.store.v1 import store_pb2 as pb
 from store.engine import StoreEngine
 
-engine = StoreEngine(sys.argv[1])
+engine = StoreEngine(sys.argv[1], overcommit_disk=True)
 engine.create_table(table_spec("huge", num_rows=10**10, dim=1, optimizer="adam"))
 engine.push(push_command("huge", [5, 9_999_999_999], np.ones((2, 1), np.float32)))
 info = engine.table("huge").status()
@@ -27,7 +27,7 @@ engine.checkpoint(full=False)
 engine.checkpoint(full=True)
 engine.restore(2)
 engine.close()
-engine = StoreEngine(sys.argv[1])
+engine = StoreEngine(sys.argv[1], overcommit_disk=True)
 after = engine.table("huge").status()
 engine.close()
 print(json.dumps({
