@@ -144,3 +144,22 @@ def test_a_flipped_byte_in_a_checkpoint_pack_fails_the_restore_naming_it(tmp_pat
         assert "t.pack" in (error.value.details() or "")
         # Nothing was restored: the live table is as it was.
         np.testing.assert_array_equal(rows_of(d.stub.Lookup(lookup)), before)
+
+
+def test_a_flipped_byte_in_the_catalog_stops_the_daemon_naming_the_entry(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    with daemon_process(data) as (d, _):
+        table = spec("flip-me-table", num_rows=ROWS, dim=DIM, optimizer="adam")
+        d.stub.CreateTable(pb.CreateTableRequest(spec=table))
+        d.stub.Push(push("flip-me-table", [1, 2], np.ones((2, DIM), np.float32)))
+        d.stub.Checkpoint(pb.CheckpointRequest())
+    catalog = data / "catalog.lmdb" / "data.mdb"
+    content = catalog.read_bytes()
+    assert b"flip-me-table" in content
+    # Every copy, in keys and values alike (LMDB may keep stale pages holding it too).
+    catalog.write_bytes(content.replace(b"flip-me-table", b"flip-me-tablf"))
+    started = subprocess.run(
+        serve_command(data, tmp_path / "port"), capture_output=True, text=True, timeout=60
+    )
+    assert started.returncode == 4, started.stderr
+    assert "catalog entry" in started.stderr and "checksum mismatch" in started.stderr
