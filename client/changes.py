@@ -8,13 +8,12 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from pathlib import Path
-from typing import BinaryIO
 
 from google.protobuf import json_format
 
-from client.errors import ShardUnavailableError
 from client.results import ChangedPackInfo, ChangedRows
 from store._proto.engram.store.v1 import store_pb2 as pb
+from store.conversions import packs_to_files
 
 
 def read_changes(
@@ -35,20 +34,7 @@ def read_changes(
         for t in header.tables
         for p in t.packs
     ]
-    index, written, out = -1, 0, None
-    try:
-        for message in stream:
-            if index < 0 or written == packs[index].bytes:
-                index, written = index + 1, 0
-                out = _reopen(out, packs[index].path)
-            written += len(message.chunk.data)
-            if out is not None:
-                out.write(message.chunk.data)
-    finally:
-        if out is not None:
-            out.close()
-    if packs and (index != len(packs) - 1 or written != packs[-1].bytes):
-        raise ShardUnavailableError("the daemon's answer ended before its last pack")
+    packs_to_files(header, stream, [p.path or None for p in packs])
     if directory is not None:
         directory.mkdir(parents=True, exist_ok=True)
         text = json_format.MessageToJson(header, preserving_proto_field_name=True)
@@ -60,12 +46,3 @@ def read_changes(
         reset=[t.name for t in header.tables if t.reset],
         packs=packs,
     )
-
-
-def _reopen(out: BinaryIO | None, path: str) -> BinaryIO | None:
-    if out is not None:
-        out.close()
-    if not path:
-        return None
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    return open(path, "wb")

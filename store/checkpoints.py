@@ -180,16 +180,22 @@ def restore_table(data_dir: str, target: dict[str, Any], name: str, directory: s
     table = ServedTable.create(directory, spec_of(final), final["incarnation"])
     for checkpoint_id, entry in reversed(chain):
         path = os.path.join(checkpoints_dir(data_dir), str(checkpoint_id), entry["file"])
-        check_pack(path, entry["rows"], entry["step"], entry["bytes"], entry["crc32"])
-        table.native.apply_pack(path)
+        apply_checked_pack(
+            table, path, entry["rows"], entry["step"], entry["bytes"], entry["crc32"]
+        )
     table.native.clear_dirty()
     table.native.flush()
     return table
 
 
-def check_pack(path: str, rows: int, step: int, size: int, crc32: int) -> None:
-    """Refuses a pack that is damaged or not the one its manifest describes."""
-    found = _native.verify_pack(path)
+def apply_checked_pack(
+    table: ServedTable, path: str, rows: int, step: int, size: int, crc32: int
+) -> None:
+    """Applies the pack at `path` onto `table`, which must be a copy to throw away if it
+    fails: the engine refuses a damaged pack (its own checksum) before applying anything,
+    and this one that is not the pack its manifest describes after (one read of the pack,
+    not two)."""
+    found = table.native.apply_pack(path)
     if found != (rows, step, size, crc32):
         raise _native.TableFormatError(
             f"{path}: pack does not match its manifest (rows, step, bytes, crc32 "

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import numpy as np
@@ -372,3 +374,45 @@ def changes_header_to_proto(changes: Changes) -> pb.ChangedRowsResponse:
 
 def pack_chunk_to_proto(table: str, checkpoint: int, data: bytes) -> pb.ChangedRowsResponse:
     return pb.ChangedRowsResponse(chunk=pb.PackChunk(table=table, checkpoint=checkpoint, data=data))
+
+
+def packs_to_files(
+    header: pb.ChangedRowsHeader,
+    messages: Iterable[pb.ChangedRowsResponse],
+    paths: Sequence[str | None],
+) -> None:
+    """Writes the packs of a ChangedRows answer that follow its `header`, each to its path
+    in `paths` (in the header's order; None: read and dropped), refusing packs out of
+    order, longer than announced, or an answer that ends before its last pack."""
+    expected = [(t.name, p.checkpoint, p.bytes) for t in header.tables for p in t.packs]
+    index, written, out = -1, 0, None
+    try:
+        for message in messages:
+            if message.WhichOneof("part") != "chunk":
+                raise InvalidArgumentError("a second header in a ChangedRows answer")
+            chunk = message.chunk
+            if index < 0 or written == expected[index][2]:
+                if out is not None:
+                    out.close()
+                    out = None
+                index, written = index + 1, 0
+                if index >= len(expected):
+                    raise InvalidArgumentError("a ChangedRows answer holds more packs than it said")
+                path = paths[index]
+                if path is not None:
+                    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+                    out = open(path, "wb")  # noqa: SIM115 (closed here or below)
+            if (chunk.table, chunk.checkpoint) != expected[index][:2]:
+                raise InvalidArgumentError(
+                    f"pack {chunk.table}@{chunk.checkpoint} came out of order"
+                )
+            written += len(chunk.data)
+            if written > expected[index][2]:
+                raise InvalidArgumentError(f"pack {chunk.table}@{chunk.checkpoint} overruns")
+            if out is not None:
+                out.write(chunk.data)
+    finally:
+        if out is not None:
+            out.close()
+    if expected and (index != len(expected) - 1 or written != expected[-1][2]):
+        raise InvalidArgumentError("a ChangedRows answer ended before its last pack")

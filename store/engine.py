@@ -24,7 +24,7 @@ import numpy.typing as npt
 from store import _native, restore
 from store.catalog import Catalog
 from store.checkpoints import (
-    check_pack,
+    apply_checked_pack,
     published_ids,
     read_manifest,
     remove_unpublished,
@@ -983,19 +983,18 @@ class StoreEngine:
         spec = spec_of(entry)
         with self._tables_lock:
             table = self._tables.get(change.name)
-        if change.reset or table is None or table.incarnation != entry["incarnation"]:
-            if not change.reset:
-                raise FailedPreconditionError(
-                    f"table {change.name!r} changed on the leader from a copy this follower "
-                    "does not hold"
-                )
+        if change.reset:
             directory = table_directory(self.data_dir, change.name)
             # In-flight lookups keep their mappings of the unlinked files.
             shutil.rmtree(directory, ignore_errors=True)
             table = ServedTable.create(directory, spec, entry["incarnation"])
+        elif table is None or table.incarnation != entry["incarnation"]:
+            raise FailedPreconditionError(
+                f"table {change.name!r} changed on the leader from a copy this follower "
+                "does not hold"
+            )
         for pack in change.packs:
-            check_pack(pack.path, pack.rows, pack.step, pack.bytes, pack.crc32)
-            table.native.apply_pack(pack.path)
+            apply_checked_pack(table, pack.path, pack.rows, pack.step, pack.bytes, pack.crc32)
         table.native.clear_dirty()
         table.spec = spec
         return table

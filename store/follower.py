@@ -23,6 +23,7 @@ import grpc
 from store._proto.engram.store.v1 import store_pb2 as pb
 from store._proto.engram.store.v1 import store_pb2_grpc as pb_grpc
 from store.checkpoints import manifest_of_json
+from store.conversions import packs_to_files
 from store.engine import StoreEngine
 from store.errors import InvalidArgumentError
 from store.requests import ChangedPack, ChangedTable, Changes
@@ -124,8 +125,7 @@ class Follower:
 
 
 def receive_changes(stream: Iterator[pb.ChangedRowsResponse], directory: str) -> Changes:
-    """Reads a ChangedRows answer, writing each pack to a file of its own in `directory`;
-    the packs are checked against the header (count and sizes) as they come."""
+    """Reads a ChangedRows answer, writing each pack to a file of its own in `directory`."""
     first = next(stream, None)
     if first is None or first.WhichOneof("part") != "header":
         raise InvalidArgumentError("the leader's answer does not begin with a header")
@@ -135,34 +135,9 @@ def receive_changes(stream: Iterator[pb.ChangedRowsResponse], directory: str) ->
         if header.manifest_json
         else None
     )
-    expected = [(t.name, p.checkpoint, p.bytes) for t in header.tables for p in t.packs]
-    paths = [os.path.join(directory, f"{i}.pack") for i in range(len(expected))]
-    index, written, out = -1, 0, None
-    try:
-        for message in stream:
-            chunk = message.chunk
-            if message.WhichOneof("part") != "chunk":
-                raise InvalidArgumentError("a second header in the leader's answer")
-            if out is None or written == expected[index][2]:
-                if out is not None:
-                    out.close()
-                index, written = index + 1, 0
-                if index >= len(expected):
-                    raise InvalidArgumentError("the leader sent more packs than it announced")
-                out = open(paths[index], "wb")  # noqa: SIM115 (closed below or when it ends)
-            if (chunk.table, chunk.checkpoint) != expected[index][:2]:
-                raise InvalidArgumentError(
-                    f"the leader sent pack {chunk.table}@{chunk.checkpoint} out of order"
-                )
-            written += len(chunk.data)
-            if written > expected[index][2]:
-                raise InvalidArgumentError(f"pack {chunk.table}@{chunk.checkpoint} overruns")
-            out.write(chunk.data)
-    finally:
-        if out is not None:
-            out.close()
-    if expected and (index != len(expected) - 1 or written != expected[index][2]):
-        raise InvalidArgumentError("the leader's answer ended before its last pack")
+    count = sum(len(t.packs) for t in header.tables)
+    paths = [os.path.join(directory, f"{i}.pack") for i in range(count)]
+    packs_to_files(header, stream, paths)
     packs = iter(paths)
     tables = [
         ChangedTable(
