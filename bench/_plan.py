@@ -136,6 +136,27 @@ BENCHMARKS = [
         },
     ),
     Benchmark(
+        "load",
+        "8 clients mixing lookups and pushes, checkpoints taken meanwhile, against 1 client",
+        {
+            "tiny": [
+                "--rows",
+                "20000",
+                "--seconds",
+                "2",
+                "--checkpoint-every",
+                "1",
+                "--lookup-keys",
+                "1024",
+                "--push-keys",
+                "256",
+            ],
+            "quick": ["--rows", "200000", "--seconds", "6", "--checkpoint-every", "3"],
+            "default": [],
+            "full": ["--rows", "2000000", "--seconds", "60"],
+        },
+    ),
+    Benchmark(
         "beyond_ram",
         "A table of 1.5x RAM served: cold, warm and with a hot-row cache against in RAM",
         {"tiny": ["--rows", "50000", "--steps", "5"], "full": []},

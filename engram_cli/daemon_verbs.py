@@ -25,6 +25,7 @@ def _serve(args: argparse.Namespace) -> int:
         workers=args.workers,
         max_concurrent_requests=args.max_concurrent_requests,
         max_message_bytes=args.max_message_bytes,
+        max_lookup_rows=args.max_lookup_rows,
         max_pending_step_bytes=args.max_pending_step_bytes,
         restore=args.restore,
         grace_s=args.grace,
@@ -38,6 +39,7 @@ def _serve(args: argparse.Namespace) -> int:
         tls_key=args.tls_key,
         tls_client_ca=args.tls_client_ca,
         metrics_port=args.metrics_port,
+        metrics_port_file=args.metrics_port_file,
         overcommit_disk=args.overcommit_disk,
         follow=args.follow,
         follow_token=args.follow_token,
@@ -171,6 +173,13 @@ def register(verbs: Verbs) -> None:
         help="largest gRPC message accepted or sent, in bytes",
     )
     serve.add_argument(
+        "--max-lookup-rows",
+        metavar="N",
+        type=int,
+        default=ServeConfig.max_lookup_rows,
+        help="most keys one lookup may ask for (more: RESOURCE_EXHAUSTED)",
+    )
+    serve.add_argument(
         "--restore",
         metavar="ID|latest",
         help="restore a checkpoint before serving: 'latest' or a checkpoint id",
@@ -230,6 +239,11 @@ def register(verbs: Verbs) -> None:
         metavar="PORT",
         type=int,
         help="serve Prometheus metrics at http://HOST:PORT/metrics (default: none)",
+    )
+    serve.add_argument(
+        "--metrics-port-file",
+        metavar="FILE",
+        help="file to write the metrics port to once listening (with --metrics-port 0)",
     )
     serve.add_argument(
         "--auth-tokens",

@@ -116,6 +116,7 @@ class StoreEngine:
         self.read_only = read_only or bool(follows)
         self.follow_error = ""
         self._checkpoint_published = threading.Condition()
+        self._waits_ended = False
         # Each rank of a step waits on a request thread of its own (see server.py).
         self.max_sync_world_size = max_sync_world_size
         self._steps = StepBarrier(max_pending_step_bytes)
@@ -908,7 +909,7 @@ class StoreEngine:
             since = 0  # another store's checkpoint ids say nothing of this one's
         deadline = time.monotonic() + min(max(wait_s, 0.0), MAX_CHANGES_WAIT_S)
         with self._checkpoint_published:
-            while True:
+            while not self._waits_ended:
                 latest = self.catalog.latest_checkpoint()
                 if latest is not None and latest["id"] != since:
                     break
@@ -917,6 +918,13 @@ class StoreEngine:
                     break
                 self._checkpoint_published.wait(left)
         return plan_changes(self.store_id, self.catalog.checkpoints(), since, self.data_dir)
+
+    def end_waits(self) -> None:
+        """Answers every call waiting for a new checkpoint now, and later ones at once: the
+        daemon is stopping, and a wait would hold its shutdown for as long as it asks."""
+        with self._checkpoint_published:
+            self._waits_ended = True
+            self._checkpoint_published.notify_all()
 
     def follow_status(self) -> FollowStatus:
         if not self.follows:

@@ -435,6 +435,7 @@ def serve(config: ServeConfig, stop_event: threading.Event | None = None) -> Non
     health_servicer.enter_graceful_shutdown()
     if follower is not None:
         follower.stop()
+    engine.end_waits()
     server.stop(config.grace_s).wait()
     if metrics_http is not None:
         metrics_http.shutdown()

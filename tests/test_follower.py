@@ -271,3 +271,25 @@ def test_a_follower_reaches_a_leader_with_tokens_using_a_read_only_one(tmp_path:
             wait_for_checkpoint(follower, latest)
             with EngramClient(follower.address) as client:
                 np.testing.assert_array_equal(client.lookup("emb", np.arange(100)), rows)
+
+
+def test_a_leader_stops_at_once_while_a_follower_waits_for_its_next_checkpoint(
+    tmp_path: Path,
+) -> None:
+    """A call waiting for a checkpoint is answered when the daemon stops: the stop neither
+    waits out the call's minute nor answers it with an error of a closed catalog."""
+    with daemon_process(tmp_path / "leader") as (leader, process):
+        create_tables(leader)
+        train(leader, seed=1, pushes=1)
+        latest = leader.stub.Checkpoint(pb.CheckpointRequest()).id
+        waiting = leader.stub.ChangedRows(
+            pb.ChangedRowsRequest(since_checkpoint=latest, wait_ms=60_000), timeout=120
+        )
+        time.sleep(1)  # the call is waiting at the leader
+        assert not waiting.done()
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=30) == 0
+        answered = list(waiting)
+    assert answered[0].WhichOneof("part") == "header"
+    assert answered[0].header.checkpoint == latest and not answered[0].header.tables
+    assert "unexpected error" not in (tmp_path / "leader.log").read_text()
