@@ -8,6 +8,7 @@ the Rust engine with the GIL released, so concurrent requests use every core.
 from __future__ import annotations
 
 import dataclasses
+import errno
 import logging
 import math
 import os
@@ -287,9 +288,19 @@ class StoreEngine:
             directory = table_directory(self.data_dir, spec.name)
             shutil.rmtree(directory, ignore_errors=True)  # what a crashed create left
             # Created first (in O(1)): a spec the engine cannot map is refused as such.
-            table = ServedTable.create(directory, spec, uuid.uuid4().hex)
             try:
+                table = ServedTable.create(directory, spec, uuid.uuid4().hex)
                 self._check_room(spec)
+            except OSError as error:
+                shutil.rmtree(directory, ignore_errors=True)
+                if error.errno != errno.EFBIG:
+                    raise
+                raise ResourceExhaustedError(
+                    f"table {spec.name!r} needs files larger than the file system of "
+                    f"{self.data_dir} allows ({spec.num_rows} rows of "
+                    f"{spec.disk_bytes_per_row()} bytes with optimizer state); use fewer "
+                    "rows, or shard the table over several daemons"
+                ) from error
             except ResourceExhaustedError:
                 shutil.rmtree(directory, ignore_errors=True)
                 raise

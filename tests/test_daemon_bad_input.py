@@ -245,6 +245,12 @@ BAD_REQUESTS: list[tuple[str, Callable[[Any], Any], grpc.StatusCode, str]] = [
         "hash_config.n_head_per_ngram must be 1..256, got -1",
     ),
     (
+        "a table of 2^63 bytes, past the kernel's signed file offsets",
+        lambda s: s.CreateTable(pb.CreateTableRequest(spec=spec("u", num_rows=1 << 53, dim=256))),
+        Code.INVALID_ARGUMENT,
+        "does not fit",
+    ),
+    (
         "a table too large to map",
         lambda s: s.CreateTable(
             pb.CreateTableRequest(spec=spec("u", num_rows=1 << 46, dim=1 << 16))

@@ -89,8 +89,9 @@ impl Header {
         let bitmap_len = round_up(self.num_rows.div_ceil(8), PAGE).ok_or_else(overflow)?;
         let dirty_offset = bitmap_offset.checked_add(bitmap_len).ok_or_else(overflow)?;
         let file_len = dirty_offset.checked_add(bitmap_len).ok_or_else(overflow)?;
-        // mmap lengths are usize.
+        // mmap lengths are usize, and file sizes and offsets the kernel's signed off_t.
         usize::try_from(file_len).map_err(|_| overflow())?;
+        i64::try_from(file_len).map_err(|_| overflow())?;
         Ok(Layout {
             row_bytes,
             data_offset: HEADER_LEN,
@@ -291,6 +292,14 @@ mod tests {
         h.num_rows = 0;
         assert!(h.validate().is_err());
         h.num_rows = u64::MAX / 2;
+        assert!(h
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("does not fit"));
+        // 2^63 bytes of rows: fits a u64 but not the kernel's signed file offsets.
+        h.num_rows = 1 << 53;
+        h.dim = 512;
         assert!(h
             .validate()
             .unwrap_err()
