@@ -41,6 +41,7 @@ def _serve(args: argparse.Namespace) -> int:
         metrics_port=args.metrics_port,
         metrics_port_file=args.metrics_port_file,
         overcommit_disk=args.overcommit_disk,
+        verify_on_start=args.verify_on_start,
         follow=args.follow,
         follow_token=args.follow_token,
         follow_tls_ca=args.follow_tls_ca,
@@ -208,6 +209,12 @@ def register(verbs: Verbs) -> None:
         action="store_true",
         help="create tables larger than the disk's free room (rows take disk when first "
         "written; those that do not fit are refused then)",
+    )
+    serve.add_argument(
+        "--verify-on-start",
+        action="store_true",
+        help="check every written row against its checksum before serving, and refuse to "
+        "start (exit 4) naming damaged rows (a scan of every table; headers are always checked)",
     )
     serve.add_argument(
         "--follow",

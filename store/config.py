@@ -55,6 +55,9 @@ class ServeConfig:
     # Create tables that would not fit on the disk if every row were written (they are
     # sparse: rows take disk when first written, and are refused then when it is full).
     overcommit_disk: bool = False
+    # Scrub every table against its row checksums before serving (as `verify` does), and
+    # refuse to start when rows were damaged on disk; a file's header is checked always.
+    verify_on_start: bool = False
     # Follow the daemon at this address (HOST:PORT): serve a read-only copy of its tables as
     # of its latest checkpoint, kept up to date (store/follower.py). The token (a read-only
     # one suffices) and TLS files for reaching it; seconds a request for changes waits at

@@ -125,6 +125,34 @@ def test_a_flipped_byte_in_a_table_files_header_stops_the_daemon_naming_the_file
     assert str(Path("t") / file) in started.stderr
 
 
+@pytest.mark.parametrize(
+    ("file", "row_bytes"), [("params.engram", DIM * 4), ("state.engram", 2 * DIM * 4)]
+)
+def test_a_flipped_byte_in_a_row_stops_a_daemon_verifying_on_start_naming_the_rows(
+    tmp_path: Path, file: str, row_bytes: int
+) -> None:
+    data = tmp_path / "data"
+    with daemon_process(data) as (d, _):
+        d.stub.CreateTable(
+            pb.CreateTableRequest(spec=spec("t", num_rows=ROWS, dim=DIM, optimizer="adam"))
+        )
+        d.stub.Push(push("t", [10, 20], np.ones((2, DIM), np.float32)))
+    path = data / "tables" / "t" / file
+    (data_offset,) = struct.unpack("<Q", path.read_bytes()[56:64])
+    flip_bit(path, data_offset + 20 * row_bytes + 1, 0x04)  # a byte of row 20
+    started = subprocess.run(
+        serve_command(data, tmp_path / "port", "--verify-on-start"),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert started.returncode == 4, started.stderr
+    assert f"t/{file} rows 0..63" in started.stderr
+    with daemon_process(data) as (d, _):  # without the scrub it serves; verify still finds it
+        damaged = d.stub.Verify(pb.VerifyRequest()).damaged
+        assert [(b.file, b.first_row) for b in damaged] == [(file, 0)]
+
+
 def test_a_flipped_byte_in_a_checkpoint_pack_fails_the_restore_naming_it(tmp_path: Path) -> None:
     data = tmp_path / "data"
     with daemon_process(data) as (d, _):
