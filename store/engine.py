@@ -84,6 +84,9 @@ DEFAULT_CHUNK_BYTES = 1 << 20
 REPLY_HEADROOM_BYTES = 1 << 16
 # A follower waiting for a checkpoint holds a request thread: not for long.
 MAX_CHANGES_WAIT_S = 60.0
+# Pages of a table file probed for page-cache residency (a few milliseconds of mincore
+# calls); files of more pages are estimated from that many spread over them.
+RESIDENCY_PROBES = 4096
 
 
 class StoreEngine:
@@ -896,6 +899,11 @@ class StoreEngine:
             damaged=damaged,
             unchecked=[t.name for t in tables if not t.native.row_checksums],
         )
+
+    def page_cache_bytes(self) -> dict[str, int]:
+        """Bytes of each table's files in the page cache, estimated from a bounded number of
+        pages per file (exact for files of at most that many)."""
+        return {t.name: t.native.resident_bytes(RESIDENCY_PROBES) for t in self._visible()}
 
     def pending_step_bytes(self) -> int:
         """Gradient bytes held by data-parallel steps waiting for their ranks."""

@@ -48,6 +48,10 @@ def test_a_scrape_reports_calls_tables_and_checkpoints(tmp_path: Path) -> None:
     assert metrics["engram_table_written_rows", table] == 10
     assert metrics["engram_table_rows", table] == 1000
     assert metrics["engram_table_row_bytes", table] == 32
+    # At least the pages just written (rows, and Adam's state) are in the page cache.
+    files = (tmp_path / "data" / "tables" / "t").glob("*.engram")
+    cached = metrics["engram_table_page_cache_bytes", table]
+    assert 2 * 4096 <= cached <= sum(f.stat().st_size for f in files)
     assert metrics["engram_requests_total", (("code", "OK"), ("method", "Push"))] == 3
     assert metrics["engram_requests_total", (("code", "OK"), ("method", "Lookup"))] == 1
     assert metrics["engram_requests_total", (("code", "OUT_OF_RANGE"), ("method", "Lookup"))] == 1

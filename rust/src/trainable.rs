@@ -483,6 +483,16 @@ impl TrainableTable {
 
     /// Checks the rows and optimizer state against their checksums: the first rows of the
     /// blocks that do not match, as (file name, row).
+    /// Bytes of the rows' and the optimizer state's files in the page cache (see
+    /// [`Table::resident_bytes`]).
+    pub fn resident_bytes(&self, max_probes: usize) -> Result<u64> {
+        let state = match &self.state {
+            Some(state) => state.resident_bytes(max_probes)?,
+            None => 0,
+        };
+        Ok(self.params.resident_bytes(max_probes)? + state)
+    }
+
     pub fn verify(&self) -> Vec<(&'static str, u64)> {
         let _paused = self.pause_pushes();
         let mut bad: Vec<(&'static str, u64)> = self

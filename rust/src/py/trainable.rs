@@ -443,6 +443,12 @@ impl TrainableTable {
         self.inner.params().has_row_checksums()
     }
 
+    /// Bytes of the table's files in the page cache, exact up to `max_probes` pages a file
+    /// and estimated from that many beyond.
+    fn resident_bytes(&self, py: Python<'_>, max_probes: usize) -> PyResult<u64> {
+        detached(py, || self.inner.resident_bytes(max_probes))
+    }
+
     /// `(file name, first row)` of every block of rows or state that does not match its
     /// checksum.
     fn verify(&self, py: Python<'_>) -> Vec<(&'static str, u64)> {

@@ -9,6 +9,7 @@ pub mod checksums;
 pub mod format;
 mod groups;
 pub mod hot_rows;
+mod residency;
 
 pub use groups::KeyGroups;
 
@@ -294,6 +295,14 @@ impl Table {
     }
     pub fn file_len(&self) -> u64 {
         self.layout.file_len
+    }
+
+    /// Bytes of the file the page cache holds: exact up to `max_probes` pages, estimated
+    /// from that many pages spread over the file beyond (see [`residency`]).
+    pub fn resident_bytes(&self, max_probes: usize) -> Result<u64> {
+        let map = self.read_map();
+        residency::resident_bytes(map.as_ptr(), map.len(), max_probes)
+            .map_err(|e| Error::io(&self.path, e))
     }
 
     fn read_map(&self) -> RwLockReadGuard<'_, MmapMut> {
