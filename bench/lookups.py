@@ -13,7 +13,10 @@ falls on all alike), the best time of:
 - `Redis MGET`: the same rows in a `redis-server` on loopback, read by pipelined `MGET`
   (what users would otherwise reach for; `--skip-redis` where it is not installed);
 - `socket copy`: the rows' bytes through an open loopback TCP connection into a buffer
-  allocated once, and nothing else: what moving them through a socket costs, with no protocol.
+  allocated once, and nothing else: what moving them through a socket costs, with no protocol;
+- `gRPC floor`: the same bytes streamed by a gRPC server of their own (grpcio, in a process
+  of its own, the daemon's chunk size) from prebuilt chunks into the buffer: the transport
+  alone, what any lookup through the messages pays (bench/_grpc_floor.py).
 Then `LookupTokens` (raw token ids sent, the daemon hashes) against `Lookup` (hashed here,
 the keys sent) for a batch of the corpus's tokens, over the messages: request bytes per
 token and end-to-end time. Prints one JSON line.
@@ -35,6 +38,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(__file__))
 from _common import best_interleaved, compared, corpus_ids, layer_hashing, report
+from _grpc_floor import GrpcFloor
 
 from client import EngramClient
 from store import Table
@@ -81,7 +85,12 @@ def write_rows(client: EngramClient, spec: TableSpec, rows_at: Callable[[int, in
 
 
 def size_sweep(
-    args: argparse.Namespace, client: EngramClient, remote: EngramClient, table: Table, redis: Any
+    args: argparse.Namespace,
+    client: EngramClient,
+    remote: EngramClient,
+    table: Table,
+    redis: Any,
+    floor: GrpcFloor,
 ) -> tuple[list[dict[str, Any]], dict[str, float]]:
     rng = np.random.default_rng(0)
     results: list[dict[str, Any]] = []
@@ -96,11 +105,12 @@ def size_sweep(
             "gRPC messages": partial(remote.lookup, "E", keys, out=out),
             "gRPC shared buffers": partial(client.lookup, "E", keys, out=out),
             "socket copy": copy,
+            "gRPC floor": partial(floor.read_into, out.data.cast("B")),
         }
         if redis is not None:
             runs["Redis MGET"] = partial(redis.lookup, keys, out)
         for name, run in runs.items():
-            if name != "socket copy":
+            if name not in ("socket copy", "gRPC floor"):
                 out.fill(np.nan)
                 run()
                 if not np.array_equal(out, expected):
@@ -124,15 +134,16 @@ def size_sweep(
                         x_unit="rows per lookup",
                     )
                 )
-        results.append(
+        results += [
             compared(
-                f"gRPC messages vs socket copy, {size} rows",
+                f"gRPC messages vs {floor_name}, {size} rows",
                 size / seconds["gRPC messages"],
                 ROWS_PER_SECOND,
-                "socket copy",
-                size / seconds["socket copy"],
+                floor_name,
+                size / seconds[floor_name],
             )
-        )
+            for floor_name in ("socket copy", "gRPC floor")
+        ]
         if redis is not None:
             results.append(
                 compared(
@@ -222,6 +233,7 @@ def main() -> None:
         LocalDaemon(os.path.join(tmp, "store"), log_level="WARNING") as daemon,
         EngramClient(daemon.address) as client,
         EngramClient(daemon.address, shared_memory=False) as remote,
+        GrpcFloor() as floor,
     ):
         rng = np.random.default_rng(1)
         write_rows(
@@ -238,7 +250,7 @@ def main() -> None:
             redis.store_rows(table.gather(np.arange(args.rows, dtype=np.uint64)))
             result["redis"] = f"redis-server {redis.version()}, {redis_parser()} parser"
         try:
-            sweep, raw = size_sweep(args, client, remote, table, redis)
+            sweep, raw = size_sweep(args, client, remote, table, redis, floor)
         finally:
             if redis is not None:
                 redis.close()
