@@ -11,7 +11,8 @@ Rows as DeepSeek-V4.1-Flash ships them (256 values, FP8 E4M3 with an E8M0 scale 
    shared-buffer p50 within 5x of in process. For one layer (24 rows a token),
    `LookupTokens` (the engine sends each sequence's last 4 token ids, the daemon hashes)
    beside hashing in the engine and sending the keys, with the request bytes per token of
-   each. Then 4 concurrent readers of one daemon.
+   each. Then 4 concurrent readers of one daemon. The transports compared take turns, a
+   step each, so that this machine's drift falls on all alike.
 3. Import: a safetensors checkpoint of one such layer imported into the daemon, against
    writing (and syncing) the same bytes sequentially to the same disk (target >= 0.5x).
 
@@ -59,17 +60,23 @@ def fp8_layer(directory: str, rows: int) -> np.ndarray:
     )
 
 
-def latencies(call: Callable[[], Any], steps: int) -> tuple[float, float]:
-    """p50 and p99 of `steps` calls (after 5 warm-up calls), in microseconds."""
+def latencies(calls: dict[str, Callable[[], Any]], steps: int) -> dict[str, tuple[float, float]]:
+    """p50 and p99 of each call over `steps` rounds that make every call once in turn (after
+    5 warm-up rounds), in microseconds: a disturbance of the machine falls on all alike."""
     for _ in range(5):
-        call()
-    times = []
+        for call in calls.values():
+            call()
+    times: dict[str, list[float]] = {name: [] for name in calls}
     for _ in range(steps):
-        start = time.perf_counter()
-        call()
-        times.append(time.perf_counter() - start)
-    p50, p99 = np.percentile(times, [50, 99]) * 1e6
-    return float(p50), float(p99)
+        for name, call in calls.items():
+            start = time.perf_counter()
+            call()
+            times[name].append(time.perf_counter() - start)
+    percentiles = {}
+    for name, taken in times.items():
+        p50, p99 = np.percentile(taken, [50, 99]) * 1e6
+        percentiles[name] = (float(p50), float(p99))
+    return percentiles
 
 
 def sequential_write(path: str, nbytes: int) -> None:
@@ -170,8 +177,7 @@ def main() -> None:
                         "messages": lambda: remote.lookup("L", keys_now(), "bfloat16", out=out16),
                         "messages_packed": lambda: remote.lookup("L", keys_now(), "fp8_e4m3"),
                     }
-                    for name, call in transports.items():
-                        p50, p99 = latencies(call, args.steps)
+                    for name, (p50, p99) in latencies(transports, args.steps).items():
                         result[f"decode_{name}_p50_us"] = p50
                         result[f"decode_{name}_p99_us"] = p99
                     result |= token_lookups(client, remote, fp8, args.steps)
@@ -250,13 +256,13 @@ def token_lookups(
         return remote.lookup("T", keys.astype(np.uint64), "bfloat16")
 
     result: dict[str, Any] = {}
-    for name, call in {
+    calls: dict[str, Callable[[], Any]] = {
         "lookup_tokens": lambda: remote.lookup_tokens(
             "T", window_now(), "bfloat16", last_position_only=True
         ),
         "hash_here_then_lookup": hashed_here,
-    }.items():
-        p50, p99 = latencies(call, steps)
+    }
+    for name, (p50, p99) in latencies(calls, steps).items():
         result[f"decode_layer_{name}_p50_us"] = p50
         result[f"decode_layer_{name}_p99_us"] = p99
     window = windows[0]
