@@ -11,8 +11,8 @@ Rows as DeepSeek-V4.1-Flash ships them (256 values, FP8 E4M3 with an E8M0 scale 
    shared-buffer p50 within 5x of in process. For one layer (24 rows a token),
    `LookupTokens` (the engine sends each sequence's last 4 token ids, the daemon hashes)
    beside hashing in the engine and sending the keys, with the request bytes per token of
-   each. Then 4 concurrent readers of one daemon. The transports compared take turns, a
-   step each, so that this machine's drift falls on all alike.
+   each. Then 4 concurrent readers of one daemon. The transports compared take turns in
+   blocks of steps, so that this machine's drift falls on all alike.
 3. Import: a safetensors checkpoint of one such layer imported into the daemon, against
    writing (and syncing) the same bytes sequentially to the same disk (target >= 0.5x).
 
@@ -47,6 +47,7 @@ from store.spec import TableSpec
 
 DIM, SEQUENCES, ROWS_PER_TOKEN = 256, 64, 48
 DECODE_KEYS = SEQUENCES * ROWS_PER_TOKEN
+BLOCK_STEPS, WARM_UP_STEPS = 25, 3
 
 
 def fp8_layer(directory: str, rows: int) -> np.ndarray:
@@ -61,17 +62,19 @@ def fp8_layer(directory: str, rows: int) -> np.ndarray:
 
 
 def latencies(calls: dict[str, Callable[[], Any]], steps: int) -> dict[str, tuple[float, float]]:
-    """p50 and p99 of each call over `steps` rounds that make every call once in turn (after
-    5 warm-up rounds), in microseconds: a disturbance of the machine falls on all alike."""
-    for _ in range(5):
-        for call in calls.values():
-            call()
+    """p50 and p99 of `steps` steps of each call, in microseconds. The calls take turns in
+    blocks of `BLOCK_STEPS` steps, so that a drift of this machine falls on all alike, while
+    each step follows steps of its own kind (one right after another transport's call
+    would pay for what that left running, as its threads winding down)."""
     times: dict[str, list[float]] = {name: [] for name in calls}
-    for _ in range(steps):
+    for first in range(0, steps, BLOCK_STEPS):
         for name, call in calls.items():
-            start = time.perf_counter()
-            call()
-            times[name].append(time.perf_counter() - start)
+            for _ in range(WARM_UP_STEPS):
+                call()
+            for _ in range(min(BLOCK_STEPS, steps - first)):
+                start = time.perf_counter()
+                call()
+                times[name].append(time.perf_counter() - start)
     percentiles = {}
     for name, taken in times.items():
         p50, p99 = np.percentile(taken, [50, 99]) * 1e6
