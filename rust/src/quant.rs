@@ -392,8 +392,22 @@ mod tests {
 
     #[test]
     fn bfloat16_rows_equal_rounded_float32_rows_at_every_code_and_scale() {
+        // Every code, so half the groups hold subnormal codes; then every code but the
+        // subnormal ones (zeros and NaNs among them), so that every group takes the path
+        // of groups without subnormals.
+        let normal: Vec<u8> = (0..=255u8).filter(|&c| !is_subnormal(c)).collect();
+        let rows_of_codes: [Vec<u8>; 2] = [
+            (0..=255u8).collect(),
+            normal.iter().copied().cycle().take(256).collect(),
+        ];
+        for codes in rows_of_codes {
+            check_bfloat16_rows_at_every_scale(&codes);
+        }
+    }
+
+    fn check_bfloat16_rows_at_every_scale(codes: &[u8]) {
         for scale in 0..=255u8 {
-            let mut row: Vec<u8> = (0..=255u8).collect();
+            let mut row = codes.to_vec();
             row.extend(std::iter::repeat_n(scale, 256 / GROUP));
             let mut exact = vec![0f32; 256];
             fp8_row_to_f32(&row, &mut exact);
