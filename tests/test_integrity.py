@@ -107,16 +107,21 @@ def test_a_table_kept_without_row_checksums_is_reported_unchecked(tmp_path: Path
         assert (tmp_path / "data" / "tables" / "t" / "params.engram.sums").exists()
 
 
-@pytest.mark.parametrize("file", ["params.engram", "state.engram"])
-def test_a_flipped_byte_in_a_table_files_header_stops_the_daemon_naming_the_file(
-    tmp_path: Path, file: str
-) -> None:
-    data = tmp_path / "data"
+def adam_table_with_two_rows(data: Path) -> Path:
+    """A data directory holding table `t` (Adam) with rows 10 and 20 written."""
     with daemon_process(data) as (d, _):
         d.stub.CreateTable(
             pb.CreateTableRequest(spec=spec("t", num_rows=ROWS, dim=DIM, optimizer="adam"))
         )
         d.stub.Push(push("t", [10, 20], np.ones((2, DIM), np.float32)))
+    return data
+
+
+@pytest.mark.parametrize("file", ["params.engram", "state.engram"])
+def test_a_flipped_byte_in_a_table_files_header_stops_the_daemon_naming_the_file(
+    tmp_path: Path, file: str
+) -> None:
+    data = adam_table_with_two_rows(tmp_path / "data")
     flip_bit(data / "tables" / "t" / file, 20, 0x01)  # inside the checksummed header
     started = subprocess.run(
         serve_command(data, tmp_path / "port"), capture_output=True, text=True, timeout=60
@@ -131,12 +136,7 @@ def test_a_flipped_byte_in_a_table_files_header_stops_the_daemon_naming_the_file
 def test_a_flipped_byte_in_a_row_stops_a_daemon_verifying_on_start_naming_the_rows(
     tmp_path: Path, file: str, row_bytes: int
 ) -> None:
-    data = tmp_path / "data"
-    with daemon_process(data) as (d, _):
-        d.stub.CreateTable(
-            pb.CreateTableRequest(spec=spec("t", num_rows=ROWS, dim=DIM, optimizer="adam"))
-        )
-        d.stub.Push(push("t", [10, 20], np.ones((2, DIM), np.float32)))
+    data = adam_table_with_two_rows(tmp_path / "data")
     path = data / "tables" / "t" / file
     (data_offset,) = struct.unpack("<Q", path.read_bytes()[56:64])
     flip_bit(path, data_offset + 20 * row_bytes + 1, 0x04)  # a byte of row 20
