@@ -20,7 +20,7 @@ from daemon import Daemon, daemon_process
 from prometheus_client.parser import text_string_to_metric_families
 from store_helpers import keys, push, raw_rows, spec
 
-from client import EngramClient, Security
+from client import EngramClient, PreconditionFailedError, Security
 from store._proto.engram.store.v1 import store_pb2 as pb
 from store.crash_points import ENV, POINTS
 
@@ -293,3 +293,30 @@ def test_a_leader_stops_at_once_while_a_follower_waits_for_its_next_checkpoint(
     assert answered[0].WhichOneof("part") == "header"
     assert answered[0].header.checkpoint == latest and not answered[0].header.tables
     assert "unexpected error" not in (tmp_path / "leader.log").read_text()
+
+
+def test_followers_of_every_shard_serve_a_sharded_table_to_a_client_listing_them(
+    tmp_path: Path,
+) -> None:
+    """One follower per shard (as deploy/kubernetes/followers.yaml runs them): a client
+    listing the followers in shard order reads what a client of the shards reads."""
+    ports = [free_port(), free_port()]
+    with (
+        leader_at(tmp_path / "shard0", ports[0]) as (shard0, _),
+        leader_at(tmp_path / "shard1", ports[1]) as (shard1, _),
+        follower_of(tmp_path / "follower0", ports[0]) as (follower0, _),
+        follower_of(tmp_path / "follower1", ports[1]) as (follower1, _),
+        EngramClient([shard0.address, shard1.address]) as trainer,
+        EngramClient([follower0.address, follower1.address]) as server,
+    ):
+        trainer.create_table("t", 5000, 8, optimizer="adam")
+        everything = np.arange(5000, dtype=np.uint64)
+        trainer.push("t", everything[::7], np.ones((len(everything[::7]), 8), np.float32))
+        ids = [c.id for c in trainer.checkpoint()]
+        for follower, checkpoint_id in zip([follower0, follower1], ids, strict=True):
+            wait_for_checkpoint(follower, checkpoint_id)
+        np.testing.assert_array_equal(
+            server.lookup("t", everything), trainer.lookup("t", everything)
+        )
+        with pytest.raises(PreconditionFailedError, match="follows"):
+            server.push("t", everything[:2], np.ones((2, 8), np.float32))
