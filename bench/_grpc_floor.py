@@ -80,6 +80,8 @@ class GrpcFloor:
         for chunk in self.stream(len(buffer).to_bytes(8, "little")):
             buffer[at : at + len(chunk)] = chunk
             at += len(chunk)
+        if at != len(buffer):
+            raise RuntimeError(f"the floor server sent {at} bytes of {len(buffer)}")
 
     def close(self) -> None:
         if hasattr(self, "channel"):
