@@ -1,7 +1,8 @@
 """Prometheus metrics of a daemon (`serve --metrics-port PORT`), served over HTTP at
 `/metrics` by prometheus-client.
 
-Per RPC (a server interceptor): calls by method and status code, latency, request and
+Per RPC (a server interceptor): calls by method and status code, calls in progress (a push
+waiting for a checkpoint or for the other ranks of its step is one), latency, request and
 response bytes. Per table, read from the engine at each scrape: lookups, rows looked up,
 pushes, rows pushed, duplicate pushes (counters), rows, written rows, step, stored row bytes
 (gauges). And: gradient bytes held by data-parallel steps waiting for ranks, checkpoints
@@ -17,7 +18,7 @@ from contextlib import contextmanager
 from typing import Any
 
 import grpc
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
@@ -39,6 +40,12 @@ class RequestMetrics(grpc.ServerInterceptor):  # type: ignore[misc]
             "Time to answer a call",
             ["method"],
             buckets=LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self.in_progress = Gauge(
+            "engram_requests_in_progress",
+            "Calls received and not yet answered",
+            ["method"],
             registry=registry,
         )
         self.bytes_in = Counter(
@@ -96,12 +103,15 @@ class RequestMetrics(grpc.ServerInterceptor):  # type: ignore[misc]
         began, code = time.perf_counter(), "OK"
         self.bytes_in.labels(method).inc(_size(request))
         bytes_out = self.bytes_out.labels(method)
+        in_progress = self.in_progress.labels(method)
+        in_progress.inc()
         try:
             yield lambda response: bytes_out.inc(_size(response))
         except BaseException:
             code = _code(context)
             raise
         finally:
+            in_progress.dec()
             self.calls.labels(method, code).inc()
             self.seconds.labels(method).observe(time.perf_counter() - began)
 

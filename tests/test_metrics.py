@@ -3,7 +3,9 @@ reports them, per RPC and per table."""
 
 from __future__ import annotations
 
+import time
 import urllib.request
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -11,7 +13,7 @@ import pytest
 from daemon import daemon_thread
 from prometheus_client.parser import text_string_to_metric_families
 
-from client import EngramClient, KeyOutOfRangeError
+from client import DataParallelStepError, EngramClient, KeyOutOfRangeError, SyncStep
 
 
 def scrape(port_file: Path) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -60,3 +62,26 @@ def test_a_scrape_reports_calls_tables_and_checkpoints(tmp_path: Path) -> None:
     assert metrics["engram_checkpoints", ()] == 1
     assert metrics["engram_last_checkpoint_bytes", ()] > 10 * 8 * 4
     assert metrics["engram_pending_step_bytes", ()] == 0
+
+
+def test_a_push_waiting_for_its_step_is_a_call_in_progress(tmp_path: Path) -> None:
+    """Rank 0 of a two-rank step waits for rank 1, which never comes: meanwhile the scrape
+    shows one Push in progress, and none once the step has failed."""
+    port_file = tmp_path / "metrics-port"
+    with (
+        daemon_thread(tmp_path / "data", metrics_port=0, metrics_port_file=str(port_file)) as d,
+        EngramClient(d.address, shared_memory=False) as client,
+    ):
+        client.create_table("t", 1000, 8)
+        waiting = (("method", "Push"),)
+        sync = SyncStep(step=1, rank=0, world_size=2, timeout_s=3.0)
+        with ThreadPoolExecutor(1) as pool:
+            keys, grads = np.arange(4, dtype=np.uint64), np.ones((4, 8), np.float32)
+            pushed = pool.submit(client.push, "t", keys, grads, sync=sync)
+            deadline = time.monotonic() + 10
+            while scrape(port_file).get(("engram_requests_in_progress", waiting)) != 1:
+                assert time.monotonic() < deadline, "the waiting push was never in progress"
+                time.sleep(0.05)
+            with pytest.raises(DataParallelStepError):
+                pushed.result(timeout=30)
+        assert scrape(port_file)["engram_requests_in_progress", waiting] == 0
