@@ -25,6 +25,7 @@ from store import _native
 from store._proto.engram.store.v1 import store_pb2 as pb
 from store._proto.engram.store.v1 import store_pb2_grpc as pb_grpc
 from store.catalog import Catalog
+from store.checkpoints import read_manifest, restore_table
 from store.crash_points import ENV, POINTS
 
 ROWS, DIM = 50_000, 16
@@ -82,6 +83,26 @@ def test_a_push_killed_at_each_crash_point_is_applied_once(tmp_path: Path, point
         rows = table_rows(d)[:, 0]
         assert list(rows[:5]) == [0, 1, 3, 1, 0]
         assert step_of(d) == 2
+
+
+def test_a_first_write_undone_after_a_crash_is_not_in_the_next_checkpoint(tmp_path: Path) -> None:
+    """Row 5's first write, killed before its record and put back at start-up, leaves the
+    row never-written: the next (incremental) checkpoint restores it never-written too."""
+    data = tmp_path / "data"
+    with daemon_process(data) as (d, _):
+        create(d)
+        d.stub.Push(add_one([1], "c", 1))
+        d.stub.Checkpoint(pb.CheckpointRequest())
+    with crashing_daemon(data, "push:rows-applied") as (d, _), pytest.raises(grpc.RpcError):
+        d.stub.Push(add_one([5], "c", 2))
+    with daemon_process(data) as (d, _):
+        d.stub.Push(add_one([2], "c", 3))
+        latest = d.stub.Checkpoint(pb.CheckpointRequest()).id
+        live = d.stub.DescribeTable(pb.DescribeTableRequest(name="t")).written_rows
+    manifest = read_manifest(str(data), latest)
+    restored = restore_table(str(data), manifest, "t", str(tmp_path / "restored"))
+    assert live == 2
+    assert restored.native.written_count() == live
 
 
 def test_sigkill_in_a_push_storm_then_plain_restarts_keep_exactly_once(tmp_path: Path) -> None:

@@ -473,6 +473,25 @@ impl TrainableTable {
         Ok(inside.len() as u64)
     }
 
+    /// Keys of the rows changed since the dirty marks were last cleared that are stored
+    /// (rows or state rows). A row marked but not stored was first written by a push that a
+    /// crash cut short and start-up put back: never-written then as at the last checkpoint,
+    /// it is left out, so that a checkpoint restores it never-written as well.
+    pub fn changed_stored_keys(&self) -> Result<Vec<u64>> {
+        let changed = self.dirty_keys();
+        let mut stored = self.params.written(&changed)?;
+        if let Some(state) = &self.state {
+            for (stored, state_stored) in stored.iter_mut().zip(state.written(&changed)?) {
+                *stored |= state_stored;
+            }
+        }
+        Ok(changed
+            .into_iter()
+            .zip(stored)
+            .filter_map(|(key, stored)| stored.then_some(key))
+            .collect())
+    }
+
     /// Keys of every stored row or state row.
     pub fn written_keys(&self) -> Vec<u64> {
         merge_sorted(
@@ -481,8 +500,6 @@ impl TrainableTable {
         )
     }
 
-    /// Checks the rows and optimizer state against their checksums: the first rows of the
-    /// blocks that do not match, as (file name, row).
     /// Bytes of the rows' and the optimizer state's files in the page cache (see
     /// [`Table::resident_bytes`]).
     pub fn resident_bytes(&self, max_probes: usize) -> Result<u64> {
@@ -493,6 +510,8 @@ impl TrainableTable {
         Ok(self.params.resident_bytes(max_probes)? + state)
     }
 
+    /// Checks the rows and optimizer state against their checksums: the first rows of the
+    /// blocks that do not match, as (file name, row).
     pub fn verify(&self) -> Vec<(&'static str, u64)> {
         let _paused = self.pause_pushes();
         let mut bad: Vec<(&'static str, u64)> = self
