@@ -300,9 +300,14 @@ impl Table {
     /// Bytes of the file the page cache holds: exact up to `max_probes` pages, estimated
     /// from that many pages spread over the file beyond (see [`residency`]).
     pub fn resident_bytes(&self, max_probes: usize) -> Result<u64> {
-        let map = self.read_map();
-        residency::resident_bytes(map.as_ptr(), map.len(), max_probes)
-            .map_err(|e| Error::io(&self.path, e))
+        // The lock is held only to read where the mapping lies: it lives as long as the table
+        // and is never replaced, and mincore reads none of it, so pushes need not wait for
+        // the probes.
+        let (base, len) = {
+            let map = self.read_map();
+            (map.as_ptr(), map.len())
+        };
+        residency::resident_bytes(base, len, max_probes).map_err(|e| Error::io(&self.path, e))
     }
 
     fn read_map(&self) -> RwLockReadGuard<'_, MmapMut> {

@@ -13,23 +13,22 @@ fn page_size() -> usize {
         .unwrap_or(4096)
 }
 
-/// Whether each of the `pages` pages from `start` (page-aligned, inside a live mapping) is
-/// in memory.
-fn resident_pages(start: *const u8, pages: usize) -> io::Result<Vec<bool>> {
-    let mut flags = vec![0u8; pages];
-    // SAFETY: `start` is page-aligned and the `pages` pages after it lie in a mapping the
-    // caller keeps alive; `flags` has one byte per page, as mincore writes.
+/// Fills `flags` with one byte per page from `start` (page-aligned, inside a live mapping),
+/// whose lowest bit says whether the page is in memory.
+fn probe(start: *const u8, flags: &mut [u8]) -> io::Result<()> {
+    // SAFETY: `start` is page-aligned and the `flags.len()` pages after it lie in a mapping
+    // the caller keeps alive; `flags` has one byte per page, as mincore writes.
     let done = unsafe {
         libc::mincore(
             start as *mut libc::c_void,
-            pages * page_size(),
+            flags.len() * page_size(),
             flags.as_mut_ptr(),
         )
     };
     if done != 0 {
         return Err(io::Error::last_os_error());
     }
-    Ok(flags.into_iter().map(|f| f & 1 == 1).collect())
+    Ok(())
 }
 
 /// Bytes of the `len`-byte mapping at `base` (page-aligned) held in memory: counted page by
@@ -42,10 +41,9 @@ pub fn resident_bytes(base: *const u8, len: usize, max_probes: usize) -> io::Res
         return Ok(0);
     }
     if pages <= max_probes.max(1) {
-        let resident = resident_pages(base, pages)?
-            .into_iter()
-            .filter(|&r| r)
-            .count();
+        let mut flags = vec![0u8; pages];
+        probe(base, &mut flags)?;
+        let resident = flags.iter().filter(|&&f| f & 1 == 1).count();
         return Ok((resident * page).min(len) as u64);
     }
     let probes = max_probes.max(1);
@@ -53,10 +51,10 @@ pub fn resident_bytes(base: *const u8, len: usize, max_probes: usize) -> io::Res
     for i in 0..probes {
         // The middle page of each of `probes` equal stretches.
         let at = ((2 * i + 1) as u128 * pages as u128 / (2 * probes) as u128) as usize;
+        let mut flag = [0u8];
         // SAFETY: `at < pages`, so the page lies inside the mapping.
-        if resident_pages(unsafe { base.add(at * page) }, 1)?[0] {
-            resident += 1;
-        }
+        probe(unsafe { base.add(at * page) }, &mut flag)?;
+        resident += usize::from(flag[0] & 1);
     }
     Ok((resident as u128 * len as u128 / probes as u128) as u64)
 }
