@@ -294,18 +294,15 @@ class StoreEngine:
             try:
                 table = ServedTable.create(directory, spec, uuid.uuid4().hex)
                 self._check_room(spec)
-            except OSError as error:
+            except Exception as error:
                 shutil.rmtree(directory, ignore_errors=True)
-                if error.errno != errno.EFBIG:
-                    raise
-                raise ResourceExhaustedError(
-                    f"table {spec.name!r} needs files larger than the file system of "
-                    f"{self.data_dir} allows ({spec.num_rows} rows of "
-                    f"{spec.disk_bytes_per_row()} bytes with optimizer state); use fewer "
-                    "rows, or shard the table over several daemons"
-                ) from error
-            except ResourceExhaustedError:
-                shutil.rmtree(directory, ignore_errors=True)
+                if isinstance(error, OSError) and error.errno == errno.EFBIG:
+                    raise ResourceExhaustedError(
+                        f"table {spec.name!r} needs files larger than the file system of "
+                        f"{self.data_dir} allows ({spec.num_rows} rows of "
+                        f"{spec.disk_bytes_per_row()} bytes with optimizer state); use fewer "
+                        "rows, or shard the table over several daemons"
+                    ) from error
                 raise
             table.native.attach_journal(self.journal)
             table.importing = importing
