@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import glob
 import json
+import multiprocessing
 import os
 import sysconfig
 import time
 from collections.abc import Callable
+from multiprocessing.context import SpawnProcess
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -133,6 +135,38 @@ def best_interleaved(fns: dict[str, Callable[[], Any]], repeats: int) -> dict[st
             if round_number:
                 best[name] = min(best[name], time.perf_counter() - start)
     return best
+
+
+def release_processes(
+    target: Callable[..., None], arguments: list[tuple[Any, ...]]
+) -> tuple[list[SpawnProcess], Any]:
+    """Starts a process per tuple of `arguments` (spawned: no state shared by forking), each
+    running `target(*arguments, start, results)`: ready, it waits at the barrier `start`,
+    and this returns once all are released together, with the processes and the queue on
+    which each puts what it measured."""
+    context = multiprocessing.get_context("spawn")
+    start = context.Barrier(len(arguments) + 1)
+    results = context.Queue()
+    processes = [context.Process(target=target, args=(*a, start, results)) for a in arguments]
+    for process in processes:
+        process.start()
+    start.wait(timeout=120)
+    return processes, results
+
+
+def gather_processes(
+    processes: list[SpawnProcess], results: Any, timeout_s: float, what: str
+) -> tuple[list[Any], float]:
+    """What each of `processes` put on `results` (one item each) and when the last came
+    (`time.perf_counter()`, before the processes' exits), once every one has exited cleanly
+    (a failure ends the benchmark, naming `what` failed)."""
+    gathered = [results.get(timeout=timeout_s) for _ in processes]
+    last_at = time.perf_counter()
+    for process in processes:
+        process.join()
+        if process.exitcode != 0:
+            raise SystemExit(f"{what} failed (exit code {process.exitcode})")
+    return gathered, last_at
 
 
 def report(result: dict[str, Any], png: str | None = None) -> None:

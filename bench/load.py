@@ -20,7 +20,6 @@ JSON line.
 from __future__ import annotations
 
 import argparse
-import multiprocessing
 import os
 import sys
 import tempfile
@@ -31,7 +30,7 @@ from typing import Any
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(__file__))
-from _common import compared, report
+from _common import compared, gather_processes, release_processes, report
 
 from client import EngramClient
 from store.local import LocalDaemon
@@ -124,16 +123,9 @@ def run_phase(
 ) -> dict[str, Any]:
     """`clients` processes under load at once, checkpoints taken meanwhile; their latencies,
     failures, request count and wall seconds."""
-    context = multiprocessing.get_context("spawn")
-    start = context.Barrier(clients + 1)
-    results = context.Queue()
-    processes = [
-        context.Process(target=client_loop, args=(address, args, seed, start, results))
-        for seed in range(1, clients + 1)
-    ]
-    for process in processes:
-        process.start()
-    start.wait(timeout=120)
+    processes, results = release_processes(
+        client_loop, [(address, args, seed) for seed in range(1, clients + 1)]
+    )
     began = time.perf_counter()
     checkpoints = 0
     while time.perf_counter() - began < args.seconds:
@@ -142,12 +134,10 @@ def run_phase(
         if args.checkpoint_every and time.perf_counter() - began < args.seconds:
             admin.checkpoint()
             checkpoints += 1
-    gathered = [results.get(timeout=args.seconds + 600) for _ in processes]
-    seconds = time.perf_counter() - began
-    for process in processes:
-        process.join()
-        if process.exitcode != 0:
-            raise SystemExit(f"a load client failed (exit code {process.exitcode})")
+    gathered, gathered_at = gather_processes(
+        processes, results, args.seconds + 600, "a load client"
+    )
+    seconds = gathered_at - began
     latencies = {
         kind: np.concatenate([np.asarray(got[0][kind], np.float64) for got in gathered])
         for kind in ("lookup", "push")

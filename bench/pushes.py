@@ -18,7 +18,6 @@ in a trainer's steady state. Prints one JSON line.
 from __future__ import annotations
 
 import argparse
-import multiprocessing
 import os
 import sys
 import tempfile
@@ -28,7 +27,7 @@ from typing import Any
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(__file__))
-from _common import compared, report
+from _common import compared, gather_processes, release_processes, report
 
 from client import EngramClient
 from store import _native
@@ -107,25 +106,13 @@ def concurrent_seconds(
 ) -> float:
     """Wall seconds for `clients` processes to push `args.pushes` batches each, all released
     at once."""
-    context = multiprocessing.get_context("spawn")
-    start = context.Barrier(clients + 1)
-    ended = context.Queue()
-    processes = [
-        context.Process(
-            target=client_pushes,
-            args=(address, table, shared_memory, args, seed, start, ended),
-        )
-        for seed in range(1, clients + 1)
-    ]
-    for process in processes:
-        process.start()
-    start.wait(timeout=120)
+    processes, ended = release_processes(
+        client_pushes,
+        [(address, table, shared_memory, args, seed) for seed in range(1, clients + 1)],
+    )
     began = time.perf_counter()
-    last = max(ended.get(timeout=600) for _ in processes)
-    for process in processes:
-        process.join()
-        if process.exitcode != 0:
-            raise SystemExit(f"a pushing client failed (exit code {process.exitcode})")
+    ended_at, _ = gather_processes(processes, ended, 600, "a pushing client")
+    last = max(ended_at)
     return float(last - began)
 
 
