@@ -107,7 +107,7 @@ class Block(nn.Module):
             streams = streams + self.engram(streams, ids, hash_ids, rows)
         x = streams.mean(dim=2)
         seq = x.shape[1]
-        mask = torch.triu(torch.ones(seq, seq, dtype=torch.bool), diagonal=1)
+        mask = torch.triu(torch.ones(seq, seq, dtype=torch.bool, device=x.device), diagonal=1)
         h = self.norm1(x)
         x = x + self.attn(h, h, h, attn_mask=mask, need_weights=False)[0]
         x = x + self.mlp(self.norm2(x))
@@ -130,7 +130,7 @@ class TinyEngramLM(nn.Module):
         ids: torch.Tensor,
         engram_inputs: dict[int, tuple[torch.Tensor, torch.Tensor]] | None = None,
     ) -> torch.Tensor:
-        x = self.embed(ids) + self.pos(torch.arange(ids.shape[1]))
+        x = self.embed(ids) + self.pos(torch.arange(ids.shape[1], device=ids.device))
         streams = x.unsqueeze(2).expand(-1, -1, self.cfg.hc_mult, -1).contiguous()
         for i, block in enumerate(self.blocks):
             streams = block(streams, ids, (engram_inputs or {}).get(i))
@@ -165,6 +165,7 @@ class Trainer:
         data_parallel: bool = False,
         step_timeout_s: float = 0.0,
         asynchronous_rows: bool = False,
+        device: torch.device | str = "cpu",
     ) -> None:
         """`engram=False` builds the same model without Engram layers; `corpus` (token ids)
         replaces the first `max_files` standard-library modules. `data_parallel` (inside a
@@ -172,11 +173,13 @@ class Trainer:
         this rank's shares of each step (`StepSync`), each waiting at most `step_timeout_s` for the
         other ranks (0: the daemon's default), or, with `asynchronous_rows`, as pushes of their
         own, applied as they come (Hogwild). With the local backend, DDP all-reduces the
-        tables' sparse gradients too."""
+        tables' sparse gradients too. The model trains on `device`; the store's rows are
+        prefetched onto it."""
         if backend not in ("store", "local"):
             raise ValueError(f"backend must be 'store' or 'local', got {backend!r}")
         self.prefetch = prefetch
         self.engram = engram
+        self.device = torch.device(device)
         econf = EngramConfig.from_json(engram_config)
         layers = tuple(econf.layer_ids) if engram else ()
         self.cfg = ModelConfig(hidden=hidden, engram_layers=layers)
@@ -233,7 +236,7 @@ class Trainer:
                 layer: Engram(layer, econf, self.cfg.hidden, self.cfg.hc_mult, self.mapping, e)
                 for layer, e in embeddings.items()
             }
-            self.model = TinyEngramLM(self.cfg, engrams)
+            self.model = TinyEngramLM(self.cfg, engrams).to(self.device)
             dense = [p for n, p in self.model.named_parameters() if "multi_head_embedding" not in n]
             # Dense gradients all-reduced by DDP; Engram rows reduced by the store.
             self.forward: nn.Module = (
@@ -283,6 +286,7 @@ class Trainer:
                     self.tables,
                     depth=self.prefetch,
                     token_ids=lambda w: w[:, :-1],
+                    device=self.device,
                 )
                 stack.callback(prefetcher.close)
                 data = iter(prefetcher)
@@ -300,8 +304,8 @@ class Trainer:
     def _step(
         self, window: np.ndarray, rows: dict[int, tuple[torch.Tensor, torch.Tensor]] | None
     ) -> float:
-        inputs = torch.from_numpy(window[:, :-1])
-        targets = torch.from_numpy(window[:, 1:])
+        inputs = torch.from_numpy(window[:, :-1]).to(self.device)
+        targets = torch.from_numpy(window[:, 1:]).to(self.device)
         for opt in self.optimizers:
             opt.zero_grad()
         with torch.sparse.check_sparse_tensor_invariants(enable=True):  # type: ignore[no-untyped-call]
@@ -326,9 +330,13 @@ def train(
     progress: bool = True,
     seed: int = 0,
     tables: str | None = None,
+    device: str = "cpu",
 ) -> dict[str, float]:
-    """Trains for `steps` steps; returns the first and last loss and the throughput."""
-    with Trainer(backend, prefetch, address, engram_config, max_files, seed, tables) as trainer:
+    """Trains for `steps` steps on `device`; returns the first and last loss and the
+    throughput."""
+    with Trainer(
+        backend, prefetch, address, engram_config, max_files, seed, tables, device=device
+    ) as trainer:
         tokens_per_step = batch * trainer.cfg.seq
         start = time.perf_counter()
 
@@ -373,6 +381,7 @@ def main() -> None:
     )
     parser.add_argument("--engram-config", default=ENGRAM_CONFIG, help="Engram config (JSON)")
     parser.add_argument("--max-files", type=int, default=40, help="standard-library modules read")
+    parser.add_argument("--device", default="cpu", help="where the model trains (cuda, cuda:1)")
     args = parser.parse_args()
     result = train(
         args.backend,
@@ -383,6 +392,7 @@ def main() -> None:
         args.engram_config,
         args.max_files,
         tables=args.tables,
+        device=args.device,
     )
     print(
         f"loss {result['first_loss']:.3f} -> {result['last_loss']:.3f} "
