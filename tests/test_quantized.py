@@ -180,3 +180,5 @@ def test_rows_are_written_into_an_engines_tensors(tmp_path: Path) -> None:
             writer.lookup_into("q", keys, packed)
         with pytest.raises(ValueError, match="out must be a writeable C-contiguous"):
             writer.lookup_into("q", keys, torch.empty((2, 3, 32)))
+        with pytest.raises(ValueError, match="CPU or a CUDA device, not meta"):
+            writer.lookup_into("q", keys, torch.empty((2, 3, 64), device="meta"))

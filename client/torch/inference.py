@@ -56,6 +56,8 @@ class RowWriter:
         if out.device.type == "cpu":
             self.client.lookup(table, keys, dtype, out=_host_view(out))
             return out
+        if out.device.type != "cuda":
+            raise ValueError(f"out must be on the CPU or a CUDA device, not {out.device}")
         kind = (tuple(out.shape), out.dtype)
         staging = self._staging.get(kind)
         if staging is None:
@@ -64,7 +66,10 @@ class RowWriter:
             # The previous copy out of this buffer may still be reading it.
             self._copied[kind].synchronize()
         self.client.lookup(table, keys, dtype, out=_host_view(staging))
+        # The copy runs on out's device's current stream, which need not be the current
+        # device's: the event marks that stream.
+        stream = torch.cuda.current_stream(out.device)
         out.copy_(staging, non_blocking=True)
         event = self._copied[kind] = torch.cuda.Event()  # type: ignore[no-untyped-call]
-        event.record()
+        event.record(stream)
         return out
