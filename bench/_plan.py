@@ -119,7 +119,7 @@ BENCHMARKS = [
         "serving",
         "Serving FP8 rows: dequantizing gather, decode steps, import",
         {
-            "tiny": ["--rows", "20000", "--steps", "10", "--repeats", "1"],
+            "tiny": ["--rows", "20000", "--steps", "10", "--repeats", "1", "--device", "cpu"],
             "quick": ["--rows", "100000", "--steps", "50", "--repeats", "2"],
             "default": [],
             "full": [],

@@ -12,7 +12,11 @@ Rows as DeepSeek-V4.1-Flash ships them (256 values, FP8 E4M3 with an E8M0 scale 
    `LookupTokens` (the engine sends each sequence's last 4 token ids, the daemon hashes)
    beside hashing in the engine and sending the keys, with the request bytes per token of
    each. Then 4 concurrent readers of one daemon. The transports compared take turns in
-   blocks of steps, so that this machine's drift falls on all alike.
+   blocks of steps, so that this machine's drift falls on all alike. With `--device`
+   (`cuda` on a GPU machine), also the rows of a decode step put into a bfloat16 tensor on
+   that device: by `RowWriter.lookup_into` (shared buffers into pinned memory, then copied
+   over) against the in-process gather into pinned memory, then copied over; each step
+   waits for its copy.
 3. Import: a safetensors checkpoint of one such layer imported into the daemon, against
    writing (and syncing) the same bytes sequentially to the same disk (target >= 0.5x).
 
@@ -39,6 +43,7 @@ from _common import best_interleaved, compared, layer_hashing, report, trained_f
 
 from client import EngramClient
 from client.imports import import_checkpoint, mapping_rules
+from client.torch import RowWriter
 from store import Table
 from store._proto.engram.store.v1 import store_pb2 as pb
 from store.conversions import hash_from_proto
@@ -82,6 +87,34 @@ def latencies(calls: dict[str, Callable[[], Any]], steps: int) -> dict[str, tupl
     return percentiles
 
 
+def device_transports(
+    device: torch.device, served: Table, client: EngramClient, keys_now: Callable[[], np.ndarray]
+) -> dict[str, Callable[[], Any]]:
+    """A decode step's rows put into a bfloat16 tensor on `device`, as an engine wants them:
+    by `RowWriter` from the daemon, and from the table in process through the same kind of
+    pinned buffer; each waits until the rows are there."""
+    shape = (SEQUENCES, ROWS_PER_TOKEN, DIM)
+    on_device = torch.empty(shape, dtype=torch.bfloat16, device=device)
+    pinned = torch.empty(shape, dtype=torch.bfloat16, pin_memory=device.type == "cuda")
+    pinned_bits = pinned.view(torch.int16).numpy().view(np.uint16)
+    writer = RowWriter(client)
+
+    def arrived() -> None:
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+
+    def in_process() -> None:
+        served.gather(keys_now(), out=pinned_bits, dtype="bfloat16")
+        on_device.copy_(pinned, non_blocking=True)
+        arrived()
+
+    def row_writer() -> None:
+        writer.lookup_into("L", keys_now(), on_device)
+        arrived()
+
+    return {"in_process_to_device": in_process, "row_writer_to_device": row_writer}
+
+
 def sequential_write(path: str, nbytes: int) -> None:
     block = np.random.default_rng(1).integers(0, 256, 1 << 22, dtype=np.uint8).tobytes()
     with open(path, "wb") as f:
@@ -97,9 +130,15 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=2_000_000, help="rows of the FP8 layer")
     parser.add_argument("--steps", type=int, default=500, help="decode steps per transport")
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--device", help="also put decode steps' rows into a tensor on it (cuda)")
     args = parser.parse_args()
     rng = np.random.default_rng(2)
-    result: dict[str, Any] = {"benchmark": "serving", "rows": args.rows, "row_bytes": 264}
+    result: dict[str, Any] = {
+        "benchmark": "serving",
+        "rows": args.rows,
+        "row_bytes": 264,
+        "device": args.device,
+    }
 
     with tempfile.TemporaryDirectory(dir=os.environ.get("ENGRAM_BENCH_DIR")) as tmp:
         packed = fp8_layer(tmp, args.rows)
@@ -180,6 +219,10 @@ def main() -> None:
                         "messages": lambda: remote.lookup("L", keys_now(), "bfloat16", out=out16),
                         "messages_packed": lambda: remote.lookup("L", keys_now(), "fp8_e4m3"),
                     }
+                    if args.device:
+                        transports |= device_transports(
+                            torch.device(args.device), served, client, keys_now
+                        )
                     for name, (p50, p99) in latencies(transports, args.steps).items():
                         result[f"decode_{name}_p50_us"] = p50
                         result[f"decode_{name}_p99_us"] = p99
@@ -212,6 +255,8 @@ def serving_results(r: dict[str, Any]) -> list[dict[str, Any]]:
          "1 reader", "decode_steps_per_s_1_reader", None),
         ("import of a safetensors layer", "import_bytes_per_s", "bytes/s",
          "sequential write", "sequential_write_bytes_per_s", 0.5),
+        ("decode step into a device tensor, RowWriter", "decode_row_writer_to_device_p50_us",
+         "p50 us", "in process, then copied", "decode_in_process_to_device_p50_us", None),
     )  # fmt: skip
     return [
         compared(
@@ -224,6 +269,7 @@ def serving_results(r: dict[str, Any]) -> list[dict[str, Any]]:
             higher_is_better=unit not in ("p50 us", "bytes/token"),
         )
         for name, field, unit, baseline, base_field, target in table
+        if field in r
     ]
 
 

@@ -2,8 +2,11 @@
 # The checks that need a CUDA device, as one run on a GPU machine: the CUDA tests
 # (tests/test_cuda.py), then what prefetching costs a training step on the GPU
 # (bench/train_steps.py --device cuda: rows in process on the device against rows
-# prefetched from a local daemon). Logs, the benchmark's JSON line and its chart go to
-# $OUT (gpu-check/ without it). Needs .gpu/ from scripts/gpu_prepare.sh, built here first.
+# prefetched from a local daemon), and decode steps' rows put into a device tensor
+# (bench/serving.py --device cuda: RowWriter against the in-process gather copied over).
+# Logs, the benchmarks' JSON lines and a chart go to $OUT (gpu-check/ without it). Needs
+# .gpu/ from scripts/gpu_prepare.sh, run first on a machine with this checkout's environment:
+#   device run: bash scripts/gpu_check.sh   (carry .gpu; about 5 minutes on an H200 machine)
 # Exits 3 where there is no CUDA device, 2 where .gpu/ is missing, 1 where a check failed.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -33,5 +36,7 @@ grep -q " passed" "$out/test_cuda.log" && ! grep -qE "skipped|SKIPPED" "$out/tes
     || failed=1
 "$python" bench/train_steps.py --device cuda --rounds "${ROUNDS:-10}" \
     --png "$out/train_steps.png" > "$out/train_steps.json" 2> "$out/train_steps.log" || failed=1
-cat "$out/train_steps.json" "$out/train_steps.log"
+"$python" bench/serving.py --device cuda --steps "${STEPS:-200}" \
+    > "$out/serving.json" 2> "$out/serving.log" || failed=1
+cat "$out/train_steps.json" "$out/train_steps.log" "$out/serving.json" "$out/serving.log"
 exit "$failed"
