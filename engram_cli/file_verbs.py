@@ -41,9 +41,9 @@ class ProgressLine:
             return
         self._shown = now
         rate = done / max(now - self._started, 1e-9)
-        eta = (total - done) / rate if rate else 0.0
+        eta = f"{(total - done) / rate:.0f} s" if rate else "unknown"
         print(
-            f"\r{table}: {done}/{total} rows, {rate:,.0f} rows/s, ETA {eta:.0f} s",
+            f"\r{table}: {done}/{total} rows, {rate:,.0f} rows/s, ETA {eta}",
             end="" if done < total else "\n",
             file=sys.stderr,
             flush=True,

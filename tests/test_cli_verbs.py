@@ -222,3 +222,26 @@ def test_a_table_sharded_over_three_daemons_is_checkpointed_and_restored_togethe
         assert [s["address"] for s in stats] == [d.address for d in daemons]
         assert main(["restore", "1,1", *address]) == EXIT_FAILURE
         assert "2 checkpoint ids for 3 shards" in capsys.readouterr().err
+
+
+def test_import_and_export_show_rows_per_second_and_the_time_left(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from engram_cli import file_verbs
+
+    clock = iter([0.0, 2.0, 2.1, 4.0, 5.0])
+    monkeypatch.setattr(file_verbs.time, "monotonic", lambda: next(clock))
+    line = file_verbs.ProgressLine(quiet=False)
+    line("L1", 0, 1000)
+    line("L1", 400, 1000)  # 400 rows in 2 s: 200 rows/s, 600 rows left
+    line("L1", 410, 1000)  # within half a second of the last line: not shown
+    line("L1", 1000, 1000)
+    line("L2", 0, 10)
+    shown = capsys.readouterr().err
+    assert "L1: 400/1000 rows, 200 rows/s, ETA 3 s" in shown
+    assert "410/1000" not in shown
+    assert "L1: 1000/1000 rows, 250 rows/s, ETA 0 s\n" in shown
+    assert shown.endswith("L2: 0/10 rows, 0 rows/s, ETA unknown")
+    quiet = file_verbs.ProgressLine(quiet=True)
+    quiet("L1", 400, 1000)
+    assert capsys.readouterr().err == ""
