@@ -230,7 +230,7 @@ def test_import_and_export_show_rows_per_second_and_the_time_left(
     from engram_cli import file_verbs
 
     clock = iter([0.0, 2.0, 2.1, 4.0, 5.0])
-    monkeypatch.setattr(file_verbs.time, "monotonic", lambda: next(clock))
+    monkeypatch.setattr("engram_cli.file_verbs.time.monotonic", lambda: next(clock))
     line = file_verbs.ProgressLine(quiet=False)
     line("L1", 0, 1000)
     line("L1", 400, 1000)  # 400 rows in 2 s: 200 rows/s, 600 rows left
