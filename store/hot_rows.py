@@ -6,7 +6,9 @@ memory keeps trading hot pages for cold ones. A `HotRowCache` holds the hot rows
 packed as stored, in memory of its own; `Table.gather(keys, cache=...)` reads hits from it
 and converts them exactly as from the table, so answers never change. Admission is TinyLFU's
 (a count-min sketch of reads; a row enters after `admit_after` reads, and in place of a row
-read less), all in the Rust core (`rust/src/table/hot_rows.rs`).
+read less), all in the Rust core (`rust/src/table/hot_rows.rs`). `capacity_bytes` bounds the
+rows held; their bookkeeping (an index of each row's place, read counts) takes about 45 to
+80 bytes a row beside them.
 
 One cache serves one table. A write through that `Table` object empties the cache; writes
 by another process to the same file are not seen: cache tables that are served frozen.

@@ -27,8 +27,7 @@ use crate::error::{Error, Result};
 use crate::parallel;
 use rayon::prelude::*;
 use sketch::{splitmix64, FrequencySketch};
-use std::collections::HashMap;
-use std::hash::{BuildHasherDefault, Hasher};
+use slot_index::SlotIndex;
 use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 
@@ -46,6 +45,8 @@ const MIN_PROPOSALS: usize = 16;
 /// no more (on the n-gram stream of `bench/beyond_ram.py`, a margin of 4 both halves the
 /// admissions and raises the hit rate).
 const ADMISSION_MARGIN: u8 = 4;
+/// How many keys ahead a gather prefetches a key's slot-index entry and read counters.
+const LOOKUP_PREFETCH_DISTANCE: usize = 16;
 
 /// What a cache has done since it was made (or cleared).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -75,7 +76,7 @@ struct Slots {
     /// Read counts; counted under the read lock (the counters are atomic), sized under
     /// the write lock.
     sketch: FrequencySketch,
-    slot_of: HashMap<u64, u32, BuildHasherDefault<KeyHasher>>,
+    slot_of: SlotIndex,
     key_of_slot: Vec<u64>,
     /// Each slot's reads: its row's estimate when admitted, plus its hits since, aged with
     /// the sketch. Victims are chosen by it, without reaching into the sketch.
@@ -109,7 +110,7 @@ impl HotRowCache {
                 capacity: 0,
                 // Sized when the row size, and so the slot count, is known.
                 sketch: FrequencySketch::new(0),
-                slot_of: HashMap::default(),
+                slot_of: SlotIndex::new(),
                 key_of_slot: Vec::new(),
                 count_of_slot: Vec::new(),
                 admission_bar: AtomicU8::new(0),
@@ -199,7 +200,7 @@ impl HotRowCache {
         let slots = &mut *guard;
         let row_bytes = slots.row_bytes;
         for (key, count, row) in proposals.iter().flat_map(|p| p.rows(row_bytes)) {
-            if slots.slot_of.contains_key(&key) {
+            if slots.slot_of.get(key, splitmix64(key)).is_some() {
                 continue; // proposed twice in one gather
             }
             let slot = if slots.key_of_slot.len() < slots.capacity {
@@ -215,7 +216,7 @@ impl HotRowCache {
                     continue;
                 }
                 let victim_key = slots.key_of_slot[victim];
-                slots.slot_of.remove(&victim_key);
+                slots.slot_of.remove(victim_key);
                 slots.key_of_slot[victim] = key;
                 self.evictions.fetch_add(1, Ordering::Relaxed);
                 victim
@@ -225,6 +226,7 @@ impl HotRowCache {
             slots.rows[slot * row_bytes..(slot + 1) * row_bytes].copy_from_slice(row);
             self.admissions.fetch_add(1, Ordering::Relaxed);
         }
+        debug_assert_eq!(slots.slot_of.len(), slots.key_of_slot.len());
     }
 }
 
@@ -247,25 +249,6 @@ impl Proposals {
     }
 }
 
-/// Hashes row keys for the slot map: the keys are the engine's own, not an adversary's, and
-/// one good mix (splitmix64) costs a fraction of SipHash.
-#[derive(Default)]
-struct KeyHasher(u64);
-
-impl Hasher for KeyHasher {
-    fn finish(&self) -> u64 {
-        splitmix64(self.0)
-    }
-    fn write(&mut self, bytes: &[u8]) {
-        for &byte in bytes {
-            self.0 = (self.0 << 8) | u64::from(byte);
-        }
-    }
-    fn write_u64(&mut self, key: u64) {
-        self.0 = key;
-    }
-}
-
 impl Slots {
     fn forget_rows(&mut self) {
         self.admission_bar.store(0, Ordering::Relaxed);
@@ -280,9 +263,23 @@ impl Slots {
         &self.rows[start..start + self.row_bytes]
     }
 
-    /// Counts one read of each key, and of each hit's slot; ages the slots' counts with the
-    /// sketch's.
-    fn record(&self, keys: &[u64], found: &[Option<u32>]) {
+    /// Each key's slot, if cached (`hashes`: the keys' `splitmix64`), its entry and read
+    /// counters asked for a few keys ahead so that their misses overlap.
+    fn find(&self, keys: &[u64], hashes: &[u64]) -> Vec<Option<u32>> {
+        let mut found = Vec::with_capacity(keys.len());
+        for (i, (&key, &hash)) in keys.iter().zip(hashes).enumerate() {
+            if let Some(&ahead) = hashes.get(i + LOOKUP_PREFETCH_DISTANCE) {
+                self.slot_of.prefetch(ahead);
+                self.sketch.prefetch(ahead);
+            }
+            found.push(self.slot_of.get(key, hash));
+        }
+        found
+    }
+
+    /// Counts one read of each key (by its hash), and of each hit's slot; ages the slots'
+    /// counts with the sketch's.
+    fn record(&self, hashes: &[u64], found: &[Option<u32>]) {
         for slot in found.iter().flatten() {
             let count = &self.count_of_slot[*slot as usize];
             count.store(
@@ -290,7 +287,7 @@ impl Slots {
                 Ordering::Relaxed,
             );
         }
-        if self.sketch.record(keys) {
+        if self.sketch.record(hashes) {
             for count in self.count_of_slot.iter().chain([&self.admission_bar]) {
                 count.store(count.load(Ordering::Relaxed) / 2, Ordering::Relaxed);
             }
@@ -370,11 +367,9 @@ impl Table {
         scratch: &mut [f32],
     ) -> Proposals {
         let out_row = out.len() / keys.len();
-        let found: Vec<Option<u32>> = keys
-            .iter()
-            .map(|key| slots.slot_of.get(key).copied())
-            .collect();
-        slots.record(keys, &found);
+        let hashes: Vec<u64> = keys.iter().map(|&key| splitmix64(key)).collect();
+        let found = slots.find(keys, &hashes);
+        slots.record(&hashes, &found);
         let mut proposals = Proposals::default();
         let most_proposals = (keys.len() / KEYS_PER_PROPOSAL).max(MIN_PROPOSALS);
         for (i, (dst, &key)) in out.chunks_mut(out_row).zip(keys).enumerate() {
@@ -395,7 +390,7 @@ impl Table {
                 }
                 None => {
                     self.read_row(map, key, scratch, out_dtype, dst);
-                    let count = slots.sketch.estimate(key);
+                    let count = slots.sketch.estimate(hashes[i]);
                     if proposals.keys.len() < most_proposals
                         && count >= cache.admit_after
                         && count > slots.admission_bar.load(Ordering::Relaxed)
@@ -418,5 +413,6 @@ impl Table {
 }
 
 mod sketch;
+mod slot_index;
 #[cfg(test)]
 mod tests;

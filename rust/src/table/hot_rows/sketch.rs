@@ -6,7 +6,9 @@
 //! so counting a read or estimating a key costs one memory access, not four. A key's
 //! estimate is the least of its counters. Every `AGING_READS_PER_KEY` reads per key the
 //! sketch ranks, all counters are halved, so that the counts follow a shifting distribution.
+//! Keys come hashed (`splitmix64(key)`, computed once per read for this and the slot index).
 
+use crate::table::prefetch_ptr;
 use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 
 /// Counters are halved after this many reads per key the sketch is sized for.
@@ -49,26 +51,34 @@ impl FrequencySketch {
         self.blocks.iter().flat_map(|block| &block.0)
     }
 
-    /// `key`'s counters: one in each quarter of its block.
-    fn counters_of(&self, key: u64) -> impl Iterator<Item = &AtomicU8> {
-        let mixed = splitmix64(key);
-        let block = &self.blocks[mixed as usize & (self.blocks.len() - 1)];
-        let quarter = BLOCK / 4;
-        (0..4).map(move |i| &block.0[i * quarter + ((mixed >> (32 + 4 * i)) & 15) as usize])
+    fn block_of(&self, hash: u64) -> &Block {
+        &self.blocks[hash as usize & (self.blocks.len() - 1)]
     }
 
-    /// Counts one read of each key; returns whether the counters were then aged. The shared
-    /// read count moves once per call, not per key: threads counting at once would otherwise
-    /// fight over its cache line.
-    pub(super) fn record(&self, keys: &[u64]) -> bool {
-        for &key in keys {
-            for counter in self.counters_of(key) {
+    /// The counters of the key of `hash`: one in each quarter of its block.
+    fn counters_of(&self, hash: u64) -> impl Iterator<Item = &AtomicU8> {
+        let block = self.block_of(hash);
+        let quarter = BLOCK / 4;
+        (0..4).map(move |i| &block.0[i * quarter + ((hash >> (32 + 4 * i)) & 15) as usize])
+    }
+
+    /// Starts loading the counters of the key of `hash`.
+    pub(super) fn prefetch(&self, hash: u64) {
+        prefetch_ptr(std::ptr::from_ref(self.block_of(hash)).cast());
+    }
+
+    /// Counts one read of each key (given by its hash); returns whether the counters were
+    /// then aged. The shared read count moves once per call, not per key: threads counting
+    /// at once would otherwise fight over its cache line.
+    pub(super) fn record(&self, hashes: &[u64]) -> bool {
+        for &hash in hashes {
+            for counter in self.counters_of(hash) {
                 let count = counter.load(Ordering::Relaxed);
                 counter.store(count.saturating_add(1), Ordering::Relaxed);
             }
         }
-        let before = self.reads.fetch_add(keys.len() as u64, Ordering::Relaxed);
-        let aged = before / self.aging_period != (before + keys.len() as u64) / self.aging_period;
+        let before = self.reads.fetch_add(hashes.len() as u64, Ordering::Relaxed);
+        let aged = before / self.aging_period != (before + hashes.len() as u64) / self.aging_period;
         if aged {
             for counter in self.counters() {
                 counter.store(counter.load(Ordering::Relaxed) / 2, Ordering::Relaxed);
@@ -77,8 +87,9 @@ impl FrequencySketch {
         aged
     }
 
-    pub(super) fn estimate(&self, key: u64) -> u8 {
-        self.counters_of(key)
+    /// The reads counted of the key of `hash`.
+    pub(super) fn estimate(&self, hash: u64) -> u8 {
+        self.counters_of(hash)
             .map(|counter| counter.load(Ordering::Relaxed))
             .min()
             .unwrap_or(0)
@@ -96,18 +107,25 @@ pub(super) fn splitmix64(mut x: u64) -> u64 {
 mod tests {
     use super::*;
 
+    fn hashed(keys: &[u64]) -> Vec<u64> {
+        keys.iter().map(|&k| splitmix64(k)).collect()
+    }
+
     #[test]
     fn estimates_never_undercount_and_separate_hot_from_cold() {
         let sketch = FrequencySketch::new(1000);
         let hot: Vec<u64> = (0..100).collect();
         for _ in 0..5 {
-            sketch.record(&hot);
+            sketch.record(&hashed(&hot));
         }
         let cold: Vec<u64> = (10_000..11_000).collect();
-        sketch.record(&cold);
-        assert!(hot.iter().all(|&k| sketch.estimate(k) >= 5));
-        assert!(cold.iter().all(|&k| sketch.estimate(k) >= 1));
-        let overcounted = cold.iter().filter(|&&k| sketch.estimate(k) >= 5).count();
+        sketch.record(&hashed(&cold));
+        assert!(hot.iter().all(|&k| sketch.estimate(splitmix64(k)) >= 5));
+        assert!(cold.iter().all(|&k| sketch.estimate(splitmix64(k)) >= 1));
+        let overcounted = cold
+            .iter()
+            .filter(|&&k| sketch.estimate(splitmix64(k)) >= 5)
+            .count();
         assert!(overcounted < 10, "{overcounted} cold keys pass for hot");
     }
 
@@ -115,18 +133,18 @@ mod tests {
     fn counts_saturate_and_age() {
         let large = FrequencySketch::new(1 << 20);
         for _ in 0..300 {
-            large.record(&[7]);
+            large.record(&[splitmix64(7)]);
         }
-        assert_eq!(large.estimate(7), u8::MAX);
+        assert_eq!(large.estimate(splitmix64(7)), u8::MAX);
         // Sized for one key: aged every 10 reads, so a key read 300 times one by one ends
         // between 5 and 15.
         let small = FrequencySketch::new(1);
-        let aged = (0..300).filter(|_| small.record(&[7])).count();
+        let aged = (0..300).filter(|_| small.record(&[splitmix64(7)])).count();
         assert_eq!(aged, 30);
         assert!(
-            (5..=15).contains(&small.estimate(7)),
+            (5..=15).contains(&small.estimate(splitmix64(7))),
             "{}",
-            small.estimate(7)
+            small.estimate(splitmix64(7))
         );
     }
 }
