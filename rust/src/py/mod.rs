@@ -62,8 +62,10 @@ pub(crate) fn owned<T: numpy::Element + Copy>(array: &PyReadonlyArray1<'_, T>) -
     array.as_array().iter().copied().collect()
 }
 
-/// A 2-D float32 array's values, row-major, in an owned buffer.
-pub(crate) fn owned_rows(array: &numpy::PyReadonlyArray2<'_, f32>) -> Vec<f32> {
+/// A 2-D array's values, row-major, in an owned buffer.
+pub(crate) fn owned_rows<T: numpy::Element + Copy>(
+    array: &numpy::PyReadonlyArray2<'_, T>,
+) -> Vec<T> {
     array.as_array().iter().copied().collect()
 }
 

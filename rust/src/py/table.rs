@@ -152,10 +152,7 @@ impl Table {
         keys: PyReadonlyArray1<'_, u64>,
         rows: PyReadonlyArray2<'_, u8>,
     ) -> PyResult<()> {
-        let (keys, rows) = (
-            owned(&keys),
-            rows.as_array().iter().copied().collect::<Vec<u8>>(),
-        );
+        let (keys, rows) = (owned(&keys), owned_rows(&rows));
         detached(py, || self.inner.write_raw_rows(&keys, &rows))
     }
 
