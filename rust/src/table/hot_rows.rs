@@ -15,7 +15,9 @@
 //! after it, at most one per `KEYS_PER_PROPOSAL` keys, so that admitting costs a small share
 //! of a gather. Counting is lock-free and may lose an increment under contention, which only
 //! blurs an estimate. Rows that were never written are not cached: they are computed, not
-//! read.
+//! read. A read finds its row's slot through [`slot_index`]; the index entry and the read
+//! counters of a key are prefetched a few keys ahead, as the rows themselves are, since
+//! with a large cache both are tens of MiB and would otherwise cost a memory wait a read.
 //!
 //! A write to the table through this process's `Table` empties the cache at the next gather
 //! (the table's write generation moves); writes by another process to the same file are not
