@@ -49,6 +49,18 @@ def oracle_hit_rate(keys: np.ndarray, capacity_rows: int) -> float:
     return float(top.sum() / len(keys))
 
 
+def written_fp8_table(path: str, rows: int, dim: int) -> Table:
+    """An FP8 table of `rows` rows of `dim` values, every row written (zeros): rows never
+    written are computed, not cached."""
+    table = Table.create(path, rows, dim, dtype="fp8_e4m3")
+    chunk = 1 << 16
+    zeros = np.zeros((chunk, dim + dim // 32), np.uint8)
+    for start in range(0, rows, chunk):
+        stop = min(rows, start + chunk)
+        table.write_packed(np.arange(start, stop), zeros[: stop - start])
+    return table
+
+
 def bookkeeping_cost(
     tmp: str, ids: np.ndarray, args: argparse.Namespace
 ) -> tuple[dict[str, object], dict[str, float]]:
@@ -56,13 +68,7 @@ def bookkeeping_cost(
     without one, from a resident table of V4.1's rows."""
     mapping = layer_hashing(args.speed_rows, dim=SPEED_DIM)
     rows = mapping.layer_table_rows(1)
-    path = os.path.join(tmp, "speed.engram")
-    table = Table.create(path, rows, SPEED_DIM, dtype="fp8_e4m3")
-    chunk = 1 << 16
-    zeros = np.zeros((chunk, SPEED_ROW_BYTES), np.uint8)
-    for start in range(0, rows, chunk):
-        stop = min(rows, start + chunk)
-        table.write_packed(np.arange(start, stop), zeros[: stop - start])
+    table = written_fp8_table(os.path.join(tmp, "speed.engram"), rows, SPEED_DIM)
     keys = mapping.row_keys(ids[None, :])[1][0].astype(np.uint64)
     steps = [keys[i : i + args.step_tokens] for i in range(0, len(keys), args.step_tokens)]
     out = np.empty((args.step_tokens, keys.shape[1], SPEED_DIM), np.uint16)
@@ -116,13 +122,7 @@ def main() -> None:
     results = []
     raw: dict[str, float] = {}
     with tempfile.TemporaryDirectory(dir=os.environ.get("ENGRAM_BENCH_DIR")) as tmp:
-        table = Table.create(os.path.join(tmp, "layer.engram"), rows, DIM, dtype="fp8_e4m3")
-        chunk = 1 << 18
-        for start in range(0, rows, chunk):
-            stop = min(rows, start + chunk)
-            table.write_packed(
-                np.arange(start, stop), np.zeros((stop - start, ROW_BYTES), np.uint8)
-            )
+        table = written_fp8_table(os.path.join(tmp, "layer.engram"), rows, DIM)
         out = np.empty((args.step_tokens, keys.shape[1], DIM), np.uint16)
         for percent in percents:
             capacity_rows = max(int(rows * percent / 100), 1)

@@ -202,7 +202,8 @@ impl HotRowCache {
         let slots = &mut *guard;
         let row_bytes = slots.row_bytes;
         for (key, count, row) in proposals.iter().flat_map(|p| p.rows(row_bytes)) {
-            if slots.slot_of.get(key, splitmix64(key)).is_some() {
+            let hash = splitmix64(key);
+            if slots.slot_of.get(key, hash).is_some() {
                 continue; // proposed twice in one gather
             }
             let slot = if slots.key_of_slot.len() < slots.capacity {
@@ -223,7 +224,7 @@ impl HotRowCache {
                 self.evictions.fetch_add(1, Ordering::Relaxed);
                 victim
             };
-            slots.slot_of.insert(key, slot as u32);
+            slots.slot_of.insert(key, hash, slot as u32);
             slots.count_of_slot[slot].store(count, Ordering::Relaxed);
             slots.rows[slot * row_bytes..(slot + 1) * row_bytes].copy_from_slice(row);
             self.admissions.fetch_add(1, Ordering::Relaxed);

@@ -77,14 +77,14 @@ impl SlotIndex {
         }
     }
 
-    /// Puts `key` in `slot` (replacing its slot if it is held).
-    pub(super) fn insert(&mut self, key: u64, slot: u32) {
+    /// Puts `key` in `slot` (replacing its slot if it is held); `hash` is `splitmix64(key)`.
+    pub(super) fn insert(&mut self, key: u64, hash: u64, slot: u32) {
         debug_assert_ne!(key, EMPTY);
         // At most half full: probes stay short.
         if 2 * (self.len + 1) > self.entries.len() {
             self.grow();
         }
-        let mut at = self.home(splitmix64(key));
+        let mut at = self.home(hash);
         loop {
             let entry = &mut self.entries[at];
             if entry.key == EMPTY {
@@ -131,7 +131,7 @@ impl SlotIndex {
     fn grow(&mut self) {
         let old = std::mem::replace(self, SlotIndex::with_size(2 * self.entries.len()));
         for entry in old.entries.into_iter().filter(|e| e.key != EMPTY) {
-            self.insert(entry.key, entry.slot);
+            self.insert(entry.key, splitmix64(entry.key), entry.slot);
         }
     }
 }
@@ -159,7 +159,7 @@ mod tests {
                 index.remove(key);
                 truth.remove(&key);
             } else {
-                index.insert(key, step);
+                index.insert(key, splitmix64(key), step);
                 truth.insert(key, step);
             }
             assert_eq!(index.len(), truth.len());
@@ -181,7 +181,7 @@ mod tests {
             .take(5)
             .collect();
         for (slot, &key) in same_home.iter().enumerate() {
-            index.insert(key, slot as u32);
+            index.insert(key, splitmix64(key), slot as u32);
         }
         index.remove(same_home[1]);
         for (slot, &key) in same_home.iter().enumerate() {
