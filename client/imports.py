@@ -64,7 +64,10 @@ class MappingRule:
 
 def load_mapping(path: str | os.PathLike[str]) -> list[MappingRule]:
     with open(path) as f:
-        document = json.load(f)
+        try:
+            document = json.load(f)
+        except (ValueError, RecursionError) as error:  # RecursionError: nested too deep
+            raise MappingError(f"{os.fspath(path)}: not JSON: {error}") from None
     return mapping_rules(document, os.fspath(path))
 
 
@@ -73,12 +76,17 @@ def mapping_rules(document: Any, source: str = "mapping") -> list[MappingRule]:
         raise MappingError(f"{source}: expected {{'tables': [rules]}}")
     rules = []
     for i, rule in enumerate(document["tables"]):
+        if not isinstance(rule, dict):
+            raise MappingError(f"{source}: rule {i} is {rule!r}, not an object")
         unknown = set(rule) - {"tensor", "table", "scales", "dtype", "comment"}
         if unknown or "tensor" not in rule or "table" not in rule:
             raise MappingError(
                 f"{source}: rule {i} needs 'tensor' and 'table' (and may have 'scales', "
                 f"'dtype', 'comment'); got {sorted(rule)}"
             )
+        for key in ("tensor", "table", "scales"):
+            if key in rule and not isinstance(rule[key], str):
+                raise MappingError(f"{source}: rule {i}: {key!r} must be a string")
         try:
             pattern = re.compile(rule["tensor"])
         except re.error as error:

@@ -10,12 +10,13 @@ file.
 from __future__ import annotations
 
 import json
+import math
 import mmap
 import os
 import struct
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, TypeGuard
 
 import numpy as np
 import numpy.typing as npt
@@ -66,28 +67,36 @@ class SafetensorsFile:
             (length,) = struct.unpack("<Q", head)
             if length > min(MAX_HEADER_BYTES, size - 8):
                 raise TensorFileError(f"{self.path}: header length {length} is impossible")
-            try:
-                header = json.loads(f.read(length))
-            except ValueError as error:
-                raise TensorFileError(f"{self.path}: header is not JSON: {error}") from None
+            header = _json_object(f.read(length), f"{self.path}: header")
             self._map = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) if size else None
         data_start = 8 + length
         self.tensors: dict[str, TensorInfo] = {}
         for name, entry in header.items():
             if name == "__metadata__":
                 continue
-            try:
-                dtype, shape = str(entry["dtype"]), [int(d) for d in entry["shape"]]
-                begin, end = (int(o) for o in entry["data_offsets"])
-            except (KeyError, TypeError, ValueError):
-                raise TensorFileError(f"{self.path}: bad header entry {name!r}") from None
-            if dtype not in DTYPES:
-                raise TensorFileError(f"{self.path}: tensor {name!r} has unsupported {dtype}")
-            expected = DTYPES[dtype][1] * int(np.prod(shape, dtype=np.int64))
-            if end - begin != expected or begin < 0 or data_start + end > size:
-                raise TensorFileError(f"{self.path}: tensor {name!r} has a bad byte range")
-            info = TensorInfo(name, dtype, tuple(shape), self.path, data_start + begin, end - begin)
-            self.tensors[name] = info
+            self.tensors[name] = self._tensor_info(name, entry, data_start, size)
+
+    def _tensor_info(self, name: str, entry: Any, data_start: int, size: int) -> TensorInfo:
+        """A header entry checked: a known dtype, dimensions and offsets that are
+        non-negative JSON integers, and a byte range that holds exactly the shape and lies
+        inside the file (computed in Python integers: no dimensions can overflow it)."""
+        if not isinstance(entry, dict):
+            raise TensorFileError(f"{self.path}: header entry {name!r} is not an object")
+        dtype, shape, offsets = entry.get("dtype"), entry.get("shape"), entry.get("data_offsets")
+        if not isinstance(dtype, str) or dtype not in DTYPES:
+            raise TensorFileError(f"{self.path}: tensor {name!r} has unsupported dtype {dtype!r}")
+        if not _natural_numbers(shape):
+            raise TensorFileError(
+                f"{self.path}: tensor {name!r} has shape {shape!r}, not a list of sizes"
+            )
+        if not _natural_numbers(offsets) or len(offsets) != 2:
+            raise TensorFileError(
+                f"{self.path}: tensor {name!r} has data_offsets {offsets!r}, not [begin, end]"
+            )
+        begin, end = offsets
+        if end - begin != DTYPES[dtype][1] * math.prod(shape) or data_start + end > size:
+            raise TensorFileError(f"{self.path}: tensor {name!r} has a bad byte range")
+        return TensorInfo(name, dtype, tuple(shape), self.path, data_start + begin, end - begin)
 
     def rows(self, name: str, start: int, stop: int) -> npt.NDArray[Any]:
         """Rows `[start, stop)` of tensor `name`, read from the mapping (copied: the slice
@@ -116,8 +125,12 @@ class Checkpoint:
         path = os.fspath(path)
         self._files: dict[str, SafetensorsFile] = {}
         if path.endswith(".json"):
-            with open(path) as f:
-                weight_map: dict[str, str] = json.load(f)["weight_map"]
+            with open(path, "rb") as f:
+                weight_map = _json_object(f.read(), f"{path}: index").get("weight_map")
+            if not isinstance(weight_map, dict) or not all(
+                isinstance(file, str) for file in weight_map.values()
+            ):
+                raise TensorFileError(f"{path}: weight_map is not an object of file names")
             directory = os.path.dirname(path)
             for file_name in sorted(set(weight_map.values())):
                 if os.path.basename(file_name) != file_name:
@@ -209,6 +222,21 @@ class SafetensorsWriter:
     def abort(self) -> None:
         self._file.close()
         os.unlink(self._tmp)
+
+
+def _json_object(text: bytes, what: str) -> dict[str, Any]:
+    try:
+        value = json.loads(text)
+    except (ValueError, RecursionError) as error:  # RecursionError: nested too deep
+        raise TensorFileError(f"{what} is not JSON: {error}") from None
+    if not isinstance(value, dict):
+        raise TensorFileError(f"{what} is not a JSON object")
+    return value
+
+
+def _natural_numbers(value: Any) -> TypeGuard[list[int]]:
+    """Whether `value` is a list of JSON integers >= 0 (not booleans, not floats)."""
+    return isinstance(value, list) and all(type(item) is int and item >= 0 for item in value)
 
 
 def row_ranges(rows: int, step: int) -> Iterator[tuple[int, int]]:

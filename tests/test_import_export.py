@@ -22,6 +22,8 @@ from client import (
     TableNotFoundError,
 )
 from client.imports import MappingError, export_tables, import_checkpoint, load_mapping
+from client.tensor_files import Checkpoint, TensorFileError
+from engram_cli import EXIT_FAILURE, main
 from store.spec import TableSpec
 
 DEMO_MAPPING = REPO_ROOT / "examples" / "mappings" / "engram_demo_v1.json"
@@ -310,3 +312,88 @@ def test_a_read_only_table_refuses_pushes_and_serves(tmp_path: Path) -> None:
                           ("frozen", [1], np.ones((1, 8), np.float32))])  # fmt: skip
         assert client.describe("live").step == 0  # the batch changed nothing
         assert client.lookup("frozen", [1, 2]).shape == (2, 8)
+
+
+def safetensors_bytes(header: object) -> bytes:
+    encoded = header if isinstance(header, bytes) else json.dumps(header).encode()
+    return len(encoded).to_bytes(8, "little") + encoded + bytes(64)
+
+
+def tensor(dtype: object = "U8", shape: object = (4, 2), offsets: object = (0, 8)) -> object:
+    return {"t": {"dtype": dtype, "shape": shape, "data_offsets": offsets}}
+
+
+MALFORMED_FILES = {
+    "not an object": ([], "header is not a JSON object"),
+    "nested too deep": (b"[" * 100_000 + b"]" * 100_000, "header is not JSON"),
+    "entry not an object": ({"t": 5}, "header entry 't' is not an object"),
+    "unhashable dtype": (tensor(dtype=["U8"]), "unsupported dtype"),
+    "unknown dtype": (tensor(dtype="F64"), "unsupported dtype 'F64'"),
+    "negative size": (tensor(shape=[-1, 8], offsets=[16, 8]), r"shape \[-1, 8\]"),
+    "fractional size": (tensor(shape=[2.5, 2]), "not a list of sizes"),
+    "boolean size": (tensor(shape=[True, 8]), "not a list of sizes"),
+    "scalar shape": (tensor(shape=8), "not a list of sizes"),
+    # 2^32 x 2^32 bytes wraps to 0 in int64 arithmetic.
+    "overflowing sizes": (tensor(shape=[1 << 32, 1 << 32], offsets=[0, 0]), "bad byte range"),
+    "three offsets": (tensor(offsets=[0, 4, 8]), r"not \[begin, end\]"),
+    "past the end": (tensor(shape=[100, 2], offsets=[0, 200]), "bad byte range"),
+}
+
+
+@pytest.mark.parametrize("case", MALFORMED_FILES)
+def test_a_malformed_safetensors_file_is_refused_naming_it(tmp_path: Path, case: str) -> None:
+    header, message = MALFORMED_FILES[case]
+    path = tmp_path / "bad.safetensors"
+    path.write_bytes(safetensors_bytes(header))
+    with pytest.raises(TensorFileError, match=message) as refused:
+        Checkpoint(path)
+    assert str(path) in str(refused.value)
+
+
+@pytest.mark.parametrize(
+    "index",
+    ["{", "[]", "{}", '{"weight_map": []}', '{"weight_map": {"t": 5}}'],
+)
+def test_a_malformed_checkpoint_index_is_refused_naming_it(tmp_path: Path, index: str) -> None:
+    path = tmp_path / "model.safetensors.index.json"
+    path.write_text(index)
+    with pytest.raises(TensorFileError, match=r"index is not|weight_map is not") as refused:
+        Checkpoint(path)
+    assert str(path) in str(refused.value)
+
+
+@pytest.mark.parametrize(
+    ("mapping", "message"),
+    [
+        ("{", "not JSON"),
+        ('{"tables": ["t"]}', "rule 0 is 't', not an object"),
+        ('{"tables": [{"tensor": 5, "table": "t"}]}', "'tensor' must be a string"),
+        ('{"tables": [{"tensor": "t", "table": ["t"]}]}', "'table' must be a string"),
+        ('{"tables": [{"tensor": "t", "table": "t", "scales": 1}]}', "'scales' must be"),
+    ],
+)
+def test_a_malformed_mapping_is_refused_naming_it(
+    tmp_path: Path, mapping: str, message: str
+) -> None:
+    path = tmp_path / "mapping.json"
+    path.write_text(mapping)
+    with pytest.raises(MappingError, match=message) as refused:
+        load_mapping(path)
+    assert str(path) in str(refused.value)
+
+
+def test_the_cli_refuses_a_malformed_checkpoint_with_a_message(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    checkpoint = tmp_path / "bad.safetensors"
+    checkpoint.write_bytes(safetensors_bytes(tensor(shape=[-1, 8], offsets=[16, 8])))
+    with daemon_thread(tmp_path / "data") as d:
+        code = main(
+            ["import", str(checkpoint), "--mapping", str(DEMO_MAPPING), "--address", d.address]
+        )
+        with EngramClient(d.address) as client:
+            assert client.tables() == []
+    assert code == EXIT_FAILURE
+    error = capsys.readouterr().err
+    assert f"{checkpoint}: tensor 't' has shape [-1, 8]" in error
+    assert "Traceback" not in error
