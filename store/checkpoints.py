@@ -127,7 +127,7 @@ def manifest_of_json(text: bytes | str, where: str) -> dict[str, Any]:
     """A manifest read from `where`, refused unless its checksum holds."""
     try:
         manifest: dict[str, Any] = json.loads(text)
-    except (ValueError, UnicodeDecodeError) as error:
+    except (ValueError, RecursionError) as error:  # RecursionError: nested too deep
         raise _native.TableFormatError(f"{where}: manifest is not JSON ({error})") from None
     if not isinstance(manifest, dict) or "crc32" not in manifest:
         raise _native.TableFormatError(

@@ -17,7 +17,9 @@ from daemon import daemon_process, serve_command
 from store_helpers import keys, push, rows_of, spec
 
 from engram_cli import main as cli
+from store import _native
 from store._proto.engram.store.v1 import store_pb2 as pb
+from store.checkpoints import manifest_of_json
 
 ROWS, DIM = 10_000, 8
 
@@ -93,6 +95,22 @@ def test_an_edited_manifest_is_refused_and_changes_nothing(tmp_path: Path) -> No
         timeout=60,
     )
     assert refused.returncode == 4 and "manifest checksum mismatch" in refused.stderr
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        (b'{"tables": [', "not JSON"),
+        (b"\xff\xfe", "not JSON"),
+        (b"[" * 100_000 + b"]" * 100_000, "not JSON"),
+        (b"[]", "no checksum"),
+        (b'{"tables": []}', "no checksum"),
+        (b'{"tables": [], "crc32": 1}', "checksum mismatch"),
+    ],
+)
+def test_a_damaged_manifest_is_refused_as_damaged(text: bytes, message: str) -> None:
+    with pytest.raises(_native.TableFormatError, match=message):
+        manifest_of_json(text, "manifest.json")
 
 
 def test_a_table_kept_without_row_checksums_is_reported_unchecked(tmp_path: Path) -> None:
