@@ -3,52 +3,37 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
+import sys
 
-from engram_cli.exit_codes import EXIT_STARTUP_FAILURE
+from engram_cli.exit_codes import EXIT_STARTUP_FAILURE, EXIT_USAGE
 from engram_cli.output import emit
 from engram_cli.parsing import Verbs
 from store import Table
-from store.config import DEFAULT_PORT, ServeConfig
+from store.config import DEFAULT_PORT, ConfigError, ServeConfig
 
 log = logging.getLogger("engram_store")
+
+# The serve flags named otherwise than the ServeConfig fields they set.
+FLAG_OF_FIELD = {
+    "grace_s": "grace",
+    "flush_interval_s": "flush_interval",
+    "auth_tokens_file": "auth_tokens",
+    "follow_wait_s": "follow_wait",
+}
 
 
 def _serve(args: argparse.Namespace) -> int:
     from store.server import StartupError, serve
 
-    config = ServeConfig(
-        data_dir=args.data_dir,
-        host=args.host,
-        port=args.port,
-        port_file=args.port_file,
-        workers=args.workers,
-        max_concurrent_requests=args.max_concurrent_requests,
-        max_message_bytes=args.max_message_bytes,
-        max_lookup_rows=args.max_lookup_rows,
-        max_pending_step_bytes=args.max_pending_step_bytes,
-        restore=args.restore,
-        grace_s=args.grace,
-        flush_interval_s=args.flush_interval,
-        shared_buffer_dir=args.shared_buffer_dir,
-        threads=args.threads,
-        read_only=args.read_only,
-        auth_tokens_file=args.auth_tokens,
-        allow_unauthenticated=args.allow_unauthenticated,
-        tls_cert=args.tls_cert,
-        tls_key=args.tls_key,
-        tls_client_ca=args.tls_client_ca,
-        metrics_port=args.metrics_port,
-        metrics_port_file=args.metrics_port_file,
-        overcommit_disk=args.overcommit_disk,
-        verify_on_start=args.verify_on_start,
-        follow=args.follow,
-        follow_token=args.follow_token,
-        follow_tls_ca=args.follow_tls_ca,
-        follow_tls_cert=args.follow_tls_cert,
-        follow_tls_key=args.follow_tls_key,
-        follow_wait_s=args.follow_wait,
-    )
+    flags = {f.name: FLAG_OF_FIELD.get(f.name, f.name) for f in dataclasses.fields(ServeConfig)}
+    try:
+        config = ServeConfig(**{field: getattr(args, dest) for field, dest in flags.items()})
+    except ConfigError as error:
+        flag = "--" + flags[error.field].replace("_", "-")
+        print(f"engram-store serve: {flag} {error.message}", file=sys.stderr)
+        return EXIT_USAGE
     try:
         serve(config)
     except StartupError as error:

@@ -2,12 +2,26 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 DEFAULT_PORT = 50051
 # Pushes of large batches and streamed lookup chunks stay well below this; anything larger
 # is refused with RESOURCE_EXHAUSTED rather than truncated.
 DEFAULT_MAX_MESSAGE_BYTES = 512 << 20
+# gRPC sizes messages in C ints; the least is twice the room a reply keeps for what is
+# not rows (REPLY_HEADROOM_BYTES in store/engine.py), so that rows fit beside it.
+MESSAGE_BYTES_RANGE = (1 << 17, (1 << 31) - 1)
+PORT_RANGE = (0, 65535)
+
+
+class ConfigError(ValueError):
+    """A setting out of its range; `field` names it."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"{field} {message}")
+        self.field = field
+        self.message = message
 
 
 @dataclass(frozen=True)
@@ -69,7 +83,38 @@ class ServeConfig:
     follow_tls_key: str | None = None
     follow_wait_s: float = 30.0
 
+    def __post_init__(self) -> None:
+        """Refuses a setting that could not work (a port beyond 65535 would bind another
+        port, a message limit of 10 bytes would refuse every reply), naming it."""
+        at_least_one = ("workers", "max_concurrent_requests", "max_lookup_rows")
+        for name in (*at_least_one, "max_pending_step_bytes"):
+            _check_int(name, getattr(self, name), 1, None)
+        _check_int("threads", self.threads, 0, None)
+        _check_int("port", self.port, *PORT_RANGE)
+        if self.metrics_port is not None:
+            _check_int("metrics_port", self.metrics_port, *PORT_RANGE)
+        _check_int("max_message_bytes", self.max_message_bytes, *MESSAGE_BYTES_RANGE)
+        for name in ("grace_s", "flush_interval_s", "follow_wait_s"):
+            value = getattr(self, name)
+            if not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+                raise ConfigError(name, f"must be a finite number of seconds >= 0, got {value!r}")
+        for name in ("data_dir", "host"):
+            if not getattr(self, name):
+                raise ConfigError(name, "must not be empty")
+        if self.restore is not None and self.restore != "latest" and not self.restore.isdigit():
+            raise ConfigError(
+                "restore", f"must be 'latest' or a checkpoint id, got {self.restore!r}"
+            )
+
     @property
     def address(self) -> str:
         host = f"[{self.host}]" if ":" in self.host else self.host
         return f"{host}:{self.port}"
+
+
+def _check_int(name: str, value: object, low: int, high: int | None) -> None:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ConfigError(name, f"must be an integer, got {value!r}")
+    if value < low or (high is not None and value > high):
+        bounds = f"from {low} to {high}" if high is not None else f"at least {low}"
+        raise ConfigError(name, f"must be {bounds}, got {value}")

@@ -13,8 +13,9 @@ from pathlib import Path
 import pytest
 from daemon import daemon_process
 
-from engram_cli import EXIT_FAILURE, EXIT_STARTUP_FAILURE, main
+from engram_cli import EXIT_FAILURE, EXIT_STARTUP_FAILURE, EXIT_USAGE, main
 from store import _native
+from store.config import ConfigError, ServeConfig
 
 
 def test_serve_with_no_arguments_uses_the_defaults_and_stops_cleanly(tmp_path: Path) -> None:
@@ -121,3 +122,46 @@ def test_engine_threads_can_be_limited(tmp_path: Path, capsys: pytest.CaptureFix
         assert "t: 100000 x 4" in capsys.readouterr().out
     with pytest.raises(ValueError, match="threads must be positive"):
         _native.set_thread_count(0)
+
+
+BAD_SERVE_FLAGS = {
+    # A port beyond 65535 bound that port modulo 65536 (70000 -> 4464).
+    ("--port", "70000"): "--port must be from 0 to 65535, got 70000",
+    ("--port", "-1"): "--port must be from 0 to 65535, got -1",
+    ("--metrics-port", "65536"): "--metrics-port must be from 0 to 65535",
+    ("--workers", "0"): "--workers must be at least 1, got 0",
+    ("--max-concurrent-requests", "0"): "--max-concurrent-requests must be at least 1",
+    ("--max-lookup-rows", "-5"): "--max-lookup-rows must be at least 1, got -5",
+    ("--max-pending-step-bytes", "-1"): "--max-pending-step-bytes must be at least 1",
+    ("--threads", "-2"): "--threads must be at least 0, got -2",
+    ("--max-message-bytes", "10"): "--max-message-bytes must be from 131072 to 2147483647",
+    ("--max-message-bytes", str(1 << 31)): "--max-message-bytes must be from 131072",
+    ("--grace", "nan"): "--grace must be a finite number of seconds >= 0, got nan",
+    ("--flush-interval", "-1"): "--flush-interval must be a finite number of seconds >= 0",
+    # Crashed with OverflowError: timestamp out of range.
+    ("--flush-interval", "inf"): "--flush-interval must be a finite number of seconds >= 0",
+    ("--follow-wait", "-3"): "--follow-wait must be a finite number of seconds >= 0",
+    ("--restore", "abc"): "--restore must be 'latest' or a checkpoint id, got 'abc'",
+    ("--host", ""): "--host must not be empty",
+}
+
+
+@pytest.mark.parametrize("flag", BAD_SERVE_FLAGS)
+def test_a_serve_flag_out_of_range_is_refused_naming_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], flag: tuple[str, str]
+) -> None:
+    data = tmp_path / "data"
+    assert main(["serve", "--data-dir", str(data), "--port", "0", *flag]) == EXIT_USAGE
+    assert BAD_SERVE_FLAGS[flag] in capsys.readouterr().err
+    assert not data.exists()
+
+
+def test_serve_settings_are_checked_when_made() -> None:
+    with pytest.raises(ConfigError, match="max_lookup_rows must be at least 1, got 0") as bad:
+        ServeConfig(max_lookup_rows=0)
+    assert bad.value.field == "max_lookup_rows"
+    with pytest.raises(ConfigError, match=r"workers must be an integer, got 2\.5"):
+        ServeConfig(workers=2.5)  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="port must be an integer, got True"):
+        ServeConfig(port=True)
+    assert ServeConfig(port=0, threads=0, flush_interval_s=0, max_message_bytes=1 << 17)
