@@ -8,6 +8,7 @@ until the call's deadline; everything else surfaces at once as the client's exce
 
 from __future__ import annotations
 
+import math
 import random
 import time
 from collections.abc import Callable, Sequence
@@ -35,6 +36,28 @@ class RetryPolicy:
     max_attempts: int = 6
     initial_backoff_s: float = 0.05
     max_backoff_s: float = 2.0
+
+    def __post_init__(self) -> None:
+        if isinstance(self.max_attempts, bool) or not isinstance(self.max_attempts, int):
+            raise ValueError(f"max_attempts must be an integer, got {self.max_attempts!r}")
+        if self.max_attempts < 1:
+            raise ValueError(f"max_attempts must be at least 1, got {self.max_attempts}")
+        for name in ("initial_backoff_s", "max_backoff_s"):
+            check_seconds(name, getattr(self, name), zero_allowed=True)
+
+
+def check_seconds(name: str, value: object, zero_allowed: bool = False) -> None:
+    """Refuses a duration that is not a finite number of seconds, above zero unless
+    `zero_allowed`."""
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, (int, float))
+        or not math.isfinite(value)
+        or value < 0
+        or (value == 0 and not zero_allowed)
+    ):
+        bound = ">= 0" if zero_allowed else "> 0"
+        raise ValueError(f"{name} must be a finite number of seconds {bound}, got {value!r}")
 
 
 def open_channel(address: str, security: Security | None = None) -> grpc.Channel:
@@ -95,6 +118,7 @@ class Shard:
         interceptors: Sequence[grpc.UnaryUnaryClientInterceptor] = (),
         security: Security | None = None,
     ) -> None:
+        check_seconds("timeout_s", timeout_s)
         self.address = address
         self.timeout_s = timeout_s
         self.retry = retry

@@ -160,6 +160,33 @@ def test_a_dead_shard_is_named_not_waited_on(one: Daemon) -> None:
     assert time.monotonic() - start < 10
 
 
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        # Each was accepted and then failed every call as if the daemon did not answer.
+        ({"timeout_s": -1}, r"timeout_s must be a finite number of seconds > 0, got -1"),
+        ({"timeout_s": 0}, r"timeout_s must be .* > 0, got 0"),
+        ({"timeout_s": float("nan")}, r"timeout_s must be .*, got nan"),
+    ],
+)
+def test_a_client_refuses_a_timeout_that_could_not_work(
+    options: dict[str, Any], message: str
+) -> None:
+    with pytest.raises(ValueError, match=message):
+        EngramClient("127.0.0.1:1", **options)
+
+
+def test_a_retry_policy_refuses_settings_that_could_not_work() -> None:
+    # No attempt at all failed every call with AssertionError("unreachable").
+    with pytest.raises(ValueError, match="max_attempts must be at least 1, got 0"):
+        RetryPolicy(max_attempts=0)
+    with pytest.raises(ValueError, match=r"initial_backoff_s must be .* >= 0, got -1"):
+        RetryPolicy(initial_backoff_s=-1)
+    with pytest.raises(ValueError, match=r"max_backoff_s must be .*, got inf"):
+        RetryPolicy(max_backoff_s=float("inf"))
+    assert RetryPolicy(max_attempts=1, initial_backoff_s=0, max_backoff_s=0)
+
+
 def test_many_background_requests_on_shards_do_not_starve(three: list[Daemon]) -> None:
     with EngramClient([d.address for d in three]) as client:
         client.create_table("t", 300, 2)
