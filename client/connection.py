@@ -8,7 +8,6 @@ until the call's deadline; everything else surfaces at once as the client's exce
 
 from __future__ import annotations
 
-import math
 import random
 import time
 from collections.abc import Callable, Sequence
@@ -22,6 +21,7 @@ from client.security import Security
 from store import _native
 from store._proto.engram.store.v1 import store_pb2 as pb
 from store._proto.engram.store.v1 import store_pb2_grpc as pb_grpc
+from store.spec import is_seconds
 
 MAX_MESSAGE_BYTES = 512 << 20
 RETRYABLE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
@@ -47,15 +47,7 @@ class RetryPolicy:
 
 
 def check_seconds(name: str, value: object, zero_allowed: bool = False) -> None:
-    """Refuses a duration that is not a finite number of seconds, above zero unless
-    `zero_allowed`."""
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, (int, float))
-        or not math.isfinite(value)
-        or value < 0
-        or (value == 0 and not zero_allowed)
-    ):
+    if not is_seconds(value, zero_allowed):
         bound = ">= 0" if zero_allowed else "> 0"
         raise ValueError(f"{name} must be a finite number of seconds {bound}, got {value!r}")
 

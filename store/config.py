@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
+
+from store.spec import is_seconds
 
 DEFAULT_PORT = 50051
 # Pushes of large batches and streamed lookup chunks stay well below this; anything larger
@@ -96,7 +97,7 @@ class ServeConfig:
         _check_int("max_message_bytes", self.max_message_bytes, *MESSAGE_BYTES_RANGE)
         for name in ("grace_s", "flush_interval_s", "follow_wait_s"):
             value = getattr(self, name)
-            if not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+            if not is_seconds(value, zero_allowed=True):
                 raise ConfigError(name, f"must be a finite number of seconds >= 0, got {value!r}")
         for name in ("data_dir", "host"):
             if not getattr(self, name):

@@ -258,3 +258,14 @@ class SyncStep:
 def step_timeout(timeout_s: float) -> float:
     """Seconds a step waits for its ranks, from a request's `timeout_s` (0: the default)."""
     return timeout_s or DEFAULT_STEP_TIMEOUT_S
+
+
+def is_seconds(value: object, zero_allowed: bool = False) -> bool:
+    """Whether `value` is a finite number of seconds: above zero, or at least zero when
+    `zero_allowed` (booleans are not numbers here)."""
+    return (
+        not isinstance(value, bool)
+        and isinstance(value, (int, float))
+        and math.isfinite(value)
+        and (value >= 0 if zero_allowed else value > 0)
+    )
