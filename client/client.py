@@ -191,7 +191,8 @@ class EngramClient:
         """Creates the table `spec` describes, cut into one row range per shard; with
         `importing`, hidden until `finish_import` (replacing an unfinished import)."""
         shards = len(self.shards)
-        if spec.num_rows < shards:
+        # Fewer rows than shards, but some: the daemons refuse none or fewer themselves.
+        if 0 < spec.num_rows < shards:
             raise ValueError(f"num_rows {spec.num_rows} is below the {shards} shards")
         if spec.hash_config is not None and shards > 1:
             raise ValueError("hash_config needs a table on one daemon (hash locally otherwise)")

@@ -151,6 +151,9 @@ def test_rows_verbs_push_lookup_and_batch(
     assert "--keys or --keys-file" in capsys.readouterr().err
     assert main(["lookup", "emb", "--keys", "100", *address]) == EXIT_FAILURE
     assert "100" in capsys.readouterr().err
+    # A negative key raised a bare IndexError: a traceback and exit 1 ("declined").
+    assert main(["lookup", "emb", "--keys", "3,-1", *address]) == EXIT_FAILURE
+    assert "keys[1] = -1 is negative" in capsys.readouterr().err
 
 
 def test_drop_table_asks_first(

@@ -25,6 +25,7 @@ from client import (
 )
 from store import Table
 from store._proto.engram.store.v1 import store_pb2 as pb
+from store.errors import OutOfRangeError, StoreError
 
 
 @pytest.fixture
@@ -158,6 +159,15 @@ def test_a_dead_shard_is_named_not_waited_on(one: Daemon) -> None:
     ):
         client.create_table("t", 10, 2)
     assert time.monotonic() - start < 10
+
+
+def test_a_negative_key_is_refused_as_out_of_range_before_it_is_sent(one: Daemon) -> None:
+    with EngramClient(one.address) as client:
+        client.create_table("t", 10, 2)
+        for call in (lambda: client.lookup("t", [3, -1]), lambda: client.push("t", [-2], [[1, 1]])):
+            with pytest.raises(OutOfRangeError, match=r"keys\[\d\] = -\d is negative"):
+                call()
+        assert isinstance(OutOfRangeError("x"), (StoreError, IndexError))
 
 
 @pytest.mark.parametrize(
