@@ -18,7 +18,22 @@ def _ids(args: argparse.Namespace, listed: str, file: str, what: str) -> np.ndar
         raise ValueError(
             f"give {what} either with --{listed.replace('_', '-')} or --{file.replace('_', '-')}"
         )
-    return np.asarray(inline, np.int64) if path is None else np.load(path)
+    return np.asarray(inline, np.int64) if path is None else _load_array(path, what, "iu")
+
+
+def _load_array(path: str, what: str, kinds: str) -> np.ndarray:
+    """The array a .npy file holds, refused unless its numpy dtype kind is one of `kinds`
+    (the client would raise TypeError deep inside a call)."""
+    try:
+        array = np.load(path, allow_pickle=False)
+    except ValueError as error:
+        raise ValueError(f"{path}: not a .npy file of numbers ({error})") from None
+    if not isinstance(array, np.ndarray):
+        raise ValueError(f"{path}: holds several arrays (.npz); give {what} as one .npy array")
+    if array.dtype.kind not in kinds:
+        wanted = "integers" if kinds == "iu" else "numbers"
+        raise ValueError(f"{path}: {what} must be {wanted}, got dtype {array.dtype}")
+    return array
 
 
 def _rows_out(args: argparse.Namespace, rows: np.ndarray) -> str:
@@ -52,7 +67,7 @@ def _push(args: argparse.Namespace) -> int:
         raise ValueError("give the gradients either with --fill or --grads-file")
     with connect(args) as client:
         if args.grads_file is not None:
-            grads = np.load(args.grads_file)
+            grads = _load_array(args.grads_file, "gradients", "fiu")
         else:
             grads = np.full((len(keys), client.describe(args.table).dim), args.fill, np.float32)
         result = client.push(args.table, keys, grads)
