@@ -11,6 +11,7 @@ import ipaddress
 import logging
 import os
 import signal
+import ssl
 import threading
 from collections.abc import Callable, Iterator
 from concurrent import futures
@@ -263,9 +264,31 @@ def _credentials(config: ServeConfig) -> grpc.ServerCredentials | None:
         client_ca = Path(config.tls_client_ca).read_bytes() if config.tls_client_ca else None
     except OSError as error:
         raise StartupError(f"cannot read the TLS files: {error}") from error
+    _check_tls_files(config.tls_cert, config.tls_key, config.tls_client_ca)
     return grpc.ssl_server_credentials(
         [(key, chain)], root_certificates=client_ca, require_client_auth=bool(client_ca)
     )
+
+
+def _check_tls_files(cert: str, key: str, client_ca: str | None) -> None:
+    """Parses the PEM files as gRPC will: gRPC refuses bad ones only when it binds, and then
+    says no more than that it could not bind the address."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    try:
+        # An encrypted key is refused (gRPC takes no password) rather than prompted for.
+        context.load_cert_chain(cert, key, password=lambda: b"")
+    except ssl.SSLError as error:
+        raise StartupError(
+            f"--tls-cert {cert} and --tls-key {key} are not a PEM certificate chain and its "
+            f"unencrypted private key: {error}"
+        ) from error
+    if client_ca:
+        try:
+            context.load_verify_locations(client_ca)
+        except ssl.SSLError as error:
+            raise StartupError(
+                f"--tls-client-ca {client_ca} holds no PEM certificate: {error}"
+            ) from error
 
 
 def _check_exposure(config: ServeConfig, tokens: Tokens | None) -> None:

@@ -190,6 +190,28 @@ def test_tls_with_the_daemons_ca(tmp_path: Path, pki: dict[str, str]) -> None:
             plain.tables()
 
 
+def test_tls_files_that_are_not_a_certificate_and_its_key_stop_the_start(
+    tmp_path: Path, pki: dict[str, str]
+) -> None:
+    junk = tmp_path / "junk.pem"
+    junk.write_text("not a certificate\n")
+    data = str(tmp_path / "data")
+    daemon_cert, daemon_key = pki["daemon.pem"], pki["daemon-key.pem"]
+    cases = [
+        # Before, each failed only at bind: "cannot listen on 127.0.0.1:0".
+        (str(junk), str(junk), None, "not a PEM certificate chain"),
+        (daemon_cert, pki["client-key.pem"], None, "KEY_VALUES_MISMATCH"),
+        (daemon_cert, daemon_key, str(junk), "--tls-client-ca .* holds no PEM certificate"),
+    ]
+    for cert, key, client_ca, message in cases:
+        config = ServeConfig(
+            data_dir=data, port=0, tls_cert=cert, tls_key=key, tls_client_ca=client_ca
+        )
+        with pytest.raises(StartupError, match=message):
+            serve(config)
+    assert not (tmp_path / "data").exists()
+
+
 def test_mutual_tls_refuses_clients_without_a_certificate(
     tmp_path: Path, pki: dict[str, str], tokens_file: Path
 ) -> None:
