@@ -431,6 +431,12 @@ def serve(config: ServeConfig, stop_event: threading.Event | None = None) -> Non
         "TLS" if credentials is not None else "plaintext",
         f"{len(tokens.entries)} tokens" if tokens else "no authentication",
     )
+    if config.shared_buffer_dir and not os.path.isdir(config.shared_buffer_dir):
+        log.warning(
+            "--shared-buffer-dir %s is not a directory: clients on this machine will send "
+            "rows through the messages",
+            config.shared_buffer_dir,
+        )
     metrics_http = None
     if registry is not None:
         assert config.metrics_port is not None

@@ -237,6 +237,18 @@ def test_a_daemon_can_refuse_shared_buffers(tmp_path: Path, shm: Path) -> None:
     assert error.value.code() == grpc.StatusCode.FAILED_PRECONDITION
 
 
+def test_a_shared_buffer_directory_that_is_missing_is_reported_at_start(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    missing = tmp_path / "no-such-dir"
+    with (
+        caplog.at_level("WARNING", logger="store.server"),
+        daemon_thread(tmp_path / "data", shared_buffer_dir=str(missing)),
+    ):
+        pass
+    assert f"--shared-buffer-dir {missing} is not a directory" in caplog.text
+
+
 def test_keys_can_share_a_buffer_with_the_rows(daemon: Daemon, shm: Path) -> None:
     query = np.array([[5, 999, 5], [0, 1, 2]], np.int64)
     memory = buffer(shm / "engram-both", 64 + query.size * DIM * 4)
