@@ -422,6 +422,10 @@ class EngramClient:
         it returns once every rank has pushed and the step is applied (their gradients
         reduced as DDP reduces them), or raises `StepFailedError` naming the ranks that did
         not push in time. Its keys may then be empty (`step` and `return_rows` are unused)."""
+        if step is not None and (
+            isinstance(step, bool) or not isinstance(step, (int, np.integer)) or step < 0
+        ):
+            raise ValueError(f"step must be None or an integer >= 0, got {step!r}")
         flat = as_keys(keys)
         layout = self._layout(table)
         values = as_rows(grads, len(flat), layout.dim, "grads")
@@ -581,6 +585,8 @@ class EngramClient:
         on all, or with None to each daemon's latest. Each daemon's restore is atomic; a
         failure on one shard leaves the others restored, so restore again with the same ids.
         """
+        if isinstance(ids, (str, bytes)):
+            raise TypeError(f"ids must be a checkpoint id, one per shard, or None; got {ids!r}")
         if ids is None or isinstance(ids, int):
             per_shard = [ids or 0] * len(self.shards)
         else:

@@ -170,6 +170,17 @@ def test_a_negative_key_is_refused_as_out_of_range_before_it_is_sent(one: Daemon
         assert isinstance(OutOfRangeError("x"), (StoreError, IndexError))
 
 
+def test_a_bad_step_or_checkpoint_id_is_refused_naming_it(one: Daemon) -> None:
+    with EngramClient(one.address) as client:
+        client.create_table("t", 10, 2)
+        # Each failed inside protobuf or int(): "Value out of range: -1", "invalid literal".
+        with pytest.raises(ValueError, match="step must be None or an integer >= 0, got -1"):
+            client.push("t", [1], [[1.0, 1.0]], step=-1)
+        with pytest.raises(TypeError, match=r"ids must be a checkpoint id, .* got 'abc'"):
+            client.restore("abc")  # type: ignore[arg-type]
+        assert client.describe("t").step == 0
+
+
 @pytest.mark.parametrize(
     ("options", "message"),
     [
