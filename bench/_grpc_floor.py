@@ -22,7 +22,7 @@ import grpc
 
 from client.connection import open_channel
 from store.config import DEFAULT_MAX_MESSAGE_BYTES
-from store.engine import DEFAULT_CHUNK_BYTES
+from store.lookup_answers import DEFAULT_CHUNK_BYTES
 
 METHOD = "/engram.bench.Floor/Stream"
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

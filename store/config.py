@@ -11,7 +11,7 @@ DEFAULT_PORT = 50051
 # is refused with RESOURCE_EXHAUSTED rather than truncated.
 DEFAULT_MAX_MESSAGE_BYTES = 512 << 20
 # gRPC sizes messages in C ints; the least is twice the room a reply keeps for what is
-# not rows (REPLY_HEADROOM_BYTES in store/engine.py), so that rows fit beside it.
+# not rows (REPLY_HEADROOM_BYTES in store/lookup_answers.py), so that rows fit beside it.
 MESSAGE_BYTES_RANGE = (1 << 17, (1 << 31) - 1)
 PORT_RANGE = (0, 65535)
 

@@ -45,6 +45,7 @@ from store.errors import (
 )
 from store.gate import Gate
 from store.idempotency import ClientWindows
+from store.lookup_answers import LookupAnswers
 from store.replication import plan_changes
 from store.requests import (
     BatchOutcome,
@@ -54,12 +55,10 @@ from store.requests import (
     FollowStatus,
     Lookup,
     Packed,
-    PendingRows,
     Push,
     PushOutcome,
     RowChunk,
     RowsWrite,
-    SharedRange,
     StatsResult,
     TableStatus,
     TokenLookup,
@@ -70,9 +69,7 @@ from store.shared_buffers import RequestBuffers
 from store.spec import (
     FLOAT_DTYPES,
     QUANTIZED_DTYPES,
-    TABLE_DTYPES,
     TableSpec,
-    row_bytes,
     row_width,
 )
 from store.step_sync import StepBarrier, StepShare, gradient_arrays
@@ -80,8 +77,6 @@ from store.wire import check_array, check_client_id
 
 log = logging.getLogger(__name__)
 
-DEFAULT_CHUNK_BYTES = 1 << 20
-REPLY_HEADROOM_BYTES = 1 << 16
 # A follower waiting for a checkpoint holds a request thread: not for long.
 MAX_CHANGES_WAIT_S = 60.0
 # Pages of a table file probed for page-cache residency (a few milliseconds of mincore
@@ -113,7 +108,7 @@ class StoreEngine:
         whose machine went down, starts empty and catches up afresh."""
         self.data_dir = os.path.abspath(data_dir)
         self.max_lookup_rows = max_lookup_rows
-        self.max_message_bytes = max_message_bytes
+        self.answers = LookupAnswers(max_lookup_rows, max_message_bytes)
         self.shared_buffer_dir = shared_buffer_dir
         self.follows = follows
         self.overcommit_disk = overcommit_disk
@@ -438,7 +433,7 @@ class StoreEngine:
         table = self.table(request.table)
         with RequestBuffers(self.shared_buffer_dir) as buffers:
             data = self._keys(request, self.max_lookup_rows, buffers)
-            return self._answer(table, data, list(request.keys.shape), request, buffers)
+            return self.answers.answer(table, data, list(request.keys.shape), request, buffers)
 
     def _keys(self, request: Lookup | Push, limit: int, buffers: RequestBuffers) -> _native.Keys:
         """The request's keys, decoded once (every later call of the request takes them as
@@ -469,139 +464,7 @@ class StoreEngine:
         )
         with RequestBuffers(self.shared_buffer_dir) as buffers:
             hashed = _native.Keys.from_array(keys.reshape(-1))
-            return self._answer(table, hashed, list(keys.shape), request, buffers)
-
-    def _answer(
-        self,
-        table: ServedTable,
-        keys: _native.Keys,
-        shape: list[int],
-        request: Lookup | TokenLookup,
-        buffers: RequestBuffers,
-    ) -> Iterator[RowChunk]:
-        if request.out is not None:
-            answer = self._rows_to_buffer(table, keys, shape, request.dtype, request.out, buffers)
-            return iter([answer])
-        return self._stream_rows(table, keys, shape, request.dtype, request.rows_per_chunk)
-
-    def _check_lookup(self, table: ServedTable, keys: _native.Keys, dtype: str) -> str:
-        """The row dtype, after checking it and the size."""
-        dtype = dtype or "float32"
-        if dtype not in TABLE_DTYPES:
-            raise InvalidArgumentError(f"dtype must be one of {TABLE_DTYPES}, got {dtype!r}")
-        stored = table.spec.dtype
-        if dtype in QUANTIZED_DTYPES and stored in QUANTIZED_DTYPES and dtype != stored:
-            raise InvalidArgumentError(
-                f"table {table.name!r} stores {stored} rows: read them as {stored} (packed) or "
-                f"as one of {FLOAT_DTYPES}, not as {dtype}"
-            )
-        total = len(keys)
-        if total > self.max_lookup_rows:
-            raise ResourceExhaustedError(
-                f"lookup of {total} rows exceeds the server's limit of {self.max_lookup_rows}"
-            )
-        return dtype
-
-    def _rows_to_buffer(
-        self,
-        table: ServedTable,
-        keys: _native.Keys,
-        shape: list[int],
-        dtype: str,
-        out: SharedRange,
-        buffers: RequestBuffers,
-    ) -> RowChunk:
-        dtype = self._check_lookup(table, keys, dtype)
-        # Checks every key before writing any row.
-        table.native.lookup(keys, dtype, into=buffers.region(out))
-        total = len(keys)
-        table.counters.add(lookups=1, rows_looked_up=total)
-        return RowChunk(
-            offset=0,
-            total_rows=total,
-            rows=Packed(dtype, (total, row_width(dtype, table.spec.dim))),
-            result_shape=(*shape, row_width(dtype, table.spec.dim)),
-            in_shared_buffer=True,
-        )
-
-    def _check_reply_size(
-        self,
-        pushes: Sequence[Push],
-        lookups: Sequence[Lookup],
-        lookup_tables: list[ServedTable],
-        lookup_keys: list[_native.Keys],
-        dtypes: list[str],
-    ) -> None:
-        """Refuses a batch whose in-message rows could not be sent back."""
-        in_message = sum(
-            len(k) * row_bytes(dtype, table.spec.dim)
-            for table, k, lookup, dtype in zip(
-                lookup_tables, lookup_keys, lookups, dtypes, strict=True
-            )
-            if lookup.out is None
-        )
-        # Pushes that return their rows in the message return as many bytes as they sent.
-        in_message += sum(
-            len(push.grads.data)
-            for push in pushes
-            if push.return_rows and push.grads.buffer is None
-        )
-        # Room for the framing and the rest of the answer beside the rows.
-        limit = self.max_message_bytes - REPLY_HEADROOM_BYTES
-        if in_message > limit:
-            raise ResourceExhaustedError(
-                f"a batch answering {in_message} bytes of rows in its message exceeds the "
-                f"limit of {limit}: give it shared buffers (`out`, `grads_buffer`), or split "
-                "it (Lookup streams)"
-            )
-
-    @staticmethod
-    def _rows_in_message(
-        table: ServedTable, keys: _native.Keys, shape: list[int], dtype: str
-    ) -> RowChunk:
-        total = len(keys)
-        table.counters.add(lookups=1, rows_looked_up=total)
-        width = row_width(dtype, table.spec.dim)
-        return RowChunk(
-            offset=0,
-            total_rows=total,
-            rows=Packed(dtype, (total, width), table.native.lookup(keys, dtype)),
-            result_shape=(*shape, width),
-        )
-
-    def _stream_rows(
-        self,
-        table: ServedTable,
-        keys: _native.Keys,
-        shape: list[int],
-        dtype: str,
-        rows_per_chunk: int,
-    ) -> Iterator[RowChunk]:
-        dtype = self._check_lookup(table, keys, dtype)
-        # Every key is checked before the first chunk leaves: nothing is sent partially.
-        table.native.check_keys(keys)
-        table.counters.add(lookups=1, rows_looked_up=len(keys))
-        size = row_bytes(dtype, table.spec.dim)
-        # A chunk is one message: never more than a message may carry, whatever was asked.
-        fits = max(1, (self.max_message_bytes - REPLY_HEADROOM_BYTES) // size)
-        chunk = min(rows_per_chunk or max(1, DEFAULT_CHUNK_BYTES // size), fits)
-        return self._chunks(table, keys, shape, dtype, chunk, len(keys))
-
-    @staticmethod
-    def _chunks(
-        table: ServedTable, keys: _native.Keys, shape: list[int], dtype: str, chunk: int, total: int
-    ) -> Iterator[RowChunk]:
-        width = row_width(dtype, table.spec.dim)
-        result_shape = (*shape, width)
-        for offset in range(0, max(total, 1), chunk):
-            count = min(chunk, total - offset)
-            yield RowChunk(
-                offset=offset,
-                total_rows=total,
-                rows=Packed(dtype, (count, width)),
-                result_shape=result_shape if offset == 0 else (),
-                pending=PendingRows(table.native, keys, offset, offset + count),
-            )
+            return self.answers.answer(table, hashed, list(keys.shape), request, buffers)
 
     # pushes ----------------------------------------------------------------------------
 
@@ -735,9 +598,11 @@ class StoreEngine:
             ):
                 shape = list(lookup.keys.shape)
                 if lookup.out is not None:
-                    answer = self._rows_to_buffer(table, keys, shape, dtype, lookup.out, buffers)
+                    answer = self.answers.into_buffer(
+                        table, keys, shape, dtype, lookup.out, buffers
+                    )
                 else:
-                    answer = self._rows_in_message(table, keys, shape, dtype)
+                    answer = self.answers.in_message(table, keys, shape, dtype)
                 outcome.lookups.append(answer)
         return outcome
 
@@ -748,12 +613,12 @@ class StoreEngine:
         tables = [self.table(lookup.table) for lookup in lookups]
         keys = [self._keys(q, self.max_lookup_rows, buffers) for q in lookups]
         dtypes = [
-            self._check_lookup(table, k, lookup.dtype)
+            self.answers.check(table, k, lookup.dtype)
             for table, k, lookup in zip(tables, keys, lookups, strict=True)
         ]
         for table, k in zip(tables, keys, strict=True):
             table.native.check_keys(k)
-        self._check_reply_size(pushes, lookups, tables, keys, dtypes)
+        self.answers.check_reply_size(pushes, lookups, tables, keys, dtypes)
         return tables, keys, dtypes
 
     def _batch_of_step_shares(
