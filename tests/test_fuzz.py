@@ -243,6 +243,9 @@ def with_bounded_waits(method: str, data: bytes) -> bytes:
 
 def test_the_fuzzed_daemon_still_serves_and_trains(daemon: Daemon, tmp_path: Path) -> None:
     ensure_table(daemon)
+    # A fuzzed TuneTable may have left "t" a learning rate (any positive float32, 1e-45
+    # say) too small to move a row: set one that must.
+    daemon.stub.TuneTable(pb.TuneTableRequest(name="t", lr=0.1, weight_decay=0.0))
     before = raw_rows(daemon.stub.Lookup(pb.LookupRequest(table="t", keys=keys([1]))))
     daemon.stub.Push(push("t", [1], np.ones((1, 4), np.float32)))
     after = raw_rows(daemon.stub.Lookup(pb.LookupRequest(table="t", keys=keys([1]))))
