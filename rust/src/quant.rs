@@ -222,8 +222,8 @@ fn is_special(code: u8) -> bool {
 /// One group of normal codes (no zero, subnormal or NaN: almost every group of a trained
 /// table), for a scale within 2^+-100: the code sign-extended and shifted puts its sign at
 /// bfloat16's sign bit and its magnitude bits at their places, and adding the exponent's
-/// offset (the scale's less E4M3's bias, 7) cannot carry into the sign (the field stays
-/// below 15 + 227 - 7). Three integer operations a value, which the compiler vectorises.
+/// offset (the scale's less E4M3's bias, 7) cannot carry into the sign (the field is at
+/// most 15 + 227 - 7 = 235). Three integer operations a value, which the compiler vectorises.
 #[inline(always)]
 fn normal_group_to_bf16(codes: &[u8; GROUP], scale_code: u8, out: &mut [u8; 2 * GROUP]) {
     let offset = (u16::from(scale_code) - 7) << 7;
