@@ -102,6 +102,8 @@ class ServeConfig:
         for name in ("data_dir", "host"):
             if not getattr(self, name):
                 raise ConfigError(name, "must not be empty")
+        if self.follow is not None and not _is_host_and_port(self.follow):
+            raise ConfigError("follow", f"must be the leader's HOST:PORT, got {self.follow!r}")
         if self.restore is not None and self.restore != "latest" and not self.restore.isdigit():
             raise ConfigError(
                 "restore", f"must be 'latest' or a checkpoint id, got {self.restore!r}"
@@ -111,6 +113,11 @@ class ServeConfig:
     def address(self) -> str:
         host = f"[{self.host}]" if ":" in self.host else self.host
         return f"{host}:{self.port}"
+
+
+def _is_host_and_port(address: str) -> bool:
+    host, _, port = address.rpartition(":")
+    return bool(host) and port.isdigit() and 1 <= int(port) <= PORT_RANGE[1]
 
 
 def _check_int(name: str, value: object, low: int, high: int | None) -> None:

@@ -143,6 +143,9 @@ BAD_SERVE_FLAGS = {
     ("--follow-wait", "-3"): "--follow-wait must be a finite number of seconds >= 0",
     ("--restore", "abc"): "--restore must be 'latest' or a checkpoint id, got 'abc'",
     ("--host", ""): "--host must not be empty",
+    # Accepted, then a warning every few seconds that catching up failed.
+    ("--follow", "leader"): "--follow must be the leader's HOST:PORT, got 'leader'",
+    ("--follow", "leader:0"): "--follow must be the leader's HOST:PORT",
 }
 
 
