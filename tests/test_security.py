@@ -197,11 +197,22 @@ def test_tls_files_that_are_not_a_certificate_and_its_key_stop_the_start(
     junk.write_text("not a certificate\n")
     data = str(tmp_path / "data")
     daemon_cert, daemon_key = pki["daemon.pem"], pki["daemon-key.pem"]
+    private_key = serialization.load_pem_private_key(Path(daemon_key).read_bytes(), None)
+    encrypted = tmp_path / "encrypted-key.pem"
+    encrypted.write_bytes(
+        private_key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.BestAvailableEncryption(b"a passphrase"),
+        )
+    )
     cases = [
         # Before, each failed only at bind: "cannot listen on 127.0.0.1:0".
         (str(junk), str(junk), None, "not a PEM certificate chain"),
         (daemon_cert, pki["client-key.pem"], None, "KEY_VALUES_MISMATCH"),
         (daemon_cert, daemon_key, str(junk), "--tls-client-ca .* holds no PEM certificate"),
+        # Refused, never prompted for (gRPC takes no passphrase).
+        (daemon_cert, str(encrypted), None, "its unencrypted private key"),
     ]
     for cert, key, client_ca, message in cases:
         config = ServeConfig(
