@@ -49,7 +49,15 @@ from store.conversions import (
     table_spec_from_proto,
     table_spec_to_proto,
 )
-from store.spec import FLOAT_DTYPES, HashSpec, OptimizerSpec, SyncStep, TableSpec, row_width
+from store.spec import (
+    FLOAT_DTYPES,
+    HashSpec,
+    OptimizerSpec,
+    SyncStep,
+    TableSpec,
+    is_integer,
+    row_width,
+)
 
 log = logging.getLogger(__name__)
 
@@ -422,9 +430,7 @@ class EngramClient:
         it returns once every rank has pushed and the step is applied (their gradients
         reduced as DDP reduces them), or raises `StepFailedError` naming the ranks that did
         not push in time. Its keys may then be empty (`step` and `return_rows` are unused)."""
-        if step is not None and (
-            isinstance(step, bool) or not isinstance(step, (int, np.integer)) or step < 0
-        ):
+        if step is not None and (not is_integer(step) or step < 0):
             raise ValueError(f"step must be None or an integer >= 0, got {step!r}")
         flat = as_keys(keys)
         layout = self._layout(table)

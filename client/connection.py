@@ -21,7 +21,7 @@ from client.security import Security
 from store import _native
 from store._proto.engram.store.v1 import store_pb2 as pb
 from store._proto.engram.store.v1 import store_pb2_grpc as pb_grpc
-from store.spec import is_seconds
+from store.spec import is_integer, is_seconds
 
 MAX_MESSAGE_BYTES = 512 << 20
 RETRYABLE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
@@ -38,7 +38,7 @@ class RetryPolicy:
     max_backoff_s: float = 2.0
 
     def __post_init__(self) -> None:
-        if isinstance(self.max_attempts, bool) or not isinstance(self.max_attempts, int):
+        if not is_integer(self.max_attempts):
             raise ValueError(f"max_attempts must be an integer, got {self.max_attempts!r}")
         if self.max_attempts < 1:
             raise ValueError(f"max_attempts must be at least 1, got {self.max_attempts}")

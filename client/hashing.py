@@ -19,6 +19,7 @@ from tokenizers import Regex, Tokenizer, normalizers
 from store import _native
 from store._proto.engram.store.v1 import store_pb2 as pb
 from store.arrays import as_int64_array
+from store.spec import is_integer
 
 TokenizerLike = Union[str, "os.PathLike[str]", Tokenizer, Any]
 
@@ -103,7 +104,7 @@ class CompressedTokenizer:
 
 
 def _positive_int(value: Any, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value <= 0:
+    if not is_integer(value) or value <= 0:
         raise ValueError(f"{name} must be a positive integer, got {value!r}")
     return int(value)
 
@@ -122,7 +123,7 @@ class NgramHashMapping:
         pad_id: int,
         seed: int,
     ) -> None:
-        if isinstance(max_ngram_size, bool) or not isinstance(max_ngram_size, (int, np.integer)):
+        if not is_integer(max_ngram_size):
             raise ValueError(f"max_ngram_size must be an integer, got {max_ngram_size!r}")
         if max_ngram_size < 2:
             raise ValueError(f"max_ngram_size must be at least 2, got {max_ngram_size}")
@@ -141,7 +142,7 @@ class NgramHashMapping:
             raise ValueError(f"layer_ids must be distinct, got {self.layer_ids}")
         if any(layer < 0 for layer in self.layer_ids):
             raise ValueError(f"layer_ids must be non-negative, got {self.layer_ids}")
-        if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        if not is_integer(seed) or seed < 0:
             raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
         self.vocab_size_per_ngram = vocab_sizes
         self.max_ngram_size = int(max_ngram_size)
@@ -153,7 +154,7 @@ class NgramHashMapping:
             self.compressed_tokenizer = CompressedTokenizer(tokenizer_name_or_path)
         self.tokenizer_vocab_size = len(self.compressed_tokenizer)
         raw_vocab = self.compressed_tokenizer.vocab_size
-        if isinstance(pad_id, bool) or not isinstance(pad_id, (int, np.integer)):
+        if not is_integer(pad_id):
             raise ValueError(f"pad_id must be an integer token id, got {pad_id!r}")
         if not 0 <= pad_id < raw_vocab:
             raise ValueError(f"pad_id {pad_id} is outside the tokenizer vocabulary of {raw_vocab}")

@@ -87,8 +87,12 @@ class ServeConfig:
     def __post_init__(self) -> None:
         """Refuses a setting that could not work (a port beyond 65535 would bind another
         port, a message limit of 10 bytes would refuse every reply), naming it."""
-        at_least_one = ("workers", "max_concurrent_requests", "max_lookup_rows")
-        for name in (*at_least_one, "max_pending_step_bytes"):
+        for name in (
+            "workers",
+            "max_concurrent_requests",
+            "max_lookup_rows",
+            "max_pending_step_bytes",
+        ):
             _check_int(name, getattr(self, name), 1, None)
         _check_int("threads", self.threads, 0, None)
         _check_int("port", self.port, *PORT_RANGE)

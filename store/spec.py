@@ -260,6 +260,11 @@ def step_timeout(timeout_s: float) -> float:
     return timeout_s or DEFAULT_STEP_TIMEOUT_S
 
 
+def is_integer(value: object) -> bool:
+    """Whether `value` is an integer, Python's or numpy's (booleans are not numbers here)."""
+    return not isinstance(value, bool) and isinstance(value, (int, np.integer))
+
+
 def is_seconds(value: object, zero_allowed: bool = False) -> bool:
     """Whether `value` is a finite number of seconds: above zero, or at least zero when
     `zero_allowed` (booleans are not numbers here)."""
