@@ -36,7 +36,10 @@ class EngramConfig:
         a relative `tokenizer_name_or_path` is taken relative to the file. Unknown fields
         raise `ValueError` naming them."""
         with open(path) as f:
-            fields = json.load(f)
+            try:
+                fields = json.load(f)
+            except (ValueError, RecursionError) as error:  # JSONDecodeError is a ValueError
+                raise ValueError(f"{path}: not a JSON Engram config: {error}") from None
         if not isinstance(fields, dict):
             raise ValueError(f"{path}: an Engram config is a JSON object")
         known = {f.name for f in dataclasses.fields(EngramConfig)}
@@ -45,8 +48,8 @@ class EngramConfig:
             raise ValueError(
                 f"{path}: unknown Engram config fields {unknown}; known: {sorted(known)}"
             )
-        if "tokenizer_name_or_path" not in fields:
-            raise ValueError(f"{path}: tokenizer_name_or_path is required")
+        if not isinstance(fields.get("tokenizer_name_or_path"), str):
+            raise ValueError(f"{path}: tokenizer_name_or_path (a path) is required")
         tokenizer = os.path.join(
             os.path.dirname(os.path.abspath(path)), fields["tokenizer_name_or_path"]
         )

@@ -18,6 +18,15 @@ from typing import Any
 
 import grpc
 
+from store.tls import check_client_files
+
+# Each field with the flag and the variable that set it for the command line.
+_FIELDS = (
+    "tls_ca (--tls-ca, ENGRAM_STORE_TLS_CA)",
+    "tls_cert (--tls-client-cert, ENGRAM_STORE_TLS_CLIENT_CERT)",
+    "tls_key (--tls-client-key, ENGRAM_STORE_TLS_CLIENT_KEY)",
+)
+
 
 @dataclass(frozen=True)
 class Security:
@@ -38,12 +47,10 @@ class Security:
         )
 
     def channel_credentials(self) -> grpc.ChannelCredentials | None:
-        """TLS credentials (None: plaintext)."""
-        if (self.tls_cert and not self.tls_key) or (self.tls_key and not self.tls_cert):
-            raise ValueError("tls_cert and tls_key go together (a client certificate)")
+        """TLS credentials (None: plaintext). Files that are missing or not the PEM they
+        should be raise `TlsFileError` (a `ValueError`) naming the field."""
+        check_client_files(self.tls_ca, self.tls_cert, self.tls_key, _FIELDS)
         if not self.tls_ca:
-            if self.tls_cert:
-                raise ValueError("a client certificate needs tls_ca (TLS) too")
             return None
         return grpc.ssl_channel_credentials(
             root_certificates=Path(self.tls_ca).read_bytes(),

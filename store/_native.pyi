@@ -14,9 +14,11 @@ __all__ = [
     "PUSH_CRASH_POINTS",
     "TABLE_FORMAT_VERSION",
     "HotRowCache",
+    "InvalidArgumentError",
     "Journal",
     "Keys",
     "NgramHasher",
+    "OutOfRangeError",
     "SharedRegion",
     "StoreError",
     "Table",
@@ -38,6 +40,8 @@ BUFFER_HEADER_BYTES: int
 
 class StoreError(Exception): ...
 class TableFormatError(StoreError): ...
+class InvalidArgumentError(StoreError, ValueError): ...
+class OutOfRangeError(StoreError, IndexError): ...
 
 @final
 class NgramHasher:

@@ -11,7 +11,6 @@ import numpy as np
 import numpy.typing as npt
 
 from store import _native
-from store.errors import OutOfRangeError
 
 # numpy has no bfloat16: those rows travel as their uint16 bit patterns
 # (`torch.from_numpy(rows).view(torch.bfloat16)` reads them).
@@ -57,10 +56,7 @@ def as_keys(keys: Any, name: str = "keys") -> npt.NDArray[np.uint64]:
         raise TypeError(f"{name} must hold integers, got dtype {array.dtype}")
     if array.dtype == np.uint64:
         return np.ascontiguousarray(array.reshape(-1))
-    try:
-        return _native.keys_from_int64(as_int64_array(array, name).reshape(-1))
-    except IndexError as error:
-        raise OutOfRangeError(str(error)) from None
+    return _native.keys_from_int64(as_int64_array(array, name).reshape(-1))
 
 
 def as_rows(values: Any, num_keys: int, dim: int, name: str = "values") -> npt.NDArray[np.float32]:

@@ -2,8 +2,9 @@
 status codes.
 
 Every error the store or its client raises derives from `StoreError` (defined by the Rust
-engine, so its own errors are part of the tree), and the kinds users test for also derive
-from the builtin Python users expect (`ValueError`, `IndexError`, `KeyError`). The server
+engine with the kinds it raises itself, so its own errors are part of the tree), and the
+kinds users test for also derive from the builtin Python users expect (`ValueError`,
+`IndexError`, `KeyError`). The server
 answers each kind with its `status` and the client raises the same kind again from that
 status: both read `STATUS_OF_KIND`, so the two sides cannot drift apart. The client
 imports this module, the protocol's other half, beside `_native` and `_proto`.
@@ -13,7 +14,7 @@ from __future__ import annotations
 
 import errno
 
-from store._native import StoreError, TableFormatError
+from store._native import InvalidArgumentError, OutOfRangeError, StoreError, TableFormatError
 
 
 class NotFoundError(StoreError, KeyError):
@@ -25,14 +26,6 @@ class NotFoundError(StoreError, KeyError):
 
 class AlreadyExistsError(StoreError):
     """A table that already exists (ALREADY_EXISTS)."""
-
-
-class InvalidArgumentError(StoreError, ValueError):
-    """A malformed request: bad shape, dtype, name or config (INVALID_ARGUMENT)."""
-
-
-class OutOfRangeError(StoreError, IndexError):
-    """A key outside its table (OUT_OF_RANGE)."""
 
 
 class ResourceExhaustedError(StoreError):

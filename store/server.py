@@ -11,7 +11,6 @@ import ipaddress
 import logging
 import os
 import signal
-import ssl
 import threading
 from collections.abc import Callable, Iterator
 from concurrent import futures
@@ -51,6 +50,7 @@ from store.errors import InvalidArgumentError, status_of
 from store.follower import Follower, LeaderLink
 from store.metrics import EngineCollector, RequestMetrics
 from store.replication import pack_chunks
+from store.tls import TlsFileError, check_client_files, check_server_files
 
 log = logging.getLogger(__name__)
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["EngramStore"].full_name
@@ -260,35 +260,35 @@ def _credentials(config: ServeConfig) -> grpc.ServerCredentials | None:
     if not (config.tls_cert and config.tls_key):
         raise StartupError("TLS needs both --tls-cert and --tls-key")
     try:
+        check_server_files(
+            config.tls_cert,
+            config.tls_key,
+            config.tls_client_ca,
+            ("--tls-cert", "--tls-key", "--tls-client-ca"),
+        )
         key, chain = Path(config.tls_key).read_bytes(), Path(config.tls_cert).read_bytes()
         client_ca = Path(config.tls_client_ca).read_bytes() if config.tls_client_ca else None
-    except OSError as error:
-        raise StartupError(f"cannot read the TLS files: {error}") from error
-    _check_tls_files(config.tls_cert, config.tls_key, config.tls_client_ca)
+    except (TlsFileError, OSError) as error:
+        raise StartupError(f"cannot use the TLS files: {error}") from error
     return grpc.ssl_server_credentials(
         [(key, chain)], root_certificates=client_ca, require_client_auth=bool(client_ca)
     )
 
 
-def _check_tls_files(cert: str, key: str, client_ca: str | None) -> None:
-    """Parses the PEM files as gRPC will: gRPC refuses bad ones only when it binds, and then
-    says no more than that it could not bind the address."""
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+def _check_leader_tls(config: ServeConfig) -> None:
+    """A follower's TLS files are checked before anything starts: gRPC would only log each
+    failed connection, or abort the daemon on a certificate without its key."""
+    if not config.follow:
+        return
     try:
-        # An encrypted key is refused (gRPC takes no password) rather than prompted for.
-        context.load_cert_chain(cert, key, password=lambda: b"")
-    except ssl.SSLError as error:
-        raise StartupError(
-            f"--tls-cert {cert} and --tls-key {key} are not a PEM certificate chain and its "
-            f"unencrypted private key: {error}"
-        ) from error
-    if client_ca:
-        try:
-            context.load_verify_locations(client_ca)
-        except ssl.SSLError as error:
-            raise StartupError(
-                f"--tls-client-ca {client_ca} holds no PEM certificate: {error}"
-            ) from error
+        check_client_files(
+            config.follow_tls_ca,
+            config.follow_tls_cert,
+            config.follow_tls_key,
+            ("--follow-tls-ca", "--follow-tls-cert", "--follow-tls-key"),
+        )
+    except TlsFileError as error:
+        raise StartupError(f"cannot use the leader's TLS files: {error}") from error
 
 
 def _check_exposure(config: ServeConfig, tokens: Tokens | None) -> None:
@@ -347,6 +347,7 @@ def serve(config: ServeConfig, stop_event: threading.Event | None = None) -> Non
     tokens = _tokens(config)
     _check_exposure(config, tokens)
     credentials = _credentials(config)
+    _check_leader_tls(config)
     if config.threads:
         try:
             _native.set_thread_count(config.threads)

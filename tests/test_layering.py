@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import ast
+import pickle
+from pathlib import Path
 
 import grpc
+import numpy as np
 import pytest
 from conftest import REPO_ROOT
 
 from client.errors import EngramClientError, from_rpc_error
-from store import errors
+from store import Table, _native, errors
 
 
 def imports(package: str) -> dict[str, set[str]]:
@@ -37,7 +40,7 @@ def test_store_never_imports_the_client_or_the_command_line() -> None:
 # What the client may use of the store package: the extension, the generated protocol, and
 # the vocabulary both sides of the wire share.
 CLIENT_MAY_IMPORT = ("store._native", "store._proto", "store.spec", "store.errors",
-                     "store.conversions", "store.arrays")  # fmt: skip
+                     "store.conversions", "store.arrays", "store.tls")  # fmt: skip
 
 
 def test_the_client_uses_only_the_stores_shared_vocabulary() -> None:
@@ -106,3 +109,24 @@ def test_each_error_kind_crosses_the_wire_as_itself(kind: type[errors.StoreError
         assert isinstance(raised, kind)
     assert isinstance(raised, errors.StoreError)
     assert str(raised) == f"host:1: {status}: why"
+
+
+def test_the_engines_own_refusals_are_kinds_of_the_tree(tmp_path: Path) -> None:
+    table = Table.create(tmp_path / "t.engram", 10, 2)
+    with pytest.raises(errors.OutOfRangeError, match=r"keys\[0\] = 10 is out of range"):
+        table.gather(np.array([10], dtype=np.uint64))
+    with pytest.raises(errors.InvalidArgumentError, match="threads must be positive"):
+        _native.set_thread_count(0)
+    assert errors.status_of(errors.OutOfRangeError("x")) == "OUT_OF_RANGE"
+    assert issubclass(errors.OutOfRangeError, IndexError)
+    assert issubclass(errors.InvalidArgumentError, ValueError)
+
+
+@pytest.mark.parametrize(
+    "kind", [errors.StoreError, errors.TableFormatError, errors.OutOfRangeError]
+)
+def test_the_engines_errors_survive_pickling(kind: type[errors.StoreError]) -> None:
+    # Worker processes (torch.multiprocessing, DataLoader) hand exceptions back pickled.
+    copy = pickle.loads(pickle.dumps(kind("why")))
+    assert type(copy) is kind
+    assert str(copy) == "why"

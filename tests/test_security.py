@@ -35,6 +35,7 @@ from client import (
 from engram_cli import main
 from store.config import ServeConfig
 from store.server import StartupError, serve
+from store.tls import TlsFileError
 
 WRITER, READER = "w" * 24 + "-writer", "r" * 24 + "-reader"
 
@@ -221,6 +222,60 @@ def test_tls_files_that_are_not_a_certificate_and_its_key_stop_the_start(
         with pytest.raises(StartupError, match=message):
             serve(config)
     assert not (tmp_path / "data").exists()
+
+
+def test_a_followers_tls_files_stop_the_start_when_unusable(
+    tmp_path: Path, pki: dict[str, str]
+) -> None:
+    junk = tmp_path / "junk.pem"
+    junk.write_text("not a certificate\n")
+    data = str(tmp_path / "data")
+    ca, cert, key = pki["ca.pem"], pki["client.pem"], pki["client-key.pem"]
+    cases = [
+        # Before, the daemon started and logged each failed catch-up.
+        (str(junk), None, None, "--follow-tls-ca .*junk.pem holds no PEM certificate"),
+        (str(tmp_path / "missing.pem"), None, None, "--follow-tls-ca .* cannot be read"),
+        # Before, this one was silently ignored: a certificate, with TLS off.
+        (None, cert, key, r"\(--follow-tls-cert\) needs --follow-tls-ca"),
+        # Before, gRPC aborted the daemon: "Check failed: private_key != nullptr".
+        (ca, cert, None, "--follow-tls-cert needs --follow-tls-key"),
+        (ca, cert, pki["daemon-key.pem"], "KEY_VALUES_MISMATCH"),
+    ]
+    for follow_ca, follow_cert, follow_key, message in cases:
+        config = ServeConfig(
+            data_dir=data,
+            port=0,
+            follow="127.0.0.1:1",
+            follow_tls_ca=follow_ca,
+            follow_tls_cert=follow_cert,
+            follow_tls_key=follow_key,
+        )
+        with pytest.raises(StartupError, match="cannot use the leader's TLS files: .*" + message):
+            serve(config)
+    assert not (tmp_path / "data").exists()
+
+
+def test_a_clients_tls_files_are_refused_naming_them(
+    tmp_path: Path, pki: dict[str, str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    junk = tmp_path / "junk.pem"
+    junk.write_text("not a certificate\n")
+    cases: list[tuple[dict[str, str], str]] = [
+        # Before, every call failed as if no daemon answered (UNAVAILABLE).
+        ({"tls_ca": str(junk)}, r"tls_ca \(--tls-ca, ENGRAM_STORE_TLS_CA\) .* no PEM"),
+        ({"tls_ca": str(tmp_path / "missing")}, "tls_ca .* cannot be read"),
+        ({"tls_ca": pki["ca.pem"], "tls_key": pki["client-key.pem"]}, "tls_key .* needs tls_cert"),
+        (
+            {"tls_ca": pki["ca.pem"], "tls_cert": str(junk), "tls_key": pki["client-key.pem"]},
+            "tls_cert .* are not a PEM certificate chain",
+        ),
+    ]
+    for files, message in cases:
+        with pytest.raises(TlsFileError, match=message):
+            client("127.0.0.1:1", None, **files)
+    assert issubclass(TlsFileError, ValueError)
+    assert main(["tables", "--address", "127.0.0.1:1", "--tls-ca", str(junk)]) == 3
+    assert "--tls-ca" in capsys.readouterr().err
 
 
 def test_mutual_tls_refuses_clients_without_a_certificate(

@@ -184,5 +184,8 @@ def test_corrupt_files_are_refused(tmp_path: Path) -> None:
     with pytest.raises(TableFormatError, match="truncated"):
         Table.open(short)
 
-    with pytest.raises(FileNotFoundError):
+    with pytest.raises(FileNotFoundError) as missing:
         Table.open(tmp_path / "missing")
+    # As Python's own OSErrors read: the file name as a string, no "(os error 2)" twice.
+    assert missing.value.filename == str(tmp_path / "missing")
+    assert str(missing.value) == f"[Errno 2] No such file or directory: '{tmp_path / 'missing'}'"

@@ -1,12 +1,11 @@
 //! Bindings of the hashing kernel.
 
-use super::{detached, owned, to_py_err};
+use super::{detached, invalid_argument, owned, to_py_err};
 use crate::hash::{self, primes};
 use numpy::{
     IntoPyArray, PyArray1, PyReadonlyArray1, PyReadonlyArray2, PyReadwriteArray4,
     PyUntypedArrayMethods,
 };
-use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 
 /// Hash kernel for one model configuration (every Engram layer).
@@ -75,12 +74,12 @@ pub(crate) fn table_sizes(
     n_layers: usize,
 ) -> PyResult<Vec<Vec<Vec<u64>>>> {
     if let Some(bad) = vocab_sizes.iter().find(|&&v| v < 1) {
-        return Err(PyValueError::new_err(format!(
+        return Err(invalid_argument(format!(
             "engram_vocab_size entries must be positive, got {bad}"
         )));
     }
     py.detach(|| primes::table_sizes(&vocab_sizes, n_head_per_ngram, n_layers))
-        .ok_or_else(|| PyValueError::new_err("no 64-bit prime table size above engram_vocab_size"))
+        .ok_or_else(|| invalid_argument("no 64-bit prime table size above engram_vocab_size"))
 }
 
 /// Raw token ids -> compressed ids through `lookup`; negative ids pass through.

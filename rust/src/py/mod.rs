@@ -20,31 +20,96 @@ use numpy::PyReadonlyArray1;
 use pyo3::create_exception;
 use pyo3::exceptions::{PyException, PyIndexError, PyOSError, PyValueError};
 use pyo3::prelude::*;
-use pyo3::types::PyBytes;
+use pyo3::sync::PyOnceLock;
+use pyo3::types::{PyBytes, PyDict, PyTuple, PyType};
 
 create_exception!(
-    _native,
+    store._native,
     StoreError,
     PyException,
     "Base class of Engram Store errors."
 );
 create_exception!(
-    _native,
+    store._native,
     TableFormatError,
     StoreError,
     "A table file is not a valid Engram Store table (bad magic, version, checksum or size)."
 );
 
+static INVALID_ARGUMENT: PyOnceLock<Py<PyType>> = PyOnceLock::new();
+static OUT_OF_RANGE: PyOnceLock<Py<PyType>> = PyOnceLock::new();
+
+/// A subclass of both `StoreError` and the builtin users expect (`ValueError`,
+/// `IndexError`). `create_exception!` takes one base only, so the class is built by
+/// calling `type`, once per process.
+fn store_error_kind<'py, Builtin: pyo3::PyTypeInfo>(
+    py: Python<'py>,
+    cell: &'static PyOnceLock<Py<PyType>>,
+    name: &str,
+    doc: &str,
+) -> PyResult<&'py Bound<'py, PyType>> {
+    let kind = cell.get_or_try_init(py, || -> PyResult<Py<PyType>> {
+        let bases = PyTuple::new(py, [py.get_type::<StoreError>(), py.get_type::<Builtin>()])?;
+        let namespace = PyDict::new(py);
+        namespace.set_item("__module__", "store._native")?;
+        namespace.set_item("__doc__", doc)?;
+        let kind = py.get_type::<PyType>().call1((name, bases, namespace))?;
+        Ok(kind.cast_into::<PyType>()?.unbind())
+    })?;
+    Ok(kind.bind(py))
+}
+
+fn invalid_argument_type(py: Python<'_>) -> PyResult<&Bound<'_, PyType>> {
+    store_error_kind::<PyValueError>(
+        py,
+        &INVALID_ARGUMENT,
+        "InvalidArgumentError",
+        "A malformed request: bad shape, dtype, name or config (INVALID_ARGUMENT).",
+    )
+}
+
+fn out_of_range_type(py: Python<'_>) -> PyResult<&Bound<'_, PyType>> {
+    store_error_kind::<PyIndexError>(
+        py,
+        &OUT_OF_RANGE,
+        "OutOfRangeError",
+        "A key outside its table (OUT_OF_RANGE).",
+    )
+}
+
+fn raised(kind: fn(Python<'_>) -> PyResult<&Bound<'_, PyType>>, msg: String) -> PyErr {
+    Python::attach(|py| match kind(py) {
+        Ok(kind) => PyErr::from_type(kind.clone(), msg),
+        Err(err) => err,
+    })
+}
+
+/// `InvalidArgumentError` (a `StoreError` and a `ValueError`) with `msg`.
+pub(crate) fn invalid_argument(msg: impl Into<String>) -> PyErr {
+    raised(invalid_argument_type, msg.into())
+}
+
+/// `OutOfRangeError` (a `StoreError` and an `IndexError`) with `msg`.
+pub(crate) fn out_of_range(msg: impl Into<String>) -> PyErr {
+    raised(out_of_range_type, msg.into())
+}
+
 pub(crate) fn to_py_err(err: Error) -> PyErr {
     match err {
-        Error::InvalidArgument(msg) => PyValueError::new_err(msg),
-        Error::OutOfRange(msg) => PyIndexError::new_err(msg),
+        Error::InvalidArgument(msg) => invalid_argument(msg),
+        Error::OutOfRange(msg) => out_of_range(msg),
         Error::Format { .. } => TableFormatError::new_err(err.to_string()),
         Error::Io { path, source } => {
             // OSError(errno, strerror, filename) picks the matching subclass
-            // (FileNotFoundError, FileExistsError, ...).
+            // (FileNotFoundError, FileExistsError, ...) and adds "[Errno N]" itself, so
+            // strerror leaves out Rust's own " (os error N)".
             let errno = source.raw_os_error().unwrap_or(0);
-            PyOSError::new_err((errno, source.to_string(), path))
+            let text = source.to_string();
+            let strerror = text
+                .strip_suffix(&format!(" (os error {errno})"))
+                .unwrap_or(&text)
+                .to_owned();
+            PyOSError::new_err((errno, strerror, path.display().to_string()))
         }
     }
 }
@@ -86,7 +151,7 @@ pub(crate) fn parse_header(
         "normal" => Initializer::normal(std, seed).map_err(to_py_err)?,
         "zeros" => Initializer::Zeros,
         other => {
-            return Err(PyValueError::new_err(format!(
+            return Err(invalid_argument(format!(
                 "init must be 'normal' or 'zeros', got {other:?}"
             )))
         }
@@ -103,7 +168,7 @@ pub(crate) fn parse_header(
 /// An owned duplicate of a file descriptor the caller keeps open for the call.
 pub(crate) fn file_of_fd(fd: i32) -> PyResult<std::fs::File> {
     if fd < 0 {
-        return Err(PyValueError::new_err(format!(
+        return Err(invalid_argument(format!(
             "fd must be an open file descriptor, got {fd}"
         )));
     }
@@ -142,12 +207,12 @@ fn parse_lookup_chunk(data: &[u8]) -> PyResult<ParsedChunkTuple> {
 #[pyfunction]
 fn set_thread_count(threads: usize) -> PyResult<()> {
     if threads == 0 {
-        return Err(PyValueError::new_err("threads must be positive, got 0"));
+        return Err(invalid_argument("threads must be positive, got 0"));
     }
     rayon::ThreadPoolBuilder::new()
         .num_threads(threads)
         .build_global()
-        .map_err(|e| PyValueError::new_err(format!("cannot set the engine's threads: {e}")))
+        .map_err(|e| invalid_argument(format!("cannot set the engine's threads: {e}")))
 }
 
 #[pymodule]
@@ -155,6 +220,8 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     let py = m.py();
     m.add("StoreError", py.get_type::<StoreError>())?;
     m.add("TableFormatError", py.get_type::<TableFormatError>())?;
+    m.add("InvalidArgumentError", invalid_argument_type(py)?)?;
+    m.add("OutOfRangeError", out_of_range_type(py)?)?;
     m.add("TABLE_FORMAT_VERSION", crate::table::format::FORMAT_VERSION)?;
     m.add("PUSH_CRASH_POINTS", crate::crash_points::POINTS.to_vec())?;
     m.add("BUFFER_MAGIC", PyBytes::new(py, region::BUFFER_MAGIC))?;

@@ -1,7 +1,7 @@
 //! Bindings of memory-mapped tables.
 
 use super::hot_rows::HotRowCache;
-use super::{bytes_mut, detached, owned, owned_rows, parse_dtype, parse_header};
+use super::{bytes_mut, detached, invalid_argument, owned, owned_rows, parse_dtype, parse_header};
 use crate::codec::DType;
 use crate::init::Initializer;
 use crate::table;
@@ -177,7 +177,7 @@ impl Table {
             "dense" => table::Access::Dense,
             "sparse" => table::Access::Sparse,
             other => {
-                return Err(pyo3::exceptions::PyValueError::new_err(format!(
+                return Err(invalid_argument(format!(
                     "access must be 'dense' or 'sparse', got {other:?}"
                 )))
             }

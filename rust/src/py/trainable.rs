@@ -2,7 +2,9 @@
 
 use super::keys::Keys;
 use super::shared_region::SharedRegion;
-use super::{bytes_mut, detached, owned, owned_rows, parse_dtype, parse_header, to_py_err};
+use super::{
+    bytes_mut, detached, invalid_argument, owned, owned_rows, parse_dtype, parse_header, to_py_err,
+};
 use crate::checkpoint::{self, PackSummary};
 use crate::codec::DType;
 use crate::journal;
@@ -11,7 +13,6 @@ use crate::optim::Optimizer;
 use crate::trainable::{self, Origin};
 use crate::wire;
 use numpy::{PyReadonlyArray1, PyReadonlyArray2, PyReadwriteArray2};
-use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 use pyo3::types::PyBytes;
 use std::path::PathBuf;
@@ -119,7 +120,7 @@ fn row_width(dim: usize, dtype: DType) -> usize {
 /// The bytes of `keys` rows of `dim` values of `dtype`.
 fn rows_bytes(keys: usize, dim: usize, dtype: DType) -> PyResult<usize> {
     keys.checked_mul(dtype.row_bytes(dim))
-        .ok_or_else(|| PyValueError::new_err("the rows of so many keys do not fit in memory"))
+        .ok_or_else(|| invalid_argument("the rows of so many keys do not fit in memory"))
 }
 
 /// A trainable table: rows, optimizer state and step count, in the files of one directory.
@@ -237,7 +238,7 @@ impl TrainableTable {
                 }
                 Some(RowSink::Array(mut array)) => {
                     if dtype != DType::F32 {
-                        return Err(PyValueError::new_err(
+                        return Err(invalid_argument(
                             "an array `into` takes float32 rows; pass dtype='float32'",
                         ));
                     }
@@ -346,7 +347,7 @@ impl TrainableTable {
                 }
                 GradsSource::Array(array) => {
                     if dtype != DType::F32 {
-                        return Err(PyValueError::new_err(
+                        return Err(invalid_argument(
                             "an array of gradients is float32; pass grads_dtype='float32'",
                         ));
                     }
@@ -376,7 +377,7 @@ impl TrainableTable {
             .checked_add(count as u64)
             .filter(|&end| end <= params.num_rows())
             .ok_or_else(|| {
-                PyValueError::new_err(format!(
+                invalid_argument(format!(
                     "rows [{first_row}, {first_row} + {count}) fall outside the table's {} rows",
                     params.num_rows()
                 ))
