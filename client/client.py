@@ -51,10 +51,12 @@ from store.conversions import (
 )
 from store.spec import (
     FLOAT_DTYPES,
+    UINT64_MAX,
     HashSpec,
     OptimizerSpec,
     SyncStep,
     TableSpec,
+    checked_integer,
     is_integer,
     row_width,
 )
@@ -198,6 +200,7 @@ class EngramClient:
     def create(self, spec: TableSpec, importing: bool = False) -> TableInfo:
         """Creates the table `spec` describes, cut into one row range per shard; with
         `importing`, hidden until `finish_import` (replacing an unfinished import)."""
+        spec.check_fields()  # named here: protobuf would refuse it without a name
         shards = len(self.shards)
         # Fewer rows than shards, but some: the daemons refuse none or fewer themselves.
         if 0 < spec.num_rows < shards:
@@ -263,6 +266,8 @@ class EngramClient:
     def tune_table(self, name: str, lr: float, weight_decay: float = 0.0) -> TableInfo:
         """Sets a live table's learning rate and weight decay for its later pushes, on every
         shard (its optimizer's kind and state stay); later checkpoints record them."""
+
+        OptimizerSpec(lr=lr, weight_decay=weight_decay).check()
 
         def tune(i: int, shard: Shard) -> pb.TableInfo:
             request = pb.TuneTableRequest(name=name, lr=lr, weight_decay=weight_decay)
@@ -593,14 +598,15 @@ class EngramClient:
         """
         if isinstance(ids, (str, bytes)):
             raise TypeError(f"ids must be a checkpoint id, one per shard, or None; got {ids!r}")
-        if ids is None or isinstance(ids, int):
+        if ids is None or isinstance(ids, (int, np.integer)):
             per_shard = [ids or 0] * len(self.shards)
         else:
-            per_shard = [i.id if isinstance(i, CheckpointInfo) else int(i) for i in ids]
+            per_shard = [i.id if isinstance(i, CheckpointInfo) else i for i in ids]
             if len(per_shard) != len(self.shards):
                 raise ValueError(
                     f"ids has {len(per_shard)} checkpoint ids for {len(self.shards)} shards"
                 )
+        per_shard = [checked_integer("ids", i, 0, UINT64_MAX) for i in per_shard]
 
         def restore(i: int, shard: Shard) -> CheckpointInfo:
             request = pb.RestoreRequest(id=per_shard[i])
@@ -621,6 +627,7 @@ class EngramClient:
     ) -> ChangedRows:
         """What changed on one daemon from its checkpoint `since_checkpoint` (0: everything)
         to its latest, as checkpoint packs; `save_to` keeps them (see client.changes)."""
+        checked_integer("since_checkpoint", since_checkpoint, 0, UINT64_MAX)
         daemon = self._shard(shard)
         request = pb.ChangedRowsRequest(since_checkpoint=since_checkpoint, store_id=store_id)
         return daemon.call(

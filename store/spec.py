@@ -49,7 +49,7 @@ def row_width(dtype: str, dim: int) -> int:
 
 
 def check_table_name(name: str) -> str:
-    if not TABLE_NAME.fullmatch(name):
+    if not isinstance(name, str) or not TABLE_NAME.fullmatch(name):
         raise InvalidArgumentError(
             f"table name must be 1-128 letters, digits, '_', '.' or '-' starting with a "
             f"letter or digit, got {name!r}"
@@ -72,7 +72,19 @@ class OptimizerSpec:
     # PyTorch's (coupled, L2) weight decay on the rows a push touches.
     weight_decay: float = 0.0
 
+    def check_fields(self) -> OptimizerSpec:
+        """This spec, after checking that each field has its type."""
+        if not isinstance(self.name, str):
+            raise InvalidArgumentError(f"optimizer must be a name, got {self.name!r}")
+        for name in ("lr", "eps", "beta1", "beta2", "initial_accumulator_value", "weight_decay"):
+            if not is_real(getattr(self, name)):
+                raise InvalidArgumentError(f"{name} must be a number, got {getattr(self, name)!r}")
+        return self
+
     def check(self) -> OptimizerSpec:
+        """This spec, after checking what the engine does not: its fields' types, its name,
+        and `lr` and `weight_decay` (which `tune_table` changes)."""
+        self.check_fields()
         if self.name not in OPTIMIZERS:
             raise InvalidArgumentError(f"optimizer must be one of {OPTIMIZERS}, got {self.name!r}")
         if not (math.isfinite(self.lr) and self.lr > 0):
@@ -173,12 +185,37 @@ class TableSpec:
     read_only: bool = False
     hash_config: HashSpec | None = None
 
+    def check_fields(self) -> TableSpec:
+        """This spec, after checking that each field has its type and fits the protocol's
+        width (proto/engram/store/v1/store.proto): what a client checks before sending it."""
+        if not isinstance(self.name, str):
+            raise InvalidArgumentError(f"table name must be a string, got {self.name!r}")
+        checked_integer("num_rows", self.num_rows, 0, UINT64_MAX)
+        checked_integer("dim", self.dim, 0, UINT32_MAX)
+        checked_integer("seed", self.seed, 0, UINT64_MAX)
+        checked_integer("first_row", self.first_row, 0, UINT64_MAX)
+        for text in ("dtype", "init"):
+            if not isinstance(getattr(self, text), str):
+                raise InvalidArgumentError(f"{text} must be a string, got {getattr(self, text)!r}")
+        if not is_real(self.init_std):
+            raise InvalidArgumentError(f"init_std must be a number, got {self.init_std!r}")
+        for flag in ("allow_non_finite", "row_checksums", "read_only"):
+            if not isinstance(getattr(self, flag), (bool, np.bool_)):
+                raise InvalidArgumentError(f"{flag} must be a boolean, got {getattr(self, flag)!r}")
+        self.optimizer.check_fields()
+        return self
+
     def check(self) -> TableSpec:
         """This spec, after checking every field the engine does not."""
+        self.check_fields()
         check_table_name(self.name)
         if self.num_rows <= 0 or self.dim <= 0:
             raise InvalidArgumentError(
                 f"num_rows and dim must be positive, got {self.num_rows} and {self.dim}"
+            )
+        if self.first_row > UINT64_MAX - self.num_rows:
+            raise InvalidArgumentError(
+                f"first_row {self.first_row} + num_rows {self.num_rows} is beyond 2^64"
             )
         if self.dtype not in TABLE_DTYPES:
             raise InvalidArgumentError(f"dtype must be one of {TABLE_DTYPES}, got {self.dtype!r}")
@@ -258,6 +295,23 @@ class SyncStep:
 def step_timeout(timeout_s: float) -> float:
     """Seconds a step waits for its ranks, from a request's `timeout_s` (0: the default)."""
     return timeout_s or DEFAULT_STEP_TIMEOUT_S
+
+
+UINT32_MAX = (1 << 32) - 1
+UINT64_MAX = (1 << 64) - 1
+
+
+def checked_integer(name: str, value: object, low: int, high: int) -> int:
+    """`value` as an int, when it is an integer in `low..high`; otherwise
+    `InvalidArgumentError` naming `name`."""
+    if not is_integer(value) or not low <= value <= high:  # type: ignore[operator]
+        raise InvalidArgumentError(f"{name} must be an integer in {low}..{high}, got {value!r}")
+    return int(value)  # type: ignore[call-overload,no-any-return]
+
+
+def is_real(value: object) -> bool:
+    """Whether `value` is a real number, Python's or numpy's (booleans are not numbers here)."""
+    return not isinstance(value, bool) and isinstance(value, (int, float, np.integer, np.floating))
 
 
 def is_integer(value: object) -> bool:

@@ -25,7 +25,7 @@ from client import (
 )
 from store import Table
 from store._proto.engram.store.v1 import store_pb2 as pb
-from store.errors import OutOfRangeError, StoreError
+from store.errors import InvalidArgumentError, OutOfRangeError, StoreError
 
 
 @pytest.fixture
@@ -179,6 +179,44 @@ def test_a_bad_step_or_checkpoint_id_is_refused_naming_it(one: Daemon) -> None:
         with pytest.raises(TypeError, match=r"ids must be a checkpoint id, .* got 'abc'"):
             client.restore("abc")  # type: ignore[arg-type]
         assert client.describe("t").step == 0
+
+
+@pytest.mark.parametrize(
+    ("call", "message"),
+    [
+        # Each failed inside protobuf without naming the argument: "bad argument type for
+        # built-in operation", "Value out of range: -1", "must be real number, not str".
+        (lambda c: c.create_table(5, 10, 2), "table name must be a string, got 5"),
+        (lambda c: c.create_table("u", 10.5, 2), r"num_rows must be an integer in 0\.\."),
+        (
+            lambda c: c.create_table("u", 10, -1),
+            r"dim must be an integer in 0\.\.4294967295, got -1",
+        ),
+        (
+            lambda c: c.create_table("u", 2**70, 2),
+            r"num_rows must be an integer in 0\.\.\d+, got \d+",
+        ),
+        (lambda c: c.create_table("u", 10, 2**33), r"dim must be an integer in 0\.\.4294967295"),
+        (lambda c: c.create_table("u", 10, 2, seed=-1), r"seed must be an integer in 0\.\."),
+        (lambda c: c.create_table("u", 10, 2, init_std="1"), "init_std must be a number"),
+        (lambda c: c.create_table("u", 10, 2, lr="0.1"), "lr must be a number, got '0.1'"),
+        (lambda c: c.create_table("u", 10, 2, read_only="no"), "read_only must be a boolean"),
+        (lambda c: c.tune_table("t", "0.1"), "lr must be a number, got '0.1'"),
+        (lambda c: c.tune_table("t", 0.1, None), "weight_decay must be a number, got None"),
+        (lambda c: c.restore(-1), r"ids must be an integer in 0\.\.\d+, got -1"),
+        (lambda c: c.restore([2**70]), r"ids must be an integer in 0\.\.\d+, got \d+"),
+        (lambda c: c.changed_rows(-5), r"since_checkpoint must be an integer in 0\.\."),
+    ],
+)
+def test_a_bad_argument_is_refused_naming_it_before_it_is_sent(
+    one: Daemon, call: Any, message: str
+) -> None:
+    with EngramClient(one.address) as client:
+        client.create_table("t", 10, 2)
+        with pytest.raises(InvalidArgumentError, match=message):
+            call(client)
+        assert client.tables() == ["t"]
+        assert client.describe("t").lr == 0.01
 
 
 @pytest.mark.parametrize(

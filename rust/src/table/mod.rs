@@ -374,6 +374,8 @@ impl Table {
                 out_dtype.name()
             )));
         }
+        // A float table of another width has no whole groups to quantize.
+        out_dtype.check_dim(self.header.dim)?;
         let out_row = out_dtype.row_bytes(self.dim());
         if out_len != keys.len() * out_row {
             return Err(Error::invalid(format!(

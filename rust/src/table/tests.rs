@@ -138,6 +138,26 @@ fn gather_converts_to_any_output_dtype() {
 }
 
 #[test]
+fn a_float_table_is_read_quantized_only_in_whole_groups() {
+    let dir = tempfile::tempdir().unwrap();
+    let narrow = new_table(&dir, DType::F32, 4, 4);
+    for dtype in [DType::Fp8E4M3, DType::Int8] {
+        let mut out = vec![7u8; dtype.row_bytes(4)];
+        let err = narrow.gather_into(&[1], dtype, &mut out).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("dim must be a multiple of 32, got 4"),
+            "{err}"
+        );
+        assert_eq!(out, vec![7u8; dtype.row_bytes(4)]);
+    }
+    let wide_dir = tempfile::tempdir().unwrap();
+    let wide = new_table(&wide_dir, DType::F32, 4, 64);
+    let mut out = vec![0u8; DType::Fp8E4M3.row_bytes(64)];
+    wide.gather_into(&[1], DType::Fp8E4M3, &mut out).unwrap();
+}
+
+#[test]
 fn out_of_range_keys_fail_before_anything_changes() {
     let dir = tempfile::tempdir().unwrap();
     let t = new_table(&dir, DType::F32, 10, 2);
