@@ -27,20 +27,50 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter):
         return f"{text} (default: %(default)s)"
 
 
+# What a variable may say for a flag that takes no value.
+TRUE_WORDS = ("1", "true", "yes", "on")
+FALSE_WORDS = ("0", "false", "no", "off", "")
+
+
 class EnvDefaultsParser(argparse.ArgumentParser):
-    """Fills each option's default from ENGRAM_STORE_<DEST> when that variable is set."""
+    """Fills each option's default from ENGRAM_STORE_<DEST> when that variable is set. The
+    value is checked as the flag's would be, and only when its verb is run: a variable meant
+    for `serve` does not stop another verb."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._from_environment: list[tuple[argparse.Action, str, str]] = []
 
     def add_argument(self, *args: Any, **kwargs: Any) -> argparse.Action:
         action = super().add_argument(*args, **kwargs)
         if action.option_strings and action.dest not in ("help", "version"):
-            value = os.environ.get(f"ENGRAM_STORE_{action.dest.upper()}")
+            variable = f"ENGRAM_STORE_{action.dest.upper()}"
+            value = os.environ.get(variable)
             if value is not None:
-                if isinstance(action, argparse._StoreTrueAction):
-                    action.default = value.lower() in ("1", "true", "yes", "on")
-                else:
-                    action.default = action.type(value) if callable(action.type) else value
-                    action.required = False
+                self._from_environment.append((action, variable, value))
+                action.required = False
         return action
+
+    def parse_known_args(self, args: Any = None, namespace: Any = None) -> Any:
+        for action, variable, value in self._from_environment:
+            action.default = self._environment_value(action, variable, value)
+        return super().parse_known_args(args, namespace)
+
+    def _environment_value(self, action: argparse.Action, variable: str, value: str) -> Any:
+        """`value` as the flag's type, or a usage error naming the variable and its flag."""
+        source = f"{variable}={value!r} (read for {max(action.option_strings, key=len)})"
+        if isinstance(action, argparse._StoreTrueAction):
+            word = value.strip().lower()
+            if word not in TRUE_WORDS + FALSE_WORDS:
+                self.error(f"{source} must be one of {', '.join(TRUE_WORDS + FALSE_WORDS[:-1])}")
+            return word in TRUE_WORDS
+        try:
+            converted = action.type(value) if callable(action.type) else value
+        except (TypeError, ValueError, argparse.ArgumentTypeError) as error:
+            self.error(f"{source}: {error}")
+        if action.choices is not None and converted not in action.choices:
+            self.error(f"{source} must be one of {', '.join(map(str, action.choices))}")
+        return converted
 
 
 def _version() -> str:

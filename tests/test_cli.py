@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from engram_cli import EXIT_FAILURE, build_parser, main
+from engram_cli import EXIT_FAILURE, EXIT_USAGE, build_parser, main
 from engram_cli.exit_codes import MEANINGS
 from store import Table
 from store._proto.engram.store.v1 import store_pb2 as pb
@@ -37,6 +37,47 @@ def test_inspect_of_a_foreign_file_fails_cleanly(
     foreign.write_bytes(b"x" * 10)
     assert main(["inspect", str(foreign)]) == EXIT_FAILURE
     assert "too short for a table header" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "message"),
+    [
+        # Before: a traceback (ValueError from int()) while the parser was being built.
+        ("ENGRAM_STORE_PORT", "abc", r"ENGRAM_STORE_PORT='abc' \(read for --port\): invalid"),
+        # Before: taken as false without a word.
+        ("ENGRAM_STORE_READ_ONLY", "maybe", "ENGRAM_STORE_READ_ONLY='maybe' .* must be one of"),
+        # Before: a traceback from logging.basicConfig.
+        ("ENGRAM_STORE_LOG_LEVEL", "LOUD", "must be one of DEBUG, INFO, WARNING, ERROR"),
+    ],
+)
+def test_a_variable_a_flag_cannot_take_is_a_usage_error_naming_it(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    variable: str,
+    value: str,
+    message: str,
+) -> None:
+    monkeypatch.setenv(variable, value)
+    with pytest.raises(SystemExit) as stopped:
+        main(["serve", "--data-dir", str(tmp_path / "data")])
+    assert stopped.value.code == EXIT_USAGE
+    assert re.search(message, capsys.readouterr().err)
+    assert not (tmp_path / "data").exists()
+
+
+def test_a_variable_is_read_only_by_the_verbs_that_have_its_flag(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("ENGRAM_STORE_PORT", "abc")  # a serve flag: inspect has none
+    monkeypatch.setenv("ENGRAM_STORE_JSON", "yes")
+    path = tmp_path / "t.engram"
+    Table.create(path, 10, 2)
+    assert main(["inspect", str(path)]) == 0
+    assert json.loads(capsys.readouterr().out)["num_rows"] == 10
+    monkeypatch.setenv("ENGRAM_STORE_JSON", "off")
+    assert main(["inspect", str(path)]) == 0
+    assert "num rows" in capsys.readouterr().out
 
 
 def test_console_script_is_installed() -> None:
