@@ -10,6 +10,7 @@ import numpy as np
 
 from engram_cli.output import emit
 from engram_cli.parsing import Verbs, connect, int_list
+from store.arrays import as_keys
 
 
 def _ids(args: argparse.Namespace, listed: str, file: str, what: str) -> np.ndarray:
@@ -18,7 +19,14 @@ def _ids(args: argparse.Namespace, listed: str, file: str, what: str) -> np.ndar
         raise ValueError(
             f"give {what} either with --{listed.replace('_', '-')} or --{file.replace('_', '-')}"
         )
-    return np.asarray(inline, np.int64) if path is None else _load_array(path, what, "iu")
+    if path is not None:
+        return _load_array(path, what, "iu")
+    if what == "keys":
+        return as_keys(inline)  # row keys reach 2^64 - 1
+    try:
+        return np.asarray(inline, np.int64)
+    except OverflowError:
+        raise ValueError(f"{what} must fit int64, got {inline}") from None
 
 
 def _load_array(path: str, what: str, kinds: str) -> np.ndarray:

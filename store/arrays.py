@@ -11,6 +11,8 @@ import numpy as np
 import numpy.typing as npt
 
 from store import _native
+from store.errors import OutOfRangeError
+from store.spec import UINT64_MAX, is_integer
 
 # numpy has no bfloat16: those rows travel as their uint16 bit patterns
 # (`torch.from_numpy(rows).view(torch.bfloat16)` reads them).
@@ -49,9 +51,11 @@ def as_int64_array(values: Any, name: str) -> npt.NDArray[np.int64]:
 
 
 def as_keys(keys: Any, name: str = "keys") -> npt.NDArray[np.uint64]:
-    """Row keys of any shape as a flat uint64 array; negative keys raise OutOfRangeError
-    (an IndexError, and a StoreError like every other refused key)."""
+    """Row keys of any shape as a flat uint64 array; negative keys, and keys beyond 2^64 - 1,
+    raise OutOfRangeError (an IndexError, and a StoreError like every other refused key)."""
     array = np.asarray(keys)
+    if array.size and array.dtype.kind in "fO" and not isinstance(keys, np.ndarray):
+        array = _python_integers(keys, array, name)
     if array.size and array.dtype.kind not in "iu":
         raise TypeError(f"{name} must hold integers, got dtype {array.dtype}")
     if array.dtype == np.uint64:
@@ -67,3 +71,18 @@ def as_rows(values: Any, num_keys: int, dim: int, name: str = "values") -> npt.N
     if array.size != num_keys * dim or (array.ndim and array.shape[-1] != dim):
         raise ValueError(f"{name} has shape {array.shape}, expected {num_keys} rows of dim {dim}")
     return np.ascontiguousarray(array, dtype=np.float32).reshape(num_keys, dim)
+
+
+def _python_integers(keys: Any, array: np.ndarray, name: str) -> np.ndarray:
+    """Python integers that numpy could not give one integer type (a negative key beside one
+    above 2^63 makes float64; one beyond 2^64 makes objects), as uint64 when all are keys;
+    `array` unchanged when some are not integers at all."""
+    values = np.asarray(keys, dtype=object).reshape(-1)
+    if not all(is_integer(v) for v in values):
+        return array
+    for i, value in enumerate(values):
+        if value < 0:
+            raise OutOfRangeError(f"{name}[{i}] = {value} is negative")
+        if value > UINT64_MAX:
+            raise OutOfRangeError(f"{name}[{i}] = {value} is beyond the last row key, 2^64 - 1")
+    return np.array(values, dtype=np.uint64)

@@ -154,6 +154,13 @@ def test_rows_verbs_push_lookup_and_batch(
     # A negative key raised a bare IndexError: a traceback and exit 1 ("declined").
     assert main(["lookup", "emb", "--keys", "3,-1", *address]) == EXIT_FAILURE
     assert "keys[1] = -1 is negative" in capsys.readouterr().err
+    # Beyond int64: an OverflowError traceback and exit 1.
+    assert main(["lookup", "emb", "--keys", str(2**64), *address]) == EXIT_FAILURE
+    assert "keys[0] = 18446744073709551616 is beyond" in capsys.readouterr().err
+    assert main(["lookup", "emb", "--keys", str(2**64 - 1), *address]) == EXIT_FAILURE
+    assert "18446744073709551615 is out of range" in capsys.readouterr().err
+    assert main(["lookup-tokens", "emb", "--token-ids", str(2**63), *address]) == EXIT_FAILURE
+    assert "token ids must fit int64" in capsys.readouterr().err
     # Files that are not what they should be: each was a traceback (TypeError) or numpy's
     # advice about pickles.
     np.save(tmp_path / "float_keys.npy", np.array([1.5, 2.0]))

@@ -168,6 +168,16 @@ def test_a_negative_key_is_refused_as_out_of_range_before_it_is_sent(one: Daemon
             with pytest.raises(OutOfRangeError, match=r"keys\[\d\] = -\d is negative"):
                 call()
         assert isinstance(OutOfRangeError("x"), (StoreError, IndexError))
+        # Python integers numpy cannot give one integer type: before, "keys must hold
+        # integers, got dtype float64" (or object) for a list of integers.
+        with pytest.raises(OutOfRangeError, match=r"keys\[0\] = -1 is negative"):
+            client.lookup("t", [-1, 2**63])
+        with pytest.raises(
+            OutOfRangeError, match=r"keys\[1\] = 1180591620717411303424 is beyond .* 2\^64 - 1"
+        ):
+            client.lookup("t", [3, 2**70])
+        with pytest.raises(TypeError, match="keys must hold integers"):
+            client.lookup("t", [1.5, 2**70])
 
 
 def test_a_bad_step_or_checkpoint_id_is_refused_naming_it(one: Daemon) -> None:
