@@ -267,7 +267,7 @@ class EngramClient:
         """Sets a live table's learning rate and weight decay for its later pushes, on every
         shard (its optimizer's kind and state stay); later checkpoints record them."""
 
-        OptimizerSpec(lr=lr, weight_decay=weight_decay).check()
+        OptimizerSpec(lr=lr, weight_decay=weight_decay).check_fields()
 
         def tune(i: int, shard: Shard) -> pb.TableInfo:
             request = pb.TuneTableRequest(name=name, lr=lr, weight_decay=weight_decay)
