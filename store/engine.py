@@ -274,6 +274,7 @@ class StoreEngine:
         unfinished import of the same name."""
         self._writable("create tables")
         spec.check()
+        self.answers.check_row_fits(spec)
         # Exclusive: a restore swapping the tables directory meanwhile would lose the table.
         with self._gate.exclusive(), self._tables_lock:
             existing = self._tables.get(spec.name)

@@ -14,7 +14,14 @@ from store.errors import InvalidArgumentError, ResourceExhaustedError
 from store.requests import Lookup, Packed, PendingRows, Push, RowChunk, SharedRange, TokenLookup
 from store.served_table import ServedTable
 from store.shared_buffers import RequestBuffers
-from store.spec import FLOAT_DTYPES, QUANTIZED_DTYPES, TABLE_DTYPES, row_bytes, row_width
+from store.spec import (
+    FLOAT_DTYPES,
+    QUANTIZED_DTYPES,
+    TABLE_DTYPES,
+    TableSpec,
+    row_bytes,
+    row_width,
+)
 
 DEFAULT_CHUNK_BYTES = 1 << 20
 # Room a reply keeps beside its rows for its framing and its other fields.
@@ -41,6 +48,19 @@ class LookupAnswers:
             answer = self.into_buffer(table, keys, shape, request.dtype, request.out, buffers)
             return iter([answer])
         return self.stream(table, keys, shape, request.dtype, request.rows_per_chunk)
+
+    def check_row_fits(self, spec: TableSpec) -> None:
+        """Refuses a table whose rows (as float32, how lookups answer and pushes send by
+        default) are larger than one message carries: no remote client could read or push
+        one, and answering would gather a row larger than any message before failing."""
+        largest = max(row_bytes(spec.dtype, spec.dim), row_bytes("float32", spec.dim))
+        limit = self.max_message_bytes - REPLY_HEADROOM_BYTES
+        if largest > limit:
+            raise ResourceExhaustedError(
+                f"a row of dim {spec.dim} takes {largest} bytes as float32, more than one "
+                f"message carries ({limit} bytes; the daemon's --max-message-bytes less "
+                f"{REPLY_HEADROOM_BYTES} for framing)"
+            )
 
     def check(self, table: ServedTable, keys: _native.Keys, dtype: str) -> str:
         """The row dtype, after checking it and the size."""
@@ -141,7 +161,12 @@ class LookupAnswers:
         table.counters.add(lookups=1, rows_looked_up=len(keys))
         size = row_bytes(dtype, table.spec.dim)
         # A chunk is one message: never more than a message may carry, whatever was asked.
-        fits = max(1, (self.max_message_bytes - REPLY_HEADROOM_BYTES) // size)
+        fits = (self.max_message_bytes - REPLY_HEADROOM_BYTES) // size
+        if fits == 0:  # a table made by a daemon that allowed larger messages
+            raise ResourceExhaustedError(
+                f"a row of table {table.name!r} takes {size} bytes as {dtype}, more than one "
+                "message carries: read it through a shared buffer"
+            )
         chunk = min(rows_per_chunk or max(1, DEFAULT_CHUNK_BYTES // size), fits)
         return self._chunks(table, keys, shape, dtype, chunk, len(keys))
 

@@ -160,6 +160,14 @@ BAD_REQUESTS: list[tuple[str, Callable[[Any], Any], grpc.StatusCode, str]] = [
         "lr must be positive",
     ),
     (
+        # Before, created; a lookup then gathered the row whole, however large (dim 2^32 - 1:
+        # 16 GiB), before gRPC refused to send it.
+        "a row larger than one message",
+        lambda s: s.CreateTable(pb.CreateTableRequest(spec=spec("u", num_rows=2, dim=2**18))),
+        Code.RESOURCE_EXHAUSTED,
+        "a row of dim 262144 takes 1048576 bytes as float32, more than one message carries",
+    ),
+    (
         "zero-size table",
         lambda s: s.CreateTable(pb.CreateTableRequest(spec=spec("u", num_rows=0))),
         Code.INVALID_ARGUMENT,
@@ -299,6 +307,21 @@ def test_a_huge_rows_per_chunk_is_capped_at_one_message(daemon: Daemon) -> None:
     )
     # The daemon's messages hold at most 1 MiB here; 5000 rows of 16 bytes fit in one.
     assert len(answer) == 1 and answer[0].total_rows == 5000
+
+
+def test_rows_larger_than_a_message_are_refused_before_they_are_gathered(tmp_path: Path) -> None:
+    wide = 2**15  # 128 KiB float32 rows: made under the default limit, not under 128 KiB
+    with daemon_thread(tmp_path / "data") as d:
+        d.stub.CreateTable(pb.CreateTableRequest(spec=spec("wide", num_rows=4, dim=wide)))
+    with daemon_thread(tmp_path / "data", max_message_bytes=1 << 17) as d:
+        with pytest.raises(grpc.RpcError) as refused:
+            list(d.stub.Lookup(pb.LookupRequest(table="wide", keys=keys([1]))))
+        assert refused.value.code() == Code.RESOURCE_EXHAUSTED
+        assert "more than one message carries: read it through a shared buffer" in str(
+            refused.value.details()
+        )
+        packed = pb.LookupRequest(table="wide", keys=keys([1]), dtype="fp8_e4m3")
+        assert len(raw_rows(d.stub.Lookup(packed))) == wide + wide // 32  # still serving
 
 
 def test_token_lookups_are_bounded_before_hashing(tmp_path: Path, tokenizer_path: Path) -> None:
