@@ -166,6 +166,14 @@ def register(verbs: Verbs) -> None:
         help="most keys one lookup may ask for (more: RESOURCE_EXHAUSTED)",
     )
     serve.add_argument(
+        "--max-tables",
+        metavar="N",
+        type=int,
+        default=ServeConfig.max_tables,
+        help="most tables this daemon creates (more: RESOURCE_EXHAUSTED); each holds up to "
+        "five files open",
+    )
+    serve.add_argument(
         "--restore",
         metavar="ID|latest",
         help="restore a checkpoint before serving: 'latest' or a checkpoint id",

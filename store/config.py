@@ -40,6 +40,9 @@ class ServeConfig:
     max_lookup_rows: int = 1 << 26
     # Gradients that step-synchronous pushes may hold while their steps wait for ranks.
     max_pending_step_bytes: int = 1 << 30
+    # Tables this daemon creates at most: each holds files open (FILES_PER_TABLE in
+    # store/server.py), and the process may open only so many.
+    max_tables: int = 1024
     # "latest", a checkpoint id, or None.
     restore: str | None = None
     grace_s: float = 10.0
@@ -92,6 +95,7 @@ class ServeConfig:
             "max_concurrent_requests",
             "max_lookup_rows",
             "max_pending_step_bytes",
+            "max_tables",
         ):
             _check_int(name, getattr(self, name), 1, None)
         _check_int("threads", self.threads, 0, None)

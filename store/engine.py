@@ -96,6 +96,7 @@ class StoreEngine:
         max_pending_step_bytes: int = 1 << 30,
         follows: str = "",
         overcommit_disk: bool = False,
+        max_tables: int = 1024,
     ) -> None:
         """Opens (or creates) the data directory and recovers from a crash of the daemon:
         a committed restore is finished, a push cut short is undone, and the steps and
@@ -108,6 +109,7 @@ class StoreEngine:
         whose machine went down, starts empty and catches up afresh."""
         self.data_dir = os.path.abspath(data_dir)
         self.max_lookup_rows = max_lookup_rows
+        self.max_tables = max_tables
         self.answers = LookupAnswers(max_lookup_rows, max_message_bytes)
         self.shared_buffer_dir = shared_buffer_dir
         self.follows = follows
@@ -280,6 +282,11 @@ class StoreEngine:
             existing = self._tables.get(spec.name)
             if existing is not None and not (importing and existing.importing):
                 raise AlreadyExistsError(f"table {spec.name!r} already exists")
+            if existing is None and len(self._tables) >= self.max_tables:
+                raise ResourceExhaustedError(
+                    f"this daemon serves {len(self._tables)} tables, its limit "
+                    "(--max-tables): drop one first, or raise the limit"
+                )
             if existing is not None:
                 log.info("dropping the unfinished import of %s to import it again", spec.name)
                 del self._tables[spec.name]

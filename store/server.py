@@ -10,6 +10,7 @@ from __future__ import annotations
 import ipaddress
 import logging
 import os
+import resource
 import signal
 import threading
 from collections.abc import Callable, Iterator
@@ -291,6 +292,39 @@ def _check_leader_tls(config: ServeConfig) -> None:
         raise StartupError(f"cannot use the leader's TLS files: {error}") from error
 
 
+# Files a table holds open: its rows and optimizer state, their checksums, its undo log.
+FILES_PER_TABLE = 5
+# Files kept for everything else: the catalog, the journal, checkpoints being written,
+# clients' connections and shared buffers.
+FILES_BESIDE_TABLES = 1024
+
+
+def _lift_open_file_limit(max_tables: int) -> None:
+    """Raises the soft limit on open files to the hard one, as most servers do (the usual
+    soft limit, 1024, holds about 200 tables), and warns when even the hard one cannot hold
+    `max_tables` tables: past it, every call that opens a file or accepts a connection
+    would fail."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            soft = hard
+        except (ValueError, OSError) as error:  # an unlimited hard limit cannot be the soft one
+            log.debug("cannot raise the open-file limit from %d: %s", soft, error)
+    needed = FILES_PER_TABLE * max_tables + FILES_BESIDE_TABLES
+    if soft != resource.RLIM_INFINITY and soft < needed:
+        log.warning(
+            "the open-file limit (%d) is below the %d that --max-tables %d may need (%d files a "
+            "table, %d for connections and the rest): raise it (ulimit -n; LimitNOFILE= under "
+            "systemd) or lower --max-tables",
+            soft,
+            needed,
+            max_tables,
+            FILES_PER_TABLE,
+            FILES_BESIDE_TABLES,
+        )
+
+
 def _check_exposure(config: ServeConfig, tokens: Tokens | None) -> None:
     """Refuses to let anyone who reaches a non-loopback port drop tables, unless told to."""
     if tokens is not None or is_loopback(config.host):
@@ -348,6 +382,7 @@ def serve(config: ServeConfig, stop_event: threading.Event | None = None) -> Non
     _check_exposure(config, tokens)
     credentials = _credentials(config)
     _check_leader_tls(config)
+    _lift_open_file_limit(config.max_tables)
     if config.threads:
         try:
             _native.set_thread_count(config.threads)
@@ -366,6 +401,7 @@ def serve(config: ServeConfig, stop_event: threading.Event | None = None) -> Non
             max_pending_step_bytes=config.max_pending_step_bytes,
             follows=config.follow or "",
             overcommit_disk=config.overcommit_disk,
+            max_tables=config.max_tables,
         )
     except Exception as error:
         raise StartupError(f"cannot open data directory {config.data_dir}: {error}") from error
