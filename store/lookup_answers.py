@@ -50,14 +50,15 @@ class LookupAnswers:
         return self.stream(table, keys, shape, request.dtype, request.rows_per_chunk)
 
     def check_row_fits(self, spec: TableSpec) -> None:
-        """Refuses a table whose rows (as float32, how lookups answer and pushes send by
-        default) are larger than one message carries: no remote client could read or push
-        one, and answering would gather a row larger than any message before failing."""
-        largest = max(row_bytes(spec.dtype, spec.dim), row_bytes("float32", spec.dim))
+        """Refuses a table whose rows as float32 (how lookups answer and pushes send by
+        default, and no stored dtype is wider) are larger than one message carries: no
+        remote client could read or push one, and answering would gather a row larger than
+        any message before failing."""
+        row = row_bytes("float32", spec.dim)
         limit = self.max_message_bytes - REPLY_HEADROOM_BYTES
-        if largest > limit:
+        if row > limit:
             raise ResourceExhaustedError(
-                f"a row of dim {spec.dim} takes {largest} bytes as float32, more than one "
+                f"a row of dim {spec.dim} takes {row} bytes as float32, more than one "
                 f"message carries ({limit} bytes; the daemon's --max-message-bytes less "
                 f"{REPLY_HEADROOM_BYTES} for framing)"
             )

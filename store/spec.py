@@ -33,6 +33,9 @@ TABLE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
 # table spec may ask of the hashing kernel.
 MAX_NGRAM_SIZE = 16
 MAX_HEADS_PER_NGRAM = 256
+# The widths of the protocol's integer fields.
+UINT32_MAX = (1 << 32) - 1
+UINT64_MAX = (1 << 64) - 1
 
 
 def row_bytes(dtype: str, dim: int) -> int:
@@ -295,10 +298,6 @@ class SyncStep:
 def step_timeout(timeout_s: float) -> float:
     """Seconds a step waits for its ranks, from a request's `timeout_s` (0: the default)."""
     return timeout_s or DEFAULT_STEP_TIMEOUT_S
-
-
-UINT32_MAX = (1 << 32) - 1
-UINT64_MAX = (1 << 64) - 1
 
 
 def checked_integer(name: str, value: object, low: int, high: int) -> int:
