@@ -191,11 +191,17 @@ def test_tls_with_the_daemons_ca(tmp_path: Path, pki: dict[str, str]) -> None:
             plain.tables()
 
 
+@pytest.fixture
+def junk(tmp_path: Path) -> Path:
+    """A file that is not PEM."""
+    path = tmp_path / "junk.pem"
+    path.write_text("not a certificate\n")
+    return path
+
+
 def test_tls_files_that_are_not_a_certificate_and_its_key_stop_the_start(
-    tmp_path: Path, pki: dict[str, str]
+    tmp_path: Path, pki: dict[str, str], junk: Path
 ) -> None:
-    junk = tmp_path / "junk.pem"
-    junk.write_text("not a certificate\n")
     data = str(tmp_path / "data")
     daemon_cert, daemon_key = pki["daemon.pem"], pki["daemon-key.pem"]
     private_key = serialization.load_pem_private_key(Path(daemon_key).read_bytes(), None)
@@ -225,10 +231,8 @@ def test_tls_files_that_are_not_a_certificate_and_its_key_stop_the_start(
 
 
 def test_a_followers_tls_files_stop_the_start_when_unusable(
-    tmp_path: Path, pki: dict[str, str]
+    tmp_path: Path, pki: dict[str, str], junk: Path
 ) -> None:
-    junk = tmp_path / "junk.pem"
-    junk.write_text("not a certificate\n")
     data = str(tmp_path / "data")
     ca, cert, key = pki["ca.pem"], pki["client.pem"], pki["client-key.pem"]
     cases = [
@@ -256,10 +260,8 @@ def test_a_followers_tls_files_stop_the_start_when_unusable(
 
 
 def test_a_clients_tls_files_are_refused_naming_them(
-    tmp_path: Path, pki: dict[str, str], capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, pki: dict[str, str], junk: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    junk = tmp_path / "junk.pem"
-    junk.write_text("not a certificate\n")
     cases: list[tuple[dict[str, str], str]] = [
         # Before, every call failed as if no daemon answered (UNAVAILABLE).
         ({"tls_ca": str(junk)}, r"tls_ca \(--tls-ca, ENGRAM_STORE_TLS_CA\) .* no PEM"),
