@@ -4,6 +4,8 @@ answered. Each status code maps to its kind through the store's one mapping."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import grpc
 
 from store.errors import (
@@ -27,8 +29,13 @@ class EngramClientError(StoreError):
 
     def __init__(self, message: str, address: str = "", code: grpc.StatusCode | None = None):
         super().__init__(f"{address}: {message}" if address else message)
+        self.message = message
         self.address = address
         self.code = code
+
+    def __reduce__(self) -> tuple[type[EngramClientError], tuple[str, str, Any]]:
+        # Pickled whole (worker processes hand errors back), not from `args` alone.
+        return type(self), (self.message, self.address, self.code)
 
 
 class ShardUnavailableError(EngramClientError, UnavailableError):

@@ -24,6 +24,9 @@ class ConfigError(ValueError):
         self.field = field
         self.message = message
 
+    def __reduce__(self) -> tuple[type[ConfigError], tuple[str, str]]:
+        return type(self), (self.field, self.message)
+
 
 @dataclass(frozen=True)
 class ServeConfig:

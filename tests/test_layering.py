@@ -11,8 +11,9 @@ import numpy as np
 import pytest
 from conftest import REPO_ROOT
 
-from client.errors import EngramClientError, from_rpc_error
+from client.errors import EngramClientError, ShardUnavailableError, from_rpc_error
 from store import Table, _native, errors
+from store.config import ConfigError
 
 
 def imports(package: str) -> dict[str, set[str]]:
@@ -130,3 +131,18 @@ def test_the_engines_errors_survive_pickling(kind: type[errors.StoreError]) -> N
     copy = pickle.loads(pickle.dumps(kind("why")))
     assert type(copy) is kind
     assert str(copy) == "why"
+
+
+def test_the_clients_and_the_configs_errors_survive_pickling_whole() -> None:
+    # Before, a client error came back without its address and status code, and a
+    # ConfigError did not come back at all (its __init__ takes two arguments).
+    failed = ShardUnavailableError("no answer", "host:1", grpc.StatusCode.UNAVAILABLE)
+    copy = pickle.loads(pickle.dumps(failed))
+    assert type(copy) is ShardUnavailableError
+    assert (str(copy), copy.address, copy.code) == ("host:1: no answer", "host:1", failed.code)
+    config = pickle.loads(pickle.dumps(ConfigError("port", "must be in 0..65535")))
+    assert (config.field, config.message, str(config)) == (
+        "port",
+        "must be in 0..65535",
+        "port must be in 0..65535",
+    )
