@@ -133,6 +133,7 @@ BAD_SERVE_FLAGS = {
     ("--max-concurrent-requests", "0"): "--max-concurrent-requests must be at least 1",
     ("--max-lookup-rows", "-5"): "--max-lookup-rows must be at least 1, got -5",
     ("--max-pending-step-bytes", "-1"): "--max-pending-step-bytes must be at least 1",
+    ("--max-tables", "0"): "--max-tables must be at least 1, got 0",
     ("--threads", "-2"): "--threads must be at least 0, got -2",
     ("--max-message-bytes", "10"): "--max-message-bytes must be from 131072 to 2147483647",
     ("--max-message-bytes", str(1 << 31)): "--max-message-bytes must be from 131072",
