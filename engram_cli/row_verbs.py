@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -13,20 +14,31 @@ from engram_cli.parsing import Verbs, connect, int_list
 from store.arrays import as_keys
 
 
-def _ids(args: argparse.Namespace, listed: str, file: str, what: str) -> np.ndarray:
+def _ids(
+    args: argparse.Namespace,
+    listed: str,
+    file: str,
+    what: str,
+    inline_array: Callable[[list[int]], np.ndarray],
+) -> np.ndarray:
+    """The ids given inline (as `inline_array` makes them an array) or in a .npy file."""
     inline, path = getattr(args, listed), getattr(args, file)
     if (inline is None) == (path is None):
         raise ValueError(
             f"give {what} either with --{listed.replace('_', '-')} or --{file.replace('_', '-')}"
         )
-    if path is not None:
-        return _load_array(path, what, "iu")
-    if what == "keys":
-        return as_keys(inline)  # row keys reach 2^64 - 1
+    return _load_array(path, what, "iu") if path is not None else inline_array(inline)
+
+
+def _keys(args: argparse.Namespace) -> np.ndarray:
+    return _ids(args, "keys", "keys_file", "keys", as_keys)  # row keys reach 2^64 - 1
+
+
+def _token_ids(ids: list[int]) -> np.ndarray:
     try:
-        return np.asarray(inline, np.int64)
+        return np.asarray(ids, np.int64)
     except OverflowError:
-        raise ValueError(f"{what} must fit int64, got {inline}") from None
+        raise ValueError(f"token ids must fit int64, got {ids}") from None
 
 
 def _load_array(path: str, what: str, kinds: str) -> np.ndarray:
@@ -53,7 +65,7 @@ def _rows_out(args: argparse.Namespace, rows: np.ndarray) -> str:
 
 
 def _lookup(args: argparse.Namespace) -> int:
-    keys = _ids(args, "keys", "keys_file", "keys")
+    keys = _keys(args)
     with connect(args) as client:
         rows = client.lookup(args.table, keys)
     emit(args.json, {"table": args.table, "keys": keys, "rows": rows}, _rows_out(args, rows))
@@ -61,7 +73,7 @@ def _lookup(args: argparse.Namespace) -> int:
 
 
 def _lookup_tokens(args: argparse.Namespace) -> int:
-    ids = _ids(args, "token_ids", "token_ids_file", "token ids")
+    ids = _ids(args, "token_ids", "token_ids_file", "token ids", _token_ids)
     ids = ids.reshape(1, -1) if ids.ndim == 1 else ids
     with connect(args) as client:
         rows = client.lookup_tokens(args.table, ids)
@@ -70,7 +82,7 @@ def _lookup_tokens(args: argparse.Namespace) -> int:
 
 
 def _push(args: argparse.Namespace) -> int:
-    keys = _ids(args, "keys", "keys_file", "keys").reshape(-1)
+    keys = _keys(args).reshape(-1)
     if (args.fill is None) == (args.grads_file is None):
         raise ValueError("give the gradients either with --fill or --grads-file")
     with connect(args) as client:

@@ -36,6 +36,11 @@ class LookupAnswers:
     max_lookup_rows: int
     max_message_bytes: int
 
+    @property
+    def rows_room(self) -> int:
+        """Bytes of rows one answer message may carry beside its framing."""
+        return self.max_message_bytes - REPLY_HEADROOM_BYTES
+
     def answer(
         self,
         table: ServedTable,
@@ -55,11 +60,10 @@ class LookupAnswers:
         remote client could read or push one, and answering would gather a row larger than
         any message before failing."""
         row = row_bytes("float32", spec.dim)
-        limit = self.max_message_bytes - REPLY_HEADROOM_BYTES
-        if row > limit:
+        if row > self.rows_room:
             raise ResourceExhaustedError(
                 f"a row of dim {spec.dim} takes {row} bytes as float32, more than one "
-                f"message carries ({limit} bytes; the daemon's --max-message-bytes less "
+                f"message carries ({self.rows_room} bytes; the daemon's --max-message-bytes less "
                 f"{REPLY_HEADROOM_BYTES} for framing)"
             )
 
@@ -125,13 +129,11 @@ class LookupAnswers:
             for push in pushes
             if push.return_rows and push.grads.buffer is None
         )
-        # Room for the framing and the rest of the answer beside the rows.
-        limit = self.max_message_bytes - REPLY_HEADROOM_BYTES
-        if in_message > limit:
+        if in_message > self.rows_room:
             raise ResourceExhaustedError(
                 f"a batch answering {in_message} bytes of rows in its message exceeds the "
-                f"limit of {limit}: give it shared buffers (`out`, `grads_buffer`), or split "
-                "it (Lookup streams)"
+                f"limit of {self.rows_room}: give it shared buffers (`out`, `grads_buffer`), "
+                "or split it (Lookup streams)"
             )
 
     @staticmethod
@@ -162,7 +164,7 @@ class LookupAnswers:
         table.counters.add(lookups=1, rows_looked_up=len(keys))
         size = row_bytes(dtype, table.spec.dim)
         # A chunk is one message: never more than a message may carry, whatever was asked.
-        fits = (self.max_message_bytes - REPLY_HEADROOM_BYTES) // size
+        fits = self.rows_room // size
         if fits == 0:  # a table made by a daemon that allowed larger messages
             raise ResourceExhaustedError(
                 f"a row of table {table.name!r} takes {size} bytes as {dtype}, more than one "

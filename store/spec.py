@@ -52,7 +52,7 @@ def row_width(dtype: str, dim: int) -> int:
 
 
 def check_table_name(name: str) -> str:
-    if not isinstance(name, str) or not TABLE_NAME.fullmatch(name):
+    if not TABLE_NAME.fullmatch(name):
         raise InvalidArgumentError(
             f"table name must be 1-128 letters, digits, '_', '.' or '-' starting with a "
             f"letter or digit, got {name!r}"
