@@ -56,12 +56,23 @@ from store.spec import (
     OptimizerSpec,
     SyncStep,
     TableSpec,
+    check_table_argument,
     checked_integer,
     is_integer,
     row_width,
 )
 
 log = logging.getLogger(__name__)
+
+
+def _entry_keys(entry: str, table: Any, keys: Any) -> npt.NDArray[np.uint64]:
+    """The keys of a batch's `entry` as `as_keys` makes them, its table argument checked;
+    errors name the entry."""
+    try:
+        check_table_argument(table)
+        return as_keys(keys)
+    except (TypeError, ValueError, IndexError) as error:  # the tree's errors are these too
+        raise type(error)(f"{entry}: {error}") from None
 
 
 class EngramClient:
@@ -252,6 +263,7 @@ class EngramClient:
 
     def finish_import(self, table: str) -> TableInfo:
         """Makes an imported table durable on every shard, then visible."""
+        check_table_argument(table)
 
         def finish(i: int, shard: Shard) -> pb.TableInfo:
             request = pb.FinishImportRequest(table=table)
@@ -267,6 +279,7 @@ class EngramClient:
         """Sets a live table's learning rate and weight decay for its later pushes, on every
         shard (its optimizer's kind and state stay); later checkpoints record them."""
 
+        check_table_argument(name, "name")
         OptimizerSpec(lr=lr, weight_decay=weight_decay).check_fields()
 
         def tune(i: int, shard: Shard) -> pb.TableInfo:
@@ -303,6 +316,8 @@ class EngramClient:
         return self.finish_import(name)
 
     def _describe_shards(self, name: str) -> list[pb.TableInfo]:
+        check_table_argument(name, "name")
+
         def describe(i: int, shard: Shard) -> pb.TableInfo:
             request = pb.DescribeTableRequest(name=name)
             info: pb.TableInfo = shard.call(lambda t: shard.stub.DescribeTable(request, timeout=t))
@@ -312,7 +327,7 @@ class EngramClient:
         return infos
 
     def _layout(self, name: str) -> TableLayout:
-        layout = self._layouts.get(name)
+        layout = self._layouts.get(check_table_argument(name, "table"))
         if layout is None:
             infos = self._describe_shards(name)
             bounds = [0]
@@ -349,6 +364,8 @@ class EngramClient:
         return [TableInfo.of_shards(by_name[name]) for name in sorted(by_name)]
 
     def drop_table(self, name: str) -> None:
+        check_table_argument(name, "name")
+
         def drop(i: int, shard: Shard) -> None:
             shard.call(lambda t: shard.stub.DropTable(pb.DropTableRequest(name=name), timeout=t))
 
@@ -518,18 +535,22 @@ class EngramClient:
             if len({table for table, _, _ in pushes}) != len(pushes):
                 raise ValueError("with sync, a batch holds one push per table (one step each)")
         flat_pushes = []
-        for table, keys, grads in pushes:
-            flat = as_keys(keys)
+        for i, (table, keys, grads) in enumerate(pushes):
+            flat = _entry_keys(f"pushes[{i}]", table, keys)
             if not len(flat) and sync is None:
-                raise ValueError(f"a push to {table!r} has no keys")
-            layout = self._layout(table)
-            flat_pushes.append((table, flat, as_rows(grads, len(flat), layout.dim, "grads")))
+                raise ValueError(f"pushes[{i}]: a push to {table!r} has no keys")
+            dim = self._layout(table).dim
+            flat_pushes.append((table, flat, as_rows(grads, len(flat), dim, f"pushes[{i}] grads")))
+        flat_lookups = [
+            (table, _entry_keys(f"lookups[{i}]", table, keys), np.shape(keys))
+            for i, (table, keys) in enumerate(lookups)
+        ]
         with self._sequence_lock:
             sequences = [next(self._sequence) for _ in flat_pushes]
         updated = [np.empty_like(g) if return_rows else None for _, _, g in flat_pushes]
         outs = [
-            np.empty((*np.shape(keys), self._layout(table).dim), numpy_row_type(lookup_dtype))
-            for table, keys in lookups
+            np.empty((*shape, self._layout(table).dim), numpy_row_type(lookup_dtype))
+            for table, _, shape in flat_lookups
         ]
         shares = [sync_to_proto(s) for s in sync] if sync is not None else [None] * len(pushes)
         parts = split_by_shard(
@@ -541,8 +562,8 @@ class EngramClient:
                 )
             ],
             [
-                (t, as_keys(keys), out, self._layout(t))
-                for (t, keys), out in zip(lookups, outs, strict=True)
+                (t, flat, out, self._layout(t))
+                for (t, flat, _), out in zip(flat_lookups, outs, strict=True)
             ],
             lookup_dtype,
         )
@@ -648,6 +669,7 @@ class EngramClient:
     def verify(self, table: str = "") -> VerifyReport:
         """Scrubs `table` (default: every table) on every daemon against its row checksums;
         damaged blocks are named by daemon and by row of the whole table."""
+        check_table_argument(table)
 
         def verify(i: int, shard: Shard) -> pb.VerifyResponse:
             reply: pb.VerifyResponse = shard.call(
@@ -682,6 +704,7 @@ class EngramClient:
         `[batch, seq, heads, dim]`; bfloat16 rows come as their uint16 bits. For a decode
         step, send each sequence's last `max_ngram_size` tokens with `last_position_only`:
         the answer is the new token's rows, `[batch, 1, heads, dim]`."""
+        check_table_argument(table)
         row_type = numpy_row_type(dtype)
         ids = np.asarray(token_ids)
         if ids.ndim != 2 or not np.issubdtype(ids.dtype, np.integer):

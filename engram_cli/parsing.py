@@ -38,6 +38,8 @@ class EnvDefaultsParser(argparse.ArgumentParser):
     for `serve` does not stop another verb."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
+        # A prefix of a flag would be taken for it: --grads (no such flag) for --grads-file.
+        kwargs.setdefault("allow_abbrev", False)
         super().__init__(*args, **kwargs)
         self._from_environment: list[tuple[argparse.Action, str, str]] = []
 

@@ -27,7 +27,9 @@ def _ids(
         raise ValueError(
             f"give {what} either with --{listed.replace('_', '-')} or --{file.replace('_', '-')}"
         )
-    return _load_array(path, what, "iu") if path is not None else inline_array(inline)
+    if path is None:
+        return inline_array(inline)
+    return _load_array(path, f"--{file.replace('_', '-')}", what, "iu")
 
 
 def _keys(args: argparse.Namespace) -> np.ndarray:
@@ -41,11 +43,13 @@ def _token_ids(ids: list[int]) -> np.ndarray:
         raise ValueError(f"token ids must fit int64, got {ids}") from None
 
 
-def _load_array(path: str, what: str, kinds: str) -> np.ndarray:
-    """The array a .npy file holds, refused unless its numpy dtype kind is one of `kinds`
-    (the client would raise TypeError deep inside a call)."""
+def _load_array(path: str, flag: str, what: str, kinds: str) -> np.ndarray:
+    """The array the .npy file `path` (given with `flag`) holds, refused unless its numpy
+    dtype kind is one of `kinds` (the client would raise TypeError deep inside a call)."""
     try:
         array = np.load(path, allow_pickle=False)
+    except OSError as error:
+        raise ValueError(f"{flag} {path}: cannot read it ({error.strerror or error})") from None
     except ValueError as error:
         raise ValueError(f"{path}: not a .npy file of numbers ({error})") from None
     if not isinstance(array, np.ndarray):
@@ -87,7 +91,7 @@ def _push(args: argparse.Namespace) -> int:
         raise ValueError("give the gradients either with --fill or --grads-file")
     with connect(args) as client:
         if args.grads_file is not None:
-            grads = _load_array(args.grads_file, "gradients", "fiu")
+            grads = _load_array(args.grads_file, "--grads-file", "gradients", "fiu")
         else:
             grads = np.full((len(keys), client.describe(args.table).dim), args.fill, np.float32)
         result = client.push(args.table, keys, grads)
@@ -99,25 +103,63 @@ def _push(args: argparse.Namespace) -> int:
     return 0
 
 
-def _batch(args: argparse.Namespace) -> int:
-    with open(args.file) as f:
-        spec: dict[str, Any] = json.load(f)
-    if not isinstance(spec, dict):
-        raise ValueError(f"{args.file}: expected a JSON object with pushes and lookups")
-    unknown = sorted(set(spec) - {"pushes", "lookups"})
-    if unknown:
-        raise ValueError(f"{args.file}: unknown fields {unknown}; expected pushes, lookups")
+_BATCH_ENTRY_FIELDS = {"pushes": ("table", "keys", "grads"), "lookups": ("table", "keys")}
+
+
+def _read_batch_file(path: str) -> dict[str, list[tuple[Any, ...]]]:
+    """The pushes and lookups a batch file holds, each entry's fields checked and its keys and
+    gradients made arrays; anything else is a ValueError naming the file and the entry."""
     try:
-        pushes = [
-            (p["table"], np.asarray(p["keys"], np.int64), np.asarray(p["grads"], np.float32))
-            for p in spec.get("pushes", [])
-        ]
-        lookups = [(q["table"], np.asarray(q["keys"], np.int64)) for q in spec.get("lookups", [])]
-    except (KeyError, TypeError) as error:
-        raise ValueError(
-            f"{args.file}: each push needs table, keys and grads, each lookup table and keys "
-            f"({error!r})"
-        ) from None
+        with open(path) as f:
+            spec = json.load(f)
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as error:
+        raise ValueError(f"{path}: not a JSON file ({error})") from None
+    if not isinstance(spec, dict):
+        raise ValueError(f"{path}: expected a JSON object with pushes and lookups")
+    unknown = sorted(set(spec) - set(_BATCH_ENTRY_FIELDS))
+    if unknown:
+        raise ValueError(f"{path}: unknown fields {unknown}; expected pushes, lookups")
+    entries: dict[str, list[tuple[Any, ...]]] = {}
+    for kind, fields in _BATCH_ENTRY_FIELDS.items():
+        listed = spec.get(kind, [])
+        if not isinstance(listed, list):
+            raise ValueError(f"{path}: {kind} must be a list, got {type(listed).__name__}")
+        entries[kind] = []
+        for i, entry in enumerate(listed):
+            name = f"{kind}[{i}]"
+            if not isinstance(entry, dict) or set(entry) != set(fields):
+                raise ValueError(
+                    f"{path}: each push needs table, keys and grads, each lookup table and keys; "
+                    f"{name} is {json.dumps(entry)[:200]}"
+                )
+            if not isinstance(entry["table"], str):
+                raise ValueError(f"{path}: {name} table must be a string, got {entry['table']!r}")
+            keys = _entry_keys(path, name, entry["keys"])
+            grads = [_entry_grads(path, name, entry["grads"])] if kind == "pushes" else []
+            entries[kind].append((entry["table"], keys, *grads))
+    return entries
+
+
+def _entry_keys(path: str, name: str, raw: Any) -> np.ndarray:
+    try:
+        return as_keys(raw).reshape(np.shape(raw))
+    except (TypeError, ValueError, IndexError) as error:
+        raise ValueError(f"{path}: {name}: {error}") from None
+
+
+def _entry_grads(path: str, name: str, raw: Any) -> np.ndarray:
+    try:
+        grads = np.asarray(raw)
+    except ValueError as error:
+        raise ValueError(f"{path}: {name}: grads: {error}") from None
+    if grads.dtype.kind not in "fiu":
+        raise ValueError(f"{path}: {name}: grads must hold numbers, got {json.dumps(raw)[:100]}")
+    return grads
+
+
+def _batch(args: argparse.Namespace) -> int:
+    entries = _read_batch_file(args.file)
+    pushes, lookups = entries["pushes"], entries["lookups"]
     with connect(args) as client:
         result = client.batch(pushes, lookups)
     answer = {

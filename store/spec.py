@@ -51,6 +51,14 @@ def row_width(dtype: str, dim: int) -> int:
     return row_bytes(dtype, dim) if dtype in QUANTIZED_DTYPES else dim
 
 
+def check_table_argument(value: object, argument: str = "table") -> str:
+    """`value`, when it is a string: what a client checks of a table name it is given before
+    sending it (the daemon checks the name itself)."""
+    if not isinstance(value, str):
+        raise InvalidArgumentError(f"{argument} must be a string, got {value!r}")
+    return value
+
+
 def check_table_name(name: str) -> str:
     if not TABLE_NAME.fullmatch(name):
         raise InvalidArgumentError(
@@ -191,8 +199,7 @@ class TableSpec:
     def check_fields(self) -> TableSpec:
         """This spec, after checking that each field has its type and fits the protocol's
         width (proto/engram/store/v1/store.proto): what a client checks before sending it."""
-        if not isinstance(self.name, str):
-            raise InvalidArgumentError(f"table name must be a string, got {self.name!r}")
+        check_table_argument(self.name, "table name")
         checked_integer("num_rows", self.num_rows, 0, UINT64_MAX)
         checked_integer("dim", self.dim, 0, UINT32_MAX)
         checked_integer("seed", self.seed, 0, UINT64_MAX)

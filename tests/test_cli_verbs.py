@@ -180,6 +180,76 @@ def test_rows_verbs_push_lookup_and_batch(
         assert message in error and "Traceback" not in error, error
 
 
+@pytest.mark.parametrize(
+    ("batch", "message"),
+    [
+        # Each was a traceback (OverflowError, TypeError) or a key silently truncated or
+        # converted: 1.5 and "1" and true pushed to row 1.
+        (
+            {"lookups": [{"table": "emb", "keys": [2**64]}]},
+            "lookups[0]: keys[0] = 18446744073709551616 is beyond",
+        ),
+        ({"pushes": [{"table": "emb", "keys": [2**64 - 1], "grads": [[1] * 4]}]}, "OUT_OF_RANGE"),
+        (
+            {"pushes": [{"table": "emb", "keys": [1.5], "grads": [[1] * 4]}]},
+            "pushes[0]: keys must hold integers",
+        ),
+        (
+            {"pushes": [{"table": "emb", "keys": ["1"], "grads": [[1] * 4]}]},
+            "keys must hold integers",
+        ),
+        ({"pushes": [{"table": "emb", "keys": True, "grads": [[1] * 4]}]}, "got dtype bool"),
+        (
+            {"pushes": [{"table": 5, "keys": [1], "grads": [[1] * 4]}]},
+            "pushes[0] table must be a string",
+        ),
+        (
+            {"pushes": [{"table": "emb", "keys": [1], "grads": "abc"}]},
+            'pushes[0]: grads must hold numbers, got "abc"',
+        ),
+        (
+            {"pushes": [{"table": "emb", "keys": [1], "grads": [[1] * 4], "step": 3}]},
+            "pushes[0] is {",
+        ),
+        ({"pushes": {"table": "emb"}}, "pushes must be a list, got dict"),
+        ({"lookups": [{"table": "emb", "keys": [[1, 2], [3]]}]}, "lookups[0]: setting an array"),
+    ],
+)
+def test_a_bad_batch_file_is_refused_naming_the_file_and_entry(
+    daemon: Daemon, capsys: pytest.CaptureFixture[str], tmp_path: Path, batch: Any, message: str
+) -> None:
+    address = ("--address", daemon.address)
+    run(capsys, "create-table", "emb", "--rows", "100", "--dim", "4", *address)
+    path = tmp_path / "step.json"
+    path.write_text(json.dumps(batch))
+    assert main(["batch", str(path), *address]) == EXIT_FAILURE
+    error = capsys.readouterr().err
+    assert message in error and "Traceback" not in error, error
+    assert as_json(capsys, "describe", "emb", *address)["step"] == 0
+
+
+def test_a_file_flag_is_named_when_its_file_cannot_be_read_and_no_flag_is_abbreviated(
+    daemon: Daemon, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    address = ("--address", daemon.address)
+    run(capsys, "create-table", "emb", "--rows", "100", "--dim", "2", *address)
+    missing = str(tmp_path / "missing.npy")
+    assert main(["push", "emb", "--keys", "1", "--grads-file", missing, *address]) == EXIT_FAILURE
+    assert f"--grads-file {missing}: cannot read it" in capsys.readouterr().err
+    assert main(["lookup", "emb", "--keys-file", missing, *address]) == EXIT_FAILURE
+    assert f"--keys-file {missing}: cannot read it" in capsys.readouterr().err
+    # `--grads 1,1` was taken for --grads-file and read as a file named "1,1".
+    with pytest.raises(SystemExit) as usage:
+        main(["push", "emb", "--keys", "1", "--grads", "1,1", *address])
+    assert usage.value.code == EXIT_USAGE
+    assert "unrecognized arguments: --grads 1,1" in capsys.readouterr().err
+    path = tmp_path / "bad.json"
+    path.write_text('{"pushes": [')
+    assert main(["batch", str(path), *address]) == EXIT_FAILURE
+    assert f"{path}: not a JSON file" in capsys.readouterr().err
+    assert as_json(capsys, "describe", "emb", *address)["step"] == 0
+
+
 def test_drop_table_asks_first(
     daemon: Daemon, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:

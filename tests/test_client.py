@@ -216,6 +216,21 @@ def test_a_bad_step_or_checkpoint_id_is_refused_naming_it(one: Daemon) -> None:
         (lambda c: c.restore(-1), r"ids must be an integer in 0\.\.\d+, got -1"),
         (lambda c: c.restore([2**70]), r"ids must be an integer in 0\.\.\d+, got \d+"),
         (lambda c: c.changed_rows(-5), r"since_checkpoint must be an integer in 0\.\."),
+        # A table name that is not a string failed inside protobuf ("bad argument type for
+        # built-in operation"), or was sent as "" (None), or hashed (a list).
+        (lambda c: c.lookup(5, [1]), "table must be a string, got 5"),
+        (lambda c: c.lookup(b"t", [1]), "table must be a string, got b't'"),
+        (lambda c: c.push(None, [1], [[1.0, 1.0]]), "table must be a string, got None"),
+        (lambda c: c.describe(["t"]), r"name must be a string, got \['t'\]"),
+        (lambda c: c.spec(5), "name must be a string, got 5"),
+        (lambda c: c.drop_table(5), "name must be a string, got 5"),
+        (lambda c: c.tune_table(5, 0.1), "name must be a string, got 5"),
+        (lambda c: c.verify(5), "table must be a string, got 5"),
+        (lambda c: c.lookup_tokens(5, [[1]]), "table must be a string, got 5"),
+        (lambda c: c.finish_import(5), "table must be a string, got 5"),
+        (lambda c: c.write_rows(5, 0, np.zeros((1, 2), np.float32), "float32"), "table must"),
+        (lambda c: c.batch([(5, [1], [[1.0, 1.0]])]), r"pushes\[0\]: table must be a string"),
+        (lambda c: c.batch([], [("t", [1]), (None, [1])]), r"lookups\[1\]: table must be"),
     ],
 )
 def test_a_bad_argument_is_refused_naming_it_before_it_is_sent(

@@ -11,6 +11,7 @@ import pytest
 from daemon import daemon_thread
 
 from client import EngramClient
+from store.errors import OutOfRangeError
 
 ROWS, DIM = 2000, 8
 
@@ -66,6 +67,13 @@ def test_a_batch_checks_its_arguments(tmp_path: Path) -> None:
             client.batch([("t", [], np.zeros((0, DIM), np.float32))])
         with pytest.raises(ValueError, match="grads"):
             client.batch([("t", [1, 2], np.zeros((3, DIM), np.float32))])
+        # Errors name the entry: the keys of the second push, the third lookup.
+        with pytest.raises(TypeError, match=r"pushes\[1\]: keys must hold integers"):
+            client.batch([("t", [1], np.ones((1, DIM))), ("t", [1.5], np.ones((1, DIM)))])
+        with pytest.raises(OutOfRangeError, match=r"lookups\[2\]: keys\[1\] = -1 is negative"):
+            client.batch(lookups=[("t", [1]), ("t", [2]), ("t", [3, -1])])
+        with pytest.raises(ValueError, match=r"pushes\[0\] grads has shape \(1, 3\)"):
+            client.batch([("t", [1], np.ones((1, 3)))])
         assert client.describe("t").step == 0
         result = client.batch(lookups=[("t", [])])
         assert result.pushes == [] and result.lookups[0].shape == (0, DIM)
