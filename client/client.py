@@ -49,6 +49,7 @@ from store.conversions import (
     table_spec_from_proto,
     table_spec_to_proto,
 )
+from store.errors import InvalidArgumentError
 from store.spec import (
     FLOAT_DTYPES,
     UINT64_MAX,
@@ -57,12 +58,25 @@ from store.spec import (
     SyncStep,
     TableSpec,
     check_table_argument,
+    checked_bool,
     checked_integer,
     is_integer,
     row_width,
 )
 
 log = logging.getLogger(__name__)
+
+
+def _described(out: Any) -> str:
+    if isinstance(out, np.ndarray):
+        return f"{out.dtype} {out.shape}"
+    return type(out).__name__
+
+
+def _checked_sync_step(name: str, share: Any) -> SyncStep:
+    if not isinstance(share, SyncStep):
+        raise InvalidArgumentError(f"{name} must be a SyncStep, got {share!r}")
+    return share.check()
 
 
 def _entry_keys(entry: str, table: Any, keys: Any) -> npt.NDArray[np.uint64]:
@@ -103,9 +117,13 @@ class EngramClient:
         shared_memory_dir: str = DEFAULT_DIRECTORY,
         security: Security | None = None,
     ) -> None:
-        addresses = [addresses] if isinstance(addresses, str) else list(addresses)
-        if not addresses:
-            raise ValueError("addresses must name at least one daemon")
+        addresses = [addresses] if isinstance(addresses, (str, int)) else list(addresses)
+        if not addresses or not all(isinstance(a, str) for a in addresses):
+            raise ValueError(f"addresses must be one or more 'host:port' strings, got {addresses}")
+        if client_id is not None and not isinstance(client_id, str):
+            raise ValueError(f"client_id must be a string or None, got {client_id!r}")
+        if shared_memory is not None:
+            checked_bool("shared_memory", shared_memory)
         security = security if security is not None else Security.from_environment()
         self.shards = [
             Shard(a, timeout_s, retry or RetryPolicy(), interceptors, security) for a in addresses
@@ -237,6 +255,8 @@ class EngramClient:
         """Stores `rows` as global rows `[first_row, first_row + len(rows))` of a table being
         imported, exactly: packed as the table stores them (`dtype`, its dtype; bfloat16 as
         uint16 bits, quantized rows as bytes, `[n, row bytes]`)."""
+        checked_integer("first_row", first_row, 0, UINT64_MAX)
+        numpy_row_type(dtype)
         packed = np.ascontiguousarray(rows)
         layout = self._layout(table)
         stop = first_row + len(packed)
@@ -301,6 +321,7 @@ class EngramClient:
         so its optimizer starts afresh (step 0, no state), as a module's optimizer does after
         `load_state_dict`. Not atomic: a failure before it returns leaves the table absent or
         unfinished (replace or import it again)."""
+        checked_integer("chunk_rows", chunk_rows, 1, UINT64_MAX)
         spec = self.spec(name)
         packed = np.ascontiguousarray(rows)
         expected = (spec.num_rows, row_width(spec.dtype, spec.dim))
@@ -395,14 +416,15 @@ class EngramClient:
         if out is None:
             rows = np.empty((len(flat), width), row_type)
         elif (
-            out.shape != (*shape, width)
+            not isinstance(out, np.ndarray)
+            or out.shape != (*shape, width)
             or out.dtype != row_type
             or not out.flags.c_contiguous
             or not out.flags.writeable
         ):
             raise ValueError(
                 f"out must be a writeable C-contiguous {row_type} array of shape "
-                f"{(*shape, width)}, got {out.dtype} {out.shape}"
+                f"{(*shape, width)}, got {_described(out)}"
             )
         else:
             rows = out.reshape(len(flat), width)
@@ -457,8 +479,9 @@ class EngramClient:
         flat = as_keys(keys)
         layout = self._layout(table)
         values = as_rows(grads, len(flat), layout.dim, "grads")
+        checked_bool("return_rows", return_rows)
         if sync is not None:
-            sync.check()
+            _checked_sync_step("sync", sync)
             if return_rows:
                 raise ValueError("return_rows is not available with sync: read the rows after")
         elif not len(flat):
@@ -523,13 +546,14 @@ class EngramClient:
         every push is this rank's share of a step of its table (see `push`), and the lookups
         see the whole steps. Lookups return rows as `lookup_dtype` (a float dtype; bfloat16
         as uint16 bits, half float32's bytes on the wire)."""
+        checked_bool("return_rows", return_rows)
         if lookup_dtype not in FLOAT_DTYPES:
             raise ValueError(f"lookup_dtype must be one of {FLOAT_DTYPES}, got {lookup_dtype!r}")
         if sync is not None:
             if len(sync) != len(pushes):
                 raise ValueError(f"sync has {len(sync)} steps for {len(pushes)} pushes")
             for share in sync:
-                share.check()
+                _checked_sync_step("sync", share)
             if return_rows:
                 raise ValueError("return_rows is not available with sync: read the rows after")
             if len({table for table, _, _ in pushes}) != len(pushes):
@@ -591,7 +615,7 @@ class EngramClient:
         `restore` to bring every shard back to it together."""
 
         def checkpoint(i: int, shard: Shard) -> CheckpointInfo:
-            request = pb.CheckpointRequest(full=full)
+            request = pb.CheckpointRequest(full=checked_bool("full", full))
             return CheckpointInfo.of(
                 shard.call(lambda t: shard.stub.Checkpoint(request, timeout=t))
             )
@@ -650,6 +674,8 @@ class EngramClient:
         to its latest, as checkpoint packs; `save_to` keeps them (see client.changes)."""
         checked_integer("since_checkpoint", since_checkpoint, 0, UINT64_MAX)
         daemon = self._shard(shard)
+        if not isinstance(store_id, str):
+            raise ValueError(f"store_id must be a string, got {store_id!r}")
         request = pb.ChangedRowsRequest(since_checkpoint=since_checkpoint, store_id=store_id)
         return daemon.call(
             lambda t: read_changes(
@@ -705,6 +731,7 @@ class EngramClient:
         step, send each sequence's last `max_ngram_size` tokens with `last_position_only`:
         the answer is the new token's rows, `[batch, 1, heads, dim]`."""
         check_table_argument(table)
+        checked_bool("last_position_only", last_position_only)
         row_type = numpy_row_type(dtype)
         ids = np.asarray(token_ids)
         if ids.ndim != 2 or not np.issubdtype(ids.dtype, np.integer):
@@ -733,6 +760,6 @@ class EngramClient:
         return rows.reshape(list(chunks[0].result_shape))
 
     def _shard(self, index: int) -> Shard:
-        if not 0 <= index < len(self.shards):
-            raise ValueError(f"shard must be in [0, {len(self.shards)}), got {index}")
+        if not is_integer(index) or not 0 <= index < len(self.shards):
+            raise ValueError(f"shard must be in [0, {len(self.shards)}), got {index!r}")
         return self.shards[index]

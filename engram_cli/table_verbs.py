@@ -8,6 +8,7 @@ from typing import Any
 
 from client.config import EngramConfig
 from client.engram_tables import create_engram_tables, plan_engram_tables
+from client.errors import TableNotFoundError
 from client.results import TableInfo
 from engram_cli.exit_codes import EXIT_DECLINED, EXIT_USAGE
 from engram_cli.output import emit
@@ -90,7 +91,12 @@ def _tune_table(args: argparse.Namespace) -> int:
 
 def _drop_table(args: argparse.Namespace) -> int:
     with connect(args) as client:
-        info = client.describe(args.name)
+        try:
+            summary = describe(client.describe(args.name))
+        except TableNotFoundError as error:
+            # describe does not see an unfinished import; DropTable removes it (or says
+            # NOT_FOUND when there is no table at all).
+            summary = error.message
         if not args.yes:
             if not sys.stdin.isatty():
                 print(
@@ -99,7 +105,7 @@ def _drop_table(args: argparse.Namespace) -> int:
                     file=sys.stderr,
                 )
                 return EXIT_USAGE
-            print(f"{describe(info)}\nIts rows and optimizer state are deleted (checkpoints keep")
+            print(f"{summary}\nIts rows and optimizer state are deleted (checkpoints keep")
             print("theirs until restored over). Type the table's name to drop it: ", end="")
             if input().strip() != args.name:
                 print("not dropped", file=sys.stderr)

@@ -281,7 +281,10 @@ class StoreEngine:
         with self._gate.exclusive(), self._tables_lock:
             existing = self._tables.get(spec.name)
             if existing is not None and not (importing and existing.importing):
-                raise AlreadyExistsError(f"table {spec.name!r} already exists")
+                unfinished = " as an unfinished import (drop it, or import again)"
+                raise AlreadyExistsError(
+                    f"table {spec.name!r} already exists{unfinished if existing.importing else ''}"
+                )
             if existing is None and len(self._tables) >= self.max_tables:
                 raise ResourceExhaustedError(
                     f"this daemon serves {len(self._tables)} tables, its limit "

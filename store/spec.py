@@ -210,8 +210,12 @@ class TableSpec:
         if not is_real(self.init_std):
             raise InvalidArgumentError(f"init_std must be a number, got {self.init_std!r}")
         for flag in ("allow_non_finite", "row_checksums", "read_only"):
-            if not isinstance(getattr(self, flag), (bool, np.bool_)):
-                raise InvalidArgumentError(f"{flag} must be a boolean, got {getattr(self, flag)!r}")
+            checked_bool(flag, getattr(self, flag))
+        if self.hash_config is not None and not isinstance(self.hash_config, HashSpec):
+            raise InvalidArgumentError(
+                f"hash_config must be a HashSpec (NgramHashMapping.hash_config), got "
+                f"{self.hash_config!r}"
+            )
         self.optimizer.check_fields()
         return self
 
@@ -276,6 +280,10 @@ class SyncStep:
     timeout_s: float = 0.0
 
     def check(self) -> SyncStep:
+        for name in ("step", "rank", "world_size"):
+            checked_integer(name, getattr(self, name), 0, UINT64_MAX)
+        if not is_real(self.timeout_s):
+            raise InvalidArgumentError(f"timeout_s must be a number, got {self.timeout_s!r}")
         if self.step < 1:
             raise InvalidArgumentError(f"a synchronous push needs a step >= 1, got {self.step}")
         if not 1 <= self.world_size <= MAX_WORLD_SIZE:
@@ -313,6 +321,14 @@ def checked_integer(name: str, value: object, low: int, high: int) -> int:
     if not is_integer(value) or not low <= value <= high:  # type: ignore[operator]
         raise InvalidArgumentError(f"{name} must be an integer in {low}..{high}, got {value!r}")
     return int(value)  # type: ignore[call-overload,no-any-return]
+
+
+def checked_bool(name: str, value: object) -> bool:
+    """`value` as a bool, when it is one (Python's or numpy's); otherwise
+    `InvalidArgumentError` naming `name` (a string's truth is not the caller's meaning)."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise InvalidArgumentError(f"{name} must be a boolean, got {value!r}")
+    return bool(value)
 
 
 def is_real(value: object) -> bool:

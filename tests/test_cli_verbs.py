@@ -20,6 +20,7 @@ from client.config import EngramConfig
 from client.engram_tables import hash_mapping
 from engram_cli import EXIT_FAILURE, EXIT_NO_DAEMON, EXIT_USAGE, main
 from engram_cli.exit_codes import EXIT_DECLINED
+from store.spec import TableSpec
 
 ENGRAM_CONFIG = REPO_ROOT / "examples" / "tiny_engram_lm.engram.json"
 
@@ -248,6 +249,21 @@ def test_a_file_flag_is_named_when_its_file_cannot_be_read_and_no_flag_is_abbrev
     assert main(["batch", str(path), *address]) == EXIT_FAILURE
     assert f"{path}: not a JSON file" in capsys.readouterr().err
     assert as_json(capsys, "describe", "emb", *address)["step"] == 0
+
+
+def test_an_unfinished_import_can_be_dropped_and_is_named_when_its_name_is_taken(
+    daemon: Daemon, capsys: pytest.CaptureFixture[str]
+) -> None:
+    address = ("--address", daemon.address)
+    with EngramClient(daemon.address) as client:
+        client.create(TableSpec("emb", 10, 2), importing=True)
+    # It said only "already exists", and drop-table failed on "does not exist yet", so the
+    # name stayed taken until an import of it ran again.
+    assert main(["create-table", "emb", "--rows", "10", "--dim", "2", *address]) == EXIT_FAILURE
+    assert "already exists as an unfinished import" in capsys.readouterr().err
+    assert as_json(capsys, "drop-table", "emb", "--yes", *address) == {"dropped": "emb"}
+    run(capsys, "create-table", "emb", "--rows", "10", "--dim", "2", *address)
+    assert as_json(capsys, "describe", "emb", *address)["num_rows"] == 10
 
 
 def test_drop_table_asks_first(

@@ -26,6 +26,11 @@ from client import (
 from store import Table
 from store._proto.engram.store.v1 import store_pb2 as pb
 from store.errors import InvalidArgumentError, OutOfRangeError, StoreError
+from store.spec import SyncStep
+
+# A number's text, where the signature asks for the number.
+TEXT: Any = "1"
+NO_GRADS = np.zeros((0, 2), np.float32)
 
 
 @pytest.fixture
@@ -231,6 +236,21 @@ def test_a_bad_step_or_checkpoint_id_is_refused_naming_it(one: Daemon) -> None:
         (lambda c: c.write_rows(5, 0, np.zeros((1, 2), np.float32), "float32"), "table must"),
         (lambda c: c.batch([(5, [1], [[1.0, 1.0]])]), r"pushes\[0\]: table must be a string"),
         (lambda c: c.batch([], [("t", [1]), (None, [1])]), r"lookups\[1\]: table must be"),
+        # Each failed inside protobuf or a comparison, or took a string's truth for a flag.
+        (lambda c: c.push("t", [1], [[1.0, 1.0]], return_rows="no"), "return_rows must be a"),
+        (lambda c: c.batch([("t", [1], [[1.0, 1.0]])], return_rows="no"), "return_rows must"),
+        (lambda c: c.push("t", [1], [[1.0, 1.0]], sync=1), "sync must be a SyncStep, got 1"),
+        (lambda c: c.push("t", [], NO_GRADS, sync=SyncStep(TEXT, 0, 1)), "step must be an integer"),
+        (lambda c: c.push("t", [], NO_GRADS, sync=SyncStep(1, TEXT, 2)), "rank must be an integer"),
+        (
+            lambda c: c.push("t", [], NO_GRADS, sync=SyncStep(1, 0, 2, timeout_s=TEXT)),
+            "timeout_s must",
+        ),
+        (lambda c: c.checkpoint(full="no"), "full must be a boolean, got 'no'"),
+        (lambda c: c.lookup_tokens("t", [[1]], last_position_only="no"), "last_position_only"),
+        (lambda c: c.create_table("u", 10, 2, hash_config=5), "hash_config must be a HashSpec"),
+        (lambda c: c.write_rows("t", "0", np.zeros((1, 2), np.float32), "float32"), "first_row"),
+        (lambda c: c.replace_rows("t", np.zeros((10, 2), np.float32), 0), "chunk_rows must be"),
     ],
 )
 def test_a_bad_argument_is_refused_naming_it_before_it_is_sent(
@@ -242,6 +262,27 @@ def test_a_bad_argument_is_refused_naming_it_before_it_is_sent(
             call(client)
         assert client.tables() == ["t"]
         assert client.describe("t").lr == 0.01
+
+
+def test_arguments_that_are_not_of_their_kind_are_refused_naming_them(one: Daemon) -> None:
+    # Each failed later, or inside protobuf or a comparison, without naming the argument.
+    with pytest.raises(ValueError, match=r"addresses must be .* strings, got \[5\]"):
+        EngramClient(5)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="client_id must be a string or None, got 5"):
+        EngramClient(one.address, client_id=5)  # type: ignore[arg-type]
+    with pytest.raises(InvalidArgumentError, match="shared_memory must be a boolean"):
+        EngramClient(one.address, shared_memory="no")  # type: ignore[arg-type]
+    with EngramClient(one.address) as client:
+        client.create_table("t", 10, 2)
+        with pytest.raises(ValueError, match=r"out must be .*, got int"):
+            client.lookup("t", [1], out=5)  # type: ignore[arg-type]
+        with pytest.raises(ValueError, match=r"shard must be in \[0, 1\), got '0'"):
+            client.list_checkpoints("0")  # type: ignore[arg-type]
+        with pytest.raises(ValueError, match="store_id must be a string, got 5"):
+            client.changed_rows(store_id=5)  # type: ignore[arg-type]
+        # A bad chunk size used to fail after the table was dropped for its replacement.
+        assert client.describe("t").num_rows == 10
+        assert client.describe("t").step == 0
 
 
 @pytest.mark.parametrize(
