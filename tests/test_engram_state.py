@@ -83,6 +83,22 @@ def test_a_state_of_another_shape_is_refused(client: EngramClient) -> None:
         store_engram(client, seed=2).load_state_dict(state)
 
 
+@pytest.mark.parametrize(("rows", "dim"), [(None, CONFIG.embed_dim_per_head + 1), (-1, None)])
+def test_a_table_the_heads_do_not_fit_is_refused_at_the_first_read(
+    client: EngramClient, rows: int | None, dim: int | None
+) -> None:
+    # A table left by another config: a dim that differs failed as a shape error inside the
+    # layer, too few rows as a key out of range at some later batch.
+    sizes = MAPPING.table_sizes(LAYER)
+    needed = int(sum(sizes))
+    num_rows = needed + rows if rows is not None else needed
+    client.create_table("other", num_rows, dim or CONFIG.embed_dim_per_head)
+    embedding = StoreEmbedding(sizes, CONFIG.embed_dim_per_head, client, "other")
+    with pytest.raises(ValueError, match=f"table 'other' holds {num_rows} rows of dim"):
+        embedding(torch.zeros((1, 2, len(sizes)), dtype=torch.int64))
+    assert client.describe("other").step == 0
+
+
 def test_a_bfloat16_layer_reads_bfloat16_rows(
     client: EngramClient, monkeypatch: pytest.MonkeyPatch
 ) -> None:

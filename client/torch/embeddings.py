@@ -103,6 +103,8 @@ class StoreEmbedding(nn.Module):
         self.client = client
         self.table = table
         self.cache = cache
+        # Checked against the table at the first read (the daemon may not be up yet here).
+        self._table_fits = False
         self.pipeline = pipeline if pipeline is not None else TrainPipeline(client)
         self.push_log = self.pipeline.push_log(table, max_pushes_in_flight, cache)
         # Gives the rows a place in the autograd graph without being a trainable parameter.
@@ -143,6 +145,8 @@ class StoreEmbedding(nn.Module):
     def fetch(self, keys: np.ndarray) -> torch.Tensor:
         """Rows of global `keys` (any shape), through the cache when there is one: on the
         cache's device for a device cache, else in host memory."""
+        if not self._table_fits:
+            self._check_table()
         if self.cache is None:
             # In the module's dtype on the wire: bfloat16 rows are half float32's bytes.
             wire = self.wire_dtype
@@ -154,6 +158,18 @@ class StoreEmbedding(nn.Module):
             rows = torch.from_numpy(rows)
         out: torch.Tensor = rows.reshape((*keys.shape, self.embedding_dim))
         return out
+
+    def _check_table(self) -> None:
+        """Refuses a table this module's heads do not fit: a table left by another config
+        would otherwise fail later as a shape error in the layer, or a key out of range."""
+        info = self.client.describe(self.table)
+        if info.dim != self.embedding_dim or info.num_rows < self.num_rows:
+            raise ValueError(
+                f"table {self.table!r} holds {info.num_rows} rows of dim {info.dim}; this "
+                f"module's heads need {self.num_rows} rows of dim {self.embedding_dim}: create "
+                "the table for this config (drop or rename the old one)"
+            )
+        self._table_fits = True
 
     def keep_updated_rows(self, keep: bool = True) -> None:
         """From now on, remembers the rows each push leaves (the daemon returns them) for
