@@ -99,6 +99,17 @@ def test_a_table_the_heads_do_not_fit_is_refused_at_the_first_read(
     assert client.describe("other").step == 0
 
 
+def test_a_store_embedding_refuses_arguments_that_could_not_work(client: EngramClient) -> None:
+    sizes, dim = MAPPING.table_sizes(LAYER), CONFIG.embed_dim_per_head
+    # No push slot made the first backward pass wait for one for good.
+    with pytest.raises(ValueError, match="max_pushes_in_flight must be an integer in 1"):
+        StoreEmbedding(sizes, dim, client, f"L{LAYER}", max_pushes_in_flight=0)
+    with pytest.raises(TypeError, match="client must be an EngramClient, got None"):
+        StoreEmbedding(sizes, dim, None, f"L{LAYER}")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="table must be a string, got 0"):
+        StoreEmbedding(sizes, dim, client, 0)  # type: ignore[arg-type]
+
+
 def test_a_bfloat16_layer_reads_bfloat16_rows(
     client: EngramClient, monkeypatch: pytest.MonkeyPatch
 ) -> None:

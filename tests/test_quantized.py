@@ -182,3 +182,6 @@ def test_rows_are_written_into_an_engines_tensors(tmp_path: Path) -> None:
             writer.lookup_into("q", keys, torch.empty((2, 3, 32)))
         with pytest.raises(ValueError, match="CPU or a CUDA device, not meta"):
             writer.lookup_into("q", keys, torch.empty((2, 3, 64), device="meta"))
+        # A numpy array was told it "needs dtype=".
+        with pytest.raises(TypeError, match=r"out must be a torch\.Tensor, got ndarray"):
+            writer.lookup_into("q", keys, np.zeros((2, 3, 64), np.float32))  # type: ignore[arg-type]

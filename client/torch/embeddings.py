@@ -21,6 +21,7 @@ from torch import nn
 from client.cache import RowCache
 from client.client import EngramClient
 from client.torch.pipeline import TrainPipeline
+from store.spec import check_table_argument, checked_integer
 
 
 def _offsets(list_of_n: Sequence[int]) -> torch.Tensor:
@@ -93,6 +94,11 @@ class StoreEmbedding(nn.Module):
         pipeline: TrainPipeline | None = None,
     ) -> None:
         super().__init__()
+        if not isinstance(client, EngramClient):
+            raise TypeError(f"client must be an EngramClient, got {client!r}")
+        check_table_argument(table)
+        # No slot at all would block the first backward pass for good.
+        checked_integer("max_pushes_in_flight", max_pushes_in_flight, 1, 1 << 20)
         if pipeline is not None and pipeline.client is not client:
             raise ValueError("pipeline must push through the same client as the table")
         self.num_heads = len(list_of_N)

@@ -44,6 +44,8 @@ class RowWriter:
         `keys.shape + (row bytes,)` with `dtype` a quantized table's dtype, for rows packed
         as stored) with the rows of `keys`, and returns it. A device `out` is filled by a
         non-blocking copy from pinned memory: synchronise its stream before reading it."""
+        if not isinstance(out, torch.Tensor):
+            raise TypeError(f"out must be a torch.Tensor, got {type(out).__name__}")
         if dtype is None:
             if out.dtype not in _FLOAT_DTYPES:
                 raise ValueError(
