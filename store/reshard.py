@@ -6,6 +6,8 @@ empty) gets each table's row range as `EngramClient` lays tables out over that m
 (shard i holds rows `[i * rows // n, (i + 1) * rows // n)`), its rows and optimizer state
 copied bit for bit and its step the sources', and then a full checkpoint of its own. Daemons
 started on the targets serve the tables as they were at the checkpoint, ready to train on.
+Each target is built in a hidden directory beside it and renamed into place once every
+target is complete: a reshard that fails before then leaves the targets as it found them.
 
 Shards of a table that stepped apart (a push that reached only some shards counts a step on
 those only) cannot be merged exactly, and are refused. Push idempotency windows are not
@@ -16,10 +18,14 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import shutil
+import stat
 import tempfile
+import uuid
 from dataclasses import dataclass
 
 from store.checkpoints import published_ids, read_manifest, restore_table
+from store.data_dir import fsync_dir
 from store.engine import StoreEngine
 from store.errors import FailedPreconditionError, InvalidArgumentError, NotFoundError
 from store.served_table import ServedTable
@@ -40,23 +46,60 @@ def reshard(sources: list[str], targets: list[str], checkpoint_id: int = 0) -> l
     whose data directories are `sources` out over new daemons at `targets`."""
     if not sources or not targets:
         raise InvalidArgumentError("reshard needs at least one source and one target")
+    for kind, directories in (("sources", sources), ("targets", targets)):
+        real = [os.path.realpath(d) for d in directories]
+        if len(set(real)) != len(real):
+            raise InvalidArgumentError(f"{kind} name one directory twice: {directories}")
     for target in targets:
         if os.path.exists(target) and os.listdir(target):
             raise FailedPreconditionError(f"target {target} is not empty")
-    work_root = os.path.dirname(os.path.abspath(targets[0]))
-    with tempfile.TemporaryDirectory(dir=work_root, prefix=".reshard-") as work:
+    parents = [os.path.dirname(os.path.abspath(t)) for t in targets]
+    for parent in parents:
+        os.makedirs(parent, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=parents[0], prefix=".reshard-") as work:
         shards = _rebuilt_shards(sources, checkpoint_id, work)
         plans = {name: _plan(name, tables, len(targets)) for name, tables in shards.items()}
-        engines: list[StoreEngine] = []
+        stages: list[str] = []
         try:
             for target in targets:
-                engines.append(StoreEngine(target))
-            done = [_lay_out(engines, *plans[name], shards[name]) for name in plans]
-            for engine in engines:
-                engine.checkpoint(full=True)
+                stages.append(_stage_beside(target))
+            done = _build(stages, plans, shards)
+            for stage, target in zip(stages, targets, strict=True):
+                os.replace(stage, target)  # onto nothing, or an empty directory
+            for parent in set(parents):
+                fsync_dir(parent)
         finally:
-            for engine in engines:
-                engine.close()
+            for stage in stages:
+                shutil.rmtree(stage, ignore_errors=True)
+    return done
+
+
+def _stage_beside(target: str) -> str:
+    """A new hidden directory beside `target` (renaming it into place stays on one file
+    system), with the permissions `target` has or a new directory would get."""
+    stage = os.path.join(os.path.dirname(os.path.abspath(target)), f".reshard-{uuid.uuid4().hex}")
+    os.mkdir(stage)
+    if os.path.isdir(target):
+        os.chmod(stage, stat.S_IMODE(os.stat(target).st_mode))
+    return stage
+
+
+def _build(
+    stages: list[str],
+    plans: dict[str, tuple[TableSpec, int, list[int]]],
+    shards: dict[str, list[tuple[ServedTable, int]]],
+) -> list[ReshardedTable]:
+    """Every table laid out over daemons at `stages`, each then holding a full checkpoint."""
+    engines: list[StoreEngine] = []
+    try:
+        for stage in stages:
+            engines.append(StoreEngine(stage))
+        done = [_lay_out(engines, *plans[name], shards[name]) for name in plans]
+        for engine in engines:
+            engine.checkpoint(full=True)
+    finally:
+        for engine in engines:
+            engine.close()
     return done
 
 

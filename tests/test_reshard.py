@@ -3,7 +3,9 @@ optimizer state identical bit for bit, and training going on from it as it would
 
 from __future__ import annotations
 
+import errno
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -12,7 +14,8 @@ from daemon import daemon_thread
 from client import EngramClient
 from engram_cli import main
 from store import Table
-from store.errors import FailedPreconditionError
+from store.engine import StoreEngine
+from store.errors import FailedPreconditionError, InvalidArgumentError
 from store.reshard import reshard
 
 ROWS, DIM = 1000, 4
@@ -95,3 +98,40 @@ def test_shards_that_stepped_apart_or_a_missing_shard_are_refused(tmp_path: Path
         reshard([str(dirs[0])], [str(dirs[1])])
     # The command line says so and exits 3.
     assert main(["reshard", "--from", str(dirs[1]), "--to", str(tmp_path / "v")]) == 3
+
+
+def test_a_failed_reshard_leaves_its_targets_as_it_found_them(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    source = tmp_path / "s"
+    with daemon_thread(source) as daemon, EngramClient(daemon.address) as client:
+        client.create_table("adam", ROWS, DIM, optimizer="adam")
+        client.push("adam", np.array([1, 999], np.uint64), np.ones((2, DIM), np.float32))
+        client.checkpoint()
+    targets = [tmp_path / "out" / "a", tmp_path / "out" / "b"]
+    targets[1].mkdir(parents=True)  # an empty directory given as a target
+    # Duplicates were opened twice: "another daemon (this one) is using data directory".
+    with pytest.raises(InvalidArgumentError, match="targets name one directory twice"):
+        reshard([str(source)], [str(targets[0]), str(tmp_path / "out" / "." / "a")])
+
+    real_checkpoint = StoreEngine.checkpoint
+    calls = []
+
+    def full_disk_on_the_second(engine: StoreEngine, full: bool = False) -> Any:
+        calls.append(engine.data_dir)
+        if len(calls) == 2:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_checkpoint(engine, full)
+
+    monkeypatch.setattr(StoreEngine, "checkpoint", full_disk_on_the_second)
+    with pytest.raises(OSError, match="No space left"):
+        reshard([str(source)], [str(t) for t in targets])
+    # The first target was complete, the second not: neither was left half made, so the
+    # same command can run again (a non-empty target is refused).
+    assert not targets[0].exists() and list(targets[1].iterdir()) == []
+    assert [p.name for p in (tmp_path / "out").iterdir()] == ["b"]  # no hidden stage left
+    monkeypatch.setattr(StoreEngine, "checkpoint", real_checkpoint)
+    reshard([str(source)], [str(t) for t in targets])
+    with daemon_thread(targets[1]) as daemon, EngramClient(daemon.address) as client:
+        assert client.describe("adam").step == 1
+        assert client.describe("adam").num_rows == ROWS - ROWS // 2
