@@ -14,6 +14,7 @@ from google.protobuf import json_format
 from client.results import ChangedPackInfo, ChangedRows
 from store._proto.engram.store.v1 import store_pb2 as pb
 from store.conversions import packs_to_files
+from store.spec import check_table_name
 
 
 def read_changes(
@@ -23,6 +24,9 @@ def read_changes(
 ) -> ChangedRows:
     header = next(stream).header
     directory = Path(save_to) if save_to is not None else None
+    for table in header.tables:
+        # Names become file names: one the daemon could not have made must not name a path.
+        check_table_name(table.name)
     packs = [
         ChangedPackInfo(
             t.name,

@@ -23,6 +23,7 @@ from client import (
     TableExistsError,
     TableNotFoundError,
 )
+from client.changes import read_changes
 from store import Table
 from store._proto.engram.store.v1 import store_pb2 as pb
 from store.errors import InvalidArgumentError, OutOfRangeError, StoreError
@@ -349,3 +350,15 @@ def test_checkpoints_restores_stats_and_token_lookups(three: list[Daemon], one: 
             client.lookup_tokens("plain", [[1, 2]])
         with pytest.raises(ValueError, match="token_ids"):
             client.lookup_tokens("plain", [1, 2])
+
+
+def test_changed_rows_refuse_a_table_name_that_would_name_a_path(tmp_path: Path) -> None:
+    # The names in the daemon's answer become file names under save_to.
+    header = pb.ChangedRowsHeader(
+        checkpoint=1,
+        tables=[pb.ChangedTable(name="../outside", packs=[pb.ChangedPack(checkpoint=1)])],
+    )
+    stream = iter([pb.ChangedRowsResponse(header=header)])
+    with pytest.raises(InvalidArgumentError, match="table name must be"):
+        read_changes(0, stream, tmp_path / "copy")
+    assert list(tmp_path.iterdir()) == []
