@@ -9,6 +9,8 @@ file.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import math
 import mmap
@@ -186,6 +188,16 @@ class SafetensorsWriter:
 
     def __init__(self, path: str | os.PathLike[str], tensors: list[TensorSpec]) -> None:
         self.path = os.fspath(path)
+        if os.path.isdir(self.path):
+            raise IsADirectoryError(errno.EISDIR, "a directory, not a file to write", self.path)
+        names = [t.name for t in tensors]
+        twice = sorted({name for name in names if names.count(name) > 1})
+        if twice:
+            # The file would be unreadable ("invalid offset for tensor").
+            raise ValueError(
+                f"{self.path}: two tensors would be named {twice[0]!r} (a table given twice, "
+                "or a scale suffix that gives a scale another tensor's name)"
+            )
         self._tmp = f"{self.path}.partial"
         header: dict[str, Any] = {}
         offset = 0
@@ -214,14 +226,19 @@ class SafetensorsWriter:
         self._file.write(np.ascontiguousarray(rows).tobytes())
 
     def close(self) -> None:
-        self._file.flush()
-        os.fsync(self._file.fileno())
-        self._file.close()
-        os.replace(self._tmp, self.path)
+        try:
+            self._file.flush()
+            os.fsync(self._file.fileno())
+            self._file.close()
+            os.replace(self._tmp, self.path)
+        except BaseException:
+            self.abort()
+            raise
 
     def abort(self) -> None:
         self._file.close()
-        os.unlink(self._tmp)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self._tmp)
 
 
 def _json_object(text: bytes, what: str) -> dict[str, Any]:

@@ -397,3 +397,45 @@ def test_the_cli_refuses_a_malformed_checkpoint_with_a_message(
     error = capsys.readouterr().err
     assert f"{checkpoint}: tensor 't' has shape [-1, 8]" in error
     assert "Traceback" not in error
+
+
+def test_an_export_that_would_write_an_unreadable_file_is_refused(
+    tmp_path: Path, daemons: tuple[str, str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    exports = tmp_path / "exports"
+    exports.mkdir()
+    with EngramClient(daemons[0]) as client:
+        client.create_table("a", 10, 32)
+        # Each wrote a file with two tensors named "a", which safetensors cannot read
+        # ("invalid offset for tensor `a`"), and said it succeeded.
+        with pytest.raises(ValueError, match="two tensors would be named 'a'"):
+            export_tables(client, ["a", "a"], exports / "twice.safetensors")
+        with pytest.raises(ValueError, match="two tensors would be named 'a'"):
+            export_tables(client, ["a"], exports / "x.safetensors", "fp8_e4m3", scale_suffix="")
+        # A directory as the output wrote "<directory>.partial" beside it and left it there.
+        (exports / "out").mkdir()
+        with pytest.raises(IsADirectoryError, match="a directory, not a file to write"):
+            export_tables(client, ["a"], exports / "out")
+        assert [p.name for p in exports.iterdir()] == ["out"]
+        exported = exports / "out" / "a.safetensors"
+        argv = ["export", "a", "a", "--out", str(exported), "--address", daemons[0]]
+        assert main(argv) == EXIT_FAILURE
+        assert "two tensors would be named 'a'" in capsys.readouterr().err
+        assert not exported.exists()
+
+
+def test_an_export_whose_rename_fails_leaves_no_partial_file(
+    tmp_path: Path, daemons: tuple[str, str]
+) -> None:
+    exports = tmp_path / "exports"
+    exports.mkdir()
+    target = exports / "a.safetensors"
+
+    def a_directory_takes_the_name(table: str, done: int, rows: int) -> None:
+        (target / "inside").mkdir(parents=True, exist_ok=True)
+
+    with EngramClient(daemons[0]) as client:
+        client.create_table("a", 10, 4)
+        with pytest.raises(OSError, match=r"a\.safetensors"):
+            export_tables(client, ["a"], target, progress=a_directory_takes_the_name)
+    assert [p.name for p in exports.iterdir()] == ["a.safetensors"]  # the directory alone
