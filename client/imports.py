@@ -96,8 +96,24 @@ def mapping_rules(document: Any, source: str = "mapping") -> list[MappingRule]:
             raise MappingError(
                 f"{source}: rule {i}: dtype must be one of {list(VALUE_TENSOR_DTYPES)}"
             )
+        # Filled as a tensor that matches would fill them, so a placeholder no group can
+        # fill is named now rather than at the first match.
+        groups = dict.fromkeys(pattern.groupindex, "0")
+        _filled(rule["table"], groups, f"{source}: rule {i}: table")
+        if "scales" in rule:
+            _filled(rule["scales"], {"name": "x", **groups}, f"{source}: rule {i}: scales")
         rules.append(MappingRule(pattern, rule["table"], rule.get("scales"), dtype))
     return rules
+
+
+def _filled(template: str, values: dict[str, str], what: str) -> str:
+    """`template` with its placeholders filled from `values`, or a MappingError naming it."""
+    try:
+        return template.format(**values)
+    except (KeyError, IndexError, ValueError, AttributeError) as error:
+        raise MappingError(
+            f"{what} {template!r} has a placeholder that {sorted(values)} cannot fill ({error!r})"
+        ) from None
 
 
 @dataclass
@@ -134,10 +150,18 @@ def plan_import(
             if found is None:
                 continue
             groups = {k: v for k, v in found.groupdict().items() if v is not None}
-            table = rule.table.format(**groups)
-            scales = rule.scales.format(name=name, **groups) if rule.scales else None
+            table = _filled(rule.table, groups, f"tensor {name}: table")
+            scales = (
+                _filled(rule.scales, {"name": name, **groups}, f"tensor {name}: scales")
+                if rule.scales
+                else None
+            )
             if scales is not None:
                 scale_names.add(scales)
+            if not groups.get("head", "0").isdigit():
+                raise MappingError(
+                    f"tensor {name}: its head group must be digits, got {groups['head']!r}"
+                )
             head = int(groups.get("head", 0))
             matched.setdefault(table, []).append((head, name, scales, rule.dtype))
             break

@@ -21,7 +21,14 @@ from client import (
     TableExistsError,
     TableNotFoundError,
 )
-from client.imports import MappingError, export_tables, import_checkpoint, load_mapping
+from client.imports import (
+    MappingError,
+    export_tables,
+    import_checkpoint,
+    load_mapping,
+    mapping_rules,
+    plan_import,
+)
 from client.tensor_files import Checkpoint, TensorFileError
 from engram_cli import EXIT_FAILURE, main
 from store.spec import TableSpec
@@ -370,6 +377,10 @@ def test_a_malformed_checkpoint_index_is_refused_naming_it(tmp_path: Path, index
         ('{"tables": [{"tensor": 5, "table": "t"}]}', "'tensor' must be a string"),
         ('{"tables": [{"tensor": "t", "table": ["t"]}]}', "'table' must be a string"),
         ('{"tables": [{"tensor": "t", "table": "t", "scales": 1}]}', "'scales' must be"),
+        # A placeholder no group fills was a KeyError traceback at the first match.
+        ('{"tables": [{"tensor": "x", "table": "t{layer}"}]}', "rule 0: table 't{layer}'"),
+        ('{"tables": [{"tensor": "(?P<l>.)", "table": "t{l:d}"}]}', "cannot fill"),
+        ('{"tables": [{"tensor": "x", "table": "t", "scales": "{nme}_s"}]}', "rule 0: scales"),
     ],
 )
 def test_a_malformed_mapping_is_refused_naming_it(
@@ -439,3 +450,11 @@ def test_an_export_whose_rename_fails_leaves_no_partial_file(
         with pytest.raises(OSError, match=r"a\.safetensors"):
             export_tables(client, ["a"], target, progress=a_directory_takes_the_name)
     assert [p.name for p in exports.iterdir()] == ["a.safetensors"]  # the directory alone
+
+
+def test_a_head_group_that_is_not_a_number_is_refused(tmp_path: Path) -> None:
+    save_file({"h.a": torch.zeros(4, 2)}, tmp_path / "m.safetensors")
+    # int("a") was a ValueError traceback.
+    rules = mapping_rules({"tables": [{"tensor": r"h\.(?P<head>\w)", "table": "t"}]})
+    with pytest.raises(MappingError, match="head group must be digits, got 'a'"):
+        plan_import(Checkpoint(tmp_path / "m.safetensors"), rules)
