@@ -26,7 +26,7 @@ import numpy.typing as npt
 from client.batch import ShardBatch, split_by_shard
 from client.changes import read_changes
 from client.connection import RetryPolicy, Shard
-from client.errors import InvalidRequestError
+from client.errors import InvalidRequestError, PreconditionFailedError
 from client.layout import TableLayout
 from client.results import (
     BatchResult,
@@ -148,10 +148,12 @@ class EngramClient:
         # pools, so background requests waiting on their shards cannot starve them.
         self._fanout = ThreadPoolExecutor(max_workers=max(2, 2 * len(self.shards)))
         self._background = ThreadPoolExecutor(max_workers=4)
+        self._closed = False
 
     # lifecycle ------------------------------------------------------------------------
 
     def close(self) -> None:
+        self._closed = True
         self._background.shutdown(wait=True)
         self._fanout.shutdown(wait=True)
         for shard in self.shards:
@@ -169,7 +171,14 @@ class EngramClient:
     ) -> None:
         self.close()
 
+    def _check_open(self) -> None:
+        if self._closed:
+            # Its pools and channels are shut: they would say "cannot schedule new futures
+            # after shutdown" or "Cannot invoke RPC on closed channel!".
+            raise PreconditionFailedError("this client is closed")
+
     def _each_shard(self, call: Any) -> list[Any]:
+        self._check_open()
         """`call(shard_index, shard)` on every shard in parallel, results in shard order."""
         futures = [self._fanout.submit(call, i, s) for i, s in enumerate(self.shards)]
         return [f.result() for f in futures]
@@ -348,6 +357,7 @@ class EngramClient:
         return infos
 
     def _layout(self, name: str) -> TableLayout:
+        self._check_open()
         layout = self._layouts.get(check_table_argument(name, "table"))
         if layout is None:
             infos = self._describe_shards(name)
@@ -454,6 +464,7 @@ class EngramClient:
     ) -> Future[npt.NDArray[Any]]:
         """`lookup` on a background thread; the keys are copied first."""
         keys = np.array(keys, copy=True)
+        self._check_open()
         return self._background.submit(self.lookup, table, keys, dtype)
 
     def push(
@@ -529,6 +540,7 @@ class EngramClient:
     ) -> Future[PushResult]:
         """`push` on a background thread; the keys and gradients are copied first."""
         keys, grads = np.array(keys, copy=True), np.array(grads, copy=True)
+        self._check_open()
         return self._background.submit(self.push, table, keys, grads, step, return_rows)
 
     def batch(

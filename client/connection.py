@@ -16,7 +16,7 @@ from typing import TypeVar
 
 import grpc
 
-from client.errors import ShardUnavailableError, from_rpc_error
+from client.errors import PreconditionFailedError, ShardUnavailableError, from_rpc_error
 from client.security import Security
 from store import _native
 from store._proto.engram.store.v1 import store_pb2 as pb
@@ -115,6 +115,7 @@ class Shard:
         self.timeout_s = timeout_s
         self.retry = retry
         self.channel = open_channel(address, security)
+        self.closed = False
         interceptors = [*(security.interceptors() if security else []), *interceptors]
         channel = (
             grpc.intercept_channel(self.channel, *interceptors) if interceptors else self.channel
@@ -137,6 +138,8 @@ class Shard:
         """Runs `attempt(timeout)` until it succeeds, fails for good, or the deadline passes:
         the shard's timeout, plus `waits_s` for a call that waits on others by design (a
         data-parallel step waiting for its ranks)."""
+        if self.closed:
+            raise PreconditionFailedError("this client is closed", self.address)
         deadline = time.monotonic() + self.timeout_s + waits_s
         backoff = self.retry.initial_backoff_s
         for number in range(1, self.retry.max_attempts + 1):
@@ -160,4 +163,5 @@ class Shard:
         raise AssertionError("unreachable")
 
     def close(self) -> None:
+        self.closed = True
         self.channel.close()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import socket
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
@@ -18,6 +18,7 @@ from client import (
     EngramClient,
     InvalidRequestError,
     KeyOutOfRangeError,
+    PreconditionFailedError,
     RetryPolicy,
     ShardUnavailableError,
     TableExistsError,
@@ -362,3 +363,24 @@ def test_changed_rows_refuse_a_table_name_that_would_name_a_path(tmp_path: Path)
     with pytest.raises(InvalidArgumentError, match="table name must be"):
         read_changes(0, stream, tmp_path / "copy")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_closed_client_says_so(three: list[Daemon]) -> None:
+    client = EngramClient([d.address for d in three])
+    client.create_table("t", 30, 2)
+    client.lookup("t", [1])  # the table's layout is known: no describe before the call
+    client.close()
+    # Each said "Cannot invoke RPC on closed channel!" or "cannot schedule new futures
+    # after shutdown", depending on the call.
+    calls: list[Callable[[], Any]] = [
+        lambda: client.lookup("t", [1, 20]),
+        lambda: client.describe("t"),
+        lambda: client.tables(),
+        lambda: client.list_checkpoints(1),
+        lambda: client.lookup_async("t", [1]),
+        lambda: client.push("t", [1], [[1.0, 1.0]]),
+    ]
+    for call in calls:
+        with pytest.raises(PreconditionFailedError, match="client is closed"):
+            call()
+    client.close()  # again: nothing to do
