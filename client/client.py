@@ -265,8 +265,14 @@ class EngramClient:
         imported, exactly: packed as the table stores them (`dtype`, its dtype; bfloat16 as
         uint16 bits, quantized rows as bytes, `[n, row bytes]`)."""
         checked_integer("first_row", first_row, 0, UINT64_MAX)
-        numpy_row_type(dtype)
         packed = np.ascontiguousarray(rows)
+        # Written as bytes: rows of another numpy type would be stored reinterpreted (through
+        # shared memory nothing could tell), so they are refused, not converted.
+        if packed.dtype != numpy_row_type(dtype) or packed.ndim != 2:
+            raise ValueError(
+                f"rows must be a 2-D {numpy_row_type(dtype)} array ({dtype} rows packed as "
+                f"stored), got {packed.dtype} of shape {packed.shape}"
+            )
         layout = self._layout(table)
         stop = first_row + len(packed)
         if first_row < 0 or stop > int(layout.bounds[-1]):

@@ -284,8 +284,12 @@ def test_bfloat16_rows_import_into_float32_exactly_and_nothing_narrower(tmp_path
         )
 
 
-def test_bad_writes_are_refused_and_change_nothing(tmp_path: Path) -> None:
-    with daemon_thread(tmp_path / "data") as d, EngramClient(d.address) as client:
+@pytest.mark.parametrize("shared_memory", [True, False])
+def test_bad_writes_are_refused_and_change_nothing(tmp_path: Path, shared_memory: bool) -> None:
+    with (
+        daemon_thread(tmp_path / "data") as d,
+        EngramClient(d.address, shared_memory=shared_memory) as client,
+    ):
         client.create_table("live", 10, 32)
         with pytest.raises(PreconditionFailedError, match="not being imported"):
             client.write_rows("live", 0, np.zeros((1, 32), np.float32), "float32")
@@ -294,6 +298,10 @@ def test_bad_writes_are_refused_and_change_nothing(tmp_path: Path) -> None:
             "fall outside table": (9, np.zeros((2, 33), np.uint8), "fp8_e4m3"),
             r"shape \[n, 33\]": (0, np.zeros((2, 32), np.uint8), "fp8_e4m3"),
             "rows must have dtype fp8_e4m3": (0, np.zeros((2, 33), np.uint8), "int8"),
+            # Through shared memory, each of these was stored as its bytes reinterpreted.
+            "must be a 2-D uint8 array .* got int64": (0, [[0x38] * 33], "fp8_e4m3"),
+            "got float64 of shape": (0, np.zeros((1, 33)), "fp8_e4m3"),
+            r"got uint8 of shape \(33,\)": (0, np.zeros(33, np.uint8), "fp8_e4m3"),
         }
         for message, (first_row, rows, dtype) in bad.items():
             # InvalidRequestError (the daemon's refusal) is a ValueError too.
