@@ -171,6 +171,14 @@ class EngramClient:
     ) -> None:
         self.close()
 
+    def __reduce__(self) -> Any:
+        # A copy would share this client's id: its pushes, numbered from 1 again, would be
+        # taken by the daemons for retries of this client's and dropped.
+        raise TypeError(
+            "an EngramClient cannot be pickled or sent to another process: open one in each "
+            "process (its channels, threads and push numbering are its own)"
+        )
+
     def _check_open(self) -> None:
         if self._closed:
             # Its pools and channels are shut: they would say "cannot schedule new futures

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pickle
 import socket
 import time
 from collections.abc import Callable, Iterator
@@ -384,3 +385,13 @@ def test_a_closed_client_says_so(three: list[Daemon]) -> None:
         with pytest.raises(PreconditionFailedError, match="client is closed"):
             call()
     client.close()  # again: nothing to do
+
+
+def test_a_client_cannot_be_pickled_into_a_twin(one: Daemon) -> None:
+    # It failed with "no default __reduce__ due to non-trivial __cinit__" from grpc; a twin
+    # with the same client id would have had its pushes dropped as retries of this one's.
+    with (
+        EngramClient(one.address) as client,
+        pytest.raises(TypeError, match="open one in each process"),
+    ):
+        pickle.dumps(client)
