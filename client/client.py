@@ -101,6 +101,9 @@ class EngramClient:
     `True` tries it with every daemon, `False` never. A daemon that cannot use it gets the
     rows in messages instead.
 
+    `client_id` names this client's pushes (default: a fresh random id); it must be this
+    client's alone (see README, "What an acknowledgement promises").
+
     `security` (a token, TLS files) defaults to `Security.from_environment()`
     (`ENGRAM_STORE_TOKEN`, `ENGRAM_STORE_TLS_CA`, ...).
     """

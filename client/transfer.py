@@ -18,7 +18,7 @@ import numpy.typing as npt
 
 from client.batch import ShardBatch
 from client.connection import Shard
-from client.errors import EngramClientError
+from client.errors import EngramClientError, PreconditionFailedError
 from client.shared_memory import SharedBufferPool, aligned
 from store._proto.engram.store.v1 import store_pb2 as pb
 from store.arrays import numpy_row_type
@@ -34,6 +34,34 @@ RowPlacer = Callable[[int, npt.NDArray[Any]], None]
 def step_wait(request: pb.PushRequest) -> float:
     """How long the daemon may hold a push that is a rank's share of a step."""
     return step_timeout(request.sync.timeout_s) if request.HasField("sync") else 0.0
+
+
+class _Attempts:
+    """Counts the attempts of one request, over both ways of sending it."""
+
+    def __init__(self) -> None:
+        self.count = 0
+
+    def __call__(self, send: Callable[[float], T]) -> Callable[[float], T]:
+        def attempt(timeout: float) -> T:
+            self.count += 1
+            return send(timeout)
+
+        return attempt
+
+    def check_new(self, shard: Shard, client_id: str, answers: list[tuple[int, bool]]) -> None:
+        """Refuses answers that call a push a duplicate when it was sent once: no attempt of
+        this client's could have applied it, so another client pushes under the same id,
+        and each would have the other's pushes dropped as retries. (A rank's share of a
+        data-parallel step is a duplicate by its step, not its id: not checked here.)"""
+        for sequence, duplicate in answers:
+            if duplicate and self.count == 1:
+                raise PreconditionFailedError(
+                    f"push {sequence} of client id {client_id!r} was applied before this "
+                    "client sent it: another client uses the same id (give each EngramClient "
+                    "its own id, or none for a random one); this push was not applied",
+                    shard.address,
+                )
 
 
 class RowTransfer:
@@ -96,6 +124,8 @@ class RowTransfer:
         """Sends `request` with `keys` and float32 `grads`; `keep_rows` gets the rows the push
         left when the request asks for them."""
         shard = self.shard
+        attempts = _Attempts()
+        push = attempts(lambda t: shard.stub.Push(request, timeout=t))
 
         def through_shared_memory() -> pb.PushResponse:
             # Keys first, the gradients after them (and the rows over the gradients).
@@ -106,9 +136,7 @@ class RowTransfer:
                 in_buffer[:] = grads
                 request.keys_buffer.CopyFrom(buffer.message())
                 request.grads_buffer.CopyFrom(buffer.message(grads_at))
-                reply: pb.PushResponse = shard.call(
-                    lambda t: shard.stub.Push(request, timeout=t), step_wait(request)
-                )
+                reply: pb.PushResponse = shard.call(push, step_wait(request))
                 if keep_rows is not None:
                     keep_rows(in_buffer)
                 return reply
@@ -119,14 +147,15 @@ class RowTransfer:
             request.ClearField("grads_buffer")
             request.keys.data = keys.astype("<u8", copy=False).tobytes()
             request.grads.data = grads.astype("<f4", copy=False).tobytes()
-            reply: pb.PushResponse = shard.call(
-                lambda t: shard.stub.Push(request, timeout=t), step_wait(request)
-            )
+            reply: pb.PushResponse = shard.call(push, step_wait(request))
             if keep_rows is not None:
                 keep_rows(np.frombuffer(reply.updated_rows.data, "<f4").reshape(grads.shape))
             return reply
 
-        return self._either(through_shared_memory, through_messages)
+        reply = self._either(through_shared_memory, through_messages)
+        if not request.HasField("sync"):
+            attempts.check_new(shard, request.client_id, [(request.sequence, reply.duplicate)])
+        return reply
 
     def write_rows(self, request: pb.WriteRowsRequest, rows: npt.NDArray[Any]) -> None:
         """Sends `request` with `rows` (C-contiguous, packed as the table stores them)."""
@@ -148,12 +177,13 @@ class RowTransfer:
     def batch(self, batch: ShardBatch) -> pb.BatchResponse:
         """Sends the shard's part of a batch and places its answers."""
         shard = self.shard
+        attempts = _Attempts()
 
         def through_shared_memory() -> pb.BatchResponse:
             with self._buffers.lease(batch.buffer_bytes()) as buffer:
                 request = batch.in_buffer(buffer)
                 reply: pb.BatchResponse = shard.call(
-                    lambda t: shard.stub.Batch(request, timeout=t), batch.waits_s
+                    attempts(lambda t: shard.stub.Batch(request, timeout=t)), batch.waits_s
                 )
                 batch.take_from_buffer(buffer)
                 return reply
@@ -162,12 +192,19 @@ class RowTransfer:
             # Same sequences: pushes the daemon refused were not applied.
             request = batch.in_messages()
             reply: pb.BatchResponse = shard.call(
-                lambda t: shard.stub.Batch(request, timeout=t), batch.waits_s
+                attempts(lambda t: shard.stub.Batch(request, timeout=t)), batch.waits_s
             )
             batch.take_from_messages(reply)
             return reply
 
-        return self._either(through_shared_memory, through_messages)
+        reply = self._either(through_shared_memory, through_messages)
+        answers = [
+            (p.sequence, a.duplicate)
+            for p, a in zip(batch.pushes, reply.pushes, strict=True)
+            if p.sync is None
+        ]
+        attempts.check_new(shard, batch.client_id, answers)
+        return reply
 
     def _either(
         self, through_shared_memory: Callable[[], T], through_messages: Callable[[], T]

@@ -395,3 +395,25 @@ def test_a_client_cannot_be_pickled_into_a_twin(one: Daemon) -> None:
         pytest.raises(TypeError, match="open one in each process"),
     ):
         pickle.dumps(client)
+
+
+@pytest.mark.parametrize("shared_memory", [True, False])
+def test_a_client_id_in_use_by_another_client_is_refused_not_dropped(
+    one: Daemon, shared_memory: bool
+) -> None:
+    options: dict[str, Any] = {"client_id": "trainer", "shared_memory": shared_memory}
+    with EngramClient(one.address, **options) as first:
+        first.create_table("t", 10, 2, lr=1.0)
+        first.push("t", [1], [[1.0, 1.0]])
+        first.push("t", [1], [[1.0, 1.0]])
+    with EngramClient(one.address) as reader:
+        before = reader.lookup("t", [1, 2])
+    # A restarted trainer with the same id numbered its pushes 1, 2, ... again: the daemon
+    # answered them as retries (duplicate=True) and they were silently never applied.
+    with EngramClient(one.address, **options) as second:
+        with pytest.raises(PreconditionFailedError, match="another client uses the same id"):
+            second.push("t", [1], [[1.0, 1.0]])
+        with pytest.raises(PreconditionFailedError, match="push 2 of client id 'trainer'"):
+            second.batch([("t", [2], [[1.0, 1.0]])])
+        np.testing.assert_array_equal(second.lookup("t", [1, 2]), before)
+        assert second.describe("t").step == 2
