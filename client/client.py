@@ -189,8 +189,8 @@ class EngramClient:
             raise PreconditionFailedError("this client is closed")
 
     def _each_shard(self, call: Any) -> list[Any]:
-        self._check_open()
         """`call(shard_index, shard)` on every shard in parallel, results in shard order."""
+        self._check_open()
         futures = [self._fanout.submit(call, i, s) for i, s in enumerate(self.shards)]
         return [f.result() for f in futures]
 
@@ -504,10 +504,10 @@ class EngramClient:
         not push in time. Its keys may then be empty (`step` and `return_rows` are unused)."""
         if step is not None and (not is_integer(step) or step < 0):
             raise ValueError(f"step must be None or an integer >= 0, got {step!r}")
+        checked_bool("return_rows", return_rows)
         flat = as_keys(keys)
         layout = self._layout(table)
         values = as_rows(grads, len(flat), layout.dim, "grads")
-        checked_bool("return_rows", return_rows)
         if sync is not None:
             _checked_sync_step("sync", sync)
             if return_rows:
