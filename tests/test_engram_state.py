@@ -96,6 +96,11 @@ def test_a_table_the_heads_do_not_fit_is_refused_at_the_first_read(
     embedding = StoreEmbedding(sizes, CONFIG.embed_dim_per_head, client, "other")
     with pytest.raises(ValueError, match=f"table 'other' holds {num_rows} rows of dim"):
         embedding(torch.zeros((1, 2, len(sizes)), dtype=torch.int64))
+    # Rows read ahead with the pushes do not pass through the embedding's own reads.
+    embedding = StoreEmbedding(sizes, CONFIG.embed_dim_per_head, client, "other")
+    batches = [np.zeros((1, 4), np.int64)]
+    with pytest.raises(ValueError, match=f"table 'other' holds {num_rows} rows of dim"):
+        list(Prefetcher(batches, MAPPING, {LAYER: embedding}))
     assert client.describe("other").step == 0
 
 

@@ -151,8 +151,7 @@ class StoreEmbedding(nn.Module):
     def fetch(self, keys: np.ndarray) -> torch.Tensor:
         """Rows of global `keys` (any shape), through the cache when there is one: on the
         cache's device for a device cache, else in host memory."""
-        if not self._table_fits:
-            self._check_table()
+        self.check_table()
         if self.cache is None:
             # In the module's dtype on the wire: bfloat16 rows are half float32's bytes.
             wire = self.wire_dtype
@@ -165,9 +164,12 @@ class StoreEmbedding(nn.Module):
         out: torch.Tensor = rows.reshape((*keys.shape, self.embedding_dim))
         return out
 
-    def _check_table(self) -> None:
+    def check_table(self) -> None:
         """Refuses a table this module's heads do not fit: a table left by another config
-        would otherwise fail later as a shape error in the layer, or a key out of range."""
+        would otherwise fail later as a shape error in the layer, or a key out of range.
+        Asks the daemon once: at the first read, or when a prefetcher starts."""
+        if self._table_fits:
+            return
         info = self.client.describe(self.table)
         if info.dim != self.embedding_dim or info.num_rows < self.num_rows:
             raise ValueError(

@@ -150,6 +150,9 @@ class Prefetcher:
 
     def _fill(self, batches: Iterator[Any]) -> None:
         try:
+            # Rows read with the pushes do not pass through the embeddings' own reads.
+            for embedding in self.embeddings.values():
+                embedding.check_table()
             for batch in batches:
                 ids = np.asarray(self.token_ids(batch), dtype=np.int64)
                 hashes = self.mapping.hash(ids)
