@@ -400,16 +400,24 @@ class EngramClient:
 
     def list_tables(self) -> list[TableInfo]:
         """Every table, as `describe` gives it, in name order."""
-        replies = self._each_shard(
+        by_name: dict[str, list[pb.TableInfo]] = {}
+        for reply in self._list_shards():
+            for info in reply.tables:
+                by_name.setdefault(info.spec.name, []).append(info)
+        return [TableInfo.of_shards(by_name[name]) for name in sorted(by_name)]
+
+    def unfinished_imports(self) -> list[str]:
+        """The tables whose import is unfinished on some shard, in name order: hidden from
+        every other call, they hold their disk until imported again or dropped."""
+        return sorted({name for reply in self._list_shards() for name in reply.unfinished_imports})
+
+    def _list_shards(self) -> list[pb.ListTablesResponse]:
+        replies: list[pb.ListTablesResponse] = self._each_shard(
             lambda i, shard: shard.call(
                 lambda t: shard.stub.ListTables(pb.ListTablesRequest(), timeout=t)
             )
         )
-        by_name: dict[str, list[pb.TableInfo]] = {}
-        for reply in replies:
-            for info in reply.tables:
-                by_name.setdefault(info.spec.name, []).append(info)
-        return [TableInfo.of_shards(by_name[name]) for name in sorted(by_name)]
+        return replies
 
     def drop_table(self, name: str) -> None:
         check_table_argument(name, "name")

@@ -71,7 +71,16 @@ def _create_tables(args: argparse.Namespace) -> int:
 def _tables(args: argparse.Namespace) -> int:
     with connect(args) as client:
         infos = client.list_tables()
-    emit(args.json, {"tables": infos}, "\n".join(map(describe, infos)) or "no tables")
+        unfinished = client.unfinished_imports()
+    answer: dict[str, Any] = {"tables": infos}
+    lines = [describe(info) for info in infos] or ["no tables"]
+    if unfinished:
+        answer["unfinished_imports"] = unfinished
+        lines.append(
+            f"unfinished imports (hidden, holding their disk; import again or drop-table): "
+            f"{', '.join(unfinished)}"
+        )
+    emit(args.json, answer, "\n".join(lines))
     return 0
 
 

@@ -385,6 +385,11 @@ class StoreEngine:
     def list_tables(self) -> list[TableStatus]:
         return [t.status() for t in self._visible()]
 
+    def unfinished_imports(self) -> list[str]:
+        """The names of the tables whose import is unfinished, in order."""
+        with self._tables_lock:
+            return sorted(t.name for t in self._tables.values() if t.importing)
+
     # imports ---------------------------------------------------------------------------
 
     def write_rows(self, request: RowsWrite) -> int:

@@ -169,7 +169,8 @@ class Servicer(pb_grpc.EngramStoreServicer):
     @_unary
     def ListTables(self, request: pb.ListTablesRequest, context: Any) -> pb.ListTablesResponse:
         return pb.ListTablesResponse(
-            tables=[table_status_to_proto(t) for t in self.engine.list_tables()]
+            tables=[table_status_to_proto(t) for t in self.engine.list_tables()],
+            unfinished_imports=self.engine.unfinished_imports(),
         )
 
     @_unary

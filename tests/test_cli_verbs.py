@@ -261,7 +261,11 @@ def test_an_unfinished_import_can_be_dropped_and_is_named_when_its_name_is_taken
     # name stayed taken until an import of it ran again.
     assert main(["create-table", "emb", "--rows", "10", "--dim", "2", *address]) == EXIT_FAILURE
     assert "already exists as an unfinished import" in capsys.readouterr().err
+    # `tables` said "no tables" while the hidden import held its disk.
+    assert as_json(capsys, "tables", *address) == {"tables": [], "unfinished_imports": ["emb"]}
+    assert "unfinished imports (hidden" in run(capsys, "tables", *address)
     assert as_json(capsys, "drop-table", "emb", "--yes", *address) == {"dropped": "emb"}
+    assert as_json(capsys, "tables", *address) == {"tables": []}
     run(capsys, "create-table", "emb", "--rows", "10", "--dim", "2", *address)
     assert as_json(capsys, "describe", "emb", *address)["num_rows"] == 10
 

@@ -190,10 +190,12 @@ class ListTablesRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class ListTablesResponse(_message.Message):
-    __slots__ = ("tables",)
+    __slots__ = ("tables", "unfinished_imports")
     TABLES_FIELD_NUMBER: _ClassVar[int]
+    UNFINISHED_IMPORTS_FIELD_NUMBER: _ClassVar[int]
     tables: _containers.RepeatedCompositeFieldContainer[TableInfo]
-    def __init__(self, tables: _Optional[_Iterable[_Union[TableInfo, _Mapping]]] = ...) -> None: ...
+    unfinished_imports: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, tables: _Optional[_Iterable[_Union[TableInfo, _Mapping]]] = ..., unfinished_imports: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class DescribeTableRequest(_message.Message):
     __slots__ = ("name",)
