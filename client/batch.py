@@ -29,6 +29,7 @@ class PushPart:
     updated: npt.NDArray[np.float32] | None
     # The rank's share of a data-parallel step this push is, if it is one.
     sync: pb.SyncStep | None = None
+    incarnation: str = ""  # of the table on this shard (TableLayout.incarnations)
 
 
 @dataclass
@@ -38,6 +39,7 @@ class LookupPart:
     keys: npt.NDArray[np.uint64]  # local to the shard
     out: npt.NDArray[Any]  # the whole lookup's rows; this part fills `positions`
     dtype: str = "float32"  # of the rows asked for (`out` holds them)
+    incarnation: str = ""  # of the table on this shard (TableLayout.incarnations)
 
 
 class ShardBatch:
@@ -59,12 +61,16 @@ class ShardBatch:
                     sequence=p.sequence,
                     return_rows=p.updated is not None,
                     sync=p.sync,
+                    incarnation=p.incarnation,
                 )
                 for p in self.pushes
             ],
             lookups=[
                 pb.LookupRequest(
-                    table=q.table, keys=pb.Array(dtype="uint64", shape=[len(q.keys)]), dtype=q.dtype
+                    table=q.table,
+                    keys=pb.Array(dtype="uint64", shape=[len(q.keys)]),
+                    dtype=q.dtype,
+                    incarnation=q.incarnation,
                 )
                 for q in self.lookups
             ],
@@ -171,13 +177,24 @@ def split_by_shard(
             local = keys[positions] - layout.bounds[shard]
             part_grads = grads if len(positions) == len(keys) else grads[positions]
             of(shard).pushes.append(
-                PushPart(table, sequence, positions, local, part_grads, updated, sync)
+                PushPart(
+                    table,
+                    sequence,
+                    positions,
+                    local,
+                    part_grads,
+                    updated,
+                    sync,
+                    layout.incarnation(shard),
+                )
             )
     for table, keys, out, layout in lookups:
         rows = out.reshape(len(keys), layout.dim)
         for shard, positions in layout.split(keys):
             local = keys[positions] - layout.bounds[shard]
-            of(shard).lookups.append(LookupPart(table, positions, local, rows, lookup_dtype))
+            of(shard).lookups.append(
+                LookupPart(table, positions, local, rows, lookup_dtype, layout.incarnation(shard))
+            )
     return parts
 
 

@@ -14,8 +14,9 @@ import logging
 import os
 import threading
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
 from types import TracebackType
 from typing import Any
 
@@ -26,7 +27,7 @@ import numpy.typing as npt
 from client.batch import ShardBatch, split_by_shard
 from client.changes import read_changes
 from client.connection import RetryPolicy, Shard
-from client.errors import InvalidRequestError, PreconditionFailedError
+from client.errors import InvalidRequestError, PreconditionFailedError, TableNotFoundError
 from client.layout import TableLayout
 from client.results import (
     BatchResult,
@@ -182,6 +183,17 @@ class EngramClient:
             "process (its channels, threads and push numbering are its own)"
         )
 
+    @contextmanager
+    def _layouts_forgotten_when_gone(self, tables: Iterable[str]) -> Iterator[None]:
+        """Forgets the layouts of `tables` when a daemon says one is gone: dropped, or
+        created anew (its incarnation no longer the one described)."""
+        try:
+            yield
+        except TableNotFoundError:
+            for table in tables:
+                self._layouts.pop(table, None)
+            raise
+
     def _check_open(self) -> None:
         if self._closed:
             # Its pools and channels are shut: they would say "cannot schedule new futures
@@ -267,7 +279,9 @@ class EngramClient:
             return info
 
         infos = self._each_shard(create)
-        self._layouts[spec.name] = TableLayout(np.array(bounds, dtype=np.uint64), spec.dim)
+        self._layouts[spec.name] = TableLayout(
+            np.array(bounds, dtype=np.uint64), spec.dim, tuple(i.incarnation for i in infos)
+        )
         self._fingerprints.pop(spec.name, None)
         return TableInfo.of_shards(infos)
 
@@ -388,7 +402,11 @@ class EngramClient:
                         self.shards[i].address,
                     )
                 bounds.append(bounds[-1] + info.spec.num_rows)
-            layout = TableLayout(np.array(bounds, dtype=np.uint64), infos[0].spec.dim)
+            layout = TableLayout(
+                np.array(bounds, dtype=np.uint64),
+                infos[0].spec.dim,
+                tuple(info.incarnation for info in infos),
+            )
             self._layouts[name] = layout
         return layout
 
@@ -443,6 +461,18 @@ class EngramClient:
         stored dtype: rows packed as stored, uint8 of shape `keys.shape + (row bytes,)`.
         With `out` (C-contiguous, writeable, that shape and numpy type), the rows are
         written straight into it, and it is returned."""
+        described = isinstance(table, str) and table in self._layouts
+        try:
+            return self._lookup(table, keys, dtype, out)
+        except TableNotFoundError:
+            if not described or table in self._layouts:
+                raise
+            # Created anew since this client described it: read it as it is laid out now.
+            return self._lookup(table, keys, dtype, out)
+
+    def _lookup(
+        self, table: str, keys: Any, dtype: str, out: npt.NDArray[Any] | None
+    ) -> npt.NDArray[Any]:
         row_type = numpy_row_type(dtype)
         shape = np.shape(keys)
         flat = as_keys(keys)
@@ -475,13 +505,15 @@ class EngramClient:
                     rows[positions[offset : offset + len(got)]] = got
 
             local = flat[positions] - layout.bounds[shard_index]
-            self._transfers[shard_index].lookup(table, local, dtype, width, place)
+            incarnation = layout.incarnation(shard_index)
+            self._transfers[shard_index].lookup(table, local, dtype, width, place, incarnation)
 
-        if len(parts) == 1:
-            fetch(*parts[0])
-        else:
-            for future in [self._fanout.submit(fetch, s, p) for s, p in parts]:
-                future.result()
+        with self._layouts_forgotten_when_gone([table]):
+            if len(parts) == 1:
+                fetch(*parts[0])
+            else:
+                for future in [self._fanout.submit(fetch, s, p) for s, p in parts]:
+                    future.result()
         return rows.reshape((*shape, width))
 
     def lookup_async(
@@ -538,6 +570,7 @@ class EngramClient:
                 sequence=sequence,
                 return_rows=return_rows,
                 sync=sync_to_proto(sync) if sync is not None else None,
+                incarnation=layout.incarnation(shard_index),
             )
 
             def keep(returned: npt.NDArray[np.float32]) -> None:
@@ -549,10 +582,12 @@ class EngramClient:
             )
 
         parts = layout.split(flat, every_shard=sync is not None)
-        if len(parts) == 1:
-            replies = [send(*parts[0])]
-        else:
-            replies = [f.result() for f in [self._fanout.submit(send, s, p) for s, p in parts]]
+        with self._layouts_forgotten_when_gone([table]):
+            if len(parts) == 1:
+                replies = [send(*parts[0])]
+            else:
+                futures = [self._fanout.submit(send, s, p) for s, p in parts]
+                replies = [f.result() for f in futures]
         return PushResult.of_shards(replies, updated)
 
     def push_async(
@@ -632,11 +667,12 @@ class EngramClient:
         def send(shard_index: int, batch: ShardBatch) -> pb.BatchResponse:
             return self._transfers[shard_index].batch(batch)
 
-        if len(parts) == 1:
-            replies = {s: send(s, b) for s, b in parts.items()}
-        else:
-            futures = {s: self._fanout.submit(send, s, b) for s, b in parts.items()}
-            replies = {s: f.result() for s, f in futures.items()}
+        with self._layouts_forgotten_when_gone([t for t, *_ in flat_pushes + flat_lookups]):
+            if len(parts) == 1:
+                replies = {s: send(s, b) for s, b in parts.items()}
+            else:
+                futures = {s: self._fanout.submit(send, s, b) for s, b in parts.items()}
+                replies = {s: f.result() for s, f in futures.items()}
         answers: dict[int, list[pb.PushResponse]] = {sequence: [] for sequence in sequences}
         for s, reply in replies.items():
             for part, answer in zip(parts[s].pushes, reply.pushes, strict=True):

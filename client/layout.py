@@ -14,6 +14,12 @@ class TableLayout:
 
     bounds: npt.NDArray[np.uint64]
     dim: int
+    # Each shard's TableInfo.incarnation, quoted by lookups and pushes so that a daemon
+    # whose table was created anew refuses them rather than serve another layout's rows.
+    incarnations: tuple[str, ...] = ()
+
+    def incarnation(self, shard: int) -> str:
+        return self.incarnations[shard] if self.incarnations else ""
 
     def split(
         self, keys: npt.NDArray[np.uint64], every_shard: bool = False

@@ -74,14 +74,24 @@ class RowTransfer:
         self._buffers = buffers
 
     def lookup(
-        self, table: str, keys: npt.NDArray[np.uint64], dtype: str, width: int, place: RowPlacer
+        self,
+        table: str,
+        keys: npt.NDArray[np.uint64],
+        dtype: str,
+        width: int,
+        place: RowPlacer,
+        incarnation: str = "",
     ) -> None:
         """Gives `place` the rows of `keys` (local to the shard) as `dtype` values, `width`
-        of them a row (bytes of a packed quantized row)."""
+        of them a row (bytes of a packed quantized row), from the table's `incarnation`
+        (when given)."""
         shard = self.shard
         row_type = numpy_row_type(dtype)
         request = pb.LookupRequest(
-            table=table, keys=pb.Array(dtype="uint64", shape=[len(keys)]), dtype=dtype
+            table=table,
+            keys=pb.Array(dtype="uint64", shape=[len(keys)]),
+            dtype=dtype,
+            incarnation=incarnation,
         )
 
         def through_shared_memory() -> None:

@@ -173,6 +173,7 @@ def lookup_from_proto(request: pb.LookupRequest) -> Lookup:
         request.dtype,
         request.rows_per_chunk,
         _range(request.out) if request.HasField("out") else None,
+        request.incarnation,
     )
 
 
@@ -200,6 +201,7 @@ def push_from_proto(request: pb.PushRequest) -> Push:
         request.sequence,
         request.return_rows,
         sync_from_proto(request.sync) if request.HasField("sync") else None,
+        request.incarnation,
     )
 
 
@@ -287,6 +289,7 @@ def table_status_to_proto(status: TableStatus) -> pb.TableInfo:
         written_rows=status.written_rows,
         hash_fingerprint=status.hash_fingerprint,
         state_dim=status.state_dim,
+        incarnation=status.incarnation,
     )
 
 

@@ -248,6 +248,16 @@ class StoreEngine:
             raise NotFoundError(f"table {name!r} does not exist yet: its import is unfinished")
         return table
 
+    def _quoted_table(self, name: str, incarnation: str) -> ServedTable:
+        """The visible table `name`, when it is the incarnation a request quotes (if any)."""
+        table = self.table(name)
+        if incarnation and incarnation != table.incarnation:
+            raise NotFoundError(
+                f"table {name!r} is not the one the client described (dropped and created "
+                "anew since): describe it again"
+            )
+        return table
+
     def _any_table(self, name: str) -> ServedTable:
         with self._tables_lock:
             table = self._tables.get(name)
@@ -446,7 +456,7 @@ class StoreEngine:
     # lookups ---------------------------------------------------------------------------
 
     def lookup(self, request: Lookup) -> Iterator[RowChunk]:
-        table = self.table(request.table)
+        table = self._quoted_table(request.table, request.incarnation)
         with RequestBuffers(self.shared_buffer_dir) as buffers:
             data = self._keys(request, self.max_lookup_rows, buffers)
             return self.answers.answer(table, data, list(request.keys.shape), request, buffers)
@@ -552,7 +562,7 @@ class StoreEngine:
         """The push's table, after checking the request's shapes, dtypes and client id."""
         self._writable("apply pushes")
         check_client_id(request.client_id)
-        table = self.table(request.table)
+        table = self._quoted_table(request.table, request.incarnation)
         if table.spec.read_only:
             raise FailedPreconditionError(
                 f"table {table.name!r} is read-only (created with read_only): pushes are refused"
@@ -626,7 +636,7 @@ class StoreEngine:
         self, pushes: Sequence[Push], lookups: Sequence[Lookup], buffers: RequestBuffers
     ) -> tuple[list[ServedTable], list[_native.Keys], list[str]]:
         """A batch's lookups checked: their tables, keys (decoded) and row dtypes."""
-        tables = [self.table(lookup.table) for lookup in lookups]
+        tables = [self._quoted_table(q.table, q.incarnation) for q in lookups]
         keys = [self._keys(q, self.max_lookup_rows, buffers) for q in lookups]
         dtypes = [
             self.answers.check(table, k, lookup.dtype)

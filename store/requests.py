@@ -45,6 +45,8 @@ class Lookup:
     dtype: str = "float32"
     rows_per_chunk: int = 0
     out: SharedRange | None = None
+    # When set, the table must still be this incarnation of its name.
+    incarnation: str = ""
 
 
 @dataclass(frozen=True)
@@ -76,6 +78,8 @@ class Push:
     return_rows: bool = False
     # One rank's share of a data-parallel step (store/step_sync.py), or None.
     sync: SyncStep | None = None
+    # When set, the table must still be this incarnation of its name.
+    incarnation: str = ""
 
 
 @dataclass(frozen=True)
@@ -140,6 +144,7 @@ class TableStatus:
     written_rows: int
     hash_fingerprint: int
     state_dim: int
+    incarnation: str = ""
 
 
 @dataclass(frozen=True)

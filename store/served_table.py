@@ -78,6 +78,7 @@ class ServedTable:
             written_rows=self.native.written_count(),
             hash_fingerprint=self.hasher.fingerprint if self.hasher else 0,
             state_dim=self.native.state_dim,
+            incarnation=self.incarnation,
         )
 
     def token_keys(

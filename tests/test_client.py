@@ -417,3 +417,31 @@ def test_a_client_id_in_use_by_another_client_is_refused_not_dropped(
             second.batch([("t", [2], [[1.0, 1.0]])])
         np.testing.assert_array_equal(second.lookup("t", [1, 2]), before)
         assert second.describe("t").step == 2
+
+
+@pytest.mark.parametrize("shared_memory", [True, False])
+def test_a_table_created_anew_by_another_client_is_read_as_it_is_now(
+    three: list[Daemon], shared_memory: bool
+) -> None:
+    addresses = [d.address for d in three]
+    with (
+        EngramClient(addresses, shared_memory=shared_memory) as reader,
+        EngramClient(addresses) as writer,
+    ):
+        writer.create_table("t", 30, 4, init="zeros")
+        assert reader.lookup("t", [15]).shape == (1, 4)  # its layout is now cached
+        writer.drop_table("t")
+        writer.create_table("t", 60, 2, init="zeros", lr=1.0)
+        writer.push("t", [15, 25], [[1.0, 2.0], [3.0, 4.0]])
+        # The stale layout sent key 15 to the second shard, row 5 there: global row 25 of
+        # the new table, and read its two values as four; nothing said so.
+        rows = reader.lookup("t", [15, 25])
+        np.testing.assert_array_equal(rows, writer.lookup("t", [15, 25]))
+        assert rows.tolist() == [[-1.0, -2.0], [-3.0, -4.0]]
+        writer.drop_table("t")
+        writer.create_table("t", 60, 2, init="zeros")
+        # A push is not sent again on its own: gradients meant for the old table.
+        with pytest.raises(TableNotFoundError, match="not the one the client described"):
+            reader.push("t", [15], [[1.0, 1.0]])
+        assert writer.describe("t").step == 0
+        assert reader.push("t", [15], [[1.0, 1.0]]).step == 1  # described afresh

@@ -130,18 +130,20 @@ class TableSpec(_message.Message):
     def __init__(self, name: _Optional[str] = ..., num_rows: _Optional[int] = ..., dim: _Optional[int] = ..., dtype: _Optional[str] = ..., init: _Optional[str] = ..., init_std: _Optional[float] = ..., seed: _Optional[int] = ..., optimizer: _Optional[_Union[OptimizerConfig, _Mapping]] = ..., hash_config: _Optional[_Union[HashConfig, _Mapping]] = ..., allow_non_finite: _Optional[bool] = ..., first_row: _Optional[int] = ..., skip_row_checksums: _Optional[bool] = ..., read_only: _Optional[bool] = ...) -> None: ...
 
 class TableInfo(_message.Message):
-    __slots__ = ("spec", "step", "written_rows", "hash_fingerprint", "state_dim")
+    __slots__ = ("spec", "step", "written_rows", "hash_fingerprint", "state_dim", "incarnation")
     SPEC_FIELD_NUMBER: _ClassVar[int]
     STEP_FIELD_NUMBER: _ClassVar[int]
     WRITTEN_ROWS_FIELD_NUMBER: _ClassVar[int]
     HASH_FINGERPRINT_FIELD_NUMBER: _ClassVar[int]
     STATE_DIM_FIELD_NUMBER: _ClassVar[int]
+    INCARNATION_FIELD_NUMBER: _ClassVar[int]
     spec: TableSpec
     step: int
     written_rows: int
     hash_fingerprint: int
     state_dim: int
-    def __init__(self, spec: _Optional[_Union[TableSpec, _Mapping]] = ..., step: _Optional[int] = ..., written_rows: _Optional[int] = ..., hash_fingerprint: _Optional[int] = ..., state_dim: _Optional[int] = ...) -> None: ...
+    incarnation: str
+    def __init__(self, spec: _Optional[_Union[TableSpec, _Mapping]] = ..., step: _Optional[int] = ..., written_rows: _Optional[int] = ..., hash_fingerprint: _Optional[int] = ..., state_dim: _Optional[int] = ..., incarnation: _Optional[str] = ...) -> None: ...
 
 class CreateTableRequest(_message.Message):
     __slots__ = ("spec", "importing")
@@ -204,20 +206,22 @@ class DescribeTableRequest(_message.Message):
     def __init__(self, name: _Optional[str] = ...) -> None: ...
 
 class LookupRequest(_message.Message):
-    __slots__ = ("table", "keys", "dtype", "rows_per_chunk", "out", "keys_buffer")
+    __slots__ = ("table", "keys", "dtype", "rows_per_chunk", "out", "keys_buffer", "incarnation")
     TABLE_FIELD_NUMBER: _ClassVar[int]
     KEYS_FIELD_NUMBER: _ClassVar[int]
     DTYPE_FIELD_NUMBER: _ClassVar[int]
     ROWS_PER_CHUNK_FIELD_NUMBER: _ClassVar[int]
     OUT_FIELD_NUMBER: _ClassVar[int]
     KEYS_BUFFER_FIELD_NUMBER: _ClassVar[int]
+    INCARNATION_FIELD_NUMBER: _ClassVar[int]
     table: str
     keys: Array
     dtype: str
     rows_per_chunk: int
     out: SharedBuffer
     keys_buffer: SharedBuffer
-    def __init__(self, table: _Optional[str] = ..., keys: _Optional[_Union[Array, _Mapping]] = ..., dtype: _Optional[str] = ..., rows_per_chunk: _Optional[int] = ..., out: _Optional[_Union[SharedBuffer, _Mapping]] = ..., keys_buffer: _Optional[_Union[SharedBuffer, _Mapping]] = ...) -> None: ...
+    incarnation: str
+    def __init__(self, table: _Optional[str] = ..., keys: _Optional[_Union[Array, _Mapping]] = ..., dtype: _Optional[str] = ..., rows_per_chunk: _Optional[int] = ..., out: _Optional[_Union[SharedBuffer, _Mapping]] = ..., keys_buffer: _Optional[_Union[SharedBuffer, _Mapping]] = ..., incarnation: _Optional[str] = ...) -> None: ...
 
 class LookupTokensRequest(_message.Message):
     __slots__ = ("table", "token_ids", "hash_fingerprint", "dtype", "rows_per_chunk", "out", "last_position_only")
@@ -252,7 +256,7 @@ class LookupResponse(_message.Message):
     def __init__(self, offset: _Optional[int] = ..., total_rows: _Optional[int] = ..., rows: _Optional[_Union[Array, _Mapping]] = ..., result_shape: _Optional[_Iterable[int]] = ..., in_shared_buffer: _Optional[bool] = ...) -> None: ...
 
 class PushRequest(_message.Message):
-    __slots__ = ("table", "keys", "grads", "step", "client_id", "sequence", "grads_buffer", "keys_buffer", "return_rows", "sync")
+    __slots__ = ("table", "keys", "grads", "step", "client_id", "sequence", "grads_buffer", "keys_buffer", "return_rows", "sync", "incarnation")
     TABLE_FIELD_NUMBER: _ClassVar[int]
     KEYS_FIELD_NUMBER: _ClassVar[int]
     GRADS_FIELD_NUMBER: _ClassVar[int]
@@ -263,6 +267,7 @@ class PushRequest(_message.Message):
     KEYS_BUFFER_FIELD_NUMBER: _ClassVar[int]
     RETURN_ROWS_FIELD_NUMBER: _ClassVar[int]
     SYNC_FIELD_NUMBER: _ClassVar[int]
+    INCARNATION_FIELD_NUMBER: _ClassVar[int]
     table: str
     keys: Array
     grads: Array
@@ -273,7 +278,8 @@ class PushRequest(_message.Message):
     keys_buffer: SharedBuffer
     return_rows: bool
     sync: SyncStep
-    def __init__(self, table: _Optional[str] = ..., keys: _Optional[_Union[Array, _Mapping]] = ..., grads: _Optional[_Union[Array, _Mapping]] = ..., step: _Optional[int] = ..., client_id: _Optional[str] = ..., sequence: _Optional[int] = ..., grads_buffer: _Optional[_Union[SharedBuffer, _Mapping]] = ..., keys_buffer: _Optional[_Union[SharedBuffer, _Mapping]] = ..., return_rows: _Optional[bool] = ..., sync: _Optional[_Union[SyncStep, _Mapping]] = ...) -> None: ...
+    incarnation: str
+    def __init__(self, table: _Optional[str] = ..., keys: _Optional[_Union[Array, _Mapping]] = ..., grads: _Optional[_Union[Array, _Mapping]] = ..., step: _Optional[int] = ..., client_id: _Optional[str] = ..., sequence: _Optional[int] = ..., grads_buffer: _Optional[_Union[SharedBuffer, _Mapping]] = ..., keys_buffer: _Optional[_Union[SharedBuffer, _Mapping]] = ..., return_rows: _Optional[bool] = ..., sync: _Optional[_Union[SyncStep, _Mapping]] = ..., incarnation: _Optional[str] = ...) -> None: ...
 
 class SyncStep(_message.Message):
     __slots__ = ("step", "rank", "world_size", "reduction", "timeout_s")
