@@ -828,7 +828,13 @@ class EngramClient:
             dtype=dtype,
             last_position_only=last_position_only,
         )
-        chunks = shard.call(lambda t: list(shard.lookup_tokens(request, timeout=t)))
+        try:
+            chunks = shard.call(lambda t: list(shard.lookup_tokens(request, timeout=t)))
+        except (InvalidRequestError, TableNotFoundError):
+            # The table may have been created anew with another hash config since it was
+            # described: the next call describes it afresh rather than quote a stale one.
+            self._fingerprints.pop(table, None)
+            raise
         rows = np.concatenate([np.frombuffer(c.rows.data, row_type) for c in chunks])
         return rows.reshape(list(chunks[0].result_shape))
 

@@ -13,6 +13,7 @@ from typing import Any
 import grpc
 import numpy as np
 import pytest
+from conftest import REPO_ROOT
 from daemon import Daemon, daemon_thread
 
 from client import (
@@ -26,6 +27,8 @@ from client import (
     TableNotFoundError,
 )
 from client.changes import read_changes
+from client.config import EngramConfig
+from client.engram_tables import hash_mapping
 from store import Table
 from store._proto.engram.store.v1 import store_pb2 as pb
 from store.errors import InvalidArgumentError, OutOfRangeError, StoreError
@@ -445,3 +448,22 @@ def test_a_table_created_anew_by_another_client_is_read_as_it_is_now(
             reader.push("t", [15], [[1.0, 1.0]])
         assert writer.describe("t").step == 0
         assert reader.push("t", [15], [[1.0, 1.0]]).step == 1  # described afresh
+
+
+def test_token_lookups_follow_a_table_created_anew_with_another_hash_config(one: Daemon) -> None:
+    config = EngramConfig.from_json(str(REPO_ROOT / "examples" / "tiny_engram_lm.engram.json"))
+    mapping = hash_mapping(config)
+    first, second = mapping.layer_ids[:2]
+    rows = max(mapping.layer_table_rows(first), mapping.layer_table_rows(second))
+    ids = [[5, 17, 300, 9]]
+    with EngramClient(one.address) as reader, EngramClient(one.address) as writer:
+        writer.create_table("h", rows, 4, hash_config=mapping.hash_config(first))
+        before = reader.lookup_tokens("h", ids)
+        writer.drop_table("h")
+        writer.create_table("h", rows, 4, hash_config=mapping.hash_config(second))
+        # The fingerprint the reader kept was refused, and kept, on every later call.
+        with pytest.raises(InvalidRequestError, match="hash config mismatch"):
+            reader.lookup_tokens("h", ids)
+        after = reader.lookup_tokens("h", ids)
+        np.testing.assert_array_equal(after, writer.lookup_tokens("h", ids))
+        assert after.shape == before.shape
