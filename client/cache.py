@@ -5,7 +5,9 @@ holds up to `capacity_bytes` of rows in one preallocated slab, admits a row once
 been asked for `admit_after` times (so one-off rows do not evict hot ones), and evicts the
 least frequently asked. It is exact for frozen tables (inference); in training, the owner's
 own pushes invalidate their rows, and `max_staleness` bounds how many steps (`advance()`
-calls) a cached row may outlive other clients' pushes.
+calls) a cached row may outlive other clients' pushes. A table that another client drops and
+creates anew (or imports again) is not noticed here: `invalidate` its rows, or make a new
+cache, when a table is replaced.
 
 The slab lives in host memory by default; `client.torch.device_row_cache` puts it in GPU
 memory, so hits never cross the PCIe bus. Both index the same way, so one policy serves.
