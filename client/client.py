@@ -74,9 +74,9 @@ def _described(out: Any) -> str:
     return type(out).__name__
 
 
-def _checked_sync_step(name: str, share: Any) -> SyncStep:
+def _checked_sync_step(share: Any) -> SyncStep:
     if not isinstance(share, SyncStep):
-        raise InvalidArgumentError(f"{name} must be a SyncStep, got {share!r}")
+        raise InvalidArgumentError(f"sync must be a SyncStep, got {share!r}")
     return share.check()
 
 
@@ -121,16 +121,17 @@ class EngramClient:
         shared_memory_dir: str = DEFAULT_DIRECTORY,
         security: Security | None = None,
     ) -> None:
-        addresses = [addresses] if isinstance(addresses, (str, int)) else list(addresses)
-        if not addresses or not all(isinstance(a, str) for a in addresses):
-            raise ValueError(f"addresses must be one or more 'host:port' strings, got {addresses}")
+        one = isinstance(addresses, str) or not isinstance(addresses, Iterable)
+        listed: list[Any] = [addresses] if one else list(addresses)
+        if not listed or not all(isinstance(a, str) for a in listed):
+            raise ValueError(f"addresses must be one or more 'host:port' strings, got {listed}")
         if client_id is not None and not isinstance(client_id, str):
             raise ValueError(f"client_id must be a string or None, got {client_id!r}")
         if shared_memory is not None:
             checked_bool("shared_memory", shared_memory)
         security = security if security is not None else Security.from_environment()
         self.shards = [
-            Shard(a, timeout_s, retry or RetryPolicy(), interceptors, security) for a in addresses
+            Shard(a, timeout_s, retry or RetryPolicy(), interceptors, security) for a in listed
         ]
         usable = os.path.isdir(shared_memory_dir) and os.access(shared_memory_dir, os.W_OK)
         self._buffers = SharedBufferPool(shared_memory_dir)
@@ -549,7 +550,7 @@ class EngramClient:
         layout = self._layout(table)
         values = as_rows(grads, len(flat), layout.dim, "grads")
         if sync is not None:
-            _checked_sync_step("sync", sync)
+            _checked_sync_step(sync)
             if return_rows:
                 raise ValueError("return_rows is not available with sync: read the rows after")
         elif not len(flat):
@@ -625,7 +626,7 @@ class EngramClient:
             if len(sync) != len(pushes):
                 raise ValueError(f"sync has {len(sync)} steps for {len(pushes)} pushes")
             for share in sync:
-                _checked_sync_step("sync", share)
+                _checked_sync_step(share)
             if return_rows:
                 raise ValueError("return_rows is not available with sync: read the rows after")
             if len({table for table, _, _ in pushes}) != len(pushes):

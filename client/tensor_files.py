@@ -16,6 +16,7 @@ import math
 import mmap
 import os
 import struct
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, BinaryIO, TypeGuard
@@ -190,8 +191,7 @@ class SafetensorsWriter:
         self.path = os.fspath(path)
         if os.path.isdir(self.path):
             raise IsADirectoryError(errno.EISDIR, "a directory, not a file to write", self.path)
-        names = [t.name for t in tensors]
-        twice = sorted({name for name in names if names.count(name) > 1})
+        twice = sorted(name for name, n in Counter(t.name for t in tensors).items() if n > 1)
         if twice:
             # The file would be unreadable ("invalid offset for tensor").
             raise ValueError(

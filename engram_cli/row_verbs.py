@@ -134,9 +134,10 @@ def _read_batch_file(path: str) -> dict[str, list[tuple[Any, ...]]]:
                 )
             if not isinstance(entry["table"], str):
                 raise ValueError(f"{path}: {name} table must be a string, got {entry['table']!r}")
-            keys = _entry_keys(path, name, entry["keys"])
-            grads = [_entry_grads(path, name, entry["grads"])] if kind == "pushes" else []
-            entries[kind].append((entry["table"], keys, *grads))
+            parsed: tuple[Any, ...] = (entry["table"], _entry_keys(path, name, entry["keys"]))
+            if kind == "pushes":
+                parsed += (_entry_grads(path, name, entry["grads"]),)
+            entries[kind].append(parsed)
     return entries
 
 

@@ -292,9 +292,8 @@ class StoreEngine:
             existing = self._tables.get(spec.name)
             if existing is not None and not (importing and existing.importing):
                 unfinished = " as an unfinished import (drop it, or import again)"
-                raise AlreadyExistsError(
-                    f"table {spec.name!r} already exists{unfinished if existing.importing else ''}"
-                )
+                how = unfinished if existing.importing else ""
+                raise AlreadyExistsError(f"table {spec.name!r} already exists{how}")
             if existing is None and len(self._tables) >= self.max_tables:
                 raise ResourceExhaustedError(
                     f"this daemon serves {len(self._tables)} tables, its limit "

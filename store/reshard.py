@@ -61,8 +61,8 @@ def reshard(sources: list[str], targets: list[str], checkpoint_id: int = 0) -> l
         plans = {name: _plan(name, tables, len(targets)) for name, tables in shards.items()}
         stages: list[str] = []
         try:
-            for target in targets:
-                stages.append(_stage_beside(target))
+            for parent, target in zip(parents, targets, strict=True):
+                stages.append(_stage_beside(parent, target))
             done = _build(stages, plans, shards)
             for stage, target in zip(stages, targets, strict=True):
                 os.replace(stage, target)  # onto nothing, or an empty directory
@@ -74,10 +74,10 @@ def reshard(sources: list[str], targets: list[str], checkpoint_id: int = 0) -> l
     return done
 
 
-def _stage_beside(target: str) -> str:
-    """A new hidden directory beside `target` (renaming it into place stays on one file
-    system), with the permissions `target` has or a new directory would get."""
-    stage = os.path.join(os.path.dirname(os.path.abspath(target)), f".reshard-{uuid.uuid4().hex}")
+def _stage_beside(parent: str, target: str) -> str:
+    """A new hidden directory in `target`'s `parent` (renaming it into place stays on one
+    file system), with the permissions `target` has or a new directory would get."""
+    stage = os.path.join(parent, f".reshard-{uuid.uuid4().hex}")
     os.mkdir(stage)
     if os.path.isdir(target):
         os.chmod(stage, stat.S_IMODE(os.stat(target).st_mode))
