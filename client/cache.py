@@ -6,8 +6,9 @@ been asked for `admit_after` times (so one-off rows do not evict hot ones), and 
 least frequently asked. It is exact for frozen tables (inference); in training, the owner's
 own pushes invalidate their rows, and `max_staleness` bounds how many steps (`advance()`
 calls) a cached row may outlive other clients' pushes. A table that another client drops and
-creates anew (or imports again) is not noticed here: `invalidate` its rows, or make a new
-cache, when a table is replaced.
+creates anew (or imports again) has a new incarnation: given the table's `incarnation` as its
+fetcher knows it, a lookup forgets the old table's rows as soon as the fetcher has seen the
+new one (at this cache's next miss, or any other call of the client's on that table).
 
 The slab lives in host memory by default; `client.torch.device_row_cache` puts it in GPU
 memory, so hits never cross the PCIe bus. Both index the same way, so one policy serves.
@@ -18,7 +19,7 @@ Rows keep the dtype they are fetched in: float rows, or a quantized table's pack
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 from typing import Any
 
@@ -77,6 +78,8 @@ class RowCache:
         self._stamp: npt.NDArray[np.int64] = np.zeros(0, np.int64)
         self._free: list[int] = []
         self._counts: dict[tuple[str, int], int] = {}
+        # The incarnation each table's cached rows were read from.
+        self._incarnation_of: dict[str, Hashable] = {}
         self._step = 0
         self._lock = threading.Lock()
 
@@ -95,6 +98,22 @@ class RowCache:
             for key in keys.tolist():
                 self._release((table, key))
 
+    def _forget_table(self, table: str) -> None:
+        for entry in [e for e in self._slot_of if e[0] == table]:
+            self._release(entry)
+        self._counts = {e: c for e, c in self._counts.items() if e[0] != table}
+
+    def _note_incarnation(self, table: str, incarnation: Hashable) -> bool:
+        """Records the incarnation `table`'s rows now come from; forgets its cached rows, and
+        says so, when it is not the one they came from."""
+        with self._lock:
+            known = self._incarnation_of.setdefault(table, incarnation)
+            if known == incarnation:
+                return False
+            self._forget_table(table)
+            self._incarnation_of[table] = incarnation
+            return True
+
     def _release(self, entry: tuple[str, int]) -> None:
         slot = self._slot_of.pop(entry, None)
         if slot is not None:
@@ -106,10 +125,15 @@ class RowCache:
         table: str,
         keys: npt.NDArray[np.uint64],
         fetch: Callable[[npt.NDArray[np.uint64]], npt.NDArray[Any]],
+        incarnation: Callable[[], Hashable] | None = None,
     ) -> Any:
         """Rows `[len(keys), width]` (of the slab's kind): cached ones gathered from the slab,
         the rest read once each through `fetch(distinct missing keys)`, which must return
-        rows of the same width and dtype at every call."""
+        rows of one width and dtype while this cache holds rows. `incarnation()` says which
+        table of this name `fetch` reads now (asked before and after fetching): rows cached
+        from another one are not served."""
+        if incarnation is not None:
+            self._note_incarnation(table, incarnation())
         flat = keys.reshape(-1)
         unique, inverse = np.unique(flat, return_inverse=True)
         hit_slots = np.full(len(unique), -1, dtype=np.intp)
@@ -130,8 +154,20 @@ class RowCache:
         missing = np.flatnonzero(~is_hit)
         # With no keys at all, the store's empty answer gives the rows' width and dtype.
         fetched = fetch(unique[missing]) if len(missing) or cached is None else None
+        if (
+            fetched is not None
+            and incarnation is not None
+            and self._note_incarnation(table, incarnation())
+            and cached is not None
+        ):
+            # The table was created anew while we read: the hits are the old table's.
+            missing, cached = np.arange(len(unique)), None
+            is_hit[:] = False
+            fetched = fetch(unique)
         if fetched is not None:
             width, dtype = int(fetched.shape[1]), fetched.dtype
+            with self._lock:
+                self._check_row_shape(table, width, dtype)
         else:
             assert cached is not None
             width, dtype = int(cached.shape[1]), self._dtype
@@ -149,6 +185,13 @@ class RowCache:
                 self._admit(table, unique[missing], converted, width, dtype)
         return rows[inverse]
 
+    def _check_row_shape(self, table: str, width: int, dtype: np.dtype[Any]) -> None:
+        if self._slot_of and (self._slab.shape[1], self._dtype) != (width, dtype):
+            raise ValueError(
+                f"table {table!r} gave rows of {width} {dtype}, but this cache holds rows "
+                f"of {self._slab.shape[1]} {self._dtype}: one cache serves one row shape"
+            )
+
     def _admit(
         self,
         table: str,
@@ -164,6 +207,8 @@ class RowCache:
         ]
         if not admitted:
             return
+        if self._slab is not None and (self._slab.shape[1], self._dtype) != (width, dtype):
+            self._slab = None  # empty (`_check_row_shape`): made anew for the new shape
         if self._slab is None:
             self._row_bytes = width * dtype.itemsize
             self._dtype = dtype

@@ -336,6 +336,12 @@ class EngramClient:
     def describe(self, name: str) -> TableInfo:
         return TableInfo.of_shards(self._describe_shards(name))
 
+    def incarnation(self, table: str) -> tuple[str, ...]:
+        """Which table of this name the client reads now: each shard's incarnation, new each
+        time the table is created or imported. Asks no daemon once the table is described;
+        changes when a call of this client's finds the table created anew."""
+        return self._layout(table).incarnations
+
     def tune_table(self, name: str, lr: float, weight_decay: float = 0.0) -> TableInfo:
         """Sets a live table's learning rate and weight decay for its later pushes, on every
         shard (its optimizer's kind and state stay); later checkpoints record them."""

@@ -109,8 +109,9 @@ class StoreEmbedding(nn.Module):
         self.client = client
         self.table = table
         self.cache = cache
-        # Checked against the table at the first read (the daemon may not be up yet here).
-        self._table_fits = False
+        # The incarnation of the table last checked to fit, at the first read (the daemon
+        # may not be up yet here) and whenever the table is created anew.
+        self._fitted_incarnation: tuple[str, ...] | None = None
         self.pipeline = pipeline if pipeline is not None else TrainPipeline(client)
         self.push_log = self.pipeline.push_log(table, max_pushes_in_flight, cache)
         # Gives the rows a place in the autograd graph without being a trainable parameter.
@@ -156,9 +157,17 @@ class StoreEmbedding(nn.Module):
             # In the module's dtype on the wire: bfloat16 rows are half float32's bytes.
             wire = self.wire_dtype
             rows = torch.from_numpy(self.client.lookup(self.table, keys, wire))
+            # The lookup may have found the table created anew, in another shape.
+            self.check_table()
             return rows.view(torch.bfloat16) if wire == "bfloat16" else rows
         flat = keys.reshape(-1).astype(np.uint64)
-        rows = self.cache.lookup(self.table, flat, lambda k: self.client.lookup(self.table, k))
+        rows = self.cache.lookup(
+            self.table,
+            flat,
+            lambda k: self.client.lookup(self.table, k),
+            lambda: self.client.incarnation(self.table),
+        )
+        self.check_table()
         if isinstance(rows, np.ndarray):
             rows = torch.from_numpy(rows)
         out: torch.Tensor = rows.reshape((*keys.shape, self.embedding_dim))
@@ -167,8 +176,10 @@ class StoreEmbedding(nn.Module):
     def check_table(self) -> None:
         """Refuses a table this module's heads do not fit: a table left by another config
         would otherwise fail later as a shape error in the layer, or a key out of range.
-        Asks the daemon once: at the first read, or when a prefetcher starts."""
-        if self._table_fits:
+        Asks the daemon at the first read (or when a prefetcher starts), and again once the
+        client finds the table created anew."""
+        incarnation = self.client.incarnation(self.table)
+        if incarnation == self._fitted_incarnation:
             return
         info = self.client.describe(self.table)
         if info.dim != self.embedding_dim or info.num_rows < self.num_rows:
@@ -177,7 +188,7 @@ class StoreEmbedding(nn.Module):
                 f"module's heads need {self.num_rows} rows of dim {self.embedding_dim}: create "
                 "the table for this config (drop or rename the old one)"
             )
-        self._table_fits = True
+        self._fitted_incarnation = incarnation
 
     def keep_updated_rows(self, keep: bool = True) -> None:
         """From now on, remembers the rows each push leaves (the daemon returns them) for
