@@ -259,10 +259,16 @@ class EngramClient:
         )
         return self.create(spec)
 
-    def create(self, spec: TableSpec, importing: bool = False) -> TableInfo:
+    def create(
+        self, spec: TableSpec, importing: bool = False, replace_existing: bool = False
+    ) -> TableInfo:
         """Creates the table `spec` describes, cut into one row range per shard; with
-        `importing`, hidden until `finish_import` (replacing an unfinished import)."""
+        `importing`, hidden until `finish_import` (replacing an unfinished import). With
+        `replace_existing` too, the import replaces the table of that name, which serves on
+        until `finish_import` swaps the import in on each daemon."""
         spec.check_fields()  # named here: protobuf would refuse it without a name
+        checked_bool("importing", importing)
+        checked_bool("replace_existing", replace_existing)
         shards = len(self.shards)
         # Fewer rows than shards, but some: the daemons refuse none or fewer themselves.
         if 0 < spec.num_rows < shards:
@@ -275,11 +281,18 @@ class EngramClient:
             part = dataclasses.replace(
                 spec, num_rows=bounds[i + 1] - bounds[i], first_row=bounds[i]
             )
-            request = pb.CreateTableRequest(spec=table_spec_to_proto(part), importing=importing)
+            request = pb.CreateTableRequest(
+                spec=table_spec_to_proto(part),
+                importing=importing,
+                replace_existing=replace_existing,
+            )
             info: pb.TableInfo = shard.call(lambda t: shard.stub.CreateTable(request, timeout=t))
             return info
 
         infos = self._each_shard(create)
+        if replace_existing:
+            # The table serves on as it was until the import is swapped in.
+            return TableInfo.of_shards(infos)
         self._layouts[spec.name] = TableLayout(
             np.array(bounds, dtype=np.uint64), spec.dim, tuple(i.incarnation for i in infos)
         )
@@ -331,7 +344,11 @@ class EngramClient:
             info: pb.TableInfo = shard.call(lambda t: shard.stub.FinishImport(request, timeout=t))
             return info
 
-        return TableInfo.of_shards(self._each_shard(finish))
+        infos = self._each_shard(finish)
+        # A replacement swapped in is a table of another incarnation (and perhaps shape).
+        self._layouts.pop(table, None)
+        self._fingerprints.pop(table, None)
+        return TableInfo.of_shards(infos)
 
     def describe(self, name: str) -> TableInfo:
         return TableInfo.of_shards(self._describe_shards(name))
@@ -366,8 +383,9 @@ class EngramClient:
         """Makes `rows` the table's rows, packed as it stores them (`[num_rows, width]` of
         its dtype, as `write_rows` takes them): the table is imported anew with the same spec,
         so its optimizer starts afresh (step 0, no state), as a module's optimizer does after
-        `load_state_dict`. Not atomic: a failure before it returns leaves the table absent or
-        unfinished (replace or import it again)."""
+        `load_state_dict`. The old table serves on until the new rows are all written, then
+        each daemon swaps them in crash-atomically: a failure before that leaves the table as
+        it was (and a replacement staged, which the next `replace_rows` starts over)."""
         checked_integer("chunk_rows", chunk_rows, 1, UINT64_MAX)
         spec = self.spec(name)
         packed = np.ascontiguousarray(rows)
@@ -377,8 +395,7 @@ class EngramClient:
                 f"rows must be {numpy_row_type(spec.dtype)} of shape {expected} for table "
                 f"{name!r} ({spec.dtype}), got {packed.dtype} {packed.shape}"
             )
-        self.drop_table(name)
-        self.create(spec, importing=True)
+        self.create(spec, importing=True, replace_existing=True)
         for start in range(0, spec.num_rows, chunk_rows):
             self.write_rows(name, start, packed[start : start + chunk_rows], spec.dtype)
         return self.finish_import(name)

@@ -269,9 +269,11 @@ def import_checkpoint(
     path: str | os.PathLike[str],
     rules: list[MappingRule],
     progress: Progress | None = None,
+    replace: bool = False,
 ) -> list[TableInfo]:
     """Imports every table the mapping finds in the checkpoint at `path` (a safetensors
-    file or an index.json); returns the tables, visible and durable."""
+    file or an index.json); returns the tables, visible and durable. With `replace`, a
+    table that exists serves on until its import is complete, then is swapped for it."""
     imported = []
     # Slices are read and packed while the one before travels: disk, CPU and daemon busy
     # at once.
@@ -281,7 +283,7 @@ def import_checkpoint(
             raise MappingError(f"no tensor of {os.fspath(path)} matches the mapping")
         for plan in plans:
             spec = TableSpec(plan.table, plan.num_rows, plan.dim, dtype=plan.dtype, init="zeros")
-            client.create(spec, importing=True)
+            client.create(spec, importing=True, replace_existing=replace)
             step = max(1, CHUNK_BYTES // row_bytes(plan.dtype, plan.dim))
             done = 0
             sending: Future[None] | None = None

@@ -53,7 +53,8 @@ class ProgressLine:
 def _import(args: argparse.Namespace) -> int:
     rules = load_mapping(args.mapping)
     with connect(args) as client:
-        infos = import_checkpoint(client, args.checkpoint, rules, ProgressLine(args.quiet))
+        progress = ProgressLine(args.quiet)
+        infos = import_checkpoint(client, args.checkpoint, rules, progress, args.replace)
     emit(args.json, {"tables": infos}, "\n".join(describe(i) for i in infos))
     return 0
 
@@ -79,13 +80,20 @@ def register(verbs: Verbs) -> None:
         "engram-store import model.safetensors --mapping examples/mappings/engram_demo_v1.json\n"
         "engram-store import ckpt/model.safetensors.index.json --mapping engram.json",
         MAPPING_HELP + "\n\nEach table is filled hidden and becomes visible only once complete and"
-        "\ndurable; an interrupted import leaves no half table, and rerunning it starts over.",
+        "\ndurable; an interrupted import leaves no half table, and rerunning it starts over."
+        "\nWith --replace, a table that exists serves on (and trains) until its import is"
+        "\ncomplete, then each daemon swaps it for the import crash-atomically.",
     )
     load.add_argument("checkpoint", help="a .safetensors file or a sharded checkpoint's index.json")
     load.add_argument(
         "--mapping", metavar="FILE", required=True, help="JSON file: which tensor fills which table"
     )
     load.add_argument("--quiet", action="store_true", help="no progress line on stderr")
+    load.add_argument(
+        "--replace",
+        action="store_true",
+        help="replace tables that exist (a new model version): they serve until swapped",
+    )
 
     save = verbs.add_client(
         "export",

@@ -10,6 +10,7 @@ transaction when first opened.
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import struct
@@ -25,6 +26,7 @@ from store.conversions import table_spec_bytes, table_spec_of_bytes
 from store.spec import TableSpec
 
 # "importing" names the tables whose import is unfinished: hidden until it is.
+# "replacements" holds imports staged to replace a live table (store/replacement.py).
 _DATABASES = (
     b"tables",
     b"steps",
@@ -33,6 +35,7 @@ _DATABASES = (
     b"clients",
     b"meta",
     b"importing",
+    b"replacements",
 )
 # Kept unsealed in "meta": how values are stored.
 _FORMAT_KEY, _SEALED = b"value-format", b"crc32-v1"
@@ -134,6 +137,26 @@ class Catalog:
         with self._begin(write=True) as txn:
             txn.delete("importing", name.encode())
 
+    def put_replacement(self, spec: TableSpec, incarnation: str) -> None:
+        with self._begin(write=True) as txn:
+            txn.put("replacements", spec.name.encode(), _replacement_bytes(spec, incarnation))
+
+    def delete_replacement(self, name: str) -> None:
+        with self._begin(write=True) as txn:
+            txn.delete("replacements", name.encode())
+
+    def replacements(self) -> list[tuple[TableSpec, str]]:
+        """Every staged replacement as (spec, incarnation), by name."""
+        with self._begin() as txn:
+            return [_replacement_of_bytes(v) for _, v in txn.items("replacements")]
+
+    def finish_replacement(self, spec: TableSpec, incarnation: str) -> None:
+        """One transaction: the replacement becomes the table of its name, at step 0."""
+        with self._begin(write=True) as txn:
+            _put_table(txn, spec, 0, incarnation)
+            txn.delete("replacements", spec.name.encode())
+            txn.delete("importing", spec.name.encode())
+
     def importing(self) -> set[str]:
         """The tables whose import is unfinished."""
         with self._begin() as txn:
@@ -179,7 +202,7 @@ class Catalog:
 
     def delete_table(self, name: str) -> None:
         with self._begin(write=True) as txn:
-            for db in ("tables", "steps", "incarnations", "importing"):
+            for db in ("tables", "steps", "incarnations", "importing", "replacements"):
                 txn.delete(db, name.encode())
 
     def tables(self) -> list[tuple[TableSpec, int, str]]:
@@ -247,6 +270,16 @@ def _put_table(txn: _Sealed, spec: TableSpec, step: int, incarnation: str) -> No
     txn.put("incarnations", key, incarnation.encode())
 
 
+def _replacement_bytes(spec: TableSpec, incarnation: str) -> bytes:
+    spec_text = base64.b64encode(table_spec_bytes(spec)).decode()
+    return json.dumps({"spec": spec_text, "incarnation": incarnation}).encode()
+
+
+def _replacement_of_bytes(value: bytes) -> tuple[TableSpec, str]:
+    record = json.loads(value)
+    return table_spec_of_bytes(base64.b64decode(record["spec"])), record["incarnation"]
+
+
 def _put_clients(txn: _Sealed, windows: dict[str, dict[str, Any]]) -> None:
     """Replaces the stored windows (clients evicted from memory go too)."""
     txn.drop("clients")
@@ -257,7 +290,7 @@ def _put_clients(txn: _Sealed, windows: dict[str, dict[str, Any]]) -> None:
 def _replace_tables(
     txn: _Sealed, tables: list[tuple[TableSpec, int, str]], windows: dict[str, dict[str, Any]]
 ) -> None:
-    for db in ("tables", "steps", "incarnations", "clients", "importing"):
+    for db in ("tables", "steps", "incarnations", "clients", "importing", "replacements"):
         txn.drop(db)
     for spec, step, incarnation in tables:
         _put_table(txn, spec, step, incarnation)

@@ -28,6 +28,10 @@ POINTS = (
     "restore:catalog-updated",
     "restore:journal-reset",
     "restore:intent-removed",
+    # a table's replacement swapped in
+    "replace:old-table-retired",
+    "replace:new-table-in-place",
+    "replace:catalog-updated",
     # flushes
     "flush:tables-synced",
     "flush:catalog-synced",

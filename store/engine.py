@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from store import _native, restore
+from store import _native, replacement, restore
 from store.catalog import Catalog
 from store.checkpoints import (
     apply_checked_pack,
@@ -155,6 +155,8 @@ class StoreEngine:
         self.store_id = self.catalog.get_meta("store_id")
         self._started = time.monotonic()
         self._tables: dict[str, ServedTable] = {}
+        # Imports staged to replace the live table of their name (store/replacement.py).
+        self._replacements: dict[str, ServedTable] = {}
         self._tables_lock = threading.Lock()
         # Pushes hold it shared; checkpoints, restores, drops and flushes exclusively.
         self._gate = Gate()
@@ -214,9 +216,12 @@ class StoreEngine:
             if client_id:
                 self._clients.window(client_id).record(sequence)
         highest = max([fenced, *committed])
+        replacement.settle(self.data_dir, self.catalog)
         catalogued = self.catalog.tables()
         importing = self.catalog.importing()
+        staged = self.catalog.replacements()
         known = {spec.name for spec, _, _ in catalogued}
+        known |= {replacement.STAGED_PREFIX + spec.name for spec, _ in staged}
         for name in sorted(set(os.listdir(os.path.join(self.data_dir, TABLES))) - known):
             log.warning("removing tables/%s, which a crash left while it was being created", name)
             shutil.rmtree(table_directory(self.data_dir, name), ignore_errors=True)
@@ -237,6 +242,10 @@ class StoreEngine:
             table.native.attach_journal(self.journal)
             table.importing = spec.name in importing
             self._tables[spec.name] = table
+        for spec, incarnation in staged:
+            directory = replacement.staged_directory(self.data_dir, spec.name)
+            self._replacements[spec.name] = ServedTable.open(directory, spec, 0, incarnation)
+            self._replacements[spec.name].importing = True
         self.journal.tokens_after(highest)
 
     # tables ----------------------------------------------------------------------------
@@ -281,44 +290,37 @@ class StoreEngine:
                 f"this daemon serves read-only (serve --read-only): it does not {action}"
             )
 
-    def create_table(self, spec: TableSpec, importing: bool = False) -> TableStatus:
+    def create_table(
+        self, spec: TableSpec, importing: bool = False, replace_existing: bool = False
+    ) -> TableStatus:
         """Creates a table; `importing` creates it hidden (see `write_rows`), replacing an
-        unfinished import of the same name."""
+        unfinished import of the same name; with `replace_existing` too, an import of a
+        table that exists is staged to replace it at `finish_import`."""
         self._writable("create tables")
+        if replace_existing and not importing:
+            raise InvalidArgumentError(
+                "replace_existing needs importing: a table is replaced by an import"
+            )
         spec.check()
         self.answers.check_row_fits(spec)
         # Exclusive: a restore swapping the tables directory meanwhile would lose the table.
         with self._gate.exclusive(), self._tables_lock:
             existing = self._tables.get(spec.name)
+            if replace_existing and existing is not None and not existing.importing:
+                table = self._stage_replacement(spec)
+                log.info("staged a replacement of table %s", spec.name)
+                return table.status()
             if existing is not None and not (importing and existing.importing):
                 unfinished = " as an unfinished import (drop it, or import again)"
                 how = unfinished if existing.importing else ""
                 raise AlreadyExistsError(f"table {spec.name!r} already exists{how}")
-            if existing is None and len(self._tables) >= self.max_tables:
-                raise ResourceExhaustedError(
-                    f"this daemon serves {len(self._tables)} tables, its limit "
-                    "(--max-tables): drop one first, or raise the limit"
-                )
+            if existing is None:
+                self._check_table_count()
             if existing is not None:
                 log.info("dropping the unfinished import of %s to import it again", spec.name)
                 del self._tables[spec.name]
                 self.catalog.delete_table(spec.name)
-            directory = table_directory(self.data_dir, spec.name)
-            shutil.rmtree(directory, ignore_errors=True)  # what a crashed create left
-            # Created first (in O(1)): a spec the engine cannot map is refused as such.
-            try:
-                table = ServedTable.create(directory, spec, uuid.uuid4().hex)
-                self._check_room(spec)
-            except Exception as error:
-                shutil.rmtree(directory, ignore_errors=True)
-                if isinstance(error, OSError) and error.errno == errno.EFBIG:
-                    raise ResourceExhaustedError(
-                        f"table {spec.name!r} needs files larger than the file system of "
-                        f"{self.data_dir} allows ({spec.num_rows} rows of "
-                        f"{spec.disk_bytes_per_row()} bytes with optimizer state); use fewer "
-                        "rows, or shard the table over several daemons"
-                    ) from error
-                raise
+            table = self._new_table(table_directory(self.data_dir, spec.name), spec)
             table.native.attach_journal(self.journal)
             table.importing = importing
             self.catalog.put_table(spec, 0, table.incarnation, importing=importing)
@@ -332,6 +334,48 @@ class StoreEngine:
         )
         return table.status()
 
+    def _stage_replacement(self, spec: TableSpec) -> ServedTable:
+        """Creates the import that will replace live table `spec.name`, starting over one
+        staged before."""
+        if self._replacements.pop(spec.name, None) is None:
+            self._check_table_count()
+        else:
+            log.info("dropping the unfinished replacement of %s to import it again", spec.name)
+            self.catalog.delete_replacement(spec.name)
+        table = self._new_table(replacement.staged_directory(self.data_dir, spec.name), spec)
+        table.importing = True
+        self.catalog.put_replacement(spec, table.incarnation)
+        self._replacements[spec.name] = table
+        return table
+
+    def _check_table_count(self) -> None:
+        count = len(self._tables) + len(self._replacements)
+        if count >= self.max_tables:
+            raise ResourceExhaustedError(
+                f"this daemon serves {count} tables (with imports staged to replace tables), "
+                "its limit (--max-tables): drop one first, or raise the limit"
+            )
+
+    def _new_table(self, directory: str, spec: TableSpec) -> ServedTable:
+        """A table of a new incarnation in `directory` (emptied first: a crashed create may
+        have left files), if the disk has room for it."""
+        shutil.rmtree(directory, ignore_errors=True)
+        # Created first (in O(1)): a spec the engine cannot map is refused as such.
+        try:
+            table = ServedTable.create(directory, spec, uuid.uuid4().hex)
+            self._check_room(spec)
+        except Exception as error:
+            shutil.rmtree(directory, ignore_errors=True)
+            if isinstance(error, OSError) and error.errno == errno.EFBIG:
+                raise ResourceExhaustedError(
+                    f"table {spec.name!r} needs files larger than the file system of "
+                    f"{self.data_dir} allows ({spec.num_rows} rows of "
+                    f"{spec.disk_bytes_per_row()} bytes with optimizer state); use fewer "
+                    "rows, or shard the table over several daemons"
+                ) from error
+            raise
+        return table
+
     def _check_room(self, spec: TableSpec) -> None:
         """Refuses a table that could not be written whole on the disk's free space, less
         what the tables here may still take as their unwritten rows are written (rows take
@@ -344,7 +388,7 @@ class StoreEngine:
         free = disk.f_bavail * disk.f_frsize
         promised = sum(
             (t.spec.num_rows - t.native.written_count()) * t.spec.disk_bytes_per_row()
-            for t in self._tables.values()
+            for t in [*self._tables.values(), *self._replacements.values()]
         )
         if needed > free - promised:
             raise ResourceExhaustedError(
@@ -383,9 +427,12 @@ class StoreEngine:
             with self._tables_lock:
                 if self._tables.pop(name, None) is None:
                     raise NotFoundError(f"table {name!r} does not exist")
-                self.catalog.delete_table(name)
+                self.catalog.delete_table(name)  # and its replacement, if one is staged
                 # In-flight lookups keep their mapping of the unlinked files.
                 shutil.rmtree(table_directory(self.data_dir, name), ignore_errors=True)
+                if self._replacements.pop(name, None) is not None:
+                    staged = replacement.staged_directory(self.data_dir, name)
+                    shutil.rmtree(staged, ignore_errors=True)
             # Empties the journal: its records of this table must not be replayed onto a
             # table created later under the same name.
             self._flush_unlocked()
@@ -395,9 +442,11 @@ class StoreEngine:
         return [t.status() for t in self._visible()]
 
     def unfinished_imports(self) -> list[str]:
-        """The names of the tables whose import is unfinished, in order."""
+        """The names of the tables whose import is unfinished (replacements staged for
+        live tables among them), in order."""
         with self._tables_lock:
-            return sorted(t.name for t in self._tables.values() if t.importing)
+            importing = {t.name for t in self._tables.values() if t.importing}
+            return sorted(importing | set(self._replacements))
 
     # imports ---------------------------------------------------------------------------
 
@@ -405,7 +454,7 @@ class StoreEngine:
         """Stores rows of a table being imported exactly as given (no optimizer, no journal:
         an import is durable when `finish_import` acknowledges it)."""
         self._writable("import rows")
-        table = self._any_table(request.table)
+        table = self._import(request.table)
         if not table.importing:
             raise FailedPreconditionError(
                 f"table {request.table!r} is not being imported: WriteRows only fills tables "
@@ -435,22 +484,45 @@ class StoreEngine:
     def finish_import(self, name: str) -> TableStatus:
         """Makes an imported table's rows durable, then the table visible."""
         self._writable("import tables")
-        table = self._any_table(name)
+        table = self._import(name)
         if not table.importing:
             raise FailedPreconditionError(f"table {name!r} is not being imported")
         # Hidden, the table takes no pushes: its rows go to disk without holding others up.
         table.native.flush()
         with self._gate.exclusive():
-            with self._tables_lock:
-                if self._tables.get(name) is not table:
-                    raise FailedPreconditionError(
-                        f"the import of table {name!r} was dropped or started over meanwhile"
-                    )
-            self.catalog.finish_import(name)
-            self.catalog.sync()
-            table.importing = False
+            if self._import(name) is not table:
+                raise FailedPreconditionError(
+                    f"the import of table {name!r} was dropped or started over meanwhile"
+                )
+            if self._replacements.get(name) is table:
+                table = self._swap_in(table)
+            else:
+                self.catalog.finish_import(name)
+                self.catalog.sync()
+                table.importing = False
         log.info("import of table %s finished (%d rows)", name, table.native.written_count())
         return table.status()
+
+    def _import(self, name: str) -> ServedTable:
+        """The table an import of `name` fills: the replacement staged for it, if any."""
+        with self._tables_lock:
+            staged = self._replacements.get(name)
+        return staged if staged is not None else self._any_table(name)
+
+    def _swap_in(self, staged: ServedTable) -> ServedTable:
+        """Makes the staged replacement the table of its name (exclusive gate held)."""
+        # The old table's pushes to disk and the journal emptied: none of its records may
+        # be replayed onto the new table.
+        self._flush_unlocked()
+        replacement.swap_in(self.data_dir, self.catalog, staged.spec, staged.incarnation)
+        # Opened afresh where it now lives; in-flight lookups keep their mappings of the old.
+        directory = table_directory(self.data_dir, staged.name)
+        table = ServedTable.open(directory, staged.spec, 0, staged.incarnation)
+        table.native.attach_journal(self.journal)
+        with self._tables_lock:
+            self._tables[staged.name] = table
+            del self._replacements[staged.name]
+        return table
 
     # lookups ---------------------------------------------------------------------------
 
@@ -763,6 +835,7 @@ class StoreEngine:
             with self._tables_lock:
                 # In-flight lookups keep their mappings of the retired files.
                 self._tables = {}
+                self._replacements = {}
                 restore.finish(self.data_dir, self.catalog, self.journal, target_id)
                 self._clients = ClientWindows(target["clients"])
                 self._open_tables([])

@@ -154,7 +154,8 @@ class Servicer(pb_grpc.EngramStoreServicer):
     @_unary
     def CreateTable(self, request: pb.CreateTableRequest, context: Any) -> pb.TableInfo:
         spec = table_spec_from_proto(request.spec)
-        return table_status_to_proto(self.engine.create_table(spec, request.importing))
+        status = self.engine.create_table(spec, request.importing, request.replace_existing)
+        return table_status_to_proto(status)
 
     @_unary
     def TuneTable(self, request: pb.TuneTableRequest, context: Any) -> pb.TableInfo:

@@ -466,3 +466,40 @@ def test_a_head_group_that_is_not_a_number_is_refused(tmp_path: Path) -> None:
     rules = mapping_rules({"tables": [{"tensor": r"h\.(?P<head>\w)", "table": "t"}]})
     with pytest.raises(MappingError, match="head group must be digits, got 'a'"):
         plan_import(Checkpoint(tmp_path / "m.safetensors"), rules)
+
+
+def test_import_replace_serves_the_old_version_until_the_new_one_is_whole(
+    tmp_path: Path, daemons: tuple[str, str]
+) -> None:
+    """A new model version imported over a served one (`import --replace`)."""
+    old, new = reference_demo_state(40_000), reference_demo_state(40_000)
+    for name in new:
+        new[name] = new[name] + 1
+    save_file(old, tmp_path / "v1.safetensors")
+    save_file(new, tmp_path / "v2.safetensors")
+    rules = load_mapping(DEMO_MAPPING)
+    weight = "1.engram.multi_head_embedding.embedding.weight"
+    with EngramClient(list(daemons)) as client, EngramClient(list(daemons)) as engine:
+        import_checkpoint(client, tmp_path / "v1.safetensors", rules)
+        with pytest.raises(TableExistsError):
+            import_checkpoint(client, tmp_path / "v2.safetensors", rules)
+        served: list[np.ndarray] = []
+
+        def interrupt(table: str, done: int, total: int) -> None:
+            served.append(engine.lookup("engram-L1", range(40_001)))
+            if done < total:
+                raise KeyboardInterrupt
+
+        with pytest.raises(KeyboardInterrupt):
+            import_checkpoint(client, tmp_path / "v2.safetensors", rules, interrupt, replace=True)
+        assert len(served) == 1
+        np.testing.assert_array_equal(served[0], old[weight].numpy())
+        np.testing.assert_array_equal(
+            engine.lookup("engram-L1", range(40_001)), old[weight].numpy()
+        )
+        argv = ["import", str(tmp_path / "v2.safetensors"), "--mapping", str(DEMO_MAPPING)]
+        assert main([*argv, "--replace", "--quiet", "--address", ",".join(daemons)]) == 0
+        np.testing.assert_array_equal(
+            engine.lookup("engram-L1", range(40_001)), new[weight].numpy()
+        )
+        assert client.unfinished_imports() == []

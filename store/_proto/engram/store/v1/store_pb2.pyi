@@ -146,12 +146,14 @@ class TableInfo(_message.Message):
     def __init__(self, spec: _Optional[_Union[TableSpec, _Mapping]] = ..., step: _Optional[int] = ..., written_rows: _Optional[int] = ..., hash_fingerprint: _Optional[int] = ..., state_dim: _Optional[int] = ..., incarnation: _Optional[str] = ...) -> None: ...
 
 class CreateTableRequest(_message.Message):
-    __slots__ = ("spec", "importing")
+    __slots__ = ("spec", "importing", "replace_existing")
     SPEC_FIELD_NUMBER: _ClassVar[int]
     IMPORTING_FIELD_NUMBER: _ClassVar[int]
+    REPLACE_EXISTING_FIELD_NUMBER: _ClassVar[int]
     spec: TableSpec
     importing: bool
-    def __init__(self, spec: _Optional[_Union[TableSpec, _Mapping]] = ..., importing: _Optional[bool] = ...) -> None: ...
+    replace_existing: bool
+    def __init__(self, spec: _Optional[_Union[TableSpec, _Mapping]] = ..., importing: _Optional[bool] = ..., replace_existing: _Optional[bool] = ...) -> None: ...
 
 class WriteRowsRequest(_message.Message):
     __slots__ = ("table", "first_row", "rows", "rows_buffer")
