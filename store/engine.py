@@ -351,8 +351,9 @@ class StoreEngine:
     def _check_table_count(self) -> None:
         count = len(self._tables) + len(self._replacements)
         if count >= self.max_tables:
+            staged = f" ({len(self._replacements)} staged to replace others)"
             raise ResourceExhaustedError(
-                f"this daemon serves {count} tables (with imports staged to replace tables), "
+                f"this daemon serves {count} tables{staged if self._replacements else ''}, "
                 "its limit (--max-tables): drop one first, or raise the limit"
             )
 

@@ -134,6 +134,7 @@ def test_replacing_again_starts_over_and_drop_removes_both(tmp_path: Path) -> No
         with pytest.raises(grpc.RpcError) as full:
             d.stub.CreateTable(pb.CreateTableRequest(spec=spec("u", 10, DIM)))
         assert full.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert "serves 2 tables (1 staged to replace others)" in str(full.value.details())
         d.stub.DropTable(pb.DropTableRequest(name="t"))
         assert unfinished(d) == [] and not d.stub.ListTables(pb.ListTablesRequest()).tables
         assert table_directories(tmp_path / "data") == []
