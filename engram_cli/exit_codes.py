@@ -11,7 +11,7 @@ EXIT_NO_DAEMON = 5
 
 MEANINGS = {
     EXIT_OK: "done",
-    EXIT_DECLINED: "not done: the confirmation was declined (drop-table)",
+    EXIT_DECLINED: "not done: the confirmation was declined (drop-table, restore)",
     EXIT_USAGE: "bad command line (unknown verb or flag, missing argument, a serve setting "
     "out of its range)",
     EXIT_FAILURE: "the request failed (refused, bad input, a file unreadable) or verify "

@@ -6,6 +6,7 @@ import argparse
 import time
 
 from client.results import CheckpointInfo
+from engram_cli.confirm import declined
 from engram_cli.exit_codes import EXIT_FAILURE
 from engram_cli.output import emit
 from engram_cli.parsing import Verbs, connect, int_list
@@ -56,14 +57,31 @@ def _checkpoints(args: argparse.Namespace) -> int:
 def _restore(args: argparse.Namespace) -> int:
     with connect(args) as client:
         ids = args.ids if args.ids is None or len(args.ids) > 1 else args.ids[0]
-        infos = client.restore(ids)
         addresses = [s.address for s in client.shards]
+        status = declined(
+            args.yes,
+            "a restore deletes every push since the checkpoint, and the tables created since",
+            _restore_summary(addresses, args.ids),
+            "restore",
+            "not restored",
+        )
+        if status is not None:
+            return status
+        infos = client.restore(ids)
     emit(
         args.json,
         {"checkpoints": infos},
         _by_shard(addresses, ["restored " + checkpoint_line(c) for c in infos]),
     )
     return 0
+
+
+def _restore_summary(addresses: list[str], ids: list[int] | None) -> str:
+    target = ",".join(str(i) for i in ids) if ids else "each daemon's latest"
+    return (
+        f"Restoring {', '.join(addresses)} to checkpoint {target}: every table goes back to "
+        "it, pushes since are lost, and tables created since are dropped."
+    )
 
 
 def _stats(args: argparse.Namespace) -> int:
@@ -129,20 +147,22 @@ def register(verbs: Verbs) -> None:
         _checkpoints,
         "engram-store checkpoints --json",
     )
-    verbs.add_client(
+    restore = verbs.add_client(
         "restore",
         "replace every table by a checkpoint's (pushes since are lost)",
         _restore,
         "engram-store restore            # each daemon's latest\n"
         "engram-store restore 7\n"
         "engram-store restore 7,7,8 --address a:50051,b:50051,c:50051   # one id per shard",
-    ).add_argument(
+    )
+    restore.add_argument(
         "ids",
         metavar="ID[,ID...]",
         type=int_list,
         nargs="?",
         help="checkpoint id, or one per daemon comma-separated (default: each daemon's latest)",
     )
+    restore.add_argument("--yes", action="store_true", help="restore without asking")
     verbs.add_client(
         "stats", "request counters of each daemon since it started", _stats, "engram-store stats"
     )

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import argparse
-import sys
 from typing import Any
 
 from client.config import EngramConfig
 from client.engram_tables import create_engram_tables, plan_engram_tables
 from client.errors import TableNotFoundError
 from client.results import TableInfo
-from engram_cli.exit_codes import EXIT_DECLINED, EXIT_USAGE
+from engram_cli.confirm import declined
 from engram_cli.output import emit
 from engram_cli.parsing import Verbs, connect
 from store.spec import INITS, OPTIMIZERS, TABLE_DTYPES
@@ -106,19 +105,16 @@ def _drop_table(args: argparse.Namespace) -> int:
             # describe does not see an unfinished import; DropTable removes it (or says
             # NOT_FOUND when there is no table at all).
             summary = error.message
-        if not args.yes:
-            if not sys.stdin.isatty():
-                print(
-                    f"engram-store: dropping {args.name!r} deletes its rows; add --yes to "
-                    "confirm when not at a terminal",
-                    file=sys.stderr,
-                )
-                return EXIT_USAGE
-            print(f"{summary}\nIts rows and optimizer state are deleted (checkpoints keep")
-            print("theirs until restored over). Type the table's name to drop it: ", end="")
-            if input().strip() != args.name:
-                print("not dropped", file=sys.stderr)
-                return EXIT_DECLINED
+        status = declined(
+            args.yes,
+            f"dropping {args.name!r} deletes its rows",
+            f"{summary}\nIts rows and optimizer state are deleted (checkpoints keep theirs "
+            "until restored over).",
+            args.name,
+            "not dropped",
+        )
+        if status is not None:
+            return status
         client.drop_table(args.name)
     emit(args.json, {"dropped": args.name}, f"dropped {args.name}")
     return 0

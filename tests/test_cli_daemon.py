@@ -81,7 +81,7 @@ def test_verbs_against_a_running_daemon(
         assert main(["checkpoints", "--json"]) == 0
         [shard] = json.loads(capsys.readouterr().out)["shards"]
         assert shard["checkpoints"][0]["id"] == 1
-        assert main(["restore"]) == 0
+        assert main(["restore", "--yes"]) == 0
         assert "restored checkpoint 1" in capsys.readouterr().out
         assert main(["stats"]) == 0
         assert "  emb: 0 lookups" in capsys.readouterr().out

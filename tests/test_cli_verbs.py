@@ -291,6 +291,29 @@ def test_drop_table_asks_first(
     assert main(["drop-table", "emb", "--yes", *address]) == EXIT_FAILURE
 
 
+def test_restore_asks_first(
+    daemon: Daemon, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    address = ("--address", daemon.address)
+    run(capsys, "create-table", "emb", "--rows", "10", "--dim", "2", "--init", "zeros", *address)
+    run(capsys, "checkpoint", *address)
+    run(capsys, "push", "emb", "--keys", "1", "--fill", "1", *address)
+    pushed = as_json(capsys, "lookup", "emb", "--keys", "1", *address)["rows"]
+    monkeypatch.setattr("sys.stdin.isatty", lambda: False)
+    assert main(["restore", *address]) == EXIT_USAGE
+    assert "--yes" in capsys.readouterr().err
+    monkeypatch.setattr("sys.stdin.isatty", lambda: True)
+    monkeypatch.setattr("builtins.input", lambda: "yes")
+    assert main(["restore", *address]) == EXIT_DECLINED
+    captured = capsys.readouterr()
+    assert f"Restoring {daemon.address} to checkpoint each daemon's latest" in captured.out
+    assert "not restored" in captured.err
+    assert as_json(capsys, "lookup", "emb", "--keys", "1", *address)["rows"] == pushed
+    monkeypatch.setattr("builtins.input", lambda: "restore")
+    assert "restored checkpoint 1" in run(capsys, "restore", "1", *address)
+    assert as_json(capsys, "lookup", "emb", "--keys", "1", *address)["rows"] == [[0.0, 0.0]]
+
+
 def test_create_tables_sizes_an_engram_config(
     daemon: Daemon, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -332,12 +355,12 @@ def test_a_table_sharded_over_three_daemons_is_checkpointed_and_restored_togethe
         assert [c["id"] for c in checkpoints] == [1, 1, 1]
         run(capsys, "push", "emb", "--keys", keys, "--fill", "1", *address)
         assert as_json(capsys, "lookup", "emb", "--keys", keys, *address)["rows"] != saved
-        restored = as_json(capsys, "restore", "1,1,1", *address)["checkpoints"]
+        restored = as_json(capsys, "restore", "1,1,1", "--yes", *address)["checkpoints"]
         assert [c["id"] for c in restored] == [1, 1, 1]
         assert as_json(capsys, "lookup", "emb", "--keys", keys, *address)["rows"] == saved
         stats = as_json(capsys, "stats", *address)["shards"]
         assert [s["address"] for s in stats] == [d.address for d in daemons]
-        assert main(["restore", "1,1", *address]) == EXIT_FAILURE
+        assert main(["restore", "1,1", "--yes", *address]) == EXIT_FAILURE
         assert "2 checkpoint ids for 3 shards" in capsys.readouterr().err
 
 
