@@ -461,15 +461,30 @@ class EngramClient:
         )
         return replies
 
-    def drop_table(self, name: str) -> None:
+    def drop_table(self, name: str, unfinished_import_only: bool = False) -> None:
+        """Drops the table on every shard, with any replacement staged for it. With
+        `unfinished_import_only`, drops only its unfinished import (a replacement staged, or
+        a table not yet visible) wherever a shard holds one, and never a visible table:
+        `TableNotFoundError` when no shard holds one."""
         check_table_argument(name, "name")
+        checked_bool("unfinished_import_only", unfinished_import_only)
+        request = pb.DropTableRequest(name=name, unfinished_import_only=unfinished_import_only)
 
-        def drop(i: int, shard: Shard) -> None:
-            shard.call(lambda t: shard.stub.DropTable(pb.DropTableRequest(name=name), timeout=t))
+        def drop(i: int, shard: Shard) -> TableNotFoundError | None:
+            try:
+                shard.call(lambda t: shard.stub.DropTable(request, timeout=t))
+            except TableNotFoundError as error:
+                if not unfinished_import_only:
+                    raise
+                return error  # an import interrupted before this shard had its part
+            return None
 
-        self._each_shard(drop)
-        self._layouts.pop(name, None)
-        self._fingerprints.pop(name, None)
+        missing = self._each_shard(drop)
+        if all(missing):
+            raise missing[0]
+        if not unfinished_import_only:
+            self._layouts.pop(name, None)
+            self._fingerprints.pop(name, None)
 
     # rows -----------------------------------------------------------------------------
 

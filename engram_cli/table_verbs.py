@@ -76,7 +76,8 @@ def _tables(args: argparse.Namespace) -> int:
     if unfinished:
         answer["unfinished_imports"] = unfinished
         lines.append(
-            f"unfinished imports (hidden, holding their disk; import again or drop-table): "
+            "unfinished imports (hidden, holding their disk; import again, or "
+            f"drop-table NAME --unfinished-import): "
             f"{', '.join(unfinished)}"
         )
     emit(args.json, answer, "\n".join(lines))
@@ -98,6 +99,16 @@ def _tune_table(args: argparse.Namespace) -> int:
 
 
 def _drop_table(args: argparse.Namespace) -> int:
+    if args.unfinished_import:
+        # Nothing it drops is lost for good: the import can be run again.
+        with connect(args) as client:
+            client.drop_table(args.name, unfinished_import_only=True)
+        emit(
+            args.json,
+            {"dropped": args.name, "unfinished_import": True},
+            f"dropped the unfinished import of {args.name}",
+        )
+        return 0
     with connect(args) as client:
         try:
             summary = describe(client.describe(args.name))
@@ -236,3 +247,9 @@ def register(verbs: Verbs) -> None:
     )
     drop.add_argument("name", help="table name")
     drop.add_argument("--yes", action="store_true", help="drop without asking")
+    drop.add_argument(
+        "--unfinished-import",
+        action="store_true",
+        help="drop only the table's unfinished import (an interrupted import --replace), "
+        "never the table",
+    )

@@ -202,7 +202,7 @@ class Catalog:
 
     def delete_table(self, name: str) -> None:
         with self._begin(write=True) as txn:
-            for db in ("tables", "steps", "incarnations", "importing", "replacements"):
+            for db in ("tables", "steps", "incarnations", "importing"):
                 txn.delete(db, name.encode())
 
     def tables(self) -> list[tuple[TableSpec, int, str]]:

@@ -422,22 +422,36 @@ class StoreEngine:
         log.info("tuned table %s: lr %g, weight decay %g", name, lr, weight_decay)
         return table.status()
 
-    def drop_table(self, name: str) -> None:
+    def drop_table(self, name: str, unfinished_import_only: bool = False) -> None:
+        """Drops table `name` and any replacement staged for it; with
+        `unfinished_import_only`, only its unfinished import (never a visible table)."""
         self._writable("drop tables")
         with self._gate.exclusive():
             with self._tables_lock:
+                if unfinished_import_only and self._drop_replacement(name):
+                    log.info("dropped the unfinished replacement of table %s", name)
+                    return
+                table = self._tables.get(name)
+                if unfinished_import_only and (table is None or not table.importing):
+                    raise NotFoundError(f"table {name!r} has no unfinished import")
                 if self._tables.pop(name, None) is None:
                     raise NotFoundError(f"table {name!r} does not exist")
-                self.catalog.delete_table(name)  # and its replacement, if one is staged
+                self._drop_replacement(name)
+                self.catalog.delete_table(name)
                 # In-flight lookups keep their mapping of the unlinked files.
                 shutil.rmtree(table_directory(self.data_dir, name), ignore_errors=True)
-                if self._replacements.pop(name, None) is not None:
-                    staged = replacement.staged_directory(self.data_dir, name)
-                    shutil.rmtree(staged, ignore_errors=True)
             # Empties the journal: its records of this table must not be replayed onto a
             # table created later under the same name.
             self._flush_unlocked()
         log.info("dropped table %s", name)
+
+    def _drop_replacement(self, name: str) -> bool:
+        """Drops the replacement staged for table `name`, if any (tables lock held)."""
+        if self._replacements.pop(name, None) is None:
+            return False
+        self.catalog.delete_replacement(name)
+        shutil.rmtree(replacement.staged_directory(self.data_dir, name), ignore_errors=True)
+        return True
 
     def list_tables(self) -> list[TableStatus]:
         return [t.status() for t in self._visible()]

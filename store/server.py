@@ -164,7 +164,7 @@ class Servicer(pb_grpc.EngramStoreServicer):
 
     @_unary
     def DropTable(self, request: pb.DropTableRequest, context: Any) -> pb.DropTableResponse:
-        self.engine.drop_table(request.name)
+        self.engine.drop_table(request.name, request.unfinished_import_only)
         return pb.DropTableResponse()
 
     @_unary

@@ -15,6 +15,7 @@ from store_helpers import keys, push, rows_of, spec
 from test_crash_recovery import crashing_daemon
 
 from client import EngramClient
+from engram_cli import EXIT_FAILURE, main
 from store._proto.engram.store.v1 import store_pb2 as pb
 from store.crash_points import POINTS
 from store.errors import InvalidArgumentError
@@ -240,3 +241,46 @@ def test_replace_rows_on_shards_swaps_every_shard(tmp_path: Path) -> None:
         client.replace_rows("t", NEW, chunk_rows=300)
         # The reader's layout is of the old tables: it is refused, describes afresh, and reads.
         np.testing.assert_array_equal(reader.lookup("t", range(ROWS)), NEW)
+
+
+def test_dropping_only_the_unfinished_import_keeps_the_table(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    with daemon_thread(data) as d:
+        create(d)
+        stage_replacement(d, upto=10)
+        only_import = pb.DropTableRequest(name="t", unfinished_import_only=True)
+        d.stub.DropTable(only_import)
+        assert unfinished(d) == [] and table_directories(data) == ["t"]
+        np.testing.assert_array_equal(rows_of_t(d), OLD)
+        # Never a visible table.
+        with pytest.raises(grpc.RpcError) as none:
+            d.stub.DropTable(only_import)
+        assert none.value.code() == grpc.StatusCode.NOT_FOUND
+        assert "has no unfinished import" in str(none.value.details())
+        np.testing.assert_array_equal(rows_of_t(d), OLD)
+        # An import of a new name, unfinished, goes too.
+        d.stub.CreateTable(pb.CreateTableRequest(spec=spec("u", 10, DIM), importing=True))
+        d.stub.DropTable(pb.DropTableRequest(name="u", unfinished_import_only=True))
+        assert unfinished(d) == [] and table_directories(data) == ["t"]
+
+
+def test_an_import_interrupted_on_some_shards_is_dropped_where_it_is(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with (
+        daemon_thread(tmp_path / "a") as a,
+        daemon_thread(tmp_path / "b") as b,
+        EngramClient([a.address, b.address]) as client,
+    ):
+        client.create_table("t", ROWS, DIM, init="zeros")
+        # Interrupted after the first shard had its replacement staged.
+        stage_replacement(a, NEW[: ROWS // 2], upto=10)
+        assert client.unfinished_imports() == ["t"]
+        address = ["--address", f"{a.address},{b.address}"]
+        assert main(["drop-table", "t", "--unfinished-import", *address]) == 0
+        assert "dropped the unfinished import of t" in capsys.readouterr().out
+        assert client.unfinished_imports() == []
+        np.testing.assert_array_equal(client.lookup("t", range(ROWS)), OLD)
+        assert main(["drop-table", "t", "--unfinished-import", *address]) == EXIT_FAILURE
+        assert "has no unfinished import" in capsys.readouterr().err
+        np.testing.assert_array_equal(client.lookup("t", range(ROWS)), OLD)

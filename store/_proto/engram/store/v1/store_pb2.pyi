@@ -180,10 +180,12 @@ class FinishImportRequest(_message.Message):
     def __init__(self, table: _Optional[str] = ...) -> None: ...
 
 class DropTableRequest(_message.Message):
-    __slots__ = ("name",)
+    __slots__ = ("name", "unfinished_import_only")
     NAME_FIELD_NUMBER: _ClassVar[int]
+    UNFINISHED_IMPORT_ONLY_FIELD_NUMBER: _ClassVar[int]
     name: str
-    def __init__(self, name: _Optional[str] = ...) -> None: ...
+    unfinished_import_only: bool
+    def __init__(self, name: _Optional[str] = ..., unfinished_import_only: _Optional[bool] = ...) -> None: ...
 
 class DropTableResponse(_message.Message):
     __slots__ = ()
