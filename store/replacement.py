@@ -48,7 +48,12 @@ def swap_in(data_dir: str, catalog: Catalog, spec: TableSpec, incarnation: str) 
     os.rename(live, retired)
     fsync_dir(tables)
     crash_point("replace:old-table-retired")
-    os.rename(staged, live)
+    try:
+        os.rename(staged, live)
+    except BaseException:
+        os.rename(retired, live)  # the old table back in place, as if nothing was tried
+        fsync_dir(tables)
+        raise
     fsync_dir(tables)
     crash_point("replace:new-table-in-place")
     catalog.finish_replacement(spec, incarnation)

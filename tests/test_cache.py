@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -117,58 +118,59 @@ def test_a_torch_slab_caches_like_the_host_one() -> None:
     assert device.rows_fetched == host.rows_fetched < 20 * 1000 / 2
 
 
-def test_a_cache_forgets_a_table_created_anew(tmp_path: Path) -> None:
+@pytest.fixture
+def client(tmp_path: Path) -> Iterator[EngramClient]:
+    """A client of a daemon holding table t (100 x 4, zeros)."""
+    with daemon_thread(tmp_path / "data") as daemon, EngramClient(daemon.address) as client:
+        client.create_table("t", 100, 4, init="zeros")
+        yield client
+
+
+@pytest.fixture
+def operator(client: EngramClient) -> Iterator[EngramClient]:
+    """Another client of the same daemon, replacing its tables."""
+    with EngramClient(client.shards[0].address) as operator:
+        yield operator
+
+
+def test_a_cache_forgets_a_table_created_anew(client: EngramClient, operator: EngramClient) -> None:
     # An engine serving through a cache while an operator imports new rows under the same
     # name: the old rows must not outlive the table they came from.
-    with (
-        daemon_thread(tmp_path / "data") as daemon,
-        EngramClient(daemon.address) as client,
-        EngramClient(daemon.address) as operator,
-    ):
-        client.create_table("t", 100, 4, init="zeros")
-        cache = RowCache(capacity_bytes=1 << 20, admit_after=1)
+    cache = RowCache(capacity_bytes=1 << 20, admit_after=1)
+    table = StoreEmbedding([100], 4, client, "t", cache=cache)
+    hot, cold = np.array([5, 6]), np.array([7])
+    np.testing.assert_array_equal(table.fetch(hot), np.zeros((2, 4)))
+    operator.replace_rows("t", np.ones((100, 4), np.float32))
+    # The next miss finds the table changed: the hot rows are read afresh with it.
+    np.testing.assert_array_equal(table.fetch(np.concatenate([hot, cold])), np.ones((3, 4)))
+    np.testing.assert_array_equal(table.fetch(hot), np.ones((2, 4)))
+
+
+def test_a_cache_forgets_a_table_another_lookup_found_changed(
+    client: EngramClient, operator: EngramClient
+) -> None:
+    cache = RowCache(capacity_bytes=1 << 20, admit_after=1)
+    table = StoreEmbedding([100], 4, client, "t", cache=cache)
+    np.testing.assert_array_equal(table.fetch(np.array([5])), np.zeros((1, 4)))
+    operator.replace_rows("t", np.ones((100, 4), np.float32))
+    # The client learns of the new table through a call of its own (outside the cache),
+    # and the cache, all hits, asks no daemon: it must still drop the old rows.
+    np.testing.assert_array_equal(client.lookup("t", [9]), np.ones((1, 4)))
+    np.testing.assert_array_equal(table.fetch(np.array([5])), np.ones((1, 4)))
+
+
+def test_a_table_created_anew_in_another_shape_is_refused(
+    client: EngramClient, operator: EngramClient
+) -> None:
+    for cache in (None, RowCache(capacity_bytes=1 << 20, admit_after=1)):
         table = StoreEmbedding([100], 4, client, "t", cache=cache)
-        hot, cold = np.array([5, 6]), np.array([7])
-        np.testing.assert_array_equal(table.fetch(hot), np.zeros((2, 4)))
-        operator.replace_rows("t", np.ones((100, 4), np.float32))
-        # The next miss finds the table changed: the hot rows are read afresh with it.
-        np.testing.assert_array_equal(table.fetch(np.concatenate([hot, cold])), np.ones((3, 4)))
-        np.testing.assert_array_equal(table.fetch(hot), np.ones((2, 4)))
-
-
-def test_a_cache_forgets_a_table_another_lookup_found_changed(tmp_path: Path) -> None:
-    with (
-        daemon_thread(tmp_path / "data") as daemon,
-        EngramClient(daemon.address) as client,
-        EngramClient(daemon.address) as operator,
-    ):
-        client.create_table("t", 100, 4, init="zeros")
-        cache = RowCache(capacity_bytes=1 << 20, admit_after=1)
-        table = StoreEmbedding([100], 4, client, "t", cache=cache)
-        np.testing.assert_array_equal(table.fetch(np.array([5])), np.zeros((1, 4)))
-        operator.replace_rows("t", np.ones((100, 4), np.float32))
-        # The client learns of the new table through a call of its own (outside the cache),
-        # and the cache, all hits, asks no daemon: it must still drop the old rows.
-        np.testing.assert_array_equal(client.lookup("t", [9]), np.ones((1, 4)))
-        np.testing.assert_array_equal(table.fetch(np.array([5])), np.ones((1, 4)))
-
-
-def test_a_table_created_anew_in_another_shape_is_refused(tmp_path: Path) -> None:
-    with (
-        daemon_thread(tmp_path / "data") as daemon,
-        EngramClient(daemon.address) as client,
-        EngramClient(daemon.address) as operator,
-    ):
-        client.create_table("t", 100, 4, init="zeros")
-        for cache in (None, RowCache(capacity_bytes=1 << 20, admit_after=1)):
-            table = StoreEmbedding([100], 4, client, "t", cache=cache)
-            table.fetch(np.array([5]))
-            operator.drop_table("t")
-            operator.create_table("t", 100, 8, init="zeros")
-            with pytest.raises(ValueError, match="dim 8"):
-                table.fetch(np.array([5, 6]))
-            operator.drop_table("t")
-            operator.create_table("t", 100, 4, init="zeros")
+        table.fetch(np.array([5]))
+        operator.drop_table("t")
+        operator.create_table("t", 100, 8, init="zeros")
+        with pytest.raises(ValueError, match="dim 8"):
+            table.fetch(np.array([5, 6]))
+        operator.drop_table("t")
+        operator.create_table("t", 100, 4, init="zeros")
 
 
 def test_a_cache_refuses_rows_of_another_width_while_it_holds_rows() -> None:

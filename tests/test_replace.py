@@ -284,3 +284,28 @@ def test_an_import_interrupted_on_some_shards_is_dropped_where_it_is(
         assert main(["drop-table", "t", "--unfinished-import", *address]) == EXIT_FAILURE
         assert "has no unfinished import" in capsys.readouterr().err
         np.testing.assert_array_equal(client.lookup("t", range(ROWS)), OLD)
+
+
+def test_a_swap_that_fails_midway_puts_the_old_table_back(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    data = tmp_path / "data"
+    rename = os.rename
+
+    def failing_rename(source: str, target: str) -> None:
+        if os.path.basename(source).startswith(".replacing."):
+            raise OSError(28, "No space left on device")
+        rename(source, target)
+
+    with daemon_thread(data) as d:
+        create(d)
+        stage_replacement(d)
+        monkeypatch.setattr("store.replacement.os.rename", failing_rename)
+        with pytest.raises(grpc.RpcError):
+            d.stub.FinishImport(pb.FinishImportRequest(table="t"))
+        assert table_directories(data) == [".replacing.t", "t"]
+        np.testing.assert_array_equal(rows_of_t(d), OLD)
+        monkeypatch.setattr("store.replacement.os.rename", rename)
+        d.stub.FinishImport(pb.FinishImportRequest(table="t"))
+        np.testing.assert_array_equal(rows_of_t(d), NEW)
+    assert table_directories(data) == ["t"]
