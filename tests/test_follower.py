@@ -1,6 +1,6 @@
 """Followers (`serve --follow`): a read-only copy of a training store, equal to the leader's
 tables at each of its checkpoints, through disconnects, restarts, crashes mid catch-up,
-restores and re-created tables on the leader."""
+restores, and tables re-created or replaced on the leader."""
 
 from __future__ import annotations
 
@@ -23,6 +23,7 @@ from store_helpers import keys, push, raw_rows, spec
 from client import EngramClient, PreconditionFailedError, Security
 from store._proto.engram.store.v1 import store_pb2 as pb
 from store.crash_points import ENV, POINTS
+from store.wire import numpy_array
 
 ROWS = 3000
 
@@ -120,6 +121,14 @@ def test_a_follower_equals_its_leader_at_every_checkpoint(tmp_path: Path) -> Non
                 leader.stub.CreateTable(pb.CreateTableRequest(spec=spec("adagrad", ROWS, 4)))
                 leader.stub.CreateTable(pb.CreateTableRequest(spec=spec("new", 500, 4)))
                 train(leader, 100)
+            if round_ == 4:  # a table replaced by an import, swapped in whole
+                replacement = spec("new", 500, 4)
+                leader.stub.CreateTable(
+                    pb.CreateTableRequest(spec=replacement, importing=True, replace_existing=True)
+                )
+                rows = numpy_array(np.full((500, 4), 3, np.float32))
+                leader.stub.WriteRows(pb.WriteRowsRequest(table="new", rows=rows))
+                leader.stub.FinishImport(pb.FinishImportRequest(table="new"))
             checkpoint_id, expected = checkpoint(leader, full=round_ == 3)
             train(leader, 1000 + round_)  # the leader goes on; the follower holds the checkpoint
             wait_for_checkpoint(follower, checkpoint_id)
