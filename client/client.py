@@ -385,7 +385,10 @@ class EngramClient:
         so its optimizer starts afresh (step 0, no state), as a module's optimizer does after
         `load_state_dict`. The old table serves on until the new rows are all written, then
         each daemon swaps them in crash-atomically: a failure before that leaves the table as
-        it was (and a replacement staged, which the next `replace_rows` starts over)."""
+        it was (and a replacement staged, which the next `replace_rows` starts over). On
+        shards, a failure between the daemons' swaps leaves some shards replaced and others
+        not, read as they are: run it again to finish. Every shard's rows are written before
+        any daemon swaps, so that window is only each daemon's flush and swap."""
         checked_integer("chunk_rows", chunk_rows, 1, UINT64_MAX)
         spec = self.spec(name)
         packed = np.ascontiguousarray(rows)
