@@ -166,10 +166,13 @@ class Catalog:
         self, steps: dict[str, int], windows: dict[str, dict[str, Any]], fence: int
     ) -> None:
         """One transaction: each table's step, each client's window, and the push token
-        below which every push is recorded here (`pushes_fenced`)."""
+        below which every push is recorded here (`pushes_fenced`). A step is only ever
+        raised: the flush took `steps` before writing rows back, and a step taken meanwhile
+        without a push (a data-parallel step no rank had rows for) may be here already."""
         with self._begin(write=True) as txn:
             for name, step in steps.items():
-                txn.put("steps", name.encode(), str(step).encode())
+                recorded = int(txn.get("steps", name.encode()) or b"0")
+                txn.put("steps", name.encode(), str(max(step, recorded)).encode())
             _put_clients(txn, windows)
             txn.put("meta", b"pushes_fenced", str(fence).encode())
 

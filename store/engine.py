@@ -17,6 +17,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
@@ -46,6 +47,7 @@ from store.errors import (
 from store.gate import Gate
 from store.idempotency import ClientWindows
 from store.lookup_answers import LookupAnswers
+from store.pauses import Pauses
 from store.replication import plan_changes
 from store.requests import (
     BatchOutcome,
@@ -82,6 +84,17 @@ MAX_CHANGES_WAIT_S = 60.0
 # Pages of a table file probed for page-cache residency (a few milliseconds of mincore
 # calls); files of more pages are estimated from that many spread over them.
 RESIDENCY_PROBES = 4096
+
+
+@dataclasses.dataclass(frozen=True)
+class _JournalCut:
+    """Where a flush cut the journal, and what the catalog is to hold for it."""
+
+    tables: list[ServedTable]
+    steps: dict[str, int]
+    windows: dict[str, dict[str, Any]]
+    fence: int
+    segment: int
 
 
 class StoreEngine:
@@ -158,8 +171,14 @@ class StoreEngine:
         # Imports staged to replace the live table of their name (store/replacement.py).
         self._replacements: dict[str, ServedTable] = {}
         self._tables_lock = threading.Lock()
-        # Pushes hold it shared; checkpoints, restores, drops and flushes exclusively.
+        # Pushes hold it shared; checkpoints, restores, drops, and flushes while they cut the
+        # journal, exclusively. Lookups never take it.
         self._gate = Gate()
+        # One flush at a time, and none beside a step that retires or replaces tables: a
+        # flush writes its tables back after it has let pushes go on (see `flush`). Taken
+        # before the gate, never after it.
+        self._durability = threading.Lock()
+        self.pauses = Pauses()
         self.needs_restore = self._unclean_machine_crash()
         if self.follows and (self.needs_restore or self.catalog.get_meta("follow_applying")):
             log.warning("the last catch-up with the leader was cut short: starting afresh")
@@ -406,7 +425,7 @@ class StoreEngine:
         self._writable("tune tables")
         # Exclusive, after a flush: no push in flight, and the catalog's step for the table
         # is the one its rows on disk hold when the new spec is recorded beside it.
-        with self._gate.exclusive():
+        with self._exclusive():
             table = self.table(name)
             if table.spec.read_only or table.spec.dtype in QUANTIZED_DTYPES:
                 raise FailedPreconditionError(f"table {name!r} is not trained: nothing to tune")
@@ -426,7 +445,7 @@ class StoreEngine:
         """Drops table `name` and any replacement staged for it; with
         `unfinished_import_only`, only its unfinished import (never a visible table)."""
         self._writable("drop tables")
-        with self._gate.exclusive():
+        with self._exclusive():
             with self._tables_lock:
                 if unfinished_import_only and self._drop_replacement(name):
                     log.info("dropped the unfinished replacement of table %s", name)
@@ -504,7 +523,7 @@ class StoreEngine:
             raise FailedPreconditionError(f"table {name!r} is not being imported")
         # Hidden, the table takes no pushes: its rows go to disk without holding others up.
         table.native.flush()
-        with self._gate.exclusive():
+        with self._exclusive():
             if self._import(name) is not table:
                 raise FailedPreconditionError(
                     f"the import of table {name!r} was dropped or started over meanwhile"
@@ -688,7 +707,8 @@ class StoreEngine:
 
     def batch(self, pushes: Sequence[Push], lookups: Sequence[Lookup]) -> BatchOutcome:
         """Every push in order, then every lookup (each answered in one chunk). All keys,
-        shapes and dtypes are checked before anything is applied."""
+        shapes and dtypes are checked before anything is applied. A batch without pushes
+        takes no lock a flush or a checkpoint holds, as a lookup does not."""
         shares = [push.sync for push in pushes if push.sync is not None]
         if shares:
             if len(shares) != len(pushes):
@@ -696,27 +716,39 @@ class StoreEngine:
                     "a batch's pushes are all shares of a data-parallel step (sync), or none"
                 )
             return self._batch_of_step_shares(pushes, lookups)
+        if not pushes:
+            with RequestBuffers(self.shared_buffer_dir) as buffers:
+                checked = self._checked_lookups(pushes, lookups, buffers)
+                return BatchOutcome([], self._read_lookups(lookups, checked, buffers))
         outcome = BatchOutcome([], [])
         with RequestBuffers(self.shared_buffer_dir) as buffers, self._gate.shared():
             push_tables = [self._check_push(push) for push in pushes]
             push_keys = [self._keys(p, self.max_lookup_rows, buffers) for p in pushes]
             for table, keys in zip(push_tables, push_keys, strict=True):
                 table.native.check_keys(keys)
-            lookup_tables, lookup_keys, dtypes = self._checked_lookups(pushes, lookups, buffers)
+            checked = self._checked_lookups(pushes, lookups, buffers)
             for table, keys, push in zip(push_tables, push_keys, pushes, strict=True):
                 outcome.pushes.append(self._apply_once(table, keys, push, buffers))
-            for table, keys, lookup, dtype in zip(
-                lookup_tables, lookup_keys, lookups, dtypes, strict=True
-            ):
-                shape = list(lookup.keys.shape)
-                if lookup.out is not None:
-                    answer = self.answers.into_buffer(
-                        table, keys, shape, dtype, lookup.out, buffers
-                    )
-                else:
-                    answer = self.answers.in_message(table, keys, shape, dtype)
-                outcome.lookups.append(answer)
+            outcome.lookups.extend(self._read_lookups(lookups, checked, buffers))
         return outcome
+
+    def _read_lookups(
+        self,
+        lookups: Sequence[Lookup],
+        checked: tuple[list[ServedTable], list[_native.Keys], list[str]],
+        buffers: RequestBuffers,
+    ) -> list[RowChunk]:
+        """A batch's checked lookups answered, each in one chunk."""
+        answers = []
+        for lookup, table, keys, dtype in zip(lookups, *checked, strict=True):
+            shape = list(lookup.keys.shape)
+            if lookup.out is not None:
+                answers.append(
+                    self.answers.into_buffer(table, keys, shape, dtype, lookup.out, buffers)
+                )
+            else:
+                answers.append(self.answers.in_message(table, keys, shape, dtype))
+        return answers
 
     def _checked_lookups(
         self, pushes: Sequence[Push], lookups: Sequence[Lookup], buffers: RequestBuffers
@@ -778,30 +810,63 @@ class StoreEngine:
 
     # durability ------------------------------------------------------------------------
 
+    @contextmanager
+    def _exclusive(self) -> Iterator[None]:
+        """No push in flight and no flush writing back: for steps that flush and then retire,
+        replace or re-step tables."""
+        with self._durability, self._gate.exclusive():
+            yield
+
     def flush(self) -> None:
-        """Makes every table, step and idempotency window durable."""
-        with self._gate.exclusive():
-            self._flush_unlocked()
+        """Makes every table, step and idempotency window durable. Pushes are held off only
+        while the journal is cut: as long as the pushes in flight then take to finish, and
+        independent of how much there is to write. The rows are written back while pushes
+        and lookups go on; lookups never wait for a flush."""
+        with self._durability:
+            started = time.monotonic()
+            with self._gate.exclusive():
+                cut = self._cut_journal()
+            held = time.monotonic() - started
+            self._write_back(cut)
+        self.pauses.record("flushes", held, time.monotonic() - started)
 
     def _flush_unlocked(self) -> None:
-        """With no push in flight: rows to disk, then steps and windows to the catalog with
-        the token below which every push is recorded there, then an empty journal."""
+        """A flush with no push in flight (the caller holds `_exclusive`, or is opening the
+        engine): afterwards the journal is empty."""
+        self._write_back(self._cut_journal())
+
+    def _cut_journal(self) -> _JournalCut:
+        """With no push in flight: every table's step, every window, the token below which
+        every push so far is recorded, and the journal cut there (its records so far in a
+        retired segment, later pushes appending to a new one)."""
         with self._tables_lock:
             tables = list(self._tables.values())
         fence = self.journal.fence_token()
-        for table in tables:
+        steps = {t.name: t.native.step for t in tables}
+        windows = self._clients.snapshot()
+        segment = self.journal.cut()
+        crash_point("flush:journal-cut")
+        return _JournalCut(tables, steps, windows, fence, segment)
+
+    def _write_back(self, cut: _JournalCut) -> None:
+        """Rows to disk (pushes made since the cut may reach it too, which is harmless: their
+        records are in the new segment), then the cut's steps and windows to the catalog
+        with its fence, then the cut segments deleted."""
+        for table in cut.tables:
             table.native.flush()
         crash_point("flush:tables-synced")
-        self.catalog.record_flush(
-            {t.name: t.native.step for t in tables}, self._clients.snapshot(), fence
-        )
+        self.catalog.record_flush(cut.steps, cut.windows, cut.fence)
         self.catalog.sync()
         crash_point("flush:catalog-synced")
-        self.journal.reset()
+        self.journal.retire(cut.segment)
 
     def checkpoint(self, full: bool) -> dict[str, Any]:
+        """Writes a checkpoint of every table. It holds pushes off (never lookups) while it
+        writes the rows changed since the last checkpoint (every row, for a full one) and
+        then flushes: for as long as writing those rows takes."""
         self._writable("write checkpoints")
-        with self._gate.exclusive():
+        started = time.monotonic()
+        with self._exclusive():
             history = self.catalog.checkpoints()
             checkpoint_id = (history[-1]["id"] + 1) if history else 1
             basis = int(self.catalog.get_meta("basis", "0"))
@@ -822,6 +887,8 @@ class StoreEngine:
             for table in tables:
                 table.native.clear_dirty()
             self._flush_unlocked()
+        took = time.monotonic() - started
+        self.pauses.record("checkpoints", took, took)
         with self._checkpoint_published:
             self._checkpoint_published.notify_all()
         log.info(
@@ -839,7 +906,7 @@ class StoreEngine:
         tables created since are dropped. Crash-atomic (see store/restore.py): a failure
         before the commit changes nothing, a crash after it is finished on start-up."""
         self._writable("restore checkpoints")
-        with self._gate.exclusive():
+        with self._exclusive():
             history = self.catalog.checkpoints()
             if not history:
                 raise FailedPreconditionError("there is no checkpoint to restore")
@@ -947,7 +1014,7 @@ class StoreEngine:
         entries = {e["name"]: e for e in manifest["tables"]}
         if [t.name for t in changes.tables] != list(entries):
             raise InvalidArgumentError("the changes do not list the tables of their manifest")
-        with self._gate.exclusive():
+        with self._exclusive():
             self.catalog.put_meta("follow_applying", str(changes.checkpoint))
             self.catalog.sync()
             crash_point("follow:marked")
@@ -1004,7 +1071,7 @@ class StoreEngine:
     def close(self) -> None:
         """Flushes everything and records a clean stop (the next start trusts the rows even
         if the machine goes down in between)."""
-        with self._gate.exclusive():
+        with self._exclusive():
             self._flush_unlocked()
             if not self.needs_restore:
                 self.catalog.delete_meta("running_boot")

@@ -11,6 +11,26 @@ use std::path::Path;
 
 pub const PAGE: u64 = 4096;
 
+/// Writes back the dirty pages of the shared file mapping at `base..base + len` and waits for
+/// them (`msync(MS_SYNC)`). It takes the address alone, not a borrow of the mapping, so that
+/// a caller need not hold the lock that guards the mapping's rows through the writeback:
+/// writes that go on meanwhile are safe, and are written back now or by the next call.
+///
+/// # Safety
+/// `base..base + len` must be a mapping that stays mapped until this returns.
+pub unsafe fn write_back(base: *const u8, len: usize, path: &Path) -> Result<()> {
+    if len == 0 {
+        return Ok(());
+    }
+    // SAFETY: the caller keeps the range mapped; msync only reads the page tables.
+    let rc = unsafe { libc::msync(base as *mut libc::c_void, len, libc::MS_SYNC) };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(Error::io(path, std::io::Error::last_os_error()))
+    }
+}
+
 /// Allocates the blocks of `offset..offset + len` of `file` without changing its contents or
 /// size. Filesystems that cannot reserve (no `fallocate`) are
 /// let through: they allocate on write as before.

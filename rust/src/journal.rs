@@ -9,8 +9,16 @@
 //! (its step and `(client_id, sequence)` are replayed); one whose record is missing is
 //! rolled back from the undo log. Records reach the page cache with one `write` each, which
 //! a crash of the process does not lose (a crash of the machine loses the rows' page cache
-//! too, and the daemon then asks for a restore); a flush that has recorded every step and
-//! window in the catalog empties the journal ([`Journal::reset`]).
+//! too, and the daemon then asks for a restore).
+//!
+//! A flush must not hold pushes off while it writes rows back, so the journal is kept in
+//! segments: the active file `journal.engram`, and segments a flush has cut off,
+//! `journal.engram.retired.<n>`. A flush cuts ([`Journal::cut`]) with no push in flight,
+//! writes the rows back while pushes append to the new active file, records every step and
+//! window in the catalog, and only then deletes the segments it cut ([`Journal::retire`]).
+//! Opening reads the retired segments, oldest first, then the active file; a crash between
+//! the cut and the retirement replays records the catalog also holds, which is harmless
+//! (steps are maxima, windows sets).
 //!
 //! ```text
 //! record: payload length u32 | payload | CRC-32 of the payload u32
@@ -92,6 +100,8 @@ impl JournalRecord {
 struct Appender {
     file: File,
     len: u64,
+    /// The number the next cut gives the segment it retires.
+    next_segment: u64,
 }
 
 pub struct Journal {
@@ -99,6 +109,34 @@ pub struct Journal {
     appender: Mutex<Appender>,
     next_token: AtomicU64,
 }
+
+/// The retired segments beside the journal at `path`, oldest first, with their numbers.
+fn retired_segments(path: &Path) -> Result<Vec<(u64, PathBuf)>> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let prefix = format!("{}{RETIRED_INFIX}", file_name(path));
+    let mut segments = Vec::new();
+    for entry in std::fs::read_dir(dir).map_err(|e| Error::io(dir, e))? {
+        let entry = entry.map_err(|e| Error::io(dir, e))?;
+        let name = entry.file_name();
+        let number = name
+            .to_str()
+            .and_then(|n| n.strip_prefix(&prefix))
+            .and_then(|n| n.parse::<u64>().ok());
+        if let Some(number) = number {
+            segments.push((number, entry.path()));
+        }
+    }
+    segments.sort_unstable();
+    Ok(segments)
+}
+
+fn file_name(path: &Path) -> String {
+    path.file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default()
+}
+
+const RETIRED_INFIX: &str = ".retired.";
 
 impl std::fmt::Debug for Journal {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -119,9 +157,17 @@ impl Journal {
             .truncate(false)
             .open(path)
             .map_err(io)?;
+        let mut records = Vec::new();
+        let retired = retired_segments(path)?;
+        for (_, segment) in &retired {
+            // A segment was whole when it was cut: a bad record in one ends only that one.
+            let bytes = std::fs::read(segment).map_err(|e| Error::io(segment, e))?;
+            records.extend(Self::parse(&bytes).0);
+        }
         let mut bytes = Vec::new();
         file.read_to_end(&mut bytes).map_err(io)?;
-        let (records, good) = Self::parse(&bytes);
+        let (active, good) = Self::parse(&bytes);
+        records.extend(active);
         if good < bytes.len() {
             file.set_len(good as u64).map_err(io)?;
             file.sync_all().map_err(io)?;
@@ -132,6 +178,7 @@ impl Journal {
             appender: Mutex::new(Appender {
                 file,
                 len: good as u64,
+                next_segment: retired.last().map_or(1, |(n, _)| n + 1),
             }),
             next_token: AtomicU64::new(next),
         };
@@ -196,14 +243,64 @@ impl Journal {
         Ok(())
     }
 
-    /// Empties the journal once the catalog holds everything it recorded.
+    /// Empties the journal, retired segments included, once the catalog holds everything it
+    /// recorded (or a restore has made it meaningless).
     pub fn reset(&self) -> Result<()> {
         let mut appender = self.lock();
         let io = |e| Error::io(&self.path, e);
         appender.file.set_len(0).map_err(io)?;
         appender.file.sync_all().map_err(io)?;
         appender.len = 0;
+        let last = appender.next_segment.saturating_sub(1);
+        drop(appender);
+        self.retire(last)
+    }
+
+    /// Cuts the journal: the records so far move to a retired segment, and later appends
+    /// go to a new, empty active file. Returns the segment's number, for
+    /// [`Journal::retire`]. Called with no push in flight, so that the segment holds the
+    /// record of every push whose token is below the flush's fence. On failure the journal
+    /// is as it was.
+    pub fn cut(&self) -> Result<u64> {
+        let mut appender = self.lock();
+        let number = appender.next_segment;
+        let segment = self.segment_path(number);
+        std::fs::rename(&self.path, &segment).map_err(|e| Error::io(&self.path, e))?;
+        let created = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(&self.path);
+        match created {
+            Ok(file) => {
+                appender.file = file;
+                appender.len = 0;
+                appender.next_segment = number + 1;
+                Ok(number)
+            }
+            Err(e) => {
+                // Appends still go to the renamed file's descriptor: give it its name back.
+                let _ = std::fs::rename(&segment, &self.path);
+                Err(Error::io(&self.path, e))
+            }
+        }
+    }
+
+    /// Deletes the retired segments up to number `upto`, once the catalog holds everything
+    /// they recorded.
+    pub fn retire(&self, upto: u64) -> Result<()> {
+        for (number, segment) in retired_segments(&self.path)? {
+            if number <= upto {
+                std::fs::remove_file(&segment).map_err(|e| Error::io(&segment, e))?;
+            }
+        }
         Ok(())
+    }
+
+    fn segment_path(&self, number: u64) -> PathBuf {
+        let mut name = self.path.clone().into_os_string();
+        name.push(format!("{RETIRED_INFIX}{number}"));
+        PathBuf::from(name)
     }
 }
 
@@ -262,6 +359,33 @@ mod tests {
         flipped[one + 10] ^= 1;
         std::fs::write(&path, &flipped).unwrap();
         assert_eq!(Journal::open(&path).unwrap().1, vec![record(1, "client")]);
+    }
+
+    #[test]
+    fn a_cut_journal_reads_back_whole_until_its_segments_are_retired() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("journal");
+        let (journal, _) = Journal::open(&path).unwrap();
+        journal.append(&record(1, "a")).unwrap();
+        let first = journal.cut().unwrap();
+        journal.append(&record(2, "a")).unwrap();
+        let second = journal.cut().unwrap();
+        journal.append(&record(3, "b")).unwrap();
+        assert_eq!((first, second), (1, 2));
+        drop(journal);
+        let (journal, records) = Journal::open(&path).unwrap();
+        let tokens: Vec<u64> = records.iter().map(|r| r.token).collect();
+        assert_eq!(tokens, vec![1, 2, 3], "retired segments first, oldest first");
+        assert_eq!(journal.cut().unwrap(), 3, "numbers continue after reopening");
+        journal.retire(first).unwrap();
+        drop(journal);
+        let (journal, records) = Journal::open(&path).unwrap();
+        assert_eq!(records.iter().map(|r| r.token).collect::<Vec<_>>(), vec![2, 3]);
+        journal.reset().unwrap();
+        drop(journal);
+        assert!(Journal::open(&path).unwrap().1.is_empty());
+        let left: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
+        assert_eq!(left.len(), 1, "reset removes every retired segment");
     }
 
     #[test]

@@ -505,6 +505,16 @@ impl Journal {
     fn reset(&self, py: Python<'_>) -> PyResult<()> {
         detached(py, || self.inner.reset())
     }
+
+    /// Moves the records so far into a retired segment; returns its number.
+    fn cut(&self, py: Python<'_>) -> PyResult<u64> {
+        detached(py, || self.inner.cut())
+    }
+
+    /// Deletes the retired segments numbered up to `upto`.
+    fn retire(&self, py: Python<'_>, upto: u64) -> PyResult<()> {
+        detached(py, || self.inner.retire(upto))
+    }
 }
 
 /// Checks a row pack's checksum; returns `(rows, step, bytes, crc32)`.

@@ -834,11 +834,17 @@ impl Table {
         Ok(())
     }
 
-    /// Makes every stored row durable (msync of the mapping).
+    /// Makes every stored row durable (msync of the mapping). Updates go on meanwhile: the
+    /// lock is held only to read where the mapping lies (it lives as long as the table and
+    /// is never replaced), not through the writeback, which takes as long as the dirty
+    /// pages take to reach the disk.
     pub fn flush(&self) -> Result<()> {
-        self.read_map()
-            .flush()
-            .map_err(|e| Error::io(&self.path, e))?;
+        let (base, len) = {
+            let map = self.read_map();
+            (map.as_ptr(), map.len())
+        };
+        // SAFETY: the mapping lives as long as `self`, which this borrow keeps alive.
+        unsafe { crate::disk::write_back(base, len, &self.path) }?;
         self.sums.as_ref().map_or(Ok(()), BlockSums::flush)
     }
 }
