@@ -115,6 +115,28 @@ class TableStats:
 
 
 @dataclass(frozen=True)
+class DurableStepStats:
+    """How long a daemon's flushes (or checkpoints) held pushes off, and took, in seconds:
+    the longest of any one since it started, and the last."""
+
+    count: int = 0
+    longest_hold_s: float = 0.0
+    longest_total_s: float = 0.0
+    last_hold_s: float = 0.0
+    last_total_s: float = 0.0
+
+    @staticmethod
+    def of(reply: pb.DurableStepStats) -> DurableStepStats:
+        return DurableStepStats(
+            reply.count,
+            reply.longest_hold_s,
+            reply.longest_total_s,
+            reply.last_hold_s,
+            reply.last_total_s,
+        )
+
+
+@dataclass(frozen=True)
 class DaemonStats:
     """One daemon's counters since it started."""
 
@@ -128,6 +150,8 @@ class DaemonStats:
     follows: str = ""
     followed_checkpoint: int = 0
     follow_error: str = ""
+    flushes: DurableStepStats = field(default_factory=DurableStepStats)
+    checkpoints_taken: DurableStepStats = field(default_factory=DurableStepStats)
 
     @staticmethod
     def of(address: str, reply: pb.StatsResponse) -> DaemonStats:
@@ -139,6 +163,8 @@ class DaemonStats:
             follows=reply.follows,
             followed_checkpoint=reply.followed_checkpoint,
             follow_error=reply.follow_error,
+            flushes=DurableStepStats.of(reply.flushes),
+            checkpoints_taken=DurableStepStats.of(reply.checkpoints_taken),
             tables=[
                 TableStats(
                     t.name,

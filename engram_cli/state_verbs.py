@@ -92,6 +92,12 @@ def _stats(args: argparse.Namespace) -> int:
         lines.append(
             f"{daemon.address}: up {daemon.uptime_s:.0f} s, {daemon.checkpoints} checkpoints"
         )
+        for kind, step in (("flushes", daemon.flushes), ("checkpoints", daemon.checkpoints_taken)):
+            if step.count:
+                lines.append(
+                    f"  {step.count} {kind}: pushes held off at most {step.longest_hold_s:.3f} s "
+                    f"(last {step.last_hold_s:.3f} s), longest {step.longest_total_s:.3f} s"
+                )
         lines += [
             f"  {t.name}: {t.lookups} lookups ({t.rows_looked_up} rows), {t.pushes} pushes "
             f"({t.rows_pushed} rows), {t.duplicate_pushes} duplicate pushes"

@@ -14,6 +14,7 @@ import numpy as np
 
 from store._proto.engram.store.v1 import store_pb2 as pb
 from store.errors import InvalidArgumentError
+from store.pauses import Pause
 from store.requests import (
     BatchOutcome,
     Changes,
@@ -305,6 +306,17 @@ def verify_to_proto(result: VerifyResult) -> pb.VerifyResponse:
     )
 
 
+def _durable_step_stats(pause: Pause | None) -> pb.DurableStepStats:
+    pause = pause or Pause()
+    return pb.DurableStepStats(
+        count=pause.count,
+        longest_hold_s=pause.longest_hold_s,
+        longest_total_s=pause.longest_total_s,
+        last_hold_s=pause.last_hold_s,
+        last_total_s=pause.last_total_s,
+    )
+
+
 def stats_to_proto(result: StatsResult) -> pb.StatsResponse:
     return pb.StatsResponse(
         uptime_s=result.uptime_s,
@@ -313,6 +325,8 @@ def stats_to_proto(result: StatsResult) -> pb.StatsResponse:
         follows=result.follow.leader,
         followed_checkpoint=result.follow.checkpoint,
         follow_error=result.follow.error,
+        flushes=_durable_step_stats(result.pauses.get("flushes")),
+        checkpoints_taken=_durable_step_stats(result.pauses.get("checkpoints")),
         tables=[
             pb.TableStats(
                 name=t.name,

@@ -959,6 +959,7 @@ class StoreEngine:
             tables=[t.counters.snapshot(t.name) for t in tables],
             store_id=self.store_id,
             follow=self.follow_status(),
+            pauses=self.pauses.snapshot(),
         )
 
     # replication -----------------------------------------------------------------------

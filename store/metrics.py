@@ -187,6 +187,21 @@ class EngineCollector(Collector):
             self.engine.pending_step_bytes(),
         )
         yield _gauge("engram_uptime_seconds", "Seconds since the daemon started", stats.uptime_s)
+        for kind, pause in stats.pauses.items():
+            name = {"flushes": "flushes", "checkpoints": "checkpoints_taken"}[kind]
+            yield _gauge(
+                f"engram_{name}", f"{kind.capitalize()} since the daemon started", pause.count
+            )
+            yield _gauge(
+                f"engram_{name}_longest_hold_seconds",
+                f"The longest that one of the {kind} held pushes off (lookups wait for none)",
+                pause.longest_hold_s,
+            )
+            yield _gauge(
+                f"engram_{name}_longest_seconds",
+                f"The longest that one of the {kind} took in all",
+                pause.longest_total_s,
+            )
         if stats.follow.leader:
             yield _gauge(
                 "engram_followed_checkpoint",

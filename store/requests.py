@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from store import _native
+from store.pauses import Pause
 from store.spec import SyncStep, TableSpec
 
 
@@ -189,6 +190,8 @@ class StatsResult:
     tables: list[TableCountersSnapshot]
     store_id: str = ""
     follow: FollowStatus = field(default_factory=FollowStatus)
+    # How long flushes and checkpoints held pushes off (store/pauses.py), by kind.
+    pauses: dict[str, Pause] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

@@ -56,13 +56,12 @@ def daemon_thread(data_dir: Path, **overrides: object) -> Iterator[Daemon]:
     """A daemon serving in a background thread; stopped gracefully on exit."""
     port_file = data_dir.parent / f"{data_dir.name}.port"
     port_file.unlink(missing_ok=True)
+    settings: dict[str, object] = {"flush_interval_s": 0, "grace_s": 5, **overrides}
     config = ServeConfig(
         data_dir=str(data_dir),
         port=0,
         port_file=str(port_file),
-        flush_interval_s=0,
-        grace_s=5,
-        **overrides,  # type: ignore[arg-type]
+        **settings,  # type: ignore[arg-type]
     )
     stop = threading.Event()
     errors: list[BaseException] = []

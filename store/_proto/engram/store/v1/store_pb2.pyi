@@ -438,7 +438,7 @@ class TableStats(_message.Message):
     def __init__(self, name: _Optional[str] = ..., lookups: _Optional[int] = ..., rows_looked_up: _Optional[int] = ..., pushes: _Optional[int] = ..., rows_pushed: _Optional[int] = ..., duplicate_pushes: _Optional[int] = ...) -> None: ...
 
 class StatsResponse(_message.Message):
-    __slots__ = ("uptime_s", "tables", "checkpoints", "store_id", "follows", "followed_checkpoint", "follow_error")
+    __slots__ = ("uptime_s", "tables", "checkpoints", "store_id", "follows", "followed_checkpoint", "follow_error", "flushes", "checkpoints_taken")
     UPTIME_S_FIELD_NUMBER: _ClassVar[int]
     TABLES_FIELD_NUMBER: _ClassVar[int]
     CHECKPOINTS_FIELD_NUMBER: _ClassVar[int]
@@ -446,6 +446,8 @@ class StatsResponse(_message.Message):
     FOLLOWS_FIELD_NUMBER: _ClassVar[int]
     FOLLOWED_CHECKPOINT_FIELD_NUMBER: _ClassVar[int]
     FOLLOW_ERROR_FIELD_NUMBER: _ClassVar[int]
+    FLUSHES_FIELD_NUMBER: _ClassVar[int]
+    CHECKPOINTS_TAKEN_FIELD_NUMBER: _ClassVar[int]
     uptime_s: float
     tables: _containers.RepeatedCompositeFieldContainer[TableStats]
     checkpoints: int
@@ -453,7 +455,23 @@ class StatsResponse(_message.Message):
     follows: str
     followed_checkpoint: int
     follow_error: str
-    def __init__(self, uptime_s: _Optional[float] = ..., tables: _Optional[_Iterable[_Union[TableStats, _Mapping]]] = ..., checkpoints: _Optional[int] = ..., store_id: _Optional[str] = ..., follows: _Optional[str] = ..., followed_checkpoint: _Optional[int] = ..., follow_error: _Optional[str] = ...) -> None: ...
+    flushes: DurableStepStats
+    checkpoints_taken: DurableStepStats
+    def __init__(self, uptime_s: _Optional[float] = ..., tables: _Optional[_Iterable[_Union[TableStats, _Mapping]]] = ..., checkpoints: _Optional[int] = ..., store_id: _Optional[str] = ..., follows: _Optional[str] = ..., followed_checkpoint: _Optional[int] = ..., follow_error: _Optional[str] = ..., flushes: _Optional[_Union[DurableStepStats, _Mapping]] = ..., checkpoints_taken: _Optional[_Union[DurableStepStats, _Mapping]] = ...) -> None: ...
+
+class DurableStepStats(_message.Message):
+    __slots__ = ("count", "longest_hold_s", "longest_total_s", "last_hold_s", "last_total_s")
+    COUNT_FIELD_NUMBER: _ClassVar[int]
+    LONGEST_HOLD_S_FIELD_NUMBER: _ClassVar[int]
+    LONGEST_TOTAL_S_FIELD_NUMBER: _ClassVar[int]
+    LAST_HOLD_S_FIELD_NUMBER: _ClassVar[int]
+    LAST_TOTAL_S_FIELD_NUMBER: _ClassVar[int]
+    count: int
+    longest_hold_s: float
+    longest_total_s: float
+    last_hold_s: float
+    last_total_s: float
+    def __init__(self, count: _Optional[int] = ..., longest_hold_s: _Optional[float] = ..., longest_total_s: _Optional[float] = ..., last_hold_s: _Optional[float] = ..., last_total_s: _Optional[float] = ...) -> None: ...
 
 class ChangedRowsRequest(_message.Message):
     __slots__ = ("since_checkpoint", "store_id", "wait_ms")
