@@ -157,7 +157,8 @@ BENCHMARKS = [
     ),
     Benchmark(
         "load",
-        "8 clients mixing lookups and pushes, checkpoints taken meanwhile, against 1 client",
+        "8 clients mixing lookups and pushes, checkpoints taken meanwhile, against 1 client;"
+        " p99 with periodic flushes against without",
         {
             "tiny": [
                 "--rows",
@@ -170,6 +171,8 @@ BENCHMARKS = [
                 "1024",
                 "--push-keys",
                 "256",
+                "--flush-every",
+                "0.5",
             ],
             "quick": ["--rows", "200000", "--seconds", "6", "--checkpoint-every", "3"],
             "default": [],

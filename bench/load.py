@@ -12,9 +12,14 @@ daemon's memory). Every `--checkpoint-every` seconds the driver takes a checkpoi
   Python, gRPC; the tables' mapped pages are page cache the kernel reclaims) against a
   stated bound: its idle footprint plus, for every request that can be in flight at once,
   `BUFFER_COPIES` copies of the largest request's bytes, plus `SLACK_BYTES`.
+Then what a periodic flush costs: the same 8 clients without checkpoints, on the daemon
+restarted with a flush every `--flush-every` seconds, against the same load with no flush:
+push and lookup p99 with flushes against without them, and the longest time a flush held
+pushes off (the daemon's own figure) against the bound README states (100 ms plus the
+slowest push of the load without flushes).
 A failed request, a push acknowledged but not applied exactly once (the daemon's count
-against the clients'), or memory over the bound fails the benchmark (exit code 1). Prints one
-JSON line.
+against the clients'), memory over the bound, or a flush holding pushes off for longer than
+its bound fails the benchmark (exit code 1). Prints one JSON line.
 """
 
 from __future__ import annotations
@@ -43,6 +48,8 @@ CLIENTS = 8
 # allocator may keep on top (per-thread arenas of gRPC's worker threads).
 BUFFER_COPIES = 4
 SLACK_BYTES = 256 << 20
+# README's bound on a flush's hold on pushes, beside the pushes already in flight.
+FLUSH_HOLD_BOUND_S = 0.1
 
 
 def client_loop(
@@ -119,7 +126,11 @@ class MemoryWatch:
 
 
 def run_phase(
-    address: str, args: argparse.Namespace, clients: int, admin: EngramClient
+    address: str,
+    args: argparse.Namespace,
+    clients: int,
+    admin: EngramClient,
+    checkpoints_taken: bool = True,
 ) -> dict[str, Any]:
     """`clients` processes under load at once, checkpoints taken meanwhile; their latencies,
     failures, request count and wall seconds."""
@@ -129,9 +140,10 @@ def run_phase(
     began = time.perf_counter()
     checkpoints = 0
     while time.perf_counter() - began < args.seconds:
-        wait = args.checkpoint_every or args.seconds
+        every = args.checkpoint_every if checkpoints_taken else 0
+        wait = every or args.seconds
         time.sleep(max(0.0, min(wait, args.seconds - (time.perf_counter() - began))))
-        if args.checkpoint_every and time.perf_counter() - began < args.seconds:
+        if every and time.perf_counter() - began < args.seconds:
             admin.checkpoint()
             checkpoints += 1
     gathered, gathered_at = gather_processes(
@@ -166,6 +178,9 @@ def main() -> None:
     parser.add_argument("--lookups-per-push", type=int, default=3)
     parser.add_argument("--seconds", type=float, default=20.0, help="length of each phase")
     parser.add_argument("--checkpoint-every", type=float, default=5.0, help="0: none")
+    parser.add_argument(
+        "--flush-every", type=float, default=2.0, help="seconds between flushes, flush phase"
+    )
     parser.add_argument("--png")
     args = parser.parse_args()
 
@@ -173,7 +188,9 @@ def main() -> None:
     largest_request = max(args.lookup_keys, args.push_keys) * (args.dim * 4 + 8)
     with (
         tempfile.TemporaryDirectory(dir=os.environ.get("ENGRAM_BENCH_DIR")) as tmp,
-        LocalDaemon(os.path.join(tmp, "store"), log_level="WARNING") as daemon,
+        LocalDaemon(
+            os.path.join(tmp, "store"), "--flush-interval", "0", log_level="WARNING"
+        ) as daemon,
         EngramClient(daemon.address) as admin,
     ):
         assert daemon.process is not None
@@ -190,10 +207,30 @@ def main() -> None:
         one = run_phase(daemon.address, args, 1, admin)
         with watch:
             many = run_phase(daemon.address, args, CLIENTS, admin)
+        quiet = run_phase(daemon.address, args, CLIENTS, admin, checkpoints_taken=False)
         applied = admin.stats()[0].tables[0].pushes
-    acknowledged = len(first_pushes) + sum(len(p["latencies"]["push"]) for p in (one, many))
+        admin.close()
+        daemon.stop()
+        with (
+            LocalDaemon(
+                os.path.join(tmp, "store"),
+                "--flush-interval",
+                str(args.flush_every),
+                log_level="WARNING",
+            ) as flushing_daemon,
+            EngramClient(flushing_daemon.address) as flushing_admin,
+        ):
+            flushing = run_phase(
+                flushing_daemon.address, args, CLIENTS, flushing_admin, checkpoints_taken=False
+            )
+            after = flushing_admin.stats()[0]
+            applied += after.tables[0].pushes
+            flushes = after.flushes
+    phases = (one, many, quiet, flushing)
+    acknowledged = len(first_pushes) + sum(len(p["latencies"]["push"]) for p in phases)
+    hold_bound = FLUSH_HOLD_BOUND_S + float(max(quiet["latencies"]["push"], default=0.0))
 
-    failures = one["failures"] + many["failures"]
+    failures = [failure for phase in phases for failure in phase["failures"]]
     results: list[dict[str, Any]] = []
     one_rate = one["requests"] / one["seconds"]
     many_rate = many["requests"] / many["seconds"]
@@ -212,6 +249,28 @@ def main() -> None:
                     higher_is_better=False,
                 )
             )
+    for kind in ("lookup", "push"):
+        results.append(
+            compared(
+                f"{kind} p99 with a flush every {args.flush_every:g} s, {CLIENTS} clients",
+                percentile_ms(flushing["latencies"][kind], 99),
+                "ms",
+                "no flush",
+                percentile_ms(quiet["latencies"][kind], 99),
+                higher_is_better=False,
+            )
+        )
+    results.append(
+        compared(
+            "longest push hold-off by a flush",
+            flushes.longest_hold_s * 1e3,
+            "ms",
+            "stated bound",
+            hold_bound * 1e3,
+            target=1.0,
+            higher_is_better=False,
+        )
+    )
     results.append(
         compared(
             f"daemon peak anonymous memory, {CLIENTS} clients",
@@ -242,6 +301,9 @@ def main() -> None:
             "peak_anonymous_mib": watch.peak_anon / 2**20,
             "peak_file_backed_mib": watch.peak_file / 2**20,
             "memory_bound_mib": bound / 2**20,
+            "flushes": flushes.count,
+            "longest_flush_s": flushes.longest_total_s,
+            "longest_flush_hold_s": flushes.longest_hold_s,
             "results": results,
         },
         args.png,
@@ -250,6 +312,11 @@ def main() -> None:
         raise SystemExit(f"{len(failures)} requests failed under load, first: {failures[0]}")
     if applied != acknowledged:
         raise SystemExit(f"{acknowledged} pushes were acknowledged but {applied} applied")
+    if flushes.longest_hold_s > hold_bound:
+        raise SystemExit(
+            f"a flush held pushes off for {flushes.longest_hold_s:.3f} s, over the stated "
+            f"bound of {hold_bound:.3f} s"
+        )
     if watch.peak_anon > bound:
         raise SystemExit(
             f"the daemon's anonymous memory peaked at {watch.peak_anon >> 20} MiB, over the "
