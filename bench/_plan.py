@@ -180,6 +180,16 @@ BENCHMARKS = [
         },
     ),
     Benchmark(
+        "restore_scale",
+        "Restoring many tables: seconds per table at 3,000 tables against at 100",
+        {
+            "tiny": ["--tables", "300", "--base-tables", "30"],
+            "quick": ["--tables", "1000"],
+            "default": [],
+            "full": [],
+        },
+    ),
+    Benchmark(
         "beyond_ram",
         "A table of 1.5x RAM served: cold, warm and with a hot-row cache against in RAM",
         {"tiny": ["--rows", "50000", "--steps", "5"], "full": []},

@@ -165,21 +165,46 @@ def spec_of(entry: dict[str, Any]) -> TableSpec:
     return table_spec_of_bytes(base64.b64decode(entry["spec"]))
 
 
-def restore_table(data_dir: str, target: dict[str, Any], name: str, directory: str) -> ServedTable:
-    """Rebuilds table `name` of checkpoint `target` in the new `directory` by applying its
+class ManifestChain:
+    """The manifests that restoring checkpoint `target` reads: each read and indexed by table
+    name once, however many tables are restored from it (a restore of thousands of tables
+    would otherwise read the parent's manifest once per table)."""
+
+    def __init__(self, data_dir: str, target: dict[str, Any]) -> None:
+        self.data_dir = data_dir
+        self.target = target
+        self._manifests: dict[int, dict[str, Any]] = {target["id"]: target}
+        self._entries: dict[int, dict[str, dict[str, Any]]] = {}
+
+    def _entry(self, checkpoint_id: int, name: str) -> tuple[dict[str, Any], dict[str, Any]]:
+        if checkpoint_id not in self._manifests:
+            self._manifests[checkpoint_id] = read_manifest(self.data_dir, checkpoint_id)
+        manifest = self._manifests[checkpoint_id]
+        if checkpoint_id not in self._entries:
+            self._entries[checkpoint_id] = {t["name"]: t for t in manifest["tables"]}
+        return manifest, self._entries[checkpoint_id][name]
+
+    def packs(self, name: str) -> list[tuple[int, dict[str, Any]]]:
+        """Table `name`'s packs, (checkpoint id, manifest entry), newest first, back to its
+        last full pack."""
+        chain = []
+        checkpoint_id = self.target["id"]
+        while True:
+            manifest, entry = self._entry(checkpoint_id, name)
+            chain.append((checkpoint_id, entry))
+            if entry["full"]:
+                return chain
+            checkpoint_id = manifest["parent"]
+
+
+def restore_table(chain: ManifestChain, name: str, directory: str) -> ServedTable:
+    """Rebuilds table `name` of the chain's checkpoint in the new `directory` by applying its
     chain of packs, each checked against the size and CRC-32 its manifest recorded."""
-    chain: list[tuple[int, dict[str, Any]]] = []
-    manifest: dict[str, Any] | None = target
-    while manifest is not None:
-        entry = next(t for t in manifest["tables"] if t["name"] == name)
-        chain.append((manifest["id"], entry))
-        if entry["full"]:
-            break
-        manifest = read_manifest(data_dir, manifest["parent"])
-    final = chain[0][1]
+    packs = chain.packs(name)
+    final = packs[0][1]
     table = ServedTable.create(directory, spec_of(final), final["incarnation"])
-    for checkpoint_id, entry in reversed(chain):
-        path = os.path.join(checkpoints_dir(data_dir), str(checkpoint_id), entry["file"])
+    for checkpoint_id, entry in reversed(packs):
+        path = os.path.join(checkpoints_dir(chain.data_dir), str(checkpoint_id), entry["file"])
         apply_checked_pack(
             table, path, entry["rows"], entry["step"], entry["bytes"], entry["crc32"]
         )

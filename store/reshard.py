@@ -24,7 +24,7 @@ import tempfile
 import uuid
 from dataclasses import dataclass
 
-from store.checkpoints import published_ids, read_manifest, restore_table
+from store.checkpoints import ManifestChain, published_ids, read_manifest, restore_table
 from store.data_dir import fsync_dir
 from store.engine import StoreEngine
 from store.errors import FailedPreconditionError, InvalidArgumentError, NotFoundError
@@ -145,9 +145,10 @@ def _rebuilt_shards(
             raise FailedPreconditionError(f"{source} holds other tables than {sources[0]}")
         names = {e["name"] for e in entries}
         os.makedirs(os.path.join(work, str(index)))
+        chain = ManifestChain(source, manifest)
         for entry in entries:
             directory = os.path.join(work, str(index), entry["name"])
-            table = restore_table(source, manifest, entry["name"], directory)
+            table = restore_table(chain, entry["name"], directory)
             shards.setdefault(entry["name"], []).append((table, entry["step"]))
     return shards
 

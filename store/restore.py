@@ -23,7 +23,7 @@ from typing import Any
 
 from store import _native
 from store.catalog import Catalog
-from store.checkpoints import read_manifest, restore_table, spec_of
+from store.checkpoints import ManifestChain, read_manifest, restore_table, spec_of
 from store.crash_points import crash_point
 from store.data_dir import (
     RESTORE_INTENT,
@@ -40,10 +40,11 @@ def stage(data_dir: str, target: dict[str, Any]) -> None:
     staging = os.path.join(data_dir, RESTORE_STAGING)
     shutil.rmtree(staging, ignore_errors=True)
     os.makedirs(staging)
+    chain = ManifestChain(data_dir, target)
     try:
         for entry in target["tables"]:
             directory = os.path.join(staging, entry["name"])
-            restore_table(data_dir, target, entry["name"], directory)
+            restore_table(chain, entry["name"], directory)
             fsync_dir(directory)
         fsync_dir(staging)
         fsync_dir(data_dir)

@@ -25,7 +25,7 @@ from store import _native
 from store._proto.engram.store.v1 import store_pb2 as pb
 from store._proto.engram.store.v1 import store_pb2_grpc as pb_grpc
 from store.catalog import Catalog
-from store.checkpoints import read_manifest, restore_table
+from store.checkpoints import ManifestChain, read_manifest, restore_table
 from store.crash_points import ENV, POINTS
 
 ROWS, DIM = 50_000, 16
@@ -100,7 +100,7 @@ def test_a_first_write_undone_after_a_crash_is_not_in_the_next_checkpoint(tmp_pa
         latest = d.stub.Checkpoint(pb.CheckpointRequest()).id
         live = d.stub.DescribeTable(pb.DescribeTableRequest(name="t")).written_rows
     manifest = read_manifest(str(data), latest)
-    restored = restore_table(str(data), manifest, "t", str(tmp_path / "restored"))
+    restored = restore_table(ManifestChain(str(data), manifest), "t", str(tmp_path / "restored"))
     assert live == 2
     assert restored.native.written_count() == live
 

@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
+from functools import partial
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -291,8 +292,8 @@ def mixed_load(address: str, seconds: float) -> dict[str, Any]:
                     picked = rng.integers(0, LOAD_ROWS, LOAD_KEYS, dtype=np.uint64)
                     grads = rng.standard_normal((LOAD_KEYS, LOAD_DIM), np.float32) * 1e-3
                     for kind, call in (
-                        ("push", lambda: client.push(table, picked, grads)),
-                        ("lookup", lambda: client.lookup(table, picked[:1024])),
+                        ("push", partial(client.push, table, picked, grads)),
+                        ("lookup", partial(client.lookup, table, picked[:1024])),
                     ):
                         began = time.perf_counter()
                         try:

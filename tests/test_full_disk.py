@@ -17,7 +17,13 @@ from daemon import Daemon, daemon_process, serve_command
 from store_helpers import keys, push, rows_of, spec
 
 from store._proto.engram.store.v1 import store_pb2 as pb
-from store.checkpoints import checkpoints_dir, published_ids, read_manifest, restore_table
+from store.checkpoints import (
+    ManifestChain,
+    checkpoints_dir,
+    published_ids,
+    read_manifest,
+    restore_table,
+)
 
 ROWS, DIM = 1_000_000, 64  # 256 MB of rows, on a 24 MB disk: only the written ones fit
 OVERCOMMIT = "--overcommit-disk"  # without it, such a table is refused at creation
@@ -136,7 +142,7 @@ def test_a_checkpoint_that_does_not_fit_fails_cleanly_and_the_next_holds_everyth
         second = d.stub.Checkpoint(pb.CheckpointRequest()).id
     manifest = read_manifest(str(data), second)
     assert manifest["tables"][0]["rows"] == 8192, "the rows the failed one missed"
-    table = restore_table(str(data), manifest, "t", str(tmp_path / "restored"))
+    table = restore_table(ManifestChain(str(data), manifest), "t", str(tmp_path / "restored"))
     got = np.frombuffer(table.native.lookup(batch, "float32"), np.float32).reshape(-1, DIM)
     np.testing.assert_array_equal(got, latest)
 

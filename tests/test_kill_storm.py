@@ -20,7 +20,14 @@ from store_helpers import push, spec
 
 from store._proto.engram.store.v1 import store_pb2 as pb
 from store._proto.engram.store.v1 import store_pb2_grpc as pb_grpc
-from store.checkpoints import checkpoints_dir, published_ids, read_manifest, restore_table, spec_of
+from store.checkpoints import (
+    ManifestChain,
+    checkpoints_dir,
+    published_ids,
+    read_manifest,
+    restore_table,
+    spec_of,
+)
 from store.idempotency import WINDOW
 from store.served_table import ServedTable
 
@@ -75,7 +82,7 @@ def check_checkpoint(data: Path, checkpoint_id: int, scratch: Path) -> set[Push]
         name = entry["name"]
         work = scratch / f"{checkpoint_id}-{name}"
         work.mkdir(parents=True)
-        restored = restore_table(str(data), manifest, name, str(work / "restored"))
+        restored = restore_table(ManifestChain(str(data), manifest), name, str(work / "restored"))
         replayed = ServedTable.create(str(work / "replayed"), spec_of(entry), "replay")
         mine = [p for p in held if table_of(p[1]) == name]
         counts = np.zeros(ROWS, np.int64)

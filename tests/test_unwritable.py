@@ -22,7 +22,13 @@ from daemon import Daemon, daemon_process, serve_command
 from store_helpers import keys, push, rows_of, spec
 
 from store._proto.engram.store.v1 import store_pb2 as pb
-from store.checkpoints import checkpoints_dir, published_ids, read_manifest, restore_table
+from store.checkpoints import (
+    ManifestChain,
+    checkpoints_dir,
+    published_ids,
+    read_manifest,
+    restore_table,
+)
 
 EXIT_STARTUP_FAILURE = 4
 
@@ -94,7 +100,9 @@ def test_an_unwritable_data_directory_refuses_new_files_and_serves_on(
         d.stub.Restore(pb.RestoreRequest(id=second))
         np.testing.assert_array_equal(rows(d), now)
         assert d.stub.DescribeTable(pb.DescribeTableRequest(name="t")).step == 3
-    restored = restore_table(str(data), read_manifest(str(data), first), "t", str(tmp_path / "r"))
+    restored = restore_table(
+        ManifestChain(str(data), read_manifest(str(data), first)), "t", str(tmp_path / "r")
+    )
     assert restored.native.step == 1, "the first checkpoint is as it was"
 
 
