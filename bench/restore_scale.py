@@ -24,15 +24,19 @@ from store.spec import TableSpec
 
 
 def seconds_per_table(directory: str, tables: int) -> float:
-    engine = StoreEngine(directory)
+    engine = StoreEngine(directory, max_tables=tables)
     try:
         grad = Packed("float32", (1, 4), np.ones((1, 4), np.float32).tobytes())
         for i in range(tables):
             engine.create_table(TableSpec(f"t{i}", 16, 4))
-            engine.push(Push(f"t{i}", Packed("uint64", (1,), np.uint64([1]).tobytes()), grad))
+            engine.push(
+                Push(f"t{i}", Packed("uint64", (1,), np.array([1], np.uint64).tobytes()), grad)
+            )
         engine.checkpoint(full=True)
         for i in range(0, tables, 3):
-            engine.push(Push(f"t{i}", Packed("uint64", (1,), np.uint64([2]).tobytes()), grad))
+            engine.push(
+                Push(f"t{i}", Packed("uint64", (1,), np.array([2], np.uint64).tobytes()), grad)
+            )
         engine.checkpoint(full=False)
         began = time.perf_counter()
         engine.restore(0)

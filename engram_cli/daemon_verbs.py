@@ -159,6 +159,21 @@ def register(verbs: Verbs) -> None:
         help="largest gRPC message accepted or sent, in bytes",
     )
     serve.add_argument(
+        "--max-answer-bytes",
+        metavar="BYTES",
+        type=int,
+        default=ServeConfig.max_answer_bytes,
+        help="bytes all lookup answers in flight hold together; a lookup waits for room "
+        "(the daemon's memory for answers stays under it however many clients ask)",
+    )
+    serve.add_argument(
+        "--max-chunk-bytes",
+        metavar="BYTES",
+        type=int,
+        default=ServeConfig.max_chunk_bytes,
+        help="most bytes of rows one streamed lookup chunk carries, whatever a client asks",
+    )
+    serve.add_argument(
         "--max-lookup-rows",
         metavar="N",
         type=int,

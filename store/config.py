@@ -41,6 +41,10 @@ class ServeConfig:
     max_concurrent_requests: int = 1024
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
     max_lookup_rows: int = 1 << 26
+    # Bytes all lookup answers in flight hold together (store/answer_budget.py), and the
+    # most one streamed chunk carries, whatever a client asks.
+    max_answer_bytes: int = 256 << 20
+    max_chunk_bytes: int = 4 << 20
     # Gradients that step-synchronous pushes may hold while their steps wait for ranks.
     max_pending_step_bytes: int = 1 << 30
     # Tables this daemon creates at most: each holds files open (FILES_PER_TABLE in
@@ -99,6 +103,8 @@ class ServeConfig:
             "max_lookup_rows",
             "max_pending_step_bytes",
             "max_tables",
+            "max_answer_bytes",
+            "max_chunk_bytes",
         ):
             _check_int(name, getattr(self, name), 1, None)
         _check_int("threads", self.threads, 0, None)

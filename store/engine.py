@@ -24,6 +24,7 @@ import numpy as np
 import numpy.typing as npt
 
 from store import _native, replacement, restore
+from store.answer_budget import DEFAULT_MAX_ANSWER_BYTES, AnswerBudget
 from store.catalog import Catalog
 from store.checkpoints import (
     apply_checked_pack,
@@ -46,7 +47,7 @@ from store.errors import (
 )
 from store.gate import Gate
 from store.idempotency import ClientWindows
-from store.lookup_answers import LookupAnswers
+from store.lookup_answers import DEFAULT_MAX_CHUNK_BYTES, LookupAnswers
 from store.pauses import Pauses
 from store.replication import plan_changes
 from store.requests import (
@@ -72,6 +73,7 @@ from store.spec import (
     FLOAT_DTYPES,
     QUANTIZED_DTYPES,
     TableSpec,
+    row_bytes,
     row_width,
 )
 from store.step_sync import StepBarrier, StepShare, gradient_arrays
@@ -110,6 +112,8 @@ class StoreEngine:
         follows: str = "",
         overcommit_disk: bool = False,
         max_tables: int = 1024,
+        max_answer_bytes: int = DEFAULT_MAX_ANSWER_BYTES,
+        max_chunk_bytes: int = DEFAULT_MAX_CHUNK_BYTES,
     ) -> None:
         """Opens (or creates) the data directory and recovers from a crash of the daemon:
         a committed restore is finished, a push cut short is undone, and the steps and
@@ -123,7 +127,9 @@ class StoreEngine:
         self.data_dir = os.path.abspath(data_dir)
         self.max_lookup_rows = max_lookup_rows
         self.max_tables = max_tables
-        self.answers = LookupAnswers(max_lookup_rows, max_message_bytes)
+        self.answers = LookupAnswers(
+            max_lookup_rows, max_message_bytes, max_chunk_bytes, AnswerBudget(max_answer_bytes)
+        )
         self.shared_buffer_dir = shared_buffer_dir
         self.follows = follows
         self.overcommit_disk = overcommit_disk
@@ -719,8 +725,8 @@ class StoreEngine:
         if not pushes:
             with RequestBuffers(self.shared_buffer_dir) as buffers:
                 checked = self._checked_lookups(pushes, lookups, buffers)
-                return BatchOutcome([], self._read_lookups(lookups, checked, buffers))
-        outcome = BatchOutcome([], [])
+                return BatchOutcome([], *self._read_lookups(lookups, checked, buffers))
+        applied = []
         with RequestBuffers(self.shared_buffer_dir) as buffers, self._gate.shared():
             push_tables = [self._check_push(push) for push in pushes]
             push_keys = [self._keys(p, self.max_lookup_rows, buffers) for p in pushes]
@@ -728,27 +734,38 @@ class StoreEngine:
                 table.native.check_keys(keys)
             checked = self._checked_lookups(pushes, lookups, buffers)
             for table, keys, push in zip(push_tables, push_keys, pushes, strict=True):
-                outcome.pushes.append(self._apply_once(table, keys, push, buffers))
-            outcome.lookups.extend(self._read_lookups(lookups, checked, buffers))
-        return outcome
+                applied.append(self._apply_once(table, keys, push, buffers))
+            return BatchOutcome(applied, *self._read_lookups(lookups, checked, buffers))
 
     def _read_lookups(
         self,
         lookups: Sequence[Lookup],
         checked: tuple[list[ServedTable], list[_native.Keys], list[str]],
         buffers: RequestBuffers,
-    ) -> list[RowChunk]:
-        """A batch's checked lookups answered, each in one chunk."""
+    ) -> tuple[list[RowChunk], int]:
+        """A batch's checked lookups answered, each in one chunk, and the bytes of the answer
+        budget that the rows answered in the message took first."""
+        in_message = sum(
+            len(keys) * row_bytes(dtype, table.spec.dim)
+            for lookup, table, keys, dtype in zip(lookups, *checked, strict=True)
+            if lookup.out is None
+        )
+        held = self.answers.budget.take(in_message) if in_message else 0
         answers = []
-        for lookup, table, keys, dtype in zip(lookups, *checked, strict=True):
-            shape = list(lookup.keys.shape)
-            if lookup.out is not None:
-                answers.append(
-                    self.answers.into_buffer(table, keys, shape, dtype, lookup.out, buffers)
-                )
-            else:
-                answers.append(self.answers.in_message(table, keys, shape, dtype))
-        return answers
+        try:
+            for lookup, table, keys, dtype in zip(lookups, *checked, strict=True):
+                shape = list(lookup.keys.shape)
+                if lookup.out is not None:
+                    answer = self.answers.into_buffer(
+                        table, keys, shape, dtype, lookup.out, buffers
+                    )
+                else:
+                    answer = self.answers.in_message(table, keys, shape, dtype)
+                answers.append(answer)
+        except BaseException:
+            self.answers.budget.give_back(held)
+            raise
+        return answers, held
 
     def _checked_lookups(
         self, pushes: Sequence[Push], lookups: Sequence[Lookup], buffers: RequestBuffers
@@ -774,8 +791,9 @@ class StoreEngine:
         with RequestBuffers(self.shared_buffer_dir) as buffers, self._gate.shared():
             shares = [self._step_share(push, buffers) for push in pushes]
             self._checked_lookups(pushes, lookups, buffers)
-        outcomes = [self._join_step(share) for share in shares]
-        return BatchOutcome(outcomes, self.batch([], lookups).lookups if lookups else [])
+        joined = [self._join_step(share) for share in shares]
+        outcome = self.batch([], lookups) if lookups else BatchOutcome([], [])
+        return BatchOutcome(joined, outcome.lookups, outcome.held_bytes)
 
     def _apply(
         self, table: ServedTable, keys: _native.Keys, request: Push, buffers: RequestBuffers

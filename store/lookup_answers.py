@@ -7,9 +7,10 @@ written or sent."""
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from store import _native
+from store.answer_budget import AnswerBudget
 from store.errors import InvalidArgumentError, ResourceExhaustedError
 from store.requests import Lookup, Packed, PendingRows, Push, RowChunk, SharedRange, TokenLookup
 from store.served_table import ServedTable
@@ -23,7 +24,10 @@ from store.spec import (
     row_width,
 )
 
+# A streamed chunk's rows when the client names no size, and the most the server sends in
+# one chunk whatever the client asks: a few MiB, so that a stream holds that much at a time.
 DEFAULT_CHUNK_BYTES = 1 << 20
+DEFAULT_MAX_CHUNK_BYTES = 4 << 20
 # Room a reply keeps beside its rows for its framing and its other fields.
 REPLY_HEADROOM_BYTES = 1 << 16
 
@@ -35,6 +39,8 @@ class LookupAnswers:
 
     max_lookup_rows: int
     max_message_bytes: int
+    max_chunk_bytes: int = DEFAULT_MAX_CHUNK_BYTES
+    budget: AnswerBudget = field(default_factory=AnswerBudget)
 
     @property
     def rows_room(self) -> int:
@@ -170,21 +176,33 @@ class LookupAnswers:
                 f"a row of table {table.name!r} takes {size} bytes as {dtype}, more than one "
                 "message carries: read it through a shared buffer"
             )
-        chunk = min(rows_per_chunk or max(1, DEFAULT_CHUNK_BYTES // size), fits)
+        # The client may ask for smaller chunks, never for larger ones than the server's.
+        largest = max(1, self.max_chunk_bytes // size)
+        chunk = min(rows_per_chunk or max(1, DEFAULT_CHUNK_BYTES // size), largest, fits)
         return self._chunks(table, keys, shape, dtype, chunk, len(keys))
 
-    @staticmethod
     def _chunks(
-        table: ServedTable, keys: _native.Keys, shape: list[int], dtype: str, chunk: int, total: int
+        self,
+        table: ServedTable,
+        keys: _native.Keys,
+        shape: list[int],
+        dtype: str,
+        chunk: int,
+        total: int,
     ) -> Iterator[RowChunk]:
+        """The chunks, each holding its bytes of the budget from before its rows are gathered
+        (by the consumer, as it makes the message) until the next is asked for, or the
+        stream ends or is dropped."""
         width = row_width(dtype, table.spec.dim)
         result_shape = (*shape, width)
+        size = row_bytes(dtype, table.spec.dim)
         for offset in range(0, max(total, 1), chunk):
             count = min(chunk, total - offset)
-            yield RowChunk(
-                offset=offset,
-                total_rows=total,
-                rows=Packed(dtype, (count, width)),
-                result_shape=result_shape if offset == 0 else (),
-                pending=PendingRows(table.native, keys, offset, offset + count),
-            )
+            with self.budget.holding(count * size):
+                yield RowChunk(
+                    offset=offset,
+                    total_rows=total,
+                    rows=Packed(dtype, (count, width)),
+                    result_shape=result_shape if offset == 0 else (),
+                    pending=PendingRows(table.native, keys, offset, offset + count),
+                )

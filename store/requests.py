@@ -133,6 +133,9 @@ class PushOutcome:
 class BatchOutcome:
     pushes: list[PushOutcome]
     lookups: list[RowChunk]
+    # Bytes of the answer budget (store/answer_budget.py) its rows in the message hold,
+    # for the server to give back once the reply is sent.
+    held_bytes: int = 0
 
 
 @dataclass(frozen=True)

@@ -194,7 +194,12 @@ class Servicer(pb_grpc.EngramStoreServicer):
     def Batch(self, request: pb.BatchRequest, context: Any) -> pb.BatchResponse:
         pushes = [push_from_proto(p) for p in request.pushes]
         lookups = [lookup_from_proto(q) for q in request.lookups]
-        return batch_to_proto(self.engine.batch(pushes, lookups))
+        outcome = self.engine.batch(pushes, lookups)
+        if outcome.held_bytes:
+            budget = self.engine.answers.budget
+            if not context.add_callback(lambda: budget.give_back(outcome.held_bytes)):
+                budget.give_back(outcome.held_bytes)  # the call has already ended
+        return batch_to_proto(outcome)
 
     @_unary
     def Checkpoint(self, request: pb.CheckpointRequest, context: Any) -> pb.CheckpointInfo:
@@ -395,6 +400,8 @@ def serve(config: ServeConfig, stop_event: threading.Event | None = None) -> Non
             config.data_dir,
             max_lookup_rows=config.max_lookup_rows,
             max_message_bytes=config.max_message_bytes,
+            max_answer_bytes=config.max_answer_bytes,
+            max_chunk_bytes=config.max_chunk_bytes,
             shared_buffer_dir=config.shared_buffer_dir or None,
             read_only=config.read_only,
             # Every rank of a step holds a request thread while it waits for the others:
