@@ -116,7 +116,7 @@ class Shard:
         self.retry = retry
         self.channel = open_channel(address, security)
         self.closed = False
-        interceptors = [*(security.interceptors() if security else []), *interceptors]
+        interceptors = [*(security or Security()).interceptors(address), *interceptors]
         channel = (
             grpc.intercept_channel(self.channel, *interceptors) if interceptors else self.channel
         )

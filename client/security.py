@@ -18,6 +18,7 @@ from typing import Any
 
 import grpc
 
+from store.local_token import published_token
 from store.tls import check_client_files
 
 # Each field with the flag and the variable that set it for the command line.
@@ -58,8 +59,11 @@ class Security:
             certificate_chain=Path(self.tls_cert).read_bytes() if self.tls_cert else None,
         )
 
-    def interceptors(self) -> list[Any]:
-        return [BearerToken(self.token)] if self.token else []
+    def interceptors(self, address: str = "") -> list[Any]:
+        """What sends the token; with none given, a daemon on this machine (`address` on
+        loopback) is sent the token it published for its user (store/local_token.py)."""
+        token = self.token or published_token(address)
+        return [BearerToken(token)] if token else []
 
 
 class BearerToken(grpc.UnaryUnaryClientInterceptor, grpc.UnaryStreamClientInterceptor):  # type: ignore[misc]

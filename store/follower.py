@@ -20,6 +20,7 @@ from pathlib import Path
 
 import grpc
 
+from store import local_token
 from store._proto.engram.store.v1 import store_pb2 as pb
 from store._proto.engram.store.v1 import store_pb2_grpc as pb_grpc
 from store.checkpoints import manifest_of_json
@@ -58,7 +59,9 @@ class LeaderLink:
         return grpc.secure_channel(self.address, credentials, options=options)
 
     def metadata(self) -> list[tuple[str, str]]:
-        return [("authorization", f"Bearer {self.token}")] if self.token else []
+        # A leader on this machine given no token is read with its published local token.
+        token = self.token or local_token.published_token(self.address)
+        return [("authorization", f"Bearer {token}")] if token else []
 
 
 class Follower:

@@ -7,7 +7,6 @@ flushed before it returns.
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 import os
 import resource
@@ -25,7 +24,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from prometheus_client import CollectorRegistry, start_http_server
 
-from store import _native
+from store import _native, local_token
 from store._proto.engram.store.v1 import store_pb2 as pb
 from store._proto.engram.store.v1 import store_pb2_grpc as pb_grpc
 from store.auth import TOKENS_VARIABLE, TokenInterceptor, Tokens
@@ -49,6 +48,7 @@ from store.conversions import (
 from store.engine import StoreEngine
 from store.errors import InvalidArgumentError, status_of
 from store.follower import Follower, LeaderLink
+from store.local_token import is_loopback
 from store.metrics import EngineCollector, RequestMetrics
 from store.replication import pack_chunks
 from store.tls import TlsFileError, check_client_files, check_server_files
@@ -349,15 +349,6 @@ def _check_exposure(config: ServeConfig, tokens: Tokens | None) -> None:
     )
 
 
-def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
-
-
 def _write_port(path: str, port: int) -> None:
     with open(f"{path}.tmp", "w") as f:
         f.write(str(port))
@@ -435,6 +426,19 @@ def serve(config: ServeConfig, stop_event: threading.Event | None = None) -> Non
         # Another daemon on the same port must fail to start, not share the port.
         ("grpc.so_reuseport", 0),
     ]
+    own_token = None
+    if tokens is None and not config.allow_unauthenticated:
+        # Loopback (the exposure check let it through): other local users are kept out by
+        # a token only this user can read (store/local_token.py).
+        try:
+            own_token = local_token.data_dir_token(engine.data_dir)
+        except OSError as error:
+            engine.close()
+            raise StartupError(
+                f"cannot keep this daemon's local token in {engine.data_dir}: {error} "
+                "(--allow-unauthenticated serves without one)"
+            ) from error
+        tokens = Tokens(((own_token.encode(), "read-write"),))
     registry = CollectorRegistry() if config.metrics_port is not None else None
     interceptors: list[grpc.ServerInterceptor] = []
     if registry is not None:
@@ -475,7 +479,11 @@ def serve(config: ServeConfig, stop_event: threading.Event | None = None) -> Non
         port,
         engine.data_dir,
         "TLS" if credentials is not None else "plaintext",
-        f"{len(tokens.entries)} tokens" if tokens else "no authentication",
+        "a local token"
+        if own_token
+        else f"{len(tokens.entries)} tokens"
+        if tokens
+        else "no authentication",
     )
     if config.shared_buffer_dir and not os.path.isdir(config.shared_buffer_dir):
         log.warning(
@@ -513,6 +521,21 @@ def serve(config: ServeConfig, stop_event: threading.Event | None = None) -> Non
         )
         follower.start()
         log.info("following %s from its checkpoint %d", config.follow, engine.follow_position()[1])
+    if own_token is not None:
+        try:
+            published = local_token.publish(port, own_token)
+        except OSError as error:
+            server.stop(0)
+            engine.close()
+            raise StartupError(
+                f"cannot publish this daemon's local token in {local_token.runtime_dir()}: "
+                f"{error} (set {local_token.RUNTIME_DIR_VARIABLE}, or --allow-unauthenticated)"
+            ) from error
+        log.info(
+            "other local users are kept out: this user's clients take the token in %s "
+            "(--allow-unauthenticated serves without one)",
+            published,
+        )
     if config.port_file:
         _write_port(config.port_file, port)
 
@@ -537,4 +560,6 @@ def serve(config: ServeConfig, stop_event: threading.Event | None = None) -> Non
         metrics_http.shutdown()
         metrics_http.server_close()
     engine.close()
+    if own_token is not None:
+        local_token.withdraw(port, own_token)
     log.info("stopped; tables flushed")

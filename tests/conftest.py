@@ -1,14 +1,24 @@
 from __future__ import annotations
 
+import atexit
 import json
 import os
+import shutil
 import subprocess
+import tempfile
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from store.local_token import RUNTIME_DIR_VARIABLE
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
+
+# The daemons the tests start publish their local tokens (store/local_token.py) in a
+# directory of the test run's own, not in the user's home.
+os.environ.setdefault(RUNTIME_DIR_VARIABLE, tempfile.mkdtemp(prefix="engram-runtime-"))
+atexit.register(shutil.rmtree, os.environ[RUNTIME_DIR_VARIABLE], ignore_errors=True)
 REFERENCE_DIR = Path(os.environ.get("ENGRAM_REFERENCE_DIR", REPO_ROOT / "data" / "engram-hash"))
 
 

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import grpc
 
+from client.security import Security
 from store._proto.engram.store.v1 import store_pb2_grpc as pb_grpc
 from store.config import ServeConfig
 from store.server import serve
@@ -39,8 +40,9 @@ def _wait_for_port(port_file: Path, alive: Callable[[], bool], timeout: float = 
     raise TimeoutError("daemon did not start listening")
 
 
-def _connect(port: int, data_dir: Path) -> Daemon:
-    address = f"127.0.0.1:{port}"
+def local_channel(address: str) -> grpc.Channel:
+    """A plaintext channel to a daemon on this machine, sending the token it published for
+    this user (store/local_token.py), as every client does by default."""
     channel = grpc.insecure_channel(
         address,
         options=[
@@ -48,6 +50,12 @@ def _connect(port: int, data_dir: Path) -> Daemon:
             ("grpc.max_send_message_length", 512 << 20),
         ],
     )
+    return grpc.intercept_channel(channel, *Security().interceptors(address))
+
+
+def _connect(port: int, data_dir: Path) -> Daemon:
+    address = f"127.0.0.1:{port}"
+    channel = local_channel(address)
     return Daemon(address, data_dir, pb_grpc.EngramStoreStub(channel), channel)
 
 

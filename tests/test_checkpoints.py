@@ -15,7 +15,7 @@ from typing import Any
 import grpc
 import numpy as np
 import pytest
-from daemon import daemon_process, daemon_thread
+from daemon import daemon_process, daemon_thread, local_channel
 from store_helpers import keys, push, push_command, raw_rows, rows_of, spec, table_spec
 
 from store._proto.engram.store.v1 import store_pb2 as pb
@@ -159,7 +159,7 @@ def test_sigkill_during_a_push_storm_then_restore(tmp_path: Path) -> None:
         stop = threading.Event()
 
         def storm(client: int) -> None:
-            with grpc.insecure_channel(daemon.address) as channel:
+            with local_channel(daemon.address) as channel:
                 stub = pb_grpc.EngramStoreStub(channel)
                 seq = 0
                 while not stop.is_set():

@@ -18,7 +18,7 @@ from pathlib import Path
 import grpc
 import numpy as np
 import pytest
-from daemon import Daemon, daemon_process, serve_command
+from daemon import Daemon, daemon_process, local_channel, serve_command
 from store_helpers import keys, push, rows_of, spec
 
 from store import _native
@@ -115,7 +115,7 @@ def test_sigkill_in_a_push_storm_then_plain_restarts_keep_exactly_once(tmp_path:
         return rng.integers(0, ROWS, keys_per_push).astype(np.uint64)
 
     def storm(address: str, client: int, stop: threading.Event) -> None:
-        with grpc.insecure_channel(address) as channel:
+        with local_channel(address) as channel:
             stub = pb_grpc.EngramStoreStub(channel)
             while not stop.is_set():
                 sequence = attempted[client] + 1

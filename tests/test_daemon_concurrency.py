@@ -5,9 +5,8 @@ from __future__ import annotations
 import threading
 from pathlib import Path
 
-import grpc
 import numpy as np
-from daemon import daemon_process
+from daemon import daemon_process, local_channel
 from store_helpers import keys, push, rows_of, spec
 
 from store._proto.engram.store.v1 import store_pb2 as pb
@@ -37,7 +36,7 @@ def test_concurrent_clients_lose_no_update(tmp_path: Path) -> None:
 
         def run(client: int) -> None:
             try:
-                with grpc.insecure_channel(daemon.address) as channel:
+                with local_channel(daemon.address) as channel:
                     stub = pb_grpc.EngramStoreStub(channel)
                     for step in range(pushes):
                         stub.Push(
@@ -87,7 +86,7 @@ def test_lookups_never_see_half_a_push(tmp_path: Path) -> None:
         seen_states: set[float] = set()
 
         def watch() -> None:
-            with grpc.insecure_channel(daemon.address) as channel:
+            with local_channel(daemon.address) as channel:
                 stub = pb_grpc.EngramStoreStub(channel)
                 while not stop.is_set():
                     rows = rows_of(stub.Lookup(pb.LookupRequest(table="t", keys=keys(all_keys))))

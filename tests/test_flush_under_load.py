@@ -22,7 +22,7 @@ from typing import Any
 import grpc
 import numpy as np
 import pytest
-from daemon import Daemon, daemon_process, daemon_thread, serve_command
+from daemon import Daemon, daemon_process, daemon_thread, local_channel, serve_command
 from store_helpers import keys, push, rows_of, spec
 
 import store.checkpoints
@@ -195,7 +195,7 @@ class Pushers:
         ]
 
     def _run(self, i: int) -> None:
-        with grpc.insecure_channel(self.address) as channel:
+        with local_channel(self.address) as channel:
             stub = pb_grpc.EngramStoreStub(channel)
             while not self.stop.is_set():
                 sequence = self.sent[i] + 1

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import grpc
 import numpy as np
-from daemon import daemon_process
+from daemon import daemon_process, local_channel
 from store_helpers import push, spec
 
 from store._proto.engram.store.v1 import store_pb2 as pb
@@ -114,7 +114,7 @@ def test_sigkill_during_pushes_and_checkpoints_never_breaks_a_checkpoint(tmp_pat
         return {(c, s) for c, n in attempted.items() for s in range(1, n + 1)}
 
     def pusher(address: str, client: str, stop: threading.Event) -> None:
-        with grpc.insecure_channel(address) as channel:
+        with local_channel(address) as channel:
             stub = pb_grpc.EngramStoreStub(channel)
             while not stop.is_set():
                 with lock:
@@ -128,7 +128,7 @@ def test_sigkill_during_pushes_and_checkpoints_never_breaks_a_checkpoint(tmp_pat
                     acknowledged.add((client, sequence))
 
     def checkpointer(address: str, stop: threading.Event) -> None:
-        with grpc.insecure_channel(address) as channel:
+        with local_channel(address) as channel:
             stub = pb_grpc.EngramStoreStub(channel)
             while not stop.is_set():
                 with lock:

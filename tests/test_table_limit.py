@@ -16,7 +16,7 @@ import grpc
 import numpy as np
 import pytest
 from conftest import REPO_ROOT
-from daemon import daemon_thread
+from daemon import daemon_thread, local_channel
 
 from client import EngramClient, RequestTooLargeError
 from store.local import LocalDaemon
@@ -87,7 +87,7 @@ def test_serve_lifts_its_open_file_limit_and_warns_when_the_hard_one_is_too_low(
         limits = Path(f"/proc/{daemon.pid}/limits").read_text()
         files = next(line for line in limits.splitlines() if line.startswith("Max open files"))
         assert files.split()[3:5] == ["512", "512"], files
-        with grpc.insecure_channel(f"127.0.0.1:{port_file.read_text()}") as channel:
+        with local_channel(f"127.0.0.1:{port_file.read_text()}") as channel:
             grpc.channel_ready_future(channel).result(timeout=30)
     finally:
         daemon.terminate()
