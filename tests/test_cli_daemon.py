@@ -16,6 +16,7 @@ from daemon import daemon_process
 from engram_cli import EXIT_FAILURE, EXIT_STARTUP_FAILURE, EXIT_USAGE, main
 from store import _native
 from store.config import ConfigError, ServeConfig
+from store.local_token import RUNTIME_DIR_VARIABLE
 
 
 def test_serve_with_no_arguments_uses_the_defaults_and_stops_cleanly(tmp_path: Path) -> None:
@@ -24,7 +25,12 @@ def test_serve_with_no_arguments_uses_the_defaults_and_stops_cleanly(tmp_path: P
         cwd=tmp_path,
         stderr=subprocess.PIPE,
         text=True,
-        env={k: v for k, v in os.environ.items() if not k.startswith("ENGRAM_STORE_")},
+        # Only where the test run's daemons publish their local tokens is kept.
+        env={
+            k: v
+            for k, v in os.environ.items()
+            if not k.startswith("ENGRAM_STORE_") or k == RUNTIME_DIR_VARIABLE
+        },
     )
     assert process.stderr is not None
     try:
