@@ -375,12 +375,23 @@ mod tests {
         drop(journal);
         let (journal, records) = Journal::open(&path).unwrap();
         let tokens: Vec<u64> = records.iter().map(|r| r.token).collect();
-        assert_eq!(tokens, vec![1, 2, 3], "retired segments first, oldest first");
-        assert_eq!(journal.cut().unwrap(), 3, "numbers continue after reopening");
+        assert_eq!(
+            tokens,
+            vec![1, 2, 3],
+            "retired segments first, oldest first"
+        );
+        assert_eq!(
+            journal.cut().unwrap(),
+            3,
+            "numbers continue after reopening"
+        );
         journal.retire(first).unwrap();
         drop(journal);
         let (journal, records) = Journal::open(&path).unwrap();
-        assert_eq!(records.iter().map(|r| r.token).collect::<Vec<_>>(), vec![2, 3]);
+        assert_eq!(
+            records.iter().map(|r| r.token).collect::<Vec<_>>(),
+            vec![2, 3]
+        );
         journal.reset().unwrap();
         drop(journal);
         assert!(Journal::open(&path).unwrap().1.is_empty());
