@@ -12,7 +12,8 @@ daemon's memory). Every `--checkpoint-every` seconds the driver takes a checkpoi
   Python, gRPC; the tables' mapped pages are page cache the kernel reclaims) against a
   stated bound: its idle footprint plus, for every request that can be in flight at once,
   `BUFFER_COPIES` copies of the largest request's bytes, plus `SLACK_BYTES`.
-Then what a periodic flush costs: the same 8 clients without checkpoints, on the daemon
+The daemon's own figures say how long its checkpoints held pushes off. Then what a periodic
+flush costs: the same 8 clients without checkpoints, on the daemon
 restarted with a flush every `--flush-every` seconds, against the same load with no flush:
 push and lookup p99 with flushes against without them, and the longest time a flush held
 pushes off (the daemon's own figure) against the bound README states (100 ms plus the
@@ -208,7 +209,9 @@ def main() -> None:
         with watch:
             many = run_phase(daemon.address, args, CLIENTS, admin)
         quiet = run_phase(daemon.address, args, CLIENTS, admin, checkpoints_taken=False)
-        applied = admin.stats()[0].tables[0].pushes
+        before_restart = admin.stats()[0]
+        applied = before_restart.tables[0].pushes
+        checkpoints_taken = before_restart.checkpoints_taken
         admin.close()
         daemon.stop()
         with (
@@ -304,6 +307,9 @@ def main() -> None:
             "flushes": flushes.count,
             "longest_flush_s": flushes.longest_total_s,
             "longest_flush_hold_s": flushes.longest_hold_s,
+            # A checkpoint holds pushes off (never lookups) for all of its time.
+            "checkpoints_taken": checkpoints_taken.count,
+            "longest_checkpoint_s": checkpoints_taken.longest_total_s,
             "results": results,
         },
         args.png,

@@ -116,7 +116,9 @@ class Shard:
         self.retry = retry
         self.channel = open_channel(address, security)
         self.closed = False
-        interceptors = [*(security or Security()).interceptors(address), *interceptors]
+        # The caller's interceptors outermost: they see each call as the caller made it, and
+        # the token is added last.
+        interceptors = [*interceptors, *(security or Security()).interceptors(address)]
         channel = (
             grpc.intercept_channel(self.channel, *interceptors) if interceptors else self.channel
         )
