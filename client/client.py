@@ -43,7 +43,7 @@ from client.security import Security
 from client.shared_memory import DEFAULT_DIRECTORY, SharedBufferPool, is_local
 from client.transfer import RowTransfer
 from store._proto.engram.store.v1 import store_pb2 as pb
-from store.arrays import as_keys, as_rows, numpy_row_type
+from store.arrays import as_keys, as_rows, as_token_mask, numpy_row_type
 from store.conversions import (
     hash_from_proto,
     sync_to_proto,
@@ -839,18 +839,23 @@ class EngramClient:
         token_ids: Any,
         dtype: str = "float32",
         last_position_only: bool = False,
+        token_mask: Any = None,
     ) -> npt.NDArray[Any]:
         """Rows for raw token ids `[batch, seq]`, hashed by the daemon with the table's hash
         config (a table created with `hash_config`, on one daemon): shape
         `[batch, seq, heads, dim]`; bfloat16 rows come as their uint16 bits. For a decode
         step, send each sequence's last `max_ngram_size` tokens with `last_position_only`:
-        the answer is the new token's rows, `[batch, 1, heads, dim]`."""
+        the answer is the new token's rows, `[batch, 1, heads, dim]`. `token_mask`
+        (`[batch, seq]` booleans, True where a token takes part) blocks the n-grams that
+        reach a masked token, as `NgramHashMapping.hash` does; with a decode step, send the
+        mask of those last tokens."""
         check_table_argument(table)
         checked_bool("last_position_only", last_position_only)
         row_type = numpy_row_type(dtype)
         ids = np.asarray(token_ids)
         if ids.ndim != 2 or not np.issubdtype(ids.dtype, np.integer):
             raise ValueError(f"token_ids must be integers of shape [batch, seq], got {ids.shape}")
+        mask = None if token_mask is None else as_token_mask(token_mask, ids.shape)
         if len(self.shards) > 1:
             raise InvalidRequestError("lookup_tokens needs a table on one daemon (hash locally)")
         shard = self.shards[0]
@@ -869,6 +874,9 @@ class EngramClient:
             hash_fingerprint=fingerprint,
             dtype=dtype,
             last_position_only=last_position_only,
+            token_mask=None
+            if mask is None
+            else pb.Array(dtype="bool", shape=list(mask.shape), data=mask.tobytes()),
         )
         try:
             chunks = shard.call(lambda t: list(shard.lookup_tokens(request, timeout=t)))

@@ -18,7 +18,7 @@ from tokenizers import Regex, Tokenizer, normalizers
 
 from store import _native
 from store._proto.engram.store.v1 import store_pb2 as pb
-from store.arrays import as_int64_array
+from store.arrays import as_int64_array, as_token_mask
 from store.spec import is_integer
 
 TokenizerLike = Union[str, "os.PathLike[str]", Tokenizer, Any]
@@ -229,38 +229,46 @@ class NgramHashMapping:
         """Rows of the table holding every head of a layer."""
         return sum(self.table_sizes(layer_id))
 
-    def row_keys(self, input_ids: Any) -> dict[int, npt.NDArray[np.int64]]:
+    def row_keys(self, input_ids: Any, token_mask: Any = None) -> dict[int, npt.NDArray[np.int64]]:
         """`{layer_id: [B, T, heads]}` row keys into each layer's shared head table: the hash
         ids shifted by :meth:`head_offsets`."""
         return {
             layer: hashes + self.head_offsets(layer)
-            for layer, hashes in self.hash(input_ids).items()
+            for layer, hashes in self.hash(input_ids, token_mask).items()
         }
 
-    def hash(self, input_ids: Any) -> dict[int, npt.NDArray[np.int64]]:
+    def hash(self, input_ids: Any, token_mask: Any = None) -> dict[int, npt.NDArray[np.int64]]:
         """`[B, T]` raw token ids (array, list or CPU tensor) -> `{layer_id: [B, T, heads]}`
-        int64 hash ids; each layer's array is a view into one buffer built by the kernel."""
+        int64 hash ids; each layer's array is a view into one buffer built by the kernel.
+
+        `token_mask` (`[B, T]` booleans, True where a token takes part; None: every token
+        does) is DeepSeek-V4.1's rule for image spans: walking back from position t with
+        shift s = 0, 1, ..., a slot is blocked when t - s < 0, when the token at t - s is
+        masked, or when a smaller shift was blocked, and a blocked slot takes the compressed
+        pad id. A masked position hashes as all pads, and no n-gram reaches across a masked
+        span."""
         ids = self._as_input_ids(input_ids)
         out = np.empty(self.output_shape(*ids.shape), np.int64)
-        self._hasher.hash_into(ids, out)
+        self.hash_into(ids, out, token_mask)
         return {layer: out[i] for i, layer in enumerate(self.layer_ids)}
 
     def output_shape(self, batch: int, seq: int) -> tuple[int, int, int, int]:
         """Shape of the buffer :meth:`hash_into` fills: `[layers, batch, seq, heads]`."""
         return (len(self.layer_ids), batch, seq, self.heads_per_layer)
 
-    def hash_into(self, input_ids: Any, out: npt.NDArray[np.int64]) -> None:
+    def hash_into(self, input_ids: Any, out: npt.NDArray[np.int64], token_mask: Any = None) -> None:
         """:meth:`hash` into a reusable int64 buffer of shape :meth:`output_shape`, layers in
         `layer_ids` order. Reusing buffers spares the cost of faulting in fresh memory, which
         is about as large as the hashing itself."""
         ids = self._as_input_ids(input_ids)
+        mask = None if token_mask is None else as_token_mask(token_mask, ids.shape)
         expected = self.output_shape(*ids.shape)
         if out.shape != expected or out.dtype != np.int64 or not out.flags.c_contiguous:
             raise ValueError(
                 f"out must be a C-contiguous int64 array of shape {expected}, "
                 f"got {out.dtype} {out.shape}"
             )
-        self._hasher.hash_into(ids, out)
+        self._hasher.hash_into(ids, out, mask)
 
     @staticmethod
     def _as_input_ids(input_ids: Any) -> npt.NDArray[np.int64]:

@@ -58,7 +58,12 @@ class NgramHasher:
     def heads_per_layer(self) -> int: ...
     @property
     def fingerprint(self) -> int: ...
-    def hash_into(self, input_ids: npt.NDArray[np.int64], out: npt.NDArray[np.int64]) -> None: ...
+    def hash_into(
+        self,
+        input_ids: npt.NDArray[np.int64],
+        out: npt.NDArray[np.int64],
+        token_mask: npt.NDArray[np.bool_] | None = None,
+    ) -> None: ...
 
 @final
 class Table:

@@ -50,6 +50,23 @@ def as_int64_array(values: Any, name: str) -> npt.NDArray[np.int64]:
     return np.ascontiguousarray(array, dtype=np.int64)
 
 
+def as_token_mask(
+    mask: Any, shape: tuple[int, ...], name: str = "token_mask"
+) -> npt.NDArray[np.bool_]:
+    """A token mask (True where a token takes part) as a C-contiguous bool array of `shape`;
+    anything but booleans of that shape raises naming `name`."""
+    array = np.asarray(mask)
+    if array.dtype != np.bool_:
+        raise TypeError(
+            f"{name} must hold booleans (True: the token takes part), got dtype {array.dtype}"
+        )
+    if array.shape != shape:
+        raise ValueError(
+            f"{name} must have the shape of the token ids {list(shape)}, got {list(array.shape)}"
+        )
+    return np.ascontiguousarray(array)
+
+
 def as_keys(keys: Any, name: str = "keys") -> npt.NDArray[np.uint64]:
     """Row keys of any shape as a flat uint64 array; negative keys, and keys beyond 2^64 - 1,
     raise OutOfRangeError (an IndexError, and a StoreError like every other refused key)."""

@@ -187,6 +187,7 @@ def token_lookup_from_proto(request: pb.LookupTokensRequest) -> TokenLookup:
         request.rows_per_chunk,
         _range(request.out) if request.HasField("out") else None,
         request.last_position_only,
+        packed(request.token_mask) if request.HasField("token_mask") else None,
     )
 
 

@@ -598,6 +598,7 @@ class StoreEngine:
             request.hash_fingerprint,
             self.max_lookup_rows,
             request.last_position_only,
+            request.token_mask,
         )
         with RequestBuffers(self.shared_buffer_dir) as buffers:
             hashed = _native.Keys.from_array(keys.reshape(-1))

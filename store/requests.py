@@ -62,6 +62,8 @@ class TokenLookup:
     rows_per_chunk: int = 0
     out: SharedRange | None = None
     last_position_only: bool = False
+    # bool [batch, seq]: which tokens take part in the n-grams (None: every one).
+    token_mask: Packed | None = None
 
 
 @dataclass(frozen=True)

@@ -82,10 +82,16 @@ class ServedTable:
         )
 
     def token_keys(
-        self, token_ids: Packed, fingerprint: int, max_rows: int, last_position_only: bool = False
+        self,
+        token_ids: Packed,
+        fingerprint: int,
+        max_rows: int,
+        last_position_only: bool = False,
+        token_mask: Packed | None = None,
     ) -> npt.NDArray[np.uint64]:
         """Row keys `[B, T, heads]` of raw token ids, hashed as the table's config says
-        (`[B, 1, heads]`, the last position's, with `last_position_only`)."""
+        (`[B, 1, heads]`, the last position's, with `last_position_only`), with the n-grams
+        that reach a token `token_mask` leaves out blocked (client.hashing)."""
         if self.hasher is None or self.head_offsets is None:
             raise InvalidArgumentError(f"table {self.name!r} has no hash config")
         if fingerprint != self.hasher.fingerprint:
@@ -101,13 +107,27 @@ class ServedTable:
                 f"server's limit of {max_rows}"
             )
         ids = np.frombuffer(token_ids.data, dtype="<i8").reshape(tuple(token_ids.shape))
+        mask = None if token_mask is None else _token_mask(token_mask, ids.shape)
         batch, seq = ids.shape
         hashes = np.empty((1, batch, seq, self.hasher.heads_per_layer), np.int64)
-        self.hasher.hash_into(np.ascontiguousarray(ids, dtype=np.int64), hashes)
+        self.hasher.hash_into(np.ascontiguousarray(ids, dtype=np.int64), hashes, mask)
         if last_position_only:
             hashes = hashes[:, :, -1:]
         keys: npt.NDArray[np.uint64] = hashes[0].astype(np.uint64) + self.head_offsets
         return keys
+
+
+def _token_mask(mask: Packed, shape: tuple[int, ...]) -> npt.NDArray[np.bool_]:
+    """A request's token mask, checked: booleans (bytes 0 or 1) of the token ids' shape."""
+    check_array(mask, "token_mask", ("bool",), 2)
+    if tuple(mask.shape) != shape:
+        raise InvalidArgumentError(
+            f"token_mask must have the shape of token_ids {list(shape)}, got {list(mask.shape)}"
+        )
+    values = np.frombuffer(mask.data, dtype=np.uint8).reshape(shape)
+    if values.size and values.max() > 1:
+        raise InvalidArgumentError("token_mask must hold bytes 0 or 1 (bool)")
+    return values.astype(bool)
 
 
 def _hasher(config: HashSpec) -> _native.NgramHasher:

@@ -29,6 +29,7 @@ ITEM_SIZES = {
     "float16": 2,
     "fp8_e4m3": 1,
     "int8": 1,
+    "bool": 1,
 }
 # A client id is a key of the catalog (LMDB keys hold at most 511 bytes) and of every
 # checkpoint's manifest: bounded here, at the door, so that no push can make a later

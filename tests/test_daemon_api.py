@@ -12,7 +12,7 @@ from daemon import Daemon, daemon_thread
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from store_helpers import keys, push, raw_rows, rows_of, spec
 
-from client import NgramHashMapping
+from client import EngramClient, NgramHashMapping
 from store import Table
 from store._proto.engram.store.v1 import store_pb2 as pb
 from store.wire import numpy_array
@@ -125,6 +125,85 @@ def test_lookup_tokens_hashes_like_the_client(daemon: Daemon, tokenizer_path: Pa
         )
     assert wrong.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "hash config mismatch" in wrong.value.details()
+
+
+def test_lookup_tokens_takes_a_token_mask_and_a_masked_decode_step(
+    daemon: Daemon, tokenizer_path: Path
+) -> None:
+    mapping = NgramHashMapping([997, 1009, 1013], 4, 32, 2, [1], tokenizer_path, 2, 0)
+    info = daemon.stub.CreateTable(
+        pb.CreateTableRequest(
+            spec=spec(
+                "L1",
+                num_rows=mapping.layer_table_rows(1),
+                dim=4,
+                hash_config=mapping.hash_config(1),
+                init="normal",
+                init_std=1.0,
+            )
+        )
+    )
+    rng = np.random.default_rng(4)
+    ids = rng.integers(0, 8192, (3, 12))
+    mask = rng.random(ids.shape) > 0.3
+    mask[:, -1] = True
+
+    def lookup(
+        token_ids: np.ndarray, token_mask: np.ndarray | None, last: bool = False
+    ) -> np.ndarray:
+        return rows_of(
+            daemon.stub.LookupTokens(
+                pb.LookupTokensRequest(
+                    table="L1",
+                    token_ids=numpy_array(np.ascontiguousarray(token_ids)),
+                    hash_fingerprint=info.hash_fingerprint,
+                    last_position_only=last,
+                    token_mask=None
+                    if token_mask is None
+                    else pb.Array(
+                        dtype="bool",
+                        shape=list(token_mask.shape),
+                        data=np.ascontiguousarray(token_mask).tobytes(),
+                    ),
+                )
+            )
+        )
+
+    by_keys = rows_of(
+        daemon.stub.Lookup(
+            pb.LookupRequest(table="L1", keys=keys(mapping.row_keys(ids, token_mask=mask)[1]))
+        )
+    )
+    np.testing.assert_array_equal(lookup(ids, mask), by_keys)
+    assert not np.array_equal(lookup(ids, None), by_keys), "the mask changed the rows"
+    # A decode step: each sequence's last max_ngram_size (4) tokens and their mask.
+    step = lookup(ids[:, -4:], mask[:, -4:], last=True)
+    np.testing.assert_array_equal(step, by_keys[:, -1:])
+    with EngramClient(daemon.address) as client:
+        np.testing.assert_array_equal(client.lookup_tokens("L1", ids, token_mask=mask), by_keys)
+        with pytest.raises(ValueError, match="token_mask must have the shape"):
+            client.lookup_tokens("L1", ids, token_mask=mask[:, 1:])
+    for bad, message in (
+        (pb.Array(dtype="bool", shape=[3, 11], data=bytes(33)), "token_mask must have the shape"),
+        (pb.Array(dtype="bool", shape=[3, 12], data=bytes([2]) * 36), "bytes 0 or 1"),
+        (
+            pb.Array(dtype="int64", shape=[3, 12], data=bytes(288)),
+            "token_mask must have dtype bool",
+        ),
+    ):
+        with pytest.raises(grpc.RpcError) as refused:
+            list(
+                daemon.stub.LookupTokens(
+                    pb.LookupTokensRequest(
+                        table="L1",
+                        token_ids=numpy_array(ids),
+                        hash_fingerprint=info.hash_fingerprint,
+                        token_mask=bad,
+                    )
+                )
+            )
+        assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert message in refused.value.details()
 
 
 def test_push_applies_the_optimizer_and_is_idempotent(daemon: Daemon) -> None:

@@ -5,6 +5,13 @@
 //! before the start are the compressed pad id) and, for each head, `mix mod prime`.
 //! Layer multipliers come from numpy's generator and are computed by the Python caller;
 //! the table primes come from [`primes::table_sizes`].
+//!
+//! A token mask (DeepSeek-V4.1's image spans: true where the token takes part) blocks
+//! slots: walking back from t with shift s = 0, 1, ..., a slot is blocked when t - s < 0,
+//! when the token at t - s is masked, or when a smaller shift was blocked, and a blocked slot
+//! takes the compressed pad id. So a masked position hashes as all pads, and no n-gram
+//! reaches across a masked span; without a mask (or with every token taking part) the ids
+//! are the reference's.
 
 mod modulus;
 pub mod primes;
@@ -144,7 +151,7 @@ impl NgramHasher {
     /// hasher has a lookup table.
     pub fn hash(&self, ids: &[i64], batch: usize, seq: usize) -> Result<Vec<i64>> {
         let mut out = vec![0i64; self.output_len(batch, seq)?];
-        self.hash_into(ids, batch, seq, &mut out)?;
+        self.hash_into(ids, None, batch, seq, &mut out)?;
         Ok(out)
     }
 
@@ -157,8 +164,16 @@ impl NgramHasher {
     }
 
     /// [`NgramHasher::hash`] into a caller-provided buffer (fresh memory is costly to fault
-    /// in, so callers that can reuse or specially allocate buffers should).
-    pub fn hash_into(&self, ids: &[i64], batch: usize, seq: usize, out: &mut [i64]) -> Result<()> {
+    /// in, so callers that can reuse or specially allocate buffers should), with the token
+    /// mask `mask` (`[batch, seq]`, true where a token takes part; None: every token does).
+    pub fn hash_into(
+        &self,
+        ids: &[i64],
+        mask: Option<&[bool]>,
+        batch: usize,
+        seq: usize,
+        out: &mut [i64],
+    ) -> Result<()> {
         let out_len = self.output_len(batch, seq)?;
         if ids.len() != batch * seq {
             return Err(Error::invalid(format!(
@@ -167,6 +182,16 @@ impl NgramHasher {
                 batch * seq
             )));
         }
+        if let Some(mask) = mask {
+            if mask.len() != ids.len() {
+                return Err(Error::invalid(format!(
+                    "token_mask has {} elements, expected the {} of input_ids",
+                    mask.len(),
+                    ids.len()
+                )));
+            }
+        }
+        let row_mask = |row: usize| mask.map(|m| &m[row * seq..(row + 1) * seq]);
         if out.len() != out_len {
             return Err(Error::invalid(format!(
                 "out has {} elements, expected {out_len}",
@@ -185,28 +210,42 @@ impl NgramHasher {
             if batch * seq < POSITIONS_PER_TASK {
                 // A small batch (a training step's): waking other threads costs more than it
                 // saves, and they would take cores from the model.
-                for (row_out, row_ids) in layer_out.chunks_mut(seq * width).zip(ids.chunks(seq)) {
-                    self.hash_span(layer, row_ids, 0, row_out);
+                for (row, (row_out, row_ids)) in layer_out
+                    .chunks_mut(seq * width)
+                    .zip(ids.chunks(seq))
+                    .enumerate()
+                {
+                    self.hash_span(layer, row_ids, row_mask(row), 0, row_out);
                 }
                 continue;
             }
             layer_out
                 .par_chunks_mut(seq * width)
                 .zip(ids.par_chunks(seq))
-                .for_each(|(row_out, row_ids)| {
+                .enumerate()
+                .for_each(|(row, (row_out, row_ids))| {
                     row_out
                         .par_chunks_mut(POSITIONS_PER_TASK * width)
                         .enumerate()
                         .for_each(|(task, task_out)| {
-                            self.hash_span(layer, row_ids, task * POSITIONS_PER_TASK, task_out)
+                            let first = task * POSITIONS_PER_TASK;
+                            self.hash_span(layer, row_ids, row_mask(row), first, task_out)
                         });
                 });
         }
         Ok(())
     }
 
-    /// Hashes positions `first..first + out.len() / width` of one sequence.
-    fn hash_span(&self, layer: &LayerHashing, row_ids: &[i64], first: usize, out: &mut [i64]) {
+    /// Hashes positions `first..first + out.len() / width` of one sequence, whose token mask
+    /// is `row_mask` (None: every token takes part).
+    fn hash_span(
+        &self,
+        layer: &LayerHashing,
+        row_ids: &[i64],
+        row_mask: Option<&[bool]>,
+        first: usize,
+        out: &mut [i64],
+    ) {
         let width = self.heads_per_layer();
         let n_head = self.n_head;
         let mults = &layer.multipliers;
@@ -222,9 +261,31 @@ impl NgramHasher {
                 _ => id,
             };
         }
+        // Each position's count of unmasked tokens ending at it (up to max_ngram): the
+        // shifts at and beyond it are blocked. Before the start, nothing takes part.
+        let runs = row_mask.map(|mask| {
+            let mut runs = vec![0usize; history + positions];
+            let mut run = 0;
+            let dst = &mut runs[history - (first - from)..];
+            for (d, &takes_part) in dst.iter_mut().zip(&mask[from..first + positions]) {
+                run = if takes_part {
+                    (run + 1).min(self.max_ngram)
+                } else {
+                    0
+                };
+                *d = run;
+            }
+            runs
+        });
         for (offset, heads_out) in out.chunks_exact_mut(width).enumerate() {
             let window = &tokens[offset..offset + history + 1];
-            let token_at = |back: usize| window[history - back];
+            let unblocked = runs
+                .as_ref()
+                .map_or(self.max_ngram, |r| r[offset + history]);
+            let token_at = |back: usize| match back < unblocked {
+                true => window[history - back],
+                false => self.pad_id,
+            };
             let mut mix = token_at(0).wrapping_mul(mults[0]);
             for order in 2..=self.max_ngram {
                 mix ^= token_at(order - 1).wrapping_mul(mults[order - 1]);
@@ -335,6 +396,90 @@ mod tests {
                 naive(&ids, seq, &h, &mults, &flat),
                 "config {max_ngram} {n_head}"
             );
+        }
+    }
+
+    /// The masking rule as stated, slot by slot: the oracle for masked hashing.
+    fn naive_masked(
+        ids: &[i64],
+        mask: &[bool],
+        seq: usize,
+        h: &NgramHasher,
+        mults: &[Vec<i64>],
+        primes: &[Vec<u64>],
+    ) -> Vec<i64> {
+        let mut out = Vec::new();
+        for (layer_mults, layer_primes) in mults.iter().zip(primes) {
+            for (row, row_mask) in ids.chunks(seq).zip(mask.chunks(seq)) {
+                for t in 0..seq {
+                    let mut blocked = false;
+                    let slot: Vec<i64> = (0..h.max_ngram)
+                        .map(|s| {
+                            blocked = blocked || s > t || !row_mask[t - s];
+                            if blocked {
+                                h.pad_id
+                            } else {
+                                row[t - s]
+                            }
+                        })
+                        .collect();
+                    for order in 2..=h.max_ngram {
+                        let mut mix = 0i64;
+                        for (k, &tok) in slot.iter().enumerate().take(order) {
+                            mix ^= tok.wrapping_mul(layer_mults[k]);
+                        }
+                        for head in 0..h.n_head {
+                            let p = layer_primes[(order - 2) * h.n_head + head] as i128;
+                            out.push((i128::from(mix)).rem_euclid(p) as i64);
+                        }
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn masked_hashing_follows_the_rule_slot_by_slot() {
+        for (max_ngram, n_head, seq, batch) in [(2, 1, 7, 3), (3, 2, 40, 2), (4, 8, 9000, 2)] {
+            let mults: Vec<Vec<i64>> = (0..2)
+                .map(|l| {
+                    pseudo_random(max_ngram, 1 << 40, 7 + l)
+                        .iter()
+                        .map(|m| m * 2 + 1)
+                        .collect()
+                })
+                .collect();
+            let primes = vec![
+                vec![1_000_003u64; (max_ngram - 1) * n_head],
+                vec![999_983u64; (max_ngram - 1) * n_head],
+            ];
+            let h = NgramHasher::new(max_ngram, n_head, 5, mults.clone(), primes.clone(), None)
+                .unwrap();
+            let ids = pseudo_random(batch * seq, 50_000, 3);
+            let mask: Vec<bool> = pseudo_random(batch * seq, 4, 11)
+                .iter()
+                .map(|&v| v != 0)
+                .collect();
+            let mut out = vec![0; h.output_len(batch, seq).unwrap()];
+            h.hash_into(&ids, Some(&mask), batch, seq, &mut out)
+                .unwrap();
+            assert_eq!(
+                out,
+                naive_masked(&ids, &mask, seq, &h, &mults, &primes),
+                "{max_ngram} {seq}"
+            );
+            let everyone = vec![true; batch * seq];
+            h.hash_into(&ids, Some(&everyone), batch, seq, &mut out)
+                .unwrap();
+            assert_eq!(
+                out,
+                h.hash(&ids, batch, seq).unwrap(),
+                "a mask of all true changes nothing"
+            );
+            assert!(h
+                .hash_into(&ids, Some(&mask[1..]), batch, seq, &mut out)
+                .is_err());
         }
     }
 

@@ -42,16 +42,33 @@ impl NgramHasher {
     /// Hashes `[B, T]` raw token ids into `out`, a C-contiguous int64
     /// `[layers, B, T, heads_per_layer]` array (allocated by numpy, which backs large arrays
     /// with huge pages: faulting in fresh 4 KiB pages would cost more than the hashing).
+    /// `token_mask` (`[B, T]` bool, true where a token takes part) blocks n-grams at masked
+    /// tokens (see `hash/mod.rs`).
+    #[pyo3(signature = (input_ids, out, token_mask=None))]
     fn hash_into(
         &self,
         py: Python<'_>,
         input_ids: PyReadonlyArray2<'_, i64>,
         mut out: PyReadwriteArray4<'_, i64>,
+        token_mask: Option<PyReadonlyArray2<'_, bool>>,
     ) -> PyResult<()> {
         let (batch, seq) = (input_ids.shape()[0], input_ids.shape()[1]);
         let ids: Vec<i64> = input_ids.as_array().iter().copied().collect();
+        let mask: Option<Vec<bool>> = match token_mask {
+            Some(mask) if mask.shape() != input_ids.shape() => {
+                return Err(invalid_argument(format!(
+                    "token_mask must have the shape of input_ids {:?}, got {:?}",
+                    input_ids.shape(),
+                    mask.shape()
+                )));
+            }
+            Some(mask) => Some(mask.as_array().iter().copied().collect()),
+            None => None,
+        };
         let out = out.as_slice_mut()?;
-        detached(py, || self.inner.hash_into(&ids, batch, seq, out))
+        detached(py, || {
+            self.inner.hash_into(&ids, mask.as_deref(), batch, seq, out)
+        })
     }
 
     #[getter]

@@ -228,7 +228,7 @@ class LookupRequest(_message.Message):
     def __init__(self, table: _Optional[str] = ..., keys: _Optional[_Union[Array, _Mapping]] = ..., dtype: _Optional[str] = ..., rows_per_chunk: _Optional[int] = ..., out: _Optional[_Union[SharedBuffer, _Mapping]] = ..., keys_buffer: _Optional[_Union[SharedBuffer, _Mapping]] = ..., incarnation: _Optional[str] = ...) -> None: ...
 
 class LookupTokensRequest(_message.Message):
-    __slots__ = ("table", "token_ids", "hash_fingerprint", "dtype", "rows_per_chunk", "out", "last_position_only")
+    __slots__ = ("table", "token_ids", "hash_fingerprint", "dtype", "rows_per_chunk", "out", "last_position_only", "token_mask")
     TABLE_FIELD_NUMBER: _ClassVar[int]
     TOKEN_IDS_FIELD_NUMBER: _ClassVar[int]
     HASH_FINGERPRINT_FIELD_NUMBER: _ClassVar[int]
@@ -236,6 +236,7 @@ class LookupTokensRequest(_message.Message):
     ROWS_PER_CHUNK_FIELD_NUMBER: _ClassVar[int]
     OUT_FIELD_NUMBER: _ClassVar[int]
     LAST_POSITION_ONLY_FIELD_NUMBER: _ClassVar[int]
+    TOKEN_MASK_FIELD_NUMBER: _ClassVar[int]
     table: str
     token_ids: Array
     hash_fingerprint: int
@@ -243,7 +244,8 @@ class LookupTokensRequest(_message.Message):
     rows_per_chunk: int
     out: SharedBuffer
     last_position_only: bool
-    def __init__(self, table: _Optional[str] = ..., token_ids: _Optional[_Union[Array, _Mapping]] = ..., hash_fingerprint: _Optional[int] = ..., dtype: _Optional[str] = ..., rows_per_chunk: _Optional[int] = ..., out: _Optional[_Union[SharedBuffer, _Mapping]] = ..., last_position_only: _Optional[bool] = ...) -> None: ...
+    token_mask: Array
+    def __init__(self, table: _Optional[str] = ..., token_ids: _Optional[_Union[Array, _Mapping]] = ..., hash_fingerprint: _Optional[int] = ..., dtype: _Optional[str] = ..., rows_per_chunk: _Optional[int] = ..., out: _Optional[_Union[SharedBuffer, _Mapping]] = ..., last_position_only: _Optional[bool] = ..., token_mask: _Optional[_Union[Array, _Mapping]] = ...) -> None: ...
 
 class LookupResponse(_message.Message):
     __slots__ = ("offset", "total_rows", "rows", "result_shape", "in_shared_buffer")
