@@ -19,6 +19,8 @@ class EngramConfig:
     pad_id: int = 2
     seed: int = 0
     kernel_size: int = 4
+    # How the store keeps the tables' rows (a released model's format, for its preset).
+    row_dtype: str = "float32"
 
     @property
     def embed_dim_per_head(self) -> int:
@@ -29,6 +31,30 @@ class EngramConfig:
     def engram_hidden_size(self) -> int:
         """Width of a position's concatenated rows."""
         return (self.max_ngram_size - 1) * self.n_embed_per_ngram
+
+    @staticmethod
+    def preset(name: str, tokenizer: str | os.PathLike[str] | None = None) -> EngramConfig:
+        """The Engram config of a released model (`client.presets`: "deepseek-v4.1-flash").
+        Without `tokenizer`, its tables can be planned and created but no token hashed
+        (`tokenizer_name_or_path` is empty); a tokenizer that does not compress to the
+        model's count is refused, since every multiplier depends on it."""
+        from client.presets import PRESETS
+
+        if name not in PRESETS:
+            raise ValueError(f"unknown Engram preset {name!r}; known: {sorted(PRESETS)}")
+        preset = PRESETS[name]
+        path = "" if tokenizer is None else os.fspath(tokenizer)
+        if path:
+            from client.hashing import CompressedTokenizer
+
+            compressed = len(CompressedTokenizer(path))
+            if compressed != preset.compressed_vocab_size:
+                raise ValueError(
+                    f"tokenizer {path} compresses to {compressed} ids, but {name} was trained "
+                    f"with a tokenizer of {preset.compressed_vocab_size}: its hash ids would "
+                    "be another model's"
+                )
+        return EngramConfig(path, **preset.fields)
 
     @staticmethod
     def from_json(path: str | os.PathLike[str]) -> EngramConfig:

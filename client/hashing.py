@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any, Union
 
 import numpy as np
@@ -109,6 +110,54 @@ def _positive_int(value: Any, name: str) -> int:
     return int(value)
 
 
+@dataclass(frozen=True)
+class HashFields:
+    """The fields of an Engram hashing that need no tokenizer, checked."""
+
+    vocab_sizes: list[int]
+    max_ngram_size: int
+    n_embed_per_ngram: int
+    n_head_per_ngram: int
+    layer_ids: list[int]
+    seed: int
+
+    @staticmethod
+    def check(
+        engram_vocab_size: Sequence[int],
+        max_ngram_size: int,
+        n_embed_per_ngram: int,
+        n_head_per_ngram: int,
+        layer_ids: Sequence[int],
+        pad_id: int,
+        seed: int,
+    ) -> HashFields:
+        """The fields, or a `ValueError` naming the first one out of its range."""
+        if not is_integer(max_ngram_size):
+            raise ValueError(f"max_ngram_size must be an integer, got {max_ngram_size!r}")
+        if max_ngram_size < 2:
+            raise ValueError(f"max_ngram_size must be at least 2, got {max_ngram_size}")
+        vocab_sizes = [_positive_int(v, "engram_vocab_size entries") for v in engram_vocab_size]
+        if len(vocab_sizes) != max_ngram_size - 1:
+            raise ValueError(
+                f"engram_vocab_size needs one size per n-gram order 2..{max_ngram_size} "
+                f"({max_ngram_size - 1} entries), got {len(vocab_sizes)}"
+            )
+        n_embed = _positive_int(n_embed_per_ngram, "n_embed_per_ngram")
+        n_head = _positive_int(n_head_per_ngram, "n_head_per_ngram")
+        layers = [int(layer) for layer in layer_ids]
+        if not layers:
+            raise ValueError("layer_ids must name at least one layer")
+        if len(set(layers)) != len(layers):
+            raise ValueError(f"layer_ids must be distinct, got {layers}")
+        if any(layer < 0 for layer in layers):
+            raise ValueError(f"layer_ids must be non-negative, got {layers}")
+        if not is_integer(seed) or seed < 0:
+            raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
+        if not is_integer(pad_id):
+            raise ValueError(f"pad_id must be an integer token id, got {pad_id!r}")
+        return HashFields(vocab_sizes, int(max_ngram_size), n_embed, n_head, layers, int(seed))
+
+
 class NgramHashMapping:
     """Hash ids of every Engram layer for batches of raw token ids."""
 
@@ -123,30 +172,22 @@ class NgramHashMapping:
         pad_id: int,
         seed: int,
     ) -> None:
-        if not is_integer(max_ngram_size):
-            raise ValueError(f"max_ngram_size must be an integer, got {max_ngram_size!r}")
-        if max_ngram_size < 2:
-            raise ValueError(f"max_ngram_size must be at least 2, got {max_ngram_size}")
-        vocab_sizes = [_positive_int(v, "engram_vocab_size entries") for v in engram_vocab_size]
-        if len(vocab_sizes) != max_ngram_size - 1:
-            raise ValueError(
-                f"engram_vocab_size needs one size per n-gram order 2..{max_ngram_size} "
-                f"({max_ngram_size - 1} entries), got {len(vocab_sizes)}"
-            )
-        self.n_embed_per_ngram = _positive_int(n_embed_per_ngram, "n_embed_per_ngram")
-        self.n_head_per_ngram = _positive_int(n_head_per_ngram, "n_head_per_ngram")
-        self.layer_ids = [int(layer) for layer in layer_ids]
-        if not self.layer_ids:
-            raise ValueError("layer_ids must name at least one layer")
-        if len(set(self.layer_ids)) != len(self.layer_ids):
-            raise ValueError(f"layer_ids must be distinct, got {self.layer_ids}")
-        if any(layer < 0 for layer in self.layer_ids):
-            raise ValueError(f"layer_ids must be non-negative, got {self.layer_ids}")
-        if not is_integer(seed) or seed < 0:
-            raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
+        fields = HashFields.check(
+            engram_vocab_size,
+            max_ngram_size,
+            n_embed_per_ngram,
+            n_head_per_ngram,
+            layer_ids,
+            pad_id,
+            seed,
+        )
+        vocab_sizes = fields.vocab_sizes
+        self.n_embed_per_ngram = fields.n_embed_per_ngram
+        self.n_head_per_ngram = fields.n_head_per_ngram
+        self.layer_ids = fields.layer_ids
         self.vocab_size_per_ngram = vocab_sizes
-        self.max_ngram_size = int(max_ngram_size)
-        self.seed = int(seed)
+        self.max_ngram_size = fields.max_ngram_size
+        self.seed = fields.seed
 
         if isinstance(tokenizer_name_or_path, CompressedTokenizer):
             self.compressed_tokenizer = tokenizer_name_or_path
@@ -154,8 +195,6 @@ class NgramHashMapping:
             self.compressed_tokenizer = CompressedTokenizer(tokenizer_name_or_path)
         self.tokenizer_vocab_size = len(self.compressed_tokenizer)
         raw_vocab = self.compressed_tokenizer.vocab_size
-        if not is_integer(pad_id):
-            raise ValueError(f"pad_id must be an integer token id, got {pad_id!r}")
         if not 0 <= pad_id < raw_vocab:
             raise ValueError(f"pad_id {pad_id} is outside the tokenizer vocabulary of {raw_vocab}")
         self.pad_id = int(self.compressed_tokenizer.lookup_table[pad_id])

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 from typing import Any
 
 from client.config import EngramConfig
 from client.engram_tables import create_engram_tables, plan_engram_tables
 from client.errors import TableNotFoundError
+from client.presets import PRESETS
 from client.results import TableInfo
 from engram_cli.confirm import declined
 from engram_cli.output import emit
@@ -26,8 +28,9 @@ def describe(info: TableInfo) -> str:
 
 
 def _table_options(args: argparse.Namespace) -> dict[str, Any]:
+    chosen = {"dtype": args.dtype} if args.dtype is not None else {}
     return {
-        "dtype": args.dtype,
+        **chosen,
         "init": args.init,
         "init_std": args.std,
         "optimizer": args.optimizer,
@@ -48,22 +51,30 @@ def _create_table(args: argparse.Namespace) -> int:
 
 
 def _create_tables(args: argparse.Namespace) -> int:
-    config = EngramConfig.from_json(args.engram_config)
+    if args.preset is not None:
+        config = EngramConfig.preset(args.preset, args.tokenizer)
+    else:
+        config = EngramConfig.from_json(args.engram_config)
+        if args.tokenizer is not None:
+            config = dataclasses.replace(config, tokenizer_name_or_path=args.tokenizer)
     if args.dry_run:
         plans = plan_engram_tables(config, args.prefix)
         emit(
             args.json,
             {"tables": plans},
             "\n".join(
-                f"{p.name}: {p.num_rows} x {p.dim} (layer {p.layer}, {len(p.head_sizes)} heads "
-                f"of {min(p.head_sizes)}..{max(p.head_sizes)} rows)"
+                f"{p.name}: {p.num_rows} x {p.dim} {config.row_dtype} (layer {p.layer}, "
+                f"{len(p.head_sizes)} heads of {min(p.head_sizes)}..{max(p.head_sizes)} rows)"
                 for p in plans
             ),
         )
         return 0
     with connect(args) as client:
         infos = create_engram_tables(client, config, args.prefix, **_table_options(args))
-    emit(args.json, {"tables": infos}, "\n".join(map(describe, infos)))
+    lines = list(map(describe, infos))
+    if not config.tokenizer_name_or_path:
+        lines.append("no tokenizer given (--tokenizer FILE): the tables hash no token ids")
+    emit(args.json, {"tables": infos}, "\n".join(lines))
     return 0
 
 
@@ -131,13 +142,14 @@ def _drop_table(args: argparse.Namespace) -> int:
     return 0
 
 
-def _add_table_options(verb: argparse.ArgumentParser) -> None:
+def _add_table_options(verb: argparse.ArgumentParser, dtype: str | None = "float32") -> None:
     verb.add_argument(
         "--dtype",
-        default="float32",
+        default=dtype,
         choices=TABLE_DTYPES,
         help="how rows are stored: a float dtype, or fp8_e4m3/int8 for serving (dim a "
-        "multiple of 32; no pushes); lookups return float dtypes or the stored packing",
+        "multiple of 32; no pushes); lookups return float dtypes or the stored packing"
+        + ("" if dtype else " (default: the config's row_dtype; float32 unless a preset's)"),
     )
     verb.add_argument(
         "--init",
@@ -196,16 +208,29 @@ def register(verbs: Verbs) -> None:
         "create the tables of an Engram config, one per layer, sized by its hashing",
         _create_tables,
         "engram-store create-tables --engram-config examples/tiny_engram_lm.engram.json --dry-run\n"
-        "engram-store create-tables --engram-config engram.json --optimizer adam --lr 1e-3",
+        "engram-store create-tables --engram-config engram.json --optimizer adam --lr 1e-3\n"
+        "engram-store create-tables --preset deepseek-v4.1-flash --dry-run --json",
         "The config is a JSON object with the reference's EngramConfig fields (engram_vocab_size,\n"
         "max_ngram_size, n_embed_per_ngram, n_head_per_ngram, layer_ids, pad_id, seed and\n"
         "tokenizer_name_or_path, relative to the file). Each layer's table holds all its heads\n"
         "(prime sizes computed from the config) with rows of n_embed_per_ngram / n_head_per_ngram\n"
         "values, seeded with the layer id; on one daemon it also hashes token ids itself\n"
-        "(lookup-tokens).",
+        "(lookup-tokens). --preset names a released model's config instead\n"
+        "(deepseek-v4.1-flash: client/presets.py), whose sizes need no tokenizer.",
+    )
+    source = tables.add_mutually_exclusive_group(required=True)
+    source.add_argument("--engram-config", metavar="FILE", help="JSON file of the Engram config")
+    source.add_argument(
+        "--preset",
+        metavar="NAME",
+        choices=sorted(PRESETS),
+        help=f"a released model's Engram config instead: {', '.join(sorted(PRESETS))}",
     )
     tables.add_argument(
-        "--engram-config", metavar="FILE", required=True, help="JSON file of the Engram config"
+        "--tokenizer",
+        metavar="FILE",
+        help="the model's tokenizer (tokenizer.json or its directory), for hashing token ids; "
+        "a preset's is checked against the model's compressed vocabulary",
     )
     tables.add_argument(
         "--prefix",
@@ -216,7 +241,7 @@ def register(verbs: Verbs) -> None:
     tables.add_argument(
         "--dry-run", action="store_true", help="print the tables' sizes, create nothing"
     )
-    _add_table_options(tables)
+    _add_table_options(tables, dtype=None)
 
     verbs.add_client("tables", "list tables", _tables, "engram-store tables --json")
     verbs.add_client(

@@ -210,7 +210,7 @@ class Trainer:
                     create_engram_tables(
                         client, econf, tables, optimizer=table_optimizer, lr=table_lr
                     )
-                for plan in plan_engram_tables(econf, tables, self.mapping):
+                for plan in plan_engram_tables(econf, tables):
                     if plan.name not in client.tables():
                         raise ValueError(
                             f"no table {plan.name} at {address}: create this model's tables "
