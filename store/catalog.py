@@ -23,6 +23,7 @@ import lmdb
 
 from store._native import TableFormatError
 from store.conversions import table_spec_bytes, table_spec_of_bytes
+from store.errors import FailedPreconditionError
 from store.spec import TableSpec
 
 # "importing" names the tables whose import is unfinished: hidden until it is.
@@ -92,15 +93,44 @@ class Catalog:
     # Address space, not disk: LMDB's file grows with what it holds. Every key and value is
     # bounded at the door (names, client ids, idempotency windows), so a full map needs far
     # more tables and clients than the daemon accepts.
-    def __init__(self, path: str | os.PathLike[str], map_size: int = 1 << 36) -> None:
+    def __init__(
+        self, path: str | os.PathLike[str], map_size: int = 1 << 36, read_only: bool = False
+    ) -> None:
+        """With `read_only` (read-only media), the catalog is only read: no transaction
+        writes, and LMDB's lock file is neither created nor used (nothing writes it)."""
         self._path = os.fspath(path)
-        self._env = lmdb.open(self._path, map_size=map_size, max_dbs=len(_DATABASES), subdir=True)
-        self._db = {name.decode(): self._env.open_db(name) for name in _DATABASES}
+        self._env = lmdb.open(
+            self._path,
+            map_size=map_size,
+            max_dbs=len(_DATABASES),
+            subdir=True,
+            readonly=read_only,
+            lock=not read_only,
+        )
         try:
-            self._seal_old_values()
+            self._db = {
+                name.decode(): self._env.open_db(name, create=not read_only)
+                for name in _DATABASES
+            }
+            if read_only:
+                self._check_sealed()
+            else:
+                self._seal_old_values()
+        except lmdb.NotFoundError:
+            self._env.close()
+            raise FailedPreconditionError(
+                f"{self._path} was written by an older version: serve it writable once"
+            ) from None
         except BaseException:
             self._env.close()
             raise
+
+    def _check_sealed(self) -> None:
+        with self._env.begin() as txn:
+            if txn.get(_FORMAT_KEY, db=self._db["meta"]) != _SEALED:
+                raise FailedPreconditionError(
+                    f"{self._path} was written by an older version: serve it writable once"
+                )
 
     def _seal_old_values(self) -> None:
         with self._env.begin(write=True) as txn:

@@ -49,6 +49,7 @@ from store.gate import Gate
 from store.idempotency import ClientWindows
 from store.lookup_answers import DEFAULT_MAX_CHUNK_BYTES, LookupAnswers
 from store.pauses import Pauses
+from store.read_only_media import check_clean, is_read_only_media
 from store.replication import plan_changes
 from store.requests import (
     BatchOutcome,
@@ -134,22 +135,66 @@ class StoreEngine:
         self.follows = follows
         self.overcommit_disk = overcommit_disk
         self.read_only = read_only or bool(follows)
+        # Read-only media (store/read_only_media.py): nothing is written in the directory.
+        self.media_read_only = read_only and not follows and is_read_only_media(self.data_dir)
         self.follow_error = ""
         self._checkpoint_published = threading.Condition()
         self._waits_ended = False
         # Each rank of a step waits on a request thread of its own (see server.py).
         self.max_sync_world_size = max_sync_world_size
         self._steps = StepBarrier(max_pending_step_bytes)
-        os.makedirs(self.data_dir, exist_ok=True)
-        self._lock_file = data_dir_lock(self.data_dir)
-        try:
-            self._open()
-        except BaseException:
-            if hasattr(self, "catalog"):
-                self.catalog.close()
-            self._lock_file.close()
-            raise
+        if self.media_read_only:
+            self._lock_file = None
+            self._open_read_only()
+        else:
+            os.makedirs(self.data_dir, exist_ok=True)
+            self._lock_file = data_dir_lock(self.data_dir)
+            try:
+                self._open()
+            except BaseException:
+                if hasattr(self, "catalog"):
+                    self.catalog.close()
+                self._lock_file.close()
+                raise
         log.info("opened %d tables from %s", len(self._tables), self.data_dir)
+
+    def _open_read_only(self) -> None:
+        """Opens a directory on read-only media, writing nothing: the catalog read-only,
+        every visible table's files mapped copy-on-write; refused unless its daemon stopped
+        cleanly (store/read_only_media.py)."""
+        self._init_state()
+        self.catalog = Catalog(os.path.join(self.data_dir, CATALOG), read_only=True)
+        try:
+            check_clean(self.data_dir, self.catalog)
+            self.store_id = self.catalog.get_meta("store_id")
+            self._clients = ClientWindows(self.catalog.clients())
+            importing = self.catalog.importing()
+            for spec, step, incarnation in self.catalog.tables():
+                if spec.name in importing:
+                    continue  # hidden while unfinished, and nothing here can finish it
+                directory = table_directory(self.data_dir, spec.name)
+                table = ServedTable.open(directory, spec, step, incarnation, media_read_only=True)
+                self._tables[spec.name] = table
+        except BaseException:
+            self.catalog.close()
+            raise
+        self.needs_restore = ""
+
+    def _init_state(self) -> None:
+        """The engine's in-memory state, before any table is opened."""
+        self._started = time.monotonic()
+        self._tables: dict[str, ServedTable] = {}
+        # Imports staged to replace the live table of their name (store/replacement.py).
+        self._replacements: dict[str, ServedTable] = {}
+        self._tables_lock = threading.Lock()
+        # Pushes hold it shared; checkpoints, restores, drops, and flushes while they cut the
+        # journal, exclusively. Lookups never take it.
+        self._gate = Gate()
+        # One flush at a time, and none beside a step that retires or replaces tables: a
+        # flush writes its tables back after it has let pushes go on (see `flush`). Taken
+        # before the gate, never after it.
+        self._durability = threading.Lock()
+        self.pauses = Pauses()
 
     def _open(self) -> None:
         tables_dir = os.path.join(self.data_dir, TABLES)
@@ -172,19 +217,7 @@ class StoreEngine:
         if not self.catalog.get_meta("store_id"):
             self.catalog.put_meta("store_id", uuid.uuid4().hex)
         self.store_id = self.catalog.get_meta("store_id")
-        self._started = time.monotonic()
-        self._tables: dict[str, ServedTable] = {}
-        # Imports staged to replace the live table of their name (store/replacement.py).
-        self._replacements: dict[str, ServedTable] = {}
-        self._tables_lock = threading.Lock()
-        # Pushes hold it shared; checkpoints, restores, drops, and flushes while they cut the
-        # journal, exclusively. Lookups never take it.
-        self._gate = Gate()
-        # One flush at a time, and none beside a step that retires or replaces tables: a
-        # flush writes its tables back after it has let pushes go on (see `flush`). Taken
-        # before the gate, never after it.
-        self._durability = threading.Lock()
-        self.pauses = Pauses()
+        self._init_state()
         self.needs_restore = self._unclean_machine_crash()
         if self.follows and (self.needs_restore or self.catalog.get_meta("follow_applying")):
             log.warning("the last catch-up with the leader was cut short: starting afresh")
@@ -840,7 +873,9 @@ class StoreEngine:
         """Makes every table, step and idempotency window durable. Pushes are held off only
         while the journal is cut: as long as the pushes in flight then take to finish, and
         independent of how much there is to write. The rows are written back while pushes
-        and lookups go on; lookups never wait for a flush."""
+        and lookups go on; lookups never wait for a flush. On read-only media, nothing."""
+        if self.media_read_only:
+            return
         with self._durability:
             started = time.monotonic()
             with self._gate.exclusive():
@@ -1090,7 +1125,10 @@ class StoreEngine:
 
     def close(self) -> None:
         """Flushes everything and records a clean stop (the next start trusts the rows even
-        if the machine goes down in between)."""
+        if the machine goes down in between); on read-only media, only closes."""
+        if self.media_read_only or self._lock_file is None:
+            self.catalog.close()
+            return
         with self._exclusive():
             self._flush_unlocked()
             if not self.needs_restore:

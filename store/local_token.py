@@ -10,7 +10,8 @@ daemon's user (and root) can read it. A client or the command line given a loopb
 address and no token reads the token published for that port: the daemon's user connects as
 before, and another local user, who cannot read the file, is refused (`UNAUTHENTICATED`)
 before any call runs. The token lives as long as the data directory, so a client that
-retries through a restart of the daemon still holds a valid one.
+retries through a restart of the daemon still holds a valid one (on read-only media, where
+the directory cannot keep it, a fresh one is made at each start).
 
 This module is the vocabulary both sides share: the daemon writes, the client reads.
 """
@@ -55,9 +56,15 @@ def data_dir_token(data_dir: str) -> str:
         token = f.read().strip()
         if token:
             return token
-    token = secrets.token_hex(32)
+    token = new_token()
     _write_private(Path(path), token)
     return token
+
+
+def new_token() -> str:
+    """A fresh token: for a daemon on read-only media, whose data directory cannot keep one
+    (its clients read it anew after each start)."""
+    return secrets.token_hex(32)
 
 
 def publish(port: int, token: str) -> Path:

@@ -67,8 +67,12 @@ class ServedTable:
         return ServedTable(spec, native, incarnation)
 
     @staticmethod
-    def open(directory: str, spec: TableSpec, step: int, incarnation: str) -> ServedTable:
-        native = _native.TrainableTable.open(directory, spec.resolved(), step)
+    def open(
+        directory: str, spec: TableSpec, step: int, incarnation: str, media_read_only: bool = False
+    ) -> ServedTable:
+        """The table in `directory`; with `media_read_only`, its files only read (a snapshot
+        on read-only media) and pushes refused."""
+        native = _native.TrainableTable.open(directory, spec.resolved(), step, media_read_only)
         return ServedTable(spec, native, incarnation)
 
     def status(self) -> TableStatus:

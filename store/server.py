@@ -431,7 +431,11 @@ def serve(config: ServeConfig, stop_event: threading.Event | None = None) -> Non
         # Loopback (the exposure check let it through): other local users are kept out by
         # a token only this user can read (store/local_token.py).
         try:
-            own_token = local_token.data_dir_token(engine.data_dir)
+            own_token = (
+                local_token.new_token()
+                if engine.media_read_only
+                else local_token.data_dir_token(engine.data_dir)
+            )
         except OSError as error:
             engine.close()
             raise StartupError(

@@ -10,7 +10,7 @@ use crate::journal::{Journal, JournalRecord};
 use crate::optim::{Optimizer, StepConstants};
 use crate::parallel;
 use crate::table::format::Header;
-use crate::table::{prefetch_ptr, Access, GroupUpdate, KeyGroups, Table};
+use crate::table::{prefetch_ptr, Access, GroupUpdate, KeyGroups, Table, Writes};
 use rayon::prelude::*;
 use std::cell::RefCell;
 use std::path::{Path, PathBuf};
@@ -39,6 +39,8 @@ pub struct TrainableTable {
     /// Where pushes are committed; without one, a crash in the middle of a push leaves it
     /// half applied (tables used in process, not served).
     journal: OnceLock<Arc<Journal>>,
+    /// `Private` on read-only media: pushes are refused.
+    writes: Writes,
 }
 
 /// The hyper-parameters a table's pushes use.
@@ -102,7 +104,15 @@ impl TrainableTable {
             Ok((params, state))
         })();
         match created.and_then(|(params, state)| {
-            Self::assemble(dir, params, state, optimizer, allow_non_finite, 0)
+            Self::assemble(
+                dir,
+                params,
+                state,
+                optimizer,
+                allow_non_finite,
+                0,
+                Writes::ToFile,
+            )
         }) {
             Ok(table) => Ok(table),
             Err(e) => {
@@ -119,13 +129,38 @@ impl TrainableTable {
         allow_non_finite: bool,
         step: u64,
     ) -> Result<Self> {
-        let dir = dir.as_ref();
-        let params = Table::open(dir.join(PARAMS_FILE))?;
+        Self::open_with(
+            dir.as_ref(),
+            optimizer,
+            allow_non_finite,
+            step,
+            Writes::ToFile,
+        )
+    }
+
+    /// Opens a table on read-only media: its files are read, never written (see
+    /// [`Table::open_read_only`]), and pushes are refused.
+    pub fn open_read_only(dir: impl AsRef<Path>, optimizer: Optimizer, step: u64) -> Result<Self> {
+        Self::open_with(dir.as_ref(), optimizer, false, step, Writes::Private)
+    }
+
+    fn open_with(
+        dir: &Path,
+        optimizer: Optimizer,
+        allow_non_finite: bool,
+        step: u64,
+        writes: Writes,
+    ) -> Result<Self> {
+        let open = |path: PathBuf| match writes {
+            Writes::ToFile => Table::open(path),
+            Writes::Private => Table::open_read_only(path),
+        };
+        let params = open(dir.join(PARAMS_FILE))?;
         let expected_state = Self::state_header(params.header(), &optimizer);
         let state = match expected_state {
             None => None,
             Some(expected) => {
-                let state = Table::open(dir.join(STATE_FILE))?;
+                let state = open(dir.join(STATE_FILE))?;
                 if state.header() != &expected {
                     return Err(Error::format(
                         state.path(),
@@ -139,7 +174,15 @@ impl TrainableTable {
                 Some(state)
             }
         };
-        Self::assemble(dir, params, state, optimizer, allow_non_finite, step)
+        Self::assemble(
+            dir,
+            params,
+            state,
+            optimizer,
+            allow_non_finite,
+            step,
+            writes,
+        )
     }
 
     fn assemble(
@@ -149,9 +192,14 @@ impl TrainableTable {
         optimizer: Optimizer,
         allow_non_finite: bool,
         step: u64,
+        writes: Writes,
     ) -> Result<Self> {
         let state_bytes = state.as_ref().map_or(0, |s| s.dtype().row_bytes(s.dim()));
-        let undo = UndoLog::open(dir, params.dtype().row_bytes(params.dim()), state_bytes)?;
+        let row_bytes = params.dtype().row_bytes(params.dim());
+        let undo = match writes {
+            Writes::ToFile => UndoLog::open(dir, row_bytes, state_bytes)?,
+            Writes::Private => UndoLog::open_read_only(dir, row_bytes, state_bytes)?,
+        };
         // Pushes write rows here and there.
         params.set_access(Access::Sparse);
         if let Some(state) = &state {
@@ -169,6 +217,7 @@ impl TrainableTable {
             step: AtomicU64::new(step),
             push_lock: Mutex::new(undo),
             journal: OnceLock::new(),
+            writes,
         })
     }
 
@@ -321,6 +370,12 @@ impl TrainableTable {
         grads: &'a [u8],
         step: Option<u64>,
     ) -> Result<(Gradients<'a>, KeyGroups)> {
+        if self.writes == Writes::Private {
+            return Err(Error::invalid(format!(
+                "{}: the table is on read-only media: pushes are refused",
+                self.dir.display()
+            )));
+        }
         let stored = self.params.dtype();
         if stored.is_quantized() {
             return Err(Error::invalid(format!(

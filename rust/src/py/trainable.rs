@@ -157,13 +157,22 @@ impl TrainableTable {
         Ok(TrainableTable { inner })
     }
 
-    /// The table in `dir`, trained as `spec` says, its step count at `step`.
+    /// The table in `dir`, trained as `spec` says, its step count at `step`; with
+    /// `read_only`, on read-only media: its files only read, and pushes refused.
     #[staticmethod]
-    fn open(py: Python<'_>, dir: PathBuf, spec: TableSpecArgs, step: u64) -> PyResult<Self> {
+    #[pyo3(signature = (dir, spec, step, read_only=false))]
+    fn open(
+        py: Python<'_>,
+        dir: PathBuf,
+        spec: TableSpecArgs,
+        step: u64,
+        read_only: bool,
+    ) -> PyResult<Self> {
         let optimizer = spec.optimizer.build()?;
         let allow_non_finite = spec.allow_non_finite;
-        let inner = detached(py, || {
-            trainable::TrainableTable::open(&dir, optimizer, allow_non_finite, step)
+        let inner = detached(py, || match read_only {
+            true => trainable::TrainableTable::open_read_only(&dir, optimizer, step),
+            false => trainable::TrainableTable::open(&dir, optimizer, allow_non_finite, step),
         })?;
         spec.optimizer.tune(&inner)?;
         Ok(TrainableTable { inner })

@@ -9,6 +9,7 @@
 //! over its block. Verifying a block recomputes its sum from its written rows. The file is
 //! sparse like the table: blocks with no written row take no disk.
 
+use super::Writes;
 use crate::disk;
 use crate::error::{Error, Result};
 use memmap2::{MmapOptions, MmapRaw};
@@ -82,25 +83,26 @@ impl BlockSums {
             .create_new(true)
             .open(&path)
             .map_err(|e| Error::io(&path, e))?;
-        Self::map(path, file, num_rows)
+        Self::map(path, file, num_rows, Writes::ToFile)
     }
 
     /// Opens the sums of a table of `num_rows` rows; `None` for a table kept without them.
-    pub fn open(table: &Path, num_rows: u64) -> Result<Option<BlockSums>> {
+    pub fn open(table: &Path, num_rows: u64, writes: Writes) -> Result<Option<BlockSums>> {
         let path = Self::path_for(table);
-        match OpenOptions::new().read(true).write(true).open(&path) {
-            Ok(file) => Self::map(path, file, num_rows).map(Some),
+        let writable = writes == Writes::ToFile;
+        match OpenOptions::new().read(true).write(writable).open(&path) {
+            Ok(file) => Self::map(path, file, num_rows, writes).map(Some),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(Error::io(&path, e)),
         }
     }
 
-    fn map(path: PathBuf, file: File, num_rows: u64) -> Result<BlockSums> {
+    fn map(path: PathBuf, file: File, num_rows: u64, writes: Writes) -> Result<BlockSums> {
         let io = |e| Error::io(&path, e);
         let blocks = num_rows.div_ceil(BLOCK_ROWS) as usize;
         let len = (blocks * 8) as u64;
         let actual = file.metadata().map_err(io)?.len();
-        if actual == 0 {
+        if actual == 0 && writes == Writes::ToFile {
             file.set_len(len).map_err(io)?;
         } else if actual != len {
             return Err(Error::format(
@@ -108,7 +110,12 @@ impl BlockSums {
                 format!("row checksums hold {actual} bytes, expected {len}"),
             ));
         }
-        let map = MmapOptions::new().map_raw(&file).map_err(io)?;
+        let map = match writes {
+            Writes::ToFile => MmapOptions::new().map_raw(&file),
+            // SAFETY: a private copy-on-write mapping; nothing else maps it.
+            Writes::Private => unsafe { MmapOptions::new().map_copy(&file) }.map(MmapRaw::from),
+        }
+        .map_err(io)?;
         Ok(BlockSums {
             path,
             file,
@@ -193,7 +200,9 @@ mod tests {
     fn sums_follow_replacements_and_survive_reopening() {
         let dir = tempfile::tempdir().unwrap();
         let table = dir.path().join("t.engram");
-        assert!(BlockSums::open(&table, 1000).unwrap().is_none());
+        assert!(BlockSums::open(&table, 1000, Writes::ToFile)
+            .unwrap()
+            .is_none());
         let sums = BlockSums::create(&table, 1000).unwrap();
         sums.replace(70, None, Some(5));
         sums.replace(71, None, Some(7));
@@ -202,10 +211,12 @@ mod tests {
         assert_eq!(sums.nonzero_blocks(), vec![1]);
         sums.flush().unwrap();
         drop(sums);
-        let sums = BlockSums::open(&table, 1000).unwrap().unwrap();
+        let sums = BlockSums::open(&table, 1000, Writes::ToFile)
+            .unwrap()
+            .unwrap();
         assert_eq!(sums.get(1), 16);
         assert!(
-            BlockSums::open(&table, 5000).is_err(),
+            BlockSums::open(&table, 5000, Writes::ToFile).is_err(),
             "the wrong size is refused"
         );
         assert_eq!(BlockSums::create(&table, 1000).unwrap().get(1), 0);

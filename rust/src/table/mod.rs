@@ -35,6 +35,14 @@ const MAX_PREFETCH_LINES: usize = 8;
 /// Updates smaller than this run on the calling thread.
 const PARALLEL_UPDATE_MIN_ROWS: usize = 4096;
 
+/// Where a mapped table's writes go: to its file, or (read-only media) nowhere but this
+/// process's private copy of the page.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Writes {
+    ToFile,
+    Private,
+}
+
 /// How a table's rows will be used, for the kernel's paging of its mapping.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Access {
@@ -156,16 +164,26 @@ impl Table {
                 None
             }
         };
-        Self::map(path, file, header, layout, sums)
+        Self::map(path, file, header, layout, sums, Writes::ToFile)
     }
 
     /// Opens an existing table, checking its header, checksum and size before mapping it.
     pub fn open(path: impl AsRef<Path>) -> Result<Table> {
-        let path = path.as_ref();
+        Self::open_with(path.as_ref(), Writes::ToFile)
+    }
+
+    /// Opens an existing table on read-only media (a snapshot that many daemons serve): the
+    /// file is opened for reading only and mapped copy-on-write, so that the page cache is
+    /// shared with every other reader and nothing can ever reach the file.
+    pub fn open_read_only(path: impl AsRef<Path>) -> Result<Table> {
+        Self::open_with(path.as_ref(), Writes::Private)
+    }
+
+    fn open_with(path: &Path, writes: Writes) -> Result<Table> {
         let io = |e| Error::io(path, e);
         let mut file = OpenOptions::new()
             .read(true)
-            .write(true)
+            .write(writes == Writes::ToFile)
             .open(path)
             .map_err(io)?;
         let file_len = file.metadata().map_err(io)?.len();
@@ -175,8 +193,8 @@ impl Table {
             .read_to_end(&mut head)
             .map_err(io)?;
         let (header, layout) = Header::decode(path, &head, file_len)?;
-        let sums = BlockSums::open(path, header.num_rows)?;
-        Self::map(path, file, header, layout, sums)
+        let sums = BlockSums::open(path, header.num_rows, writes)?;
+        Self::map(path, file, header, layout, sums, writes)
     }
 
     fn map(
@@ -185,10 +203,15 @@ impl Table {
         header: Header,
         layout: Layout,
         sums: Option<BlockSums>,
+        writes: Writes,
     ) -> Result<Table> {
         // SAFETY: the file's size was checked against the header; the mapping is private to
         // this process's Table and all access goes through the lock.
-        let map = unsafe { MmapOptions::new().map_mut(&file) }.map_err(|e| Error::io(path, e))?;
+        let map = match writes {
+            Writes::ToFile => unsafe { MmapOptions::new().map_mut(&file) },
+            Writes::Private => unsafe { MmapOptions::new().map_copy(&file) },
+        }
+        .map_err(|e| Error::io(path, e))?;
         let bitmap_pages = header.num_rows.div_ceil(ROWS_PER_BITMAP_PAGE) as usize;
         let table = Table {
             path: path.to_path_buf(),

@@ -312,3 +312,42 @@ fn shards_copy_their_rows_and_state_from_another_layout_bit_for_bit() {
         .to_string()
         .contains("shards differ"));
 }
+
+#[test]
+fn a_table_on_read_only_media_serves_its_rows_and_writes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("t");
+    let opt = Optimizer::new("adam", 0.1, 1e-8, 0.9, 0.999, 0.0).unwrap();
+    let t = TrainableTable::create(&path, header(100, 4), opt, false).unwrap();
+    t.push(&[3, 7], &[1.0; 8], None).unwrap();
+    t.flush().unwrap();
+    let rows = t.params().gather(&[3, 7, 50]).unwrap();
+    drop(t);
+    let files = |dir: &Path| -> Vec<(std::path::PathBuf, Vec<u8>)> {
+        let mut all: Vec<_> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| {
+                let p = e.unwrap().path();
+                let bytes = std::fs::read(&p).unwrap();
+                (p, bytes)
+            })
+            .collect();
+        all.sort();
+        all
+    };
+    let before = files(&path);
+    for (file, _) in &before {
+        let mut permissions = std::fs::metadata(file).unwrap().permissions();
+        permissions.set_readonly(true);
+        std::fs::set_permissions(file, permissions).unwrap();
+    }
+    let served = TrainableTable::open_read_only(&path, opt, 1).unwrap();
+    assert_eq!(served.params().gather(&[3, 7, 50]).unwrap(), rows);
+    assert_eq!(served.params().written_count(), 2);
+    let refused = served.push(&[3], &[1.0; 4], None).unwrap_err().to_string();
+    assert!(refused.contains("read-only media"), "{refused}");
+    assert_eq!(served.params().gather(&[3, 7, 50]).unwrap(), rows);
+    assert!(served.verify().is_empty(), "the checksums read back");
+    drop(served);
+    assert_eq!(files(&path), before, "no byte of any file changed");
+}

@@ -32,7 +32,8 @@ const ENTRY_HEAD: usize = 24;
 
 pub struct UndoLog {
     path: PathBuf,
-    file: File,
+    /// None on read-only media, where no push may begin.
+    file: Option<File>,
     map: MmapRaw,
     row_bytes: usize,
     state_bytes: usize,
@@ -72,7 +73,7 @@ impl UndoLog {
         let map = MmapOptions::new().map_raw(&file).map_err(io)?;
         let log = UndoLog {
             path,
-            file,
+            file: Some(file),
             map,
             row_bytes,
             state_bytes,
@@ -84,6 +85,31 @@ impl UndoLog {
             log.bytes_mut(0, 8).copy_from_slice(&MAGIC);
         }
         Ok(log)
+    }
+
+    /// The undo log of a table on read-only media: the one there, mapped copy-on-write (or
+    /// an empty one in memory). Recovery reads it; a push cannot begin.
+    pub fn open_read_only(dir: &Path, row_bytes: usize, state_bytes: usize) -> Result<UndoLog> {
+        let path = dir.join(UNDO_FILE);
+        let io = |e| Error::io(&path, e);
+        let map = match File::open(&path) {
+            Ok(file) if file.metadata().map_err(io)?.len() >= HEADER as u64 => {
+                // SAFETY: a private copy-on-write mapping; nothing else maps it here.
+                unsafe { MmapOptions::new().map_copy(&file) }.map_err(io)?
+            }
+            Ok(_) => memmap2::MmapMut::map_anon(HEADER).map_err(io)?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                memmap2::MmapMut::map_anon(HEADER).map_err(io)?
+            }
+            Err(e) => return Err(io(e)),
+        };
+        Ok(UndoLog {
+            path,
+            file: None,
+            map: MmapRaw::from(map),
+            row_bytes,
+            state_bytes,
+        })
     }
 
     fn entry_bytes(&self) -> usize {
@@ -127,17 +153,23 @@ impl UndoLog {
     /// (reserving disk, which is where a full disk fails), then records the push.
     pub fn begin(&mut self, token: u64, count: usize) -> Result<()> {
         let needed = HEADER + count * self.entry_bytes();
+        let Some(file) = &self.file else {
+            return Err(Error::invalid(format!(
+                "{}: the table is on read-only media: pushes are refused",
+                self.path.display()
+            )));
+        };
         if needed > self.map.len() {
             // Grow by half again, so that slowly growing pushes do not remap each time.
             let size = needed.max(self.map.len() + self.map.len() / 2) as u64;
             let io = |e| Error::io(&self.path, e);
             let old = self.map.len() as u64;
-            self.file.set_len(size).map_err(io)?;
-            if let Err(e) = disk::reserve(&self.file, &self.path, old, size - old) {
-                let _ = self.file.set_len(old);
+            file.set_len(size).map_err(io)?;
+            if let Err(e) = disk::reserve(file, &self.path, old, size - old) {
+                let _ = file.set_len(old);
                 return Err(e);
             }
-            self.map = MmapOptions::new().map_raw(&self.file).map_err(io)?;
+            self.map = MmapOptions::new().map_raw(file).map_err(io)?;
         }
         self.word(3).store(0, Ordering::Release);
         self.word(2).store(count as u64, Ordering::Release);
