@@ -8,6 +8,7 @@ The per-token work runs in the Rust kernel (`store._native`) with the GIL releas
 
 from __future__ import annotations
 
+import hashlib
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -17,6 +18,7 @@ import numpy as np
 import numpy.typing as npt
 from tokenizers import Regex, Tokenizer, normalizers
 
+from client.hash_identity import HashIdentity
 from store import _native
 from store._proto.engram.store.v1 import store_pb2 as pb
 from store.arrays import as_int64_array, as_token_mask
@@ -74,6 +76,9 @@ class CompressedTokenizer:
     def __init__(self, tokenizer: TokenizerLike) -> None:
         self.tokenizer = load_tokenizer(tokenizer)
         self.lookup_table, self.num_new_token = self._build_lookup_table()
+        # SHA-256 of the tokenizer's canonical JSON: one tokenizer, one digest, however it
+        # was given (client/hash_identity.py).
+        self.sha256 = hashlib.sha256(self.tokenizer.to_str().encode()).hexdigest()
 
     def _build_lookup_table(self) -> tuple[npt.NDArray[np.int64], int]:
         normalizer = _key_normalizer()
@@ -244,7 +249,12 @@ class NgramHashMapping:
             lookup_table=pb.Array(
                 dtype="int64", shape=[len(lookup)], data=lookup.astype("<i8").tobytes()
             ),
+            tokenizer_sha256=self.compressed_tokenizer.sha256,
         )
+
+    def hash_identity(self, layer_id: int) -> HashIdentity:
+        """Everything that decides one layer's rows (client/hash_identity.py)."""
+        return HashIdentity.of_hash_config(self.hash_config(layer_id))
 
     def fingerprint(self, layer_id: int) -> int:
         """Digest of one layer's hashing; a store table built from :meth:`hash_config` reports

@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from client.hash_identity import METADATA_KEY, HashIdentity, identities_in_metadata
 from client.results import TableInfo
 from client.tensor_files import Checkpoint, SafetensorsWriter, TensorSpec, row_ranges
 from store.arrays import bfloat16_to_float32
@@ -270,10 +271,17 @@ def import_checkpoint(
     rules: list[MappingRule],
     progress: Progress | None = None,
     replace: bool = False,
+    expected: Callable[[HashIdentity], HashIdentity | None] | None = None,
+    check_replaced: bool = True,
 ) -> list[TableInfo]:
     """Imports every table the mapping finds in the checkpoint at `path` (a safetensors
     file or an index.json); returns the tables, visible and durable. With `replace`, a
-    table that exists serves on until its import is complete, then is swapped for it."""
+    table that exists serves on until its import is complete, then is swapped for it.
+
+    A table whose file carries a hash identity (client/hash_identity.py) must match the
+    identity of the table it replaces (unless not `check_replaced`), and `expected(identity)`
+    (the identity the user's config gives the file's layer; None: that config has none to
+    compare), or nothing is imported: `HashIdentityMismatch` names the fields."""
     imported = []
     # Slices are read and packed while the one before travels: disk, CPU and daemon busy
     # at once.
@@ -281,6 +289,8 @@ def import_checkpoint(
         plans, _ = plan_import(checkpoint, rules)
         if not plans:
             raise MappingError(f"no tensor of {os.fspath(path)} matches the mapping")
+        carried = identities_in_metadata(checkpoint.metadata(), os.fspath(path))
+        check_identities(client, plans, carried, expected, replace and check_replaced)
         for plan in plans:
             spec = TableSpec(plan.table, plan.num_rows, plan.dim, dtype=plan.dtype, init="zeros")
             client.create(spec, importing=True, replace_existing=replace)
@@ -304,6 +314,41 @@ def import_checkpoint(
     return imported
 
 
+class HashIdentityMismatch(MappingError):
+    """A checkpoint's tables were hashed otherwise than their target: importing them would
+    serve wrong rows without an error."""
+
+
+def check_identities(
+    client: Any,
+    plans: list[Any],
+    carried: dict[str, HashIdentity],
+    expected: Callable[[HashIdentity], HashIdentity | None] | None,
+    replace: bool,
+) -> None:
+    for plan in plans:
+        identity = carried.get(plan.table)
+        if identity is None:
+            continue
+        targets: list[tuple[str, HashIdentity | None]] = []
+        if expected is not None:
+            targets.append(("the given config", expected(identity)))
+        if replace:
+            existing = [t for t in client.list_tables() if t.name == plan.table]
+            if existing:
+                targets.append((f"table {plan.table!r}", existing[0].hash_identity))
+        for what, target in targets:
+            if target is None:
+                continue
+            differing = identity.differences(target)
+            if differing:
+                raise HashIdentityMismatch(
+                    f"the checkpoint's {plan.table!r} was hashed otherwise than {what}: "
+                    f"{'; '.join(differing)} (file's first); --ignore-hash-identity imports "
+                    "it anyway"
+                )
+
+
 def export_tables(
     client: Any,
     tables: Iterable[str],
@@ -316,6 +361,8 @@ def export_tables(
     `table + scale_suffix`), in `dtype` (default: as stored; a float table can be written
     quantized). Returns the tensors written."""
     infos = [client.describe(name) for name in tables]
+    identities = {i.name: i.hash_identity.to_json() for i in infos if i.hash_identity}
+    metadata = {METADATA_KEY: json.dumps(identities)} if identities else None
     tensors: list[TensorSpec] = []
     for info in infos:
         out = dtype or info.dtype
@@ -324,7 +371,7 @@ def export_tables(
             groups = info.dim // QUANT_GROUP
             shape = (info.num_rows, groups)
             tensors.append(TensorSpec(info.name + scale_suffix, SCALE_TENSOR_DTYPES[out], shape))
-    writer = SafetensorsWriter(path, tensors)
+    writer = SafetensorsWriter(path, tensors, metadata)
     try:
         for info in infos:
             _export_table(client, writer, info, dtype or info.dtype, scale_suffix, progress)

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import numpy.typing as npt
 
+from client.hash_identity import HashIdentity
 from store._proto.engram.store.v1 import store_pb2 as pb
 
 
@@ -27,10 +28,16 @@ class TableInfo:
     shards: int
     read_only: bool = False
     weight_decay: float = 0.0
+    # What decides which rows token ids read (client/hash_identity.py); None without a hash
+    # config.
+    hash_identity: HashIdentity | None = None
 
     @staticmethod
     def of_shards(infos: list[pb.TableInfo]) -> TableInfo:
         spec = infos[0].spec
+        identity = (
+            HashIdentity.of_hash_config(spec.hash_config) if spec.HasField("hash_config") else None
+        )
         return TableInfo(
             name=spec.name,
             num_rows=sum(i.spec.num_rows for i in infos),
@@ -45,6 +52,7 @@ class TableInfo:
             shards=len(infos),
             read_only=spec.read_only,
             weight_decay=spec.optimizer.weight_decay,
+            hash_identity=identity,
         )
 
 

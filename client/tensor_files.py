@@ -74,6 +74,13 @@ class SafetensorsFile:
             self._map = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) if size else None
         data_start = 8 + length
         self.tensors: dict[str, TensorInfo] = {}
+        # safetensors' free-form metadata: text keys and values.
+        raw = header.get("__metadata__", {})
+        if not isinstance(raw, dict) or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in raw.items()
+        ):
+            raise TensorFileError(f"{self.path}: __metadata__ is not an object of strings")
+        self.metadata: dict[str, str] = raw
         for name, entry in header.items():
             if name == "__metadata__":
                 continue
@@ -152,6 +159,13 @@ class Checkpoint:
     def names(self) -> list[str]:
         return sorted(self._where)
 
+    def metadata(self) -> dict[str, str]:
+        """The files' metadata, merged (a sharded checkpoint's files each carry some)."""
+        merged: dict[str, str] = {}
+        for file in self._files.values():
+            merged.update(file.metadata)
+        return merged
+
     def info(self, name: str) -> TensorInfo:
         return self._where[name].tensors[name]
 
@@ -187,7 +201,12 @@ class SafetensorsWriter:
     so no tensor is ever whole in memory. The file appears under its name only when
     `close` succeeds (written to a temporary name, then renamed)."""
 
-    def __init__(self, path: str | os.PathLike[str], tensors: list[TensorSpec]) -> None:
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        tensors: list[TensorSpec],
+        metadata: dict[str, str] | None = None,
+    ) -> None:
         self.path = os.fspath(path)
         if os.path.isdir(self.path):
             raise IsADirectoryError(errno.EISDIR, "a directory, not a file to write", self.path)
@@ -199,7 +218,7 @@ class SafetensorsWriter:
                 "or a scale suffix that gives a scale another tensor's name)"
             )
         self._tmp = f"{self.path}.partial"
-        header: dict[str, Any] = {}
+        header: dict[str, Any] = {"__metadata__": metadata} if metadata else {}
         offset = 0
         self._offsets: dict[str, int] = {}
         for tensor in tensors:

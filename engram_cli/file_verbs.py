@@ -5,11 +5,14 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from collections.abc import Callable
 
-from client.imports import export_tables, import_checkpoint, load_mapping
+from client.engram_tables import hash_mapping
+from client.hash_identity import HashIdentity
+from client.imports import HashIdentityMismatch, export_tables, import_checkpoint, load_mapping
 from engram_cli.output import emit
 from engram_cli.parsing import Verbs, connect
-from engram_cli.table_verbs import describe
+from engram_cli.table_verbs import add_config_arguments, describe, engram_config
 from store.spec import TABLE_DTYPES
 
 MAPPING_HELP = """\
@@ -50,11 +53,39 @@ class ProgressLine:
         )
 
 
+def _expected_identity(args: argparse.Namespace) -> Callable[[HashIdentity], HashIdentity | None]:
+    """What the config given to `import` says a table of the file's layer must be."""
+    config = engram_config(args)
+    if not config.tokenizer_name_or_path:
+        raise ValueError("--tokenizer FILE is needed to compare hash identities with a config")
+    mapping = hash_mapping(config)
+
+    def expected(identity: HashIdentity) -> HashIdentity:
+        if identity.layer not in mapping.layer_ids:
+            raise HashIdentityMismatch(
+                f"the checkpoint holds a table of layer {identity.layer}, which the given "
+                f"config has not (layers {mapping.layer_ids}); --ignore-hash-identity imports it"
+            )
+        return mapping.hash_identity(identity.layer)
+
+    return expected
+
+
 def _import(args: argparse.Namespace) -> int:
     rules = load_mapping(args.mapping)
+    given = args.engram_config is not None or args.preset is not None
+    expected = _expected_identity(args) if given and not args.ignore_hash_identity else None
     with connect(args) as client:
         progress = ProgressLine(args.quiet)
-        infos = import_checkpoint(client, args.checkpoint, rules, progress, args.replace)
+        infos = import_checkpoint(
+            client,
+            args.checkpoint,
+            rules,
+            progress,
+            args.replace,
+            expected,
+            check_replaced=not args.ignore_hash_identity,
+        )
     emit(args.json, {"tables": infos}, "\n".join(describe(i) for i in infos))
     return 0
 
@@ -93,6 +124,13 @@ def register(verbs: Verbs) -> None:
         "--replace",
         action="store_true",
         help="replace tables that exist (a new model version): they serve until swapped",
+    )
+    add_config_arguments(load, required=False)
+    load.add_argument(
+        "--ignore-hash-identity",
+        action="store_true",
+        help="import tables whose hash identity (in the file's metadata) differs from the "
+        "table they replace or the given config's",
     )
 
     save = verbs.add_client(

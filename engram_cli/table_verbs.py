@@ -7,7 +7,7 @@ import dataclasses
 from typing import Any
 
 from client.config import EngramConfig
-from client.engram_tables import create_engram_tables, plan_engram_tables
+from client.engram_tables import create_engram_tables, hash_mapping, plan_engram_tables
 from client.errors import TableNotFoundError
 from client.presets import PRESETS
 from client.results import TableInfo
@@ -20,6 +20,12 @@ from store.spec import INITS, OPTIMIZERS, TABLE_DTYPES
 def describe(info: TableInfo) -> str:
     shards = f", {info.shards} shards" if info.shards > 1 else ""
     hashing = ", hashes token ids" if info.hash_fingerprint else ""
+    if info.hash_identity is not None:
+        tokenizer = info.hash_identity.tokenizer_sha256[:12] or "unknown"
+        hashing += (
+            f" (layer {info.hash_identity.layer}, tokenizer {tokenizer}, "
+            f"{info.hash_identity.compressed_vocab_size} ids)"
+        )
     return (
         f"{info.name}: {info.num_rows} x {info.dim} {info.dtype}, {info.optimizer} lr={info.lr:g}"
         f"{f' weight_decay={info.weight_decay:g}' if info.weight_decay else ''}, "
@@ -50,13 +56,53 @@ def _create_table(args: argparse.Namespace) -> int:
     return 0
 
 
-def _create_tables(args: argparse.Namespace) -> int:
+def engram_config(args: argparse.Namespace) -> EngramConfig:
+    """The config `add_config_arguments` named: a preset's or a file's, with --tokenizer."""
     if args.preset is not None:
-        config = EngramConfig.preset(args.preset, args.tokenizer)
-    else:
-        config = EngramConfig.from_json(args.engram_config)
-        if args.tokenizer is not None:
-            config = dataclasses.replace(config, tokenizer_name_or_path=args.tokenizer)
+        return EngramConfig.preset(args.preset, args.tokenizer)
+    config = EngramConfig.from_json(args.engram_config)
+    if args.tokenizer is not None:
+        config = dataclasses.replace(config, tokenizer_name_or_path=args.tokenizer)
+    return config
+
+
+def add_config_arguments(verb: argparse.ArgumentParser, required: bool = True) -> None:
+    """--engram-config FILE or --preset NAME, and --tokenizer FILE."""
+    source = verb.add_mutually_exclusive_group(required=required)
+    source.add_argument("--engram-config", metavar="FILE", help="JSON file of the Engram config")
+    source.add_argument(
+        "--preset",
+        metavar="NAME",
+        choices=sorted(PRESETS),
+        help=f"a released model's Engram config instead: {', '.join(sorted(PRESETS))}",
+    )
+    verb.add_argument(
+        "--tokenizer",
+        metavar="FILE",
+        help="the model's tokenizer (tokenizer.json or its directory), for hashing token ids; "
+        "a preset's is checked against the model's compressed vocabulary",
+    )
+
+
+def _hash_identity(args: argparse.Namespace) -> int:
+    config = engram_config(args)
+    if not config.tokenizer_name_or_path:
+        raise ValueError("--tokenizer FILE is needed: the identity holds the tokenizer's digest")
+    mapping = hash_mapping(config)
+    identities = {layer: mapping.hash_identity(layer) for layer in config.layer_ids}
+    emit(
+        args.json,
+        {"layers": {str(layer): identity for layer, identity in identities.items()}},
+        "\n".join(
+            f"layer {layer}: " + ", ".join(f"{k} {v}" for k, v in identity.to_json().items())
+            for layer, identity in identities.items()
+        ),
+    )
+    return 0
+
+
+def _create_tables(args: argparse.Namespace) -> int:
+    config = engram_config(args)
     if args.dry_run:
         plans = plan_engram_tables(config, args.prefix)
         emit(
@@ -218,20 +264,7 @@ def register(verbs: Verbs) -> None:
         "(lookup-tokens). --preset names a released model's config instead\n"
         "(deepseek-v4.1-flash: client/presets.py), whose sizes need no tokenizer.",
     )
-    source = tables.add_mutually_exclusive_group(required=True)
-    source.add_argument("--engram-config", metavar="FILE", help="JSON file of the Engram config")
-    source.add_argument(
-        "--preset",
-        metavar="NAME",
-        choices=sorted(PRESETS),
-        help=f"a released model's Engram config instead: {', '.join(sorted(PRESETS))}",
-    )
-    tables.add_argument(
-        "--tokenizer",
-        metavar="FILE",
-        help="the model's tokenizer (tokenizer.json or its directory), for hashing token ids; "
-        "a preset's is checked against the model's compressed vocabulary",
-    )
+    add_config_arguments(tables)
     tables.add_argument(
         "--prefix",
         metavar="TEXT",
@@ -242,6 +275,20 @@ def register(verbs: Verbs) -> None:
         "--dry-run", action="store_true", help="print the tables' sizes, create nothing"
     )
     _add_table_options(tables, dtype=None)
+
+    identity = verbs.add(
+        "hash-identity",
+        "print what decides each Engram layer's rows: tokenizer digest, vocabulary, constants",
+        _hash_identity,
+        "engram-store hash-identity --preset deepseek-v4.1-flash --tokenizer tokenizer.json\n"
+        "engram-store hash-identity --engram-config engram.json --json",
+        "A table served under another tokenizer revision or other hash constants reads wrong\n"
+        "rows and raises nothing. describe shows a table's identity, export writes it into the\n"
+        "file's metadata, and import refuses a file whose identity differs\n"
+        "(client/hash_identity.py).",
+    )
+    add_config_arguments(identity)
+    identity.add_argument("--json", action="store_true", help="print one JSON document")
 
     verbs.add_client("tables", "list tables", _tables, "engram-store tables --json")
     verbs.add_client(

@@ -109,8 +109,7 @@ class Catalog:
         )
         try:
             self._db = {
-                name.decode(): self._env.open_db(name, create=not read_only)
-                for name in _DATABASES
+                name.decode(): self._env.open_db(name, create=not read_only) for name in _DATABASES
             }
             if read_only:
                 self._check_sealed()

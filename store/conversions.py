@@ -81,6 +81,7 @@ def hash_from_proto(config: pb.HashConfig) -> HashSpec:
         multipliers=tuple(config.multipliers),
         table_sizes=tuple(config.table_sizes),
         lookup_table=np.zeros(0, np.int64),
+        tokenizer_sha256=config.tokenizer_sha256,
     ).check()  # the fields first, then the (large) lookup table
     check_array(config.lookup_table, "hash_config.lookup_table", ("int64",), 1)
     lookup = np.frombuffer(config.lookup_table.data, dtype="<i8").astype(np.int64)
@@ -97,6 +98,7 @@ def hash_to_proto(spec: HashSpec) -> pb.HashConfig:
         multipliers=list(spec.multipliers),
         table_sizes=list(spec.table_sizes),
         lookup_table=pb.Array(dtype="int64", shape=[len(lookup)], data=lookup.tobytes()),
+        tokenizer_sha256=spec.tokenizer_sha256,
     )
 
 

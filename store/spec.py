@@ -139,12 +139,19 @@ class HashSpec:
     table_sizes: tuple[int, ...]
     # Raw token id -> compressed id.
     lookup_table: npt.NDArray[np.int64] = field(compare=False, repr=False)
+    # The tokenizer's digest, for the table's hash identity ("" when unknown).
+    tokenizer_sha256: str = ""
 
     @property
     def heads(self) -> int:
         return (self.max_ngram_size - 1) * self.n_head_per_ngram
 
     def check(self) -> HashSpec:
+        if self.tokenizer_sha256 and not re.fullmatch("[0-9a-f]{64}", self.tokenizer_sha256):
+            raise InvalidArgumentError(
+                "hash_config.tokenizer_sha256 must be 64 lowercase hex digits, got "
+                f"{self.tokenizer_sha256[:80]!r}"
+            )
         if not 2 <= self.max_ngram_size <= MAX_NGRAM_SIZE:
             raise InvalidArgumentError(
                 f"hash_config.max_ngram_size must be 2..{MAX_NGRAM_SIZE}, got {self.max_ngram_size}"

@@ -72,6 +72,7 @@ def test_json_is_plain_with_every_field_present(
         "shards": 1,
         "read_only": False,
         "weight_decay": 0.0,
+        "hash_identity": None,
     }
     assert as_json(capsys, "tables", *address) == {"tables": [info]}
     stats = as_json(capsys, "stats", *address)["shards"]

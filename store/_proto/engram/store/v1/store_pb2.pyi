@@ -82,7 +82,7 @@ class TuneTableRequest(_message.Message):
     def __init__(self, name: _Optional[str] = ..., lr: _Optional[float] = ..., weight_decay: _Optional[float] = ...) -> None: ...
 
 class HashConfig(_message.Message):
-    __slots__ = ("max_ngram_size", "n_head_per_ngram", "pad_id", "layer_id", "multipliers", "table_sizes", "lookup_table")
+    __slots__ = ("max_ngram_size", "n_head_per_ngram", "pad_id", "layer_id", "multipliers", "table_sizes", "lookup_table", "tokenizer_sha256")
     MAX_NGRAM_SIZE_FIELD_NUMBER: _ClassVar[int]
     N_HEAD_PER_NGRAM_FIELD_NUMBER: _ClassVar[int]
     PAD_ID_FIELD_NUMBER: _ClassVar[int]
@@ -90,6 +90,7 @@ class HashConfig(_message.Message):
     MULTIPLIERS_FIELD_NUMBER: _ClassVar[int]
     TABLE_SIZES_FIELD_NUMBER: _ClassVar[int]
     LOOKUP_TABLE_FIELD_NUMBER: _ClassVar[int]
+    TOKENIZER_SHA256_FIELD_NUMBER: _ClassVar[int]
     max_ngram_size: int
     n_head_per_ngram: int
     pad_id: int
@@ -97,7 +98,8 @@ class HashConfig(_message.Message):
     multipliers: _containers.RepeatedScalarFieldContainer[int]
     table_sizes: _containers.RepeatedScalarFieldContainer[int]
     lookup_table: Array
-    def __init__(self, max_ngram_size: _Optional[int] = ..., n_head_per_ngram: _Optional[int] = ..., pad_id: _Optional[int] = ..., layer_id: _Optional[int] = ..., multipliers: _Optional[_Iterable[int]] = ..., table_sizes: _Optional[_Iterable[int]] = ..., lookup_table: _Optional[_Union[Array, _Mapping]] = ...) -> None: ...
+    tokenizer_sha256: str
+    def __init__(self, max_ngram_size: _Optional[int] = ..., n_head_per_ngram: _Optional[int] = ..., pad_id: _Optional[int] = ..., layer_id: _Optional[int] = ..., multipliers: _Optional[_Iterable[int]] = ..., table_sizes: _Optional[_Iterable[int]] = ..., lookup_table: _Optional[_Union[Array, _Mapping]] = ..., tokenizer_sha256: _Optional[str] = ...) -> None: ...
 
 class TableSpec(_message.Message):
     __slots__ = ("name", "num_rows", "dim", "dtype", "init", "init_std", "seed", "optimizer", "hash_config", "allow_non_finite", "first_row", "skip_row_checksums", "read_only")
