@@ -18,6 +18,7 @@ leaves no half table under that name, and running it again starts that table ove
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
@@ -70,6 +71,22 @@ def load_mapping(path: str | os.PathLike[str]) -> list[MappingRule]:
         except (ValueError, RecursionError) as error:  # RecursionError: nested too deep
             raise MappingError(f"{os.fspath(path)}: not JSON: {error}") from None
     return mapping_rules(document, os.fspath(path))
+
+
+def with_tensor_prefix(rules: list[MappingRule], prefix: str) -> list[MappingRule]:
+    """`rules` for a checkpoint that nests the tensors they name under `prefix` (`model.`
+    and the like): each tensor pattern, and each scales name, starts with it."""
+    if not prefix:
+        return rules
+    literal = prefix.replace("{", "{{").replace("}", "}}")
+    return [
+        dataclasses.replace(
+            rule,
+            tensor=re.compile(re.escape(prefix) + rule.tensor.pattern),
+            scales=None if rule.scales is None else literal + rule.scales,
+        )
+        for rule in rules
+    ]
 
 
 def mapping_rules(document: Any, source: str = "mapping") -> list[MappingRule]:

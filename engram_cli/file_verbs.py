@@ -9,7 +9,13 @@ from collections.abc import Callable
 
 from client.engram_tables import hash_mapping
 from client.hash_identity import HashIdentity
-from client.imports import HashIdentityMismatch, export_tables, import_checkpoint, load_mapping
+from client.imports import (
+    HashIdentityMismatch,
+    export_tables,
+    import_checkpoint,
+    load_mapping,
+    with_tensor_prefix,
+)
 from engram_cli.output import emit
 from engram_cli.parsing import Verbs, connect
 from engram_cli.table_verbs import add_config_arguments, describe, engram_config
@@ -72,7 +78,7 @@ def _expected_identity(args: argparse.Namespace) -> Callable[[HashIdentity], Has
 
 
 def _import(args: argparse.Namespace) -> int:
-    rules = load_mapping(args.mapping)
+    rules = with_tensor_prefix(load_mapping(args.mapping), args.tensor_prefix)
     given = args.engram_config is not None or args.preset is not None
     expected = _expected_identity(args) if given and not args.ignore_hash_identity else None
     with connect(args) as client:
@@ -120,6 +126,13 @@ def register(verbs: Verbs) -> None:
         "--mapping", metavar="FILE", required=True, help="JSON file: which tensor fills which table"
     )
     load.add_argument("--quiet", action="store_true", help="no progress line on stderr")
+    load.add_argument(
+        "--tensor-prefix",
+        metavar="TEXT",
+        default="",
+        help="what the checkpoint nests the mapping's tensor names under (`model.`): each "
+        "rule's tensor and scales names start with it",
+    )
     load.add_argument(
         "--replace",
         action="store_true",

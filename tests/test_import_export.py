@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import logging
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -153,6 +155,69 @@ def test_a_sharded_fp8_checkpoint_imports_and_exports_bit_for_bit(
         np.testing.assert_array_equal(
             bits(back[f"v4-L{layer}_scale"]), bits(tensors[f"layers.{layer}.engram.table.scale"])
         )
+
+
+V41_MAPPING = REPO_ROOT / "examples" / "mappings" / "deepseek_v4.1_flash.json"
+
+
+def test_the_shipped_v41_mapping_imports_its_checkpoint_nested_and_sharded(
+    tmp_path: Path, daemons: tuple[str, str]
+) -> None:
+    """DeepSeek-V4.1-Flash's tensor names and dtypes (values float8_e4m3fn [rows, 256],
+    scales float8_e8m0fnu [rows, 8]; rows scaled down), nested under `model.` and sharded
+    over two files with an index: imported with the shipped mapping and --tensor-prefix into
+    the tables the preset names, and exported back bit for bit."""
+    tensors: dict[str, torch.Tensor] = {}
+    weight_map: dict[str, str] = {}
+    for file, layer in (
+        ("model-00001-of-00002.safetensors", 1),
+        ("model-00002-of-00002.safetensors", 14),
+    ):
+        values, scales = fp8_layer(500 + layer, 256, layer)
+        assert (values.dtype, scales.dtype, scales.shape[1]) == (
+            torch.float8_e4m3fn,
+            torch.float8_e8m0fnu,
+            8,
+        )
+        names = (
+            f"model.layers.{layer}.engram.embed.weight",
+            f"model.layers.{layer}.engram.embed.scale",
+        )
+        tensors |= dict(zip(names, (values, scales), strict=True))
+        save_file(dict(zip(names, (values, scales), strict=True)), tmp_path / file)
+        weight_map |= dict.fromkeys(names, file)
+    index = tmp_path / "model.safetensors.index.json"
+    index.write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
+    address = ",".join(daemons)
+    imported = subprocess.run(
+        [sys.executable, "-m", "engram_cli", "import", str(index), "--mapping", str(V41_MAPPING),
+         "--tensor-prefix", "model.", "--address", address, "--quiet", "--json"],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert imported.returncode == 0, imported.stderr
+    tables = json.loads(imported.stdout)["tables"]
+    assert [(t["name"], t["num_rows"], t["dim"], t["dtype"]) for t in tables] == [
+        ("engram-L1", 501, 256, "fp8_e4m3"),
+        ("engram-L14", 514, 256, "fp8_e4m3"),
+    ]
+    with EngramClient(list(daemons)) as client:
+        export_tables(client, ["engram-L1", "engram-L14"], tmp_path / "back.safetensors")
+    back = load_file(tmp_path / "back.safetensors")
+    for layer in (1, 14):
+        np.testing.assert_array_equal(
+            bits(back[f"engram-L{layer}"]),
+            bits(tensors[f"model.layers.{layer}.engram.embed.weight"]),
+        )
+        np.testing.assert_array_equal(
+            bits(back[f"engram-L{layer}_scale"]),
+            bits(tensors[f"model.layers.{layer}.engram.embed.scale"]),
+        )
+    unprefixed = subprocess.run(
+        [sys.executable, "-m", "engram_cli", "import", str(index), "--mapping", str(V41_MAPPING),
+         "--address", address, "--quiet"],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert unprefixed.returncode != 0 and "matches the mapping" in unprefixed.stderr
 
 
 def test_an_interrupted_import_leaves_no_table_and_reruns(
