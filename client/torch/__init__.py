@@ -5,6 +5,7 @@ from client.torch.data_parallel import StepSync
 from client.torch.device_cache import device_row_cache
 from client.torch.embeddings import LocalEmbedding, StoreEmbedding
 from client.torch.engram import Engram, ShortConv
+from client.torch.engram_v41 import EngramV41
 from client.torch.inference import RowWriter
 from client.torch.pipeline import TrainPipeline
 from client.torch.prefetch import Prefetcher
@@ -12,6 +13,7 @@ from client.torch.push_log import PushLog
 
 __all__ = [
     "Engram",
+    "EngramV41",
     "LocalEmbedding",
     "Prefetcher",
     "PushLog",
