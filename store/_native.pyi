@@ -79,7 +79,15 @@ class Table:
         first_row: int = 0,
     ) -> Table: ...
     @staticmethod
-    def open(path: str | os.PathLike[str]) -> Table: ...
+    def open(path: str | os.PathLike[str], read_only: bool = False) -> Table: ...
+    NO_ROW: int
+    def gather_engine_rows(
+        self,
+        keys: npt.NDArray[np.uint64],
+        out: npt.NDArray[np.float32] | npt.NDArray[np.uint16],
+        dtype: str,
+        zero_byte_scales: bool,
+    ) -> None: ...
     @property
     def path(self) -> str: ...
     @property

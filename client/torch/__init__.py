@@ -4,6 +4,7 @@ client that imports torch."""
 from client.torch.data_parallel import StepSync
 from client.torch.device_cache import device_row_cache
 from client.torch.embeddings import LocalEmbedding, StoreEmbedding
+from client.torch.engine_reads import EngramRowRead, EngramRowReader
 from client.torch.engram import Engram, ShortConv
 from client.torch.engram_v41 import EngramV41
 from client.torch.inference import RowWriter
@@ -13,6 +14,8 @@ from client.torch.push_log import PushLog
 
 __all__ = [
     "Engram",
+    "EngramRowRead",
+    "EngramRowReader",
     "EngramV41",
     "LocalEmbedding",
     "Prefetcher",

@@ -38,11 +38,21 @@ impl Table {
         Ok(Table { inner })
     }
 
+    /// Opens a table file; with `read_only`, for reading only, mapped copy-on-write (a file
+    /// that many processes read through one page cache, or on read-only media).
     #[staticmethod]
-    fn open(py: Python<'_>, path: PathBuf) -> PyResult<Self> {
-        let inner = detached(py, || table::Table::open(&path))?;
+    #[pyo3(signature = (path, read_only=false))]
+    fn open(py: Python<'_>, path: PathBuf, read_only: bool) -> PyResult<Self> {
+        let inner = detached(py, || match read_only {
+            true => table::Table::open_read_only(&path),
+            false => table::Table::open(&path),
+        })?;
         Ok(Table { inner })
     }
+
+    /// The key that [`Table::gather_engine_rows`] answers with a zero row.
+    #[classattr]
+    const NO_ROW: u64 = table::NO_ROW;
 
     #[getter]
     fn path(&self) -> PathBuf {
@@ -117,6 +127,34 @@ impl Table {
         } else if dtype.is_quantized() {
             let mut out: PyReadwriteArray2<'_, u8> = out.extract()?;
             let bytes = out.as_slice_mut()?;
+            detached(py, || gather(bytes))
+        } else {
+            let mut out: PyReadwriteArray2<'_, u16> = out.extract()?;
+            let bytes = bytes_mut(out.as_slice_mut()?);
+            detached(py, || gather(bytes))
+        }
+    }
+
+    /// An engine's gather: rows of `keys` into `out` (float32, or uint16 holding float16 /
+    /// bfloat16 bits), a zero row for each key that is `NO_ROW`; with `zero_byte_scales`,
+    /// FP8 groups whose scale byte is 0 read as zeros.
+    fn gather_engine_rows(
+        &self,
+        py: Python<'_>,
+        keys: PyReadonlyArray1<'_, u64>,
+        out: &Bound<'_, PyAny>,
+        dtype: &str,
+        zero_byte_scales: bool,
+    ) -> PyResult<()> {
+        let dtype = parse_dtype(dtype)?;
+        let keys = owned(&keys);
+        let gather = |bytes: &mut [u8]| {
+            self.inner
+                .gather_engine_rows(&keys, dtype, bytes, zero_byte_scales)
+        };
+        if dtype == DType::F32 {
+            let mut out: PyReadwriteArray2<'_, f32> = out.extract()?;
+            let bytes = bytes_mut(out.as_slice_mut()?);
             detached(py, || gather(bytes))
         } else {
             let mut out: PyReadwriteArray2<'_, u16> = out.extract()?;

@@ -35,6 +35,9 @@ const MAX_PREFETCH_LINES: usize = 8;
 /// Updates smaller than this run on the calling thread.
 const PARALLEL_UPDATE_MIN_ROWS: usize = 4096;
 
+/// A key an engine's gather answers with a zero row ([`Table::gather_engine_rows`]).
+pub const NO_ROW: u64 = u64::MAX;
+
 /// Where a mapped table's writes go: to its file, or (read-only media) nowhere but this
 /// process's private copy of the page.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -380,6 +383,72 @@ impl Table {
                             self.prefetch_row(map, ahead);
                         }
                         self.read_row(map, key, scratch, out_dtype, dst);
+                    }
+                },
+            );
+        Ok(())
+    }
+
+    /// An engine's gather (see `store/engram_reader.py`): rows of `keys` into `out` as
+    /// `out_dtype` (a float dtype), with a zero row for each key that is [`NO_ROW`] (a
+    /// masked position, or an id this table does not hold). With `zero_byte_scales`, a
+    /// group of FP8 values whose E8M0 scale byte is 0 reads as zeros, as vLLM decodes that
+    /// byte; otherwise as 2^-127 times its codes, as torch's float8_e8m0fnu does.
+    pub fn gather_engine_rows(
+        &self,
+        keys: &[u64],
+        out_dtype: DType,
+        out: &mut [u8],
+        zero_byte_scales: bool,
+    ) -> Result<()> {
+        if out_dtype.is_quantized() {
+            return Err(Error::invalid("an engine's rows are read as a float dtype"));
+        }
+        let present: Vec<u64> = keys.iter().copied().filter(|&k| k != NO_ROW).collect();
+        let out_row = self.check_gather(
+            &present,
+            out_dtype,
+            present.len() * out_dtype.row_bytes(self.dim()),
+        )?;
+        if out.len() != keys.len() * out_row {
+            return Err(Error::invalid(format!(
+                "out holds {} bytes, expected {} keys x {} x {}",
+                out.len(),
+                keys.len(),
+                self.dim(),
+                out_dtype.name()
+            )));
+        }
+        let map = self.read_map();
+        let map: &[u8] = &map;
+        let zero_groups = zero_byte_scales && self.header.dtype == DType::Fp8E4M3;
+        let group_out = out_dtype.row_bytes(crate::quant::GROUP);
+        out.par_chunks_mut(out_row * ROWS_PER_TASK)
+            .zip(keys.par_chunks(ROWS_PER_TASK))
+            .with_min_len(parallel::min_items_per_task())
+            .for_each_init(
+                || vec![0f32; self.dim()],
+                |scratch, (task_out, task_keys)| {
+                    for (i, (dst, &key)) in task_out.chunks_mut(out_row).zip(task_keys).enumerate()
+                    {
+                        if let Some(&ahead) = task_keys.get(i + PREFETCH_DISTANCE) {
+                            if ahead != NO_ROW {
+                                self.prefetch_row(map, ahead);
+                            }
+                        }
+                        if key == NO_ROW {
+                            dst.fill(0);
+                            continue;
+                        }
+                        self.read_row(map, key, scratch, out_dtype, dst);
+                        if zero_groups && self.is_written_in(map, key) {
+                            let scales = &map[self.row_range(key)][self.dim()..];
+                            for (group, &scale) in dst.chunks_exact_mut(group_out).zip(scales) {
+                                if scale == 0 {
+                                    group.fill(0);
+                                }
+                            }
+                        }
                     }
                 },
             );

@@ -404,3 +404,37 @@ fn tables_beyond_memory_are_read_sparsely() {
     assert_eq!(Access::for_file_of(4096), Access::Dense);
     assert_eq!(Access::for_file_of(u64::MAX), Access::Sparse);
 }
+
+#[test]
+fn an_engines_gather_zeroes_missing_rows_and_follows_the_scale_rule() {
+    let dir = tempfile::tempdir().unwrap();
+    let t = new_table(&dir, DType::Fp8E4M3, 4, 64);
+    // Row 1: codes of 1.0 (0x38) in both groups, scale bytes 127 (1.0) and 0.
+    let mut row = vec![0x38u8; 64];
+    row.extend_from_slice(&[127, 0]);
+    t.write_raw_rows(&[1], &row).unwrap();
+    let bf16 = |out: &[u8], i: usize| half::bf16::from_le_bytes([out[2 * i], out[2 * i + 1]]);
+    let mut out = vec![0xFFu8; 3 * DType::BF16.row_bytes(64)];
+    t.gather_engine_rows(&[1, NO_ROW, 1], DType::BF16, &mut out, false)
+        .unwrap();
+    assert_eq!(bf16(&out, 0).to_f32(), 1.0);
+    assert_eq!(
+        bf16(&out, 32).to_f32(),
+        2f32.powi(-127),
+        "torch's rule for byte 0"
+    );
+    assert!(
+        out[128..256].iter().all(|&b| b == 0),
+        "a missing row reads as zeros"
+    );
+    t.gather_engine_rows(&[1, NO_ROW, 1], DType::BF16, &mut out, true)
+        .unwrap();
+    assert_eq!(bf16(&out, 0).to_f32(), 1.0);
+    assert_eq!(bf16(&out, 32).to_f32(), 0.0, "vLLM's rule for byte 0");
+    assert!(t
+        .gather_engine_rows(&[9], DType::BF16, &mut out[..128], false)
+        .is_err());
+    assert!(t
+        .gather_engine_rows(&[1], DType::Fp8E4M3, &mut out[..66], false)
+        .is_err());
+}
