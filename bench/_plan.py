@@ -180,6 +180,17 @@ BENCHMARKS = [
         },
     ),
     Benchmark(
+        "v41",
+        "DeepSeek-V4.1-Flash's reads in process: decode steps and a prefill against the "
+        "official lookup",
+        {
+            "tiny": ["--rows-per-head", "2000", "--prefill-tokens", "1024", "--repeats", "1"],
+            "quick": ["--rows-per-head", "20000", "--prefill-tokens", "4096", "--repeats", "3"],
+            "default": [],
+            "full": [],
+        },
+    ),
+    Benchmark(
         "restore_scale",
         "Restoring many tables: seconds per table at 3,000 tables against at 100",
         {

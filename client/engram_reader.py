@@ -82,7 +82,8 @@ class EngramLayerReader:
                 f"ids must be integers of shape [T, {len(self.offsets) - 1}], got "
                 f"{ids.dtype} {list(ids.shape)}"
             )
-        chosen = ids[:, self.columns].astype(np.int64)
+        whole = len(self.columns) == ids.shape[1]
+        chosen = (ids if whole else ids[:, self.columns]).astype(np.int64, copy=False)
         if self.local_ids:
             chosen = chosen + self.offsets[self.columns]
         outside = (chosen < self.first) | (chosen >= self.stop)

@@ -55,11 +55,23 @@ class EngramRowReader:
         return _host_array(staged), staged
 
     def lookup_into(self, ids: Any, out: torch.Tensor, token_mask: Any = None) -> torch.Tensor:
-        return self.submit(ids, out, token_mask).wait()
+        """Fills `out` (`[T, selected heads, D]`, bfloat16 or float32) with the rows of `ids`
+        (`[T, H]`), on this thread; returns it (a CUDA `out` by a non-blocking copy)."""
+        host, staged = self._target(out)
+        self.reader.lookup_into(*_arrays(ids, token_mask, host))
+        if staged is not None:
+            out.copy_(staged, non_blocking=True)
+        return out
 
     def submit(self, ids: Any, out: torch.Tensor, token_mask: Any = None) -> EngramRowRead:
+        """`lookup_into` started on the reader's thread; `wait()` where the rows are needed.
+        `out` must not be touched until then."""
         host, staged = self._target(out)
-        ids = ids.cpu().numpy() if isinstance(ids, torch.Tensor) else np.asarray(ids)
-        if isinstance(token_mask, torch.Tensor):
-            token_mask = token_mask.cpu().numpy()
-        return EngramRowRead(self.reader.submit(ids, host, token_mask), out, staged)
+        return EngramRowRead(self.reader.submit(*_arrays(ids, token_mask, host)), out, staged)
+
+
+def _arrays(ids: Any, token_mask: Any, host: np.ndarray) -> tuple[Any, np.ndarray, Any]:
+    ids = ids.cpu().numpy() if isinstance(ids, torch.Tensor) else np.asarray(ids)
+    if isinstance(token_mask, torch.Tensor):
+        token_mask = token_mask.cpu().numpy()
+    return ids, host, token_mask
