@@ -349,6 +349,29 @@ def _check_exposure(config: ServeConfig, tokens: Tokens | None) -> None:
     )
 
 
+def _own_token(config: ServeConfig, tokens: Tokens | None, engine: StoreEngine) -> str | None:
+    """The token a loopback daemon given none keeps other local users out with
+    (store/local_token.py); None when it has tokens, or is told to serve without."""
+    if tokens is not None or config.allow_unauthenticated:
+        return None
+    try:
+        if engine.media_read_only:
+            return local_token.new_token()
+        return local_token.data_dir_token(engine.data_dir)
+    except OSError as error:
+        engine.close()
+        raise StartupError(
+            f"cannot keep this daemon's local token in {engine.data_dir}: {error} "
+            "(--allow-unauthenticated serves without one)"
+        ) from error
+
+
+def _authentication(tokens: Tokens | None, own_token: str | None) -> str:
+    if own_token is not None:
+        return "a local token"
+    return f"{len(tokens.entries)} tokens" if tokens else "no authentication"
+
+
 def _write_port(path: str, port: int) -> None:
     with open(f"{path}.tmp", "w") as f:
         f.write(str(port))
@@ -426,22 +449,8 @@ def serve(config: ServeConfig, stop_event: threading.Event | None = None) -> Non
         # Another daemon on the same port must fail to start, not share the port.
         ("grpc.so_reuseport", 0),
     ]
-    own_token = None
-    if tokens is None and not config.allow_unauthenticated:
-        # Loopback (the exposure check let it through): other local users are kept out by
-        # a token only this user can read (store/local_token.py).
-        try:
-            own_token = (
-                local_token.new_token()
-                if engine.media_read_only
-                else local_token.data_dir_token(engine.data_dir)
-            )
-        except OSError as error:
-            engine.close()
-            raise StartupError(
-                f"cannot keep this daemon's local token in {engine.data_dir}: {error} "
-                "(--allow-unauthenticated serves without one)"
-            ) from error
+    own_token = _own_token(config, tokens, engine)
+    if own_token is not None:
         tokens = Tokens(((own_token.encode(), "read-write"),))
     registry = CollectorRegistry() if config.metrics_port is not None else None
     interceptors: list[grpc.ServerInterceptor] = []
@@ -483,11 +492,7 @@ def serve(config: ServeConfig, stop_event: threading.Event | None = None) -> Non
         port,
         engine.data_dir,
         "TLS" if credentials is not None else "plaintext",
-        "a local token"
-        if own_token
-        else f"{len(tokens.entries)} tokens"
-        if tokens
-        else "no authentication",
+        _authentication(tokens, own_token),
     )
     if config.shared_buffer_dir and not os.path.isdir(config.shared_buffer_dir):
         log.warning(
@@ -535,11 +540,7 @@ def serve(config: ServeConfig, stop_event: threading.Event | None = None) -> Non
                 f"cannot publish this daemon's local token in {local_token.runtime_dir()}: "
                 f"{error} (set {local_token.RUNTIME_DIR_VARIABLE}, or --allow-unauthenticated)"
             ) from error
-        log.info(
-            "other local users are kept out: this user's clients take the token in %s "
-            "(--allow-unauthenticated serves without one)",
-            published,
-        )
+        log.info("other local users are kept out: this user's clients read %s", published)
     if config.port_file:
         _write_port(config.port_file, port)
 
