@@ -1126,7 +1126,7 @@ class StoreEngine:
     def close(self) -> None:
         """Flushes everything and records a clean stop (the next start trusts the rows even
         if the machine goes down in between); on read-only media, only closes."""
-        if self.media_read_only or self._lock_file is None:
+        if self._lock_file is None:  # read-only media: nothing to write
             self.catalog.close()
             return
         with self._exclusive():
