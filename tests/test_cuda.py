@@ -11,8 +11,10 @@ from daemon import daemon_thread
 
 from client import EngramClient, NgramHashMapping
 from client.config import EngramConfig
-from client.torch import Engram, RowWriter, StoreEmbedding, device_row_cache
+from client.engram_reader import EngramLayerReader
+from client.torch import Engram, EngramRowReader, RowWriter, StoreEmbedding, device_row_cache
 from client.torch.prefetch import Prefetcher
+from store import Table
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
@@ -55,3 +57,17 @@ def test_rows_written_into_a_device_tensor(tmp_path: Path) -> None:
             np.testing.assert_array_equal(
                 out.float().cpu().numpy(), torch.from_numpy(expected).to(dtype).float().numpy()
             )
+
+
+def test_an_engines_rows_read_into_a_device_tensor(tmp_path: Path) -> None:
+    heads = [101, 103, 107]
+    Table.create(tmp_path / "L1.engram", sum(heads), 256, dtype="fp8_e4m3")
+    host = EngramRowReader(EngramLayerReader(tmp_path / "L1.engram", heads))
+    ids = np.array([[1, 102, 205], [0, 101, 204]])
+    mask = np.array([True, False])
+    expected = host.lookup_into(ids, torch.empty(2, 3, 256, dtype=torch.bfloat16), mask)
+    out = torch.empty(2, 3, 256, dtype=torch.bfloat16, device="cuda")
+    for _ in range(3):  # the pinned staging buffer is reused
+        host.submit(ids, out, mask).wait()
+    torch.cuda.synchronize()
+    assert torch.equal(out.cpu(), expected)

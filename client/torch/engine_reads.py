@@ -24,50 +24,62 @@ def _host_array(tensor: torch.Tensor) -> np.ndarray:
 
 
 class EngramRowRead:
-    """A read in flight: `wait()` returns `out` once its rows are there."""
+    """A read in flight: `wait()` returns `out` once its rows are there (a CUDA `out` once
+    their copy is queued on its stream)."""
 
-    def __init__(self, future: Future[Any], out: torch.Tensor, staged: torch.Tensor | None) -> None:
-        self._future, self._out, self._staged = future, out, staged
+    def __init__(self, future: Future[Any], out: torch.Tensor, reader: EngramRowReader) -> None:
+        self._future, self._out, self._reader = future, out, reader
 
     def wait(self) -> torch.Tensor:
         self._future.result()
-        if self._staged is not None:
-            self._out.copy_(self._staged, non_blocking=True)
+        self._reader._copy_out(self._out)
         return self._out
 
 
 class EngramRowReader:
     def __init__(self, reader: EngramLayerReader) -> None:
         self.reader = reader
+        # Per (shape, dtype) of CUDA outputs: the pinned buffer, and the event of its last
+        # copy out (the next read into the buffer waits for it).
         self._staging: dict[tuple[tuple[int, ...], torch.dtype], torch.Tensor] = {}
+        self._copied: dict[tuple[tuple[int, ...], torch.dtype], torch.cuda.Event] = {}
 
-    def _target(self, out: torch.Tensor) -> tuple[np.ndarray, torch.Tensor | None]:
+    def _target(self, out: torch.Tensor) -> np.ndarray:
+        """Where the rows of `out` are gathered: its memory, or its pinned staging buffer."""
         if not isinstance(out, torch.Tensor) or not out.is_contiguous():
             raise ValueError("out must be a contiguous torch.Tensor")
         if out.device.type == "cpu":
-            return _host_array(out), None
+            return _host_array(out)
         if out.device.type != "cuda":
             raise ValueError(f"out must be on the CPU or a CUDA device, not {out.device}")
         kind = (tuple(out.shape), out.dtype)
         if kind not in self._staging:
             self._staging[kind] = torch.empty(out.shape, dtype=out.dtype, pin_memory=True)
-        staged = self._staging[kind]
-        return _host_array(staged), staged
+        elif kind in self._copied:
+            self._copied[kind].synchronize()
+        return _host_array(self._staging[kind])
+
+    def _copy_out(self, out: torch.Tensor) -> None:
+        if out.device.type != "cuda":
+            return
+        kind = (tuple(out.shape), out.dtype)
+        stream = torch.cuda.current_stream(out.device)
+        out.copy_(self._staging[kind], non_blocking=True)
+        event = self._copied[kind] = torch.cuda.Event()  # type: ignore[no-untyped-call]
+        event.record(stream)
 
     def lookup_into(self, ids: Any, out: torch.Tensor, token_mask: Any = None) -> torch.Tensor:
         """Fills `out` (`[T, selected heads, D]`, bfloat16 or float32) with the rows of `ids`
         (`[T, H]`), on this thread; returns it (a CUDA `out` by a non-blocking copy)."""
-        host, staged = self._target(out)
-        self.reader.lookup_into(*_arrays(ids, token_mask, host))
-        if staged is not None:
-            out.copy_(staged, non_blocking=True)
+        self.reader.lookup_into(*_arrays(ids, token_mask, self._target(out)))
+        self._copy_out(out)
         return out
 
     def submit(self, ids: Any, out: torch.Tensor, token_mask: Any = None) -> EngramRowRead:
         """`lookup_into` started on the reader's thread; `wait()` where the rows are needed.
         `out` must not be touched until then."""
-        host, staged = self._target(out)
-        return EngramRowRead(self.reader.submit(*_arrays(ids, token_mask, host)), out, staged)
+        host = self._target(out)
+        return EngramRowRead(self.reader.submit(*_arrays(ids, token_mask, host)), out, self)
 
 
 def _arrays(ids: Any, token_mask: Any, host: np.ndarray) -> tuple[Any, np.ndarray, Any]:
