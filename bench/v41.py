@@ -8,7 +8,8 @@ Measured, each against a baseline run in the same script:
   (torch `F.embedding` of the FP8 weight and of the scale, dequantized in float32, cast to
   bfloat16, masked); target >= 3x;
 - `submit` then a compute stand-in of about the lookup's length, then `wait`, against the
-  lookup then the compute: the share of the lookup hidden; target >= 80%;
+  lookup then the compute; the share of the lookup hidden (`hidden` in the record) has a
+  target of >= 80%;
 - one 16k-token prefill (a whole layer, and one rank's heads) against a plain gather of the
   same rows into bfloat16 (`Table.gather`, the `gather` benchmark's operation); target >= 0.7x.
 Prints one JSON line.
@@ -119,10 +120,10 @@ def decode_step(
 
 def hidden_share(
     reader: EngramRowReader, ids: np.ndarray, out: torch.Tensor, mask: np.ndarray, repeats: int
-) -> dict[str, float]:
-    """The share of a lookup hidden by `submit`, compute, `wait` against lookup then compute,
-    for two stand-ins of the lookup's length: the host waiting on a GPU step (sleep), and a
-    CPU computation on one thread (this machine's other cores gather meanwhile)."""
+) -> dict[str, tuple[float, float, float]]:
+    """Seconds of lookup then compute, of `submit`, compute, `wait`, and of the lookup
+    alone, for two stand-ins of the lookup's length: the host waiting on a GPU step (sleep),
+    and a CPU computation on one thread (this machine's other cores gather meanwhile)."""
     lookup_s = best_interleaved({"lookup": lambda: reader.lookup_into(ids, out, mask)}, repeats)[
         "lookup"
     ]
@@ -152,7 +153,7 @@ def hidden_share(
                 handle.wait()
 
             timed = best_interleaved({"serial": serial, "overlapped": overlapped}, repeats)
-            shares[name] = (timed["serial"] - timed["overlapped"]) / lookup_s
+            shares[name] = (timed["serial"], timed["overlapped"], lookup_s)
     finally:
         torch.set_num_threads(threads)
     return shares
@@ -229,16 +230,20 @@ def main() -> None:
             )
         )
 
-        shares = hidden_share(readers[0], prefill, out, mask, args.repeats)
-        for name, share in shares.items():
+        overlaps = hidden_share(readers[0], prefill, out, mask, args.repeats)
+        hidden = {}
+        for name, (serial_s, overlapped_s, lookup_s) in overlaps.items():
+            # The share of the lookup hidden (target 0.8) is in the record's `hidden`: noise
+            # can make it negative, which a time never is.
+            hidden[name] = (serial_s - overlapped_s) / lookup_s
             results.append(
                 compared(
-                    f"share of a prefill's lookup hidden behind {name}",
-                    share,
-                    "fraction",
-                    "all of it",
-                    1.0,
-                    target=0.8,
+                    f"a prefill's lookup submitted, then {name}, then waited on",
+                    overlapped_s * 1e3,
+                    "ms",
+                    "lookup then compute",
+                    serial_s * 1e3,
+                    higher_is_better=False,
                 )
             )
     report(
@@ -249,6 +254,7 @@ def main() -> None:
             "layers": LAYERS,
             "prefill_tokens": tokens,
             "threads": torch.get_num_threads(),
+            "hidden": hidden,
             "results": results,
         }
     )

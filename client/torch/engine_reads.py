@@ -6,6 +6,7 @@ where the rows are needed (an engine waits at layer 1 and layer 14)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from concurrent.futures import Future
 from typing import Any
 
@@ -27,12 +28,14 @@ class EngramRowRead:
     """A read in flight: `wait()` returns `out` once its rows are there (a CUDA `out` once
     their copy is queued on its stream)."""
 
-    def __init__(self, future: Future[Any], out: torch.Tensor, reader: EngramRowReader) -> None:
-        self._future, self._out, self._reader = future, out, reader
+    def __init__(
+        self, future: Future[Any], out: torch.Tensor, copy_out: Callable[[torch.Tensor], None]
+    ) -> None:
+        self._future, self._out, self._copy_out = future, out, copy_out
 
     def wait(self) -> torch.Tensor:
         self._future.result()
-        self._reader._copy_out(self._out)
+        self._copy_out(self._out)
         return self._out
 
 
@@ -79,7 +82,8 @@ class EngramRowReader:
         """`lookup_into` started on the reader's thread; `wait()` where the rows are needed.
         `out` must not be touched until then."""
         host = self._target(out)
-        return EngramRowRead(self.reader.submit(*_arrays(ids, token_mask, host)), out, self)
+        future = self.reader.submit(*_arrays(ids, token_mask, host))
+        return EngramRowRead(future, out, self._copy_out)
 
 
 def _arrays(ids: Any, token_mask: Any, host: np.ndarray) -> tuple[Any, np.ndarray, Any]:
