@@ -45,6 +45,11 @@ def plan_engram_tables(config: EngramConfig, prefix: str = "engram-L") -> list[E
     read, so that a config that could not hash is refused here too)."""
     if config.tokenizer_name_or_path:
         hash_mapping(config)
+    return _sized_tables(config, prefix)
+
+
+def _sized_tables(config: EngramConfig, prefix: str) -> list[EngramTablePlan]:
+    """The plans, from the config's fields alone (checked, naming a bad one)."""
     fields = HashFields.check(
         config.engram_vocab_size,
         config.max_ngram_size,
@@ -80,7 +85,8 @@ def create_engram_tables(
     `table_options` are `EngramClient.create_table`'s."""
     mapping = hash_mapping(config) if config.tokenizer_name_or_path else None
     infos = []
-    for plan in plan_engram_tables(config, prefix):
+    # The mapping, when there is one, has read (and checked) the tokenizer already.
+    for plan in _sized_tables(config, prefix) if mapping else plan_engram_tables(config, prefix):
         options = {"seed": plan.layer, "dtype": config.row_dtype, **table_options}
         if len(client.shards) == 1 and mapping is not None:
             options.setdefault("hash_config", mapping.hash_config(plan.layer))

@@ -47,6 +47,16 @@ def source_files() -> list[str]:
 
 
 @pytest.fixture
+def as_a_user() -> list[str]:
+    """A command prefix under which file permissions bind the daemon."""
+    if os.geteuid() != 0:
+        return []
+    if shutil.which("setpriv") is None:
+        pytest.skip("running as root without setpriv: permissions would not bind the daemon")
+    return ["setpriv", "--bounding-set=-dac_override,-dac_read_search,-fowner", "--"]
+
+
+@pytest.fixture
 def shm(tmp_path: Path) -> Path:
     """A private shared-buffer directory (instead of /dev/shm) for a daemon and its clients."""
     directory = tmp_path / "shm"

@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 import pytest
+from test_hashing_reference import mapping_for
 
 from client import CompressedTokenizer, NgramHashMapping
 
@@ -115,19 +116,9 @@ def test_an_all_true_mask_gives_the_reference_ids(
 ) -> None:
     ids = np.load(reference_dir / "text_ids.npy")
     for case in reference_cases["cases"]:
-        config = case["config"]
-        mapping = NgramHashMapping(
-            engram_vocab_size=config["engram_vocab_size"],
-            max_ngram_size=config["max_ngram_size"],
-            n_embed_per_ngram=512,
-            n_head_per_ngram=config["n_head_per_ngram"],
-            layer_ids=config["layer_ids"],
-            tokenizer_name_or_path=compressed,
-            pad_id=config["pad_id"],
-            seed=config["seed"],
-        )
+        mapping = mapping_for(case, compressed)
         masked = mapping.hash(ids, token_mask=np.ones(ids.shape, bool))
-        for layer in config["layer_ids"]:
+        for layer in case["config"]["layer_ids"]:
             expected = np.load(reference_dir / f"hash_{case['name']}_L{layer}_text.npy")
             np.testing.assert_array_equal(masked[layer], expected)
 

@@ -7,7 +7,6 @@ read-only mount would bind root."""
 from __future__ import annotations
 
 import hashlib
-import os
 import shutil
 import subprocess
 from collections.abc import Iterator
@@ -23,16 +22,6 @@ from client import EngramClient
 from store._proto.engram.store.v1 import store_pb2 as pb
 
 EXIT_STARTUP_FAILURE = 4
-
-
-@pytest.fixture
-def as_a_user() -> list[str]:
-    """A command prefix under which file permissions bind the daemon."""
-    if os.geteuid() != 0:
-        return []
-    if shutil.which("setpriv") is None:
-        pytest.skip("running as root without setpriv: permissions would not bind the daemon")
-    return ["setpriv", "--bounding-set=-dac_override,-dac_read_search,-fowner", "--"]
 
 
 def every_file(root: Path) -> dict[str, str]:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import shutil
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -31,16 +30,6 @@ from store.checkpoints import (
 )
 
 EXIT_STARTUP_FAILURE = 4
-
-
-@pytest.fixture
-def as_a_user() -> list[str]:
-    """A command prefix under which file permissions bind the daemon."""
-    if os.geteuid() != 0:
-        return []
-    if shutil.which("setpriv") is None:
-        pytest.skip("running as root without setpriv: permissions would not bind the daemon")
-    return ["setpriv", "--bounding-set=-dac_override,-dac_read_search,-fowner", "--"]
 
 
 def unwritable(*directories: Path) -> None:

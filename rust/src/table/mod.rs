@@ -364,32 +364,13 @@ impl Table {
     /// Validates every key first: on error nothing is written.
     pub fn gather_into(&self, keys: &[u64], out_dtype: DType, out: &mut [u8]) -> Result<()> {
         let out_row = self.check_gather(keys, out_dtype, out.len())?;
-        if keys.is_empty() {
-            return Ok(());
-        }
-        let map = self.read_map();
-        let map: &[u8] = &map;
-        out.par_chunks_mut(out_row * ROWS_PER_TASK)
-            .zip(keys.par_chunks(ROWS_PER_TASK))
-            .with_min_len(parallel::min_items_per_task())
-            .for_each_init(
-                || vec![0f32; self.dim()],
-                |scratch, (task_out, task_keys)| {
-                    for (i, (dst, &key)) in task_out.chunks_mut(out_row).zip(task_keys).enumerate()
-                    {
-                        // Random rows miss every cache and the TLB: ask for later rows early so
-                        // their misses overlap this row's copy.
-                        if let Some(&ahead) = task_keys.get(i + PREFETCH_DISTANCE) {
-                            self.prefetch_row(map, ahead);
-                        }
-                        self.read_row(map, key, scratch, out_dtype, dst);
-                    }
-                },
-            );
+        self.gather_rows(keys, out, out_row, |map, key, scratch, dst| {
+            self.read_row(map, key, scratch, out_dtype, dst)
+        });
         Ok(())
     }
 
-    /// An engine's gather (see `store/engram_reader.py`): rows of `keys` into `out` as
+    /// An engine's gather (see `client/engram_reader.py`): rows of `keys` into `out` as
     /// `out_dtype` (a float dtype), with a zero row for each key that is [`NO_ROW`] (a
     /// masked position, or an id this table does not hold). With `zero_byte_scales`, a
     /// group of FP8 values whose E8M0 scale byte is 0 reads as zeros, as vLLM decodes that
@@ -404,12 +385,16 @@ impl Table {
         if out_dtype.is_quantized() {
             return Err(Error::invalid("an engine's rows are read as a float dtype"));
         }
-        let present: Vec<u64> = keys.iter().copied().filter(|&k| k != NO_ROW).collect();
-        let out_row = self.check_gather(
-            &present,
-            out_dtype,
-            present.len() * out_dtype.row_bytes(self.dim()),
-        )?;
+        if let Some(i) = keys
+            .iter()
+            .position(|&k| k != NO_ROW && k >= self.header.num_rows)
+        {
+            return Err(Error::out_of_range(format!(
+                "keys[{i}] = {} is out of range for a table of {} rows",
+                keys[i], self.header.num_rows
+            )));
+        }
+        let out_row = self.check_gather(&[], out_dtype, 0)?;
         if out.len() != keys.len() * out_row {
             return Err(Error::invalid(format!(
                 "out holds {} bytes, expected {} keys x {} x {}",
@@ -419,10 +404,41 @@ impl Table {
                 out_dtype.name()
             )));
         }
-        let map = self.read_map();
-        let map: &[u8] = &map;
         let zero_groups = zero_byte_scales && self.header.dtype == DType::Fp8E4M3;
         let group_out = out_dtype.row_bytes(crate::quant::GROUP);
+        self.gather_rows(keys, out, out_row, |map, key, scratch, dst| {
+            if key == NO_ROW {
+                dst.fill(0);
+                return;
+            }
+            self.read_row(map, key, scratch, out_dtype, dst);
+            if zero_groups && self.is_written_in(map, key) {
+                let scales = &map[self.row_range(key)][self.dim()..];
+                for (group, &scale) in dst.chunks_exact_mut(group_out).zip(scales) {
+                    if scale == 0 {
+                        group.fill(0);
+                    }
+                }
+            }
+        });
+        Ok(())
+    }
+
+    /// Fills each `out_row`-byte row of `out` with `read(map, key, scratch, row)` for its
+    /// key, on the worker threads; keys are checked by the caller (a [`NO_ROW`] key is
+    /// the caller's to answer, and is never prefetched).
+    fn gather_rows(
+        &self,
+        keys: &[u64],
+        out: &mut [u8],
+        out_row: usize,
+        read: impl Fn(&[u8], u64, &mut [f32], &mut [u8]) + Sync,
+    ) {
+        if keys.is_empty() {
+            return;
+        }
+        let map = self.read_map();
+        let map: &[u8] = &map;
         out.par_chunks_mut(out_row * ROWS_PER_TASK)
             .zip(keys.par_chunks(ROWS_PER_TASK))
             .with_min_len(parallel::min_items_per_task())
@@ -431,28 +447,17 @@ impl Table {
                 |scratch, (task_out, task_keys)| {
                     for (i, (dst, &key)) in task_out.chunks_mut(out_row).zip(task_keys).enumerate()
                     {
+                        // Random rows miss every cache and the TLB: ask for later rows early so
+                        // their misses overlap this row's copy.
                         if let Some(&ahead) = task_keys.get(i + PREFETCH_DISTANCE) {
                             if ahead != NO_ROW {
                                 self.prefetch_row(map, ahead);
                             }
                         }
-                        if key == NO_ROW {
-                            dst.fill(0);
-                            continue;
-                        }
-                        self.read_row(map, key, scratch, out_dtype, dst);
-                        if zero_groups && self.is_written_in(map, key) {
-                            let scales = &map[self.row_range(key)][self.dim()..];
-                            for (group, &scale) in dst.chunks_exact_mut(group_out).zip(scales) {
-                                if scale == 0 {
-                                    group.fill(0);
-                                }
-                            }
-                        }
+                        read(map, key, scratch, dst);
                     }
                 },
             );
-        Ok(())
     }
 
     /// Checks a gather's keys, output dtype and output size; returns the bytes of an
