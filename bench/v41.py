@@ -87,7 +87,7 @@ def decode_step(
     mask = np.ones(sequences, bool)
     outs = [torch.empty(sequences, HEADS, DIM, dtype=torch.bfloat16) for _ in ids]
     ids_t, mask_t = [torch.from_numpy(i) for i in ids], torch.from_numpy(mask)
-    rank_heads = len(rank.reader.columns)
+    rank_heads = rank.reader.heads_read
     rank_out = torch.empty(sequences, rank_heads, DIM, dtype=torch.bfloat16)
 
     def ours() -> None:

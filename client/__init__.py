@@ -2,6 +2,8 @@
 
 from client.client import EngramClient
 from client.connection import RetryPolicy
+from client.daemon_layer_reader import DaemonLayerReader
+from client.engram_reader import EngramLayerReader
 from client.errors import (
     DataParallelStepError,
     EngramClientError,
@@ -32,10 +34,12 @@ __all__ = [
     "BatchResult",
     "CheckpointInfo",
     "CompressedTokenizer",
+    "DaemonLayerReader",
     "DaemonStats",
     "DataParallelStepError",
     "EngramClient",
     "EngramClientError",
+    "EngramLayerReader",
     "InvalidRequestError",
     "KeyOutOfRangeError",
     "NgramHashMapping",

@@ -1,18 +1,18 @@
 """An inference engine's read path for one Engram layer, in process: the layer's table file
 opened read-only and mapped copy-on-write, so every process on the machine shares one copy
 in the page cache, and rows gathered by Rust threads with the GIL released straight into
-the engine's buffer.
+the engine's buffer. (`client/daemon_layer_reader.py` reads the same rows through a daemon.)
 
 What engines ask of it, as the issue that asked for it quotes vLLM's and DeepSeek's code
 (we could not read those here; each rule is an argument): vLLM computes the ids itself
 (`[T, H]` global ids, head offsets included) and splits a layer over tensor-parallel ranks
 by whole heads, a rank's lookup filling `out[T, local_heads, D]` for its heads only
-(`heads=range(...)`, its file holding those heads' rows); DeepSeek's own code splits by
-contiguous row ranges and returns zero rows for ids a rank does not hold (`rows=(start,
-stop)`); Mooncake's EngramStore addresses rows by per-head local ids (`local_ids=True`).
-Masked positions (image tokens) read as zero rows. An FP8 scale byte of 0 reads as 2^-127,
-as torch's float8_e8m0fnu decodes it (`e8m0="torch"`, the default), or as zero, as vLLM
-decodes it (`byte << 23` read as float32; `e8m0="zero"`).
+(`heads=range(...)`); DeepSeek's own code splits by contiguous row ranges and returns zero
+rows for ids a rank does not hold (`rows=(start, stop)`); Mooncake's EngramStore addresses
+rows by per-head local ids (`local_ids=True`). Masked positions (image tokens) read as zero
+rows. An FP8 scale byte of 0 reads as 2^-127, as torch's float8_e8m0fnu decodes it
+(`e8m0="torch"`, the default), or as zero, as vLLM decodes it (`byte << 23` read as
+float32; `e8m0="zero"`).
 """
 
 from __future__ import annotations
@@ -31,10 +31,101 @@ E8M0_RULES = ("torch", "zero")
 _OUT_DTYPES = {np.dtype(np.float32): "float32", np.dtype(np.uint16): "bfloat16"}
 
 
-class EngramLayerReader:
-    """Reads one layer's rows (`head_sizes`: its heads' prime sizes, in hash-id column
-    order) from the table file at `path`: the whole layer, the heads of `heads` (the file
-    holding those heads' rows only), or the global rows `rows = (start, stop)`."""
+class LayerReads:
+    """What both readers share: a reader's share of a layer (`head_sizes`: its heads' prime
+    sizes, in hash-id column order): the whole layer, the heads of `heads`, or the global
+    rows `rows = (start, stop)`; the checks of a read's arguments; reads submitted ahead."""
+
+    def __init__(
+        self,
+        head_sizes: Sequence[int],
+        heads: range | None,
+        rows: tuple[int, int] | None,
+        local_ids: bool,
+        e8m0: str,
+    ) -> None:
+        if e8m0 not in E8M0_RULES:
+            raise ValueError(f"e8m0 must be one of {E8M0_RULES}, got {e8m0!r}")
+        if heads is not None and (not isinstance(heads, range) or heads.step != 1):
+            raise ValueError(f"heads must be a range of step 1, got {heads!r}")
+        self.share = _native.EngineRows(
+            [int(s) for s in head_sizes],
+            heads=None if heads is None else (heads.start, heads.stop),
+            rows=None if rows is None else (int(rows[0]), int(rows[1])),
+            local_ids=local_ids,
+        )
+        self.e8m0 = e8m0
+        self.dim = 0
+        self._pool: ThreadPoolExecutor | None = None
+
+    @property
+    def heads_read(self) -> int:
+        """How many heads a position reads: the `H_local` of `out[T, H_local, D]`."""
+        return int(self.share.columns_read)
+
+    def _arguments(
+        self, ids: Any, out: npt.NDArray[Any], token_mask: Any
+    ) -> tuple[np.ndarray, np.ndarray | None, str]:
+        """`ids` as C-contiguous int64, the mask as booleans, `out`'s dtype name."""
+        ids = np.asarray(ids)
+        heads = self.share.heads
+        if ids.ndim != 2 or ids.shape[1] != heads or ids.dtype.kind not in "iu":
+            raise ValueError(
+                f"ids must be integers of shape [T, {heads}], got {ids.dtype} {list(ids.shape)}"
+            )
+        if ids.dtype == np.uint64 and len(ids) and int(ids.max()) > np.iinfo(np.int64).max:
+            raise ValueError("ids must be below 2^63")
+        dtype = _OUT_DTYPES.get(out.dtype)
+        expected = (len(ids), self.heads_read, self.dim)
+        if dtype is None or tuple(out.shape) != expected or not out.flags.c_contiguous:
+            raise ValueError(
+                f"out must be a C-contiguous float32 or uint16 (bfloat16) array of shape "
+                f"{list(expected)}, got {out.dtype} {list(out.shape)}"
+            )
+        mask = None
+        if token_mask is not None:
+            mask = np.ascontiguousarray(token_mask)
+            if mask.dtype != np.bool_ or mask.shape != ids.shape[:1]:
+                raise ValueError(f"token_mask must be booleans of shape [{ids.shape[0]}]")
+        return np.ascontiguousarray(ids, dtype=np.int64), mask, dtype
+
+    def lookup_into(
+        self,
+        ids: npt.NDArray[Any],
+        out: npt.NDArray[Any],
+        token_mask: npt.NDArray[Any] | None = None,
+    ) -> npt.NDArray[Any]:
+        """Fills `out` (`[T, heads read, D]`: float32, or uint16 holding bfloat16 bits)
+        with the rows of `ids` (`[T, H]`), zero rows where the reader's share holds none or
+        the position is masked; returns it."""
+        ids, mask, dtype = self._arguments(ids, out, token_mask)
+        self._fill(ids, mask, out.reshape(-1, self.dim), dtype)
+        return out
+
+    def _fill(self, ids: np.ndarray, mask: np.ndarray | None, out: np.ndarray, dtype: str) -> None:
+        raise NotImplementedError
+
+    def submit(
+        self,
+        ids: npt.NDArray[Any],
+        out: npt.NDArray[Any],
+        token_mask: npt.NDArray[Any] | None = None,
+    ) -> Future[npt.NDArray[Any]]:
+        """`lookup_into` started now: the gather runs with the GIL released while the
+        caller computes; the future's `result()` returns `out` once the rows are in it.
+        `out` must not be read or written until then."""
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(1, thread_name_prefix="engram-reader")
+        return self._pool.submit(self.lookup_into, ids, out, token_mask)
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown()
+
+
+class EngramLayerReader(LayerReads):
+    """Reads a layer's share from the table file at `path`, which holds exactly that share:
+    the whole layer, the rows of the heads of `heads`, or the global rows `rows`."""
 
     def __init__(
         self,
@@ -45,90 +136,14 @@ class EngramLayerReader:
         local_ids: bool = False,
         e8m0: str = "torch",
     ) -> None:
-        if heads is not None and rows is not None:
-            raise ValueError("give heads= or rows=, not both")
-        if e8m0 not in E8M0_RULES:
-            raise ValueError(f"e8m0 must be one of {E8M0_RULES}, got {e8m0!r}")
-        sizes = np.array([int(s) for s in head_sizes], np.int64)
-        self.offsets = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
-        count = len(sizes)
-        self.columns = np.arange(count) if heads is None else np.arange(count)[heads]
-        if heads is not None and (len(self.columns) == 0 or heads.step != 1):
-            raise ValueError(f"heads must be a non-empty range of step 1 within 0..{count}")
-        if rows is not None:
-            start, stop = int(rows[0]), int(rows[1])
-            if not 0 <= start < stop <= self.offsets[-1]:
-                raise ValueError(f"rows must lie within 0..{self.offsets[-1]}, got {rows}")
-            self.first, self.stop = start, stop
-        else:
-            self.first = int(self.offsets[self.columns[0]])
-            self.stop = int(self.offsets[self.columns[-1] + 1])
-        self.local_ids = local_ids
-        self.e8m0 = e8m0
+        super().__init__(head_sizes, heads, rows, local_ids, e8m0)
         self.table = _native.Table.open(os.fspath(path), read_only=True)
-        if self.table.num_rows != self.stop - self.first:
+        if self.table.num_rows != self.share.file_rows:
             raise ValueError(
                 f"{os.fspath(path)} holds {self.table.num_rows} rows; these heads or rows "
-                f"need {self.stop - self.first}"
+                f"need {self.share.file_rows}"
             )
         self.dim = self.table.dim
-        self._pool: ThreadPoolExecutor | None = None
 
-    def keys(self, ids: npt.NDArray[Any], token_mask: npt.NDArray[Any] | None) -> np.ndarray:
-        """The file's row of each selected `(t, head)`, `NO_ROW` where none."""
-        ids = np.asarray(ids)
-        if ids.ndim != 2 or ids.shape[1] != len(self.offsets) - 1 or ids.dtype.kind not in "iu":
-            raise ValueError(
-                f"ids must be integers of shape [T, {len(self.offsets) - 1}], got "
-                f"{ids.dtype} {list(ids.shape)}"
-            )
-        whole = len(self.columns) == ids.shape[1]
-        chosen = (ids if whole else ids[:, self.columns]).astype(np.int64, copy=False)
-        if self.local_ids:
-            chosen = chosen + self.offsets[self.columns]
-        outside = (chosen < self.first) | (chosen >= self.stop)
-        if token_mask is not None:
-            mask = np.asarray(token_mask)
-            if mask.dtype != np.bool_ or mask.shape != ids.shape[:1]:
-                raise ValueError(f"token_mask must be booleans of shape [{ids.shape[0]}]")
-            outside |= ~mask[:, None]
-        keys = (chosen - self.first).astype(np.uint64)
-        keys[outside] = _native.Table.NO_ROW
-        return keys.reshape(-1)
-
-    def lookup_into(
-        self,
-        ids: npt.NDArray[Any],
-        out: npt.NDArray[Any],
-        token_mask: npt.NDArray[Any] | None = None,
-    ) -> npt.NDArray[Any]:
-        """Fills `out` (`[T, selected heads, D]`: float32, or uint16 holding bfloat16 bits)
-        with the rows of `ids` (`[T, H]`), zero rows where the file holds none or the
-        position is masked; returns it."""
-        dtype = _OUT_DTYPES.get(out.dtype)
-        expected = (len(ids), len(self.columns), self.dim)
-        if dtype is None or tuple(out.shape) != expected or not out.flags.c_contiguous:
-            raise ValueError(
-                f"out must be a C-contiguous float32 or uint16 (bfloat16) array of shape "
-                f"{list(expected)}, got {out.dtype} {list(out.shape)}"
-            )
-        keys = self.keys(ids, token_mask)
-        self.table.gather_engine_rows(keys, out.reshape(-1, self.dim), dtype, self.e8m0 == "zero")
-        return out
-
-    def submit(
-        self,
-        ids: npt.NDArray[Any],
-        out: npt.NDArray[Any],
-        token_mask: npt.NDArray[Any] | None = None,
-    ) -> Future[npt.NDArray[Any]]:
-        """`lookup_into` started now: the gather runs on Rust threads with the GIL released
-        while the caller computes; the future's `result()` returns `out` once the rows are
-        in it. `out` must not be read or written until then."""
-        if self._pool is None:
-            self._pool = ThreadPoolExecutor(1, thread_name_prefix="engram-reader")
-        return self._pool.submit(self.lookup_into, ids, out, token_mask)
-
-    def close(self) -> None:
-        if self._pool is not None:
-            self._pool.shutdown()
+    def _fill(self, ids: np.ndarray, mask: np.ndarray | None, out: np.ndarray, dtype: str) -> None:
+        self.table.gather_engine_ids(self.share, ids, mask, out, dtype, self.e8m0 == "zero")

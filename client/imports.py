@@ -33,7 +33,9 @@ import numpy.typing as npt
 from client.hash_identity import METADATA_KEY, HashIdentity, identities_in_metadata
 from client.results import TableInfo
 from client.tensor_files import Checkpoint, SafetensorsWriter, TensorSpec, row_ranges
+from store._proto.engram.store.v1 import store_pb2 as pb
 from store.arrays import bfloat16_to_float32
+from store.conversions import hash_from_proto
 from store.spec import FLOAT_DTYPES, QUANT_GROUP, TableSpec, row_bytes
 
 # safetensors dtype of a table dtype's values, and of its scales (quantized only).
@@ -150,6 +152,8 @@ class ImportPlan:
     dtype: str
     dim: int
     parts: list[TablePart] = field(default_factory=list)
+    # The Engram layer its tensors' names give (the mapping's `layer` group), if any.
+    layer: int | None = None
 
     @property
     def num_rows(self) -> int:
@@ -162,6 +166,7 @@ def plan_import(
     """The tables a checkpoint fills under `rules`, and the tensors no rule took."""
     matched: dict[str, list[tuple[int, str, str | None, str | None]]] = {}
     scale_names: set[str] = set()
+    layers: dict[str, set[int]] = {}
     for name in checkpoint.names():
         for rule in rules:
             found = rule.tensor.fullmatch(name)
@@ -182,6 +187,8 @@ def plan_import(
                 )
             head = int(groups.get("head", 0))
             matched.setdefault(table, []).append((head, name, scales, rule.dtype))
+            if groups.get("layer", "").isdigit():
+                layers.setdefault(table, set()).add(int(groups["layer"]))
             break
     plans = []
     for table, parts in sorted(matched.items()):
@@ -191,7 +198,10 @@ def plan_import(
         parts.sort()
         if len({head for head, *_ in parts}) != len(parts):
             raise MappingError(f"table {table}: several tensors map to the same head: {parts}")
-        plans.append(_plan_table(checkpoint, table, parts))
+        plan = _plan_table(checkpoint, table, parts)
+        if len(layers.get(table, ())) == 1:
+            (plan.layer,) = layers[table]
+        plans.append(plan)
     taken = {p.tensor for plan in plans for p in plan.parts} | scale_names
     return plans, [n for n in checkpoint.names() if n not in taken]
 
@@ -290,6 +300,7 @@ def import_checkpoint(
     replace: bool = False,
     expected: Callable[[HashIdentity], HashIdentity | None] | None = None,
     check_replaced: bool = True,
+    hash_config_of: Callable[[int], pb.HashConfig | None] | None = None,
 ) -> list[TableInfo]:
     """Imports every table the mapping finds in the checkpoint at `path` (a safetensors
     file or an index.json); returns the tables, visible and durable. With `replace`, a
@@ -298,7 +309,11 @@ def import_checkpoint(
     A table whose file carries a hash identity (client/hash_identity.py) must match the
     identity of the table it replaces (unless not `check_replaced`), and `expected(identity)`
     (the identity the user's config gives the file's layer; None: that config has none to
-    compare), or nothing is imported: `HashIdentityMismatch` names the fields."""
+    compare), or nothing is imported: `HashIdentityMismatch` names the fields.
+
+    `hash_config_of(layer)`: the hash config a table of that Engram layer (the mapping's
+    `layer` group) is created with, so that it carries its identity (and serves
+    `lookup_tokens`); None for none."""
     imported = []
     # Slices are read and packed while the one before travels: disk, CPU and daemon busy
     # at once.
@@ -309,7 +324,17 @@ def import_checkpoint(
         carried = identities_in_metadata(checkpoint.metadata(), os.fspath(path))
         check_identities(client, plans, carried, expected, replace and check_replaced)
         for plan in plans:
-            spec = TableSpec(plan.table, plan.num_rows, plan.dim, dtype=plan.dtype, init="zeros")
+            hash_config = None
+            if hash_config_of is not None and plan.layer is not None:
+                hash_config = hash_config_of(plan.layer)
+            spec = TableSpec(
+                plan.table,
+                plan.num_rows,
+                plan.dim,
+                dtype=plan.dtype,
+                init="zeros",
+                hash_config=None if hash_config is None else hash_from_proto(hash_config),
+            )
             client.create(spec, importing=True, replace_existing=replace)
             step = max(1, CHUNK_BYTES // row_bytes(plan.dtype, plan.dim))
             done = 0

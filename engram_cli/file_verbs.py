@@ -19,6 +19,7 @@ from client.imports import (
 from engram_cli.output import emit
 from engram_cli.parsing import Verbs, connect
 from engram_cli.table_verbs import add_config_arguments, describe, engram_config
+from store._proto.engram.store.v1 import store_pb2 as pb
 from store.spec import TABLE_DTYPES
 
 MAPPING_HELP = """\
@@ -77,6 +78,16 @@ def _expected_identity(args: argparse.Namespace) -> Callable[[HashIdentity], Has
     return expected
 
 
+def _hash_configs(args: argparse.Namespace) -> Callable[[int], pb.HashConfig | None]:
+    """The config's hash config of each of its layers, given to the tables imported for them
+    (on one daemon: a hash config is a single daemon's), so they carry their identity."""
+    config = engram_config(args)
+    if not config.tokenizer_name_or_path:
+        raise ValueError("--tokenizer FILE is needed to give imported tables a hash config")
+    mapping = hash_mapping(config)
+    return lambda layer: mapping.hash_config(layer) if layer in mapping.layer_ids else None
+
+
 def _import(args: argparse.Namespace) -> int:
     rules = with_tensor_prefix(load_mapping(args.mapping), args.tensor_prefix)
     given = args.engram_config is not None or args.preset is not None
@@ -91,6 +102,7 @@ def _import(args: argparse.Namespace) -> int:
             args.replace,
             expected,
             check_replaced=not args.ignore_hash_identity,
+            hash_config_of=_hash_configs(args) if given and len(client.shards) == 1 else None,
         )
     emit(args.json, {"tables": infos}, "\n".join(describe(i) for i in infos))
     return 0
@@ -119,7 +131,10 @@ def register(verbs: Verbs) -> None:
         MAPPING_HELP + "\n\nEach table is filled hidden and becomes visible only once complete and"
         "\ndurable; an interrupted import leaves no half table, and rerunning it starts over."
         "\nWith --replace, a table that exists serves on (and trains) until its import is"
-        "\ncomplete, then each daemon swaps it for the import crash-atomically.",
+        "\ncomplete, then each daemon swaps it for the import crash-atomically."
+        "\nWith --preset or --engram-config (and a tokenizer), a file's hash identity is checked"
+        "\nagainst the config's, and on one daemon each table of a layer (the mapping's `layer`"
+        "\ngroup) gets that layer's hash config: it carries its identity and serves token lookups.",
     )
     load.add_argument("checkpoint", help="a .safetensors file or a sharded checkpoint's index.json")
     load.add_argument(

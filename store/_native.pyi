@@ -13,6 +13,7 @@ __all__ = [
     "BUFFER_TOKEN_BYTES",
     "PUSH_CRASH_POINTS",
     "TABLE_FORMAT_VERSION",
+    "EngineRows",
     "HotRowCache",
     "InvalidArgumentError",
     "Journal",
@@ -25,6 +26,7 @@ __all__ = [
     "TableFormatError",
     "TrainableTable",
     "compress_ids",
+    "decode_engine_rows",
     "keys_from_int64",
     "parse_lookup_chunk",
     "set_thread_count",
@@ -81,9 +83,11 @@ class Table:
     @staticmethod
     def open(path: str | os.PathLike[str], read_only: bool = False) -> Table: ...
     NO_ROW: int
-    def gather_engine_rows(
+    def gather_engine_ids(
         self,
-        keys: npt.NDArray[np.uint64],
+        share: EngineRows,
+        ids: npt.NDArray[np.int64],
+        token_mask: npt.NDArray[np.bool_] | None,
         out: npt.NDArray[np.float32] | npt.NDArray[np.uint16],
         dtype: str,
         zero_byte_scales: bool,
@@ -122,6 +126,27 @@ class Table:
     def written(self, keys: npt.NDArray[np.uint64]) -> npt.NDArray[np.bool_]: ...
     def written_count(self) -> int: ...
     def flush(self) -> None: ...
+
+@final
+class EngineRows:
+    def __new__(
+        cls,
+        head_sizes: list[int],
+        heads: tuple[int, int] | None = None,
+        rows: tuple[int, int] | None = None,
+        local_ids: bool = False,
+    ) -> EngineRows: ...
+    @property
+    def file_rows(self) -> int: ...
+    @property
+    def first_row(self) -> int: ...
+    @property
+    def heads(self) -> int: ...
+    @property
+    def columns_read(self) -> int: ...
+    def keys(
+        self, ids: npt.NDArray[np.int64], token_mask: npt.NDArray[np.bool_] | None = None
+    ) -> npt.NDArray[np.uint64]: ...
 
 @final
 class HotRowCache:
@@ -240,3 +265,12 @@ def compress_ids(
     ids: npt.NDArray[np.int64], lookup: npt.NDArray[np.int64]
 ) -> npt.NDArray[np.int64]: ...
 def keys_from_int64(keys: npt.NDArray[np.int64]) -> npt.NDArray[np.uint64]: ...
+def decode_engine_rows(
+    keys: npt.NDArray[np.uint64],
+    stored: str,
+    dim: int,
+    fetched: npt.NDArray[np.uint8],
+    out: npt.NDArray[np.float32] | npt.NDArray[np.uint16],
+    dtype: str,
+    zero_byte_scales: bool,
+) -> None: ...

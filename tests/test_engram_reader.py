@@ -2,7 +2,8 @@
 FP8 rows of a layer's table file into bfloat16 `out[T, heads, 256]`, for the whole layer,
 a tensor-parallel rank's heads (vLLM's split) or row range (DeepSeek's, zero rows for ids it
 does not hold), per-head local ids, masked positions, both E8M0 rules, and submitted ahead
-then waited on; checked against the official code's lookup written in torch here."""
+then waited on, in process and through daemons; checked against the official code's lookup
+written in torch here."""
 
 from __future__ import annotations
 
@@ -11,10 +12,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from daemon import daemon_thread
 
-from client.engram_reader import EngramLayerReader
+from client import DaemonLayerReader, EngramClient, EngramLayerReader
 from client.torch import EngramRowReader
 from store import Table
+from store.spec import TableSpec
 
 HEADS, DIM = [101, 103, 107, 109, 113, 127], 256
 ROWS = sum(HEADS)
@@ -140,3 +143,59 @@ def test_bad_arguments_are_refused_naming_them(layer: tuple[Path, np.ndarray]) -
         reader.lookup_into(np.zeros((2, 5), np.int64), np.empty((2, 6, DIM), np.uint16))
     with pytest.raises(ValueError, match="out must be"):
         reader.lookup_into(np.zeros((2, 6), np.int64), np.empty((2, 5, DIM), np.uint16))
+
+
+def test_a_daemon_serves_an_engine_the_same_reads(
+    layer: tuple[Path, np.ndarray], tmp_path: Path
+) -> None:
+    """The layer imported into a table sharded over two daemons: every read of the tests
+    above, through `DaemonLayerReader`, gives the rows the in-process reader gives."""
+    path, packed = layer
+    ids, mask = global_ids(300, 5)
+    with (
+        daemon_thread(tmp_path / "a") as a,
+        daemon_thread(tmp_path / "b") as b,
+        EngramClient([a.address, b.address]) as client,
+    ):
+        client.create(TableSpec("layer1", ROWS, DIM, dtype="fp8_e4m3"), importing=True)
+        client.write_rows("layer1", 0, packed, "fp8_e4m3")
+        client.finish_import("layer1")
+        for rule in ("torch", "zero"):
+            got = torch.empty(300, len(HEADS), DIM, dtype=torch.bfloat16)
+            reader = DaemonLayerReader(client, "layer1", HEADS, e8m0=rule)
+            EngramRowReader(reader).lookup_into(ids, got, mask)
+            assert torch.equal(got, official(packed, ids, mask, zero_rule=rule == "zero"))
+        whole = official(packed, ids, mask, zero_rule=False)
+
+        heads = DaemonLayerReader(client, "layer1", HEADS, heads=range(2, 4))
+        by_heads = EngramRowReader(heads).lookup_into(
+            ids, torch.empty(300, 2, DIM, dtype=torch.bfloat16), mask
+        )
+        assert torch.equal(by_heads, whole[:, 2:4])
+        local = DaemonLayerReader(client, "layer1", HEADS, heads=range(2, 4), local_ids=True)
+        by_local = local.lookup_into(ids - OFFSETS[:-1], np.empty((300, 2, DIM), np.uint16), mask)
+        assert np.array_equal(by_local, by_heads.view(torch.int16).numpy().view(np.uint16))
+
+        start, end = 150, 400
+        ranged = DaemonLayerReader(client, "layer1", HEADS, rows=(start, end))
+        by_rows = EngramRowReader(ranged).lookup_into(
+            ids, torch.empty(300, len(HEADS), DIM, dtype=torch.bfloat16), mask
+        )
+        held = torch.from_numpy((ids >= start) & (ids < end))
+        assert torch.equal(by_rows[held], whole[held]) and not by_rows[~held].any()
+
+        # float32 rows, submitted ahead, as the in-process reader gives them.
+        in_process = EngramLayerReader(path, HEADS, e8m0="zero")
+        expected = in_process.lookup_into(ids, np.empty((300, len(HEADS), DIM), np.float32), mask)
+        through = DaemonLayerReader(client, "layer1", HEADS, e8m0="zero")
+        out = np.empty_like(expected)
+        assert through.submit(ids, out, mask).result() is out
+        assert np.array_equal(out, expected)
+        # Every position masked: nothing to fetch, every row zero.
+        none = through.lookup_into(ids, np.ones_like(expected), np.zeros(300, bool))
+        assert not none.any()
+
+        with pytest.raises(ValueError, match="table 'layer1' holds 660 rows; a layer of"):
+            DaemonLayerReader(client, "layer1", HEADS[:-1])
+        with pytest.raises(ValueError, match=r"heads must be a non-empty range within 0\.\.6"):
+            DaemonLayerReader(client, "layer1", HEADS, heads=range(5, 8))

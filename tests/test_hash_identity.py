@@ -12,6 +12,7 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import pytest
 from daemon import Daemon, daemon_thread
 
@@ -109,3 +110,37 @@ def test_export_carries_the_identity_and_import_checks_it(tmp_path: Path) -> Non
         assert replaced.returncode == 3 and "than table 'engram-L" in replaced.stderr
         forced = cli(*common, "--replace", "--ignore-hash-identity", "--quiet")
         assert forced.returncode == 0, forced.stderr
+
+
+def test_a_file_without_an_identity_imported_with_a_config_takes_the_configs(
+    tmp_path: Path,
+) -> None:
+    """DeepSeek's checkpoint carries no identity: imported with the config, each table of a
+    layer the mapping names gets the layer's hash config (its identity, and token lookups);
+    imported without one, none."""
+    config = EngramConfig.from_json(CONFIG_FILE)
+    layer = config.layer_ids[0]
+    bare = dataclasses.replace(config, tokenizer_name_or_path="")
+    exported = tmp_path / "engram.safetensors"
+    mapping_file = tmp_path / "mapping.json"
+    by_layer = {"tensor": r"(?P<name>engram-L(?P<layer>\d+))", "table": "{name}"}
+    mapping_file.write_text(json.dumps({"tables": [by_layer]}))
+    with daemon_thread(tmp_path / "a") as a, EngramClient(a.address) as client:
+        create_engram_tables(client, bare)
+        assert client.describe(f"engram-L{layer}").hash_identity is None
+        written = cli("export", f"engram-L{layer}", "--out", str(exported), "--address", a.address)
+        assert written.returncode == 0, written.stderr
+    assert METADATA_KEY not in SafetensorsFile(exported).metadata
+    with daemon_thread(tmp_path / "b") as b, EngramClient(b.address) as client:
+        common = ["import", str(exported), "--mapping", str(mapping_file), "--address", b.address]
+        plain = cli(*common, "--quiet")
+        assert plain.returncode == 0, plain.stderr
+        assert client.describe(f"engram-L{layer}").hash_identity is None
+        configured = cli(*common, "--replace", "--engram-config", str(CONFIG_FILE), "--quiet")
+        assert configured.returncode == 0, configured.stderr
+        described = client.describe(f"engram-L{layer}")
+        assert described.hash_identity == hash_mapping(config).hash_identity(layer)
+        tokens = np.array([[5, 6, 7, 8]])
+        rows = client.lookup_tokens(f"engram-L{layer}", tokens)
+        keys = hash_mapping(config).row_keys(tokens)[layer]
+        assert (rows == client.lookup(f"engram-L{layer}", keys)).all()

@@ -4,6 +4,7 @@
 //! mutated by another Python thread meanwhile); outputs are either numpy arrays handed over
 //! without copying or caller-provided arrays written in place.
 
+mod engine_rows;
 mod hashing;
 mod hot_rows;
 mod keys;
@@ -229,6 +230,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("BUFFER_HEADER_BYTES", region::BUFFER_HEADER_BYTES)?;
     m.add_class::<hashing::NgramHasher>()?;
     m.add_class::<table::Table>()?;
+    m.add_class::<engine_rows::EngineRows>()?;
     m.add_class::<hot_rows::HotRowCache>()?;
     m.add_class::<trainable::TrainableTable>()?;
     m.add_class::<keys::Keys>()?;
@@ -240,5 +242,6 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(hashing::table_sizes, m)?)?;
     m.add_function(wrap_pyfunction!(hashing::compress_ids, m)?)?;
     m.add_function(wrap_pyfunction!(table::keys_from_int64, m)?)?;
+    m.add_function(wrap_pyfunction!(engine_rows::decode_engine_rows, m)?)?;
     Ok(())
 }

@@ -1,5 +1,6 @@
 //! Bindings of memory-mapped tables.
 
+use super::engine_rows::EngineRows;
 use super::hot_rows::HotRowCache;
 use super::{bytes_mut, detached, invalid_argument, owned, owned_rows, parse_dtype, parse_header};
 use crate::codec::DType;
@@ -50,7 +51,7 @@ impl Table {
         Ok(Table { inner })
     }
 
-    /// The key that [`Table::gather_engine_rows`] answers with a zero row.
+    /// The key an engine's gather answers with a zero row.
     #[classattr]
     const NO_ROW: u64 = table::NO_ROW;
 
@@ -135,32 +136,31 @@ impl Table {
         }
     }
 
-    /// An engine's gather: rows of `keys` into `out` (float32, or uint16 holding float16 /
-    /// bfloat16 bits), a zero row for each key that is `NO_ROW`; with `zero_byte_scales`,
-    /// FP8 groups whose scale byte is 0 read as zeros.
-    fn gather_engine_rows(
+    /// An engine's gather: the rows `ids` (`[T, heads]` int64, C-contiguous) name in the
+    /// reader's share `share` (this file holding exactly it) into `out` (float32, or uint16
+    /// holding 16-bit float bits), a zero row where the share holds none or `token_mask` is
+    /// false; with `zero_byte_scales`, FP8 groups whose scale byte is 0 read as zeros.
+    #[allow(clippy::too_many_arguments)]
+    #[pyo3(signature = (share, ids, token_mask, out, dtype, zero_byte_scales))]
+    fn gather_engine_ids(
         &self,
         py: Python<'_>,
-        keys: PyReadonlyArray1<'_, u64>,
+        share: PyRef<'_, EngineRows>,
+        ids: PyReadonlyArray2<'_, i64>,
+        token_mask: Option<PyReadonlyArray1<'_, bool>>,
         out: &Bound<'_, PyAny>,
         dtype: &str,
         zero_byte_scales: bool,
     ) -> PyResult<()> {
         let dtype = parse_dtype(dtype)?;
-        let keys = owned(&keys);
+        let share: &EngineRows = &share;
+        let ids = ids.as_slice()?;
+        let mask = token_mask.as_ref().map(|m| m.as_slice()).transpose()?;
         let gather = |bytes: &mut [u8]| {
             self.inner
-                .gather_engine_rows(&keys, dtype, bytes, zero_byte_scales)
+                .gather_engine_ids(share, ids, mask, dtype, bytes, zero_byte_scales)
         };
-        if dtype == DType::F32 {
-            let mut out: PyReadwriteArray2<'_, f32> = out.extract()?;
-            let bytes = bytes_mut(out.as_slice_mut()?);
-            detached(py, || gather(bytes))
-        } else {
-            let mut out: PyReadwriteArray2<'_, u16> = out.extract()?;
-            let bytes = bytes_mut(out.as_slice_mut()?);
-            detached(py, || gather(bytes))
-        }
+        into_engine_out(py, out, dtype, gather)
     }
 
     fn scatter_add(
@@ -248,4 +248,23 @@ pub(crate) fn keys_from_int64<'py>(
     let keys = owned(&keys);
     let out = detached(py, || table::keys_from_i64(&keys))?;
     Ok(out.into_pyarray(py))
+}
+
+/// Runs `gather` with the GIL released on the bytes of an engine's `out`: float32, or
+/// uint16 holding 16-bit float bits.
+pub(crate) fn into_engine_out(
+    py: Python<'_>,
+    out: &Bound<'_, PyAny>,
+    dtype: DType,
+    gather: impl FnOnce(&mut [u8]) -> crate::Result<()> + Send,
+) -> PyResult<()> {
+    if dtype == DType::F32 {
+        let mut out: PyReadwriteArray2<'_, f32> = out.extract()?;
+        let bytes = bytes_mut(out.as_slice_mut()?);
+        detached(py, || gather(bytes))
+    } else {
+        let mut out: PyReadwriteArray2<'_, u16> = out.extract()?;
+        let bytes = bytes_mut(out.as_slice_mut()?);
+        detached(py, || gather(bytes))
+    }
 }

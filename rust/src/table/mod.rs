@@ -6,6 +6,7 @@
 //! two threads ever touch the same row.
 
 pub mod checksums;
+pub mod engine_rows;
 pub mod format;
 mod groups;
 pub mod hot_rows;
@@ -414,14 +415,33 @@ impl Table {
             self.read_row(map, key, scratch, out_dtype, dst);
             if zero_groups && self.is_written_in(map, key) {
                 let scales = &map[self.row_range(key)][self.dim()..];
-                for (group, &scale) in dst.chunks_exact_mut(group_out).zip(scales) {
-                    if scale == 0 {
-                        group.fill(0);
-                    }
-                }
+                engine_rows::zero_groups_of_zero_scales(dst, scales, group_out);
             }
         });
         Ok(())
+    }
+
+    /// [`Table::gather_engine_rows`] of the rows `ids` (`[T, heads]`, with `mask`) name
+    /// in a reader's share of a layer, this table holding exactly that share.
+    pub fn gather_engine_ids(
+        &self,
+        share: &engine_rows::EngineRows,
+        ids: &[i64],
+        mask: Option<&[bool]>,
+        out_dtype: DType,
+        out: &mut [u8],
+        zero_byte_scales: bool,
+    ) -> Result<()> {
+        if share.file_rows() != self.header.num_rows {
+            return Err(Error::invalid(format!(
+                "{} holds {} rows; the reader's heads or rows need {}",
+                self.path.display(),
+                self.header.num_rows,
+                share.file_rows()
+            )));
+        }
+        let keys = share.keys(ids, mask)?;
+        self.gather_engine_rows(&keys, out_dtype, out, zero_byte_scales)
     }
 
     /// Fills each `out_row`-byte row of `out` with `read(map, key, scratch, row)` for its
@@ -439,25 +459,28 @@ impl Table {
         }
         let map = self.read_map();
         let map: &[u8] = &map;
+        let task = |scratch: &mut Vec<f32>, (task_out, task_keys): (&mut [u8], &[u64])| {
+            for (i, (dst, &key)) in task_out.chunks_mut(out_row).zip(task_keys).enumerate() {
+                // Random rows miss every cache and the TLB: ask for later rows early so
+                // their misses overlap this row's copy.
+                if let Some(&ahead) = task_keys.get(i + PREFETCH_DISTANCE) {
+                    if ahead != NO_ROW {
+                        self.prefetch_row(map, ahead);
+                    }
+                }
+                read(map, key, scratch, dst);
+            }
+        };
+        if keys.len() <= ROWS_PER_TASK {
+            // One task: handing it to the pool would only add a thread's wake-up to the
+            // wait (tens of microseconds, longer than a decode step's gather).
+            task(&mut vec![0f32; self.dim()], (out, keys));
+            return;
+        }
         out.par_chunks_mut(out_row * ROWS_PER_TASK)
             .zip(keys.par_chunks(ROWS_PER_TASK))
             .with_min_len(parallel::min_items_per_task())
-            .for_each_init(
-                || vec![0f32; self.dim()],
-                |scratch, (task_out, task_keys)| {
-                    for (i, (dst, &key)) in task_out.chunks_mut(out_row).zip(task_keys).enumerate()
-                    {
-                        // Random rows miss every cache and the TLB: ask for later rows early so
-                        // their misses overlap this row's copy.
-                        if let Some(&ahead) = task_keys.get(i + PREFETCH_DISTANCE) {
-                            if ahead != NO_ROW {
-                                self.prefetch_row(map, ahead);
-                            }
-                        }
-                        read(map, key, scratch, dst);
-                    }
-                },
-            );
+            .for_each_init(|| vec![0f32; self.dim()], task);
     }
 
     /// Checks a gather's keys, output dtype and output size; returns the bytes of an
