@@ -338,6 +338,8 @@ def import_checkpoint(
             client.create(spec, importing=True, replace_existing=replace)
             step = max(1, CHUNK_BYTES // row_bytes(plan.dtype, plan.dim))
             done = 0
+            if progress is not None:
+                progress(plan.table, 0, plan.num_rows)  # its clock starts here
             sending: Future[None] | None = None
             for part in plan.parts:
                 for start, stop in row_ranges(part.rows, step):
@@ -433,6 +435,8 @@ def _export_table(
     progress: Progress | None,
 ) -> None:
     step = max(1, CHUNK_BYTES // row_bytes(dtype, info.dim))
+    if progress is not None:
+        progress(info.name, 0, info.num_rows)  # its clock starts here
     for start, stop in row_ranges(info.num_rows, step):
         rows = client.lookup(info.name, np.arange(start, stop, dtype=np.uint64), dtype=dtype)
         if dtype in FLOAT_DTYPES:

@@ -47,7 +47,7 @@ def build_parser() -> Verbs:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parser.parse_args(argv)
+    args = build_parser().parse(argv)
     logging.basicConfig(
         level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )

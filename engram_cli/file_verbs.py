@@ -31,8 +31,14 @@ name of their scale tensor ({name} is the values' name), one scale per 32 values
 examples/mappings/engram_demo_v1.json maps the reference demo's state_dict."""
 
 
+# A rate over less time than this is noise (a table written in one slice reads as
+# 10^13 rows/s), so none is shown.
+MIN_RATE_SECONDS = 0.2
+
+
 class ProgressLine:
-    """One stderr line per table, rewritten at most twice a second: rows, rows/s, ETA."""
+    """One stderr line per table, rewritten at most twice a second: rows, and once they
+    mean something, rows/s and the time left."""
 
     def __init__(self, quiet: bool) -> None:
         self.quiet = quiet
@@ -50,10 +56,13 @@ class ProgressLine:
         if now - self._shown < 0.5 and done < total:
             return
         self._shown = now
-        rate = done / max(now - self._started, 1e-9)
-        eta = f"{(total - done) / rate:.0f} s" if rate else "unknown"
+        elapsed = now - self._started
+        figures = ""
+        if done and elapsed >= MIN_RATE_SECONDS:
+            rate = done / elapsed
+            figures = f", {rate:,.0f} rows/s, ETA {(total - done) / rate:.0f} s"
         print(
-            f"\r{table}: {done}/{total} rows, {rate:,.0f} rows/s, ETA {eta}",
+            f"\r{table}: {done}/{total} rows{figures}",
             end="" if done < total else "\n",
             file=sys.stderr,
             flush=True,

@@ -4,15 +4,18 @@ defaults from ENGRAM_STORE_* variables, and the options every client verb takes.
 from __future__ import annotations
 
 import argparse
+import difflib
 import os
-from collections.abc import Callable
+import sys
+from collections.abc import Callable, Sequence
 from importlib import metadata
-from typing import Any
+from typing import Any, TypeVar
 
 from client import EngramClient, RetryPolicy, Security
 from store.config import DEFAULT_PORT
 
 DEFAULT_ADDRESS = f"127.0.0.1:{DEFAULT_PORT}"
+ActionT = TypeVar("ActionT", bound=argparse.Action)
 
 
 class HelpFormatter(argparse.RawDescriptionHelpFormatter):
@@ -40,6 +43,7 @@ class EnvDefaultsParser(argparse.ArgumentParser):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         # A prefix of a flag would be taken for it: --grads (no such flag) for --grads-file.
         kwargs.setdefault("allow_abbrev", False)
+        self.flags: list[str] = []  # every option string, to suggest the closest
         super().__init__(*args, **kwargs)
         self._from_environment: list[tuple[argparse.Action, str, str]] = []
 
@@ -52,6 +56,11 @@ class EnvDefaultsParser(argparse.ArgumentParser):
                 self._from_environment.append((action, variable, value))
                 action.required = False
         return action
+
+    def _add_action(self, action: ActionT) -> ActionT:
+        # Every action passes here, those of groups too.
+        self.flags += action.option_strings
+        return argparse.ArgumentParser._add_action(self, action)
 
     def parse_known_args(self, args: Any = None, namespace: Any = None) -> Any:
         for action, variable, value in self._from_environment:
@@ -104,6 +113,35 @@ class Verbs:
         self._verbs = parser.add_subparsers(
             dest="verb", required=True, parser_class=EnvDefaultsParser, metavar="VERB"
         )
+
+    def parse(self, argv: Sequence[str] | None) -> argparse.Namespace:
+        """The arguments of a command line; an unknown flag is refused with its verb's usage
+        (not the top level's) and the verb's closest flag."""
+        words = list(sys.argv[1:] if argv is None else argv)
+        named = [i for i, word in enumerate(words) if word in self._verbs.choices]
+        if named:
+            # Before argparse's own checks, which would report a required flag missing
+            # rather than the misspelt one given for it.
+            verb: EnvDefaultsParser = self._verbs.choices[words[named[0]]]
+            given = words[named[0] + 1 :]
+            given = given[: given.index("--")] if "--" in given else given
+            unknown = [w for w in given if w.startswith("--") and w.split("=")[0] not in verb.flags]
+            if unknown:
+                self._refuse(verb, unknown)
+        args, extra = self.parser.parse_known_args(words)
+        if extra:
+            self._refuse(self._verbs.choices[args.verb], extra)
+        return args
+
+    @staticmethod
+    def _refuse(verb: EnvDefaultsParser, unknown: list[str]) -> None:
+        message = f"unrecognized arguments: {' '.join(unknown)}"
+        for word in unknown:
+            close = difflib.get_close_matches(word.split("=", 1)[0], verb.flags, n=1)
+            if word.startswith("-") and close:
+                message += f" (did you mean {close[0]}?)"
+                break
+        verb.error(message)
 
     def add(
         self,

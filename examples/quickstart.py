@@ -31,6 +31,9 @@ def main() -> None:
     parser.add_argument("--text", default=SENTENCE)
     parser.add_argument("--dim", type=int, default=32, help="embedding width per head")
     parser.add_argument("--data-dir", help="where the daemon keeps its data (default: temporary)")
+    parser.add_argument(
+        "--daemon-log", help="the file the daemon logs to (default: this program's stderr)"
+    )
     args = parser.parse_args()
 
     mapping = NgramHashMapping(
@@ -48,7 +51,9 @@ def main() -> None:
     print(f"text: {args.text!r} -> {ids.shape[1]} tokens")
 
     with tempfile.TemporaryDirectory(dir=args.data_dir) as data_dir:
-        daemon = LocalDaemon(os.path.join(data_dir, "store")).start()
+        daemon = LocalDaemon(os.path.join(data_dir, "store"), log_file=args.daemon_log).start()
+        if args.daemon_log:
+            print(f"daemon log: {args.daemon_log}")
         try:
             with EngramClient(daemon.address) as store:
                 for layer in mapping.layer_ids:

@@ -17,7 +17,8 @@ class LocalDaemon:
 
     A context manager: entering starts the daemon and waits until it listens; leaving stops
     it with SIGTERM (a clean shutdown that flushes every table) and raises if it did not
-    exit cleanly. `address` is where it listens.
+    exit cleanly. `address` is where it listens. Its log goes to this process's stderr, or
+    is appended to `log_file`.
     """
 
     def __init__(
@@ -27,18 +28,21 @@ class LocalDaemon:
         log_level: str = "INFO",
         threads: int | None = None,
         start_timeout_s: float = 60,
+        log_file: str | os.PathLike[str] | None = None,
     ) -> None:
         self.data_dir = os.fspath(data_dir)
         self.extra_args = extra_args
         self.log_level = log_level
         self.threads = threads
         self.start_timeout_s = start_timeout_s
+        self.log_file = None if log_file is None else os.fspath(log_file)
         self.process: subprocess.Popen[bytes] | None = None
         self.address = ""
 
     def start(self) -> LocalDaemon:
         with tempfile.TemporaryDirectory() as tmp:
             port_file = os.path.join(tmp, "port")
+            log = None if self.log_file is None else open(self.log_file, "ab")  # noqa: SIM115
             self.process = subprocess.Popen(
                 [
                     sys.executable,
@@ -55,17 +59,21 @@ class LocalDaemon:
                     "--port-file",
                     port_file,
                     *self.extra_args,
-                ]
+                ],
+                stderr=log,
             )
+            if log is not None:
+                log.close()  # the daemon holds its own copy
+            seen_in = "" if self.log_file is None else f" (its log: {self.log_file})"
             deadline = time.monotonic() + self.start_timeout_s
             while not os.path.exists(port_file):
                 if self.process.poll() is not None:
                     raise RuntimeError(
-                        f"engram-store serve exited with status {self.process.returncode}"
+                        f"engram-store serve exited with status {self.process.returncode}" + seen_in
                     )
                 if time.monotonic() > deadline:
                     self.process.kill()
-                    raise TimeoutError("engram-store serve did not start listening")
+                    raise TimeoutError("engram-store serve did not start listening" + seen_in)
                 time.sleep(0.02)
             with open(port_file) as f:
                 self.address = f"127.0.0.1:{f.read()}"

@@ -48,6 +48,7 @@ from store.conversions import (
 from store.engine import StoreEngine
 from store.errors import InvalidArgumentError, status_of
 from store.follower import Follower, LeaderLink
+from store.listen_check import port_in_use
 from store.local_token import is_loopback
 from store.metrics import EngineCollector, RequestMetrics
 from store.replication import pack_chunks
@@ -404,6 +405,8 @@ def serve(config: ServeConfig, stop_event: threading.Event | None = None) -> Non
     credentials = _credentials(config)
     _check_leader_tls(config)
     _lift_open_file_limit(config.max_tables)
+    if port_in_use(config.host, config.port):
+        raise StartupError(f"port {config.port} on {config.host} is in use")
     if config.threads:
         try:
             _native.set_thread_count(config.threads)

@@ -114,7 +114,11 @@ def test_a_port_in_use_is_a_startup_failure(tmp_path: Path) -> None:
             timeout=60,
         )
     assert second.returncode == EXIT_STARTUP_FAILURE
-    assert "cannot listen on 127.0.0.1:" in second.stderr
+    # One line, naming the port, and nothing created (it used to print grpc's add_port.cc
+    # line and leave LOCK, the catalog, the journal and tables/ behind).
+    assert second.stderr.strip().endswith(f"port {port} on 127.0.0.1 is in use")
+    assert len(second.stderr.strip().splitlines()) == 1, second.stderr
+    assert not (tmp_path / "second").exists()
 
 
 def test_engine_threads_can_be_limited(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -244,7 +244,7 @@ def test_a_file_flag_is_named_when_its_file_cannot_be_read_and_no_flag_is_abbrev
     with pytest.raises(SystemExit) as usage:
         main(["push", "emb", "--keys", "1", "--grads", "1,1", *address])
     assert usage.value.code == EXIT_USAGE
-    assert "unrecognized arguments: --grads 1,1" in capsys.readouterr().err
+    assert "unrecognized arguments: --grads (did you mean --grads-file?)" in capsys.readouterr().err
     path = tmp_path / "bad.json"
     path.write_text('{"pushes": [')
     assert main(["batch", str(path), *address]) == EXIT_FAILURE
@@ -382,7 +382,31 @@ def test_import_and_export_show_rows_per_second_and_the_time_left(
     assert "L1: 400/1000 rows, 200 rows/s, ETA 3 s" in shown
     assert "410/1000" not in shown
     assert "L1: 1000/1000 rows, 250 rows/s, ETA 0 s\n" in shown
-    assert shown.endswith("L2: 0/10 rows, 0 rows/s, ETA unknown")
+    assert shown.endswith("L2: 0/10 rows")
+    # A table done in one slice, at once: no rate (it used to read 10,000,000,000,000 rows/s).
+    clock = iter([7.0, 7.0])
+    line("L3", 10, 10)
+    assert capsys.readouterr().err == "\n\rL3: 10/10 rows\n"
     quiet = file_verbs.ProgressLine(quiet=True)
     quiet("L1", 400, 1000)
     assert capsys.readouterr().err == ""
+
+
+def test_a_misspelt_flag_gets_its_verbs_usage_and_the_closest_flag(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    with pytest.raises(SystemExit) as refused:
+        main(["tables", "--adress", "127.0.0.1:1"])
+    assert refused.value.code == EXIT_USAGE
+    err = capsys.readouterr().err
+    # It used to print the top-level usage ("engram-store [-h] [--version] ... VERB").
+    assert err.startswith("usage: engram-store tables ")
+    assert err.rstrip().endswith(
+        "engram-store tables: error: unrecognized arguments: --adress (did you mean --address?)"
+    )
+    with pytest.raises(SystemExit):
+        main(["lookup", "t", "--keys-fil=k.npy"])
+    assert "(did you mean --keys-file?)" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["create-tables", "--prest", "deepseek-v4.1-flash"])  # a flag of a group
+    assert "(did you mean --preset?)" in capsys.readouterr().err

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -91,3 +92,55 @@ def test_the_evidence_experiment_reports_every_model_and_the_ablation(tmp_path: 
     assert summary["gain_over_baseline"]["n"] == 2 and summary["gain_over_wide"]["n"] == 2
     assert (tmp_path / "curves.png").stat().st_size > 0
     assert "against baseline (the same model)" in result.stdout
+
+
+def _shape(line: str) -> str:
+    """A printed line with its figures, paths and quoted text blanked: what a run must
+    reproduce of README's sample, whatever the machine's timings."""
+    line = re.sub(r"'[^']*'", "'…'", line)
+    line = re.sub(r"(daemon log|written): \S+/", r"\1: …/", line)
+    return re.sub(r"[-+]?\d[\d.,]*", "#", line).rstrip()
+
+
+def _demo_sample() -> list[str]:
+    """The lines README shows under "What the demo prints"."""
+    readme = (REPO_ROOT / "README.md").read_text()
+    section = readme.split("### What the demo prints", 1)[1]
+    return section.split("```text\n", 1)[1].split("```", 1)[0].splitlines()
+
+
+def test_the_demo_prints_what_readme_shows_and_keeps_its_files(tmp_path: Path) -> None:
+    """Rough edges of a first run: the demo's daemon logs to a file named in the output
+    (not between the demo's lines), its figures stay where the user can open them, and both
+    parts print README's sample line for line (figures aside)."""
+    log = tmp_path / "daemon.log"
+    quickstart = subprocess.run(
+        [sys.executable, str(REPO_ROOT / "examples" / "quickstart.py"), "--daemon-log", str(log)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert quickstart.returncode == 0, quickstart.stderr
+    assert quickstart.stderr == "", "the daemon's log goes to its file, not the demo's output"
+    assert "stopped; tables flushed" in log.read_text()
+    evidence = subprocess.run(
+        [
+            sys.executable,
+            str(REPO_ROOT / "examples" / "evidence.py"),
+            *("--quick", "--models", "baseline", "engram", "--steps", "2", "--max-files", "20"),
+            *("--out", str(tmp_path / "results")),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert evidence.returncode == 0, evidence.stderr
+    printed = (quickstart.stdout + evidence.stdout).splitlines()
+    assert [_shape(line) for line in printed] == [_shape(line) for line in _demo_sample()]
+    assert printed[1] == f"daemon log: {log}"
+    assert printed[-1] == f"written: {tmp_path / 'results' / 'results.json'} and curves.png"
+    # demo.sh gives both parts its results folder, and removes nothing of it on exit.
+    demo = (REPO_ROOT / "scripts" / "demo.sh").read_text()
+    assert 'results="${DEMO_RESULTS:-demo-results}"' in demo
+    assert '--daemon-log "$results/daemon.log"' in demo and '--out "$results"' in demo
+    assert "trap" not in demo and "rm -rf" not in demo
