@@ -12,6 +12,7 @@ from engram_cli.output import emit
 from engram_cli.parsing import Verbs
 from store import Table
 from store.config import DEFAULT_PORT, ConfigError, ServeConfig
+from store.wording import counted
 
 log = logging.getLogger("engram_store")
 
@@ -75,7 +76,7 @@ def _reshard(args: argparse.Namespace) -> int:
         args.json,
         {"tables": tables},
         "\n".join(
-            f"{t.name}: {t.num_rows} rows at step {t.step} -> rows stored per daemon "
+            f"{t.name}: {counted(t.num_rows, 'row')} at step {t.step} -> rows stored per daemon "
             f"{t.rows_per_target}"
             for t in tables
         ),

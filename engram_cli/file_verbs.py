@@ -7,6 +7,7 @@ import sys
 import time
 from collections.abc import Callable
 
+from client import TableExistsError
 from client.engram_tables import hash_mapping
 from client.hash_identity import HashIdentity
 from client.imports import (
@@ -103,16 +104,20 @@ def _import(args: argparse.Namespace) -> int:
     expected = _expected_identity(args) if given and not args.ignore_hash_identity else None
     with connect(args) as client:
         progress = ProgressLine(args.quiet)
-        infos = import_checkpoint(
-            client,
-            args.checkpoint,
-            rules,
-            progress,
-            args.replace,
-            expected,
-            check_replaced=not args.ignore_hash_identity,
-            hash_config_of=_hash_configs(args) if given and len(client.shards) == 1 else None,
-        )
+        try:
+            infos = import_checkpoint(
+                client,
+                args.checkpoint,
+                rules,
+                progress,
+                args.replace,
+                expected,
+                check_replaced=not args.ignore_hash_identity,
+                hash_config_of=_hash_configs(args) if given and len(client.shards) == 1 else None,
+            )
+        except TableExistsError as error:
+            hint = "; --replace imports over it (the old table serves until the new one is whole)"
+            raise TableExistsError(error.message + hint, error.address, error.code) from None
     emit(args.json, {"tables": infos}, "\n".join(describe(i) for i in infos))
     return 0
 

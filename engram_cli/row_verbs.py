@@ -12,6 +12,7 @@ import numpy as np
 from engram_cli.output import emit
 from engram_cli.parsing import Verbs, connect, int_list
 from store.arrays import as_keys
+from store.wording import counted
 
 
 def _ids(
@@ -98,7 +99,7 @@ def _push(args: argparse.Namespace) -> int:
     emit(
         args.json,
         {"rows": result.rows, "step": result.step, "duplicate": result.duplicate},
-        f"step {result.step}: {result.rows} rows updated",
+        f"step {result.step}: {counted(result.rows, 'row')} updated",
     )
     return 0
 
@@ -170,7 +171,7 @@ def _batch(args: argparse.Namespace) -> int:
         "lookups": result.lookups,
     }
     human = [
-        f"push to {table}: step {p.step}, {p.rows} rows"
+        f"push to {table}: step {p.step}, {counted(p.rows, 'row')}"
         for (table, _, _), p in zip(pushes, result.pushes, strict=True)
     ]
     human += [

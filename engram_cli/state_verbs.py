@@ -10,13 +10,15 @@ from engram_cli.confirm import declined
 from engram_cli.exit_codes import EXIT_FAILURE
 from engram_cli.output import emit
 from engram_cli.parsing import Verbs, connect, int_list
+from store.wording import counted
 
 
 def checkpoint_line(c: CheckpointInfo) -> str:
     kind = f"incremental on {c.parent}" if c.parent else "full"
     when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(c.created_unix))
     rows = sum(t.rows for t in c.tables)
-    return f"checkpoint {c.id} ({kind}, {when}): {len(c.tables)} tables, {rows} rows"
+    tables = counted(len(c.tables), "table")
+    return f"checkpoint {c.id} ({kind}, {when}): {tables}, {counted(rows, 'row')}"
 
 
 def _by_shard(addresses: list[str], lines: list[str]) -> str:
@@ -89,18 +91,22 @@ def _stats(args: argparse.Namespace) -> int:
         stats = client.stats()
     lines = []
     for daemon in stats:
-        lines.append(
-            f"{daemon.address}: up {daemon.uptime_s:.0f} s, {daemon.checkpoints} checkpoints"
-        )
-        for kind, step in (("flushes", daemon.flushes), ("checkpoints", daemon.checkpoints_taken)):
+        checkpoints = counted(daemon.checkpoints, "checkpoint")
+        lines.append(f"{daemon.address}: up {daemon.uptime_s:.0f} s, {checkpoints}")
+        for kind, plural, step in (
+            ("flush", "flushes", daemon.flushes),
+            ("checkpoint", "checkpoints", daemon.checkpoints_taken),
+        ):
             if step.count:
                 lines.append(
-                    f"  {step.count} {kind}: pushes held off at most {step.longest_hold_s:.3f} s "
+                    f"  {counted(step.count, kind, plural)}: pushes held off at most "
+                    f"{step.longest_hold_s:.3f} s "
                     f"(last {step.last_hold_s:.3f} s), longest {step.longest_total_s:.3f} s"
                 )
         lines += [
-            f"  {t.name}: {t.lookups} lookups ({t.rows_looked_up} rows), {t.pushes} pushes "
-            f"({t.rows_pushed} rows), {t.duplicate_pushes} duplicate pushes"
+            f"  {t.name}: {counted(t.lookups, 'lookup')} ({counted(t.rows_looked_up, 'row')}), "
+            f"{counted(t.pushes, 'push', 'pushes')} ({counted(t.rows_pushed, 'row')}), "
+            f"{counted(t.duplicate_pushes, 'duplicate push', 'duplicate pushes')}"
             for t in daemon.tables
         ]
     emit(args.json, {"shards": stats}, "\n".join(lines))
@@ -111,7 +117,8 @@ def _verify(args: argparse.Namespace) -> int:
     with connect(args) as client:
         report = client.verify(args.name)
     lines = [
-        f"checked {report.tables} tables ({report.written_rows} written rows): "
+        f"checked {counted(report.tables, 'table')} "
+        f"({counted(report.written_rows, 'written row')}): "
         + ("every block matches its checksum" if report.ok else "DAMAGED")
     ]
     if report.unchecked:
@@ -127,9 +134,10 @@ def _verify(args: argparse.Namespace) -> int:
 def _changed_rows(args: argparse.Namespace) -> int:
     with connect(args) as client:
         changes = client.changed_rows(args.since, save_to=args.save)
-    lines = [f"checkpoint {changes.checkpoint} since {changes.since}: {len(changes.packs)} packs"]
+    packs = counted(len(changes.packs), "pack")
+    lines = [f"checkpoint {changes.checkpoint} since {changes.since}: {packs}"]
     lines += [
-        f"  {p.table} @ {p.checkpoint}: {p.rows} rows, {p.bytes} bytes"
+        f"  {p.table} @ {p.checkpoint}: {counted(p.rows, 'row')}, {counted(p.bytes, 'byte')}"
         + (" (rebuilt from here)" if p.table in changes.reset else "")
         + (f" -> {p.path}" if p.path else "")
         for p in changes.packs
@@ -170,7 +178,10 @@ def register(verbs: Verbs) -> None:
     )
     restore.add_argument("--yes", action="store_true", help="restore without asking")
     verbs.add_client(
-        "stats", "request counters of each daemon since it started", _stats, "engram-store stats"
+        "stats",
+        "request counters of each daemon since it started (restores and replacements included)",
+        _stats,
+        "engram-store stats",
     )
     verbs.add_client(
         "verify",

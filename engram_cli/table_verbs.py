@@ -15,6 +15,7 @@ from engram_cli.confirm import declined
 from engram_cli.output import emit
 from engram_cli.parsing import Verbs, connect
 from store.spec import INITS, OPTIMIZERS, TABLE_DTYPES
+from store.wording import counted
 
 
 def describe(info: TableInfo) -> str:
@@ -24,12 +25,12 @@ def describe(info: TableInfo) -> str:
         tokenizer = info.hash_identity.tokenizer_sha256[:12] or "unknown"
         hashing += (
             f" (layer {info.hash_identity.layer}, tokenizer {tokenizer}, "
-            f"{info.hash_identity.compressed_vocab_size} ids)"
+            f"{counted(info.hash_identity.compressed_vocab_size, 'id')})"
         )
     return (
         f"{info.name}: {info.num_rows} x {info.dim} {info.dtype}, {info.optimizer} lr={info.lr:g}"
         f"{f' weight_decay={info.weight_decay:g}' if info.weight_decay else ''}, "
-        f"step {info.step}, {info.written_rows} rows written{shards}{hashing}"
+        f"step {info.step}, {counted(info.written_rows, 'row')} written{shards}{hashing}"
     )
 
 

@@ -79,6 +79,7 @@ from store.spec import (
 )
 from store.step_sync import StepBarrier, StepShare, gradient_arrays
 from store.wire import check_array, check_client_id
+from store.wording import counted
 
 log = logging.getLogger(__name__)
 
@@ -156,7 +157,7 @@ class StoreEngine:
                     self.catalog.close()
                 self._lock_file.close()
                 raise
-        log.info("opened %d tables from %s", len(self._tables), self.data_dir)
+        log.info("opened %s from %s", counted(len(self._tables), "table"), self.data_dir)
 
     def _open_read_only(self) -> None:
         """Opens a directory on read-only media, writing nothing: the catalog read-only,
@@ -573,7 +574,9 @@ class StoreEngine:
                 self.catalog.finish_import(name)
                 self.catalog.sync()
                 table.importing = False
-        log.info("import of table %s finished (%d rows)", name, table.native.written_count())
+        log.info(
+            "import of table %s finished (%s)", name, counted(table.native.written_count(), "row")
+        )
         return table.status()
 
     def _import(self, name: str) -> ServedTable:
@@ -593,6 +596,9 @@ class StoreEngine:
         table = ServedTable.open(directory, staged.spec, 0, staged.incarnation)
         table.native.attach_journal(self.journal)
         with self._tables_lock:
+            old = self._tables.get(staged.name)
+            if old is not None:
+                table.counters = old.counters  # the same name serves on: its stats go on
             self._tables[staged.name] = table
             del self._replacements[staged.name]
         return table
@@ -969,16 +975,21 @@ class StoreEngine:
             restore.stage(self.data_dir, target)
             restore.commit(self.data_dir, target_id)
             with self._tables_lock:
+                # Stats count since the daemon started: a table that outlives the restore
+                # keeps its counters.
+                counters = {name: table.counters for name, table in self._tables.items()}
                 # In-flight lookups keep their mappings of the retired files.
                 self._tables = {}
                 self._replacements = {}
                 restore.finish(self.data_dir, self.catalog, self.journal, target_id)
                 self._clients = ClientWindows(target["clients"])
                 self._open_tables([])
+                for name, table in self._tables.items():
+                    table.counters = counters.get(name, table.counters)
             self.needs_restore = ""
             self.catalog.put_meta("running_boot", boot_id())
             self._flush_unlocked()
-        log.info("restored checkpoint %d (%d tables)", target_id, len(target["tables"]))
+        log.info("restored checkpoint %d (%s)", target_id, counted(len(target["tables"]), "table"))
         return target
 
     def verify(self, name: str) -> VerifyResult:
@@ -1097,10 +1108,10 @@ class StoreEngine:
             crash_point("follow:recorded")
             self._clients = ClientWindows(manifest["clients"])
         log.info(
-            "caught up with checkpoint %d of %s (%d packs)",
+            "caught up with checkpoint %d of %s (%s)",
             changes.checkpoint,
             self.follows,
-            sum(len(t.packs) for t in changes.tables),
+            counted(sum(len(t.packs) for t in changes.tables), "pack"),
         )
 
     def _apply_table_change(self, change: ChangedTable, entry: dict[str, Any]) -> ServedTable:
@@ -1111,7 +1122,10 @@ class StoreEngine:
             directory = table_directory(self.data_dir, change.name)
             # In-flight lookups keep their mappings of the unlinked files.
             shutil.rmtree(directory, ignore_errors=True)
-            table = ServedTable.create(directory, spec, entry["incarnation"])
+            reset = ServedTable.create(directory, spec, entry["incarnation"])
+            if table is not None:
+                reset.counters = table.counters
+            table = reset
         elif table is None or table.incarnation != entry["incarnation"]:
             raise FailedPreconditionError(
                 f"table {change.name!r} changed on the leader from a copy this follower "

@@ -53,6 +53,7 @@ from store.local_token import is_loopback
 from store.metrics import EngineCollector, RequestMetrics
 from store.replication import pack_chunks
 from store.tls import TlsFileError, check_client_files, check_server_files
+from store.wording import counted
 
 log = logging.getLogger(__name__)
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["EngramStore"].full_name
@@ -395,7 +396,11 @@ def _verify_before_serving(engine: StoreEngine) -> None:
             f"rows on disk differ from their checksums: {blocks}{more}; restore a checkpoint "
             "(serve --restore latest) or serve without --verify-on-start to read them as they are"
         )
-    log.info("verified %d written rows of %d tables", report.written_rows, report.tables)
+    log.info(
+        "verified %s of %s",
+        counted(report.written_rows, "written row"),
+        counted(report.tables, "table"),
+    )
 
 
 def serve(config: ServeConfig, stop_event: threading.Event | None = None) -> None:

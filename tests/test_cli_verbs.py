@@ -180,6 +180,9 @@ def test_rows_verbs_push_lookup_and_batch(
         assert main([verb, "emb", *flags, str(tmp_path / name), *address]) == EXIT_FAILURE
         error = capsys.readouterr().err
         assert message in error and "Traceback" not in error, error
+    # One row is a row ("1 rows updated" before).
+    one = run(capsys, "push", "emb", "--keys", "3", "--fill", "0.5", *address)
+    assert one.strip().endswith(": 1 row updated")
 
 
 @pytest.mark.parametrize(

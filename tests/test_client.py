@@ -341,6 +341,9 @@ def test_checkpoints_restores_stats_and_token_lookups(three: list[Daemon], one: 
         assert [s.tables[0].pushes for s in client.stats()] == [2, 2, 2]
         assert [s.address for s in client.stats()] == [d.address for d in three]
         assert [c.id for c in client.restore(saved)] == [1, 1, 1]
+        # Counters are the daemon's since it started, restores included (they used to
+        # start again at 0): 2 pushes and a lookup on each shard.
+        assert [(s.tables[0].pushes, s.tables[0].lookups) for s in client.stats()] == [(2, 1)] * 3
         np.testing.assert_array_equal(client.lookup("t", keys), at_checkpoint)
         assert [len(c) for c in client.list_checkpoints_by_shard()] == [1, 1, 1]
         assert client.list_checkpoints(2)[0].tables[0].rows == 1

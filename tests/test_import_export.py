@@ -534,7 +534,7 @@ def test_a_head_group_that_is_not_a_number_is_refused(tmp_path: Path) -> None:
 
 
 def test_import_replace_serves_the_old_version_until_the_new_one_is_whole(
-    tmp_path: Path, daemons: tuple[str, str]
+    tmp_path: Path, daemons: tuple[str, str], capsys: pytest.CaptureFixture[str]
 ) -> None:
     """A new model version imported over a served one (`import --replace`)."""
     old, new = reference_demo_state(40_000), reference_demo_state(40_000)
@@ -563,6 +563,10 @@ def test_import_replace_serves_the_old_version_until_the_new_one_is_whole(
             engine.lookup("engram-L1", range(40_001)), old[weight].numpy()
         )
         argv = ["import", str(tmp_path / "v2.safetensors"), "--mapping", str(DEMO_MAPPING)]
+        # Without --replace: refused, saying how (it used to answer ALREADY_EXISTS alone).
+        capsys.readouterr()
+        assert main([*argv, "--quiet", "--address", ",".join(daemons)]) == EXIT_FAILURE
+        assert "already exists; --replace imports over it" in capsys.readouterr().err
         assert main([*argv, "--replace", "--quiet", "--address", ",".join(daemons)]) == 0
         np.testing.assert_array_equal(
             engine.lookup("engram-L1", range(40_001)), new[weight].numpy()
