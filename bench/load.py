@@ -16,7 +16,7 @@ The daemon's own figures say how long its checkpoints held pushes off. Then what
 flush costs: the same 8 clients without checkpoints, on the daemon
 restarted with a flush every `--flush-every` seconds, against the same load with no flush:
 push and lookup p99 with flushes against without them, and the longest time a flush held
-pushes off (the daemon's own figure) against the bound README states (100 ms plus the
+pushes off (the daemon's own figure) against the bound the docs state (100 ms plus the
 slowest push of the load without flushes).
 A failed request, a push acknowledged but not applied exactly once (the daemon's count
 against the clients'), memory over the bound, or a flush holding pushes off for longer than
@@ -49,7 +49,7 @@ CLIENTS = 8
 # allocator may keep on top (per-thread arenas of gRPC's worker threads).
 BUFFER_COPIES = 4
 SLACK_BYTES = 256 << 20
-# README's bound on a flush's hold on pushes, beside the pushes already in flight.
+# The docs' bound on a flush's hold on pushes, beside the pushes already in flight.
 FLUSH_HOLD_BOUND_S = 0.1
 
 

@@ -1,13 +1,14 @@
 """Every benchmark in one command, in bounded time: each script runs in a process of its
 own, its JSON line becomes a record in `bench/results/<name>.json` (machine, date, commit,
 command, and every result with its baseline and ratio) with a chart beside it
-(`<name>.png`), and README's results section is rewritten from the records.
+(`<name>.png`), and the docs' results pages (docs/benchmarks.md, docs/evidence.md) are
+rewritten from the records.
 
     python bench/suite.py             # default: under 15 minutes on a 2-core machine
     python bench/suite.py --quick     # under 3 minutes, smaller tables
     python bench/suite.py --mode full # the scripts' own defaults, and beyond_ram (1.5x RAM of disk)
     python bench/suite.py --only lookups,pushes
-    python bench/suite.py --render-only   # charts and README from the records already there
+    python bench/suite.py --render-only   # charts and docs pages from the records already there
 
 `lookups` starts a `redis-server` from the OS packages (apt-get install redis-server);
 without one it runs without the Redis baseline and says so. Exits 1 when a benchmark failed
@@ -27,11 +28,11 @@ import time
 
 sys.path.insert(0, os.path.dirname(__file__))
 import _charts
-import _readme
+import _pages
 import _records
 from _plan import BENCHMARKS, BUDGET_S, Benchmark
 
-README = os.path.join(_records.ROOT, "README.md")
+DOCS = os.path.join(_records.ROOT, "docs")
 
 
 def say(message: str) -> None:
@@ -79,22 +80,21 @@ def run(benchmark: Benchmark, mode: str, seconds_left: float, results_dir: str) 
     return True
 
 
-def render(results_dir: str, readme_path: str | None) -> None:
+def render(results_dir: str, docs_dir: str | None) -> None:
     records = _records.read_all(results_dir)
     for record in records:
         _charts.draw(record, os.path.join(results_dir, f"{record['benchmark']}.png"))
-    if readme_path is None:
+    if docs_dir is None:
         return
     evidence_path = os.path.join(results_dir, "evidence", "results.json")
     evidence = None
     if os.path.exists(evidence_path):
         with open(evidence_path) as f:
             evidence = json.load(f)
-    with open(readme_path) as f:
-        text = f.read()
-    with open(readme_path, "w") as f:
-        f.write(_readme.regenerate(text, records, evidence))
-    say(f"{readme_path}: results rewritten from {len(records)} records")
+    for name, text in _pages.regenerate(docs_dir, records, evidence).items():
+        with open(os.path.join(docs_dir, name), "w") as f:
+            f.write(text)
+    say(f"{docs_dir}: results pages rewritten from {len(records)} records")
 
 
 def main() -> None:
@@ -107,15 +107,17 @@ def main() -> None:
     parser.add_argument(
         "--results-dir", help="where records go (default: bench/results; tiny: a temporary one)"
     )
-    parser.add_argument("--readme", help="the README to rewrite (default: README.md; tiny: none)")
-    parser.add_argument("--render-only", action="store_true", help="only charts and README")
+    parser.add_argument(
+        "--docs", help="the docs folder whose results pages to rewrite (default: docs; tiny: none)"
+    )
+    parser.add_argument("--render-only", action="store_true", help="only charts and the docs")
     args = parser.parse_args()
     results_dir = args.results_dir or (
         tempfile.mkdtemp(prefix="engram-bench-") if args.mode == "tiny" else _records.RESULTS_DIR
     )
-    readme = args.readme or (None if args.mode == "tiny" else README)
+    docs = args.docs or (None if args.mode == "tiny" else DOCS)
     if args.render_only:
-        render(results_dir, readme)
+        render(results_dir, docs)
         return
 
     chosen = [b for b in BENCHMARKS if args.mode in b.args]
@@ -134,7 +136,7 @@ def main() -> None:
         for b in chosen
         if not run(b, args.mode, max(deadline - time.monotonic(), 1.0), results_dir)
     ]
-    render(results_dir, readme)
+    render(results_dir, docs)
     if failed:
         say(f"failed or out of time: {', '.join(failed)}")
         sys.exit(1)

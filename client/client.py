@@ -103,7 +103,7 @@ class EngramClient:
     rows in messages instead.
 
     `client_id` names this client's pushes (default: a fresh random id); it must be this
-    client's alone (see README, "What an acknowledgement promises").
+    client's alone (see docs/reference/acknowledgements.md).
 
     `security` (a token, TLS files) defaults to `Security.from_environment()`
     (`ENGRAM_STORE_TOKEN`, `ENGRAM_STORE_TLS_CA`, ...).

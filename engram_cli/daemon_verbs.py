@@ -95,8 +95,8 @@ def register(verbs: Verbs) -> None:
         "engram-store serve --data-dir /srv/replica --follow trainer-0:50051   # a follower",
         "Serves the tables in --data-dir over gRPC. Only one daemon may use a data directory:\n"
         f"a second one exits with status {EXIT_STARTUP_FAILURE}, naming the holder's pid. A "
-        "non-loopback --host needs\n--auth-tokens (or --allow-unauthenticated); README's "
-        '"Running in production" has the rest.',
+        "non-loopback --host needs\n--auth-tokens (or --allow-unauthenticated); "
+        "docs/guides/production.md has the rest.",
     )
     serve.add_argument(
         "--data-dir",

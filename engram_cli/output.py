@@ -1,5 +1,5 @@
 """What verbs print: one plain JSON document with `--json` (numbers as numbers, every field
-present, shapes listed in README), otherwise lines for people."""
+present, shapes listed in docs/reference/cli.md), otherwise lines for people."""
 
 from __future__ import annotations
 

@@ -114,6 +114,11 @@ class Verbs:
             dest="verb", required=True, parser_class=EnvDefaultsParser, metavar="VERB"
         )
 
+    def help_texts(self) -> dict[str, str]:
+        """The top level's `--help` (under "") and each verb's, as they print them."""
+        verbs: dict[str, EnvDefaultsParser] = self._verbs.choices
+        return {"": self.parser.format_help()} | {n: v.format_help() for n, v in verbs.items()}
+
     def parse(self, argv: Sequence[str] | None) -> argparse.Namespace:
         """The arguments of a command line; an unknown flag is refused with its verb's usage
         (not the top level's) and the verb's closest flag."""
@@ -187,7 +192,9 @@ class Verbs:
             help="seconds the call may take, retries included",
         )
         verb.add_argument(
-            "--json", action="store_true", help="print one JSON document (shapes in README)"
+            "--json",
+            action="store_true",
+            help="print one JSON document (shapes in docs/reference/cli.md)",
         )
         verb.add_argument(
             "--token", metavar="TOKEN", help="bearer token, for daemons that need one"

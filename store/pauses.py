@@ -1,5 +1,5 @@
 """How long the daemon's durable steps hold pushes off, and how long they take: the figures
-behind README's promise that a flush holds a push for at most the pushes in flight, and
+behind the docs' promise that a flush holds a push for at most the pushes in flight, and
 behind the `engram_*_hold_seconds` metrics."""
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """The benchmark suite runs every benchmark end to end in its tiny mode, so none can rot
 unnoticed: each writes a record with its machine, date, commit and results (value, baseline,
-ratio), a chart, and README's results section from the records. The numbers of such runs
+ratio), a chart, and the docs' results pages from the records. The numbers of such runs
 mean nothing; that they are produced and well formed does."""
 
 from __future__ import annotations
@@ -27,19 +27,21 @@ NOT_BENCHMARKS = {"compare_builds.py", "suite.py"}
 @pytest.fixture(scope="module")
 def tiny_suite(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, str]:
     """Runs `bench/suite.py --mode tiny` once into a temporary results directory and a copy
-    of README (the evidence record copied beside, as in bench/results)."""
+    of the docs' results pages (the evidence record copied beside, as in bench/results)."""
     root = tmp_path_factory.mktemp("suite")
     results = root / "results"
     shutil.copytree(REPO_ROOT / "bench" / "results" / "evidence", results / "evidence")
-    readme = root / "README.md"
-    shutil.copy(REPO_ROOT / "README.md", readme)
+    docs = root / "docs"
+    docs.mkdir()
+    for page in ("benchmarks.md", "evidence.md"):
+        shutil.copy(REPO_ROOT / "docs" / page, docs / page)
     done = subprocess.run(
         [sys.executable, str(REPO_ROOT / "bench" / "suite.py"), "--mode", "tiny",
-         "--results-dir", str(results), "--readme", str(readme)],
+         "--results-dir", str(results), "--docs", str(docs)],
         capture_output=True, text=True, timeout=1200, cwd=REPO_ROOT,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr[-5000:]
-    return results, readme, done.stderr
+    return results, docs, done.stderr
 
 
 def record(results: Path, name: str) -> dict[str, Any]:
@@ -69,14 +71,14 @@ def test_a_benchmark_writes_a_record_and_a_chart(
     assert (results / f"{name}.png").stat().st_size > 1000
 
 
-def test_the_readme_copy_gets_every_record(tiny_suite: tuple[Path, Path, str]) -> None:
-    results, readme, _ = tiny_suite
-    text = readme.read_text()
+def test_the_docs_copy_gets_every_record(tiny_suite: tuple[Path, Path, str]) -> None:
+    results, docs, _ = tiny_suite
+    text = (docs / "benchmarks.md").read_text()
     for benchmark in BENCHMARKS:
         assert benchmark.title in text
         for result in record(results, benchmark.name)["results"]:
             assert f"| {result['name']} |" in text
-    assert "Engram's gain over baseline" in text
+    assert "Engram's gain over baseline" in (docs / "evidence.md").read_text()
 
 
 @pytest.mark.skipif(

@@ -1,5 +1,5 @@
-"""What a push's acknowledgement promises through a crash of the daemon (README, "What an
-acknowledgement promises"): killed anywhere, a plain restart holds every acknowledged push
+"""What a push's acknowledgement promises through a crash of the daemon
+(docs/reference/acknowledgements.md): killed anywhere, a plain restart holds every acknowledged push
 exactly once, with the step count and idempotency windows that go with the rows. Every
 crash point of pushes, checkpoints, restores and flushes is visited, and the daemon is also
 killed at random times in a push storm."""

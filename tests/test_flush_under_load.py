@@ -1,8 +1,8 @@
-"""Durable steps under load (README, "What a flush and a checkpoint cost"): a flush holds
-pushes off only while it cuts the journal, never for its write-back, and no read waits for a
-flush or a checkpoint. Every acknowledged push is applied exactly once through flushes taken
-while pushes go on, through a kill at each of the flush's crash points, and through a
-restart."""
+"""Durable steps under load (docs/reference/acknowledgements.md, "What a flush, a checkpoint
+and a restore cost a reader and a pusher"): a flush holds pushes off only while it cuts the
+journal, never for its write-back, and no read waits for a flush or a checkpoint. Every
+acknowledged push is applied exactly once through flushes taken while pushes go on, through
+a kill at each of the flush's crash points, and through a restart."""
 
 from __future__ import annotations
 
@@ -172,7 +172,7 @@ def test_reads_go_on_while_a_checkpoint_writes_and_pushes_wait_for_it(
                     ),
                 },
             )
-            # What README says a checkpoint holds off: pushes, until its rows are written.
+            # What the docs say a checkpoint holds off: pushes, until its rows are written.
             waiting = pool.submit(d.stub.Push, add_one([1], "c", 2))
             time.sleep(0.5)
             assert not waiting.done(), "a push went on beside a checkpoint's pack writing"
@@ -269,7 +269,7 @@ def test_the_startup_flush_killed_after_a_cut_loses_nothing(tmp_path: Path) -> N
 
 
 LOAD_ROWS, LOAD_DIM, LOAD_KEYS, LOAD_THREADS, LOAD_SECONDS = 1_000_000, 64, 4096, 4, 6.0
-# README's bound on how long a flush holds a push off: this, plus the time the pushes
+# The docs' bound on how long a flush holds a push off: this, plus the time the pushes
 # already in flight take to finish (measured here as the slowest push of the same load
 # without flushes).
 FLUSH_HOLD_BOUND_S = 0.1

@@ -1,4 +1,4 @@
-"""The code's layering rules (README, Layout) and its one exception tree."""
+"""The code's layering rules (docs/reference/layout.md) and its one exception tree."""
 
 from __future__ import annotations
 

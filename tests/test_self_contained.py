@@ -1,5 +1,5 @@
 """The repository stands on its own: a copy of the checkout with no `shared/` beside it (as
-a user's clone has none) runs the examples, the README's blocks and the tests that read the
+a user's clone has none) runs the examples, the docs' blocks and the tests that read the
 reference data. CI runs this on every change, so a new dependency on a file outside the
 repository fails here, not in a user's first minute."""
 
@@ -59,12 +59,12 @@ def test_a_checkout_without_shared_beside_it_runs_the_examples_and_reference_tes
         "no:cacheprovider",
         "tests/test_hashing_reference.py",
         "tests/test_reference_copy.py",
-        "tests/test_readme.py",
+        "tests/test_docs.py",
         "-k",
         "not bash",
     )
     assert "failed" not in report and "error" not in report, report
-    assert "beside this checkout to compare" in run(
+    assert "set ENGRAM_REFERENCE_SOURCE to their directory" in run(
         sys.executable, "-m", "pytest", "-q", "-rs", "-p", "no:cacheprovider",
         "tests/test_reference_copy.py",
     )  # fmt: skip

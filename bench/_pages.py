@@ -1,10 +1,12 @@
-"""README's results, written from the JSON records (never typed by hand): the benchmark
-tables between the `benchmarks` markers and the evidence experiment's between the
-`evidence` markers. `tests/test_readme.py` checks that README holds exactly this."""
+"""The documentation's results, written from the JSON records (never typed by hand): the
+benchmark tables between the `benchmarks` markers of docs/benchmarks.md, and the evidence
+experiment's between the `evidence` markers of docs/evidence.md. `tests/test_docs.py` checks
+that the pages hold exactly this."""
 
 from __future__ import annotations
 
 import math
+import os
 import re
 from typing import Any
 
@@ -54,7 +56,7 @@ def benchmark_tables(records: list[dict[str, Any]]) -> str:
         command = " ".join(["python", benchmark.script, *record["command"]])
         lines = [
             f"**{benchmark.title}** (`{command}`; {machine_line(record)}; "
-            f"[chart](bench/results/{benchmark.name}.png))",
+            f"[chart](results/{benchmark.name}.png))",
             "",
             "| result | value | baseline | ratio | target |",
             "| --- | --- | --- | --- | --- |",
@@ -111,15 +113,29 @@ def evidence_table(evidence: dict[str, Any]) -> str:
     return "\n".join(text)
 
 
-def replace_section(readme: str, section: str, body: str) -> str:
+def replace_section(page: str, section: str, body: str) -> str:
     pattern = re.compile(re.escape(begin_marker(section)) + r"\n.*?" + re.escape(END_MARKER), re.S)
-    if not pattern.search(readme):
-        raise ValueError(f"README has no {section!r} section markers")
-    return pattern.sub(lambda _: f"{begin_marker(section)}\n{body}\n{END_MARKER}", readme)
+    if not pattern.search(page):
+        raise ValueError(f"the page has no {section!r} section markers")
+    return pattern.sub(lambda _: f"{begin_marker(section)}\n{body}\n{END_MARKER}", page)
 
 
-def regenerate(readme: str, records: list[dict[str, Any]], evidence: dict[str, Any] | None) -> str:
-    readme = replace_section(readme, "benchmarks", benchmark_tables(records))
+def regenerate(
+    docs_dir: str | os.PathLike[str], records: list[dict[str, Any]], evidence: dict[str, Any] | None
+) -> dict[str, str]:
+    """Each results page of `docs_dir` (by name) with its generated sections rewritten."""
+
+    def page(name: str) -> str:
+        with open(os.path.join(docs_dir, name)) as f:
+            return f.read()
+
+    pages = {
+        "benchmarks.md": replace_section(
+            page("benchmarks.md"), "benchmarks", benchmark_tables(records)
+        )
+    }
     if evidence is not None:
-        readme = replace_section(readme, "evidence", evidence_table(evidence))
-    return readme
+        pages["evidence.md"] = replace_section(
+            page("evidence.md"), "evidence", evidence_table(evidence)
+        )
+    return pages
