@@ -25,6 +25,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 sys.path.insert(0, os.path.dirname(__file__))
 import _charts
@@ -111,6 +112,12 @@ def main() -> None:
         "--docs", help="the docs folder whose results pages to rewrite (default: docs; tiny: none)"
     )
     parser.add_argument("--render-only", action="store_true", help="only charts and the docs")
+    parser.add_argument(
+        "--jobs",
+        type=int,
+        help="benchmarks run at once (default 1; tiny: 2). More than one skews every figure: "
+        "for checking that the scripts run, not for measuring",
+    )
     args = parser.parse_args()
     results_dir = args.results_dir or (
         tempfile.mkdtemp(prefix="engram-bench-") if args.mode == "tiny" else _records.RESULTS_DIR
@@ -131,11 +138,13 @@ def main() -> None:
     if skipped:
         say(f"not run in {args.mode} mode: {', '.join(skipped)} (--mode full runs them)")
     deadline = time.monotonic() + BUDGET_S[args.mode]
-    failed = [
-        b.name
-        for b in chosen
-        if not run(b, args.mode, max(deadline - time.monotonic(), 1.0), results_dir)
-    ]
+    jobs = args.jobs or (2 if args.mode == "tiny" else 1)
+    with ThreadPoolExecutor(jobs) as pool:
+        done = pool.map(
+            lambda b: run(b, args.mode, max(deadline - time.monotonic(), 1.0), results_dir),
+            chosen,
+        )
+        failed = [b.name for b, ok in zip(chosen, list(done), strict=True) if not ok]
     render(results_dir, docs)
     if failed:
         say(f"failed or out of time: {', '.join(failed)}")

@@ -65,7 +65,7 @@ def test_the_pages_have_runnable_blocks() -> None:
     }
 
 
-@pytest.mark.parametrize(("where", "kind", "code"), BLOCKS, ids=[b[0] for b in BLOCKS])
+@pytest.mark.parametrize(("where", "kind", "code"), BLOCKS, ids=[f"{w}-{k}" for w, k, _ in BLOCKS])
 def test_a_block_runs_alone_twice_and_leaves_nothing(where: str, kind: str, code: str) -> None:
     before = repository_files()
     command = [sys.executable, "-c", code] if kind == "python" else ["bash", "-euo", "pipefail"]

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import grpc
 import numpy as np
-from daemon import daemon_process, local_channel
+from daemon import Daemon, daemon_process, local_channel
 from store_helpers import push, spec
 
 from store._proto.engram.store.v1 import store_pb2 as pb
@@ -145,8 +145,32 @@ def test_sigkill_during_pushes_and_checkpoints_never_breaks_a_checkpoint(tmp_pat
         for name, (optimizer, lr, dim) in TABLES.items():
             table = spec(name, num_rows=ROWS, dim=dim, optimizer=optimizer, lr=lr, init="zeros")
             d.stub.CreateTable(pb.CreateTableRequest(spec=table))
+
+    def check_restart(d: Daemon, kill: int) -> None:
+        """What the daemon restarted after kill `kill` serves and holds on disk."""
+        listed = [c.id for c in d.stub.ListCheckpoints(pb.ListCheckpointsRequest()).checkpoints]
+        published = published_ids(str(data))
+        assert listed == published, f"kill {kill}: the catalog and the directory disagree"
+        leftovers = [n for n in os.listdir(checkpoints_dir(str(data))) if not n.isdigit()]
+        assert not leftovers, f"kill {kill}: half-written checkpoints left: {leftovers}"
+        acked_ids = {c[0] for c in checkpoints}
+        assert acked_ids <= set(published), f"kill {kill}: an acknowledged checkpoint is gone"
+        to_check = {published[-1]} if published else set()
+        if checkpoints:
+            to_check.add(checkpoints[-1][0])
+        for checkpoint_id in sorted(to_check):
+            held = check_checkpoint(data, checkpoint_id, scratch / str(kill))
+            for acked_id, before, attempted_by_then in checkpoints:
+                if acked_id == checkpoint_id:
+                    assert before <= held, f"checkpoint {acked_id} lost acknowledged pushes"
+                    assert held <= attempted_by_then, f"checkpoint {acked_id} holds the future"
+
+    # Each daemon is checked as the last kill left it, before its own load starts: one
+    # start per kill.
     for kill in range(KILLS):
         with daemon_process(data) as (d, process):
+            if kill:
+                check_restart(d, kill - 1)
             stop = threading.Event()
             workers = [
                 threading.Thread(target=pusher, args=(d.address, c, stop)) for c in attempted
@@ -160,24 +184,8 @@ def test_sigkill_during_pushes_and_checkpoints_never_breaks_a_checkpoint(tmp_pat
             stop.set()
             for w in workers:
                 w.join()
-
-        with daemon_process(data) as (d, _):
-            listed = [c.id for c in d.stub.ListCheckpoints(pb.ListCheckpointsRequest()).checkpoints]
-            published = published_ids(str(data))
-            assert listed == published, f"kill {kill}: the catalog and the directory disagree"
-            leftovers = [n for n in os.listdir(checkpoints_dir(str(data))) if not n.isdigit()]
-            assert not leftovers, f"kill {kill}: half-written checkpoints left: {leftovers}"
-            acked_ids = {c[0] for c in checkpoints}
-            assert acked_ids <= set(published), f"kill {kill}: an acknowledged checkpoint is gone"
-            to_check = {published[-1]} if published else set()
-            if checkpoints:
-                to_check.add(checkpoints[-1][0])
-            for checkpoint_id in sorted(to_check):
-                held = check_checkpoint(data, checkpoint_id, scratch / str(kill))
-                for acked_id, before, attempted_by_then in checkpoints:
-                    if acked_id == checkpoint_id:
-                        assert before <= held, f"checkpoint {acked_id} lost acknowledged pushes"
-                        assert held <= attempted_by_then, f"checkpoint {acked_id} holds the future"
+    with daemon_process(data) as (d, _):
+        check_restart(d, KILLS - 1)
     assert len(checkpoints) >= KILLS, f"only {len(checkpoints)} checkpoints were acknowledged"
     # Every checkpoint ever published, once more at the end.
     for checkpoint_id in published_ids(str(data)):
