@@ -189,3 +189,15 @@ def report(result: dict[str, Any], png: str | None = None) -> None:
     ax.set_title(result.get("benchmark", ""))
     fig.tight_layout()
     fig.savefig(png)
+
+
+def sequential_write(path: str, nbytes: int) -> None:
+    """Writes `nbytes` to a new file at `path` in 4 MiB blocks, fsyncs it, removes it: what
+    the disk takes for bytes written in order (the baseline of imports and exports)."""
+    block = np.random.default_rng(1).integers(0, 256, 1 << 22, dtype=np.uint8).tobytes()
+    with open(path, "wb") as f:
+        for _ in range(0, nbytes, len(block)):
+            f.write(block)
+        f.flush()
+        os.fsync(f.fileno())
+    os.unlink(path)

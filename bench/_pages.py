@@ -1,7 +1,8 @@
 """The documentation's results, written from the JSON records (never typed by hand): the
-benchmark tables between the `benchmarks` markers of docs/benchmarks.md, and the evidence
-experiment's between the `evidence` markers of docs/evidence.md. `tests/test_docs.py` checks
-that the pages hold exactly this."""
+benchmark tables between the `benchmarks` markers of docs/benchmarks.md, the evidence
+experiment's between the `evidence` markers of docs/evidence.md, and the fine-tuning
+example's between the `finetune` markers of docs/guides/finetune.md. `tests/test_docs.py`
+checks that the pages hold exactly this."""
 
 from __future__ import annotations
 
@@ -113,6 +114,47 @@ def evidence_table(evidence: dict[str, Any]) -> str:
     return "\n".join(text)
 
 
+def finetune_table(result: dict[str, Any]) -> str:
+    summary = result["summary"]
+
+    def loss(key: str) -> str:
+        s = summary[key]
+        return f"{s['mean']:.3f} +- {s['stdev']:.3f}"
+
+    rows = [
+        "| fine-tuned | domain before | domain after | general before | general after |",
+        "| --- | --- | --- | --- | --- |",
+    ]
+    names = {
+        "tables": "the tables",
+        "tables+dense": "the tables and the dense Engram weights",
+        "frozen": "the dense Engram weights, tables frozen (today's baseline)",
+    }
+    for variant, name in names.items():
+        rows.append(
+            f"| {name} | {loss(f'{variant}_domain_before')} | {loss(f'{variant}_domain_after')} "
+            f"| {loss(f'{variant}_general_before')} | {loss(f'{variant}_general_after')} |"
+        )
+    shipping = result["shipping"]
+    return "\n".join(
+        [
+            f"Held-out loss (cross-entropy, nats per token) on the domain "
+            f"(`{result['domain']}`) and on the general held-out files, before and after "
+            f"{result['steps']} fine-tuning steps "
+            f"of {result['batch']} windows, mean +- standard deviation over {result['seeds']} "
+            f"seeds; {result['engram_rows']} Engram rows; the released model pretrained "
+            f"{result['pretrain_steps']} steps ({result['date']}, commit {result['commit']}, "
+            f"{result['machine']}, {result['seconds'] / 60:.0f} minutes):",
+            "",
+            *rows,
+            "",
+            f"Shipping: {shipping['reads_during_the_swap']} reads while the new version was "
+            f"imported and swapped in, {shipping['reads_of_neither_version']} of them neither "
+            "the old version nor the new.",
+        ]
+    )
+
+
 def replace_section(page: str, section: str, body: str) -> str:
     pattern = re.compile(re.escape(begin_marker(section)) + r"\n.*?" + re.escape(END_MARKER), re.S)
     if not pattern.search(page):
@@ -121,9 +163,13 @@ def replace_section(page: str, section: str, body: str) -> str:
 
 
 def regenerate(
-    docs_dir: str | os.PathLike[str], records: list[dict[str, Any]], evidence: dict[str, Any] | None
+    docs_dir: str | os.PathLike[str],
+    records: list[dict[str, Any]],
+    evidence: dict[str, Any] | None = None,
+    finetune: dict[str, Any] | None = None,
 ) -> dict[str, str]:
-    """Each results page of `docs_dir` (by name) with its generated sections rewritten."""
+    """Each results page of `docs_dir` (by its path there) with its generated sections
+    rewritten."""
 
     def page(name: str) -> str:
         with open(os.path.join(docs_dir, name)) as f:
@@ -138,4 +184,7 @@ def regenerate(
         pages["evidence.md"] = replace_section(
             page("evidence.md"), "evidence", evidence_table(evidence)
         )
+    if finetune is not None:
+        name = os.path.join("guides", "finetune.md")
+        pages[name] = replace_section(page(name), "finetune", finetune_table(finetune))
     return pages

@@ -205,4 +205,23 @@ BENCHMARKS = [
         "A table of 1.5x RAM served: cold, warm and with a hot-row cache against in RAM",
         {"tiny": ["--rows", "50000", "--steps", "5"], "full": []},
     ),
+    Benchmark(
+        "finetune",
+        "Fine-tuning a released model's memory: steps/s, import for training and export",
+        {
+            "tiny": [
+                "--rows-per-head",
+                "500",
+                "--steps",
+                "1",
+                "--rounds",
+                "1",
+                "--import-rows",
+                "2000",
+            ],
+            "quick": ["--steps", "2", "--rounds", "2", "--import-rows", "100000"],
+            "default": [],
+            "full": [],
+        },
+    ),
 ]

@@ -39,7 +39,14 @@ import torch
 from safetensors.torch import save_file
 
 sys.path.insert(0, os.path.dirname(__file__))
-from _common import best_interleaved, compared, layer_hashing, report, trained_fp8_rows
+from _common import (
+    best_interleaved,
+    compared,
+    layer_hashing,
+    report,
+    sequential_write,
+    trained_fp8_rows,
+)
 
 from client import EngramClient
 from client.imports import import_checkpoint, mapping_rules
@@ -113,16 +120,6 @@ def device_transports(
         arrived()
 
     return {"in_process_to_device": in_process, "row_writer_to_device": row_writer}
-
-
-def sequential_write(path: str, nbytes: int) -> None:
-    block = np.random.default_rng(1).integers(0, 256, 1 << 22, dtype=np.uint8).tobytes()
-    with open(path, "wb") as f:
-        for _ in range(0, nbytes, len(block)):
-            f.write(block)
-        f.flush()
-        os.fsync(f.fileno())
-    os.unlink(path)
 
 
 def main() -> None:

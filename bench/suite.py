@@ -87,12 +87,14 @@ def render(results_dir: str, docs_dir: str | None) -> None:
         _charts.draw(record, os.path.join(results_dir, f"{record['benchmark']}.png"))
     if docs_dir is None:
         return
-    evidence_path = os.path.join(results_dir, "evidence", "results.json")
-    evidence = None
-    if os.path.exists(evidence_path):
-        with open(evidence_path) as f:
-            evidence = json.load(f)
-    for name, text in _pages.regenerate(docs_dir, records, evidence).items():
+    experiments = {}
+    for experiment in ("evidence", "finetune"):
+        path = os.path.join(results_dir, experiment, "results.json")
+        if os.path.exists(path):
+            with open(path) as f:
+                experiments[experiment] = json.load(f)
+    pages = _pages.regenerate(docs_dir, records, **experiments)
+    for name, text in pages.items():
         with open(os.path.join(docs_dir, name), "w") as f:
             f.write(text)
     say(f"{docs_dir}: results pages rewritten from {len(records)} records")

@@ -147,6 +147,9 @@ class EngramClient:
         self._sequence = itertools.count(1)
         self._sequence_lock = threading.Lock()
         self._layouts: dict[str, TableLayout] = {}
+        # Where write_rows puts the rows of each import this client started: the import's
+        # own layout (a replacement may have another shape than the table it replaces).
+        self._import_layouts: dict[str, TableLayout] = {}
         # Server-side hashing fingerprints of the tables looked up by token ids.
         self._fingerprints: dict[str, int] = {}
         # Per-shard calls of one request, and whole requests run in the background: separate
@@ -290,12 +293,15 @@ class EngramClient:
             return info
 
         infos = self._each_shard(create)
+        layout = TableLayout(
+            np.array(bounds, dtype=np.uint64), spec.dim, tuple(i.incarnation for i in infos)
+        )
+        if importing:
+            self._import_layouts[spec.name] = layout
         if replace_existing:
             # The table serves on as it was until the import is swapped in.
             return TableInfo.of_shards(infos)
-        self._layouts[spec.name] = TableLayout(
-            np.array(bounds, dtype=np.uint64), spec.dim, tuple(i.incarnation for i in infos)
-        )
+        self._layouts[spec.name] = layout
         self._fingerprints.pop(spec.name, None)
         return TableInfo.of_shards(infos)
 
@@ -312,7 +318,7 @@ class EngramClient:
                 f"rows must be a 2-D {numpy_row_type(dtype)} array ({dtype} rows packed as "
                 f"stored), got {packed.dtype} of shape {packed.shape}"
             )
-        layout = self._layout(table)
+        layout = self._import_layouts.get(table) or self._layout(table)
         stop = first_row + len(packed)
         if first_row < 0 or stop > int(layout.bounds[-1]):
             raise ValueError(
@@ -347,6 +353,7 @@ class EngramClient:
         infos = self._each_shard(finish)
         # A replacement swapped in is a table of another incarnation (and perhaps shape).
         self._layouts.pop(table, None)
+        self._import_layouts.pop(table, None)
         self._fingerprints.pop(table, None)
         return TableInfo.of_shards(infos)
 
@@ -485,6 +492,7 @@ class EngramClient:
         missing = self._each_shard(drop)
         if all(missing):
             raise missing[0]
+        self._import_layouts.pop(name, None)
         if not unfinished_import_only:
             self._layouts.pop(name, None)
             self._fingerprints.pop(name, None)
@@ -775,6 +783,7 @@ class EngramClient:
 
         restored = self._each_shard(restore)
         self._layouts.clear()
+        self._import_layouts.clear()  # a restore drops unfinished imports
         self._fingerprints.clear()
         return restored
 

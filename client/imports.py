@@ -33,10 +33,11 @@ import numpy.typing as npt
 from client.hash_identity import METADATA_KEY, HashIdentity, identities_in_metadata
 from client.results import TableInfo
 from client.tensor_files import Checkpoint, SafetensorsWriter, TensorSpec, row_ranges
+from store import _native
 from store._proto.engram.store.v1 import store_pb2 as pb
 from store.arrays import bfloat16_to_float32
 from store.conversions import hash_from_proto
-from store.spec import FLOAT_DTYPES, QUANT_GROUP, TableSpec, row_bytes
+from store.spec import FLOAT_DTYPES, QUANT_GROUP, OptimizerSpec, TableSpec, row_bytes
 
 # safetensors dtype of a table dtype's values, and of its scales (quantized only).
 VALUE_TENSOR_DTYPES = {
@@ -48,6 +49,9 @@ VALUE_TENSOR_DTYPES = {
 }
 SCALE_TENSOR_DTYPES = {"fp8_e4m3": "F8_E8M0", "int8": "F32"}
 TABLE_DTYPE_OF = {tensor: table for table, tensor in VALUE_TENSOR_DTYPES.items()}
+# What quantized rows import into to be trained: every value of theirs exact in float32, and
+# in bfloat16 but for the smallest scales (checked row by row).
+DEQUANTIZED_DTYPES = ("bfloat16", "float32")
 # How many bytes of rows travel in one WriteRows or one lookup of an export.
 CHUNK_BYTES = 4 << 20
 
@@ -73,6 +77,11 @@ def load_mapping(path: str | os.PathLike[str]) -> list[MappingRule]:
         except (ValueError, RecursionError) as error:  # RecursionError: nested too deep
             raise MappingError(f"{os.fspath(path)}: not JSON: {error}") from None
     return mapping_rules(document, os.fspath(path))
+
+
+def with_dtype(rules: list[MappingRule], dtype: str | None) -> list[MappingRule]:
+    """The rules with every table's dtype set to `dtype` (None: as each rule says)."""
+    return rules if dtype is None else [dataclasses.replace(r, dtype=dtype) for r in rules]
 
 
 def with_tensor_prefix(rules: list[MappingRule], prefix: str) -> list[MappingRule]:
@@ -224,8 +233,11 @@ def _plan_table(
                 f"tensor {name}: {source} rows import into a {source} or float32 table (exactly), "
                 f"not {dtype}"
             )
-        if source not in FLOAT_DTYPES and dtype != source:
-            raise MappingError(f"tensor {name}: {source} rows import as {source}, not {dtype}")
+        if source not in FLOAT_DTYPES and dtype not in (source, *DEQUANTIZED_DTYPES):
+            raise MappingError(
+                f"tensor {name}: {source} rows import as {source} (to serve) or dequantized "
+                f"into {' or '.join(DEQUANTIZED_DTYPES)} (to train), not {dtype}"
+            )
         rows, dim = info.shape
         if source not in FLOAT_DTYPES:
             _check_scales(checkpoint, name, scales, source, rows, dim)
@@ -262,14 +274,37 @@ def packed_rows(
     (uint16 bits for bfloat16), quantized rows as bytes, values then scales."""
     values = checkpoint.rows(part.tensor, start, stop)
     source = TABLE_DTYPE_OF[checkpoint.info(part.tensor).dtype]
-    if dtype in FLOAT_DTYPES:
+    if source in FLOAT_DTYPES:
         return _float_rows(values, source, dtype)
     assert part.scales is not None
     scales = checkpoint.rows(part.scales, start, stop)
     scale_dtype = checkpoint.info(part.scales).dtype
-    if dtype == "fp8_e4m3" and scale_dtype == "F32":
+    if source == "fp8_e4m3" and scale_dtype == "F32":
         scales = _e8m0_codes(scales, part.scales)
-    return np.concatenate([values.view(np.uint8), scales.view(np.uint8)], axis=1)
+    packed = np.concatenate([values.view(np.uint8), scales.view(np.uint8)], axis=1)
+    if dtype == source:
+        return packed
+    return _dequantized(packed, source, values.shape[1], dtype, part.tensor, start)
+
+
+def _dequantized(
+    packed: npt.NDArray[np.uint8], source: str, dim: int, dtype: str, tensor: str, first: int
+) -> npt.NDArray[Any]:
+    """Quantized rows as float32, or bfloat16 where every value is exact in it (a value's
+    code times its power-of-two scale: exact but for scales below 2^-120 or so, where
+    bfloat16 runs out of exponent)."""
+    rows = _native.rows_to_float32(source, dim, np.ascontiguousarray(packed))
+    if dtype == "float32":
+        return rows
+    bits = rows.view(np.uint32)
+    inexact = (bits & 0xFFFF) != 0
+    if inexact.any():
+        row = first + int(np.argwhere(inexact)[0][0])
+        raise MappingError(
+            f"tensor {tensor}: row {row} holds values that bfloat16 cannot hold exactly "
+            "(scales that small): import it as float32"
+        )
+    return (bits >> 16).astype(np.uint16)
 
 
 def _float_rows(values: npt.NDArray[Any], source: str, dtype: str) -> npt.NDArray[Any]:
@@ -301,6 +336,7 @@ def import_checkpoint(
     expected: Callable[[HashIdentity], HashIdentity | None] | None = None,
     check_replaced: bool = True,
     hash_config_of: Callable[[int], pb.HashConfig | None] | None = None,
+    optimizer: OptimizerSpec | None = None,
 ) -> list[TableInfo]:
     """Imports every table the mapping finds in the checkpoint at `path` (a safetensors
     file or an index.json); returns the tables, visible and durable. With `replace`, a
@@ -313,7 +349,8 @@ def import_checkpoint(
 
     `hash_config_of(layer)`: the hash config a table of that Engram layer (the mapping's
     `layer` group) is created with, so that it carries its identity (and serves
-    `lookup_tokens`); None for none."""
+    `lookup_tokens`); None for none. `optimizer`: what trains the tables (a float table's;
+    default SGD)."""
     imported = []
     # Slices are read and packed while the one before travels: disk, CPU and daemon busy
     # at once.
@@ -333,6 +370,7 @@ def import_checkpoint(
                 plan.dim,
                 dtype=plan.dtype,
                 init="zeros",
+                optimizer=optimizer or OptimizerSpec(),
                 hash_config=None if hash_config is None else hash_from_proto(hash_config),
             )
             client.create(spec, importing=True, replace_existing=replace)

@@ -15,13 +15,19 @@ from client.imports import (
     export_tables,
     import_checkpoint,
     load_mapping,
+    with_dtype,
     with_tensor_prefix,
 )
 from engram_cli.output import emit
 from engram_cli.parsing import Verbs, connect
-from engram_cli.table_verbs import add_config_arguments, describe, engram_config
+from engram_cli.table_verbs import (
+    add_config_arguments,
+    add_optimizer_arguments,
+    describe,
+    engram_config,
+)
 from store._proto.engram.store.v1 import store_pb2 as pb
-from store.spec import TABLE_DTYPES
+from store.spec import TABLE_DTYPES, OptimizerSpec
 
 MAPPING_HELP = """\
 A mapping is a JSON file: {"tables": [{"tensor": REGEX, "table": NAME, "scales": NAME,
@@ -99,7 +105,10 @@ def _hash_configs(args: argparse.Namespace) -> Callable[[int], pb.HashConfig | N
 
 
 def _import(args: argparse.Namespace) -> int:
-    rules = with_tensor_prefix(load_mapping(args.mapping), args.tensor_prefix)
+    rules = with_dtype(
+        with_tensor_prefix(load_mapping(args.mapping), args.tensor_prefix), args.dtype
+    )
+    optimizer = OptimizerSpec(args.optimizer, args.lr, weight_decay=args.weight_decay)
     given = args.engram_config is not None or args.preset is not None
     expected = _expected_identity(args) if given and not args.ignore_hash_identity else None
     with connect(args) as client:
@@ -114,6 +123,7 @@ def _import(args: argparse.Namespace) -> int:
                 expected,
                 check_replaced=not args.ignore_hash_identity,
                 hash_config_of=_hash_configs(args) if given and len(client.shards) == 1 else None,
+                optimizer=optimizer.check(),
             )
         except TableExistsError as error:
             hint = "; --replace imports over it (the old table serves until the new one is whole)"
@@ -167,6 +177,14 @@ def register(verbs: Verbs) -> None:
         action="store_true",
         help="replace tables that exist (a new model version): they serve until swapped",
     )
+    load.add_argument(
+        "--dtype",
+        choices=TABLE_DTYPES,
+        help="store every table in this dtype: bfloat16 or float32 dequantizes FP8 or int8 "
+        "rows exactly, so that they can be trained (default: as the mapping says, else as the "
+        "checkpoint holds them)",
+    )
+    add_optimizer_arguments(load)
     add_config_arguments(load, required=False)
     load.add_argument(
         "--ignore-hash-identity",

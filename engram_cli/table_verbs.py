@@ -189,6 +189,24 @@ def _drop_table(args: argparse.Namespace) -> int:
     return 0
 
 
+def add_optimizer_arguments(verb: argparse.ArgumentParser) -> None:
+    """--optimizer, --lr and --weight-decay: what trains a table's rows."""
+    verb.add_argument(
+        "--optimizer",
+        default="sgd",
+        choices=OPTIMIZERS,
+        help="server-side optimizer applied to pushed gradients (hyper-parameters: PyTorch's)",
+    )
+    verb.add_argument("--lr", metavar="RATE", type=float, default=0.01, help="learning rate")
+    verb.add_argument(
+        "--weight-decay",
+        metavar="RATE",
+        type=float,
+        default=0.0,
+        help="PyTorch's (L2) weight decay on the rows a push touches",
+    )
+
+
 def _add_table_options(verb: argparse.ArgumentParser, dtype: str | None = "float32") -> None:
     verb.add_argument(
         "--dtype",
@@ -207,20 +225,7 @@ def _add_table_options(verb: argparse.ArgumentParser, dtype: str | None = "float
     verb.add_argument(
         "--std", metavar="STD", type=float, default=0.02, help="standard deviation of --init normal"
     )
-    verb.add_argument(
-        "--optimizer",
-        default="sgd",
-        choices=OPTIMIZERS,
-        help="server-side optimizer applied to pushed gradients (hyper-parameters: PyTorch's)",
-    )
-    verb.add_argument("--lr", metavar="RATE", type=float, default=0.01, help="learning rate")
-    verb.add_argument(
-        "--weight-decay",
-        metavar="RATE",
-        type=float,
-        default=0.0,
-        help="PyTorch's (L2) weight decay on the rows a push touches",
-    )
+    add_optimizer_arguments(verb)
     verb.add_argument(
         "--read-only",
         action="store_true",

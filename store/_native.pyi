@@ -29,6 +29,7 @@ __all__ = [
     "decode_engine_rows",
     "keys_from_int64",
     "parse_lookup_chunk",
+    "rows_to_float32",
     "set_thread_count",
     "table_sizes",
     "verify_pack",
@@ -265,6 +266,9 @@ def compress_ids(
     ids: npt.NDArray[np.int64], lookup: npt.NDArray[np.int64]
 ) -> npt.NDArray[np.int64]: ...
 def keys_from_int64(keys: npt.NDArray[np.int64]) -> npt.NDArray[np.uint64]: ...
+def rows_to_float32(
+    stored: str, dim: int, rows: npt.NDArray[np.uint8]
+) -> npt.NDArray[np.float32]: ...
 def decode_engine_rows(
     keys: npt.NDArray[np.uint64],
     stored: str,

@@ -97,11 +97,14 @@ def test_the_results_pages_are_those_of_the_records() -> None:
     finally:
         sys.path.remove(str(REPO_ROOT / "bench"))
     records = _records.read_all(_records.RESULTS_DIR)
-    evidence = json.loads(
-        (REPO_ROOT / "bench" / "results" / "evidence" / "results.json").read_text()
-    )
+    experiments = {
+        name: json.loads((REPO_ROOT / "bench" / "results" / name / "results.json").read_text())
+        for name in ("evidence", "finetune")
+    }
     assert records, "bench/results holds no benchmark records"
-    for name, text in _pages.regenerate(DOCS, records, evidence).items():
+    pages = _pages.regenerate(DOCS, records, **experiments)
+    assert len(pages) == 3
+    for name, text in pages.items():
         assert (DOCS / name).read_text() == text, (
             f"docs/{name} differs from bench/results: run python bench/suite.py --render-only"
         )

@@ -144,3 +144,35 @@ def test_the_demo_prints_what_readme_shows_and_keeps_its_files(tmp_path: Path) -
     assert 'results="${DEMO_RESULTS:-demo-results}"' in demo
     assert '--daemon-log "$results/daemon.log"' in demo and '--out "$results"' in demo
     assert "trap" not in demo and "rm -rf" not in demo
+
+
+def test_the_fine_tuning_loop_runs_end_to_end(tmp_path: Path) -> None:
+    """examples/finetune_memory.py in its quick mode: a released model's FP8 Engram tables
+    imported for training, fine-tuned three ways, exported to FP8 and swapped into a serving
+    daemon under reads (the loop, not a result: a few steps)."""
+    result = subprocess.run(
+        [
+            sys.executable,
+            str(REPO_ROOT / "examples" / "finetune_memory.py"),
+            *("--quick", "--out", str(tmp_path)),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    record = json.loads((tmp_path / "results.json").read_text())
+    runs = record["runs"]
+    assert sorted(r["variant"] for r in runs) == ["frozen", "tables", "tables+dense"]
+    for run in runs:
+        assert run["curve"][0] == [0, run["domain_before"]]
+        assert all(np.isfinite(loss) for _, loss in run["curve"])
+    # Every run starts from the same released model; training moved each.
+    assert len({round(r["domain_before"], 9) for r in runs}) == 1
+    assert all(r["domain_after"] != r["domain_before"] for r in runs)
+    shipping = record["shipping"]
+    assert shipping["reads_during_the_swap"] > 0 and shipping["reads_of_neither_version"] == 0
+    assert shipping["served_rows_changed"] and shipping["served_hash_identity"]
+    assert record["summary"]["tables_domain_after"]["n"] == 1
+    assert (tmp_path / "curves.png").stat().st_size > 0
+    assert "written:" in result.stdout

@@ -572,3 +572,51 @@ def test_import_replace_serves_the_old_version_until_the_new_one_is_whole(
             engine.lookup("engram-L1", range(40_001)), new[weight].numpy()
         )
         assert client.unfinished_imports() == []
+
+
+def test_a_quantized_checkpoint_imports_to_train_and_exports_back(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A released model's FP8 memory imported for training (`import --dtype bfloat16` with
+    an optimizer): every value dequantized exactly, pushes train it, and exported back to
+    FP8 an untouched table gives the same values."""
+    values, scales = fp8_layer(600, 256, 3)
+    codes = values.view(torch.uint8)
+    codes[(codes & 0x7F) == 0x7F] = 0  # no NaN codes
+    names = ("layers.1.engram.embed.weight", "layers.1.engram.embed.scale")
+    checkpoint = tmp_path / "released.safetensors"
+    save_file(dict(zip(names, (values, scales), strict=True)), checkpoint)
+    expected = (
+        values.float().reshape(600, 8, 32)
+        * torch.exp2(scales.view(torch.uint8).float() - 127).reshape(600, 8, 1)
+    ).reshape(600, 256)
+    with daemon_thread(tmp_path / "a") as a, EngramClient(a.address) as client:
+        argv = ["import", str(checkpoint), "--mapping", str(V41_MAPPING), "--quiet",
+                "--address", a.address]  # fmt: skip
+        trained = [*argv, "--dtype", "bfloat16", "--optimizer", "rowwise_adagrad", "--lr", "0.05"]
+        assert main(trained) == 0
+        info = client.describe("engram-L1")
+        assert (info.dtype, info.optimizer, info.lr) == ("bfloat16", "rowwise_adagrad", 0.05)
+        np.testing.assert_array_equal(client.lookup("engram-L1", range(600)), expected.numpy())
+        export_tables(client, ["engram-L1"], tmp_path / "shipped.safetensors", "fp8_e4m3")
+        shipped = load_file(tmp_path / "shipped.safetensors")
+        back = shipped["engram-L1"].float().reshape(600, 8, 32) * shipped[
+            "engram-L1_scale"
+        ].float().reshape(600, 8, 1)
+        np.testing.assert_array_equal(back.reshape(600, 256).numpy(), expected.numpy())
+        pushed = client.push("engram-L1", [5, 7], np.ones((2, 256), np.float32))
+        assert pushed.step == 1
+        moved = client.lookup("engram-L1", [5, 7, 8]) - expected.numpy()[[5, 7, 8]]
+        assert (moved[:2] != 0).any(axis=1).all() and not moved[2].any()
+
+        # A value bfloat16 cannot hold (a code of 2^-9 under a scale of 2^-127) is refused,
+        # naming its row; float32 holds every value.
+        codes[17, 0], scales.view(torch.uint8)[17, 0] = 1, 0
+        save_file(dict(zip(names, (values, scales), strict=True)), checkpoint)
+        capsys.readouterr()
+        assert main([*argv, "--replace", "--dtype", "bfloat16"]) == EXIT_FAILURE
+        assert "row 17 holds values that bfloat16 cannot hold exactly" in capsys.readouterr().err
+        assert main([*argv, "--replace", "--dtype", "float32"]) == 0
+        assert client.lookup("engram-L1", [17])[0, 0] == 2.0**-136
+        assert main([*argv, "--replace", "--dtype", "float16"]) != 0
+        assert "dequantized into bfloat16 or float32" in capsys.readouterr().err

@@ -19,6 +19,7 @@ from engram_cli import EXIT_FAILURE, main
 from store._proto.engram.store.v1 import store_pb2 as pb
 from store.crash_points import POINTS
 from store.errors import InvalidArgumentError
+from store.spec import TableSpec
 from store.wire import numpy_array
 
 ROWS, DIM = 1000, 4
@@ -309,3 +310,25 @@ def test_a_swap_that_fails_midway_puts_the_old_table_back(
         d.stub.FinishImport(pb.FinishImportRequest(table="t"))
         np.testing.assert_array_equal(rows_of_t(d), NEW)
     assert table_directories(data) == ["t"]
+
+
+def test_the_client_writes_a_replacement_of_another_shape_or_of_a_new_name(
+    tmp_path: Path,
+) -> None:
+    """Through EngramClient on two shards: a replacement with twice the rows is written by
+    its own layout (it used to be written by the old table's, and refused past its rows), and
+    `replace_existing` of a name no table has imports it (`import --replace` of a model's
+    first version)."""
+    twice = np.arange(2 * ROWS * DIM, dtype=np.float32).reshape(2 * ROWS, DIM)
+    with (
+        daemon_thread(tmp_path / "a") as a,
+        daemon_thread(tmp_path / "b") as b,
+        EngramClient([a.address, b.address]) as client,
+    ):
+        client.create_table("t", ROWS, DIM, init="zeros")
+        for name in ("t", "new"):
+            wider = TableSpec(name, 2 * ROWS, DIM, init="zeros")
+            client.create(wider, importing=True, replace_existing=True)
+            client.write_rows(name, 0, twice, "float32")
+            assert client.finish_import(name).num_rows == 2 * ROWS
+            np.testing.assert_array_equal(client.lookup(name, range(2 * ROWS)), twice)

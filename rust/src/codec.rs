@@ -8,6 +8,7 @@
 use crate::error::{Error, Result};
 use crate::quant;
 use half::{bf16, f16};
+use rayon::prelude::*;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum DType {
@@ -164,6 +165,26 @@ pub fn decode_to_f32(dtype: DType, src: &[u8], dst: &mut [f32]) {
     }
 }
 
+/// Whole rows of `dim` values stored as `dtype` (a quantized row: its values, then its
+/// scales) as float32, which holds every one exactly: rows spread over threads.
+pub fn rows_to_f32(dtype: DType, dim: usize, src: &[u8], dst: &mut [f32]) -> Result<()> {
+    dtype.check_dim(dim as u64)?;
+    let row = dtype.row_bytes(dim);
+    if row == 0 || !src.len().is_multiple_of(row) || dst.len() != src.len() / row * dim {
+        return Err(Error::invalid(format!(
+            "{} bytes are not whole {} rows of {dim} values for {} float32 values",
+            src.len(),
+            dtype.name(),
+            dst.len()
+        )));
+    }
+    src.par_chunks(row)
+        .zip(dst.par_chunks_mut(dim.max(1)))
+        .with_min_len(256)
+        .for_each(|(stored, values)| decode_to_f32(dtype, stored, values));
+    Ok(())
+}
+
 /// Converts one row between dtypes through `scratch` (one float32 per value); a plain copy
 /// when they agree. Every float dtype and quantized value is exact in float32.
 pub fn convert_row(
@@ -278,6 +299,26 @@ mod tests {
         decode_to_f32(DType::F16, &bytes, &mut back);
         // float16 has 10 mantissa bits: both values are exact.
         assert_eq!(back, [values[0], values[1], 65504.0]);
+    }
+
+    #[test]
+    fn whole_quantized_rows_decode_to_float32_row_by_row() {
+        let dim = 64;
+        let values: Vec<f32> = (0..3 * dim).map(|i| (i as f32 - 90.0) * 0.37).collect();
+        let row = DType::Fp8E4M3.row_bytes(dim);
+        let mut packed = vec![0u8; 3 * row];
+        for (v, r) in values.chunks(dim).zip(packed.chunks_mut(row)) {
+            quant::f32_to_fp8_row(v, r);
+        }
+        let mut all = vec![0f32; 3 * dim];
+        rows_to_f32(DType::Fp8E4M3, dim, &packed, &mut all).unwrap();
+        for (r, got) in packed.chunks(row).zip(all.chunks(dim)) {
+            let mut one = vec![0f32; dim];
+            quant::fp8_row_to_f32(r, &mut one);
+            assert_eq!(got, &one[..]);
+        }
+        assert!(rows_to_f32(DType::Fp8E4M3, dim, &packed[..row + 1], &mut all).is_err());
+        assert!(rows_to_f32(DType::Fp8E4M3, 33, &packed, &mut all).is_err());
     }
 
     #[test]

@@ -242,6 +242,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(hashing::table_sizes, m)?)?;
     m.add_function(wrap_pyfunction!(hashing::compress_ids, m)?)?;
     m.add_function(wrap_pyfunction!(table::keys_from_int64, m)?)?;
+    m.add_function(wrap_pyfunction!(table::rows_to_float32, m)?)?;
     m.add_function(wrap_pyfunction!(engine_rows::decode_engine_rows, m)?)?;
     Ok(())
 }

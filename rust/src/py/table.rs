@@ -6,7 +6,9 @@ use super::{bytes_mut, detached, invalid_argument, owned, owned_rows, parse_dtyp
 use crate::codec::DType;
 use crate::init::Initializer;
 use crate::table;
-use numpy::{IntoPyArray, PyArray1, PyReadonlyArray1, PyReadonlyArray2, PyReadwriteArray2};
+use numpy::{
+    IntoPyArray, PyArray1, PyArray2, PyReadonlyArray1, PyReadonlyArray2, PyReadwriteArray2,
+};
 use pyo3::prelude::*;
 use std::path::PathBuf;
 
@@ -248,6 +250,27 @@ pub(crate) fn keys_from_int64<'py>(
     let keys = owned(&keys);
     let out = detached(py, || table::keys_from_i64(&keys))?;
     Ok(out.into_pyarray(py))
+}
+
+/// Rows stored as `stored` (`[n, row bytes]` uint8, a quantized row's values then its
+/// scales) as float32 `[n, dim]`, exactly.
+#[pyfunction]
+pub(crate) fn rows_to_float32<'py>(
+    py: Python<'py>,
+    stored: &str,
+    dim: usize,
+    rows: PyReadonlyArray2<'py, u8>,
+) -> PyResult<Bound<'py, PyArray2<f32>>> {
+    let dtype = parse_dtype(stored)?;
+    let count = rows.as_array().nrows();
+    let packed = rows.as_slice()?;
+    let mut values = vec![0f32; count * dim];
+    detached(py, || {
+        crate::codec::rows_to_f32(dtype, dim, packed, &mut values)
+    })?;
+    Ok(numpy::ndarray::Array2::from_shape_vec((count, dim), values)
+        .map_err(|e| invalid_argument(e.to_string()))?
+        .into_pyarray(py))
 }
 
 /// Runs `gather` with the GIL released on the bytes of an engine's `out`: float32, or
