@@ -164,13 +164,19 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--import-rows", type=int, default=500_000)
     args = parser.parse_args()
-    with (
-        tempfile.TemporaryDirectory(dir=os.environ.get("ENGRAM_BENCH_DIR")) as tmp,
-        LocalDaemon(os.path.join(tmp, "store"), log_level="WARNING", threads=1) as daemon,
-        EngramClient(daemon.address) as client,
-    ):
-        results = training_steps(args, client)
-        results += import_and_export(args, client, tmp)
+    with tempfile.TemporaryDirectory(dir=os.environ.get("ENGRAM_BENCH_DIR")) as tmp:
+        # One engine thread while training: the trainer needs the other core. An import or
+        # an export has the daemon to itself.
+        with (
+            LocalDaemon(os.path.join(tmp, "train"), log_level="WARNING", threads=1) as daemon,
+            EngramClient(daemon.address) as client,
+        ):
+            results = training_steps(args, client)
+        with (
+            LocalDaemon(os.path.join(tmp, "ship"), log_level="WARNING") as daemon,
+            EngramClient(daemon.address) as client,
+        ):
+            results += import_and_export(args, client, tmp)
     report(
         {
             "benchmark": "finetune",

@@ -37,7 +37,14 @@ from store import _native
 from store._proto.engram.store.v1 import store_pb2 as pb
 from store.arrays import bfloat16_to_float32
 from store.conversions import hash_from_proto
-from store.spec import FLOAT_DTYPES, QUANT_GROUP, OptimizerSpec, TableSpec, row_bytes
+from store.spec import (
+    FLOAT_DTYPES,
+    QUANT_GROUP,
+    HashSpec,
+    OptimizerSpec,
+    TableSpec,
+    row_bytes,
+)
 
 # safetensors dtype of a table dtype's values, and of its scales (quantized only).
 VALUE_TENSOR_DTYPES = {
@@ -349,8 +356,9 @@ def import_checkpoint(
 
     `hash_config_of(layer)`: the hash config a table of that Engram layer (the mapping's
     `layer` group) is created with, so that it carries its identity (and serves
-    `lookup_tokens`); None for none. `optimizer`: what trains the tables (a float table's;
-    default SGD)."""
+    `lookup_tokens`); None for none. Without one, a table replaced by a file that carries
+    its very identity keeps its hash config. `optimizer`: what trains the tables (a float
+    table's; default SGD)."""
     imported = []
     # Slices are read and packed while the one before travels: disk, CPU and daemon busy
     # at once.
@@ -361,9 +369,12 @@ def import_checkpoint(
         carried = identities_in_metadata(checkpoint.metadata(), os.fspath(path))
         check_identities(client, plans, carried, expected, replace and check_replaced)
         for plan in plans:
-            hash_config = None
+            hashing = None
             if hash_config_of is not None and plan.layer is not None:
-                hash_config = hash_config_of(plan.layer)
+                configured = hash_config_of(plan.layer)
+                hashing = None if configured is None else hash_from_proto(configured)
+            if hashing is None and replace and plan.table in carried:
+                hashing = _replaced_hashing(client, plan.table, carried[plan.table])
             spec = TableSpec(
                 plan.table,
                 plan.num_rows,
@@ -371,7 +382,7 @@ def import_checkpoint(
                 dtype=plan.dtype,
                 init="zeros",
                 optimizer=optimizer or OptimizerSpec(),
-                hash_config=None if hash_config is None else hash_from_proto(hash_config),
+                hash_config=hashing,
             )
             client.create(spec, importing=True, replace_existing=replace)
             step = max(1, CHUNK_BYTES // row_bytes(plan.dtype, plan.dim))
@@ -394,6 +405,15 @@ def import_checkpoint(
                 sending.result()
             imported.append(client.finish_import(plan.table))
     return imported
+
+
+def _replaced_hashing(client: Any, table: str, identity: HashIdentity) -> HashSpec | None:
+    """The hash config of the table `table` replaces, when the file's `identity` for it is
+    the table's own: a new version of a table keeps its hashing (and so its identity)."""
+    existing = [t for t in client.list_tables() if t.name == table]
+    if not existing or existing[0].hash_identity != identity:
+        return None
+    return client.spec(table).hash_config  # type: ignore[no-any-return]
 
 
 class HashIdentityMismatch(MappingError):

@@ -24,7 +24,7 @@ from client.tensor_files import SafetensorsFile
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 CONFIG_FILE = REPO_ROOT / "examples" / "tiny_engram_lm.engram.json"
-ROUND_TRIP = {"tables": [{"tensor": r"(?P<name>engram-L\d+)", "table": "{name}"}]}
+ROUND_TRIP = {"tables": [{"tensor": r"(?P<name>engram-L(?P<layer>\d+))", "table": "{name}"}]}
 
 
 @pytest.fixture
@@ -102,6 +102,13 @@ def test_export_carries_the_identity_and_import_checks_it(tmp_path: Path) -> Non
             assert client.list_tables() == [], "a refused import leaves nothing"
         accepted = cli(*common, "--engram-config", str(CONFIG_FILE), "--quiet")
         assert accepted.returncode == 0, accepted.stderr
+        # A new version of the table, given no config: the file carries the table's very
+        # identity, so the table keeps its hash config (it used to lose it).
+        again = cli(*common, "--replace", "--quiet")
+        assert again.returncode == 0, again.stderr
+        with EngramClient(b.address) as client:
+            kept = client.describe(f"engram-L{layer}").hash_identity
+        assert kept == hash_mapping(config).hash_identity(layer)
         # The same file again over a table of another identity: refused, unless overridden.
         with EngramClient(b.address) as client:
             client.drop_table(f"engram-L{layer}")

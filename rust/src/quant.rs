@@ -88,9 +88,15 @@ pub fn f32_to_e4m3(value: f32) -> u8 {
         let multiple = (magnitude * 512.0).round_ties_even();
         return sign | multiple as u8;
     }
-    let exponent = ((magnitude.to_bits() >> 23) as i32) - 127;
-    let scaled = magnitude / f32::from_bits(((exponent + 127) as u32) << 23);
-    let mut fraction = ((scaled - 1.0) * 8.0).round_ties_even() as u32;
+    // A normal code keeps the top 3 of float32's 23 fraction bits, rounded to nearest even
+    // on the 20 it drops: integer work, no division.
+    let bits = magnitude.to_bits();
+    let exponent = ((bits >> 23) as i32) - 127;
+    let dropped = bits & 0xF_FFFF;
+    let mut fraction = (bits >> 20) & 0x7;
+    if dropped > 0x8_0000 || (dropped == 0x8_0000 && fraction & 1 == 1) {
+        fraction += 1;
+    }
     let mut biased = (exponent + 7) as u32;
     if fraction == 8 {
         fraction = 0;
@@ -295,9 +301,11 @@ pub fn f32_to_fp8_row(values: &[f32], row: &mut [u8]) {
         .zip(scales.iter_mut())
     {
         *scale_code = e8m0_scale_for(amax_of(values));
-        let scale = e8m0_to_f32(*scale_code);
+        // The reciprocal of a power of two (2^-127..2^127) is one too, so multiplying by it
+        // rounds exactly as dividing would.
+        let inverse = e8m0_to_f32(254 - *scale_code);
         for (code, &value) in codes.iter_mut().zip(values) {
-            *code = f32_to_e4m3(value / scale);
+            *code = f32_to_e4m3(value * inverse);
         }
     }
 }
@@ -370,6 +378,54 @@ mod tests {
                 assert_eq!(f32_to_e4m3(value) & 0x7F, 0x7F);
             } else {
                 assert_eq!(f32_to_e4m3(value), code, "{code:#x} = {value}");
+            }
+        }
+    }
+
+    /// The encoder as first written (by division), kept to check the integer one against.
+    fn e4m3_by_division(value: f32) -> u8 {
+        let sign = if value.is_sign_negative() { 0x80 } else { 0 };
+        let magnitude = value.abs();
+        if magnitude.is_nan() || magnitude >= 480.0 {
+            return sign | 0x7F;
+        }
+        if magnitude < f32::from_bits((127 - 6) << 23) {
+            return sign | (magnitude * 512.0).round_ties_even() as u8;
+        }
+        let exponent = ((magnitude.to_bits() >> 23) as i32) - 127;
+        let scaled = magnitude / f32::from_bits(((exponent + 127) as u32) << 23);
+        let mut fraction = ((scaled - 1.0) * 8.0).round_ties_even() as u32;
+        let mut biased = (exponent + 7) as u32;
+        if fraction == 8 {
+            fraction = 0;
+            biased += 1;
+        }
+        sign | ((biased << 3) | fraction) as u8
+    }
+
+    #[test]
+    fn the_integer_encoder_agrees_with_division_on_every_4096th_float() {
+        for high in 0..(1u32 << 20) {
+            let value = f32::from_bits(high << 12 | (high & 0xFFF));
+            assert_eq!(f32_to_e4m3(value), e4m3_by_division(value), "{value:e}");
+        }
+        // And on every tie and its neighbours between codes.
+        for code in 0..0x7Eu8 {
+            let (low, high) = (e4m3_to_f32(code), e4m3_to_f32(code + 1));
+            let middle = (low + high) / 2.0;
+            for value in [middle, middle.next_up(), middle.next_down()] {
+                assert_eq!(f32_to_e4m3(value), e4m3_by_division(value), "{value:e}");
+            }
+        }
+    }
+
+    #[test]
+    fn quantizing_by_the_inverse_scale_is_dividing_by_the_scale() {
+        for scale_code in 0..=254u8 {
+            let scale = e8m0_to_f32(scale_code);
+            let inverse = e8m0_to_f32(254 - scale_code);
+            for value in [1.0f32, 447.9, 3.3e-5, -7.1, 1e30, 2.2e-38] {
+                assert_eq!((value * inverse).to_bits(), (value / scale).to_bits());
             }
         }
     }
