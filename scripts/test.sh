@@ -23,4 +23,7 @@ rm -rf "$site"
 step "cargo test"
 cargo test --locked
 step "pytest"
-python -m pytest
+# Every core on the tests that time nothing (each file on one worker: they share no ports or
+# directories); then, alone, the few that measure time or memory.
+python -m pytest -n auto --dist loadfile -m "not serial"
+python -m pytest -m serial

@@ -9,10 +9,14 @@ import threading
 from pathlib import Path
 
 import numpy as np
+import pytest
 from daemon import daemon_process
 from store_helpers import keys, rows_of, spec
 
 from store._proto.engram.store.v1 import store_pb2 as pb
+
+# Timing-sensitive (bounds, timeouts): run alone, after the parallel run (scripts/test.sh).
+pytestmark = pytest.mark.serial
 
 ROWS, DIM, LOOKUP_KEYS, CONCURRENT = 1_000_000, 64, 200_000, 6
 BUDGET = 32 << 20

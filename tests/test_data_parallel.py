@@ -160,6 +160,7 @@ def test_ranks_train_like_one_process_on_the_global_batch(
         assert [client.describe(t).step for t in parallel] == [STEPS] * len(parallel)
 
 
+@pytest.mark.serial  # timing-sensitive: run alone
 def test_a_rank_dying_mid_step_fails_the_step_and_the_job_resumes_from_its_checkpoint(
     tmp_path: Path,
 ) -> None:

@@ -32,6 +32,9 @@ from store._proto.engram.store.v1 import store_pb2 as pb
 from store._proto.engram.store.v1 import store_pb2_grpc as pb_grpc
 from store.crash_points import ENV, PASSES_ENV, POINTS
 
+# Timing-sensitive (bounds, timeouts): run alone, after the parallel run (scripts/test.sh).
+pytestmark = pytest.mark.serial
+
 ROWS, DIM = 10_000, 8
 # Long enough for a call that waits on a held flush to show it, short enough for a test.
 WAIT_S = 10.0

@@ -7,9 +7,13 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from store import Table
 from store.arrays import as_keys
+
+# Timing-sensitive (bounds, timeouts): run alone, after the parallel run (scripts/test.sh).
+pytestmark = pytest.mark.serial
 
 
 def test_python_threads_run_during_a_long_gather(tmp_path: Path) -> None:

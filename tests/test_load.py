@@ -16,7 +16,8 @@ from daemon import daemon_process
 
 from client import EngramClient
 
-pytestmark = pytest.mark.slow
+# Timing-sensitive (bounds, timeouts): run alone, after the parallel run (scripts/test.sh).
+pytestmark = [pytest.mark.slow, pytest.mark.serial]
 CLIENTS, SECONDS, ROWS, DIM = 8, 8.0, 200_000, 32
 # The daemon's peak resident memory under this load (its tables are 200k x 32 float32 rows
 # with Adam state, about 77 MB if every row were written).

@@ -64,6 +64,7 @@ def test_a_scrape_reports_calls_tables_and_checkpoints(tmp_path: Path) -> None:
     assert metrics["engram_pending_step_bytes", ()] == 0
 
 
+@pytest.mark.serial  # timing-sensitive: run alone
 def test_a_push_waiting_for_its_step_is_a_call_in_progress(tmp_path: Path) -> None:
     """Rank 0 of a two-rank step waits for rank 1, which never comes: meanwhile the scrape
     shows one Push in progress, and none once the step has failed."""

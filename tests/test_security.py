@@ -299,6 +299,7 @@ def test_mutual_tls_refuses_clients_without_a_certificate(
             stranger.tables()
 
 
+@pytest.mark.serial  # timing-sensitive: run alone
 def test_calls_beyond_the_concurrency_limit_are_refused_at_once(tmp_path: Path) -> None:
     """Two shares of a step wait for a third rank, holding two calls: a third call is
     refused (RESOURCE_EXHAUSTED) instead of queued."""

@@ -24,6 +24,9 @@ from client import (
     SyncStep,
 )
 
+# Timing-sensitive (bounds, timeouts): run alone, after the parallel run (scripts/test.sh).
+pytestmark = pytest.mark.serial
+
 DIM = 4
 
 
