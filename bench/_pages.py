@@ -72,13 +72,14 @@ def benchmark_tables(records: list[dict[str, Any]]) -> str:
     return "\n\n".join(parts)
 
 
+def mean_sd(figure: dict[str, Any]) -> str:
+    """A summary's mean and standard deviation, as the results pages print them."""
+    return f"{figure['mean']:.3f} +- {figure['stdev']:.3f}"
+
+
 def evidence_table(evidence: dict[str, Any]) -> str:
     summary = evidence["summary"]
     runs = evidence["runs"]
-
-    def loss(key: str) -> str:
-        s = summary[key]
-        return f"{s['mean']:.3f} +- {s['stdev']:.3f}"
 
     rows = [
         "| model | parameters | held-out loss | steps/s (slowest-fastest seed) |",
@@ -90,12 +91,11 @@ def evidence_table(evidence: dict[str, Any]) -> str:
             rates = [run["steps_per_s"] for run in mine]
             rows.append(
                 f"| {model} | {mine[0]['parameters'] / 1e6:.2f} M | "
-                f"{loss(f'{model}_final_loss')} | {min(rates):.1f}-{max(rates):.1f} |"
+                f"{mean_sd(summary[f'{model}_final_loss'])} | {min(rates):.1f}-{max(rates):.1f} |"
             )
         if model == "engram" and "engram_zeroed_final_loss" in summary:
-            rows.append(
-                f"| engram, Engram's output zeroed | | {loss('engram_zeroed_final_loss')} | |"
-            )
+            zeroed = mean_sd(summary["engram_zeroed_final_loss"])
+            rows.append(f"| engram, Engram's output zeroed | | {zeroed} | |")
     text = [
         f"Held-out loss (cross-entropy, nats per token) after {evidence['steps']} steps, mean "
         f"+- standard deviation over {evidence['seeds']} seeds; {evidence['train_tokens']} "
@@ -109,17 +109,14 @@ def evidence_table(evidence: dict[str, Any]) -> str:
         if key in summary:
             text += [
                 "",
-                f"Engram's gain over {against} (their loss minus Engram's, per seed): {loss(key)}",
+                f"Engram's gain over {against} (their loss minus Engram's, per seed): "
+                + mean_sd(summary[key]),
             ]
     return "\n".join(text)
 
 
 def finetune_table(result: dict[str, Any]) -> str:
     summary = result["summary"]
-
-    def loss(key: str) -> str:
-        s = summary[key]
-        return f"{s['mean']:.3f} +- {s['stdev']:.3f}"
 
     rows = [
         "| fine-tuned | domain before | domain after | general before | general after |",
@@ -131,10 +128,11 @@ def finetune_table(result: dict[str, Any]) -> str:
         "frozen": "the dense Engram weights, tables frozen (today's baseline)",
     }
     for variant, name in names.items():
-        rows.append(
-            f"| {name} | {loss(f'{variant}_domain_before')} | {loss(f'{variant}_domain_after')} "
-            f"| {loss(f'{variant}_general_before')} | {loss(f'{variant}_general_after')} |"
-        )
+        cells = [
+            mean_sd(summary[f"{variant}_{part}"])
+            for part in ("domain_before", "domain_after", "general_before", "general_after")
+        ]
+        rows.append(f"| {name} | {' | '.join(cells)} |")
     shipping = result["shipping"]
     return "\n".join(
         [

@@ -18,6 +18,7 @@ float32; `e8m0="zero"`).
 from __future__ import annotations
 
 import os
+from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
@@ -31,7 +32,7 @@ E8M0_RULES = ("torch", "zero")
 _OUT_DTYPES = {np.dtype(np.float32): "float32", np.dtype(np.uint16): "bfloat16"}
 
 
-class LayerReads:
+class LayerReads(ABC):
     """What both readers share: a reader's share of a layer (`head_sizes`: its heads' prime
     sizes, in hash-id column order): the whole layer, the heads of `heads`, or the global
     rows `rows = (start, stop)`; the checks of a read's arguments; reads submitted ahead."""
@@ -102,8 +103,10 @@ class LayerReads:
         self._fill(ids, mask, out.reshape(-1, self.dim), dtype)
         return out
 
+    @abstractmethod
     def _fill(self, ids: np.ndarray, mask: np.ndarray | None, out: np.ndarray, dtype: str) -> None:
-        raise NotImplementedError
+        """Writes the rows of `ids` (int64 `[T, H]`, checked) into `out` (`[T * heads read,
+        D]` of `dtype`): from a table file, or through daemons."""
 
     def submit(
         self,

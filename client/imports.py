@@ -40,7 +40,6 @@ from store.conversions import hash_from_proto
 from store.spec import (
     FLOAT_DTYPES,
     QUANT_GROUP,
-    HashSpec,
     OptimizerSpec,
     TableSpec,
     row_bytes,
@@ -367,14 +366,22 @@ def import_checkpoint(
         if not plans:
             raise MappingError(f"no tensor of {os.fspath(path)} matches the mapping")
         carried = identities_in_metadata(checkpoint.metadata(), os.fspath(path))
-        check_identities(client, plans, carried, expected, replace and check_replaced)
+        # The tables an import with `replace` may replace, listed once.
+        served = {t.name: t for t in client.list_tables()} if replace else {}
+        check_identities(plans, carried, expected, served if check_replaced else {})
         for plan in plans:
             hashing = None
             if hash_config_of is not None and plan.layer is not None:
                 configured = hash_config_of(plan.layer)
                 hashing = None if configured is None else hash_from_proto(configured)
-            if hashing is None and replace and plan.table in carried:
-                hashing = _replaced_hashing(client, plan.table, carried[plan.table])
+            replaced, identity = served.get(plan.table), carried.get(plan.table)
+            # A new version of a table, hashed as it is, keeps its hashing (and identity).
+            if hashing is None and replaced is not None and identity is not None:
+                hashing = (
+                    client.spec(plan.table).hash_config
+                    if replaced.hash_identity == identity
+                    else None
+                )
             spec = TableSpec(
                 plan.table,
                 plan.num_rows,
@@ -407,27 +414,19 @@ def import_checkpoint(
     return imported
 
 
-def _replaced_hashing(client: Any, table: str, identity: HashIdentity) -> HashSpec | None:
-    """The hash config of the table `table` replaces, when the file's `identity` for it is
-    the table's own: a new version of a table keeps its hashing (and so its identity)."""
-    existing = [t for t in client.list_tables() if t.name == table]
-    if not existing or existing[0].hash_identity != identity:
-        return None
-    return client.spec(table).hash_config  # type: ignore[no-any-return]
-
-
 class HashIdentityMismatch(MappingError):
     """A checkpoint's tables were hashed otherwise than their target: importing them would
     serve wrong rows without an error."""
 
 
 def check_identities(
-    client: Any,
     plans: list[Any],
     carried: dict[str, HashIdentity],
     expected: Callable[[HashIdentity], HashIdentity | None] | None,
-    replace: bool,
+    replaced: dict[str, TableInfo],
 ) -> None:
+    """Refuses a plan whose file identity differs from `expected`'s for it or from the
+    table of `replaced` it would replace."""
     for plan in plans:
         identity = carried.get(plan.table)
         if identity is None:
@@ -435,10 +434,8 @@ def check_identities(
         targets: list[tuple[str, HashIdentity | None]] = []
         if expected is not None:
             targets.append(("the given config", expected(identity)))
-        if replace:
-            existing = [t for t in client.list_tables() if t.name == plan.table]
-            if existing:
-                targets.append((f"table {plan.table!r}", existing[0].hash_identity))
+        if plan.table in replaced:
+            targets.append((f"table {plan.table!r}", replaced[plan.table].hash_identity))
         for what, target in targets:
             if target is None:
                 continue

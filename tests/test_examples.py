@@ -18,22 +18,17 @@ from client import NgramHashMapping
 TEXT = "Only Alexander the Great could tame the horse."
 
 
+def run_example(script: str, *args: str, timeout: float) -> subprocess.CompletedProcess[str]:
+    """examples/`script` run with `args`, its output captured as text."""
+    command = [sys.executable, str(REPO_ROOT / "examples" / script), *args]
+    return subprocess.run(command, capture_output=True, text=True, timeout=timeout)
+
+
 def test_quickstart(tokenizer_path: Path, tmp_path: Path) -> None:
-    result = subprocess.run(
-        [
-            sys.executable,
-            str(REPO_ROOT / "examples" / "quickstart.py"),
-            "--tokenizer",
-            str(tokenizer_path),
-            "--dim",
-            "8",
-            "--text",
-            TEXT,
-            "--data-dir",
-            str(tmp_path),
-        ],
-        capture_output=True,
-        text=True,
+    result = run_example(
+        "quickstart.py",
+        *("--tokenizer", str(tokenizer_path), "--dim", "8", "--text", TEXT),
+        *("--data-dir", str(tmp_path)),
         timeout=120,
     )
     assert result.returncode == 0, result.stderr
@@ -63,15 +58,10 @@ def test_tiny_language_model_trains_with_both_backends() -> None:
 
 
 def test_the_evidence_experiment_reports_every_model_and_the_ablation(tmp_path: Path) -> None:
-    result = subprocess.run(
-        [
-            sys.executable,
-            str(REPO_ROOT / "examples" / "evidence.py"),
-            *("--steps", "4", "--eval-every", "2", "--seeds", "2", "--max-files", "40"),
-            *("--out", str(tmp_path)),
-        ],
-        capture_output=True,
-        text=True,
+    result = run_example(
+        "evidence.py",
+        *("--steps", "4", "--eval-every", "2", "--seeds", "2", "--max-files", "40"),
+        *("--out", str(tmp_path)),
         timeout=240,
     )
     assert result.returncode == 0, result.stderr
@@ -114,24 +104,14 @@ def test_the_demo_prints_what_readme_shows_and_keeps_its_files(tmp_path: Path) -
     (not between the demo's lines), its figures stay where the user can open them, and both
     parts print README's sample line for line (figures aside)."""
     log = tmp_path / "daemon.log"
-    quickstart = subprocess.run(
-        [sys.executable, str(REPO_ROOT / "examples" / "quickstart.py"), "--daemon-log", str(log)],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    quickstart = run_example("quickstart.py", "--daemon-log", str(log), timeout=120)
     assert quickstart.returncode == 0, quickstart.stderr
     assert quickstart.stderr == "", "the daemon's log goes to its file, not the demo's output"
     assert "stopped; tables flushed" in log.read_text()
-    evidence = subprocess.run(
-        [
-            sys.executable,
-            str(REPO_ROOT / "examples" / "evidence.py"),
-            *("--quick", "--models", "baseline", "engram", "--steps", "2", "--max-files", "20"),
-            *("--out", str(tmp_path / "results")),
-        ],
-        capture_output=True,
-        text=True,
+    evidence = run_example(
+        "evidence.py",
+        *("--quick", "--models", "baseline", "engram", "--steps", "2", "--max-files", "20"),
+        *("--out", str(tmp_path / "results")),
         timeout=240,
     )
     assert evidence.returncode == 0, evidence.stderr
@@ -150,16 +130,7 @@ def test_the_fine_tuning_loop_runs_end_to_end(tmp_path: Path) -> None:
     """examples/finetune_memory.py in its quick mode: a released model's FP8 Engram tables
     imported for training, fine-tuned three ways, exported to FP8 and swapped into a serving
     daemon under reads (the loop, not a result: a few steps)."""
-    result = subprocess.run(
-        [
-            sys.executable,
-            str(REPO_ROOT / "examples" / "finetune_memory.py"),
-            *("--quick", "--out", str(tmp_path)),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    result = run_example("finetune_memory.py", "--quick", "--out", str(tmp_path), timeout=600)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     record = json.loads((tmp_path / "results.json").read_text())
     runs = record["runs"]

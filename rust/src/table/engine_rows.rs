@@ -160,6 +160,14 @@ pub(crate) fn zero_groups_of_zero_scales(row: &mut [u8], scales: &[u8], group_by
     }
 }
 
+/// Refuses an engine's output dtype that is not a float dtype.
+pub(crate) fn check_engine_dtype(out_dtype: DType) -> Result<()> {
+    if out_dtype.is_quantized() {
+        return Err(Error::invalid("an engine's rows are read as a float dtype"));
+    }
+    Ok(())
+}
+
 /// An engine's rows from rows fetched as stored (`stored`, `dim` values a row; a daemon's
 /// answer): `out` gets, for each of `keys`, a zero row where the key is [`NO_ROW`], and
 /// otherwise the next row of `fetched` as `out_dtype`, FP8 groups with a 0 scale byte as
@@ -173,9 +181,7 @@ pub fn decode_engine_rows(
     out: &mut [u8],
     zero_byte_scales: bool,
 ) -> Result<()> {
-    if out_dtype.is_quantized() {
-        return Err(Error::invalid("an engine's rows are read as a float dtype"));
-    }
+    check_engine_dtype(out_dtype)?;
     stored.check_dim(dim as u64)?;
     let (stored_row, out_row) = (stored.row_bytes(dim), out_dtype.row_bytes(dim));
     let present = keys.iter().filter(|&&k| k != NO_ROW).count();

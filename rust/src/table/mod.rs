@@ -383,9 +383,7 @@ impl Table {
         out: &mut [u8],
         zero_byte_scales: bool,
     ) -> Result<()> {
-        if out_dtype.is_quantized() {
-            return Err(Error::invalid("an engine's rows are read as a float dtype"));
-        }
+        engine_rows::check_engine_dtype(out_dtype)?;
         if let Some(i) = keys
             .iter()
             .position(|&k| k != NO_ROW && k >= self.header.num_rows)
